@@ -1,0 +1,35 @@
+using System.CommandLine;
+
+namespace Kit.Cli;
+
+/// <summary>
+/// Runs a parsed command line and turns failures into one clear line on stderr and a non-zero exit code,
+/// as design.md's CLI contract asks: users never see a stack trace.
+/// </summary>
+internal static class CliRunner
+{
+    public static int Run(RootCommand root, string[] args)
+    {
+        try
+        {
+            var config = new InvocationConfiguration { EnableDefaultExceptionHandler = false };
+            return root.Parse(args).Invoke(config);
+        }
+        catch (CliException e)
+        {
+            Console.Error.WriteLine($"kit: {e.Message}");
+            return e.ExitCode;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
+        {
+            Console.Error.WriteLine($"kit: {e.Message}");
+            return 1;
+        }
+    }
+}
+
+/// <summary>An expected failure with a message meant for the user.</summary>
+internal sealed class CliException(string message, int exitCode = 1) : Exception(message)
+{
+    public int ExitCode { get; } = exitCode;
+}

@@ -1,0 +1,21 @@
+using System.CommandLine;
+using Kit.Cli.Commands;
+
+namespace Kit.Cli;
+
+/// <summary>
+/// The `kit` command: the composition root, the only place that joins NineP, VpnKit, DataKit and HyperKit.
+/// Each command lives in its own file under Commands/; a command appears here only once its issue is done,
+/// so `kit --help` never lists a stub.
+/// </summary>
+internal static class Program
+{
+    private static int Main(string[] args)
+    {
+        var root = new RootCommand("Kit: lightweight Linux VMs (HyperKit), user-space networking (VPNKit) and a git-backed 9P store (DataKit).")
+        {
+            GuestCommand.Create(),
+        };
+        return CliRunner.Run(root, args);
+    }
+}

@@ -1,0 +1,6 @@
+namespace Kit.NineP;
+
+/// <summary>Names this assembly for reflection (tests that check layering look it up through this type).</summary>
+public static class AssemblyMarker
+{
+}
