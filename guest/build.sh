@@ -98,6 +98,8 @@ for applet in $(busybox --list); do
   [[ "$applet" == busybox ]] && continue
   [[ -e "$root/bin/$applet" ]] || ln -s busybox "$root/bin/$applet"
 done
+# The kernel asks /sbin/modprobe (CONFIG_MODPROBE_PATH) for "fs-ext4", "net-pf-40" and the like on demand.
+ln -s ../bin/busybox "$root/sbin/modprobe"
 
 # Modules: the list of testing-here.md section 3 plus KVM for the nested runner; dependencies come from
 # modules.dep via modprobe --show-depends (kmod), which also reports built-in modules (nothing to copy then).

@@ -25,21 +25,21 @@ public sealed class QemuGuest : IAsyncDisposable
     public const string StartMarker = "KIT-GUEST-START";
     public const string ExitMarker = "KIT-GUEST-EXIT ";
 
-    /// <summary>Concurrent QEMU guests per test process.</summary>
+    /// <summary>Concurrent QEMU guests on this machine (all test processes together).</summary>
     public const int MaxConcurrentGuests = 2;
 
-    private static readonly SemaphoreSlim s_slots = new(MaxConcurrentGuests, MaxConcurrentGuests);
-
     private readonly RunningProcess _qemu;
+    private readonly IDisposable _slot;
     private readonly string _tempDir;
     private readonly TimeSpan _timeout;
     private readonly Stopwatch _clock;
     private TimeSpan? _bootTime;
     private int _disposed;
 
-    private QemuGuest(RunningProcess qemu, string tempDir, TimeSpan timeout, Stopwatch clock)
+    private QemuGuest(RunningProcess qemu, IDisposable slot, string tempDir, TimeSpan timeout, Stopwatch clock)
     {
         _qemu = qemu;
+        _slot = slot;
         _tempDir = tempDir;
         _timeout = timeout;
         _clock = clock;
@@ -70,7 +70,7 @@ public sealed class QemuGuest : IAsyncDisposable
     {
         options ??= new QemuGuestOptions();
         GuestImage image = options.Image ?? await GuestImage.GetDefaultAsync(cancellationToken).ConfigureAwait(false);
-        await s_slots.WaitAsync(cancellationToken).ConfigureAwait(false);
+        IDisposable slot = await QemuSlots.AcquireAsync(cancellationToken).ConfigureAwait(false);
         string tempDir = Directory.CreateTempSubdirectory("kit-qemu-").FullName;
         try
         {
@@ -98,12 +98,12 @@ public sealed class QemuGuest : IAsyncDisposable
             var clock = Stopwatch.StartNew();
             RunningProcess qemu = ProcessRunner.Start("qemu-system-x86_64", options.BuildArguments(image, initrd));
             qemu.Process.StandardInput.Close();
-            return new QemuGuest(qemu, tempDir, options.Timeout, clock);
+            return new QemuGuest(qemu, slot, tempDir, options.Timeout, clock);
         }
         catch
         {
             TryDelete(tempDir);
-            s_slots.Release();
+            slot.Dispose();
             throw;
         }
     }
@@ -177,7 +177,7 @@ public sealed class QemuGuest : IAsyncDisposable
         }
         await Task.Run(_qemu.Dispose).ConfigureAwait(false);
         TryDelete(_tempDir);
-        s_slots.Release();
+        _slot.Dispose();
     }
 
     private string Describe() =>
