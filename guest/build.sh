@@ -1,2 +1,259 @@
 #!/usr/bin/env bash
-echo placeholder
+# Builds Kit's default guest: the stock Debian kernel (linux-image-amd64) and a small busybox initramfs.
+# Everything comes from Debian packages (testing-here.md sections 2 and 3). The result is cached under
+#   ${KIT_GUEST_CACHE:-$HOME/.cache/kit/guest}/<kernel version>/{vmlinuz,initrd.gz}
+# and a second run only prints the paths. The last two lines of output are always
+#   kernel=<absolute path>
+#   initrd=<absolute path>
+#
+# The initramfs /init:
+#   prints KIT-GUEST-START, runs the guest command, prints KIT-GUEST-EXIT <code>, syncs and powers off.
+#   The command comes from /kit/run (a test appends a second gzip'd cpio archive holding it; Linux unpacks
+#   concatenated archives in order), else from kit.cmd=<base64 shell script> on the kernel command line,
+#   else an interactive shell on the console.
+#   kit.nested=1: load kvm_amd, mount the host's / (9p tag "hostroot", read-only) at /host, bind /proc /dev /sys,
+#   tmpfs on /host/run and /host/tmp, optionally mount the 9p tag "results" read-write at /host<kit.results=PATH>,
+#   then run the command inside `chroot /host`.
+set -euo pipefail
+
+die() { echo "guest/build.sh: $*" >&2; exit 1; }
+
+for tool in apt-cache apt-get dpkg-deb depmod modprobe cpio gzip busybox iperf3 ldd sha256sum flock; do
+  command -v "$tool" >/dev/null 2>&1 || die "missing tool '$tool' (apt-get install kmod cpio busybox-static iperf3 apt)"
+done
+
+cache_root=${KIT_GUEST_CACHE:-$HOME/.cache/kit/guest}
+mkdir -p "$cache_root"
+cache_root=$(cd "$cache_root" && pwd -P)
+
+# The stamp ties a cached guest to the exact script (and busybox/iperf3) that built it, so editing /init or the
+# module list rebuilds instead of silently reusing a stale initramfs.
+self_hash=$( { cat "${BASH_SOURCE[0]}"; sha256sum "$(command -v busybox)" "$(command -v iperf3)"; } | sha256sum | cut -c1-16)
+
+# Which real kernel package does linux-image-amd64 point at? (e.g. linux-image-6.1.0-56-amd64)
+resolve_kernel_package() {
+  apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: *\(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1
+}
+kpkg=$(resolve_kernel_package || true)
+apt_updated=0
+if [[ -z "$kpkg" ]]; then
+  echo "guest/build.sh: apt lists missing; running apt-get update" >&2
+  apt-get update -qq >&2
+  apt_updated=1
+  kpkg=$(resolve_kernel_package || true)
+fi
+[[ -n "$kpkg" ]] || die "cannot resolve the package behind linux-image-amd64 (apt-cache depends)"
+kver=${kpkg#linux-image-}
+
+out="$cache_root/$kver"
+print_result() {
+  echo "kernel=$out/vmlinuz"
+  echo "initrd=$out/initrd.gz"
+}
+is_cached() { [[ -f "$out/vmlinuz" && -f "$out/initrd.gz" && "$(cat "$out/stamp" 2>/dev/null)" == "$self_hash" ]]; }
+
+if is_cached; then
+  print_result
+  exit 0
+fi
+
+# One builder at a time per cache (parallel test processes may all ask for the guest).
+exec 9>"$cache_root/.lock"
+flock 9
+if is_cached; then
+  print_result
+  exit 0
+fi
+
+started=$SECONDS
+work=$(mktemp -d "$cache_root/.build-XXXXXX")
+chmod 755 "$work" # apt-get download drops privileges to _apt when it can
+trap 'rm -rf "$work"' EXIT
+
+# 1. The kernel package: download, unpack, index its modules.
+echo "guest/build.sh: downloading $kpkg" >&2
+if ! (cd "$work" && apt-get download -qq "$kpkg" >&2); then
+  if [[ $apt_updated == 0 ]]; then
+    echo "guest/build.sh: apt-get download failed; running apt-get update once" >&2
+    apt-get update -qq >&2
+    (cd "$work" && apt-get download -qq "$kpkg" >&2) || die "apt-get download $kpkg failed"
+  else
+    die "apt-get download $kpkg failed"
+  fi
+fi
+deb=$(ls "$work"/"$kpkg"_*.deb | head -n1)
+mkdir "$work/kernel"
+dpkg-deb -x "$deb" "$work/kernel"
+rm -f "$deb"
+depmod -b "$work/kernel" "$kver"
+kmods="$work/kernel/lib/modules/$kver"
+[[ -f "$work/kernel/boot/vmlinuz-$kver" ]] || die "kernel package has no boot/vmlinuz-$kver"
+
+# 2. The initramfs tree.
+root="$work/root"
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/udhcpc,proc,sys,dev,tmp,run,mnt,host,kit,root,lib/modules/"$kver"}
+cp /bin/busybox "$root/bin/busybox"
+# Applet links; the applet named "busybox" would make a symlink onto itself (ELOOP, "error -40" at exec).
+for applet in $(busybox --list); do
+  [[ "$applet" == busybox ]] && continue
+  [[ -e "$root/bin/$applet" ]] || ln -s busybox "$root/bin/$applet"
+done
+# The kernel asks /sbin/modprobe (CONFIG_MODPROBE_PATH) for "fs-ext4", "net-pf-40" and the like on demand.
+ln -s ../bin/busybox "$root/sbin/modprobe"
+
+# Modules: the list of testing-here.md section 3 plus KVM for the nested runner; dependencies come from
+# modules.dep via modprobe --show-depends (kmod), which also reports built-in modules (nothing to copy then).
+modules=(
+  virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev
+  virtio_net net_failover failover virtio_blk virtio_console virtio-rng
+  9pnet 9pnet_virtio 9pnet_fd 9p netfs fscache
+  vsock vmw_vsock_virtio_transport vmw_vsock_virtio_transport_common
+  ext4 jbd2 mbcache crc16 crc32c_generic
+  kvm kvm_amd irqbypass ccp
+)
+for m in "${modules[@]}"; do
+  deps=$(modprobe -d "$work/kernel" -S "$kver" --show-depends "$m" 2>&1) || die "module $m: $deps"
+  while read -r kind path _; do
+    [[ "$kind" == insmod ]] || continue
+    rel=${path#"$work/kernel"}
+    mkdir -p "$root$(dirname "$rel")"
+    cp "$path" "$root$rel"
+  done <<<"$deps"
+done
+for f in modules.order modules.builtin modules.builtin.modinfo; do
+  [[ -f "$kmods/$f" ]] && cp "$kmods/$f" "$root/lib/modules/$kver/"
+done
+depmod -b "$root" "$kver"
+
+# iperf3 and the shared libraries it links, at the paths the dynamic loader expects.
+cp "$(command -v iperf3)" "$root/usr/bin/iperf3"
+for lib in $(ldd "$(command -v iperf3)" | grep -o '/[^ ]*'); do
+  mkdir -p "$root$(dirname "$lib")"
+  cp -L "$lib" "$root$lib"
+done
+
+cat >"$root/etc/udhcpc/default.script" <<'EOF'
+#!/bin/sh
+# busybox udhcpc hook: applies the lease (address, routes, MTU, DNS) to $interface.
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+    if [ -n "$router" ]; then
+      ip route del default dev "$interface" 2>/dev/null
+      for r in $router; do ip route add default via "$r" dev "$interface" && break; done
+    fi
+    : >/etc/resolv.conf
+    [ -n "$domain" ] && echo "search $domain" >>/etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
+    ;;
+  leasefail|nak)
+    ;;
+esac
+exit 0
+EOF
+chmod 755 "$root/etc/udhcpc/default.script"
+
+echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+echo "root:x:0:" >"$root/etc/group"
+echo "127.0.0.1 localhost kit-guest" >"$root/etc/hosts"
+: >"$root/etc/resolv.conf"
+
+cat >"$root/init" <<'EOF'
+#!/bin/sh
+# Kit default guest init (guest/build.sh). Markers on the console: KIT-GUEST-START, KIT-GUEST-EXIT <code>.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=linux
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+hostname kit-guest
+ip link set lo up
+
+arg() { # value of kernel command line parameter $1
+  for w in $(cat /proc/cmdline); do
+    case "$w" in "$1="*) echo "${w#*=}"; return 0 ;; esac
+  done
+  return 1
+}
+
+# Devices that are present get their drivers, so a test script finds eth0, vda, hvc0, 9p and vsock ready.
+for m in virtio_pci virtio_net virtio_blk virtio_console virtio-rng 9pnet_virtio 9p vmw_vsock_virtio_transport; do
+  modprobe -q "$m" 2>/dev/null
+done
+
+if [ -f /kit/run ]; then
+  script=/kit/run
+elif cmd=$(arg kit.cmd); then
+  echo "$cmd" | base64 -d >/tmp/kit-cmd || echo "kit: bad base64 in kit.cmd" >&2
+  script=/tmp/kit-cmd
+else
+  script=
+fi
+
+finish() {
+  echo "KIT-GUEST-EXIT $1"
+  sync
+  poweroff -f
+  sleep 10
+}
+
+if [ "$(arg kit.nested)" = 1 ]; then
+  modprobe kvm_amd || echo "kit: modprobe kvm_amd failed" >&2
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host \
+    || { echo "kit: cannot mount 9p tag hostroot"; echo KIT-GUEST-START; finish 125; }
+  for d in proc sys dev; do mount --bind /$d /host/$d; done
+  mount --bind /dev/pts /host/dev/pts
+  mount --bind /dev/shm /host/dev/shm 2>/dev/null
+  mount -t tmpfs tmpfs /host/run
+  mount -t tmpfs tmpfs /host/tmp
+  if results=$(arg kit.results); then
+    mkdir -p "/host$results" 2>/dev/null
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "/host$results" \
+      || echo "kit: cannot mount 9p tag results at $results" >&2
+  fi
+  echo KIT-GUEST-START
+  if [ -n "$script" ]; then
+    cp "$script" /host/tmp/.kit-run
+    chroot /host /bin/sh /tmp/.kit-run
+    code=$?
+  else
+    chroot /host /bin/sh -l
+    code=$?
+  fi
+  sync
+  umount "/host$results" 2>/dev/null
+  finish "$code"
+fi
+
+echo KIT-GUEST-START
+if [ -n "$script" ]; then
+  sh "$script"
+  code=$?
+else
+  setsid cttyhack sh -l
+  code=$?
+fi
+finish "$code"
+EOF
+chmod 755 "$root/init"
+
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -6 >"$work/initrd.gz"
+
+mkdir -p "$out"
+cp "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinuz"
+rm -f "$out/stamp"
+mv -f "$work/vmlinuz" "$out/vmlinuz"
+mv -f "$work/initrd.gz" "$out/initrd.gz"
+echo "$self_hash" >"$out/stamp"
+echo "guest/build.sh: built $kver in $((SECONDS - started)) s ($(du -h "$out/initrd.gz" | cut -f1) initramfs)" >&2
+print_result
