@@ -231,11 +231,11 @@ public sealed class NinePConnection
                 Log.HandlerFailed(_logger, e, request.Type.ToString());
                 reply = ErrorReply(request.Tag, Errno.EIO, "Input/output error");
             }
-            await SendAsync(reply, inflight).ConfigureAwait(false);
+            await SendAsync(reply, inflight, request.Tag).ConfigureAwait(false);
         }
         finally
         {
-            _inflight.TryRemove(request.Tag, out _);
+            _inflight.TryRemove(new KeyValuePair<ushort, Inflight>(request.Tag, inflight));
             inflight.Cts.Dispose();
             if (!isFlush)
             {
@@ -259,7 +259,7 @@ public sealed class NinePConnection
         public int RawLength { get; }
     }
 
-    private async ValueTask SendAsync(Reply reply, Inflight? inflight)
+    private async ValueTask SendAsync(Reply reply, Inflight? inflight, ushort tag = P9.NoTag)
     {
         byte[]? rented = null;
         try
@@ -285,6 +285,11 @@ public sealed class NinePConnection
             await _writeLock.WaitAsync(CancellationToken.None).ConfigureAwait(false);
             try
             {
+                // The tag is free again the moment its reply is on the wire: a fast client reuses it at once.
+                if (inflight is not null)
+                {
+                    _inflight.TryRemove(new KeyValuePair<ushort, Inflight>(tag, inflight));
+                }
                 if (inflight is { Flushed: true } || _closing.IsCancellationRequested)
                 {
                     return;
@@ -361,7 +366,8 @@ public sealed class NinePConnection
             case MessageType.Tflush:
                 return await FlushAsync(t).ConfigureAwait(false);
             case MessageType.Tauth:
-                return ErrorReply(t.Tag, Errno.EOPNOTSUPP, "Authentication not required");
+                // No authentication. diod's libnpclient reads ENOENT (or 0) as "auth not required".
+                return ErrorReply(t.Tag, Errno.ENOENT, "Authentication not required");
             case MessageType.Tattach:
                 return await AttachAsync(t, ct).ConfigureAwait(false);
             case MessageType.Twalk:
@@ -547,7 +553,9 @@ public sealed class NinePConnection
     private async ValueTask<Reply> WalkAsync(Fcall t, CancellationToken ct)
     {
         FidState start = GetFid(t.Fid);
-        if (start.IsOpen)
+        // walk(5) forbids walking an open fid, but diod's clients walk from an opened directory to stat its
+        // entries, and diod allows it; only re-pointing an open fid in place is refused.
+        if (start.IsOpen && t.NewFid == t.Fid)
         {
             throw new VfsException(Errno.EBADF, "Can't walk from an open fid");
         }
