@@ -1,0 +1,20 @@
+namespace Kit.VpnKit.Stack;
+
+/// <summary>Why frames were dropped or refused: counted, never thrown.</summary>
+internal sealed class GatewayCounters
+{
+    public long FramesIn;
+    public long FramesOut;
+    public long Malformed;
+    public long BadChecksum;
+    public long Fragments;
+    public long NotForUs;
+    public long TcpNoConnection;
+    public long TcpTableFull;
+    public long TcpPendingFull;
+    public long TcpRetransmits;
+    public long TcpOutOfOrder;
+    public long UdpTooLarge;
+    public long ArpReplies;
+    public long DhcpReplies;
+}

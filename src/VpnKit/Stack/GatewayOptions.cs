@@ -1,0 +1,38 @@
+using Kit.VpnKit.Wire;
+
+namespace Kit.VpnKit.Stack;
+
+/// <summary>
+/// The virtual network the gateway serves (design.md "Defaults", vpnkit-compatible): gateway and DNS .1, host alias .2
+/// (which reaches the host's loopback), guests from .3 upward, MTU 1500.
+/// </summary>
+internal sealed class GatewayOptions
+{
+    public uint GatewayIp { get; init; } = Ip4.FromBytes(192, 168, 65, 1);
+    public uint HostIp { get; init; } = Ip4.FromBytes(192, 168, 65, 2);
+    public uint FirstGuestIp { get; init; } = Ip4.FromBytes(192, 168, 65, 3);
+    public uint LastGuestIp { get; init; } = Ip4.FromBytes(192, 168, 65, 254);
+    public int PrefixLength { get; init; } = 24;
+    /// <summary>vpnkit's server MAC, kept so captures look familiar.</summary>
+    public MacAddress GatewayMac { get; init; } = new(0xF6_16_36_BC_F9_C6UL);
+    public int Mtu { get; init; } = 1500;
+    public string DomainName { get; init; } = "localdomain";
+    public IReadOnlyList<string> SearchDomains { get; init; } = [];
+    /// <summary>Connections the table may hold at once; SYNs beyond it are answered with RST.</summary>
+    public int MaxTcpConnections { get; init; } = 4096;
+    /// <summary>Host connects in flight; further SYNs are dropped (the guest retransmits), as a SYN-flood bound.</summary>
+    public int MaxPendingConnects { get; init; } = 256;
+    /// <summary>Per-connection buffer in each direction. Its free space is the window we advertise (back-pressure).</summary>
+    public int TcpBufferSize { get; init; } = 512 * 1024;
+    /// <summary>Secret mixed into initial sequence numbers (RFC 6528); the driver passes a random one, tests a fixed one.</summary>
+    public ulong IsnSecret { get; init; }
+
+    public uint SubnetMask => PrefixLength == 0 ? 0 : uint.MaxValue << (32 - PrefixLength);
+
+    public bool InSubnet(uint ip) => (ip & SubnetMask) == (GatewayIp & SubnetMask);
+
+    public uint Broadcast => (GatewayIp & SubnetMask) | ~SubnetMask;
+
+    /// <summary>MSS for a 20-byte IPv4 and 20-byte TCP header without options (RFC 9293 §3.7.1).</summary>
+    public int Mss => Mtu - 40;
+}
