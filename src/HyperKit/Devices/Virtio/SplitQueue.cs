@@ -1,0 +1,238 @@
+using Kit.HyperKit.Memory;
+
+namespace Kit.HyperKit.Devices.Virtio;
+
+/// <summary>One buffer of a descriptor chain, already checked to lie inside guest memory.</summary>
+public readonly record struct DescriptorSegment(ulong Address, uint Length, bool DeviceWritable);
+
+/// <summary>Why a chain or queue was refused; the device counts these and never trusts the guest further.</summary>
+public enum QueueError
+{
+    None,
+    /// <summary>avail.idx moved by more than the queue size: the driver is broken (virtio 1.2, 2.7.13).</summary>
+    AvailIndexJump,
+    /// <summary>A ring address does not lie in guest memory.</summary>
+    RingOutsideMemory,
+    HeadOutOfRange,
+    NextOutOfRange,
+    /// <summary>A chain longer than the queue size: it must contain a loop.</summary>
+    ChainTooLong,
+    BufferOutsideMemory,
+    /// <summary>Indirect descriptors were not negotiated (we do not offer VIRTIO_F_INDIRECT_DESC).</summary>
+    IndirectNotNegotiated,
+    /// <summary>A readable descriptor after a writable one (virtio 1.2, 2.7.4.2).</summary>
+    ReadableAfterWritable,
+    TooLarge,
+}
+
+/// <summary>
+/// The device side of a split virtqueue (virtio 1.2, section 2.7): a descriptor table of N 16-byte entries
+/// {addr u64, len u32, flags u16, next u16}, the driver ("available") ring {flags, idx, ring[N]}, and the device
+/// ("used") ring {flags, idx, ring[N] of {id u32, len u32}}. Everything in guest memory is hostile: every address is
+/// bounds-checked, chains are limited to N descriptors (so a loop ends), indices are reduced modulo N, and a broken
+/// driver stops this queue (<see cref="Broken"/>) instead of the VMM.
+/// </summary>
+public sealed class SplitQueue
+{
+    public const ushort MaxSize = 256;
+    private const ushort DescNext = 1, DescWrite = 2, DescIndirect = 4;
+    private const ushort AvailNoInterrupt = 1;
+
+    /// <summary>Upper bound on the bytes one chain may describe; overlapping descriptors could otherwise inflate it.</summary>
+    public const long MaxChainBytes = 1L << 30;
+
+    private readonly GuestMemory _memory;
+    private ushort _lastAvail;
+    private ushort _usedIdx;
+
+    public SplitQueue(GuestMemory memory, ushort maxSize = MaxSize)
+    {
+        _memory = memory;
+        MaxQueueSize = maxSize;
+        Size = maxSize;
+    }
+
+    public ushort MaxQueueSize { get; }
+
+    /// <summary>Queue size N chosen by the driver (power of two, at most <see cref="MaxQueueSize"/>).</summary>
+    public ushort Size { get; set; }
+
+    public ulong DescTable { get; set; }
+
+    public ulong AvailRing { get; set; }
+
+    public ulong UsedRing { get; set; }
+
+    public bool Enabled { get; set; }
+
+    public ushort MsixVector { get; set; } = 0xFFFF;
+
+    /// <summary>Set once the driver broke the protocol; the queue then processes nothing until reset.</summary>
+    public QueueError Broken { get; private set; }
+
+    /// <summary>Chains refused one by one (returned with length 0) because of a bad descriptor.</summary>
+    public long BadChains { get; private set; }
+
+    public QueueError LastChainError { get; private set; }
+
+    public void Reset()
+    {
+        Size = MaxQueueSize;
+        DescTable = AvailRing = UsedRing = 0;
+        Enabled = false;
+        MsixVector = 0xFFFF;
+        Broken = QueueError.None;
+        _lastAvail = _usedIdx = 0;
+        BadChains = 0;
+        LastChainError = QueueError.None;
+    }
+
+    private bool ValidSize => Size != 0 && Size <= MaxQueueSize && (Size & (Size - 1)) == 0;
+
+    /// <summary>True when the rings fit in guest memory (checked when the driver enables the queue and per access).</summary>
+    public bool RingsValid =>
+        ValidSize
+        && _memory.Contains(DescTable, 16UL * Size)
+        && _memory.Contains(AvailRing, 6UL + 2UL * Size)
+        && _memory.Contains(UsedRing, 6UL + 8UL * Size);
+
+    private void Break(QueueError error) => Broken = error;
+
+    /// <summary>
+    /// Takes the next available chain into <paramref name="segments"/> (capacity at least Size). Returns false when
+    /// there is nothing to do or the queue is broken. A chain with a bad descriptor is consumed and completed with
+    /// length 0 here (so the driver gets its buffer back), counted, and the next chain is tried.
+    /// </summary>
+    public bool TryPop(Span<DescriptorSegment> segments, out ushort head, out int count, out long readableBytes, out long writableBytes)
+    {
+        head = 0;
+        count = 0;
+        readableBytes = writableBytes = 0;
+        while (true)
+        {
+            if (!Enabled || Broken != QueueError.None)
+            {
+                return false;
+            }
+            if (!RingsValid)
+            {
+                Break(QueueError.RingOutsideMemory);
+                return false;
+            }
+            _memory.TryReadU16(AvailRing + 2, out ushort availIdx);
+            Interlocked.MemoryBarrier(); // read ring entries only after idx (acquire)
+            ushort pending = (ushort)(availIdx - _lastAvail);
+            if (pending == 0)
+            {
+                return false;
+            }
+            if (pending > Size)
+            {
+                Break(QueueError.AvailIndexJump);
+                return false;
+            }
+            _memory.TryReadU16(AvailRing + 4 + 2UL * (ushort)(_lastAvail % Size), out head);
+            _lastAvail++;
+            QueueError error = WalkChain(head, segments, out count, out readableBytes, out writableBytes);
+            if (error == QueueError.None)
+            {
+                return true;
+            }
+            BadChains++;
+            LastChainError = error;
+            if (head < Size)
+            {
+                PushUsed(head, 0);
+            }
+            else
+            {
+                // A head outside the table cannot even be returned: the ring is corrupt.
+                Break(error);
+                return false;
+            }
+        }
+    }
+
+    private QueueError WalkChain(ushort head, Span<DescriptorSegment> segments, out int count, out long readable, out long writable)
+    {
+        count = 0;
+        readable = writable = 0;
+        if (head >= Size)
+        {
+            return QueueError.HeadOutOfRange;
+        }
+        ushort index = head;
+        bool sawWritable = false;
+        while (true)
+        {
+            if (count >= Size || count >= segments.Length)
+            {
+                return QueueError.ChainTooLong;
+            }
+            ulong entry = DescTable + 16UL * index;
+            _memory.TryReadU64(entry, out ulong addr);
+            _memory.TryReadU32(entry + 8, out uint len);
+            _memory.TryReadU16(entry + 12, out ushort flags);
+            _memory.TryReadU16(entry + 14, out ushort next);
+            if ((flags & DescIndirect) != 0)
+            {
+                return QueueError.IndirectNotNegotiated;
+            }
+            if (!_memory.Contains(addr, len))
+            {
+                return QueueError.BufferOutsideMemory;
+            }
+            bool isWritable = (flags & DescWrite) != 0;
+            if (!isWritable && sawWritable)
+            {
+                return QueueError.ReadableAfterWritable;
+            }
+            sawWritable |= isWritable;
+            segments[count++] = new DescriptorSegment(addr, len, isWritable);
+            if (isWritable)
+            {
+                writable += len;
+            }
+            else
+            {
+                readable += len;
+            }
+            if (readable + writable > MaxChainBytes)
+            {
+                return QueueError.TooLarge;
+            }
+            if ((flags & DescNext) == 0)
+            {
+                return QueueError.None;
+            }
+            if (next >= Size)
+            {
+                return QueueError.NextOutOfRange;
+            }
+            index = next;
+        }
+    }
+
+    /// <summary>Returns a chain to the driver with the number of bytes the device wrote into it.</summary>
+    public void PushUsed(ushort head, uint writtenBytes)
+    {
+        if (!RingsValid)
+        {
+            Break(QueueError.RingOutsideMemory);
+            return;
+        }
+        ulong slot = UsedRing + 4 + 8UL * (ushort)(_usedIdx % Size);
+        _memory.TryWriteU32(slot, head);
+        _memory.TryWriteU32(slot + 4, writtenBytes);
+        Interlocked.MemoryBarrier(); // the entry must be visible before the index (release)
+        _usedIdx++;
+        _memory.TryWriteU16(UsedRing + 2, _usedIdx);
+    }
+
+    /// <summary>False when the driver asked not to be interrupted (avail.flags NO_INTERRUPT; no EVENT_IDX offered).</summary>
+    public bool ShouldInterrupt()
+    {
+        Interlocked.MemoryBarrier();
+        return !_memory.TryReadU16(AvailRing, out ushort flags) || (flags & AvailNoInterrupt) == 0;
+    }
+}

@@ -1,0 +1,16 @@
+namespace Kit.HyperKit.Kvm;
+
+/// <summary>A KVM or libc call failed; the message names the call and errno so the user can act on it.</summary>
+public sealed class KvmException : Exception
+{
+    public KvmException(string message) : base(message)
+    {
+    }
+
+    public KvmException(string what, int errno) : base($"{what} failed: {LibC.ErrnoText(errno)}")
+    {
+        Errno = errno;
+    }
+
+    public int Errno { get; }
+}

@@ -1,0 +1,157 @@
+namespace Kit.HyperKit.Kvm;
+
+/// <summary>A KVM virtual machine: memory slots, in-kernel interrupt controllers, irqfd/ioeventfd, MSI, vCPUs.</summary>
+public sealed unsafe class KvmVm : IDisposable
+{
+    /// <summary>x86: KVM needs a 3-page region for the real-mode TSS (Intel); same address as Firecracker/kvmtool.</summary>
+    public const ulong TssAddress = 0xFFFB_D000;
+
+    private readonly FdHandle _fd;
+    private readonly List<FdHandle> _eventFds = [];
+
+    internal KvmVm(KvmSystem system, FdHandle fd)
+    {
+        System = system;
+        _fd = fd;
+    }
+
+    public KvmSystem System { get; }
+
+    internal int Fd => _fd.Fd;
+
+    private void Check(int result, string what)
+    {
+        if (result < 0)
+        {
+            throw new KvmException(what, LibC.LastErrno);
+        }
+    }
+
+    /// <summary>KVM_SET_USER_MEMORY_REGION: guest physical [gpa, gpa+size) is backed by host memory at hostAddress.</summary>
+    public void SetMemoryRegion(uint slot, ulong gpa, ulong size, nint hostAddress, bool readOnly = false)
+    {
+        var region = new KvmUserspaceMemoryRegion
+        {
+            Slot = slot,
+            Flags = readOnly ? 2u : 0u,
+            GuestPhysAddr = gpa,
+            MemorySize = size,
+            UserspaceAddr = (ulong)hostAddress,
+        };
+        // SAFETY: region is a stack value of the exact UAPI layout; the kernel only reads it. The caller keeps the
+        // host mapping alive for the VM's lifetime (GuestMemory outlives the VM in Machine).
+        Check(LibC.Ioctl(Fd, KvmIoctl.SetUserMemoryRegion, &region), "KVM_SET_USER_MEMORY_REGION");
+    }
+
+    public void SetTssAddress(ulong address = TssAddress) =>
+        Check(LibC.Ioctl(Fd, KvmIoctl.SetTssAddr, (nint)address), "KVM_SET_TSS_ADDR");
+
+    public void SetIdentityMapAddress(ulong address)
+    {
+        // SAFETY: the kernel reads one u64 from this stack slot.
+        Check(LibC.Ioctl(Fd, KvmIoctl.SetIdentityMapAddr, &address), "KVM_SET_IDENTITY_MAP_ADDR");
+    }
+
+    /// <summary>KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and per-vCPU LAPICs. Must precede vCPU creation.</summary>
+    public void CreateIrqchip() => Check(LibC.Ioctl(Fd, KvmIoctl.CreateIrqchip, 0), "KVM_CREATE_IRQCHIP");
+
+    /// <summary>KVM_CREATE_PIT2 with a dummy speaker port (port 0x61 reads handled in-kernel).</summary>
+    public void CreatePit2()
+    {
+        var config = new KvmPitConfig { Flags = 1 /* KVM_PIT_SPEAKER_DUMMY */ };
+        // SAFETY: stack struct of the UAPI layout (64 bytes), read-only for the kernel.
+        Check(LibC.Ioctl(Fd, KvmIoctl.CreatePit2, &config), "KVM_CREATE_PIT2");
+    }
+
+    /// <summary>KVM_IRQ_LINE: drives an in-kernel PIC/IOAPIC input (GSI) to a level.</summary>
+    public void SetIrqLine(uint gsi, bool level)
+    {
+        var irq = new KvmIrqLevel { Irq = gsi, Level = level ? 1u : 0u };
+        // SAFETY: stack struct read by the kernel.
+        Check(LibC.Ioctl(Fd, KvmIoctl.IrqLine, &irq), "KVM_IRQ_LINE");
+    }
+
+    /// <summary>KVM_SIGNAL_MSI: injects one message-signalled interrupt (address/data as the guest programmed them).</summary>
+    public bool SignalMsi(ulong address, uint data)
+    {
+        var msi = new KvmMsi { AddressLo = (uint)address, AddressHi = (uint)(address >> 32), Data = data };
+        // SAFETY: stack struct read by the kernel. Returns >0 delivered, 0 blocked by the guest, <0 error.
+        return LibC.Ioctl(Fd, KvmIoctl.SignalMsi, &msi) >= 0;
+    }
+
+    /// <summary>Creates an eventfd owned by this VM (closed with it).</summary>
+    public EventFd CreateEventFd()
+    {
+        var handle = FdHandle.FromResult(LibC.EventFd(0, LibC.EFD_CLOEXEC | LibC.EFD_NONBLOCK), "eventfd");
+        _eventFds.Add(handle);
+        return new EventFd(handle);
+    }
+
+    /// <summary>KVM_IRQFD: a write to the eventfd raises GSI (edge) without a trip through this process.</summary>
+    public void AssignIrqfd(EventFd eventFd, uint gsi)
+    {
+        var irqfd = new KvmIrqfd { Fd = (uint)eventFd.Fd, Gsi = gsi };
+        // SAFETY: stack struct read by the kernel; the eventfd stays open while the VM lives (_eventFds).
+        Check(LibC.Ioctl(Fd, KvmIoctl.Irqfd, &irqfd), "KVM_IRQFD");
+    }
+
+    /// <summary>
+    /// KVM_IOEVENTFD: a guest write of <paramref name="length"/> bytes to addr (a port when pio) completes in the kernel
+    /// and signals the eventfd; with a datamatch only that value does.
+    /// </summary>
+    public void AssignIoeventfd(EventFd eventFd, ulong address, uint length, bool pio, ulong? datamatch = null)
+    {
+        var ioeventfd = new KvmIoeventfd
+        {
+            Addr = address,
+            Len = length,
+            Fd = eventFd.Fd,
+            Flags = (datamatch.HasValue ? 1u : 0u) | (pio ? 2u : 0u),
+            Datamatch = datamatch ?? 0,
+        };
+        // SAFETY: stack struct read by the kernel; the eventfd stays open while the VM lives.
+        Check(LibC.Ioctl(Fd, KvmIoctl.Ioeventfd, &ioeventfd), "KVM_IOEVENTFD");
+    }
+
+    /// <summary>KVM_CREATE_VCPU and the mmap of its shared kvm_run page.</summary>
+    public KvmVcpu CreateVcpu(int id)
+    {
+        int fd = LibC.Ioctl(Fd, KvmIoctl.CreateVcpu, id);
+        return new KvmVcpu(this, id, FdHandle.FromResult(fd, $"KVM_CREATE_VCPU {id}"), System.VcpuMmapSize);
+    }
+
+    public void Dispose()
+    {
+        foreach (FdHandle handle in _eventFds)
+        {
+            handle.Dispose();
+        }
+        _fd.Dispose();
+    }
+}
+
+/// <summary>A non-blocking eventfd (irqfd/ioeventfd endpoint).</summary>
+public sealed unsafe class EventFd
+{
+    private readonly FdHandle _handle;
+
+    internal EventFd(FdHandle handle) => _handle = handle;
+
+    internal int Fd => _handle.Fd;
+
+    /// <summary>Adds 1 to the counter (raises an irqfd).</summary>
+    public void Signal()
+    {
+        ulong one = 1;
+        // SAFETY: 8-byte stack buffer, the size eventfd requires.
+        _ = LibC.Write(Fd, &one, 8);
+    }
+
+    /// <summary>Reads and clears the counter; 0 when it was not signalled.</summary>
+    public ulong Drain()
+    {
+        ulong value = 0;
+        // SAFETY: 8-byte stack buffer, the size eventfd requires.
+        return LibC.Read(Fd, &value, 8) == 8 ? value : 0;
+    }
+}

@@ -1,0 +1,216 @@
+using Kit.HyperKit.Devices.Virtio;
+using Kit.HyperKit.Memory;
+
+namespace Kit.HyperKit.Tests;
+
+public sealed class SplitQueueTests : IDisposable
+{
+    private readonly GuestMemory _memory = new(0x20000);
+    private readonly SplitQueue _queue;
+    private readonly QueueDriver _driver;
+    private readonly DescriptorSegment[] _segments = new DescriptorSegment[SplitQueue.MaxSize];
+
+    public SplitQueueTests()
+    {
+        _queue = new SplitQueue(_memory, 16);
+        _driver = new QueueDriver(_memory, 16);
+        _driver.Configure(_queue);
+    }
+
+    public void Dispose() => _memory.Dispose();
+
+    private bool Pop(out ushort head, out int count) =>
+        _queue.TryPop(_segments, out head, out count, out _, out _);
+
+    [Fact]
+    public void PopsAWellFormedChainInOrder()
+    {
+        ushort head = _driver.Post((0x8000, 16, false), (0x9000, 100, true), (0x9100, 1, true));
+        Assert.True(_queue.TryPop(_segments, out ushort got, out int count, out long readable, out long writable));
+        Assert.Equal(head, got);
+        Assert.Equal(3, count);
+        Assert.Equal(16, readable);
+        Assert.Equal(101, writable);
+        Assert.Equal(new DescriptorSegment(0x9000, 100, true), _segments[1]);
+        Assert.False(Pop(out _, out _));
+        _queue.PushUsed(got, 42);
+        Assert.Equal(1, _driver.UsedIdx);
+        Assert.Equal((head, 42u), (checked((ushort)_driver.UsedEntry(0).Id), _driver.UsedEntry(0).Len));
+    }
+
+    [Fact]
+    public void IndicesWrapAroundTheRing()
+    {
+        for (int i = 0; i < 40; i++)
+        {
+            _driver.Post((0x8000, 8, true));
+            Assert.True(Pop(out ushort head, out _));
+            _queue.PushUsed(head, 8);
+        }
+        Assert.Equal(40, _driver.UsedIdx);
+        Assert.Equal(QueueError.None, _queue.Broken);
+    }
+
+    [Fact]
+    public void ALoopingChainIsCutAtQueueSizeAndReturnedEmpty()
+    {
+        // 0 -> 1 -> 0 -> ... forever.
+        _driver.WriteDescriptor(0, 0x8000, 8, 1, 1);
+        _driver.WriteDescriptor(1, 0x8100, 8, 1, 0);
+        _driver.Publish(0);
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(1, _queue.BadChains);
+        Assert.Equal(QueueError.ChainTooLong, _queue.LastChainError);
+        Assert.Equal(1, _driver.UsedIdx);
+        Assert.Equal(0u, _driver.UsedEntry(0).Len);
+        Assert.Equal(QueueError.None, _queue.Broken);
+    }
+
+    [Fact]
+    public void ASelfLoopIsCaughtToo()
+    {
+        _driver.WriteDescriptor(3, 0x8000, 8, 1, 3);
+        _driver.Publish(3);
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(QueueError.ChainTooLong, _queue.LastChainError);
+    }
+
+    [Fact]
+    public void AChainLongerThanTheCallerBufferIsRefused()
+    {
+        for (ushort i = 0; i < 16; i++)
+        {
+            _driver.WriteDescriptor(i, 0x8000, 1, (ushort)(i < 15 ? 1 : 0), (ushort)(i + 1));
+        }
+        _driver.Publish(0);
+        Assert.False(_queue.TryPop(new DescriptorSegment[4], out _, out _, out _, out _));
+        Assert.Equal(QueueError.ChainTooLong, _queue.LastChainError);
+    }
+
+    [Theory]
+    [InlineData(0x1FFFFUL, 2u)]
+    [InlineData(0x20000UL, 1u)]
+    [InlineData(ulong.MaxValue, 16u)]
+    [InlineData(0x100UL, uint.MaxValue)]
+    public void BuffersOutsideMemoryAreRefused(ulong address, uint length)
+    {
+        _driver.Post((0x8000, 16, false), (address, length, true));
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(QueueError.BufferOutsideMemory, _queue.LastChainError);
+        Assert.Equal(1, _driver.UsedIdx);
+    }
+
+    [Fact]
+    public void NextIndexOutsideTheTableIsRefused()
+    {
+        _driver.WriteDescriptor(0, 0x8000, 8, 1, 16);
+        _driver.Publish(0);
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(QueueError.NextOutOfRange, _queue.LastChainError);
+    }
+
+    [Fact]
+    public void AHeadOutsideTheTableBreaksTheQueue()
+    {
+        _driver.Publish(200);
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(QueueError.HeadOutOfRange, _queue.Broken);
+        _driver.Post((0x8000, 8, true));
+        Assert.False(Pop(out _, out _)); // stays stopped until reset
+    }
+
+    [Fact]
+    public void AnAvailIndexJumpBreaksTheQueue()
+    {
+        _driver.SetAvailIdx(17);
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(QueueError.AvailIndexJump, _queue.Broken);
+        _queue.Reset();
+        Assert.Equal(QueueError.None, _queue.Broken);
+    }
+
+    [Fact]
+    public void IndirectDescriptorsAreRefusedBecauseNotOffered()
+    {
+        _driver.WriteDescriptor(0, 0x8000, 32, 4, 0);
+        _driver.Publish(0);
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(QueueError.IndirectNotNegotiated, _queue.LastChainError);
+    }
+
+    [Fact]
+    public void ReadableAfterWritableIsRefused()
+    {
+        _driver.Post((0x8000, 8, true), (0x9000, 8, false));
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(QueueError.ReadableAfterWritable, _queue.LastChainError);
+    }
+
+    [Fact]
+    public void RingsOutsideMemoryBreakTheQueue()
+    {
+        _queue.Enabled = false;
+        _queue.UsedRing = 0x1FFF0;
+        _queue.Enabled = true;
+        Assert.False(_queue.RingsValid);
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(QueueError.RingOutsideMemory, _queue.Broken);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(3)]
+    [InlineData(32)]
+    public void InvalidSizesAreNeverUsed(ushort size)
+    {
+        _queue.Size = size;
+        Assert.False(_queue.RingsValid);
+        Assert.False(Pop(out _, out _));
+    }
+
+    [Fact]
+    public void GoodChainsAfterABadOneStillFlow()
+    {
+        _driver.WriteDescriptor(0, 0x8000, 8, 1, 0); // loop
+        _driver.Publish(0);
+        _driver.WriteDescriptor(1, 0x8000, 8, 2, 0);
+        _driver.Publish(1);
+        Assert.True(Pop(out ushort head, out _));
+        Assert.Equal(1, head);
+    }
+
+    [Fact]
+    public void NoInterruptFlagIsHonoured()
+    {
+        Assert.True(_queue.ShouldInterrupt());
+        _driver.SetNoInterrupt(true);
+        Assert.False(_queue.ShouldInterrupt());
+    }
+
+    [Fact]
+    public void RandomDescriptorTablesNeverThrowOrEscape()
+    {
+        var random = new Random(1234);
+        byte[] junk = new byte[16 * 16 + 64];
+        for (int round = 0; round < 2000; round++)
+        {
+            random.NextBytes(junk);
+            _memory.TryWrite(_driver.Desc, junk.AsSpan(0, 256));
+            _queue.Reset();
+            _driver.Configure(_queue);
+            _memory.TryWrite(_driver.Avail, junk.AsSpan(256, 36));
+            _memory.TryWriteU16(_driver.Used + 2, 0);
+            int guard = 0;
+            while (_queue.TryPop(_segments, out ushort head, out int count, out _, out _) && guard++ < 100)
+            {
+                Assert.True(head < 16);
+                for (int i = 0; i < count; i++)
+                {
+                    Assert.True(_memory.Contains(_segments[i].Address, _segments[i].Length));
+                }
+                _queue.PushUsed(head, 0);
+            }
+            Assert.True(guard <= 16);
+        }
+    }
+}
