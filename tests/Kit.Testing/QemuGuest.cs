@@ -44,7 +44,19 @@ public sealed class QemuGuest : IAsyncDisposable
         _timeout = timeout;
         _clock = clock;
         _ = qemu.WaitForLineAsync(l => l.Contains(StartMarker, StringComparison.Ordinal), timeout)
-            .ContinueWith(t => { if (t.IsCompletedSuccessfully) { _bootTime = _clock.Elapsed; } }, TaskScheduler.Default);
+            .ContinueWith(
+                t =>
+                {
+                    if (t.IsCompletedSuccessfully)
+                    {
+                        _bootTime = _clock.Elapsed;
+                    }
+                    else
+                    {
+                        _ = t.Exception; // observed: a guest that never starts is reported by WaitForExitAsync
+                    }
+                },
+                TaskScheduler.Default);
     }
 
     /// <summary>The serial console so far ('\r' removed).</summary>
@@ -139,6 +151,14 @@ public sealed class QemuGuest : IAsyncDisposable
         string all = result.StandardError.Length == 0 ? serial : serial + "--- qemu stderr ---\n" + result.StandardError;
         return new GuestResult(exitCode, output, all, _bootTime ?? result.Elapsed, result.Elapsed);
     }
+
+    /// <summary>
+    /// The kernel command line argument <c>kit.cmd=&lt;base64&gt;</c> that makes the guest run <paramref name="script"/>
+    /// when no /kit/run is packed (e.g. for a guest booted by another VMM). The whole command line is limited to
+    /// 2048 bytes on x86, so keep such scripts short.
+    /// </summary>
+    public static string KernelCommandArgument(string script) =>
+        "kit.cmd=" + Convert.ToBase64String(Encoding.UTF8.GetBytes(script));
 
     /// <summary>Finds the command output and exit code between the markers of <paramref name="serial"/>.</summary>
     public static bool TryParseMarkers(string serial, out int exitCode, out string output)

@@ -66,8 +66,10 @@ public sealed class QemuGuestTests(ITestOutputHelper output)
     {
         CancellationToken cancel = TestContext.Current.CancellationToken;
         // The timeout counts from QEMU's start; waiting for the line first makes the failure text deterministic.
+        // The command comes from the kernel command line here (kit.cmd), the path other VMMs use.
         var options = new QemuGuestOptions { Timeout = TimeSpan.FromSeconds(12) };
-        await using QemuGuest guest = await QemuGuest.StartAsync("echo waiting-forever; sleep 1000", options, cancel);
+        options.KernelArguments.Add(QemuGuest.KernelCommandArgument("echo waiting-forever; sleep 1000"));
+        await using QemuGuest guest = await QemuGuest.StartAsync(script: null, options, cancel);
         await guest.WaitForSerialAsync("waiting-forever", TimeSpan.FromSeconds(90), cancel);
         int pid = guest.ProcessId;
 
