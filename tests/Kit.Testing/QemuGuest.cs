@@ -28,6 +28,11 @@ public sealed class QemuGuest : IAsyncDisposable
     /// <summary>Concurrent QEMU guests on this machine (all test processes together).</summary>
     public const int MaxConcurrentGuests = 2;
 
+    /// <summary>The QEMU <c>-name</c> prefix; the owning test process id follows.</summary>
+    internal const string OwnerTag = "kit-test-";
+
+    private static readonly Lazy<int> s_orphansKilled = new(KillOrphans);
+
     private readonly RunningProcess _qemu;
     private readonly IDisposable _slot;
     private readonly string _tempDir;
@@ -81,6 +86,7 @@ public sealed class QemuGuest : IAsyncDisposable
     public static async Task<QemuGuest> StartAsync(string? script, QemuGuestOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new QemuGuestOptions();
+        _ = s_orphansKilled.Value;
         GuestImage image = options.Image ?? await GuestImage.GetDefaultAsync(cancellationToken).ConfigureAwait(false);
         IDisposable slot = await QemuSlots.AcquireAsync(cancellationToken).ConfigureAwait(false);
         string tempDir = Directory.CreateTempSubdirectory("kit-qemu-").FullName;
@@ -198,6 +204,49 @@ public sealed class QemuGuest : IAsyncDisposable
         await Task.Run(_qemu.Dispose).ConfigureAwait(false);
         TryDelete(_tempDir);
         _slot.Dispose();
+    }
+
+    /// <summary>
+    /// Kills QEMU guests left running by test processes that died (a crashed or killed runner cannot dispose
+    /// them), so they do not hold CPU and QEMU slots. Returns how many it killed.
+    /// </summary>
+    public static int KillOrphans()
+    {
+        int killed = 0;
+        foreach (string dir in Directory.GetDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out int pid))
+            {
+                continue;
+            }
+            string[] args;
+            try
+            {
+                args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                continue; // exited meanwhile
+            }
+            int name = Array.IndexOf(args, "-name");
+            if (name < 0 || name + 1 >= args.Length || !args[0].Contains("qemu-system", StringComparison.Ordinal)
+                || !args[name + 1].StartsWith(OwnerTag, StringComparison.Ordinal)
+                || !int.TryParse(args[name + 1].AsSpan(OwnerTag.Length), NumberStyles.None, CultureInfo.InvariantCulture, out int owner)
+                || owner == Environment.ProcessId || Directory.Exists($"/proc/{owner}"))
+            {
+                continue;
+            }
+            try
+            {
+                using Process orphan = Process.GetProcessById(pid);
+                orphan.Kill();
+                killed++;
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+            {
+            }
+        }
+        return killed;
     }
 
     private string Describe() =>
