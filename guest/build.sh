@@ -12,7 +12,8 @@
 #   concatenated archives in order), else from kit.cmd=<base64 shell script> on the kernel command line,
 #   else an interactive shell on the console.
 #   kit.nested=1: load kvm_amd, mount the host's / (9p tag "hostroot", read-only) at /host, bind /proc /dev /sys,
-#   tmpfs on /host/run and /host/tmp, optionally mount the 9p tag "results" read-write at /host<kit.results=PATH>,
+#   tmpfs on /host/run and /host/tmp (host directories under them listed in kit.expose=P1,P2 stay visible),
+#   optionally mount the 9p tag "results" read-write at /host<kit.results=PATH>,
 #   then run the command inside `chroot /host`.
 set -euo pipefail
 
@@ -214,8 +215,25 @@ if [ "$(arg kit.nested)" = 1 ]; then
   for d in proc sys dev; do mount --bind /$d /host/$d; done
   mount --bind /dev/pts /host/dev/pts
   mount --bind /dev/shm /host/dev/shm 2>/dev/null
+  # Fresh writable /run and /tmp. Host paths under them that the command needs (a checkout in /tmp, say) are
+  # listed in kit.expose=PATH[,PATH] and bound back through from the read-only host view.
+  mkdir -p /hostview/run /hostview/tmp
+  mount --bind /host/run /hostview/run
+  mount --bind /host/tmp /hostview/tmp
   mount -t tmpfs tmpfs /host/run
   mount -t tmpfs tmpfs /host/tmp
+  if expose=$(arg kit.expose); then
+    for p in $(echo "$expose" | tr ',' ' '); do
+      case "$p" in
+        /tmp/*|/run/*)
+          if [ -d "/hostview$p" ]; then
+            mkdir -p "/host$p" && mount --bind "/hostview$p" "/host$p"
+          else
+            echo "kit: kit.expose: $p is not a host directory" >&2
+          fi ;;
+      esac
+    done
+  fi
   if results=$(arg kit.results); then
     mkdir -p "/host$results" 2>/dev/null
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "/host$results" \

@@ -7,11 +7,11 @@ namespace Kit.Testing;
 public sealed class NestedOptions
 {
     /// <summary>
-    /// Boot, 9p mount and the command together. Measured here: L1 reaches its command in about 5-8 s and a small
-    /// .NET program starts there in a few seconds (host files come over 9p); a Linux guest under KVM inside L1
-    /// takes about 40 s more.
+    /// Boot, 9p mount and the command together. Measured here: L1 reaches its command in 7-16 s and a small .NET
+    /// program runs there in 3-7 s (host files come over 9p); QEMU -enable-kvm booting the default guest inside L1
+    /// (L2) took 37 s on an idle machine and 134 s on a loaded one, so give L2 boots a generous timeout.
     /// </summary>
-    public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(240);
+    public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(300);
 
     public int MemoryMiB { get; set; } = 2048;
 
@@ -19,6 +19,13 @@ public sealed class NestedOptions
 
     /// <summary>A host directory shared read-write and mounted at the same path inside, for the command's output files.</summary>
     public string? ResultsDirectory { get; set; }
+
+    /// <summary>
+    /// Host directories under /tmp or /run to keep visible (read-only) inside, where those two are fresh tmpfs.
+    /// The repository, the .NET install and the default guest's directory are added automatically when they
+    /// live there.
+    /// </summary>
+    public List<string> ExposedPaths { get; } = [];
 
     /// <summary>Extra environment for the command (added to the defaults of <see cref="NestedRunner.DefaultEnvironment"/>).</summary>
     public Dictionary<string, string> Environment { get; } = new(StringComparer.Ordinal);
@@ -61,17 +68,36 @@ public static class NestedRunner
     /// <see cref="DefaultEnvironment"/> exported) and returns its output and exit code.
     /// </summary>
     /// <exception cref="GuestFailedException">Timeout, or L1 stopped without an exit marker.</exception>
-    public static Task<GuestResult> RunAsync(string commandLine, NestedOptions? options = null, CancellationToken cancellationToken = default)
+    public static async Task<GuestResult> RunAsync(string commandLine, NestedOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new NestedOptions();
+        GuestImage image = await GuestImage.GetDefaultAsync(cancellationToken).ConfigureAwait(false);
         var guest = new QemuGuestOptions
         {
             Cpu = "max",
             MemoryMiB = options.MemoryMiB,
             Cpus = options.Cpus,
             Timeout = options.Timeout,
+            Image = image,
         };
         guest.KernelArguments.Add("kit.nested=1");
+        var exposed = new List<string>();
+        foreach (string path in (string[])[.. options.ExposedPaths, RepoPaths.Root, DotnetRoot, Path.GetDirectoryName(image.Kernel) ?? "/"])
+        {
+            string full = Path.GetFullPath(path).TrimEnd('/');
+            if ((full.StartsWith("/tmp/", StringComparison.Ordinal) || full.StartsWith("/run/", StringComparison.Ordinal)) && !exposed.Contains(full))
+            {
+                if (full.Contains(' ', StringComparison.Ordinal) || full.Contains(',', StringComparison.Ordinal))
+                {
+                    throw new ArgumentException($"cannot expose '{full}' to the nested guest (space or comma in the path)", nameof(options));
+                }
+                exposed.Add(full);
+            }
+        }
+        if (exposed.Count > 0)
+        {
+            guest.KernelArguments.Add("kit.expose=" + string.Join(',', exposed));
+        }
         guest.AddShare("hostroot", "/", readOnly: true);
         if (options.ResultsDirectory is { } results)
         {
@@ -91,7 +117,7 @@ public static class NestedRunner
             script.Append("export ").Append(key).Append('=').Append(Text.ShellQuote(value)).Append('\n');
         }
         script.Append("cd /tmp\n").Append(commandLine).Append('\n');
-        return QemuGuest.RunAsync(script.ToString(), guest, cancellationToken);
+        return await QemuGuest.RunAsync(script.ToString(), guest, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>A command line that runs a framework-dependent .NET app (its .dll) with the host's dotnet.</summary>

@@ -8,6 +8,7 @@ public sealed class NetNamespace : IDisposable
 {
     private const string Prefix = "kit-t";
     private static int s_counter;
+    private readonly List<RunningProcess> _started = [];
     private int _disposed;
 
     private NetNamespace(string name) => Name = name;
@@ -39,13 +40,27 @@ public sealed class NetNamespace : IDisposable
         RunAsync("/bin/sh", ["-c", script], timeout, cancellationToken);
 
     /// <summary>Starts a long-running program inside the namespace (a server); dispose it or the namespace to stop it.</summary>
-    public RunningProcess Start(string fileName, IEnumerable<string> arguments) =>
-        ProcessRunner.Start("ip", ["netns", "exec", Name, fileName, .. arguments]);
+    public RunningProcess Start(string fileName, IEnumerable<string> arguments)
+    {
+        RunningProcess process = ProcessRunner.Start("ip", ["netns", "exec", Name, fileName, .. arguments]);
+        lock (_started)
+        {
+            _started.Add(process);
+        }
+        return process;
+    }
 
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
+            lock (_started)
+            {
+                foreach (RunningProcess process in _started)
+                {
+                    process.Dispose();
+                }
+            }
             Delete(Name);
         }
     }

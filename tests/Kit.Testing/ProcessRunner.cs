@@ -53,11 +53,18 @@ public static class ProcessRunner
         CancellationToken cancellationToken = default)
     {
         using RunningProcess process = Start(fileName, arguments, environment, workingDirectory);
-        if (standardInput is not null)
+        try
         {
-            await process.Process.StandardInput.WriteAsync(standardInput).ConfigureAwait(false);
+            if (standardInput is not null)
+            {
+                await process.Process.StandardInput.WriteAsync(standardInput).ConfigureAwait(false);
+            }
+            process.Process.StandardInput.Close();
         }
-        process.Process.StandardInput.Close();
+        catch (IOException)
+        {
+            // The program exited without reading its input; its exit code tells the story.
+        }
         return await process.WaitAsync(timeout ?? DefaultTimeout, cancellationToken).ConfigureAwait(false);
     }
 
@@ -179,8 +186,10 @@ public sealed class RunningProcess : IDisposable
             }
             _waiters.Add((match, done));
         }
-        Task exited = Process.WaitForExitAsync(cancellationToken);
-        Task first = await Task.WhenAny(done.Task, exited, Task.Delay(timeout, cancellationToken)).ConfigureAwait(false);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        Task exited = Process.WaitForExitAsync(stop.Token);
+        Task first = await Task.WhenAny(done.Task, exited, Task.Delay(timeout, stop.Token)).ConfigureAwait(false);
+        await stop.CancelAsync().ConfigureAwait(false); // ends the losing waits now, not when the timeout expires
         lock (_gate)
         {
             _waiters.RemoveAll(w => w.Done == done);
@@ -190,7 +199,9 @@ public sealed class RunningProcess : IDisposable
             return await done.Task.ConfigureAwait(false);
         }
         cancellationToken.ThrowIfCancellationRequested();
-        string why = first == exited ? $"exited ({Process.ExitCode})" : $"did not print it within {timeout.TotalSeconds:F0} s";
+        string why = first == exited && first.IsCompletedSuccessfully
+            ? $"exited ({Process.ExitCode})"
+            : $"did not print it within {timeout.TotalSeconds:F0} s";
         throw new TimeoutException(
             $"{Command}: waited for an output line but the process {why}\n--- output (tail) ---\n{Text.Tail(StandardOutput + StandardError, 4000)}");
     }

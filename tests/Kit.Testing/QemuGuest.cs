@@ -28,6 +28,11 @@ public sealed class QemuGuest : IAsyncDisposable
     /// <summary>Concurrent QEMU guests on this machine (all test processes together).</summary>
     public const int MaxConcurrentGuests = 2;
 
+    /// <summary>The QEMU <c>-name</c> prefix; the owning test process id follows.</summary>
+    internal const string OwnerTag = "kit-test-";
+
+    private static readonly Lazy<int> s_orphansKilled = new(KillOrphans);
+
     private readonly RunningProcess _qemu;
     private readonly IDisposable _slot;
     private readonly string _tempDir;
@@ -44,7 +49,19 @@ public sealed class QemuGuest : IAsyncDisposable
         _timeout = timeout;
         _clock = clock;
         _ = qemu.WaitForLineAsync(l => l.Contains(StartMarker, StringComparison.Ordinal), timeout)
-            .ContinueWith(t => { if (t.IsCompletedSuccessfully) { _bootTime = _clock.Elapsed; } }, TaskScheduler.Default);
+            .ContinueWith(
+                t =>
+                {
+                    if (t.IsCompletedSuccessfully)
+                    {
+                        _bootTime = _clock.Elapsed;
+                    }
+                    else
+                    {
+                        _ = t.Exception; // observed: a guest that never starts is reported by WaitForExitAsync
+                    }
+                },
+                TaskScheduler.Default);
     }
 
     /// <summary>The serial console so far ('\r' removed).</summary>
@@ -69,6 +86,7 @@ public sealed class QemuGuest : IAsyncDisposable
     public static async Task<QemuGuest> StartAsync(string? script, QemuGuestOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new QemuGuestOptions();
+        _ = s_orphansKilled.Value;
         GuestImage image = options.Image ?? await GuestImage.GetDefaultAsync(cancellationToken).ConfigureAwait(false);
         IDisposable slot = await QemuSlots.AcquireAsync(cancellationToken).ConfigureAwait(false);
         string tempDir = Directory.CreateTempSubdirectory("kit-qemu-").FullName;
@@ -140,6 +158,14 @@ public sealed class QemuGuest : IAsyncDisposable
         return new GuestResult(exitCode, output, all, _bootTime ?? result.Elapsed, result.Elapsed);
     }
 
+    /// <summary>
+    /// The kernel command line argument <c>kit.cmd=&lt;base64&gt;</c> that makes the guest run <paramref name="script"/>
+    /// when no /kit/run is packed (e.g. for a guest booted by another VMM). The whole command line is limited to
+    /// 2048 bytes on x86, so keep such scripts short.
+    /// </summary>
+    public static string KernelCommandArgument(string script) =>
+        "kit.cmd=" + Convert.ToBase64String(Encoding.UTF8.GetBytes(script));
+
     /// <summary>Finds the command output and exit code between the markers of <paramref name="serial"/>.</summary>
     public static bool TryParseMarkers(string serial, out int exitCode, out string output)
     {
@@ -178,6 +204,49 @@ public sealed class QemuGuest : IAsyncDisposable
         await Task.Run(_qemu.Dispose).ConfigureAwait(false);
         TryDelete(_tempDir);
         _slot.Dispose();
+    }
+
+    /// <summary>
+    /// Kills QEMU guests left running by test processes that died (a crashed or killed runner cannot dispose
+    /// them), so they do not hold CPU and QEMU slots. Returns how many it killed.
+    /// </summary>
+    public static int KillOrphans()
+    {
+        int killed = 0;
+        foreach (string dir in Directory.GetDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out int pid))
+            {
+                continue;
+            }
+            string[] args;
+            try
+            {
+                args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                continue; // exited meanwhile
+            }
+            int name = Array.IndexOf(args, "-name");
+            if (name < 0 || name + 1 >= args.Length || !args[0].Contains("qemu-system", StringComparison.Ordinal)
+                || !args[name + 1].StartsWith(OwnerTag, StringComparison.Ordinal)
+                || !int.TryParse(args[name + 1].AsSpan(OwnerTag.Length), NumberStyles.None, CultureInfo.InvariantCulture, out int owner)
+                || owner == Environment.ProcessId || Directory.Exists($"/proc/{owner}"))
+            {
+                continue;
+            }
+            try
+            {
+                using Process orphan = Process.GetProcessById(pid);
+                orphan.Kill();
+                killed++;
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+            {
+            }
+        }
+        return killed;
     }
 
     private string Describe() =>

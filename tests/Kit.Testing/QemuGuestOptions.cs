@@ -85,6 +85,8 @@ public sealed class QemuGuestOptions
             "-smp", Cpus.ToString(System.Globalization.CultureInfo.InvariantCulture),
             // No default NIC, VGA, floppy or CD; the serial port is the console and the only output.
             "-nodefaults", "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
+            // Names the owning test process, so a later run can kill guests whose owner died (QemuGuest.KillOrphans).
+            "-name", QemuGuest.OwnerTag + System.Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture),
             "-kernel", image.Kernel,
             "-initrd", initrd,
             "-append", string.Join(' ', ["console=ttyS0", "quiet", "panic=-1", .. KernelArguments]),

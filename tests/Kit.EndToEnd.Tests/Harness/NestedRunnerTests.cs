@@ -15,9 +15,13 @@ public sealed class NestedRunnerTests(ITestOutputHelper output)
         CancellationToken cancel = TestContext.Current.CancellationToken;
         string probe = Path.Combine(RepoPaths.BuildOutput("Kit.KvmProbe"), "Kit.KvmProbe.dll");
         DirectoryInfo results = Directory.CreateTempSubdirectory("kit-nested-");
+        DirectoryInfo exposed = Directory.CreateTempSubdirectory("kit-exposed-");
         try
         {
+            // /tmp is a fresh tmpfs inside L1; an exposed host directory under it stays visible.
+            await File.WriteAllTextAsync(Path.Combine(exposed.FullName, "marker"), "visible-in-l1\n", cancel);
             var options = new NestedOptions { ResultsDirectory = results.FullName };
+            options.ExposedPaths.Add(exposed.FullName);
             string command = $"""
                 ms() {"{"} echo $(( $(date +%s%N) / 1000000 )); {"}"}
                 t0=$(ms)
@@ -28,6 +32,7 @@ public sealed class NestedRunnerTests(ITestOutputHelper output)
                 t2=$(ms)
                 echo "dotnet-list-runtimes-ms=$((t1 - t0)) probe-ms=$((t2 - t1))"
                 ls -l /dev/kvm
+                cat {exposed.FullName}/marker
                 exit $rc
                 """;
 
@@ -37,12 +42,14 @@ public sealed class NestedRunnerTests(ITestOutputHelper output)
             output.WriteLine(result.Output);
             Assert.True(result.ExitCode == 0, $"probe failed in L1 (exit {result.ExitCode})\n{result.Serial}");
             Assert.Contains("/dev/kvm", result.Output, StringComparison.Ordinal);
+            Assert.Contains("visible-in-l1", result.Output, StringComparison.Ordinal);
             // Written through the read-write results share, read back on the host.
             Assert.Equal("api=12 vm=ok vcpu=ok", File.ReadAllText(Path.Combine(results.FullName, "probe.txt")).Trim());
         }
         finally
         {
             results.Delete(recursive: true);
+            exposed.Delete(recursive: true);
         }
     }
 

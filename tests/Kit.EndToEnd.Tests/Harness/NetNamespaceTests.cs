@@ -48,8 +48,17 @@ public sealed class NetNamespaceTests
             name = ns.Name;
             RunningProcess sleep = ns.Start("sleep", ["600"]);
             sleeper = sleep.Id;
-            ProcessResult pids = await ProcessRunner.RunAsync("ip", ["netns", "pids", ns.Name], cancellationToken: cancel);
-            Assert.NotEqual("", pids.StandardOutput.Trim());
+            // `ip netns exec` enters the namespace just after it starts; wait until the kernel lists it there.
+            string inside = "";
+            for (int i = 0; i < 100 && inside.Length == 0; i++)
+            {
+                inside = (await ProcessRunner.RunAsync("ip", ["netns", "pids", ns.Name], cancellationToken: cancel)).StandardOutput.Trim();
+                if (inside.Length == 0)
+                {
+                    await Task.Delay(50, cancel);
+                }
+            }
+            Assert.Contains(sleeper.ToString(System.Globalization.CultureInfo.InvariantCulture), inside.Split('\n'));
             throw new InvalidOperationException("test body failed");
         });
 
