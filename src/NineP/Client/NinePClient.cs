@@ -26,6 +26,7 @@ public sealed class NinePClient : IAsyncDisposable
     private readonly ConcurrentQueue<uint> _freeFids = new();
     private readonly CancellationTokenSource _closed = new();
     private Task _reader = Task.CompletedTask;
+    private volatile Exception? _failure;
     private int _nextTag;
     private int _nextFid;
 
@@ -151,6 +152,7 @@ public sealed class NinePClient : IAsyncDisposable
         {
             failure = e is OperationCanceledException ? new IOException("client closed") : e;
         }
+        _failure = failure;
         foreach (ushort tag in _pending.Keys)
         {
             if (_pending.TryRemove(tag, out TaskCompletionSource<Fcall>? tcs))
@@ -185,6 +187,12 @@ public sealed class NinePClient : IAsyncDisposable
         if (!_pending.TryAdd(tag, tcs))
         {
             throw new InvalidOperationException("tag collision");
+        }
+        if (_failure is Exception dead)
+        {
+            // The reader loop has ended: no reply can ever come.
+            _pending.TryRemove(tag, out _);
+            throw new IOException("connection closed", dead);
         }
         await SendAsync(t).ConfigureAwait(false);
         Fcall reply;
@@ -225,6 +233,10 @@ public sealed class NinePClient : IAsyncDisposable
             try
             {
                 await _stream.WriteAsync(buffer.AsMemory(0, n)).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                throw new IOException("connection closed", e);
             }
             finally
             {

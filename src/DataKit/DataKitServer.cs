@@ -1,0 +1,31 @@
+using Kit.DataKit.Fs;
+using Kit.DataKit.Store;
+using Kit.NineP.Server;
+using Microsoft.Extensions.Logging;
+
+namespace Kit.DataKit;
+
+/// <summary>The DataKit service: a git store, a poller that notices outside git writers, and 9P listeners.</summary>
+public sealed class DataKitServer : IAsyncDisposable
+{
+    private readonly HeadPoller _poller;
+
+    public DataKitServer(string gitPath, ILogger? logger = null, NinePServerOptions? options = null)
+    {
+        Store = GitStore.Open(gitPath);
+        _poller = new HeadPoller(Store, TimeSpan.FromMilliseconds(200));
+        NineP = new NinePServer(() => new DataKitSession(Store), options, logger);
+    }
+
+    public GitStore Store { get; }
+    public NinePServer NineP { get; }
+
+    public System.Net.EndPoint Listen(ListenAddress address) => NineP.Listen(address);
+
+    public async ValueTask DisposeAsync()
+    {
+        await NineP.DisposeAsync().ConfigureAwait(false);
+        await _poller.DisposeAsync().ConfigureAwait(false);
+        Store.Dispose();
+    }
+}

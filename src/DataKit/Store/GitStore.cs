@@ -1,0 +1,471 @@
+using System.Text;
+using Kit.NineP.Protocol;
+using Kit.NineP.Vfs;
+using LibGit2Sharp;
+
+namespace Kit.DataKit.Store;
+
+/// <summary>What a tree entry is, as DataKit sees it: Git modes 100644, 100755, 120000 and 040000 only.</summary>
+public enum EntryKind : byte
+{
+    File,
+    Exec,
+    Link,
+    Dir,
+}
+
+/// <summary>One entry of a Git tree.</summary>
+public readonly record struct GitEntry(string Name, EntryKind Kind, ObjectId Id)
+{
+    /// <summary>The tree.live / trees/ prefix: D-, F-, X- or L-.</summary>
+    public string Line => $"{Prefix(Kind)}-{Id.Sha}";
+
+    public static char Prefix(EntryKind kind) => kind switch { EntryKind.Dir => 'D', EntryKind.Exec => 'X', EntryKind.Link => 'L', _ => 'F' };
+}
+
+/// <summary>A commit's fields.</summary>
+public sealed record CommitInfo(ObjectId Id, ObjectId Tree, IReadOnlyList<ObjectId> Parents, string Message, DateTimeOffset When);
+
+/// <summary>
+/// The object store and branches: a real Git repository through LibGit2Sharp, so stock git reads and writes it.
+/// LibGit2Sharp's Repository is not thread-safe, so every call takes one lock; calls are short (one object or ref).
+/// Objects are written before refs and refs are updated through libgit2's lock-file-and-rename, so a process killed
+/// at any point leaves a repository that passes git fsck, holding every commit whose ref update returned.
+/// </summary>
+public sealed class GitStore : IDisposable
+{
+    public static readonly ObjectId EmptyTree = new("4b825dc642cb6eb9a060e54bf8d69288fbee4904");
+    private readonly Repository _repo;
+    private readonly Lock _gate = new();
+    private readonly Dictionary<ObjectId, byte[]> _blobCache = [];
+    private long _blobCacheBytes;
+
+    private GitStore(Repository repo, string path)
+    {
+        _repo = repo;
+        Path = path;
+        Changes = new ChangeSignal();
+    }
+
+    public string Path { get; }
+
+    /// <summary>Fires whenever any branch head changes (ours, or another git writer's, seen by polling).</summary>
+    public ChangeSignal Changes { get; }
+
+    public Identity Author { get; init; } = new("datakit", "datakit@mobyproject.org");
+
+    /// <summary>Opens the repository at <paramref name="path"/>, creating it (non-bare, nothing checked out) if needed.</summary>
+    public static GitStore Open(string path)
+    {
+        string full = System.IO.Path.GetFullPath(path);
+        if (!Repository.IsValid(full))
+        {
+            Directory.CreateDirectory(full);
+            Repository.Init(full);
+        }
+        return new GitStore(new Repository(full), full);
+    }
+
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            _repo.Dispose();
+        }
+    }
+
+    // ---------- refs ----------
+
+    public static bool IsValidBranchName(string name)
+    {
+        if (name.Length == 0 || name.StartsWith('/') || name.EndsWith('/') || name.Contains("//", StringComparison.Ordinal)
+            || name.Contains("..", StringComparison.Ordinal) || name.EndsWith(".lock", StringComparison.Ordinal) || name.StartsWith('.'))
+        {
+            return false;
+        }
+        foreach (char c in name)
+        {
+            if (!(char.IsAsciiLetterOrDigit(c) || c is '/' or '-' or '_' or '.'))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    public IReadOnlyList<string> ListBranches()
+    {
+        lock (_gate)
+        {
+            var names = new List<string>();
+            foreach (Reference r in _repo.Refs.FromGlob("refs/heads/*"))
+            {
+                names.Add(r.CanonicalName["refs/heads/".Length..]);
+            }
+            names.Sort(StringComparer.Ordinal);
+            return names;
+        }
+    }
+
+    /// <summary>All branch heads at once (for the change poller).</summary>
+    public Dictionary<string, ObjectId> SnapshotHeads()
+    {
+        lock (_gate)
+        {
+            var heads = new Dictionary<string, ObjectId>(StringComparer.Ordinal);
+            foreach (Reference r in _repo.Refs.FromGlob("refs/heads/*"))
+            {
+                if (r.ResolveToDirectReference()?.TargetIdentifier is string sha)
+                {
+                    heads[r.CanonicalName["refs/heads/".Length..]] = new ObjectId(sha);
+                }
+            }
+            return heads;
+        }
+    }
+
+    public ObjectId? GetHead(string branch)
+    {
+        if (!IsValidBranchName(branch))
+        {
+            return null;
+        }
+        lock (_gate)
+        {
+            Reference? r = _repo.Refs[$"refs/heads/{branch}"];
+            string? sha = r?.ResolveToDirectReference()?.TargetIdentifier;
+            return sha is null ? null : new ObjectId(sha);
+        }
+    }
+
+    public bool BranchExists(string branch) => GetHead(branch) is not null;
+
+    /// <summary>Moves a branch if its head is still <paramref name="expected"/>; false if it moved meanwhile.</summary>
+    public bool TrySetHead(string branch, ObjectId commit, ObjectId? expected, string logMessage)
+    {
+        lock (_gate)
+        {
+            string name = $"refs/heads/{branch}";
+            Reference? r = _repo.Refs[name];
+            string? current = r?.ResolveToDirectReference()?.TargetIdentifier;
+            if (current != expected?.Sha)
+            {
+                return false;
+            }
+            _repo.Refs.Add(name, commit, logMessage, allowOverwrite: true);
+        }
+        Changes.Poke();
+        return true;
+    }
+
+    public void DeleteBranch(string branch)
+    {
+        lock (_gate)
+        {
+            if (_repo.Refs[$"refs/heads/{branch}"] is Reference r)
+            {
+                _repo.Refs.Remove(r);
+            }
+        }
+        Changes.Poke();
+    }
+
+    /// <summary>Renames a branch under the store lock (the original copied then deleted, racily).</summary>
+    public void RenameBranch(string from, string to)
+    {
+        lock (_gate)
+        {
+            if (_repo.Refs[$"refs/heads/{from}"] is Reference r)
+            {
+                _repo.Refs.Rename(r, $"refs/heads/{to}");
+            }
+        }
+        Changes.Poke();
+    }
+
+    // ---------- objects ----------
+
+    public static bool TryParseHash(string text, out ObjectId? id, out string error)
+    {
+        id = null;
+        if (text.Length != 40)
+        {
+            error = $"invalid-hash \"{text}\": expected 40 hex characters, got {text.Length}";
+            return false;
+        }
+        foreach (char c in text)
+        {
+            if (!char.IsAsciiHexDigit(c))
+            {
+                error = $"invalid-hash \"{text}\": '{c}' is not a hex digit";
+                return false;
+            }
+        }
+        id = new ObjectId(text.ToLowerInvariant());
+        error = "";
+        return true;
+    }
+
+    public CommitInfo? GetCommit(ObjectId id)
+    {
+        lock (_gate)
+        {
+            if (_repo.Lookup(id, ObjectType.Commit) is not Commit c)
+            {
+                return null;
+            }
+            return new CommitInfo(c.Id, c.Tree.Id, c.Parents.Select(p => p.Id).ToArray(), c.Message, c.Committer.When);
+        }
+    }
+
+    public bool TreeExists(ObjectId id)
+    {
+        lock (_gate)
+        {
+            return _repo.Lookup(id, ObjectType.Tree) is not null;
+        }
+    }
+
+    public bool BlobExists(ObjectId id)
+    {
+        lock (_gate)
+        {
+            return _repo.Lookup(id, ObjectType.Blob) is not null;
+        }
+    }
+
+    public IReadOnlyList<GitEntry> ReadTree(ObjectId treeId)
+    {
+        lock (_gate)
+        {
+            if (_repo.Lookup(treeId, ObjectType.Tree) is not Tree tree)
+            {
+                return [];
+            }
+            var entries = new List<GitEntry>(tree.Count);
+            foreach (TreeEntry e in tree)
+            {
+                EntryKind? kind = e.Mode switch
+                {
+                    Mode.Directory => EntryKind.Dir,
+                    Mode.ExecutableFile => EntryKind.Exec,
+                    Mode.SymbolicLink => EntryKind.Link,
+                    Mode.NonExecutableFile or Mode.NonExecutableGroupWritableFile => EntryKind.File,
+                    _ => null, // submodules are not DataKit values
+                };
+                if (kind is EntryKind k)
+                {
+                    entries.Add(new GitEntry(e.Name, k, e.Target.Id));
+                }
+            }
+            return entries;
+        }
+    }
+
+    /// <summary>Follows <paramref name="path"/> from a tree; null when absent.</summary>
+    public GitEntry? Resolve(ObjectId rootTree, IReadOnlyList<string> path)
+    {
+        var current = new GitEntry("", EntryKind.Dir, rootTree);
+        foreach (string step in path)
+        {
+            if (current.Kind != EntryKind.Dir)
+            {
+                return null;
+            }
+            GitEntry? next = null;
+            foreach (GitEntry e in ReadTree(current.Id))
+            {
+                if (e.Name == step)
+                {
+                    next = e;
+                    break;
+                }
+            }
+            if (next is null)
+            {
+                return null;
+            }
+            current = next.Value;
+        }
+        return current;
+    }
+
+    /// <summary>A blob's bytes. Recently read blobs are cached (bounded) so large files read in chunks stay cheap.</summary>
+    public byte[] ReadBlob(ObjectId id)
+    {
+        lock (_gate)
+        {
+            if (_blobCache.TryGetValue(id, out byte[]? cached))
+            {
+                return cached;
+            }
+            if (_repo.Lookup(id, ObjectType.Blob) is not Blob blob)
+            {
+                throw VfsErrors.NotFound();
+            }
+            using Stream s = blob.GetContentStream();
+            byte[] data = new byte[blob.Size];
+            s.ReadExactly(data);
+            if (_blobCacheBytes + data.Length > 256L * 1024 * 1024)
+            {
+                _blobCache.Clear();
+                _blobCacheBytes = 0;
+            }
+            _blobCache[id] = data;
+            _blobCacheBytes += data.Length;
+            return data;
+        }
+    }
+
+    public long BlobSize(ObjectId id)
+    {
+        lock (_gate)
+        {
+            if (_blobCache.TryGetValue(id, out byte[]? cached))
+            {
+                return cached.Length;
+            }
+            return _repo.Lookup(id, ObjectType.Blob) is Blob b ? b.Size : 0;
+        }
+    }
+
+    public ObjectId WriteBlob(ReadOnlyMemory<byte> data)
+    {
+        lock (_gate)
+        {
+            using var s = new ReadOnlyMemoryStream(data);
+            return _repo.ObjectDatabase.CreateBlob(s).Id;
+        }
+    }
+
+    public ObjectId WriteTree(IEnumerable<GitEntry> entries)
+    {
+        lock (_gate)
+        {
+            var td = new TreeDefinition();
+            bool any = false;
+            foreach (GitEntry e in entries)
+            {
+                Mode mode = e.Kind switch { EntryKind.Dir => Mode.Directory, EntryKind.Exec => Mode.ExecutableFile, EntryKind.Link => Mode.SymbolicLink, _ => Mode.NonExecutableFile };
+                if (e.Kind == EntryKind.Dir)
+                {
+                    td.Add(e.Name, _repo.Lookup<Tree>(e.Id));
+                }
+                else
+                {
+                    td.Add(e.Name, e.Id, mode);
+                }
+                any = true;
+            }
+            if (!any)
+            {
+                return EmptyTree;
+            }
+            return _repo.ObjectDatabase.CreateTree(td).Id;
+        }
+    }
+
+    public ObjectId WriteCommit(ObjectId tree, IReadOnlyList<ObjectId> parents, string message)
+    {
+        lock (_gate)
+        {
+            var sig = new Signature(Author, DateTimeOffset.Now);
+            Tree t = tree == EmptyTree ? _repo.ObjectDatabase.CreateTree(new TreeDefinition()) : _repo.Lookup<Tree>(tree);
+            Commit[] ps = parents.Select(p => _repo.Lookup<Commit>(p)).ToArray();
+            return _repo.ObjectDatabase.CreateCommit(sig, sig, message, t, ps, prettifyMessage: false).Id;
+        }
+    }
+
+    public ObjectId? MergeBase(ObjectId a, ObjectId b)
+    {
+        lock (_gate)
+        {
+            Commit? ca = _repo.Lookup<Commit>(a);
+            Commit? cb = _repo.Lookup<Commit>(b);
+            if (ca is null || cb is null)
+            {
+                return null;
+            }
+            return _repo.ObjectDatabase.FindMergeBase(ca, cb)?.Id;
+        }
+    }
+
+    /// <summary>True if <paramref name="ancestor"/> is <paramref name="descendant"/> or one of its ancestors.</summary>
+    public bool IsAncestor(ObjectId ancestor, ObjectId descendant) => ancestor == descendant || MergeBase(ancestor, descendant) == ancestor;
+
+    /// <summary>Fetches <paramref name="branch"/> from <paramref name="url"/> into a private ref; returns its head.</summary>
+    public ObjectId Fetch(string url, string branch)
+    {
+        lock (_gate)
+        {
+            string local = $"refs/datakit/fetch/{Convert.ToHexString(System.Security.Cryptography.SHA1.HashData(Encoding.UTF8.GetBytes(url)))[..12]}/{branch}";
+            _repo.Network.Fetch(url, [$"+refs/heads/{branch}:{local}"], new FetchOptions(), null);
+            string? sha = _repo.Refs[local]?.ResolveToDirectReference()?.TargetIdentifier;
+            return sha is null ? throw new VfsException(Errno.ENOENT, "error: no head to fetch") : new ObjectId(sha);
+        }
+    }
+
+    private sealed class ReadOnlyMemoryStream(ReadOnlyMemory<byte> data) : Stream
+    {
+        private int _position;
+
+        public override bool CanRead => true;
+        public override bool CanSeek => true;
+        public override bool CanWrite => false;
+        public override long Length => data.Length;
+        public override long Position { get => _position; set => _position = (int)value; }
+
+        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+        public override int Read(Span<byte> buffer)
+        {
+            int n = Math.Min(buffer.Length, data.Length - _position);
+            data.Span.Slice(_position, n).CopyTo(buffer);
+            _position += n;
+            return n;
+        }
+
+        public override long Seek(long offset, SeekOrigin origin)
+        {
+            _position = (int)(origin switch { SeekOrigin.Begin => offset, SeekOrigin.Current => _position + offset, _ => data.Length + offset });
+            return _position;
+        }
+
+        public override void Flush()
+        {
+        }
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+}
+
+/// <summary>
+/// A broadcast "something changed" signal: waiters get a task that completes on the next change. Nothing is
+/// registered per waiter, so an abandoned stream reader leaks nothing (the original leaked a watcher per open).
+/// </summary>
+public sealed class ChangeSignal
+{
+    private readonly Lock _gate = new();
+    private TaskCompletionSource _next = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public Task NextAsync()
+    {
+        lock (_gate)
+        {
+            return _next.Task;
+        }
+    }
+
+    public void Poke()
+    {
+        TaskCompletionSource fired;
+        lock (_gate)
+        {
+            fired = _next;
+            _next = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+        fired.TrySetResult();
+    }
+}

@@ -1,0 +1,97 @@
+using System.CommandLine;
+using System.Net.Sockets;
+using Kit.DataKit;
+using Kit.NineP.Server;
+using Microsoft.Extensions.Logging;
+
+namespace Kit.Cli.Commands;
+
+/// <summary>
+/// `kit data serve`: DataKit, a 9P file server over a git repository (branches, transactions, merges and watches
+/// as files). Flag names follow the original datakit (`--git`, `--listen-9p`/`--url`), which scripts depend on.
+/// </summary>
+internal static class DataCommand
+{
+    public static Command Create()
+    {
+        var git = new Option<string?>("--git")
+        {
+            Description = "Git repository holding the store (created if missing). Default: $XDG_DATA_HOME/kit/datakit, else ~/.local/share/kit/datakit.",
+        };
+        var listen = new Option<string[]>("--listen-9p", "--url")
+        {
+            Description = "Where to serve 9P: tcp://HOST:PORT or unix:PATH (repeatable, or comma-separated). Default: tcp://127.0.0.1:5640.",
+        };
+        var verbose = new Option<bool>("--verbose", "-v") { Description = "Log connections and protocol errors." };
+        var serve = new Command("serve", "Serve the DataKit tree over 9P (9P2000, 9P2000.u, 9P2000.L) until interrupted.")
+        {
+            git, listen, verbose,
+        };
+        serve.SetAction((parse, ct) => ServeAsync(parse.GetValue(git), parse.GetValue(listen) ?? [], parse.GetValue(verbose), ct));
+        return new Command("data", "DataKit: a git-backed store served as a 9P file system.") { serve };
+    }
+
+    private static string DefaultStore()
+    {
+        string? xdg = Environment.GetEnvironmentVariable("XDG_DATA_HOME");
+        string baseDir = string.IsNullOrEmpty(xdg)
+            ? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".local", "share")
+            : xdg;
+        return Path.Combine(baseDir, "kit", "datakit");
+    }
+
+    private static async Task<int> ServeAsync(string? gitPath, string[] listenArgs, bool verbose, CancellationToken ct)
+    {
+        var addresses = new List<ListenAddress>();
+        foreach (string text in listenArgs.SelectMany(a => a.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)))
+        {
+            if (!ListenAddress.TryParse(text, out ListenAddress? a, out string error))
+            {
+                throw new CliException($"--listen-9p: {error}");
+            }
+            addresses.Add(a!);
+        }
+        if (addresses.Count == 0)
+        {
+            ListenAddress.TryParse("tcp://127.0.0.1:5640", out ListenAddress? a, out _);
+            addresses.Add(a!);
+        }
+        string store = gitPath ?? DefaultStore();
+        using ILoggerFactory loggers = LoggerFactory.Create(b => b
+            .AddSimpleConsole(o => o.SingleLine = true)
+            .SetMinimumLevel(verbose ? LogLevel.Debug : LogLevel.Warning));
+        ILogger logger = loggers.CreateLogger("datakit");
+        DataKitServer server;
+        try
+        {
+            server = new DataKitServer(store, logger);
+        }
+        catch (LibGit2Sharp.LibGit2SharpException e)
+        {
+            throw new CliException($"cannot open git repository {store}: {e.Message}");
+        }
+        await using (server.ConfigureAwait(false))
+        {
+            foreach (ListenAddress a in addresses)
+            {
+                try
+                {
+                    server.Listen(a);
+                }
+                catch (SocketException e)
+                {
+                    throw new CliException($"cannot listen on {a}: {e.Message}");
+                }
+            }
+            await Console.Error.WriteLineAsync($"kit data: serving {store} on {string.Join(", ", addresses)}").ConfigureAwait(false);
+            try
+            {
+                await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+        return 0;
+    }
+}
