@@ -974,15 +974,11 @@ internal sealed partial class Gateway
         }
         else
         {
+            // Advertise exactly what the buffer can take, rounded down to the scale unit. Rounding may pull the edge
+            // back by less than one unit, which RFC 7323 §2.4 tells senders to expect; rounding up instead would
+            // promise bytes we cannot store, and that error would accumulate from ACK to ACK.
             uint scaled = (uint)Math.Min(c.Receive.Free >> c.RcvShift, 65535);
             uint edge = c.RcvNxt + (scaled << c.RcvShift);
-            // RFC 9293 §3.8.6.2.2: never shrink the window (move the right edge left).
-            if (Lt(edge, c.LastAdvertisedEdge))
-            {
-                uint keep = c.LastAdvertisedEdge - c.RcvNxt;
-                scaled = Math.Min((keep + (1u << c.RcvShift) - 1) >> c.RcvShift, 65535);
-                edge = c.RcvNxt + (scaled << c.RcvShift);
-            }
             win = (ushort)scaled;
             c.LastAdvertisedEdge = edge;
         }

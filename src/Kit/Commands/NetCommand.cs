@@ -1,0 +1,268 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using Kit.VpnKit;
+using Kit.VpnKit.Links;
+using Microsoft.Extensions.Logging;
+
+namespace Kit.Cli.Commands;
+
+/// <summary>
+/// `kit net run` (a command in a new network namespace whose eth0 is a TAP served by VPNKit, configured like pasta)
+/// and `kit net serve` (VPNKit for VMs over QEMU stream/dgram sockets and hyperkit's VMN3T).
+/// </summary>
+internal static class NetCommand
+{
+    public static Command Create()
+    {
+        var mtu = new Option<int>("--mtu") { Description = "Link MTU (576-65520).", DefaultValueFactory = _ => 1500 };
+        var dns = new Option<string[]>("--dns-upstream") { Description = "DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
+        var publish = new Option<string[]>("--publish") { Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
+        var pcap = new Option<FileInfo?>("--pcap") { Description = "Write every frame to FILE (libpcap format)." };
+        var command = new Argument<string[]>("command") { Arity = ArgumentArity.OneOrMore, Description = "The command to run inside the namespace (after --)." };
+
+        var run = new Command("run", "Run a command in a new network namespace whose eth0 is served by VPNKit (192.168.65.3/24, gateway and DNS 192.168.65.1).")
+        {
+            mtu, dns, publish, pcap, command,
+        };
+        run.SetAction(parse => Run(Options(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse.GetValue(command) ?? []));
+
+        var qemu = new Option<string[]>("--qemu") { Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
+        var dgram = new Option<string[]>("--dgram") { Description = "Serve QEMU -netdev dgram on unix:PATH (repeatable)." };
+        var vmnet = new Option<string[]>("--vmnet") { Description = "Serve hyperkit virtio-vpnkit (VMN3T) on unix:PATH (repeatable)." };
+        var serve = new Command("serve", "Serve VMs over QEMU stream/dgram sockets or hyperkit's VMN3T protocol until interrupted.")
+        {
+            qemu, dgram, vmnet, mtu, dns, publish, pcap,
+        };
+        serve.SetAction(parse => Serve(Options(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)),
+            parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? []));
+
+        return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
+    }
+
+    private static VpnKitServerOptions Options(int mtu, string[]? dns, string[]? publish, FileInfo? pcap)
+    {
+        if (mtu is < 576 or > 65520)
+        {
+            throw new CliException($"--mtu must be between 576 and 65520, got {mtu}");
+        }
+        var upstreams = new List<IPEndPoint>();
+        foreach (string d in dns ?? [])
+        {
+            if (!IPEndPoint.TryParse(d, out IPEndPoint? ep) || ep.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork)
+            {
+                throw new CliException($"--dns-upstream wants IPv4:PORT, got '{d}'");
+            }
+            if (ep.Port == 0)
+            {
+                ep.Port = 53;
+            }
+            upstreams.Add(ep);
+        }
+        var publishes = new List<PortPublish>();
+        foreach (string p in publish ?? [])
+        {
+            try
+            {
+                publishes.Add(PortPublish.Parse(p));
+            }
+            catch (FormatException e)
+            {
+                throw new CliException(e.Message);
+            }
+        }
+        return new VpnKitServerOptions { Mtu = mtu, DnsUpstreams = upstreams, Publishes = publishes, PcapPath = pcap?.FullName };
+    }
+
+    private static ILoggerFactory Logs() => LoggerFactory.Create(b =>
+    {
+        b.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
+        b.SetMinimumLevel(Environment.GetEnvironmentVariable("KIT_DEBUG") is { Length: > 0 } ? LogLevel.Debug : LogLevel.Warning);
+    });
+
+    private static int Run(VpnKitServerOptions options, string[] command)
+    {
+        if (command.Length == 0)
+        {
+            throw new CliException("kit net run needs a command after --");
+        }
+        if (!OperatingSystem.IsLinux())
+        {
+            throw new CliException("kit net run needs Linux network namespaces");
+        }
+        if (Environment.UserName != "root" && Environment.GetEnvironmentVariable("USER") != "root" && !IsRoot())
+        {
+            throw new CliException("kit net run needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create a namespace and a TAP device");
+        }
+        int pid = Environment.ProcessId;
+        string ns = $"kit-{pid}";
+        string tapName = $"kittap{pid % 1_000_000}";
+        string etc = $"/etc/netns/{ns}";
+        using ILoggerFactory logs = Logs();
+        TapLink? tap = null;
+        VpnKitServer? server = null;
+        try
+        {
+            Ip("netns", "add", ns);
+            tap = TapLink.Open(tapName, options.Mtu);
+            Ip("link", "set", tapName, "netns", ns);
+            Ip("-n", ns, "link", "set", tapName, "name", "eth0");
+            Ip("-n", ns, "link", "set", "eth0", "mtu", options.Mtu.ToString(CultureInfo.InvariantCulture));
+            Ip("-n", ns, "link", "set", "lo", "up");
+            Ip("-n", ns, "link", "set", "eth0", "up");
+            Ip("-n", ns, "addr", "add", "192.168.65.3/24", "dev", "eth0");
+            Ip("-n", ns, "route", "add", "default", "via", "192.168.65.1");
+            // `ip netns exec` bind-mounts /etc/netns/NAME/* over /etc/*: the namespace's resolver is the gateway.
+            Directory.CreateDirectory(etc);
+            File.WriteAllText(Path.Combine(etc, "resolv.conf"), "nameserver 192.168.65.1\n");
+
+            server = new VpnKitServer(options, logs);
+            server.Start();
+            server.AddLink(tap);
+
+            var start = new ProcessStartInfo("ip") { UseShellExecute = false };
+            foreach (string a in (string[])["netns", "exec", ns, .. command])
+            {
+                start.ArgumentList.Add(a);
+            }
+            using Process child = Process.Start(start) ?? throw new CliException($"cannot start {command[0]}");
+            // Ctrl-C reaches the child through the terminal's process group; we wait for it and clean up.
+            ConsoleCancelEventHandler keep = (_, e) => e.Cancel = true;
+            Console.CancelKeyPress += keep;
+            try
+            {
+                child.WaitForExit();
+            }
+            finally
+            {
+                Console.CancelKeyPress -= keep;
+            }
+            return child.ExitCode;
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or System.ComponentModel.Win32Exception or System.Net.Sockets.SocketException)
+        {
+            throw new CliException(e.Message);
+        }
+        finally
+        {
+            server?.Dispose();
+            TryIp("netns", "del", ns);
+            tap?.Dispose();
+            try
+            {
+                if (Directory.Exists(etc))
+                {
+                    Directory.Delete(etc, recursive: true);
+                }
+            }
+            catch (IOException)
+            {
+            }
+        }
+    }
+
+    private static int Serve(VpnKitServerOptions options, string[] qemu, string[] dgram, string[] vmnet)
+    {
+        if (qemu.Length + dgram.Length + vmnet.Length == 0)
+        {
+            throw new CliException("kit net serve needs at least one of --qemu, --dgram, --vmnet");
+        }
+        using ILoggerFactory logs = Logs();
+        using var server = new VpnKitServer(options, logs);
+        try
+        {
+            server.Start();
+            foreach (string q in qemu)
+            {
+                server.ListenQemu(UnixPath(q, "--qemu"));
+            }
+            foreach (string d in dgram)
+            {
+                server.ListenDgram(UnixPath(d, "--dgram"));
+            }
+            foreach (string v in vmnet)
+            {
+                server.ListenVmnet(UnixPath(v, "--vmnet"));
+            }
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or System.Net.Sockets.SocketException)
+        {
+            throw new CliException(e.Message);
+        }
+        Console.Error.WriteLine($"kit: vpnkit serving (gateway 192.168.65.1, MTU {options.Mtu}, ICMP: {server.IcmpMode}); Ctrl-C stops");
+        using var done = new ManualResetEventSlim();
+        Console.CancelKeyPress += (_, e) =>
+        {
+            e.Cancel = true;
+            done.Set();
+        };
+        using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, c =>
+        {
+            c.Cancel = true;
+            done.Set();
+        });
+        done.Wait();
+        return 0;
+    }
+
+    private static string UnixPath(string spec, string option)
+    {
+        if (!spec.StartsWith("unix:", StringComparison.Ordinal) || spec.Length == 5)
+        {
+            throw new CliException($"{option} wants unix:PATH, got '{spec}'");
+        }
+        return spec[5..];
+    }
+
+    private static bool IsRoot()
+    {
+        try
+        {
+            foreach (string line in File.ReadLines("/proc/self/status"))
+            {
+                if (line.StartsWith("Uid:", StringComparison.Ordinal))
+                {
+                    string[] f = line.Split('\t', StringSplitOptions.RemoveEmptyEntries);
+                    return f.Length > 2 && f[2] == "0";
+                }
+            }
+        }
+        catch (IOException)
+        {
+        }
+        return false;
+    }
+
+    private static void Ip(params string[] args)
+    {
+        (int code, string err) = RunIp(args);
+        if (code != 0)
+        {
+            throw new CliException($"ip {string.Join(' ', args)}: {err.Trim()}");
+        }
+    }
+
+    private static void TryIp(params string[] args) => RunIp(args);
+
+    private static (int Code, string Err) RunIp(string[] args)
+    {
+        var start = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (string a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+        try
+        {
+            using Process p = Process.Start(start)!;
+            string err = p.StandardError.ReadToEnd();
+            p.StandardOutput.ReadToEnd();
+            p.WaitForExit();
+            return (p.ExitCode, err);
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            return (127, $"cannot run ip: {e.Message}");
+        }
+    }
+}

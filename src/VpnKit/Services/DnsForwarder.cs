@@ -1,0 +1,208 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using Kit.VpnKit.Wire;
+using Microsoft.Extensions.Logging;
+
+namespace Kit.VpnKit.Services;
+
+/// <summary>
+/// The DNS forwarder at the gateway (RFC 1035 §4.2): answers the built-in host names itself and passes every other
+/// query to the upstreams unchanged, returning the upstream's reply byte for byte (NXDOMAIN, SOA, every record type).
+/// A fresh socket per query gives source-port entropy (RFC 5452 §9.2). Positive and negative answers are cached for
+/// at most their smallest TTL, capped, in a bounded table.
+/// </summary>
+internal sealed partial class DnsForwarder
+{
+    private const int MaxCacheEntries = 1024;
+    private const uint MaxCacheTtl = 300;
+    private static readonly TimeSpan AttemptTimeout = TimeSpan.FromSeconds(2);
+
+    private readonly IReadOnlyList<IPEndPoint> _upstreams;
+    private readonly uint _hostIp;
+    private readonly string[] _hostNames;
+    private readonly ILogger _log;
+    private readonly object _cacheGate = new();
+    private readonly Dictionary<string, (byte[] Response, long Expires)> _cache = [];
+
+    public DnsForwarder(IReadOnlyList<IPEndPoint> upstreams, uint hostIp, IReadOnlyList<string> hostNames, ILogger log)
+    {
+        _upstreams = upstreams;
+        _hostIp = hostIp;
+        _hostNames = [.. hostNames];
+        _log = log;
+    }
+
+    public IReadOnlyList<IPEndPoint> Upstreams => _upstreams;
+
+    /// <summary>Resolves one query message; null when no answer can be given (the client will retry).</summary>
+    public async Task<byte[]?> ResolveAsync(byte[] query, CancellationToken cancel = default)
+    {
+        if (!DnsMessage.TryParse(query, out DnsMessage q) || q.IsResponse || q.Opcode != 0)
+        {
+            return null;
+        }
+        ushort id = q.Id;
+        string? cacheKey = null;
+        if (q.TryReadQuestion(out ReadOnlySpan<byte> name, out ushort type, out ushort @class, out int end))
+        {
+            foreach (string h in _hostNames)
+            {
+                if (DnsMessage.NameEquals(name, h))
+                {
+                    return BuiltIn(query, end, type, @class);
+                }
+            }
+            cacheKey = CacheKey(name, type, @class);
+            lock (_cacheGate)
+            {
+                if (_cache.TryGetValue(cacheKey, out var hit) && hit.Expires > Environment.TickCount64)
+                {
+                    byte[] copy = (byte[])hit.Response.Clone();
+                    BinaryPrimitives.WriteUInt16BigEndian(copy, id);
+                    return copy;
+                }
+            }
+        }
+        foreach (IPEndPoint upstream in _upstreams)
+        {
+            byte[]? reply = await AskAsync(upstream, query, id, cancel).ConfigureAwait(false);
+            if (reply is null)
+            {
+                continue;
+            }
+            if (cacheKey is not null && DnsMessage.TryParse(reply, out DnsMessage r) && (r.Flags & 0x0200) == 0 && r.TryGetMinimumTtl(out uint ttl))
+            {
+                // Negative answers without an SOA have no TTL to honour (RFC 2308 §5): they are not cached.
+                if (ttl != uint.MaxValue && ttl > 0)
+                {
+                    Store(cacheKey, reply, Math.Min(ttl, MaxCacheTtl));
+                }
+            }
+            return reply;
+        }
+        return null;
+    }
+
+    private async Task<byte[]?> AskAsync(IPEndPoint upstream, byte[] query, ushort id, CancellationToken cancel)
+    {
+        using var socket = new Socket(upstream.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        byte[] buffer = new byte[65535];
+        try
+        {
+            await socket.ConnectAsync(upstream, cancel).ConfigureAwait(false);
+            for (int attempt = 0; attempt < 2; attempt++)
+            {
+                await socket.SendAsync(query, SocketFlags.None, cancel).ConfigureAwait(false);
+                using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+                cts.CancelAfter(AttemptTimeout);
+                try
+                {
+                    while (true)
+                    {
+                        int n = await socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token).ConfigureAwait(false);
+                        if (n >= DnsMessage.HeaderLength && BinaryPrimitives.ReadUInt16BigEndian(buffer) == id && (buffer[2] & 0x80) != 0)
+                        {
+                            return buffer.AsSpan(0, n).ToArray();
+                        }
+                    }
+                }
+                catch (OperationCanceledException) when (!cancel.IsCancellationRequested)
+                {
+                }
+            }
+        }
+        catch (SocketException e)
+        {
+            LogUpstreamFailed(_log, upstream, e.Message);
+        }
+        return null;
+    }
+
+    /// <summary>An authoritative answer for a built-in name: A → the host alias; other types → no data (NOERROR).</summary>
+    private byte[] BuiltIn(byte[] query, int questionEnd, ushort type, ushort @class)
+    {
+        bool answer = type == 1 && @class == 1;
+        byte[] r = new byte[questionEnd + (answer ? 16 : 0)];
+        query.AsSpan(0, questionEnd).CopyTo(r);
+        // QR=1, AA=1, keep RD, RA=1, RCODE=0.
+        r[2] = (byte)(0x84 | (query[2] & 0x01));
+        r[3] = 0x80;
+        BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(4), 1);
+        BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(6), (ushort)(answer ? 1 : 0));
+        BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(8), 0);
+        BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(10), 0);
+        if (answer)
+        {
+            Span<byte> a = r.AsSpan(questionEnd);
+            BinaryPrimitives.WriteUInt16BigEndian(a, 0xC00C); // Pointer to the question's name.
+            BinaryPrimitives.WriteUInt16BigEndian(a.Slice(2), 1);
+            BinaryPrimitives.WriteUInt16BigEndian(a.Slice(4), 1);
+            BinaryPrimitives.WriteUInt32BigEndian(a.Slice(6), 60);
+            BinaryPrimitives.WriteUInt16BigEndian(a.Slice(10), 4);
+            BinaryPrimitives.WriteUInt32BigEndian(a.Slice(12), _hostIp);
+        }
+        return r;
+    }
+
+    private void Store(string key, byte[] reply, uint ttl)
+    {
+        lock (_cacheGate)
+        {
+            if (_cache.Count >= MaxCacheEntries)
+            {
+                long now = Environment.TickCount64;
+                var expired = new List<string>();
+                foreach (var kv in _cache)
+                {
+                    if (kv.Value.Expires <= now)
+                    {
+                        expired.Add(kv.Key);
+                    }
+                }
+                foreach (string k in expired)
+                {
+                    _cache.Remove(k);
+                }
+                if (_cache.Count >= MaxCacheEntries)
+                {
+                    _cache.Clear(); // Simple and bounded: a full cache of live entries starts over.
+                }
+            }
+            _cache[key] = (reply, Environment.TickCount64 + (ttl * 1000L));
+        }
+    }
+
+    private static string CacheKey(ReadOnlySpan<byte> name, ushort type, ushort @class)
+    {
+        Span<char> chars = stackalloc char[name.Length];
+        for (int i = 0; i < name.Length; i++)
+        {
+            byte b = name[i];
+            chars[i] = (char)(b is >= (byte)'A' and <= (byte)'Z' ? b | 0x20 : b);
+        }
+        return string.Concat(chars, $"/{type}/{@class}");
+    }
+
+    /// <summary>Upstreams from resolv.conf's nameserver lines, port 53.</summary>
+    public static List<IPEndPoint> ReadResolvConf(string path = "/etc/resolv.conf")
+    {
+        var list = new List<IPEndPoint>();
+        if (!File.Exists(path))
+        {
+            return list;
+        }
+        foreach (string line in File.ReadLines(path))
+        {
+            string[] parts = line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+            if (parts.Length >= 2 && parts[0] == "nameserver" && IPAddress.TryParse(parts[1], out IPAddress? ip) && ip.AddressFamily == AddressFamily.InterNetwork)
+            {
+                list.Add(new IPEndPoint(ip, 53));
+            }
+        }
+        return list;
+    }
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "DNS upstream {Upstream} failed: {Reason}")]
+    private static partial void LogUpstreamFailed(ILogger log, IPEndPoint upstream, string reason);
+}

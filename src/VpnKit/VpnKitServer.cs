@@ -1,0 +1,288 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using Kit.VpnKit.Capture;
+using Kit.VpnKit.Links;
+using Kit.VpnKit.Nat;
+using Kit.VpnKit.Services;
+using Kit.VpnKit.Stack;
+using Microsoft.Extensions.Logging;
+
+namespace Kit.VpnKit;
+
+/// <summary>A host port forwarded to a guest port (host → guest), as in <c>--publish 8080:80[/udp]</c>.</summary>
+public readonly record struct PortPublish(int HostPort, int GuestPort, bool Udp)
+{
+    public static PortPublish Parse(string text)
+    {
+        bool udp = false;
+        string t = text;
+        if (t.EndsWith("/udp", StringComparison.OrdinalIgnoreCase))
+        {
+            udp = true;
+            t = t[..^4];
+        }
+        else if (t.EndsWith("/tcp", StringComparison.OrdinalIgnoreCase))
+        {
+            t = t[..^4];
+        }
+        string[] p = t.Split(':');
+        if (p.Length != 2 || !ushort.TryParse(p[0], NumberStyles.None, CultureInfo.InvariantCulture, out ushort h) || !ushort.TryParse(p[1], NumberStyles.None, CultureInfo.InvariantCulture, out ushort g) || h == 0 || g == 0)
+        {
+            throw new FormatException($"--publish wants HOSTPORT:GUESTPORT[/udp], got '{text}'");
+        }
+        return new PortPublish(h, g, udp);
+    }
+}
+
+/// <summary>What the gateway serves.</summary>
+public sealed class VpnKitServerOptions
+{
+    public int Mtu { get; init; } = 1500;
+    /// <summary>DNS upstreams; empty means the host's /etc/resolv.conf.</summary>
+    public IReadOnlyList<IPEndPoint> DnsUpstreams { get; init; } = [];
+    public IReadOnlyList<PortPublish> Publishes { get; init; } = [];
+    public string? PcapPath { get; init; }
+    public IReadOnlyList<string> HostNames { get; init; } = ["host.internal", "host.docker.internal"];
+}
+
+/// <summary>
+/// The VPNKit driver: one pure engine behind one lock, a switch of guest links (each read on its own thread),
+/// the NAT's sockets, the DNS forwarder and a timer thread that polls the engine's deadlines.
+/// </summary>
+public sealed partial class VpnKitServer : IDisposable
+{
+    private readonly VpnKitServerOptions _options;
+    private readonly ILogger _log;
+    private readonly EngineGate _gate = new();
+    private readonly GatewayOptions _gw;
+    private readonly Switch _switch = new();
+    private readonly NatHost _nat;
+    private readonly PcapWriter? _pcap;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly List<IDisposable> _owned = [];
+    private Thread? _timer;
+
+    public VpnKitServer(VpnKitServerOptions options, ILoggerFactory logs)
+    {
+        if (options.Mtu is < 576 or > 65520)
+        {
+            throw new ArgumentException($"MTU must be between 576 and 65520, got {options.Mtu}");
+        }
+        _options = options;
+        _log = logs.CreateLogger("vpnkit");
+        _gw = new GatewayOptions { Mtu = options.Mtu, IsnSecret = (ulong)Random.Shared.NextInt64() };
+        IReadOnlyList<IPEndPoint> upstreams = options.DnsUpstreams.Count > 0 ? options.DnsUpstreams : DnsForwarder.ReadResolvConf();
+        var dns = new DnsForwarder(upstreams, _gw.HostIp, options.HostNames, _log);
+        _nat = new NatHost(_gate, _gw, dns, _log);
+        _gate.Engine = new Gateway(_gw, _switch, _nat);
+        if (options.PcapPath is not null)
+        {
+            _pcap = new PcapWriter(new FileStream(options.PcapPath, FileMode.Create, FileAccess.Write, FileShare.Read, 1 << 16));
+            _switch.Tap = _pcap.Write;
+        }
+    }
+
+    /// <summary>How remote pings are forwarded, or why they are not.</summary>
+    public string IcmpMode { get; private set; } = "not started";
+
+    public int Mtu => _gw.Mtu;
+
+    /// <summary>Starts the timer and the published ports.</summary>
+    public void Start()
+    {
+        IcmpForwarder? icmp = IcmpForwarder.TryCreate(_gate, _log);
+        _nat.Icmp = icmp;
+        IcmpMode = icmp?.Mode ?? "unavailable";
+        if (icmp is not null)
+        {
+            _owned.Add(icmp);
+        }
+        foreach (PortPublish p in _options.Publishes)
+        {
+            if (p.Udp)
+            {
+                StartUdpPublish(p);
+            }
+            else
+            {
+                StartTcpPublish(p);
+            }
+        }
+        _timer = new Thread(TimerLoop) { IsBackground = true, Name = "vpnkit-timer" };
+        _timer.Start();
+    }
+
+    /// <summary>Attaches a guest link and starts reading it on its own thread.</summary>
+    public void AddLink(ILink link)
+    {
+        _switch.Add(link);
+        var t = new Thread(() => ReadLoop(link)) { IsBackground = true, Name = $"vpnkit-link {link.Name}" };
+        t.Start();
+        LogLinkUp(_log, link.Name);
+    }
+
+    private void ReadLoop(ILink link)
+    {
+        byte[] buffer = new byte[65536 + 64];
+        Gateway engine = _gate.Engine;
+        try
+        {
+            while (!_stop.IsCancellationRequested)
+            {
+                int n = link.Receive(buffer);
+                if (n <= 0)
+                {
+                    break;
+                }
+                ReadOnlySpan<byte> frame = buffer.AsSpan(0, n);
+                if (_switch.FromLink(link, frame, _gw.GatewayMac))
+                {
+                    lock (_gate.Sync)
+                    {
+                        engine.Receive(frame, EngineGate.Now);
+                    }
+                }
+            }
+        }
+        finally
+        {
+            _switch.Remove(link);
+            link.Dispose();
+            LogLinkDown(_log, link.Name);
+        }
+    }
+
+    private void TimerLoop()
+    {
+        Gateway engine = _gate.Engine;
+        long nextSweep = EngineGate.Now + 10_000;
+        while (!_stop.IsCancellationRequested)
+        {
+            Thread.Sleep(5);
+            long now = EngineGate.Now;
+            if (now >= engine.NextDeadline)
+            {
+                lock (_gate.Sync)
+                {
+                    engine.OnTimer(now);
+                }
+            }
+            if (now >= nextSweep)
+            {
+                _nat.Udp.Expire();
+                nextSweep = now + 10_000;
+            }
+        }
+    }
+
+    /// <summary>Accepts QEMU <c>-netdev stream</c> connections (4-byte big-endian framing) on a Unix socket.</summary>
+    public void ListenQemu(string path) => ListenUnixStream(path, s => new StreamLink(s, $"qemu:{path}", _gw.Mtu, qemuFraming: true));
+
+    /// <summary>Accepts hyperkit virtio-vpnkit connections (VMN3T handshake, 2-byte little-endian framing).</summary>
+    public void ListenVmnet(string path) => ListenUnixStream(path, s => Vmn3t.Accept(s, $"vmnet:{path}", _gw.Mtu));
+
+    /// <summary>Serves QEMU <c>-netdev dgram</c>: one frame per datagram on a Unix datagram socket.</summary>
+    public void ListenDgram(string path)
+    {
+        File.Delete(path);
+        var s = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
+        s.Bind(new UnixDomainSocketEndPoint(path));
+        AddLink(new DgramLink(s, $"dgram:{path}", _gw.Mtu));
+    }
+
+    private void ListenUnixStream(string path, Func<Socket, ILink?> accept)
+    {
+        File.Delete(path);
+        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(path));
+        listener.Listen(16);
+        _owned.Add(listener);
+        var t = new Thread(() =>
+        {
+            try
+            {
+                while (!_stop.IsCancellationRequested)
+                {
+                    Socket s = listener.Accept();
+                    // The handshake may block on a slow peer; do it off the accept thread.
+                    _ = Task.Run(() =>
+                    {
+                        ILink? link = accept(s);
+                        if (link is not null)
+                        {
+                            AddLink(link);
+                        }
+                    });
+                }
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+            }
+        })
+        { IsBackground = true, Name = $"vpnkit-accept {path}" };
+        t.Start();
+    }
+
+    private void StartTcpPublish(PortPublish p)
+    {
+        var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, p.HostPort));
+        listener.Listen(128);
+        _owned.Add(listener);
+        _ = AcceptLoopAsync(listener, p);
+    }
+
+    private async Task AcceptLoopAsync(Socket listener, PortPublish p)
+    {
+        try
+        {
+            while (true)
+            {
+                Socket s = await listener.AcceptAsync().ConfigureAwait(false);
+                s.NoDelay = true;
+                lock (_gate.Sync)
+                {
+                    TcpConnection? c = _gate.Engine.OpenToGuest(_gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp, EngineGate.Now);
+                    if (c is null)
+                    {
+                        s.Dispose();
+                        continue;
+                    }
+                    _nat.Adopt(c, s);
+                }
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+        }
+    }
+
+    private void StartUdpPublish(PortPublish p)
+    {
+        var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        s.Bind(new IPEndPoint(IPAddress.Loopback, p.HostPort));
+        _owned.Add(s);
+        var publisher = new UdpPublisher(_gate, s, _gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp);
+        _nat.UdpPublishers.Add(publisher);
+        _ = publisher.RunAsync();
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        foreach (IDisposable d in _owned)
+        {
+            d.Dispose();
+        }
+        _nat.Dispose();
+        _pcap?.Dispose();
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "link {Name} up")]
+    private static partial void LogLinkUp(ILogger log, string name);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "link {Name} down")]
+    private static partial void LogLinkDown(ILogger log, string name);
+}
