@@ -1,0 +1,502 @@
+using System.Text;
+using Kit.HyperKit.Boot;
+using Kit.HyperKit.Devices;
+using Kit.HyperKit.Devices.Pci;
+using Kit.HyperKit.Devices.Power;
+using Kit.HyperKit.Devices.Serial;
+using Kit.HyperKit.Devices.Virtio;
+using Kit.HyperKit.Devices.Virtio.Block;
+using Kit.HyperKit.Devices.Virtio.Rng;
+using Kit.HyperKit.Kvm;
+using Kit.HyperKit.Memory;
+
+namespace Kit.HyperKit.Vm;
+
+/// <summary>A disk to attach as virtio-blk.</summary>
+public sealed record DiskOptions(string Path, bool ReadOnly = false);
+
+/// <summary>What to build: memory, vCPUs, console, devices.</summary>
+public sealed class MachineOptions
+{
+    /// <summary>Guest RAM; at most 3 GiB (everything lives below the 32-bit MMIO gap).</summary>
+    public ulong MemoryBytes { get; set; } = 512UL << 20;
+
+    public int Cpus { get; set; } = 1;
+
+    /// <summary>Receives every byte the guest writes to COM1.</summary>
+    public Action<ReadOnlySpan<byte>> ConsoleOutput { get; set; } = _ => { };
+
+    /// <summary>Bytes typed into COM1 (for example standard input); null for none.</summary>
+    public Stream? ConsoleInput { get; set; }
+
+    public List<DiskOptions> Disks { get; } = [];
+
+    public bool Rng { get; set; } = true;
+
+    /// <summary>Adds the test exit port at 0x501 (freestanding programs end the run through it).</summary>
+    public bool DebugExitPort { get; set; }
+}
+
+/// <summary>Raised for configuration problems the user can fix (bad kernel image, too little memory, ...).</summary>
+public sealed class MachineConfigurationException(string message) : Exception(message);
+
+/// <summary>
+/// A virtual x86-64 PC on KVM: guest RAM, in-kernel PIC/IOAPIC/LAPIC and PIT, COM1, an ACPI PM block, an i8042 stub
+/// for reset, PCI bus 0 with virtio-pci devices, and one dedicated OS thread per vCPU running KVM_RUN. Devices see
+/// guest memory, buses and interrupt sinks only.
+/// </summary>
+public sealed class Machine : IDisposable
+{
+    public const ulong MaxMemory = 0xC000_0000;
+    public const ulong KernelAddress = 0x10_0000, ZeroPageAddress = 0x7000, CmdlineAddress = 0x2_0000,
+        AcpiAddress = 0xE_0000, AcpiSize = 0x1_0000;
+    public const ushort Com1 = 0x3F8, DebugExitPortNumber = 0x501;
+
+    private readonly MachineOptions _options;
+    private readonly KvmSystem _kvm;
+    private readonly KvmVm _vm;
+    private readonly KvmVcpu[] _vcpus;
+    private readonly int[] _tids;
+    private readonly List<IDisposable> _owned = [];
+    private readonly ManualResetEventSlim _stopped = new();
+    private readonly PanicWatcher _panicWatcher;
+    private MachineExit? _exit;
+    private volatile bool _stopping;
+
+    public Machine(MachineOptions options)
+    {
+        _options = options;
+        if (options.MemoryBytes < (16UL << 20) || options.MemoryBytes > MaxMemory || options.MemoryBytes % 4096 != 0)
+        {
+            throw new MachineConfigurationException($"memory must be between 16 MiB and 3 GiB in whole pages (got {options.MemoryBytes} bytes)");
+        }
+        if (options.Cpus < 1 || options.Cpus > 64)
+        {
+            throw new MachineConfigurationException($"vCPU count must be 1 to 64 (got {options.Cpus})");
+        }
+        _kvm = KvmSystem.Open();
+        try
+        {
+            _vm = _kvm.CreateVm();
+            _vm.SetTssAddress();
+            _vm.SetIdentityMapAddress(KvmVm.TssAddress - 0x1000);
+            _vm.CreateIrqchip();
+            _vm.CreatePit2();
+            Memory = new GuestMemory(options.MemoryBytes);
+            _vm.SetMemoryRegion(0, 0, options.MemoryBytes, Memory.HostAddress);
+
+            _panicWatcher = new PanicWatcher(options.ConsoleOutput, () => RequestStop(new MachineExit(MachineExitKind.Panic, "the guest kernel panicked")));
+            Serial = new Serial8250(Com1, _panicWatcher.Write, new KvmIrqLine(_vm, 4));
+            Ports.Register(Com1, 8, Serial);
+            var pm = new AcpiPmDevice(AcpiTables.Pm1aEventPort, AcpiTables.Pm1aControlPort, OnPower);
+            Ports.Register(AcpiTables.Pm1aEventPort, 4, pm);
+            Ports.Register(AcpiTables.Pm1aControlPort, 2, pm);
+            var i8042 = new I8042Device(OnPower);
+            Ports.Register(0x60, 1, i8042);
+            Ports.Register(0x64, 1, i8042);
+            Ports.Register(PciBus.ConfigAddressPort, 8, Pci);
+            Pci.ResetRequested += () => OnPower(PowerEvent.Reset);
+            if (options.DebugExitPort)
+            {
+                Ports.Register(DebugExitPortNumber, 1, new DebugExitDevice(code =>
+                    RequestStop(new MachineExit(MachineExitKind.DebugExit, $"debug exit {code}", code))));
+            }
+            // Port 0x80 is the POST/io_delay port Linux writes to for short delays; an ioeventfd completes those writes
+            // in the kernel so they cost no exit to this process.
+            _vm.AssignIoeventfd(_vm.CreateEventFd(), 0x80, 1, pio: true);
+            Mmio.AttachPci(Pci);
+
+            var msi = new KvmMsiSink(_vm);
+            if (options.Rng)
+            {
+                AddVirtio(new VirtioRng(), msi);
+            }
+            foreach (DiskOptions disk in options.Disks)
+            {
+                RawFileBackend backend;
+                try
+                {
+                    backend = new RawFileBackend(disk.Path, disk.ReadOnly);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new MachineConfigurationException($"cannot open disk {disk.Path}: {e.Message}");
+                }
+                _owned.Add(backend);
+                AddVirtio(new VirtioBlock(backend, Path.GetFileName(disk.Path)), msi);
+            }
+
+            KvmCpuidEntry2[] supported = _kvm.GetSupportedCpuid();
+            _vcpus = new KvmVcpu[options.Cpus];
+            _tids = new int[options.Cpus];
+            for (int i = 0; i < options.Cpus; i++)
+            {
+                KvmVcpu vcpu = _vm.CreateVcpu(i);
+                _vcpus[i] = vcpu;
+                vcpu.SetCpuid(X86Cpu.CpuidFor(supported, i, options.Cpus));
+                X86Cpu.SetBootMsrs(vcpu);
+                X86Cpu.SetFpu(vcpu);
+                X86Cpu.SetLint(vcpu);
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public GuestMemory Memory { get; } = null!;
+
+    public PortBus Ports { get; } = new();
+
+    public MmioBus Mmio { get; } = new();
+
+    public PciBus Pci { get; } = new();
+
+    public Serial8250 Serial { get; } = null!;
+
+    public List<VirtioPciDevice> VirtioDevices { get; } = [];
+
+    private void AddVirtio(VirtioDevice device, IMsiSink msi)
+    {
+        var function = new VirtioPciDevice(device, Memory, msi, Pci.AllocateBar(VirtioPciDevice.BarLength));
+        Pci.Add(function);
+        VirtioDevices.Add(function);
+    }
+
+    private void OnPower(PowerEvent e)
+    {
+        if (e == PowerEvent.PowerOff)
+        {
+            RequestStop(new MachineExit(MachineExitKind.PowerOff, "the guest powered off"));
+        }
+        else if (_panicWatcher.PanicSeen)
+        {
+            RequestStop(new MachineExit(MachineExitKind.Panic, "the guest kernel panicked and reset the machine"));
+        }
+        else
+        {
+            RequestStop(new MachineExit(MachineExitKind.Reset, "the guest reset the machine"));
+        }
+    }
+
+    /// <summary>Loads a bzImage (+ initrd) for the 64-bit boot protocol and points vCPU 0 at its entry.</summary>
+    public void LoadLinux(string kernelPath, string? initrdPath, string cmdline)
+    {
+        byte[] file = ReadFile(kernelPath, "kernel");
+        if (!BzImage.TryParse(file, out BzImage? image, out string reason))
+        {
+            throw new MachineConfigurationException($"{kernelPath}: {reason}");
+        }
+        ulong kernelEnd = KernelAddress + Math.Max((ulong)image!.ProtectedModeKernel.Length, image.InitSize);
+        // The decompressor relocates to 16 MiB (LOAD_PHYSICAL_ADDR) and needs init_size bytes there.
+        ulong needed = Math.Max(kernelEnd, (16UL << 20) + image.InitSize);
+        if (needed > Memory.Size)
+        {
+            throw new MachineConfigurationException($"the kernel needs at least {(needed >> 20) + 1} MiB of guest memory");
+        }
+        image.ProtectedModeKernel.CopyTo(Memory.GetSpan(KernelAddress, image.ProtectedModeKernel.Length));
+
+        byte[] cmd = Encoding.ASCII.GetBytes(cmdline);
+        if (cmd.Length >= image.CmdlineSize || cmd.Length >= 0x1_0000)
+        {
+            throw new MachineConfigurationException($"kernel command line is {cmd.Length} bytes; this kernel accepts {image.CmdlineSize - 1}");
+        }
+        Span<byte> cmdSpan = Memory.GetSpan(CmdlineAddress, cmd.Length + 1);
+        cmd.CopyTo(cmdSpan);
+        cmdSpan[^1] = 0;
+
+        ulong initrdAddress = 0, initrdSize = 0;
+        if (initrdPath is not null)
+        {
+            byte[] initrd = ReadFile(initrdPath, "initrd");
+            ulong top = Math.Min(Memory.Size, (ulong)image.InitrdAddrMax + 1);
+            initrdSize = (ulong)initrd.Length;
+            if (initrdSize + needed > top)
+            {
+                throw new MachineConfigurationException($"kernel and initrd ({initrdSize >> 20} MiB) do not fit in {Memory.Size >> 20} MiB of guest memory");
+            }
+            initrdAddress = (top - initrdSize) & ~0xFFFUL;
+            initrd.CopyTo(Memory.GetSpan(initrdAddress, initrd.Length));
+        }
+
+        ulong rsdp = AcpiTables.Build(Memory.GetSpan(AcpiAddress, (int)AcpiSize), AcpiAddress, _vcpus.Length);
+        E820Entry[] e820 =
+        [
+            new(0, 0x9_FC00, E820Entry.Ram),
+            new(0x9_FC00, 0x10_0000 - 0x9_FC00, E820Entry.Reserved),
+            new(0x10_0000, Memory.Size - 0x10_0000, E820Entry.Ram),
+        ];
+        BootParams.Build(Memory.GetSpan(ZeroPageAddress, BootParams.Size), image, CmdlineAddress, initrdAddress, initrdSize, e820, rsdp);
+        X86Cpu.WriteLongModeTables(Memory);
+        // 64-bit entry point: startup_64 is 0x200 bytes into the protected-mode kernel.
+        X86Cpu.EnterLongMode(_vcpus[0], KernelAddress + 0x200, ZeroPageAddress);
+    }
+
+    /// <summary>Loads a freestanding flat binary and starts vCPU 0 on it in 32-bit protected mode.</summary>
+    public void LoadProgram32(ReadOnlySpan<byte> code, ulong address, ulong stack)
+    {
+        if (!Memory.TryWrite(address, code))
+        {
+            throw new MachineConfigurationException("program does not fit in guest memory");
+        }
+        X86Cpu.EnterProtectedMode32(_vcpus[0], address, stack);
+    }
+
+    private static byte[] ReadFile(string path, string what)
+    {
+        try
+        {
+            return File.ReadAllBytes(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new MachineConfigurationException($"cannot read {what} {path}: {e.Message}");
+        }
+    }
+
+    /// <summary>Runs all vCPUs until the guest stops the machine, a vCPU fails, or the timeout passes.</summary>
+    public MachineExit Run(TimeSpan? timeout = null)
+    {
+        var threads = new Thread[_vcpus.Length];
+        _ = VcpuSignal.Number; // install the kick handler before any vCPU can need it
+        for (int i = 0; i < _vcpus.Length; i++)
+        {
+            int index = i;
+            threads[i] = new Thread(() => VcpuLoop(index)) { IsBackground = true, Name = $"vcpu{i}" };
+            threads[i].Start();
+        }
+        Thread? input = null;
+        if (_options.ConsoleInput is not null)
+        {
+            input = new Thread(() => PumpInput(_options.ConsoleInput)) { IsBackground = true, Name = "console-in" };
+            input.Start();
+        }
+        if (!_stopped.Wait(timeout ?? Timeout.InfiniteTimeSpan))
+        {
+            RequestStop(new MachineExit(MachineExitKind.Timeout, $"the guest was stopped after {timeout!.Value.TotalSeconds:0} s"));
+        }
+        foreach (Thread t in threads)
+        {
+            t.Join();
+        }
+        return _exit!;
+    }
+
+    /// <summary>Stops the machine with a reason (first reason wins); kicks every vCPU out of KVM_RUN.</summary>
+    public void RequestStop(MachineExit exit)
+    {
+        if (Interlocked.CompareExchange(ref _exit, exit, null) != null)
+        {
+            return;
+        }
+        _stopping = true;
+        for (int i = 0; i < _vcpus.Length; i++)
+        {
+            _vcpus[i]?.RequestImmediateExit(true);
+            VcpuSignal.Kick(Volatile.Read(ref _tids[i]));
+        }
+        _stopped.Set();
+    }
+
+    private void VcpuLoop(int index)
+    {
+        KvmVcpu vcpu = _vcpus[index];
+        Volatile.Write(ref _tids[index], LibC.GetTid());
+        try
+        {
+            while (!_stopping)
+            {
+                if (!vcpu.Run())
+                {
+                    if (_stopping)
+                    {
+                        break;
+                    }
+                    vcpu.RequestImmediateExit(false);
+                    continue;
+                }
+                HandleExit(index, vcpu);
+            }
+        }
+        catch (Exception e) when (e is KvmException or InvalidOperationException or ArgumentException)
+        {
+            RequestStop(new MachineExit(MachineExitKind.Error, $"vCPU {index}: {e.Message}"));
+        }
+    }
+
+    private void HandleExit(int index, KvmVcpu vcpu)
+    {
+        switch (vcpu.ExitReason)
+        {
+            case KvmExitReason.Io:
+            {
+                Span<byte> data = vcpu.IoData;
+                int size = vcpu.IoSize;
+                ushort port = vcpu.IoPort;
+                bool isOut = vcpu.IoIsOut;
+                for (int i = 0; i + size <= data.Length; i += size)
+                {
+                    if (isOut)
+                    {
+                        Ports.Write(port, data.Slice(i, size));
+                    }
+                    else
+                    {
+                        Ports.Read(port, data.Slice(i, size));
+                    }
+                }
+                break;
+            }
+            case KvmExitReason.Mmio:
+                if (vcpu.MmioIsWrite)
+                {
+                    Mmio.Write(vcpu.MmioAddress, vcpu.MmioData);
+                }
+                else
+                {
+                    Mmio.Read(vcpu.MmioAddress, vcpu.MmioData);
+                }
+                break;
+            case KvmExitReason.Intr:
+                break;
+            case KvmExitReason.Hlt:
+                RequestStop(new MachineExit(MachineExitKind.Error, $"vCPU {index} halted outside the in-kernel LAPIC ({Describe(vcpu)})"));
+                break;
+            case KvmExitReason.Shutdown:
+                RequestStop(new MachineExit(MachineExitKind.TripleFault, $"vCPU {index} triple-faulted ({Describe(vcpu)})"));
+                break;
+            case KvmExitReason.SystemEvent:
+                RequestStop(vcpu.SystemEventType switch
+                {
+                    1 => new MachineExit(MachineExitKind.PowerOff, "the guest powered off"),
+                    2 => new MachineExit(MachineExitKind.Reset, "the guest reset the machine"),
+                    3 => new MachineExit(MachineExitKind.Panic, "KVM reported a guest crash"),
+                    uint t => new MachineExit(MachineExitKind.Error, $"KVM system event {t} on vCPU {index}"),
+                });
+                break;
+            case KvmExitReason.InternalError:
+                RequestStop(new MachineExit(MachineExitKind.Error,
+                    $"KVM internal error on vCPU {index}: suberror {vcpu.InternalSuberror} (1 = emulation failure) data [{vcpu.InternalErrorData()}] ({Describe(vcpu)})"));
+                break;
+            case KvmExitReason.FailEntry:
+                RequestStop(new MachineExit(MachineExitKind.Error,
+                    $"KVM could not enter vCPU {index}: hardware reason 0x{vcpu.FailEntryReason:x} ({Describe(vcpu)})"));
+                break;
+            default:
+                RequestStop(new MachineExit(MachineExitKind.Error, $"unhandled KVM exit {(uint)vcpu.ExitReason} ({vcpu.ExitReason}) on vCPU {index} ({Describe(vcpu)})"));
+                break;
+        }
+    }
+
+    /// <summary>A one-line register summary for diagnostics.</summary>
+    private static string Describe(KvmVcpu vcpu)
+    {
+        try
+        {
+            KvmRegs r = vcpu.GetRegs();
+            KvmSregs s = vcpu.GetSregs();
+            return $"rip=0x{r.Rip:x} rsp=0x{r.Rsp:x} rflags=0x{r.Rflags:x} cr0=0x{s.Cr0:x} cr3=0x{s.Cr3:x} cr4=0x{s.Cr4:x} efer=0x{s.Efer:x} cs=0x{s.Cs.Selector:x}";
+        }
+        catch (KvmException e)
+        {
+            return $"registers unavailable: {e.Message}";
+        }
+    }
+
+    private void PumpInput(Stream input)
+    {
+        byte[] buffer = new byte[256];
+        try
+        {
+            while (!_stopping)
+            {
+                int n = input.Read(buffer);
+                if (n <= 0)
+                {
+                    return;
+                }
+                int done = 0;
+                while (done < n && !_stopping)
+                {
+                    done += Serial.Receive(buffer.AsSpan(done, n - done));
+                    if (done < n)
+                    {
+                        Thread.Sleep(2); // the guest drains its 16-byte FIFO on interrupt
+                    }
+                }
+            }
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_vcpus is not null)
+        {
+            foreach (KvmVcpu v in _vcpus)
+            {
+                v?.Dispose();
+            }
+        }
+        _vm?.Dispose();
+        Memory?.Dispose();
+        foreach (IDisposable d in _owned)
+        {
+            d.Dispose();
+        }
+        _kvm?.Dispose();
+        _stopped.Dispose();
+    }
+
+    private sealed class KvmIrqLine(KvmVm vm, uint gsi) : IInterruptLine
+    {
+        public void SetLevel(bool high) => vm.SetIrqLine(gsi, high);
+    }
+
+    private sealed class KvmMsiSink(KvmVm vm) : IMsiSink
+    {
+        public void Signal(ulong address, uint data) => vm.SignalMsi(address, data);
+    }
+}
+
+/// <summary>
+/// Passes console bytes through and watches whole lines for Linux's panic banner: "Kernel panic - not syncing" marks a
+/// panic; the closing "---[ end Kernel panic" line stops the machine (so panic=0 kernels do not hang the VMM).
+/// </summary>
+internal sealed class PanicWatcher(Action<ReadOnlySpan<byte>> output, Action onPanicEnd)
+{
+    private readonly byte[] _line = new byte[256];
+    private int _length;
+
+    public bool PanicSeen { get; private set; }
+
+    public void Write(ReadOnlySpan<byte> data)
+    {
+        output(data);
+        foreach (byte b in data)
+        {
+            if (b == '\n')
+            {
+                ReadOnlySpan<byte> line = _line.AsSpan(0, _length);
+                if (line.IndexOf("Kernel panic - not syncing"u8) >= 0)
+                {
+                    if (line.IndexOf("---[ end"u8) >= 0)
+                    {
+                        PanicSeen = true;
+                        onPanicEnd();
+                    }
+                    PanicSeen = true;
+                }
+                _length = 0;
+            }
+            else if (_length < _line.Length)
+            {
+                _line[_length++] = b;
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+using System.Buffers.Binary;
+using Kit.HyperKit.Kvm;
+using Kit.HyperKit.Memory;
+
+namespace Kit.HyperKit.Vm;
+
+/// <summary>
+/// x86 vCPU state as a real machine (or firmware) would leave it for the loaded code: CPUID with per-CPU topology,
+/// boot MSRs, FPU defaults, LAPIC LINT0/LINT1 wiring, and the register sets for the 64-bit Linux entry or a flat
+/// 32-bit protected-mode program (reference/hyperkit.md section 3.4).
+/// </summary>
+public static class X86Cpu
+{
+    // Guest physical layout for the 64-bit entry (the same low-memory spots Firecracker uses).
+    public const ulong GdtAddress = 0x500, IdtAddress = 0x520, Pml4Address = 0x9000, PdptAddress = 0xA000,
+        PdAddress = 0xB000, BootStack = 0x8FF0;
+
+    private const ulong Cr0Pe = 1, Cr0Et = 0x10, Cr0Ne = 0x20, Cr0Pg = 0x8000_0000, Cr4Pae = 0x20, EferLme = 0x100,
+        EferLma = 0x400;
+
+    /// <summary>Per-vCPU CPUID: APIC ids in leaves 1, 0xB, 0x1F and 0x8000001E, logical count, hypervisor bit.</summary>
+    public static KvmCpuidEntry2[] CpuidFor(ReadOnlySpan<KvmCpuidEntry2> supported, int id, int cpus)
+    {
+        var entries = supported.ToArray();
+        for (int i = 0; i < entries.Length; i++)
+        {
+            ref KvmCpuidEntry2 e = ref entries[i];
+            switch (e.Function)
+            {
+                case 1:
+                    e.Ebx = (e.Ebx & 0x0000_FFFF) | ((uint)id << 24) | ((uint)Math.Max(cpus, 1) << 16);
+                    e.Edx |= 1u << 28;  // HTT: EBX[23:16] is meaningful
+                    e.Ecx |= 1u << 31;  // running under a hypervisor
+                    break;
+                case 0xB:
+                case 0x1F:
+                    e.Edx = (uint)id;
+                    break;
+                case 0x8000_001E:
+                    e.Eax = (uint)id;
+                    break;
+            }
+        }
+        return entries;
+    }
+
+    /// <summary>Boot MSRs (Firecracker/kvmtool set the same): syscall MSRs cleared, fast strings, write-back MTRR default.</summary>
+    public static void SetBootMsrs(KvmVcpu vcpu)
+    {
+        ReadOnlySpan<(uint, ulong)> msrs =
+        [
+            (0x174, 0), (0x175, 0), (0x176, 0),       // SYSENTER_CS/ESP/EIP
+            (0xC000_0081, 0), (0xC000_0082, 0), (0xC000_0083, 0), (0xC000_0084, 0), // STAR, LSTAR, CSTAR, SFMASK
+            (0xC000_0102, 0),                          // KERNEL_GS_BASE
+            (0x10, 0),                                 // TSC
+            (0x1A0, 1),                                // IA32_MISC_ENABLE: fast strings
+            (0x2FF, (1UL << 11) | 6),                  // MTRRdefType: enabled, write-back
+        ];
+        // KVM stops at the first MSR it does not know for this CPU model; the rest are optional niceties.
+        _ = vcpu.SetMsrs(msrs);
+    }
+
+    public static void SetFpu(KvmVcpu vcpu)
+    {
+        var fpu = new KvmFpu { Fcw = 0x37F, Mxcsr = 0x1F80 };
+        vcpu.SetFpu(fpu);
+    }
+
+    /// <summary>LINT0 = ExtINT (the 8259 path), LINT1 = NMI: without this the legacy timer path cannot work.</summary>
+    public static void SetLint(KvmVcpu vcpu)
+    {
+        Span<byte> lapic = stackalloc byte[1024];
+        vcpu.GetLapic(lapic);
+        uint lint0 = BinaryPrimitives.ReadUInt32LittleEndian(lapic[0x350..]);
+        uint lint1 = BinaryPrimitives.ReadUInt32LittleEndian(lapic[0x360..]);
+        BinaryPrimitives.WriteUInt32LittleEndian(lapic[0x350..], (lint0 & ~0x700u) | (7u << 8));
+        BinaryPrimitives.WriteUInt32LittleEndian(lapic[0x360..], (lint1 & ~0x700u) | (4u << 8));
+        vcpu.SetLapic(lapic);
+    }
+
+    /// <summary>GDT (null, 64-bit code, data, TSS), an empty IDT, and identity page tables for the low 4 GiB.</summary>
+    public static void WriteLongModeTables(GuestMemory memory)
+    {
+        Span<byte> gdt = memory.GetSpan(GdtAddress, 32);
+        BinaryPrimitives.WriteUInt64LittleEndian(gdt, 0);
+        BinaryPrimitives.WriteUInt64LittleEndian(gdt[8..], 0x00AF_9B00_0000_FFFF);  // code: L=1, G=1, P, DPL0, exec/read
+        BinaryPrimitives.WriteUInt64LittleEndian(gdt[16..], 0x00CF_9300_0000_FFFF); // data: D/B=1, G=1, P, read/write
+        BinaryPrimitives.WriteUInt64LittleEndian(gdt[24..], 0x008F_8B00_0000_FFFF); // TSS (busy), G=1
+        memory.GetSpan(IdtAddress, 8).Clear();
+        Span<byte> pml4 = memory.GetSpan(Pml4Address, 4096);
+        pml4.Clear();
+        BinaryPrimitives.WriteUInt64LittleEndian(pml4, PdptAddress | 0x3);
+        Span<byte> pdpt = memory.GetSpan(PdptAddress, 4096);
+        pdpt.Clear();
+        for (int g = 0; g < 4; g++)
+        {
+            ulong pd = PdAddress + 4096UL * (ulong)g;
+            BinaryPrimitives.WriteUInt64LittleEndian(pdpt[(8 * g)..], pd | 0x3);
+            Span<byte> table = memory.GetSpan(pd, 4096);
+            for (int i = 0; i < 512; i++)
+            {
+                ulong address = ((ulong)g << 30) | ((ulong)i << 21);
+                BinaryPrimitives.WriteUInt64LittleEndian(table[(8 * i)..], address | 0x83); // present, RW, 2 MiB page
+            }
+        }
+    }
+
+    private static KvmSegment Segment(ushort selector, byte type, bool code64, bool db, bool system = false) => new()
+    {
+        Base = 0,
+        Limit = 0xFFFF_FFFF,
+        Selector = selector,
+        Type = type,
+        Present = 1,
+        Dpl = 0,
+        Db = db ? (byte)1 : (byte)0,
+        S = system ? (byte)0 : (byte)1,
+        L = code64 ? (byte)1 : (byte)0,
+        G = 1,
+    };
+
+    /// <summary>Long mode with paging on, flat segments from the GDT above: the 64-bit boot protocol's entry state.</summary>
+    public static void EnterLongMode(KvmVcpu vcpu, ulong rip, ulong rsi)
+    {
+        KvmSregs s = vcpu.GetSregs();
+        s.Cs = Segment(0x08, 0xB, code64: true, db: false);
+        s.Ds = s.Es = s.Fs = s.Gs = s.Ss = Segment(0x10, 0x3, code64: false, db: true);
+        s.Tr = Segment(0x18, 0xB, code64: false, db: false, system: true);
+        s.Gdt = new KvmDtable { Base = GdtAddress, Limit = 31 };
+        s.Idt = new KvmDtable { Base = IdtAddress, Limit = 7 };
+        s.Cr0 = Cr0Pe | Cr0Et | Cr0Ne | Cr0Pg;
+        s.Cr3 = Pml4Address;
+        s.Cr4 = Cr4Pae;
+        s.Efer = EferLme | EferLma;
+        vcpu.SetSregs(s);
+        vcpu.SetRegs(new KvmRegs { Rflags = 2, Rip = rip, Rsi = rsi, Rsp = BootStack, Rbp = BootStack });
+    }
+
+    /// <summary>Flat 32-bit protected mode, paging off: for freestanding test programs (all 4 GiB addressable).</summary>
+    public static void EnterProtectedMode32(KvmVcpu vcpu, ulong eip, ulong esp)
+    {
+        KvmSregs s = vcpu.GetSregs();
+        s.Cs = Segment(0x08, 0xB, code64: false, db: true);
+        s.Ds = s.Es = s.Fs = s.Gs = s.Ss = Segment(0x10, 0x3, code64: false, db: true);
+        s.Tr = Segment(0x18, 0xB, code64: false, db: false, system: true);
+        s.Cr0 = Cr0Pe | Cr0Et | Cr0Ne;
+        s.Cr4 = 0;
+        s.Efer = 0;
+        vcpu.SetSregs(s);
+        vcpu.SetRegs(new KvmRegs { Rflags = 2, Rip = eip, Rsp = esp });
+    }
+}
