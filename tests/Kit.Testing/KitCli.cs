@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace Kit.Testing;
 
 /// <summary>
@@ -9,42 +7,20 @@ namespace Kit.Testing;
 public static class KitCli
 {
     /// <summary>The kit apphost beside the running test assembly.</summary>
-    public static string ExecutablePath => Path.Combine(AppContext.BaseDirectory, "kit");
-
-    /// <summary>Start information for `kit ARGS...`, to be customised (environment, redirection) by the caller.</summary>
-    public static ProcessStartInfo StartInfo(params string[] args)
+    public static string ExecutablePath
     {
-        if (!File.Exists(ExecutablePath))
+        get
         {
-            throw new FileNotFoundException($"kit not found beside the tests at {ExecutablePath}; does the test project reference src/Kit?");
+            string path = Path.Combine(AppContext.BaseDirectory, "kit");
+            return File.Exists(path)
+                ? path
+                : throw new FileNotFoundException($"kit not found beside the tests at {path}; does the test project reference src/Kit?");
         }
-        var start = new ProcessStartInfo(ExecutablePath)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (string a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-        return start;
     }
 
-    /// <summary>Runs `kit ARGS...` to completion (at most <paramref name="timeout"/>); returns the exit code and stdout+stderr.</summary>
-    public static (int ExitCode, string Output) Run(string[] args, TimeSpan timeout)
-    {
-        using Process process = Process.Start(StartInfo(args)) ?? throw new InvalidOperationException("cannot start kit");
-        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
-        Task<string> stderr = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(timeout))
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"kit {string.Join(' ', args)} did not finish within {timeout}");
-        }
-        return (process.ExitCode, stdout.Result + stderr.Result);
-    }
+    /// <summary>Runs `kit ARGS...` to completion (one minute at most).</summary>
+    public static ProcessResult Run(params string[] args) => ProcessRunner.Run(ExecutablePath, args);
 
-    /// <summary>Runs `kit ARGS...` with a one-minute limit.</summary>
-    public static (int ExitCode, string Output) Run(params string[] args) => Run(args, TimeSpan.FromMinutes(1));
+    /// <summary>Starts a long-running `kit ARGS...` (a server); disposing the result kills it.</summary>
+    public static RunningProcess Start(params string[] args) => ProcessRunner.Start(ExecutablePath, args);
 }

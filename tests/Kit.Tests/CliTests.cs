@@ -8,16 +8,16 @@ public sealed class CliTests
     [Fact]
     public void HelpListsTheGuestCommand()
     {
-        (int code, string output) = KitCli.Run("--help");
-        Assert.Equal(0, code);
-        Assert.Contains("guest", output, StringComparison.Ordinal);
+        ProcessResult result = KitCli.Run("--help");
+        Assert.Equal(0, result.ExitCode);
+        Assert.Contains("guest", result.StandardOutput, StringComparison.Ordinal);
     }
 
     [Fact]
     public void UnknownCommandIsAnErrorWithoutStackTrace()
     {
-        (int code, string output) = KitCli.Run("no-such-command");
-        Assert.NotEqual(0, code);
-        Assert.DoesNotContain("   at ", output, StringComparison.Ordinal);
+        ProcessResult result = KitCli.Run("no-such-command");
+        Assert.NotEqual(0, result.ExitCode);
+        Assert.DoesNotContain("   at ", result.Output, StringComparison.Ordinal);
     }
 }
