@@ -93,26 +93,7 @@ public sealed class QemuGuest : IAsyncDisposable
         try
         {
             string initrd = Path.Combine(tempDir, "initrd.gz");
-            var files = new List<CpioArchive.Entry>();
-            if (script is not null)
-            {
-                files.Add(new("kit/run", Encoding.UTF8.GetBytes(script)));
-            }
-            foreach ((string path, byte[] data) in options.Files)
-            {
-                files.Add(new(path, data));
-            }
-            using (FileStream output = File.Create(initrd))
-            {
-                using (FileStream baseInitrd = File.OpenRead(image.Initrd))
-                {
-                    await baseInitrd.CopyToAsync(output, cancellationToken).ConfigureAwait(false);
-                }
-                if (files.Count > 0)
-                {
-                    await output.WriteAsync(CpioArchive.BuildGzip(files), cancellationToken).ConfigureAwait(false);
-                }
-            }
+            await image.WriteInitrdAsync(initrd, script, options.Files, cancellationToken).ConfigureAwait(false);
             var clock = Stopwatch.StartNew();
             RunningProcess qemu = ProcessRunner.Start("qemu-system-x86_64", options.BuildArguments(image, initrd));
             qemu.Process.StandardInput.Close();
