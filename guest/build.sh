@@ -23,7 +23,8 @@ for tool in apt-cache apt-get dpkg-deb depmod modprobe cpio gzip busybox iperf3 
   command -v "$tool" >/dev/null 2>&1 || die "missing tool '$tool' (apt-get install kmod cpio busybox-static iperf3 apt)"
 done
 
-cache_root=${KIT_GUEST_CACHE:-$HOME/.cache/kit/guest}
+home=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
+cache_root=${KIT_GUEST_CACHE:-${home:-/tmp}/.cache/kit/guest}
 mkdir -p "$cache_root"
 cache_root=$(cd "$cache_root" && pwd -P)
 
