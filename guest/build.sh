@@ -23,7 +23,8 @@ for tool in apt-cache apt-get dpkg-deb depmod modprobe cpio gzip busybox iperf3 
   command -v "$tool" >/dev/null 2>&1 || die "missing tool '$tool' (apt-get install kmod cpio busybox-static iperf3 apt)"
 done
 
-cache_root=${KIT_GUEST_CACHE:-$HOME/.cache/kit/guest}
+home=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
+cache_root=${KIT_GUEST_CACHE:-${home:-/tmp}/.cache/kit/guest}
 mkdir -p "$cache_root"
 cache_root=$(cd "$cache_root" && pwd -P)
 
@@ -35,7 +36,15 @@ self_hash=$( { cat "${BASH_SOURCE[0]}"; sha256sum "$(command -v busybox)" "$(com
 resolve_kernel_package() {
   apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: *\(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1
 }
-kpkg=$(resolve_kernel_package || true)
+# apt-cache parses every package list (seconds when apt keeps no pkgcache.bin), so the answer is remembered
+# until a list changes.
+resolved="$cache_root/.kernel-package"
+eval "$(apt-config shell lists_dir Dir::State::Lists/d)"
+kpkg=
+if [[ -s "$resolved" && -d "${lists_dir:-}" && -z "$(find "$lists_dir" -maxdepth 1 -type f -newer "$resolved" -print -quit)" ]]; then
+  kpkg=$(cat "$resolved")
+fi
+[[ -n "$kpkg" ]] || kpkg=$(resolve_kernel_package || true)
 apt_updated=0
 if [[ -z "$kpkg" ]]; then
   echo "guest/build.sh: apt lists missing; running apt-get update" >&2
@@ -45,6 +54,7 @@ if [[ -z "$kpkg" ]]; then
 fi
 [[ -n "$kpkg" ]] || die "cannot resolve the package behind linux-image-amd64 (apt-cache depends)"
 kver=${kpkg#linux-image-}
+echo "$kpkg" >"$resolved.$$" && mv -f "$resolved.$$" "$resolved"
 
 out="$cache_root/$kver"
 print_result() {
@@ -68,16 +78,17 @@ fi
 
 started=$SECONDS
 work=$(mktemp -d "$cache_root/.build-XXXXXX")
-chmod 755 "$work" # apt-get download drops privileges to _apt when it can
 trap 'rm -rf "$work"' EXIT
 
 # 1. The kernel package: download, unpack, index its modules.
 echo "guest/build.sh: downloading $kpkg" >&2
-if ! (cd "$work" && apt-get download -qq "$kpkg" >&2); then
+# As root, apt drops to the _apt user for downloads, which cannot enter a cache under /root: stay root.
+download() { (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "$kpkg" >&2); }
+if ! download; then
   if [[ $apt_updated == 0 ]]; then
     echo "guest/build.sh: apt-get download failed; running apt-get update once" >&2
     apt-get update -qq >&2
-    (cd "$work" && apt-get download -qq "$kpkg" >&2) || die "apt-get download $kpkg failed"
+    download || die "apt-get download $kpkg failed"
   else
     die "apt-get download $kpkg failed"
   fi

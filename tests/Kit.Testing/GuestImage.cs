@@ -40,6 +40,34 @@ public sealed record GuestImage(string Kernel, string Initrd)
         }
     }
 
+    /// <summary>
+    /// Writes a copy of this initramfs with <paramref name="script"/> as /kit/run (and any extra files) appended as
+    /// a second archive, so the guest runs it under any VMM (QEMU here, <c>kit vm run</c> in the nested guest).
+    /// </summary>
+    /// <param name="script">The guest command (sh), or null for none (then kit.cmd= or a shell decides).</param>
+    /// <param name="files">Extra files: guest path (e.g. "kit/bin/tool") to bytes, mode 0755.</param>
+    public async Task WriteInitrdAsync(string outputPath, string? script, IReadOnlyDictionary<string, byte[]>? files = null, CancellationToken cancellationToken = default)
+    {
+        var entries = new List<CpioArchive.Entry>();
+        if (script is not null)
+        {
+            entries.Add(new("kit/run", System.Text.Encoding.UTF8.GetBytes(script)));
+        }
+        foreach ((string path, byte[] data) in files ?? new Dictionary<string, byte[]>())
+        {
+            entries.Add(new(path, data));
+        }
+        await using FileStream output = File.Create(outputPath);
+        await using (FileStream baseInitrd = File.OpenRead(Initrd))
+        {
+            await baseInitrd.CopyToAsync(output, cancellationToken).ConfigureAwait(false);
+        }
+        if (entries.Count > 0)
+        {
+            await output.WriteAsync(CpioArchive.BuildGzip(entries), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
     /// <summary>Reads the <c>kernel=</c> and <c>initrd=</c> lines build.sh prints last.</summary>
     public static GuestImage Parse(string buildOutput)
     {

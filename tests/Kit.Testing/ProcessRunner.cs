@@ -156,7 +156,7 @@ public sealed class RunningProcess : IDisposable
 
     public int Id => Process.Id;
 
-    /// <summary>Standard output received so far ('\r' removed).</summary>
+    /// <summary>Standard output received so far (terminal escapes and control characters removed, see <see cref="Text.Printable"/>).</summary>
     public string StandardOutput
     {
         get { lock (_gate) { return _stdout.ToString(); } }
@@ -276,7 +276,7 @@ public sealed class RunningProcess : IDisposable
             closed.TrySetResult();
             return;
         }
-        line = line.Replace("\r", "", StringComparison.Ordinal);
+        line = Text.Printable(line);
         List<TaskCompletionSource<string>>? hit = null;
         lock (_gate)
         {

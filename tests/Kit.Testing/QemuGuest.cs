@@ -6,7 +6,7 @@ namespace Kit.Testing;
 
 /// <summary>What a guest run printed and how it ended.</summary>
 /// <param name="ExitCode">The guest command's exit code, from the <c>KIT-GUEST-EXIT</c> marker.</param>
-/// <param name="Output">Console text between the start and exit markers (the command's output, '\r' removed).</param>
+/// <param name="Output">Console text between the start and exit markers (the command's output; kernel messages can interleave).</param>
 /// <param name="Serial">The whole serial console, QEMU's stderr appended.</param>
 /// <param name="BootTime">From QEMU start to the <c>KIT-GUEST-START</c> marker.</param>
 /// <param name="Elapsed">From QEMU start to its exit.</param>
@@ -18,7 +18,7 @@ public sealed class GuestFailedException(string message) : Exception(message);
 /// <summary>
 /// A QEMU TCG guest running the default guest (guest/build.sh) with a shell script as its command.
 /// The script is packed as /kit/run into a small cpio archive appended to the initramfs. At most
-/// <see cref="MaxConcurrentGuests"/> guests run at once in a test process (the machines have 2 cores).
+/// <see cref="MaxConcurrentGuests"/> guests run at once on the machine, across test processes (2 cores).
 /// </summary>
 public sealed class QemuGuest : IAsyncDisposable
 {
@@ -64,7 +64,7 @@ public sealed class QemuGuest : IAsyncDisposable
                 TaskScheduler.Default);
     }
 
-    /// <summary>The serial console so far ('\r' removed).</summary>
+    /// <summary>The serial console so far (terminal escapes removed, see <see cref="Text.Printable"/>).</summary>
     public string Serial => _qemu.StandardOutput;
 
     /// <summary>The QEMU process id.</summary>
@@ -82,7 +82,10 @@ public sealed class QemuGuest : IAsyncDisposable
     /// Starts a guest (after waiting for a free slot) and returns while it boots, for tests that talk to it.
     /// Dispose kills QEMU, removes its temporary files and frees the slot.
     /// </summary>
-    /// <param name="script">The guest command (sh script), or null for an interactive shell on the console.</param>
+    /// <param name="script">
+    /// The guest command (sh script), or null: then a <c>kit.cmd=</c> kernel argument (see
+    /// <see cref="KernelCommandArgument"/>) or else an interactive shell on the console.
+    /// </param>
     public static async Task<QemuGuest> StartAsync(string? script, QemuGuestOptions? options = null, CancellationToken cancellationToken = default)
     {
         options ??= new QemuGuestOptions();
@@ -93,26 +96,7 @@ public sealed class QemuGuest : IAsyncDisposable
         try
         {
             string initrd = Path.Combine(tempDir, "initrd.gz");
-            var files = new List<CpioArchive.Entry>();
-            if (script is not null)
-            {
-                files.Add(new("kit/run", Encoding.UTF8.GetBytes(script)));
-            }
-            foreach ((string path, byte[] data) in options.Files)
-            {
-                files.Add(new(path, data));
-            }
-            using (FileStream output = File.Create(initrd))
-            {
-                using (FileStream baseInitrd = File.OpenRead(image.Initrd))
-                {
-                    await baseInitrd.CopyToAsync(output, cancellationToken).ConfigureAwait(false);
-                }
-                if (files.Count > 0)
-                {
-                    await output.WriteAsync(CpioArchive.BuildGzip(files), cancellationToken).ConfigureAwait(false);
-                }
-            }
+            await image.WriteInitrdAsync(initrd, script, options.Files, cancellationToken).ConfigureAwait(false);
             var clock = Stopwatch.StartNew();
             RunningProcess qemu = ProcessRunner.Start("qemu-system-x86_64", options.BuildArguments(image, initrd));
             qemu.Process.StandardInput.Close();

@@ -31,6 +31,15 @@ public sealed class HarnessUnitTests
     public void Missing_or_broken_exit_marker_is_reported(string serial) =>
         Assert.False(QemuGuest.TryParseMarkers(serial, out _, out _));
 
+    [Theory]
+    [InlineData("\u001bc\u001b[?7l\u001b[2JKIT-GUEST-START", "KIT-GUEST-START")]
+    [InlineData("line\r", "line")]
+    [InlineData("bell\u0007 tab\there", "bell? tab\there")]
+    [InlineData("cut \u001b[", "cut ")]
+    [InlineData("plain", "plain")]
+    public void Console_lines_are_made_printable(string raw, string expected) =>
+        Assert.Equal(expected, Text.Printable(raw));
+
     [Fact]
     public void Shell_quoting_survives_sh()
     {
