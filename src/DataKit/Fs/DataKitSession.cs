@@ -484,9 +484,9 @@ public sealed class DataKitSession : IFileSystemSession
                 {
                     r.Head = _store.Fetch(url, branch).Sha;
                 }
-                catch (LibGit2SharpException)
+                catch (LibGit2SharpException e)
                 {
-                    throw new VfsException(Errno.EIO, $"error: cannot fetch {url}");
+                    throw new VfsException(Errno.EIO, $"error: cannot fetch {url}", e);
                 }
                 r.Changed.Poke();
                 return ValueTask.FromResult("");

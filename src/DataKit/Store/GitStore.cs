@@ -54,6 +54,11 @@ public sealed class GitStore : IDisposable
 
     public Identity Author { get; init; } = new("datakit", "datakit@mobyproject.org");
 
+    private long _treesWritten;
+
+    /// <summary>Trees written so far: lets tests check that a commit rewrites only the changed path.</summary>
+    public long TreesWritten => Interlocked.Read(ref _treesWritten);
+
     /// <summary>Opens the repository at <paramref name="path"/>, creating it (non-bare, nothing checked out) if needed.</summary>
     public static GitStore Open(string path)
     {
@@ -361,6 +366,7 @@ public sealed class GitStore : IDisposable
             {
                 return EmptyTree;
             }
+            Interlocked.Increment(ref _treesWritten);
             return _repo.ObjectDatabase.CreateTree(td).Id;
         }
     }
@@ -399,7 +405,17 @@ public sealed class GitStore : IDisposable
         lock (_gate)
         {
             string local = $"refs/datakit/fetch/{Convert.ToHexString(System.Security.Cryptography.SHA1.HashData(Encoding.UTF8.GetBytes(url)))[..12]}/{branch}";
-            _repo.Network.Fetch(url, [$"+refs/heads/{branch}:{local}"], new FetchOptions(), null);
+            // LibGit2Sharp fetches by remote name, so a short-lived named remote stands for the URL.
+            string remoteName = "datakit-fetch-" + Guid.NewGuid().ToString("N")[..8];
+            _repo.Network.Remotes.Add(remoteName, url);
+            try
+            {
+                Commands.Fetch(_repo, remoteName, [$"+refs/heads/{branch}:{local}"], new FetchOptions(), null);
+            }
+            finally
+            {
+                _repo.Network.Remotes.Remove(remoteName);
+            }
             string? sha = _repo.Refs[local]?.ResolveToDirectReference()?.TargetIdentifier;
             return sha is null ? throw new VfsException(Errno.ENOENT, "error: no head to fetch") : new ObjectId(sha);
         }
