@@ -46,6 +46,33 @@ public sealed class StoreTests : DataKitTestBase
 
     [Fact]
     [Trait("Tier", "Real")]
+    public void TreesAreByteIdenticalToGitMktree()
+    {
+        GitStore store = Server.Store;
+        ObjectId blob = store.WriteBlob("x"u8.ToArray());
+        ObjectId sub = store.WriteTree([new GitEntry("f", EntryKind.File, blob)]);
+        // Git sorts directories as if their names ended in '/': "a.b" < "a/" < "a0".
+        GitEntry[] entries =
+        [
+            new("a0", EntryKind.Exec, blob), new("a", EntryKind.Dir, sub), new("a.b", EntryKind.Link, blob), new("a-c", EntryKind.File, blob),
+        ];
+        ObjectId ours = store.WriteTree(entries);
+        string input = $"100755 blob {blob.Sha}\ta0\n040000 tree {sub.Sha}\ta\n120000 blob {blob.Sha}\ta.b\n100644 blob {blob.Sha}\ta-c\n";
+        var psi = new System.Diagnostics.ProcessStartInfo("git") { UseShellExecute = false, RedirectStandardInput = true, RedirectStandardOutput = true };
+        psi.ArgumentList.Add("-C");
+        psi.ArgumentList.Add(GitDir);
+        psi.ArgumentList.Add("mktree");
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        p.StandardInput.Write(input);
+        p.StandardInput.Close();
+        string theirs = p.StandardOutput.ReadToEnd().Trim();
+        p.WaitForExit();
+        Assert.Equal(theirs, ours.Sha);
+        Assert.Equal(["a-c", "a.b", "a", "a0"], store.ReadTree(ours).Select(e => e.Name).ToArray());
+    }
+
+    [Fact]
+    [Trait("Tier", "Real")]
     public async Task RemotesFetchFromARealGitRepository()
     {
         string remote = GitDir + "-remote";
