@@ -371,6 +371,26 @@ public sealed class ServerSuiteTests : DataKitTestBase
     }
 
     [Fact]
+    public async Task FlushCancelsABlockedHeadLiveReadAndTheConnectionGoesOn()
+    {
+        string tx = await Begin(C, "master");
+        await Create(C, $"{tx}/rw", "x", "y");
+        string head = await Commit(C, tx, "c");
+        uint fid = await C.WalkAsync("branch/master/head.live");
+        await C.OpenAsync(fid, P9.OREAD);
+        Assert.Equal(head + "\n", Encoding.UTF8.GetString(await C.ReadAsync(fid, 0, 100)));
+        Assert.Empty(await C.ReadAsync(fid, 41, 100));
+        using var cts = new CancellationTokenSource();
+        Task<byte[]> blocked = C.ReadAsync(fid, 41, 100, cts.Token);
+        Assert.Equal(head + "\n", await Read(C, "branch/master/head"));
+        Assert.False(blocked.IsCompleted);
+        cts.Cancel(); // Tflush, as Ctrl-C on `cat head.live` does
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => blocked);
+        await C.ClunkAsync(fid);
+        Assert.Equal(["master"], await C.ListAsync("branch"));
+    }
+
+    [Fact]
     public async Task DiffBetweenCommitsAndTransactions()
     {
         string tx = await Begin(C, "master");
