@@ -320,6 +320,30 @@ public sealed class ServerSuiteTests : DataKitTestBase
     }
 
     [Fact]
+    public async Task RemovingADirectoryResolvesTheConflictsBeneathIt()
+    {
+        string tx = await Begin(C, "master");
+        await C.MkdirAsync($"{tx}/rw", "dir");
+        await Create(C, $"{tx}/rw/dir", "x", "base");
+        string baseCommit = await Commit(C, tx, "base");
+        await C.MkdirAsync("branch", "other");
+        await Echo(C, "branch/other/fast-forward", baseCommit);
+        tx = await Begin(C, "other");
+        await Echo(C, $"{tx}/rw/dir/x", "theirs");
+        string theirs = await Commit(C, tx, "theirs");
+        tx = await Begin(C, "master", "ours");
+        await Echo(C, $"{tx}/rw/dir/x", "ours");
+        await Commit(C, tx, "ours");
+        tx = await Begin(C, "master", "merge");
+        await Echo(C, $"{tx}/merge", theirs);
+        Assert.Equal("dir/x\n", await Read(C, $"{tx}/conflicts"));
+        await C.RemovePathAsync($"{tx}/rw/dir");
+        Assert.Equal("", await Read(C, $"{tx}/conflicts"));
+        await Commit(C, tx, "resolved by removal");
+        Assert.Empty(await C.ListAsync("branch/master/ro"));
+    }
+
+    [Fact]
     public async Task StableInodes()
     {
         string tx = await Begin(C, "master");

@@ -140,5 +140,14 @@ public sealed class StoreTests : DataKitTestBase
         }
         NinePException e = await Assert.ThrowsAsync<NinePException>(() => C.RpcAsync(new Fcall { Type = MessageType.Tread, Fid = 123456, Count = 10 }));
         Assert.Equal(Errno.EBADF, e.Errno);
+
+        // A tiny write at a 2 GiB offset must not make the server allocate 2 GiB.
+        string tx = await Begin(C, "master");
+        await Create(C, $"{tx}/rw", "f", "x");
+        uint file = await C.WalkAsync($"{tx}/rw/f");
+        await C.OpenAsync(file, P9.OWRITE);
+        e = await Assert.ThrowsAsync<NinePException>(() => C.WriteAsync(file, 2UL * 1024 * 1024 * 1024, "y"u8.ToArray()));
+        Assert.Equal(Errno.EFBIG, e.Errno);
+        Assert.Equal("x", await Read(C, $"{tx}/rw/f"));
     }
 }
