@@ -428,6 +428,8 @@ public sealed class ServerSuiteTests : DataKitTestBase
         Assert.Equal("* file\n+ foo\n", await Read(C, $"snapshots/{h2}/diff/{h1}"));
         Assert.Equal("", await Read(C, $"snapshots/{h2}/diff/{h2}"));
         Assert.Equal("* file\n- foo\n", await Read(C, $"snapshots/{h1}/diff/{h2}"));
+        Assert.Equal("* file\n+ foo\n", await Read(C, $"branch/master/diff/{h1}"));
+        Assert.Empty(await C.ListAsync("branch/master/diff"));
     }
 
     [Fact]
