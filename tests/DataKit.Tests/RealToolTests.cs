@@ -139,8 +139,10 @@ public sealed class RealToolTests : DataKitTestBase
                     }
                 }
             });
+            var deadline = DateTime.UtcNow + TimeSpan.FromMinutes(3);
             while (true)
             {
+                Assert.True(DateTime.UtcNow < deadline, "the writer made no progress");
                 await Task.Delay(100);
                 lock (acknowledged)
                 {

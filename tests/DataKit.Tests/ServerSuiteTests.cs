@@ -320,6 +320,30 @@ public sealed class ServerSuiteTests : DataKitTestBase
     }
 
     [Fact]
+    public async Task RemovingADirectoryResolvesTheConflictsBeneathIt()
+    {
+        string tx = await Begin(C, "master");
+        await C.MkdirAsync($"{tx}/rw", "dir");
+        await Create(C, $"{tx}/rw/dir", "x", "base");
+        string baseCommit = await Commit(C, tx, "base");
+        await C.MkdirAsync("branch", "other");
+        await Echo(C, "branch/other/fast-forward", baseCommit);
+        tx = await Begin(C, "other");
+        await Echo(C, $"{tx}/rw/dir/x", "theirs");
+        string theirs = await Commit(C, tx, "theirs");
+        tx = await Begin(C, "master", "ours");
+        await Echo(C, $"{tx}/rw/dir/x", "ours");
+        await Commit(C, tx, "ours");
+        tx = await Begin(C, "master", "merge");
+        await Echo(C, $"{tx}/merge", theirs);
+        Assert.Equal("dir/x\n", await Read(C, $"{tx}/conflicts"));
+        await C.RemovePathAsync($"{tx}/rw/dir");
+        Assert.Equal("", await Read(C, $"{tx}/conflicts"));
+        await Commit(C, tx, "resolved by removal");
+        Assert.Empty(await C.ListAsync("branch/master/ro"));
+    }
+
+    [Fact]
     public async Task StableInodes()
     {
         string tx = await Begin(C, "master");
@@ -371,6 +395,26 @@ public sealed class ServerSuiteTests : DataKitTestBase
     }
 
     [Fact]
+    public async Task FlushCancelsABlockedHeadLiveReadAndTheConnectionGoesOn()
+    {
+        string tx = await Begin(C, "master");
+        await Create(C, $"{tx}/rw", "x", "y");
+        string head = await Commit(C, tx, "c");
+        uint fid = await C.WalkAsync("branch/master/head.live");
+        await C.OpenAsync(fid, P9.OREAD);
+        Assert.Equal(head + "\n", Encoding.UTF8.GetString(await C.ReadAsync(fid, 0, 100)));
+        Assert.Empty(await C.ReadAsync(fid, 41, 100));
+        using var cts = new CancellationTokenSource();
+        Task<byte[]> blocked = C.ReadAsync(fid, 41, 100, cts.Token);
+        Assert.Equal(head + "\n", await Read(C, "branch/master/head"));
+        Assert.False(blocked.IsCompleted);
+        cts.Cancel(); // Tflush, as Ctrl-C on `cat head.live` does
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => blocked);
+        await C.ClunkAsync(fid);
+        Assert.Equal(["master"], await C.ListAsync("branch"));
+    }
+
+    [Fact]
     public async Task DiffBetweenCommitsAndTransactions()
     {
         string tx = await Begin(C, "master");
@@ -384,6 +428,8 @@ public sealed class ServerSuiteTests : DataKitTestBase
         Assert.Equal("* file\n+ foo\n", await Read(C, $"snapshots/{h2}/diff/{h1}"));
         Assert.Equal("", await Read(C, $"snapshots/{h2}/diff/{h2}"));
         Assert.Equal("* file\n- foo\n", await Read(C, $"snapshots/{h1}/diff/{h2}"));
+        Assert.Equal("* file\n+ foo\n", await Read(C, $"branch/master/diff/{h1}"));
+        Assert.Empty(await C.ListAsync("branch/master/diff"));
     }
 
     [Fact]

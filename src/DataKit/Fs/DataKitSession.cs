@@ -149,8 +149,21 @@ public sealed class DataKitSession : IFileSystemSession
             new GitTreeDir(_store, "ro", key + "/ro", () => HeadTree(b), []),
             WatchDir(b, []),
             TransactionsDir(state),
+            // Documented in the original's 9p.md but never built (quirk #11): changes from <commit> to the head.
+            DiffDir(key + "/diff", other => BranchDiff(b, other)),
         ];
         return SyntheticDir.Fixed(b, key, children);
+    }
+
+    private string BranchDiff(string branch, string other)
+    {
+        if (!GitStore.TryParseHash(other, out ObjectId? o, out string e))
+        {
+            throw DkErrors.Invalid(e);
+        }
+        CommitInfo from = _store.GetCommit(o!) ?? throw DkErrors.NotFound();
+        ObjectId to = HeadTree(branch) ?? GitStore.EmptyTree;
+        return string.Concat(TreeDiff.Diff(_store, from.Tree, to).Select(l => l + "\n"));
     }
 
     private string FastForward(string branch, string text)
@@ -484,9 +497,9 @@ public sealed class DataKitSession : IFileSystemSession
                 {
                     r.Head = _store.Fetch(url, branch).Sha;
                 }
-                catch (LibGit2SharpException)
+                catch (LibGit2SharpException e)
                 {
-                    throw new VfsException(Errno.EIO, $"error: cannot fetch {url}");
+                    throw new VfsException(Errno.EIO, $"error: cannot fetch {url}", e);
                 }
                 r.Changed.Poke();
                 return ValueTask.FromResult("");

@@ -95,7 +95,17 @@ internal sealed class Transaction
     /// <summary>Writing a path resolves its conflict (§2.3); chmod alone does not.</summary>
     public void Resolved(IReadOnlyList<string> path)
     {
-        Conflicts?.Remove(string.Join('/', path));
+        if (Conflicts is null)
+        {
+            return;
+        }
+        // Writing a directory resolves the conflicts beneath it too (the original's filter was inverted, quirk #13).
+        string p = string.Join('/', path);
+        Conflicts.Remove(p);
+        foreach (string key in Conflicts.Keys.Where(k => k.StartsWith(p + "/", StringComparison.Ordinal)).ToArray())
+        {
+            Conflicts.Remove(key);
+        }
     }
 
     // ---------- commit (§2.2) ----------

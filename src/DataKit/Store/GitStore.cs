@@ -38,6 +38,10 @@ public sealed class GitStore : IDisposable
     private readonly Repository _repo;
     private readonly Lock _gate = new();
     private readonly Dictionary<ObjectId, byte[]> _blobCache = [];
+    // Trees and commits never change once written, so their decoded forms are cached (bounded by count).
+    private readonly Dictionary<ObjectId, IReadOnlyList<GitEntry>> _treeCache = [];
+    private readonly Dictionary<ObjectId, CommitInfo> _commitCache = [];
+    private const int MaxCachedObjects = 50_000;
     private long _blobCacheBytes;
 
     private GitStore(Repository repo, string path)
@@ -53,6 +57,11 @@ public sealed class GitStore : IDisposable
     public ChangeSignal Changes { get; }
 
     public Identity Author { get; init; } = new("datakit", "datakit@mobyproject.org");
+
+    private long _treesWritten;
+
+    /// <summary>Trees written so far: lets tests check that a commit rewrites only the changed path.</summary>
+    public long TreesWritten => Interlocked.Read(ref _treesWritten);
 
     /// <summary>Opens the repository at <paramref name="path"/>, creating it (non-bare, nothing checked out) if needed.</summary>
     public static GitStore Open(string path)
@@ -210,11 +219,21 @@ public sealed class GitStore : IDisposable
     {
         lock (_gate)
         {
+            if (_commitCache.TryGetValue(id, out CommitInfo? cached))
+            {
+                return cached;
+            }
             if (_repo.Lookup(id, ObjectType.Commit) is not Commit c)
             {
                 return null;
             }
-            return new CommitInfo(c.Id, c.Tree.Id, c.Parents.Select(p => p.Id).ToArray(), c.Message, c.Committer.When);
+            var info = new CommitInfo(c.Id, c.Tree.Id, c.Parents.Select(p => p.Id).ToArray(), c.Message, c.Committer.When);
+            if (_commitCache.Count >= MaxCachedObjects)
+            {
+                _commitCache.Clear();
+            }
+            _commitCache[id] = info;
+            return info;
         }
     }
 
@@ -238,6 +257,10 @@ public sealed class GitStore : IDisposable
     {
         lock (_gate)
         {
+            if (_treeCache.TryGetValue(treeId, out IReadOnlyList<GitEntry>? cached))
+            {
+                return cached;
+            }
             if (_repo.Lookup(treeId, ObjectType.Tree) is not Tree tree)
             {
                 return [];
@@ -258,6 +281,11 @@ public sealed class GitStore : IDisposable
                     entries.Add(new GitEntry(e.Name, k, e.Target.Id));
                 }
             }
+            if (_treeCache.Count >= MaxCachedObjects)
+            {
+                _treeCache.Clear();
+            }
+            _treeCache[treeId] = entries;
             return entries;
         }
     }
@@ -338,31 +366,43 @@ public sealed class GitStore : IDisposable
         }
     }
 
+    /// <summary>
+    /// Writes a tree object. The bytes are laid out here (Git's tree format: "mode name\0" + 20-byte id, sorted with
+    /// directories compared as "name/") rather than through TreeDefinition, which looks up every subtree: a commit
+    /// then costs the width of the directories it rewrites, never a lookup per sibling.
+    /// </summary>
     public ObjectId WriteTree(IEnumerable<GitEntry> entries)
     {
+        var list = entries.ToList();
+        if (list.Count == 0)
+        {
+            return EmptyTree;
+        }
+        list.Sort(static (a, b) => CompareTreeNames(a, b));
+        using var buffer = new MemoryStream();
+        foreach (GitEntry e in list)
+        {
+            string mode = e.Kind switch { EntryKind.Dir => "40000", EntryKind.Exec => "100755", EntryKind.Link => "120000", _ => "100644" };
+            buffer.Write(Encoding.ASCII.GetBytes(mode));
+            buffer.WriteByte((byte)' ');
+            buffer.Write(Encoding.UTF8.GetBytes(e.Name));
+            buffer.WriteByte(0);
+            buffer.Write(e.Id.RawId);
+        }
         lock (_gate)
         {
-            var td = new TreeDefinition();
-            bool any = false;
-            foreach (GitEntry e in entries)
-            {
-                Mode mode = e.Kind switch { EntryKind.Dir => Mode.Directory, EntryKind.Exec => Mode.ExecutableFile, EntryKind.Link => Mode.SymbolicLink, _ => Mode.NonExecutableFile };
-                if (e.Kind == EntryKind.Dir)
-                {
-                    td.Add(e.Name, _repo.Lookup<Tree>(e.Id));
-                }
-                else
-                {
-                    td.Add(e.Name, e.Id, mode);
-                }
-                any = true;
-            }
-            if (!any)
-            {
-                return EmptyTree;
-            }
-            return _repo.ObjectDatabase.CreateTree(td).Id;
+            Interlocked.Increment(ref _treesWritten);
+            ObjectId id = _repo.ObjectDatabase.Write<Tree>(buffer.ToArray());
+            _treeCache.TryAdd(id, list.AsReadOnly());
+            return id;
         }
+    }
+
+    private static int CompareTreeNames(GitEntry a, GitEntry b)
+    {
+        byte[] x = Encoding.UTF8.GetBytes(a.Kind == EntryKind.Dir ? a.Name + "/" : a.Name);
+        byte[] y = Encoding.UTF8.GetBytes(b.Kind == EntryKind.Dir ? b.Name + "/" : b.Name);
+        return x.AsSpan().SequenceCompareTo(y);
     }
 
     public ObjectId WriteCommit(ObjectId tree, IReadOnlyList<ObjectId> parents, string message)
@@ -399,7 +439,17 @@ public sealed class GitStore : IDisposable
         lock (_gate)
         {
             string local = $"refs/datakit/fetch/{Convert.ToHexString(System.Security.Cryptography.SHA1.HashData(Encoding.UTF8.GetBytes(url)))[..12]}/{branch}";
-            _repo.Network.Fetch(url, [$"+refs/heads/{branch}:{local}"], new FetchOptions(), null);
+            // LibGit2Sharp fetches by remote name, so a short-lived named remote stands for the URL.
+            string remoteName = "datakit-fetch-" + Guid.NewGuid().ToString("N")[..8];
+            _repo.Network.Remotes.Add(remoteName, url);
+            try
+            {
+                Commands.Fetch(_repo, remoteName, [$"+refs/heads/{branch}:{local}"], new FetchOptions(), null);
+            }
+            finally
+            {
+                _repo.Network.Remotes.Remove(remoteName);
+            }
             string? sha = _repo.Refs[local]?.ResolveToDirectReference()?.TargetIdentifier;
             return sha is null ? throw new VfsException(Errno.ENOENT, "error: no head to fetch") : new ObjectId(sha);
         }

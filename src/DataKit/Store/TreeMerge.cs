@@ -17,26 +17,8 @@ public static class TreeMerge
     public static byte[] Marker(string reason) => Encoding.UTF8.GetBytes($"** Conflict **\n{reason}\n");
 
     /// <summary>Merges; returns the result tree as a working directory and the conflicting paths with reasons.</summary>
-    public static WorkDir Merge(GitStore store, ObjectId? baseTree, ObjectId ours, ObjectId theirs, SortedDictionary<string, string> conflicts)
-    {
-        if (ours == theirs || theirs == baseTree)
-        {
-            return new WorkDir(store, ours);
-        }
-        if (ours == baseTree)
-        {
-            return new WorkDir(store, theirs);
-        }
-        var result = new WorkDir(store, null);
-        result.Touch();
-        Dictionary<string, GitEntry> b = Index(baseTree is null ? [] : store.ReadTree(baseTree));
-        Dictionary<string, GitEntry> o = Index(store.ReadTree(ours));
-        Dictionary<string, GitEntry> t = Index(store.ReadTree(theirs));
-        var names = new SortedSet<string>(o.Keys, StringComparer.Ordinal);
-        names.UnionWith(t.Keys);
-        MergeInto(store, result, "", names, b, o, t, conflicts);
-        return result;
-    }
+    public static WorkDir Merge(GitStore store, ObjectId? baseTree, ObjectId ours, ObjectId theirs, SortedDictionary<string, string> conflicts) =>
+        Merge(store, baseTree, ours, theirs, conflicts, "");
 
     private static Dictionary<string, GitEntry> Index(IReadOnlyList<GitEntry> entries)
     {
@@ -66,7 +48,8 @@ public static class TreeMerge
             if (oDir || tDir)
             {
                 ObjectId? bt = be?.Kind == EntryKind.Dir ? be.Value.Id : null;
-                WorkDir sub = Merge(store, bt ?? (oDir && tDir ? null : null), oe?.Id ?? GitStore.EmptyTree, te?.Id ?? GitStore.EmptyTree, conflicts, path);
+                // A side without the directory counts as an empty one.
+                WorkDir sub = Merge(store, bt, oe?.Id ?? GitStore.EmptyTree, te?.Id ?? GitStore.EmptyTree, conflicts, path);
                 into.Children[name] = sub;
                 continue;
             }
@@ -96,6 +79,7 @@ public static class TreeMerge
 
     private static WorkDir Merge(GitStore store, ObjectId? baseTree, ObjectId ours, ObjectId theirs, SortedDictionary<string, string> conflicts, string prefix)
     {
+        // Whole subtrees equal on two sides are taken by id, unread.
         if (ours == theirs || theirs == (baseTree ?? GitStore.EmptyTree))
         {
             return new WorkDir(store, ours);

@@ -7,6 +7,12 @@ namespace Kit.DataKit.Store;
 /// <summary>A file in a transaction's working tree: a stored blob until first written, then bytes in memory.</summary>
 public sealed class WorkFile
 {
+    /// <summary>
+    /// Largest file a transaction holds in memory. A 9P write at a huge offset would otherwise make the server
+    /// allocate up to 2 GiB for one small message.
+    /// </summary>
+    public const long MaxSize = 512L * 1024 * 1024;
+
     private byte[]? _data;
     private int _length;
 
@@ -41,13 +47,13 @@ public sealed class WorkFile
     {
         Materialize(store);
         long end = offset + bytes.Length;
-        if (end > int.MaxValue)
+        if (end > MaxSize)
         {
             throw new VfsException(Errno.EFBIG, "File too large");
         }
         if (end > _data!.Length)
         {
-            Array.Resize(ref _data, (int)Math.Max(end, Math.Min((long)_data.Length * 2, int.MaxValue)));
+            Array.Resize(ref _data, (int)Math.Max(end, Math.Min((long)_data.Length * 2, MaxSize)));
         }
         if (offset > _length)
         {
@@ -59,7 +65,7 @@ public sealed class WorkFile
 
     public void Truncate(GitStore store, long length)
     {
-        if (length > int.MaxValue)
+        if (length > MaxSize)
         {
             throw new VfsException(Errno.EFBIG, "File too large");
         }

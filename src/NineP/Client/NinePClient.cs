@@ -7,6 +7,10 @@ using Kit.NineP.Server;
 
 namespace Kit.NineP.Client;
 
+internal sealed class WalkFailed : Exception
+{
+}
+
 /// <summary>An Rerror or Rlerror from the server.</summary>
 public sealed class NinePException(uint errno, string message) : Exception(message)
 {
@@ -268,6 +272,7 @@ public sealed class NinePClient : IAsyncDisposable
                 Fcall r = await RpcAsync(new Fcall { Type = MessageType.Twalk, Fid = current, NewFid = fid, Wnames = chunk }, ct).ConfigureAwait(false);
                 if (r.Wqids.Length != chunk.Length)
                 {
+                    // A partial walk leaves newfid unset (walk(5)); if an earlier chunk set it, clunk it.
                     if (current == fid)
                     {
                         await ClunkAsync(fid).ConfigureAwait(false);
@@ -276,12 +281,16 @@ public sealed class NinePClient : IAsyncDisposable
                     {
                         ReleaseFid(fid);
                     }
-                    throw new NinePException(Errno.ENOENT, "No such file or directory");
+                    throw new WalkFailed();
                 }
                 current = fid;
                 done += chunk.Length;
             }
             while (done < names.Length);
+        }
+        catch (WalkFailed)
+        {
+            throw new NinePException(Errno.ENOENT, "No such file or directory");
         }
         catch (NinePException) when (current != fid)
         {

@@ -130,8 +130,11 @@ public sealed class NinePServer : IAsyncDisposable
     }
 
     /// <summary>Serves one already-connected stream (tests use this with in-memory pipes).</summary>
-    public Task ServeStreamAsync(Stream stream, CancellationToken ct = default) =>
-        new NinePConnection(stream, _sessionFactory(), _options, _logger).RunAsync(CancellationTokenSource.CreateLinkedTokenSource(ct, _stop.Token).Token);
+    public async Task ServeStreamAsync(Stream stream, CancellationToken ct = default)
+    {
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, _stop.Token);
+        await new NinePConnection(stream, _sessionFactory(), _options, _logger).RunAsync(linked.Token).ConfigureAwait(false);
+    }
 
     private async Task ServeAsync(Socket client)
     {

@@ -14,7 +14,7 @@ public enum NodeKind : byte
 /// A file system error with a Linux errno (sent in .u's Rerror and .L's Rlerror) and a message (sent as .u/legacy's
 /// ename; DataKit's clients parse some of these texts, so file systems choose them, not the server).
 /// </summary>
-public sealed class VfsException(uint errno, string message) : Exception(message)
+public sealed class VfsException(uint errno, string message, Exception? inner = null) : Exception(message, inner)
 {
     public uint Errno { get; } = errno;
 }

@@ -1,0 +1,153 @@
+using System.Text;
+using Kit.DataKit.Fs;
+using Kit.DataKit.Store;
+using Kit.NineP.Client;
+using Kit.NineP.Protocol;
+using LibGit2Sharp;
+
+namespace Kit.DataKit.Tests;
+
+/// <summary>Store-level properties: commit cost, remotes, hostile walks.</summary>
+public sealed class StoreTests : DataKitTestBase
+{
+    [Fact]
+    public void CommitRewritesOnlyTheTreesOnTheChangedPath()
+    {
+        GitStore store = Server.Store;
+        // A wide tree: 300 directories of 10 files, built as Git objects directly.
+        var top = new List<GitEntry>();
+        for (int d = 0; d < 300; d++)
+        {
+            var files = new List<GitEntry>();
+            for (int f = 0; f < 10; f++)
+            {
+                files.Add(new GitEntry($"f{f}", EntryKind.File, store.WriteBlob(Encoding.UTF8.GetBytes($"{d}/{f}"))));
+            }
+            ObjectId sub = store.WriteTree(files);
+            top.Add(new GitEntry($"d{d:D3}", EntryKind.Dir, store.WriteTree([new GitEntry("deep", EntryKind.Dir, sub)])));
+        }
+        ObjectId root = store.WriteTree(top);
+        ObjectId commit = store.WriteCommit(root, [], "wide");
+        Assert.True(store.TrySetHead("master", commit, null, "test"));
+
+        var tx = new Transaction(store, "master", "t", "/t");
+        long before = store.TreesWritten;
+        lock (tx.Gate)
+        {
+            tx.File(["d123", "deep", "f7"], touch: true).Write(store, 0, "changed"u8);
+        }
+        ObjectId head = tx.Commit();
+        // Root, d123 and d123/deep: three trees, whatever the width of the tree.
+        Assert.Equal(3, store.TreesWritten - before);
+        Assert.Equal("changed", Encoding.UTF8.GetString(store.ReadBlob(store.Resolve(store.GetCommit(head)!.Tree, ["d123", "deep", "f7"])!.Value.Id)));
+        Assert.Equal(300, store.ReadTree(store.GetCommit(head)!.Tree).Count);
+        Git("fsck", "--strict", "--no-dangling");
+    }
+
+    [Fact]
+    [Trait("Tier", "Real")]
+    public void TreesAreByteIdenticalToGitMktree()
+    {
+        GitStore store = Server.Store;
+        ObjectId blob = store.WriteBlob("x"u8.ToArray());
+        ObjectId sub = store.WriteTree([new GitEntry("f", EntryKind.File, blob)]);
+        // Git sorts directories as if their names ended in '/': "a.b" < "a/" < "a0".
+        GitEntry[] entries =
+        [
+            new("a0", EntryKind.Exec, blob), new("a", EntryKind.Dir, sub), new("a.b", EntryKind.Link, blob), new("a-c", EntryKind.File, blob),
+        ];
+        ObjectId ours = store.WriteTree(entries);
+        string input = $"100755 blob {blob.Sha}\ta0\n040000 tree {sub.Sha}\ta\n120000 blob {blob.Sha}\ta.b\n100644 blob {blob.Sha}\ta-c\n";
+        var psi = new System.Diagnostics.ProcessStartInfo("git") { UseShellExecute = false, RedirectStandardInput = true, RedirectStandardOutput = true };
+        psi.ArgumentList.Add("-C");
+        psi.ArgumentList.Add(GitDir);
+        psi.ArgumentList.Add("mktree");
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        p.StandardInput.Write(input);
+        p.StandardInput.Close();
+        string theirs = p.StandardOutput.ReadToEnd().Trim();
+        p.WaitForExit();
+        Assert.Equal(theirs, ours.Sha);
+        Assert.Equal(["a-c", "a.b", "a", "a0"], store.ReadTree(ours).Select(e => e.Name).ToArray());
+    }
+
+    [Fact]
+    [Trait("Tier", "Real")]
+    public async Task RemotesFetchFromARealGitRepository()
+    {
+        string remote = GitDir + "-remote";
+        Directory.CreateDirectory(remote);
+        try
+        {
+            void G(params string[] args)
+            {
+                var psi = new System.Diagnostics.ProcessStartInfo("git") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+                psi.ArgumentList.Add("-C");
+                psi.ArgumentList.Add(remote);
+                foreach (string a in args)
+                {
+                    psi.ArgumentList.Add(a);
+                }
+                psi.Environment["GIT_AUTHOR_NAME"] = psi.Environment["GIT_COMMITTER_NAME"] = "t";
+                psi.Environment["GIT_AUTHOR_EMAIL"] = psi.Environment["GIT_COMMITTER_EMAIL"] = "t@example.com";
+                using var p = System.Diagnostics.Process.Start(psi)!;
+                p.WaitForExit();
+                Assert.Equal(0, p.ExitCode);
+            }
+            G("init", "-q", "-b", "master");
+            File.WriteAllText(Path.Combine(remote, "foo"), "foo\n");
+            File.WriteAllText(Path.Combine(remote, "x"), "x\n");
+            G("add", "foo", "x");
+            G("commit", "-q", "-m", "remote commit");
+            await C.MkdirAsync("remotes", "origin");
+            Assert.Equal(["url", "fetch", "head"], await C.ListAsync("remotes/origin"));
+            Assert.Equal("error: remote url is not defined", await ErrorOf(() => Echo(C, "remotes/origin/fetch", "master")));
+            await Echo(C, "remotes/origin/url", remote);
+            var head = await ServerSuiteTests.OpenStream(C, "remotes/origin/head");
+            Task<string> first = head.Next();
+            Assert.False(first.IsCompleted);
+            await Echo(C, "remotes/origin/fetch", "master");
+            string hash = (await first.WaitAsync(TimeSpan.FromSeconds(30))).Trim();
+            Assert.Equal(40, hash.Length);
+            Assert.Equal(["foo", "x"], await C.ListAsync($"snapshots/{hash}/ro"));
+            // No local branch moved.
+            Assert.Empty(await C.ListAsync("branch"));
+            await C.RemovePathAsync("remotes/origin");
+            Assert.Empty(await C.ListAsync("remotes"));
+        }
+        finally
+        {
+            Directory.Delete(remote, true);
+        }
+    }
+
+    [Fact]
+    public async Task HostileWalksAndManyFidsAreHandled()
+    {
+        uint fid = await C.WalkAsync(C.RootFid, ["..", "..", "branch", "..", "..", "trees"]);
+        Assert.Equal("trees", (await C.StatAsync(fid)).Name);
+        Assert.Equal("'.' is not valid in 9p", await ErrorOf(() => C.WalkAsync(C.RootFid, ["."])));
+        Assert.Equal("No such file or directory", await ErrorOf(() => C.WalkAsync(C.RootFid, ["nothing"])));
+        Assert.Equal("No such file or directory", await ErrorOf(() => C.WalkAsync(C.RootFid, ["trees", "D-xyz"])));
+        var fids = new List<Task<uint>>();
+        for (int i = 0; i < 3000; i++)
+        {
+            fids.Add(C.WalkAsync(C.RootFid, ["branch"]));
+        }
+        foreach (uint f in await Task.WhenAll(fids))
+        {
+            await C.ClunkAsync(f);
+        }
+        NinePException e = await Assert.ThrowsAsync<NinePException>(() => C.RpcAsync(new Fcall { Type = MessageType.Tread, Fid = 123456, Count = 10 }));
+        Assert.Equal(Errno.EBADF, e.Errno);
+
+        // A tiny write at a 2 GiB offset must not make the server allocate 2 GiB.
+        string tx = await Begin(C, "master");
+        await Create(C, $"{tx}/rw", "f", "x");
+        uint file = await C.WalkAsync($"{tx}/rw/f");
+        await C.OpenAsync(file, P9.OWRITE);
+        e = await Assert.ThrowsAsync<NinePException>(() => C.WriteAsync(file, 2UL * 1024 * 1024 * 1024, "y"u8.ToArray()));
+        Assert.Equal(Errno.EFBIG, e.Errno);
+        Assert.Equal("x", await Read(C, $"{tx}/rw/f"));
+    }
+}
