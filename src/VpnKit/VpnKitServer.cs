@@ -44,6 +44,8 @@ public sealed class VpnKitServerOptions
     public IReadOnlyList<PortPublish> Publishes { get; init; } = [];
     public string? PcapPath { get; init; }
     public IReadOnlyList<string> HostNames { get; init; } = ["host.internal", "host.docker.internal"];
+    /// <summary>The (single) link does TSO and checksum offload: see <see cref="TapLink.Open"/>.</summary>
+    public bool SegmentationOffload { get; init; }
 }
 
 /// <summary>
@@ -71,7 +73,7 @@ public sealed partial class VpnKitServer : IDisposable
         }
         _options = options;
         _log = logs.CreateLogger("vpnkit");
-        _gw = new GatewayOptions { Mtu = options.Mtu, IsnSecret = (ulong)Random.Shared.NextInt64() };
+        _gw = new GatewayOptions { Mtu = options.Mtu, IsnSecret = (ulong)Random.Shared.NextInt64(), SegmentationOffload = options.SegmentationOffload };
         IReadOnlyList<IPEndPoint> upstreams = options.DnsUpstreams.Count > 0 ? options.DnsUpstreams : DnsForwarder.ReadResolvConf();
         var dns = new DnsForwarder(upstreams, _gw.HostIp, options.HostNames, _log);
         _nat = new NatHost(_gate, _gw, dns, _log);
@@ -124,7 +126,7 @@ public sealed partial class VpnKitServer : IDisposable
 
     private void ReadLoop(ILink link)
     {
-        byte[] buffer = new byte[65536 + 64];
+        byte[] buffer = new byte[70_000];
         Gateway engine = _gate.Engine;
         try
         {
@@ -140,7 +142,7 @@ public sealed partial class VpnKitServer : IDisposable
                 {
                     lock (_gate.Sync)
                     {
-                        engine.Receive(frame, EngineGate.Now);
+                        engine.Receive(frame, EngineGate.Now, link.LastFrameTrusted);
                     }
                 }
             }

@@ -105,7 +105,7 @@ internal static class NetCommand
         try
         {
             Ip("netns", "add", ns);
-            tap = TapLink.Open(tapName, options.Mtu);
+            tap = TapLink.Open(tapName, options.Mtu, offload: Environment.GetEnvironmentVariable("KIT_NET_NO_OFFLOAD") is not { Length: > 0 });
             Ip("link", "set", tapName, "netns", ns);
             Ip("-n", ns, "link", "set", tapName, "name", "eth0");
             Ip("-n", ns, "link", "set", "eth0", "mtu", options.Mtu.ToString(CultureInfo.InvariantCulture));
@@ -117,7 +117,14 @@ internal static class NetCommand
             Directory.CreateDirectory(etc);
             File.WriteAllText(Path.Combine(etc, "resolv.conf"), "nameserver 192.168.65.1\n");
 
-            server = new VpnKitServer(options, logs);
+            server = new VpnKitServer(new VpnKitServerOptions
+            {
+                Mtu = options.Mtu,
+                DnsUpstreams = options.DnsUpstreams,
+                Publishes = options.Publishes,
+                PcapPath = options.PcapPath,
+                SegmentationOffload = tap.Offload,
+            }, logs);
             server.Start();
             server.AddLink(tap);
 
