@@ -610,10 +610,11 @@ internal sealed partial class Gateway
                     }
                     return;
                 }
-                int n = (int)Math.Min((uint)Math.Min(unsent, MaxSegment == 0 ? c.SendMss : MaxSegment), window - inFlight);
+                int full = MaxSegment == 0 ? c.SendMss : MaxSegment;
+                int n = (int)Math.Min((uint)Math.Min(unsent, full), window - inFlight);
                 // RFC 9293 §3.8.6.2.1 sender SWS avoidance: no small segment while more data waits and the window is
                 // what limits us, unless nothing is in flight.
-                if (n < c.SendMss && n < unsent && inFlight > 0 && n < c.MaxSndWnd / 2)
+                if (n < Math.Min(full, c.SendMss) && n < unsent && inFlight > 0 && n < c.MaxSndWnd / 2)
                 {
                     return;
                 }
