@@ -155,6 +155,32 @@ public sealed class NetRunTests
     }
 
     [Fact]
+    public async Task PcapIsReadableByTshark()
+    {
+        string pcap = Path.Combine(Path.GetTempPath(), $"kit-{Guid.NewGuid():N}.pcap");
+        try
+        {
+            KitCli.Result r = await KitCli.NetRunAsync(["--pcap", pcap], "busybox ping -c 1 -W 5 192.168.65.1", Timeout);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            var start = new ProcessStartInfo("tshark") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (string a in new[] { "-r", pcap, "-Y", "icmp", "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "icmp.type" })
+            {
+                start.ArgumentList.Add(a);
+            }
+            using Process t = Process.Start(start)!;
+            string output = await t.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
+            await t.WaitForExitAsync(TestContext.Current.CancellationToken);
+            Assert.True(t.ExitCode == 0, await t.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken));
+            Assert.Contains("192.168.65.3\t192.168.65.1\t8", output);
+            Assert.Contains("192.168.65.1\t192.168.65.3\t0", output);
+        }
+        finally
+        {
+            File.Delete(pcap);
+        }
+    }
+
+    [Fact]
     public async Task ExitCodeOfTheCommandIsReturned()
     {
         KitCli.Result r = await KitCli.NetRunAsync([], "exit 7", Timeout);
