@@ -102,13 +102,9 @@ public sealed partial class VpnKitServer : IDisposable
         }
         foreach (PortPublish p in _options.Publishes)
         {
-            if (p.Udp)
+            if (AddPublish(p) is string error)
             {
-                StartUdpPublish(p);
-            }
-            else
-            {
-                StartTcpPublish(p);
+                throw new IOException(error);
             }
         }
         _timer = new Thread(TimerLoop) { IsBackground = true, Name = "vpnkit-timer" };
@@ -226,14 +222,94 @@ public sealed partial class VpnKitServer : IDisposable
         t.Start();
     }
 
-    private void StartTcpPublish(PortPublish p)
+    private readonly object _publishGate = new();
+    private readonly Dictionary<(bool Udp, int HostPort), (PortPublish Spec, Socket Socket, UdpPublisher? Udp)> _publishes = [];
+
+    /// <summary>The forwards in place now.</summary>
+    public IReadOnlyList<PortPublish> Publishes
     {
-        var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, p.HostPort));
-        listener.Listen(128);
-        _owned.Add(listener);
-        _ = AcceptLoopAsync(listener, p);
+        get
+        {
+            lock (_publishGate)
+            {
+                var list = new List<PortPublish>();
+                foreach (var v in _publishes.Values)
+                {
+                    list.Add(v.Spec);
+                }
+                list.Sort((a, b) => a.HostPort.CompareTo(b.HostPort));
+                return list;
+            }
+        }
+    }
+
+    /// <summary>Starts forwarding host 127.0.0.1:HostPort to the first guest; returns an error message or null.</summary>
+    public string? AddPublish(PortPublish p)
+    {
+        lock (_publishGate)
+        {
+            if (_publishes.ContainsKey((p.Udp, p.HostPort)))
+            {
+                return $"{(p.Udp ? "udp" : "tcp")} port {p.HostPort} is already published";
+            }
+            Socket s = p.Udp
+                ? new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                : new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                if (!p.Udp)
+                {
+                    s.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+                }
+                s.Bind(new IPEndPoint(IPAddress.Loopback, p.HostPort));
+                if (!p.Udp)
+                {
+                    s.Listen(128);
+                }
+            }
+            catch (SocketException e)
+            {
+                s.Dispose();
+                return $"cannot bind 127.0.0.1:{p.HostPort}: {e.Message}";
+            }
+            UdpPublisher? udp = null;
+            if (p.Udp)
+            {
+                udp = new UdpPublisher(_gate, s, _gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp);
+                lock (_gate.Sync)
+                {
+                    _nat.UdpPublishers.Add(udp);
+                }
+                _ = udp.RunAsync();
+            }
+            else
+            {
+                _ = AcceptLoopAsync(s, p);
+            }
+            _publishes[(p.Udp, p.HostPort)] = (p, s, udp);
+            return null;
+        }
+    }
+
+    /// <summary>Stops a forward; false if there was none. Connections already made keep running.</summary>
+    public bool RemovePublish(bool udp, int hostPort)
+    {
+        lock (_publishGate)
+        {
+            if (!_publishes.Remove((udp, hostPort), out var v))
+            {
+                return false;
+            }
+            if (v.Udp is not null)
+            {
+                lock (_gate.Sync)
+                {
+                    _nat.UdpPublishers.Remove(v.Udp);
+                }
+            }
+            v.Socket.Dispose();
+            return true;
+        }
     }
 
     private async Task AcceptLoopAsync(Socket listener, PortPublish p)
@@ -261,19 +337,17 @@ public sealed partial class VpnKitServer : IDisposable
         }
     }
 
-    private void StartUdpPublish(PortPublish p)
-    {
-        var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-        s.Bind(new IPEndPoint(IPAddress.Loopback, p.HostPort));
-        _owned.Add(s);
-        var publisher = new UdpPublisher(_gate, s, _gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp);
-        _nat.UdpPublishers.Add(publisher);
-        _ = publisher.RunAsync();
-    }
-
     public void Dispose()
     {
         _stop.Cancel();
+        lock (_publishGate)
+        {
+            foreach (var v in _publishes.Values)
+            {
+                v.Socket.Dispose();
+            }
+            _publishes.Clear();
+        }
         foreach (IDisposable d in _owned)
         {
             d.Dispose();
