@@ -44,6 +44,8 @@ public sealed class VpnKitServerOptions
     public IReadOnlyList<PortPublish> Publishes { get; init; } = [];
     public string? PcapPath { get; init; }
     public IReadOnlyList<string> HostNames { get; init; } = ["host.internal", "host.docker.internal"];
+    /// <summary>The (single) link does TSO and checksum offload: see <see cref="TapLink.Open"/>.</summary>
+    public bool SegmentationOffload { get; init; }
 }
 
 /// <summary>
@@ -71,7 +73,7 @@ public sealed partial class VpnKitServer : IDisposable
         }
         _options = options;
         _log = logs.CreateLogger("vpnkit");
-        _gw = new GatewayOptions { Mtu = options.Mtu, IsnSecret = (ulong)Random.Shared.NextInt64() };
+        _gw = new GatewayOptions { Mtu = options.Mtu, IsnSecret = (ulong)Random.Shared.NextInt64(), SegmentationOffload = options.SegmentationOffload };
         IReadOnlyList<IPEndPoint> upstreams = options.DnsUpstreams.Count > 0 ? options.DnsUpstreams : DnsForwarder.ReadResolvConf();
         var dns = new DnsForwarder(upstreams, _gw.HostIp, options.HostNames, _log);
         _nat = new NatHost(_gate, _gw, dns, _log);
@@ -100,13 +102,9 @@ public sealed partial class VpnKitServer : IDisposable
         }
         foreach (PortPublish p in _options.Publishes)
         {
-            if (p.Udp)
+            if (AddPublish(p) is string error)
             {
-                StartUdpPublish(p);
-            }
-            else
-            {
-                StartTcpPublish(p);
+                throw new IOException(error);
             }
         }
         _timer = new Thread(TimerLoop) { IsBackground = true, Name = "vpnkit-timer" };
@@ -124,7 +122,7 @@ public sealed partial class VpnKitServer : IDisposable
 
     private void ReadLoop(ILink link)
     {
-        byte[] buffer = new byte[65536 + 64];
+        byte[] buffer = new byte[70_000];
         Gateway engine = _gate.Engine;
         try
         {
@@ -140,7 +138,7 @@ public sealed partial class VpnKitServer : IDisposable
                 {
                     lock (_gate.Sync)
                     {
-                        engine.Receive(frame, EngineGate.Now);
+                        engine.Receive(frame, EngineGate.Now, link.LastFrameTrusted);
                     }
                 }
             }
@@ -224,14 +222,94 @@ public sealed partial class VpnKitServer : IDisposable
         t.Start();
     }
 
-    private void StartTcpPublish(PortPublish p)
+    private readonly object _publishGate = new();
+    private readonly Dictionary<(bool Udp, int HostPort), (PortPublish Spec, Socket Socket, UdpPublisher? Udp)> _publishes = [];
+
+    /// <summary>The forwards in place now.</summary>
+    public IReadOnlyList<PortPublish> Publishes
     {
-        var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, p.HostPort));
-        listener.Listen(128);
-        _owned.Add(listener);
-        _ = AcceptLoopAsync(listener, p);
+        get
+        {
+            lock (_publishGate)
+            {
+                var list = new List<PortPublish>();
+                foreach (var v in _publishes.Values)
+                {
+                    list.Add(v.Spec);
+                }
+                list.Sort((a, b) => a.HostPort.CompareTo(b.HostPort));
+                return list;
+            }
+        }
+    }
+
+    /// <summary>Starts forwarding host 127.0.0.1:HostPort to the first guest; returns an error message or null.</summary>
+    public string? AddPublish(PortPublish p)
+    {
+        lock (_publishGate)
+        {
+            if (_publishes.ContainsKey((p.Udp, p.HostPort)))
+            {
+                return $"{(p.Udp ? "udp" : "tcp")} port {p.HostPort} is already published";
+            }
+            Socket s = p.Udp
+                ? new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                : new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                if (!p.Udp)
+                {
+                    s.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+                }
+                s.Bind(new IPEndPoint(IPAddress.Loopback, p.HostPort));
+                if (!p.Udp)
+                {
+                    s.Listen(128);
+                }
+            }
+            catch (SocketException e)
+            {
+                s.Dispose();
+                return $"cannot bind 127.0.0.1:{p.HostPort}: {e.Message}";
+            }
+            UdpPublisher? udp = null;
+            if (p.Udp)
+            {
+                udp = new UdpPublisher(_gate, s, _gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp);
+                lock (_gate.Sync)
+                {
+                    _nat.UdpPublishers.Add(udp);
+                }
+                _ = udp.RunAsync();
+            }
+            else
+            {
+                _ = AcceptLoopAsync(s, p);
+            }
+            _publishes[(p.Udp, p.HostPort)] = (p, s, udp);
+            return null;
+        }
+    }
+
+    /// <summary>Stops a forward; false if there was none. Connections already made keep running.</summary>
+    public bool RemovePublish(bool udp, int hostPort)
+    {
+        lock (_publishGate)
+        {
+            if (!_publishes.Remove((udp, hostPort), out var v))
+            {
+                return false;
+            }
+            if (v.Udp is not null)
+            {
+                lock (_gate.Sync)
+                {
+                    _nat.UdpPublishers.Remove(v.Udp);
+                }
+            }
+            v.Socket.Dispose();
+            return true;
+        }
     }
 
     private async Task AcceptLoopAsync(Socket listener, PortPublish p)
@@ -259,19 +337,17 @@ public sealed partial class VpnKitServer : IDisposable
         }
     }
 
-    private void StartUdpPublish(PortPublish p)
-    {
-        var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-        s.Bind(new IPEndPoint(IPAddress.Loopback, p.HostPort));
-        _owned.Add(s);
-        var publisher = new UdpPublisher(_gate, s, _gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp);
-        _nat.UdpPublishers.Add(publisher);
-        _ = publisher.RunAsync();
-    }
-
     public void Dispose()
     {
         _stop.Cancel();
+        lock (_publishGate)
+        {
+            foreach (var v in _publishes.Values)
+            {
+                v.Socket.Dispose();
+            }
+            _publishes.Clear();
+        }
         foreach (IDisposable d in _owned)
         {
             d.Dispose();

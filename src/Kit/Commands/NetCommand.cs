@@ -20,23 +20,25 @@ internal static class NetCommand
         var dns = new Option<string[]>("--dns-upstream") { Description = "DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
         var publish = new Option<string[]>("--publish") { Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
         var pcap = new Option<FileInfo?>("--pcap") { Description = "Write every frame to FILE (libpcap format)." };
+        var control = new Option<string?>("--control") { Description = "Serve the port-forward control API (HTTP+JSON: GET/POST /forwards, DELETE /forwards/PROTO/PORT) on unix:PATH." };
         var command = new Argument<string[]>("command") { Arity = ArgumentArity.OneOrMore, Description = "The command to run inside the namespace (after --)." };
 
         var run = new Command("run", "Run a command in a new network namespace whose eth0 is served by VPNKit (192.168.65.3/24, gateway and DNS 192.168.65.1).")
         {
-            mtu, dns, publish, pcap, command,
+            mtu, dns, publish, pcap, control, command,
         };
-        run.SetAction(parse => Run(Options(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse.GetValue(command) ?? []));
+        run.SetAction(parse => Run(Options(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse.GetValue(command) ?? [],
+            ControlPath(parse.GetValue(control))));
 
         var qemu = new Option<string[]>("--qemu") { Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
         var dgram = new Option<string[]>("--dgram") { Description = "Serve QEMU -netdev dgram on unix:PATH (repeatable)." };
         var vmnet = new Option<string[]>("--vmnet") { Description = "Serve hyperkit virtio-vpnkit (VMN3T) on unix:PATH (repeatable)." };
         var serve = new Command("serve", "Serve VMs over QEMU stream/dgram sockets or hyperkit's VMN3T protocol until interrupted.")
         {
-            qemu, dgram, vmnet, mtu, dns, publish, pcap,
+            qemu, dgram, vmnet, mtu, dns, publish, pcap, control,
         };
         serve.SetAction(parse => Serve(Options(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)),
-            parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? []));
+            parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? [], ControlPath(parse.GetValue(control))));
 
         return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
     }
@@ -81,7 +83,7 @@ internal static class NetCommand
         b.SetMinimumLevel(Environment.GetEnvironmentVariable("KIT_DEBUG") is { Length: > 0 } ? LogLevel.Debug : LogLevel.Warning);
     });
 
-    private static int Run(VpnKitServerOptions options, string[] command)
+    private static int Run(VpnKitServerOptions options, string[] command, string? control)
     {
         if (command.Length == 0)
         {
@@ -102,10 +104,11 @@ internal static class NetCommand
         using ILoggerFactory logs = Logs();
         TapLink? tap = null;
         VpnKitServer? server = null;
+        Kit.VpnKit.Services.ControlApi? api = null;
         try
         {
             Ip("netns", "add", ns);
-            tap = TapLink.Open(tapName, options.Mtu);
+            tap = TapLink.Open(tapName, options.Mtu, offload: Environment.GetEnvironmentVariable("KIT_NET_NO_OFFLOAD") is not { Length: > 0 });
             Ip("link", "set", tapName, "netns", ns);
             Ip("-n", ns, "link", "set", tapName, "name", "eth0");
             Ip("-n", ns, "link", "set", "eth0", "mtu", options.Mtu.ToString(CultureInfo.InvariantCulture));
@@ -117,9 +120,17 @@ internal static class NetCommand
             Directory.CreateDirectory(etc);
             File.WriteAllText(Path.Combine(etc, "resolv.conf"), "nameserver 192.168.65.1\n");
 
-            server = new VpnKitServer(options, logs);
+            server = new VpnKitServer(new VpnKitServerOptions
+            {
+                Mtu = options.Mtu,
+                DnsUpstreams = options.DnsUpstreams,
+                Publishes = options.Publishes,
+                PcapPath = options.PcapPath,
+                SegmentationOffload = tap.Offload,
+            }, logs);
             server.Start();
             server.AddLink(tap);
+            api = control is null ? null : new Kit.VpnKit.Services.ControlApi(server, control);
 
             var start = new ProcessStartInfo("ip") { UseShellExecute = false };
             foreach (string a in (string[])["netns", "exec", ns, .. command])
@@ -146,6 +157,7 @@ internal static class NetCommand
         }
         finally
         {
+            api?.Dispose();
             server?.Dispose();
             TryIp("netns", "del", ns);
             tap?.Dispose();
@@ -162,7 +174,7 @@ internal static class NetCommand
         }
     }
 
-    private static int Serve(VpnKitServerOptions options, string[] qemu, string[] dgram, string[] vmnet)
+    private static int Serve(VpnKitServerOptions options, string[] qemu, string[] dgram, string[] vmnet, string? control)
     {
         if (qemu.Length + dgram.Length + vmnet.Length == 0)
         {
@@ -185,6 +197,10 @@ internal static class NetCommand
             {
                 server.ListenVmnet(UnixPath(v, "--vmnet"));
             }
+            if (control is not null)
+            {
+                _ = new Kit.VpnKit.Services.ControlApi(server, control);
+            }
         }
         catch (Exception e) when (e is IOException or ArgumentException or System.Net.Sockets.SocketException)
         {
@@ -205,6 +221,8 @@ internal static class NetCommand
         done.Wait();
         return 0;
     }
+
+    private static string? ControlPath(string? spec) => spec is null ? null : UnixPath(spec, "--control");
 
     private static string UnixPath(string spec, string option)
     {

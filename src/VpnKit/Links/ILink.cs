@@ -15,4 +15,10 @@ public interface ILink : IDisposable
     int Receive(Span<byte> buffer);
 
     void Send(ReadOnlySpan<byte> frame);
+
+    /// <summary>The last received frame came from a local kernel with offloaded (partial or skipped) checksums.</summary>
+    bool LastFrameTrusted => false;
+
+    /// <summary>Sends a TCP frame whose checksum is partial, cut at <paramref name="segmentSize"/> (offload links only).</summary>
+    void SendOffloaded(ReadOnlySpan<byte> frame, int segmentSize) => Send(frame);
 }

@@ -102,6 +102,16 @@ internal sealed class Switch : IFrameSink
         return dst.IsMulticast;
     }
 
+    /// <summary>Offloaded TCP frames from the engine (only when every link supports offload).</summary>
+    public void SendOffloaded(ReadOnlySpan<byte> frame, int segmentSize)
+    {
+        Tap?.Invoke(frame);
+        foreach (ILink l in _snapshot)
+        {
+            l.SendOffloaded(frame, segmentSize);
+        }
+    }
+
     /// <summary>Frames from the engine.</summary>
     public void Send(ReadOnlySpan<byte> frame)
     {

@@ -25,6 +25,9 @@ internal sealed partial class Gateway
     private long _nextDeadline = long.MaxValue;
     private ushort _nextEphemeral = 49152;
 
+    /// <summary>Largest TCP payload per emitted segment with offload (IPv4 total length is 16 bits); 0 = the MSS.</summary>
+    private int MaxSegment => _o.SegmentationOffload ? 65535 - 20 - 60 : 0;
+
     public int TcpConnectionCount => _tcp.Count;
     public int PendingConnects => _pending;
 
@@ -43,7 +46,7 @@ internal sealed partial class Gateway
         }
         uint src = ip.Source;
         uint dst = ip.Destination;
-        if (!seg.ChecksumValid(src, dst))
+        if (!_trusted && !seg.ChecksumValid(src, dst))
         {
             Counters.BadChecksum++;
             return;
@@ -607,10 +610,11 @@ internal sealed partial class Gateway
                     }
                     return;
                 }
-                int n = (int)Math.Min((uint)Math.Min(unsent, c.SendMss), window - inFlight);
+                int full = MaxSegment == 0 ? c.SendMss : MaxSegment;
+                int n = (int)Math.Min((uint)Math.Min(unsent, full), window - inFlight);
                 // RFC 9293 §3.8.6.2.1 sender SWS avoidance: no small segment while more data waits and the window is
                 // what limits us, unless nothing is in flight.
-                if (n < c.SendMss && n < unsent && inFlight > 0 && n < c.MaxSndWnd / 2)
+                if (n < Math.Min(full, c.SendMss) && n < unsent && inFlight > 0 && n < c.MaxSndWnd / 2)
                 {
                     return;
                 }
@@ -983,7 +987,7 @@ internal sealed partial class Gateway
             c.LastAdvertisedEdge = edge;
         }
         uint ack = (flags & TcpFlags.Ack) != 0 ? c.RcvNxt : 0;
-        TcpSegment.Write(f.Slice(tcpAt, hl + length), hl, c.RemotePort, c.GuestPort, seq, ack, flags, win, c.RemoteIp, c.GuestIp);
+        TcpSegment.Write(f.Slice(tcpAt, hl + length), hl, c.RemotePort, c.GuestPort, seq, ack, flags, win, c.RemoteIp, c.GuestIp, _o.SegmentationOffload);
         int ipLen = Ipv4Packet.MinHeaderLength + hl + length;
         WriteIpAndEthernet(f, c.GuestMac, c.RemoteIp, c.GuestIp, IpProtocol.Tcp, ipLen);
         if ((flags & TcpFlags.Ack) != 0)
@@ -993,16 +997,29 @@ internal sealed partial class Gateway
             c.DelayedAckDeadline = 0;
             c.SegmentsSinceAck = 0;
         }
-        Emit(f.Slice(0, EthernetFrame.HeaderLength + ipLen));
+        EmitTcp(f.Slice(0, EthernetFrame.HeaderLength + ipLen), length > c.SendMss ? c.SendMss : 0);
+    }
+
+    private void EmitTcp(ReadOnlySpan<byte> frame, int segmentSize)
+    {
+        if (_o.SegmentationOffload)
+        {
+            Counters.FramesOut++;
+            _sink.SendOffloaded(frame, segmentSize);
+        }
+        else
+        {
+            Emit(frame);
+        }
     }
 
     private void EmitControl(MacAddress mac, uint src, ushort srcPort, uint dst, ushort dstPort, uint seq, uint ack, TcpFlags flags, ushort window)
     {
         const int tcpAt = EthernetFrame.HeaderLength + Ipv4Packet.MinHeaderLength;
         Span<byte> f = _tx;
-        TcpSegment.Write(f.Slice(tcpAt, TcpSegment.MinHeaderLength), TcpSegment.MinHeaderLength, srcPort, dstPort, seq, ack, flags, window, src, dst);
+        TcpSegment.Write(f.Slice(tcpAt, TcpSegment.MinHeaderLength), TcpSegment.MinHeaderLength, srcPort, dstPort, seq, ack, flags, window, src, dst, _o.SegmentationOffload);
         int ipLen = Ipv4Packet.MinHeaderLength + TcpSegment.MinHeaderLength;
         WriteIpAndEthernet(f, mac, src, dst, IpProtocol.Tcp, ipLen);
-        Emit(f.Slice(0, EthernetFrame.HeaderLength + ipLen));
+        EmitTcp(f.Slice(0, EthernetFrame.HeaderLength + ipLen), 0);
     }
 }

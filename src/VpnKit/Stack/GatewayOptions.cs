@@ -24,6 +24,12 @@ internal sealed class GatewayOptions
     public int MaxPendingConnects { get; init; } = 256;
     /// <summary>Per-connection buffer in each direction. Its free space is the window we advertise (back-pressure).</summary>
     public int TcpBufferSize { get; init; } = 512 * 1024;
+    /// <summary>
+    /// The link does TCP segmentation and checksum offload (virtio-net's HOST_TSO4 + CSUM, a TAP with IFF_VNET_HDR):
+    /// the engine emits TCP segments of up to 64 KiB with partial checksums and the kernel cuts them at the MSS.
+    /// </summary>
+    public bool SegmentationOffload { get; init; }
+
     /// <summary>Secret mixed into initial sequence numbers (RFC 6528); the driver passes a random one, tests a fixed one.</summary>
     public ulong IsnSecret { get; init; }
 

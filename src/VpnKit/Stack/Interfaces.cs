@@ -4,6 +4,13 @@ namespace Kit.VpnKit.Stack;
 internal interface IFrameSink
 {
     void Send(ReadOnlySpan<byte> frame);
+
+    /// <summary>
+    /// A TCP segment with a partial checksum (pseudo-header only) that the link must finish, and cut into
+    /// <paramref name="segmentSize"/>-byte segments when its payload is larger (0: no cutting).
+    /// Only used when <see cref="GatewayOptions.SegmentationOffload"/> is on.
+    /// </summary>
+    void SendOffloaded(ReadOnlySpan<byte> frame, int segmentSize);
 }
 
 /// <summary>

@@ -170,7 +170,7 @@ internal readonly ref struct TcpSegment
     /// the caller has already placed at <see cref="HeaderLengthFor"/>; then the checksum over the whole segment.
     /// </summary>
     public static void Write(Span<byte> segment, int headerLength, ushort sourcePort, ushort destinationPort, uint seq, uint ack,
-        TcpFlags flags, ushort window, uint source, uint destination)
+        TcpFlags flags, ushort window, uint source, uint destination, bool partialChecksum = false)
     {
         BinaryPrimitives.WriteUInt16BigEndian(segment, sourcePort);
         BinaryPrimitives.WriteUInt16BigEndian(segment.Slice(2), destinationPort);
@@ -183,7 +183,12 @@ internal readonly ref struct TcpSegment
         segment[17] = 0;
         segment[18] = 0;
         segment[19] = 0;
-        ushort sum = Wire.Checksum.Finish(Wire.Checksum.Add(Wire.Checksum.PseudoHeader(source, destination, IpProtocol.Tcp, segment.Length), segment));
+        ulong pseudo = Wire.Checksum.PseudoHeader(source, destination, IpProtocol.Tcp, segment.Length);
+        // With checksum offload (virtio-net VIRTIO_NET_HDR_F_NEEDS_CSUM) the field holds the folded pseudo-header
+        // sum, uncomplemented; the device sums from the TCP header on and stores the result.
+        ushort sum = partialChecksum
+            ? (ushort)~Wire.Checksum.Finish(pseudo)
+            : Wire.Checksum.Finish(Wire.Checksum.Add(pseudo, segment));
         BinaryPrimitives.WriteUInt16BigEndian(segment.Slice(16), sum);
     }
 

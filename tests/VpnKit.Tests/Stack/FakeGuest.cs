@@ -11,6 +11,14 @@ internal sealed class CapturingSink : IFrameSink
 
     public void Send(ReadOnlySpan<byte> frame) => Frames.Add(frame.ToArray());
 
+    public List<int> SegmentSizes { get; } = [];
+
+    public void SendOffloaded(ReadOnlySpan<byte> frame, int segmentSize)
+    {
+        Frames.Add(frame.ToArray());
+        SegmentSizes.Add(segmentSize);
+    }
+
     public List<byte[]> Take()
     {
         var f = new List<byte[]>(Frames);

@@ -1,0 +1,196 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+
+namespace Kit.EndToEnd.Tests.Net;
+
+/// <summary>
+/// `kit net run` with real clients: the namespace's own Linux TCP/IP stack talks to our gateway through a TAP,
+/// and busybox/iperf3 are the programs under test. Every upstream is a server this test runs on 127.0.0.1.
+/// </summary>
+[Trait("Tier", "Real")]
+public sealed class NetRunTests
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+
+    public NetRunTests() => KitCli.RequirePrerequisites();
+
+    [Fact]
+    public async Task WgetReachesHostLoopbackThroughHostAlias()
+    {
+        using var http = new TinyHttp("hello from the host's loopback");
+        KitCli.Result r = await KitCli.NetRunAsync([], $"busybox wget -q -O - http://192.168.65.2:{http.Port}/", Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("hello from the host's loopback", r.Stdout);
+    }
+
+    [Fact]
+    public async Task NslookupResolvesThroughLocalUpstreamIncludingNxdomainAndBuiltIns()
+    {
+        using var dns = new TinyDns(new() { ["test.example"] = IPAddress.Parse("10.9.8.7") });
+        string[] opts = ["--dns-upstream", $"127.0.0.1:{dns.EndPoint.Port}"];
+        // The namespace's resolv.conf names the gateway, so plain `nslookup NAME` goes through it.
+        KitCli.Result r = await KitCli.NetRunAsync(opts,
+            "cat /etc/resolv.conf; busybox nslookup test.example; echo ===; busybox nslookup missing.example; echo ===; busybox nslookup host.docker.internal",
+            Timeout);
+        string[] parts = r.Stdout.Split("===");
+        Assert.True(parts.Length == 3, r.ToString());
+        Assert.Contains("nameserver 192.168.65.1", parts[0]);
+        Assert.Contains("10.9.8.7", parts[0]);
+        Assert.Contains("NXDOMAIN", parts[1]);
+        Assert.Contains("192.168.65.2", parts[2]);
+        Assert.True(dns.Queries >= 2, $"upstream saw {dns.Queries} queries\n{r}");
+    }
+
+    [Fact]
+    public async Task PingGatewayAndHostAlias()
+    {
+        KitCli.Result r = await KitCli.NetRunAsync([], "busybox ping -c 2 -W 5 192.168.65.1 && busybox ping -c 2 -W 5 192.168.65.2", Timeout);
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.Contains("2 packets received", r.Stdout);
+        Assert.DoesNotContain(" 0 packets received", r.Stdout);
+    }
+
+    [Fact]
+    public async Task UdhcpcGetsALeaseWithRouterDnsAndMtu()
+    {
+        string script = Path.Combine(Path.GetTempPath(), $"kit-udhcpc-{Guid.NewGuid():N}.sh");
+        File.WriteAllText(script, "#!/bin/sh\n[ \"$1\" = bound ] && echo \"LEASE ip=$ip subnet=$subnet router=$router dns=$dns mtu=$mtu\"\nexit 0\n");
+        if (!OperatingSystem.IsWindows())
+        {
+            File.SetUnixFileMode(script, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        }
+        try
+        {
+            // Configuration left to DHCP: drop the address kit configured, then ask for a lease.
+            KitCli.Result r = await KitCli.NetRunAsync(["--mtu", "1400"],
+                $"ip addr flush dev eth0 && busybox udhcpc -i eth0 -n -q -f -t 5 -T 2 -s {script}", Timeout);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            Assert.Contains("LEASE ip=192.168.65.3 subnet=255.255.255.0 router=192.168.65.1 dns=192.168.65.1 mtu=1400", r.Stdout);
+        }
+        finally
+        {
+            File.Delete(script);
+        }
+    }
+
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    public async Task Iperf3CompletesBothDirections(bool reverse, bool udp)
+    {
+        int port = FreePort();
+        using Process server = Process.Start(new ProcessStartInfo("iperf3", $"-s -1 --forceflush -B 127.0.0.1 -p {port}")
+        {
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        })!;
+        try
+        {
+            // Connecting to probe would use up the one-off server; wait for its banner instead.
+            string? line;
+            while ((line = await server.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken).AsTask().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken)) is not null && !line.Contains("listening", StringComparison.Ordinal))
+            {
+            }
+            Assert.NotNull(line);
+            string args = $"-c 192.168.65.2 -p {port} -t 2 -J{(reverse ? " -R" : "")}{(udp ? " -u -b 100M" : "")}";
+            KitCli.Result r = await KitCli.NetRunAsync([], $"iperf3 {args}", Timeout);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            using JsonDocument doc = JsonDocument.Parse(r.Stdout);
+            JsonElement end = doc.RootElement.GetProperty("end");
+            long bytes = udp
+                ? end.GetProperty("sum").GetProperty("bytes").GetInt64()
+                : end.GetProperty("sum_received").GetProperty("bytes").GetInt64();
+            Assert.True(bytes > 1_000_000, $"only {bytes} bytes crossed\n{r}");
+        }
+        finally
+        {
+            if (!server.HasExited)
+            {
+                server.Kill();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task PublishedPortIsReachedFromTheHost()
+    {
+        int hostPort = FreePort();
+        // The namespace serves one HTTP response on 8080 with busybox nc; the host fetches it via 127.0.0.1:hostPort.
+        Task<KitCli.Result> run = KitCli.NetRunAsync(["--publish", $"{hostPort}:8080"],
+            "printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 9\\r\\n\\r\\npublished' | busybox nc -l -p 8080", Timeout);
+        string? body = null;
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (body is null && DateTime.UtcNow < deadline && !run.IsCompleted)
+        {
+            try
+            {
+                using var client = new TcpClient();
+                await client.ConnectAsync(IPAddress.Loopback, hostPort, TestContext.Current.CancellationToken);
+                NetworkStream s = client.GetStream();
+                await s.WriteAsync(Encoding.ASCII.GetBytes("GET / HTTP/1.0\r\n\r\n"), TestContext.Current.CancellationToken);
+                using var reader = new StreamReader(s);
+                string text = await reader.ReadToEndAsync(TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+                if (text.Contains("published", StringComparison.Ordinal))
+                {
+                    body = text;
+                }
+            }
+            catch (Exception e) when (e is SocketException or IOException or TimeoutException)
+            {
+            }
+            if (body is null)
+            {
+                await Task.Delay(200, TestContext.Current.CancellationToken);
+            }
+        }
+        KitCli.Result r = await run;
+        Assert.True(body is not null, $"no response through --publish\n{r}");
+        Assert.EndsWith("published", body!.TrimEnd());
+    }
+
+    [Fact]
+    public async Task PcapIsReadableByTshark()
+    {
+        string pcap = Path.Combine(Path.GetTempPath(), $"kit-{Guid.NewGuid():N}.pcap");
+        try
+        {
+            KitCli.Result r = await KitCli.NetRunAsync(["--pcap", pcap], "busybox ping -c 1 -W 5 192.168.65.1", Timeout);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            var start = new ProcessStartInfo("tshark") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (string a in new[] { "-r", pcap, "-Y", "icmp", "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "icmp.type" })
+            {
+                start.ArgumentList.Add(a);
+            }
+            using Process t = Process.Start(start)!;
+            string output = await t.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
+            await t.WaitForExitAsync(TestContext.Current.CancellationToken);
+            Assert.True(t.ExitCode == 0, await t.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken));
+            Assert.Contains("192.168.65.3\t192.168.65.1\t8", output);
+            Assert.Contains("192.168.65.1\t192.168.65.3\t0", output);
+        }
+        finally
+        {
+            File.Delete(pcap);
+        }
+    }
+
+    [Fact]
+    public async Task ExitCodeOfTheCommandIsReturned()
+    {
+        KitCli.Result r = await KitCli.NetRunAsync([], "exit 7", Timeout);
+        Assert.Equal(7, r.ExitCode);
+    }
+
+    private static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+}
