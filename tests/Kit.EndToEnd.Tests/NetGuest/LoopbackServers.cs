@@ -1,0 +1,214 @@
+using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Kit.EndToEnd.Tests.NetGuest;
+
+/// <summary>
+/// The DNS upstream the tests give `kit net serve --dns-upstream`: UDP on 127.0.0.1, one fixed A record
+/// (<see cref="Name"/> → <see cref="Address"/>), an empty NOERROR for the name's other types, NXDOMAIN for any
+/// other name (RFC 1035 §4.1). It records the names it was asked, so a test proves the forwarder used it.
+/// </summary>
+internal sealed class TinyDnsServer : IDisposable
+{
+    public const string Name = "kit-test.example";
+    public static readonly IPAddress Address = IPAddress.Parse("10.11.12.13");
+
+    private readonly Socket _socket = new(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly ConcurrentQueue<string> _queries = new();
+
+    public TinyDnsServer()
+    {
+        _socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _ = ServeAsync();
+    }
+
+    public IPEndPoint EndPoint => (IPEndPoint)_socket.LocalEndPoint!;
+
+    /// <summary>"name/type" of every query received, e.g. "kit-test.example/1".</summary>
+    public IReadOnlyCollection<string> Queries => _queries;
+
+    private async Task ServeAsync()
+    {
+        byte[] buffer = new byte[1500];
+        EndPoint any = new IPEndPoint(IPAddress.Any, 0);
+        try
+        {
+            while (true)
+            {
+                SocketReceiveFromResult r = await _socket.ReceiveFromAsync(buffer, SocketFlags.None, any, _stop.Token);
+                byte[]? reply = Answer(buffer.AsSpan(0, r.ReceivedBytes));
+                if (reply is not null)
+                {
+                    await _socket.SendToAsync(reply, SocketFlags.None, r.RemoteEndPoint, _stop.Token);
+                }
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
+        {
+        }
+    }
+
+    private byte[]? Answer(ReadOnlySpan<byte> q)
+    {
+        // Header (12 bytes), then exactly one question: labels, type, class.
+        if (q.Length < 12 || BinaryPrimitives.ReadUInt16BigEndian(q[4..]) != 1)
+        {
+            return null;
+        }
+        var name = new StringBuilder();
+        int at = 12;
+        while (at < q.Length && q[at] != 0)
+        {
+            int len = q[at];
+            if (len > 63 || at + 1 + len > q.Length)
+            {
+                return null;
+            }
+            if (name.Length > 0)
+            {
+                name.Append('.');
+            }
+            name.Append(Encoding.ASCII.GetString(q.Slice(at + 1, len)));
+            at += 1 + len;
+        }
+        int questionEnd = at + 5;
+        if (questionEnd > q.Length)
+        {
+            return null;
+        }
+        ushort type = BinaryPrimitives.ReadUInt16BigEndian(q[(at + 1)..]);
+        string qname = name.ToString();
+        _queries.Enqueue($"{qname.ToLowerInvariant()}/{type}");
+
+        bool known = string.Equals(qname, Name, StringComparison.OrdinalIgnoreCase);
+        bool answer = known && type == 1;
+        byte[] reply = new byte[questionEnd + (answer ? 16 : 0)];
+        q[..questionEnd].CopyTo(reply);
+        ushort rd = (ushort)(BinaryPrimitives.ReadUInt16BigEndian(q[2..]) & 0x0100);
+        // QR=1, RA=1, RD copied; RCODE 3 = NXDOMAIN.
+        BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(2), (ushort)(0x8080 | rd | (known ? 0 : 3)));
+        BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(6), (ushort)(answer ? 1 : 0));
+        BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), 0);
+        BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(10), 0);
+        if (answer)
+        {
+            Span<byte> rr = reply.AsSpan(questionEnd);
+            BinaryPrimitives.WriteUInt16BigEndian(rr, 0xC00C); // pointer to the question name
+            BinaryPrimitives.WriteUInt16BigEndian(rr[2..], 1);  // A
+            BinaryPrimitives.WriteUInt16BigEndian(rr[4..], 1);  // IN
+            BinaryPrimitives.WriteUInt32BigEndian(rr[6..], 60); // TTL
+            BinaryPrimitives.WriteUInt16BigEndian(rr[10..], 4);
+            Address.GetAddressBytes().CopyTo(rr[12..]);
+        }
+        return reply;
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _socket.Dispose();
+        _stop.Dispose();
+    }
+}
+
+/// <summary>
+/// A one-page HTTP/1.0 server on 127.0.0.1 (what the guest reaches as 192.168.65.2). The page is large enough to
+/// take many TCP segments and its MD5 is known, so the guest's checksum proves every byte crossed the gateway.
+/// </summary>
+internal sealed class TinyHttpServer : IDisposable
+{
+    public const string Path = "/kit-page";
+
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly ConcurrentQueue<string> _requests = new();
+
+    public TinyHttpServer(int size = 256 * 1024)
+    {
+        Body = new byte[size];
+        // Printable, position-dependent content: a lost or reordered segment changes the digest.
+        for (int i = 0; i < size; i++)
+        {
+            Body[i] = (byte)('a' + ((i * 7 + i / 251) % 26));
+        }
+        Md5 = Convert.ToHexStringLower(MD5.HashData(Body));
+        _listener.Start();
+        _ = ServeAsync();
+    }
+
+    public byte[] Body { get; }
+
+    public string Md5 { get; }
+
+    public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+
+    /// <summary>The request line of every request served.</summary>
+    public IReadOnlyCollection<string> Requests => _requests;
+
+    private async Task ServeAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                TcpClient client = await _listener.AcceptTcpClientAsync(_stop.Token);
+                _ = HandleAsync(client);
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
+        {
+        }
+    }
+
+    private async Task HandleAsync(TcpClient client)
+    {
+        using (client)
+        {
+            try
+            {
+                NetworkStream s = client.GetStream();
+                byte[] head = new byte[8192];
+                int n = 0;
+                while (n < head.Length)
+                {
+                    int r = await s.ReadAsync(head.AsMemory(n), _stop.Token);
+                    if (r == 0)
+                    {
+                        return;
+                    }
+                    n += r;
+                    if (head.AsSpan(0, n).IndexOf("\r\n\r\n"u8) >= 0)
+                    {
+                        break;
+                    }
+                }
+                string request = Encoding.ASCII.GetString(head, 0, n);
+                _requests.Enqueue(request.Split("\r\n")[0]);
+                byte[] header = Encoding.ASCII.GetBytes(
+                    $"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {Body.Length}\r\nConnection: close\r\n\r\n");
+                await s.WriteAsync(header, _stop.Token);
+                await s.WriteAsync(Body, _stop.Token);
+                client.Client.Shutdown(SocketShutdown.Send);
+                // Let the guest read everything and close first.
+                while (await s.ReadAsync(head, _stop.Token) > 0)
+                {
+                }
+            }
+            catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException or SocketException)
+            {
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _listener.Stop();
+        _stop.Dispose();
+    }
+}

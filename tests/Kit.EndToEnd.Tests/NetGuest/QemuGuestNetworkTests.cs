@@ -1,0 +1,111 @@
+namespace Kit.EndToEnd.Tests.NetGuest;
+
+/// <summary>
+/// A real Linux guest (QEMU TCG, busybox clients) uses `kit net serve` as its whole network: udhcpc's lease,
+/// nslookup through the gateway's DNS forwarder to the test's upstream on 127.0.0.1, wget of a page served on the
+/// host's 127.0.0.1 via 192.168.65.2, ping of the gateway; and the --pcap capture of that run reads in tshark.
+/// One boot per transport (the fixture); each fact checks one thing of it.
+/// </summary>
+public abstract class QemuGuestNetworkTests<TRun>(TRun run, ITestOutputHelper output)
+    where TRun : GuestRun
+{
+    protected TRun Run { get; } = run;
+
+    private string Explain(string what) => $"{what}\n--- guest output ---\n{Run.Output}\n--- kit net serve ---\n{Run.KitOutput}";
+
+    [Fact]
+    public void Udhcpc_gets_the_gateway_lease()
+    {
+        output.WriteLine(Run.Timing);
+        string dhcp = Run.Section("dhcp");
+        output.WriteLine(dhcp);
+        Assert.True(dhcp.EndsWith("rc=0", StringComparison.Ordinal), Explain("udhcpc failed"));
+        Assert.Contains("lease of 192.168.65.3 obtained from 192.168.65.1", dhcp, StringComparison.Ordinal);
+        Assert.Matches(@"inet 192\.168\.65\.3/24 ", Run.Section("addr"));
+        Assert.Contains("default via 192.168.65.1 dev eth0", Run.Section("route"), StringComparison.Ordinal);
+        string resolv = Run.Section("resolv");
+        Assert.Contains("nameserver 192.168.65.1", resolv, StringComparison.Ordinal);
+        Assert.DoesNotContain("nameserver 10.", resolv, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Nslookup_resolves_through_the_forwarder_to_the_test_upstream()
+    {
+        string a = Run.Section("dns-a");
+        output.WriteLine(a);
+        Assert.True(a.EndsWith("rc=0", StringComparison.Ordinal), Explain("nslookup of the fixed name failed"));
+        Assert.Matches(@"Address:?\s+10\.11\.12\.13", a);
+        Assert.Contains("192.168.65.1", a, StringComparison.Ordinal); // the server it asked
+        Assert.Contains($"{TinyDnsServer.Name}/1", Run.Dns.Queries);
+    }
+
+    [Fact]
+    public void Nslookup_of_a_missing_name_gives_nxdomain()
+    {
+        string nx = Run.Section("dns-nx");
+        output.WriteLine(nx);
+        Assert.Contains("NXDOMAIN", nx, StringComparison.Ordinal);
+        Assert.False(nx.EndsWith("rc=0", StringComparison.Ordinal), Explain("nslookup of a missing name succeeded"));
+        Assert.Contains($"missing.{TinyDnsServer.Name}/1", Run.Dns.Queries);
+    }
+
+    [Fact]
+    public void Host_docker_internal_is_the_host_address()
+    {
+        string h = Run.Section("dns-host");
+        output.WriteLine(h);
+        Assert.True(h.EndsWith("rc=0", StringComparison.Ordinal), Explain("nslookup host.docker.internal failed"));
+        Assert.Matches(@"Address:?\s+192\.168\.65\.2", h);
+        Assert.DoesNotContain(Run.Dns.Queries, q => q.StartsWith("host.docker.internal/1", StringComparison.Ordinal)); // built in, not forwarded
+    }
+
+    [Fact]
+    public void Wget_fetches_a_page_from_the_hosts_loopback_via_192_168_65_2()
+    {
+        string http = Run.Section("http");
+        output.WriteLine(http);
+        Assert.True(http.StartsWith("rc=0", StringComparison.Ordinal), Explain("wget failed"));
+        Assert.Contains(Run.Http.Md5 + "  /tmp/page", http, StringComparison.Ordinal);
+        Assert.EndsWith(Run.Http.Body.Length.ToString(System.Globalization.CultureInfo.InvariantCulture), http, StringComparison.Ordinal);
+        Assert.Contains($"GET {TinyHttpServer.Path} HTTP/1.1", Run.Http.Requests);
+    }
+
+    [Fact]
+    public void Ping_of_the_gateway_is_answered()
+    {
+        string ping = Run.Section("ping");
+        output.WriteLine(ping);
+        Assert.True(ping.EndsWith("rc=0", StringComparison.Ordinal), Explain("ping failed"));
+        Assert.Contains("2 packets transmitted, 2 packets received", ping, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Pcap_of_the_run_shows_dhcp_and_dns_in_tshark()
+    {
+        output.WriteLine($"kit exit {Run.KitExitCode}, pcap {Run.PcapBytes} bytes");
+        Assert.True(Run.KitExitCode == 0, Explain($"kit net serve exited {Run.KitExitCode} on SIGTERM"));
+        Assert.True(Run.PcapBytes > 24, Explain($"pcap is {Run.PcapBytes} bytes"));
+        string t = Run.Tshark;
+        string[] lines = t.Split('\n');
+        output.WriteLine(string.Join('\n', lines.Where(l => l.Contains("DHCP", StringComparison.Ordinal) || l.Contains("DNS", StringComparison.Ordinal))));
+        Assert.StartsWith("exit 0", t, StringComparison.Ordinal);
+        foreach (string dhcp in (string[])["DHCP Discover", "DHCP Offer", "DHCP Request", "DHCP ACK"])
+        {
+            Assert.True(lines.Any(l => l.Contains(dhcp, StringComparison.Ordinal)), $"tshark shows no '{dhcp}'\n{Kit.Testing.Text.Tail(t, 4000)}");
+        }
+        Assert.Contains(lines, l => l.Contains("Standard query response", StringComparison.Ordinal) && l.Contains(TinyDnsServer.Name, StringComparison.Ordinal)
+            && l.Contains("10.11.12.13", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.Contains("No such name", StringComparison.Ordinal) && l.Contains("missing." + TinyDnsServer.Name, StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.Contains("192.168.65.3", StringComparison.Ordinal) && l.Contains("192.168.65.1", StringComparison.Ordinal) && l.Contains("DNS", StringComparison.Ordinal));
+    }
+}
+
+/// <summary>The guest on QEMU <c>-netdev stream</c> (4-byte big-endian framing) to `kit net serve --qemu`.</summary>
+[Trait("Tier", "Real")]
+public sealed class QemuStreamGuestTests(StreamGuestRun run, ITestOutputHelper output)
+    : QemuGuestNetworkTests<StreamGuestRun>(run, output), IClassFixture<StreamGuestRun>;
+
+/// <summary>The guest on QEMU <c>-netdev dgram</c> (one frame per datagram) to `kit net serve --dgram`.</summary>
+[Trait("Tier", "Real")]
+public sealed class QemuDgramGuestTests(DgramGuestRun run, ITestOutputHelper output)
+    : QemuGuestNetworkTests<DgramGuestRun>(run, output), IClassFixture<DgramGuestRun>;
