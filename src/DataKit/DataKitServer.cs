@@ -10,12 +10,15 @@ public sealed class DataKitServer : IAsyncDisposable
 {
     private readonly HeadPoller _poller;
 
-    public DataKitServer(string gitPath, ILogger? logger = null, NinePServerOptions? options = null)
+    public DataKitServer(string gitPath, ILogger? logger = null, NinePServerOptions? options = null, LogSources? logSources = null)
     {
         Store = GitStore.Open(gitPath);
+        LogSources = logSources ?? new LogSources(LogLevel.Warning);
         _poller = new HeadPoller(Store, TimeSpan.FromMilliseconds(200));
-        NineP = new NinePServer(() => new DataKitSession(Store), options, logger);
+        NineP = new NinePServer(() => new DataKitSession(Store, LogSources), options, logger);
     }
+
+    public LogSources LogSources { get; }
 
     public GitStore Store { get; }
     public NinePServer NineP { get; }

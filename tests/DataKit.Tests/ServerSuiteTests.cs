@@ -344,6 +344,23 @@ public sealed class ServerSuiteTests : DataKitTestBase
     }
 
     [Fact]
+    public async Task Debug()
+    {
+        Assert.Equal(["datakit"], await C.ListAsync("debug/src"));
+        Assert.Equal("DataKit server, store and 9P connections\n", await Read(C, "debug/src/datakit/doc"));
+        string level = "debug/src/datakit/level";
+        Assert.Equal("warning\n", await Read(C, level));
+        await Echo(C, level, "debug\n");
+        Assert.Equal("debug\n", await Read(C, level));
+        await Echo(C, level, "info");
+        Assert.Equal("info\n", await Read(C, level));
+        await Echo(C, level, "quiet");
+        Assert.Equal("quiet\n", await Read(C, level));
+        Assert.StartsWith("invalid log level", await ErrorOf(() => Echo(C, level, "loud")), StringComparison.Ordinal);
+        Assert.True(Server.LogSources.IsEnabled("datakit", Microsoft.Extensions.Logging.LogLevel.Critical) == false);
+    }
+
+    [Fact]
     public async Task StableInodes()
     {
         string tx = await Begin(C, "master");

@@ -14,12 +14,12 @@ public sealed class StoreTests : DataKitTestBase
     public void CommitRewritesOnlyTheTreesOnTheChangedPath()
     {
         GitStore store = Server.Store;
-        // A wide tree: 300 directories of 10 files, built as Git objects directly.
+        // A wide tree: 300 directories of 3 files, built as Git objects directly.
         var top = new List<GitEntry>();
         for (int d = 0; d < 300; d++)
         {
             var files = new List<GitEntry>();
-            for (int f = 0; f < 10; f++)
+            for (int f = 0; f < 3; f++)
             {
                 files.Add(new GitEntry($"f{f}", EntryKind.File, store.WriteBlob(Encoding.UTF8.GetBytes($"{d}/{f}"))));
             }
@@ -34,12 +34,12 @@ public sealed class StoreTests : DataKitTestBase
         long before = store.TreesWritten;
         lock (tx.Gate)
         {
-            tx.File(["d123", "deep", "f7"], touch: true).Write(store, 0, "changed"u8);
+            tx.File(["d123", "deep", "f2"], touch: true).Write(store, 0, "changed"u8);
         }
         ObjectId head = tx.Commit();
         // Root, d123 and d123/deep: three trees, whatever the width of the tree.
         Assert.Equal(3, store.TreesWritten - before);
-        Assert.Equal("changed", Encoding.UTF8.GetString(store.ReadBlob(store.Resolve(store.GetCommit(head)!.Tree, ["d123", "deep", "f7"])!.Value.Id)));
+        Assert.Equal("changed", Encoding.UTF8.GetString(store.ReadBlob(store.Resolve(store.GetCommit(head)!.Tree, ["d123", "deep", "f2"])!.Value.Id)));
         Assert.Equal(300, store.ReadTree(store.GetCommit(head)!.Tree).Count);
         Git("fsck", "--strict", "--no-dangling");
     }

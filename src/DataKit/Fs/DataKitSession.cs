@@ -19,12 +19,13 @@ public sealed class DataKitSession : IFileSystemSession
     private readonly Dictionary<string, RemoteState> _remotes = new(StringComparer.Ordinal);
     private readonly IDirectory _root;
 
-    public DataKitSession(GitStore store)
+    public DataKitSession(GitStore store, LogSources? logSources = null)
     {
         _store = store;
+        logSources ??= new LogSources(Microsoft.Extensions.Logging.LogLevel.Warning);
         _root = SyntheticDir.Fixed("", "/",
             BranchesDir(),
-            SyntheticDir.Fixed("debug", "/debug", SyntheticDir.Fixed("src", "/debug/src")),
+            SyntheticDir.Fixed("debug", "/debug", DebugSources(logSources)),
             SnapshotsDir(),
             TreesDir(),
             CommitsDir(),
@@ -50,6 +51,67 @@ public sealed class DataKitSession : IFileSystemSession
         public CommandResult Fetch { get; } = new();
         public string Head { get; set; } = "";
         public ChangeSignal Changed { get; } = new();
+    }
+
+    // ---------- /debug (§1.8) ----------
+
+    private static SyntheticDir DebugSources(LogSources sources)
+    {
+        INode Dir(LogSources.Source s)
+        {
+            string key = $"/debug/src/{s.Name}";
+            return SyntheticDir.Fixed(s.Name, key,
+                ReadOnlyFile.OfText("doc", key + "/doc", () => s.Doc + "\n"),
+                new LevelFile(key + "/level", s));
+        }
+        return new SyntheticDir("src", "/debug/src", () => sources.All.Select(Dir).ToArray(), n => sources.Find(n) is { } s ? Dir(s) : null);
+    }
+
+    /// <summary>
+    /// debug/src/S/level: reads the level name and a newline; writing a name sets it. Writing nothing (the truncate
+    /// step of `echo x > level`) makes it read empty until the next write, so a shorter name does not merge with the old.
+    /// </summary>
+    private sealed class LevelFile(string key, LogSources.Source source) : IFile
+    {
+        private bool _blank;
+
+        public LogSources.Source Source => source;
+        public string Name => "level";
+        public ulong Path { get; } = QidPaths.Of("level", key);
+        public NodeKind Kind => NodeKind.File;
+
+        private byte[] Content() => _blank ? [] : Encoding.UTF8.GetBytes(LogSources.Print(source.Level) + "\n");
+
+        public ValueTask<NodeInfo> GetInfoAsync(CancellationToken ct) => ValueTask.FromResult(new NodeInfo((ulong)Content().Length));
+
+        public ValueTask<IOpenFile> OpenAsync(bool write, CancellationToken ct) => ValueTask.FromResult<IOpenFile>(new Open(this));
+
+        public ValueTask TruncateAsync(ulong length, CancellationToken ct)
+        {
+            if (length == 0)
+            {
+                _blank = true;
+            }
+            return ValueTask.CompletedTask;
+        }
+
+        private sealed class Open(LevelFile file) : IOpenFile
+        {
+            public ValueTask<int> ReadAsync(ulong offset, Memory<byte> buffer, CancellationToken ct) =>
+                ValueTask.FromResult(DkErrors.ReadAt(file.Content(), offset, buffer.Span));
+
+            public ValueTask<int> WriteAsync(ulong offset, ReadOnlyMemory<byte> data, CancellationToken ct)
+            {
+                string text = Encoding.UTF8.GetString(data.Span).Trim();
+                if (!LogSources.TryParse(text, out Microsoft.Extensions.Logging.LogLevel level))
+                {
+                    throw DkErrors.Invalid($"invalid log level \"{text}\"");
+                }
+                file.Source.Level = level;
+                file._blank = false;
+                return ValueTask.FromResult(data.Length);
+            }
+        }
     }
 
     // ---------- /branch ----------

@@ -142,10 +142,17 @@ internal sealed class Transaction
     }
 
     /// <summary>Commits and merges into the branch; returns the new head.</summary>
+    /// <summary>Set once committed: a second "commit" on a still-open fid must not make another commit.</summary>
+    public bool Closed { get; private set; }
+
     public ObjectId Commit()
     {
         lock (Gate)
         {
+            if (Closed)
+            {
+                throw DkErrors.NotFound();
+            }
             CheckNoConflicts();
             List<ObjectId> parents = ParseParents();
             string message = Msg.Text.Length == 0 ? NoMessage : Msg.Text;
@@ -175,6 +182,7 @@ internal sealed class Transaction
                 }
                 if (Store.TrySetHead(Branch, target, head, $"datakit: commit {Name}"))
                 {
+                    Closed = true;
                     return target;
                 }
             }

@@ -29,7 +29,7 @@ public sealed class HeadPoller : IAsyncDisposable
                 {
                     now = _store.SnapshotHeads();
                 }
-                catch (LibGit2Sharp.LibGit2SharpException)
+                catch (Exception e) when (e is LibGit2Sharp.LibGit2SharpException or IOException or UnauthorizedAccessException)
                 {
                     continue; // a ref being rewritten by git at this instant; try again next tick
                 }

@@ -57,14 +57,17 @@ internal static class DataCommand
             addresses.Add(a!);
         }
         string store = gitPath ?? DefaultStore();
+        // Levels can be changed at run time through /debug/src/<source>/level.
+        var sources = new LogSources(verbose ? LogLevel.Debug : LogLevel.Warning);
         using ILoggerFactory loggers = LoggerFactory.Create(b => b
             .AddSimpleConsole(o => o.SingleLine = true)
-            .SetMinimumLevel(verbose ? LogLevel.Debug : LogLevel.Warning));
+            .SetMinimumLevel(LogLevel.Trace)
+            .AddFilter((category, level) => sources.IsEnabled(category, level)));
         ILogger logger = loggers.CreateLogger("datakit");
         DataKitServer server;
         try
         {
-            server = new DataKitServer(store, logger);
+            server = new DataKitServer(store, logger, null, sources);
         }
         catch (LibGit2Sharp.LibGit2SharpException e)
         {
