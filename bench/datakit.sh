@@ -10,7 +10,11 @@ KPORT=15640
 DPORT=15641
 W=$(mktemp -d /tmp/kit-bench-dk.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  cp "$W/kit.log" /tmp/kit-bench-datakit-kit.log 2>/dev/null || true  # kept for post-mortems
+  rm -rf "$W"
+}
 trap cleanup EXIT
 [ -x "$KIT" ] || { echo "build first: dotnet publish src/Kit/Kit.csproj -c Release -o artifacts/kit" >&2; exit 1; }
 now() { date +%s.%N; }
@@ -89,19 +93,19 @@ echo "| client / op | kit data serve | diod | kit / diod |"
 echo "|---|---|---|---|"
 cat_rate() { # server-args dir -> files/s
   local files=() i t ms1 msn
-  for i in $(seq 0 $((SMALLN - 1))); do files+=("$2/$(printf 'f%05d' "$i")"); done
+  for i in $(seq 0 $((SMALLN - 1))); do printf -v f '%s/f%05d' "$2" "$i"; files+=("$f"); done
   t=$(now); diodcat $1 "${files[0]}" >/dev/null; ms1=$(ms_since "$t")
   t=$(now); diodcat $1 "${files[@]}" >/dev/null; msn=$(ms_since "$t")
   $PY -c "print('%.0f' % (($SMALLN - 1) / max(1e-3, ($msn - $ms1) / 1000)))"
 }
 k=$(cat_rate "$KS" branch/master/ro/small); d=$(cat_rate "$DS" small)
 echo "| diodcat read | $k | $d | $($PY -c "print('%.2f' % ($k / $d))") |"
-kk=$($PY $OPS small 127.0.0.1:$KPORT "" branch/master/ro/small $SMALLN)
-dd=$($PY $OPS small 127.0.0.1:$DPORT "$W/export" small $SMALLN)
+kk=$($PY $OPS small 127.0.0.1:$KPORT "" branch/master/ro/small $SMALLN || echo "reads_per_s ERR stats_per_s ERR")
+dd=$($PY $OPS small 127.0.0.1:$DPORT "$W/export" small $SMALLN || echo "reads_per_s ERR stats_per_s ERR")
 kr=$(echo "$kk" | awk '{print $2}'); ks=$(echo "$kk" | awk '{print $4}')
 dr=$(echo "$dd" | awk '{print $2}'); ds=$(echo "$dd" | awk '{print $4}')
-echo "| p9l read | $kr | $dr | $($PY -c "print('%.2f' % ($kr / $dr))") |"
-echo "| p9l stat | $ks | $ds | $($PY -c "print('%.2f' % ($ks / $ds))") |"
+echo "| p9l read | $kr | $dr | $($PY -c "print('%.2f' % ($kr / $dr))" 2>/dev/null || echo -) |"
+echo "| p9l stat | $ks | $ds | $($PY -c "print('%.2f' % ($ks / $ds))" 2>/dev/null || echo -) |"
 echo
 
 # --- (c) transactions per second ---------------------------------------------------------------------------

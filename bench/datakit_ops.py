@@ -21,8 +21,12 @@ def small(addr: str, aname: str, d: str, n: int) -> None:
     names = [f"{d}/f{i:05d}" for i in range(n)]
     t0 = time.perf_counter()
     total = 0
-    for p in names:
-        total += len(c.read_file(p))
+    for i, p in enumerate(names):
+        try:
+            total += len(c.read_file(p))
+        except Exception as e:  # report which file failed, then fail the measurement
+            print(f"read {p} (#{i}) failed: {e}", file=sys.stderr)
+            raise
     t1 = time.perf_counter()
     for p in names:
         c.stat(p)

@@ -39,8 +39,12 @@ print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9) if "end" in d a
 # slirp4netns: a namespace held by `sleep`, slirp4netns attached to its pid.
 slirp_start() { # MTU
   unshare -n sleep 3600 & SLIRP_NSPID=$!; PIDS+=($SLIRP_NSPID)
+  # slirp4netns must attach to the new namespace, never to ours: wait until unshare has switched.
+  for _ in $(seq 50); do
+    [ "$(readlink /proc/$SLIRP_NSPID/ns/net 2>/dev/null)" != "$(readlink /proc/$$/ns/net)" ] && break; sleep 0.05
+  done
   slirp4netns --configure --mtu="$1" "$SLIRP_NSPID" tap0 >"$OUT/slirp.log" 2>&1 & SLIRP_PID=$!; PIDS+=($SLIRP_PID)
-  for _ in $(seq 50); do nsenter -t "$SLIRP_NSPID" -n ip -4 addr show tap0 2>/dev/null | grep -q inet && return 0; sleep 0.1; done
+  for _ in $(seq 50); do nsenter -t "$SLIRP_NSPID" -n ip -4 addr show tap0 2>/dev/null | grep inet >/dev/null && return 0; sleep 0.1; done
   echo "slirp4netns did not configure tap0" >&2; cat "$OUT/slirp.log" >&2; return 1
 }
 slirp_stop() { kill "$SLIRP_PID" "$SLIRP_NSPID" 2>/dev/null || true; wait "$SLIRP_PID" "$SLIRP_NSPID" 2>/dev/null || true; }
