@@ -75,16 +75,23 @@ def latency(addr: str, branch: str, n: int) -> None:
         got = {}
 
         def reader() -> None:
-            r = w.recv_reply(TREAD)
-            got["t"] = time.perf_counter()
-            got["n"] = struct.unpack_from("<I", r)[0]
+            # A stream read at the end of the current value answers 0 bytes once (end of that value); the next
+            # read at the same offset blocks until the value changes.
+            for _ in range(100):
+                r = w.recv_reply(TREAD)
+                k = struct.unpack_from("<I", r)[0]
+                if k > 0:
+                    got["t"] = time.perf_counter()
+                    got["n"] = k
+                    return
+                w.send(TREAD, struct.pack("<IQI", f, offset, 4096), tag=2)
 
         th = threading.Thread(target=reader)
         th.start()
         tdir = f"branch/{branch}/transactions"
         name = f"l{tag}-{i}"
         c.mkdir(tdir, name)
-        c.create(f"{tdir}/{name}/rw", f"lat-{i % 4}", b"v%d\n" % i)
+        c.create(f"{tdir}/{name}/rw", f"lat-{i % 4}", f"{tag} {i}\n".encode())  # unique: the root tree must change
         ctl = c.walk(f"{tdir}/{name}/ctl")
         c.lopen(ctl, 1)
         t0 = time.perf_counter()

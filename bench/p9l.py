@@ -104,7 +104,7 @@ class Client:
 
     def read_all(self, fid: int) -> bytes:
         out = bytearray()
-        count = self.msize - 11
+        count = self.msize - 24  # P9_IOHDRSZ: diod answers EIO to a larger count
         while True:
             r = self.rpc(TREAD, struct.pack("<IQI", fid, len(out), count))
             n = struct.unpack_from("<I", r)[0]
