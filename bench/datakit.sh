@@ -153,7 +153,7 @@ echo "n000/sub holds 10 files in both trees; d000/sub holds 10 files in tree100 
 echo
 echo "| branch | files in tree | new file at | transactions/s | commit step median | p90 |"
 echo "|---|---|---|---|---|---|"
-for spec in "tree100 100" "tree100k 100000"; do
+for spec in "tree100 110" "tree100k 100010"; do
   set -- $spec
   for sub in "" "n000/sub" "d000/sub"; do
     r=$($PY $OPS txn 127.0.0.1:$KPORT "$1" 50 "$sub")
