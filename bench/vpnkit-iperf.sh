@@ -1,70 +1,134 @@
 #!/usr/bin/env bash
-# Side-by-side iperf3 throughput: a client in a network namespace -> an iperf3 server on the host's 127.0.0.1,
-# through `kit net run`, slirp4netns and pasta (commands as in docs: testing-here.md section 4).
-# One stream, DURATION seconds per cell, MTU 1500 and 65520, both directions (-R = host -> namespace).
-# Usage: bench/vpnkit-iperf.sh [DURATION]   (root; needs iperf3, slirp4netns, passt)
+# VPNKit speed, side by side in one run (issue 3, "Speed"): kit net run vs slirp4netns vs pasta.
+# iperf3 client in a namespace -> iperf3 server on the host's 127.0.0.1 through each tool's host-loopback
+# mapping, one stream, MTU 1500 and 65520, both directions; then request/response round trips, connection
+# setup rate and RSS with 1,000 idle connections. Root only. Traffic goes only to 127.0.0.1 and to the
+# namespaces this script creates. Usage: bench/vpnkit-iperf.sh [SECONDS]   (default 5)
 set -euo pipefail
-DURATION=${1:-5}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-KIT=$ROOT/artifacts/bin/Kit/release/kit
-PORT=5399
-[ -x "$KIT" ] || dotnet build "$ROOT/src/Kit" -c Release >/dev/null
+cd "$(dirname "$0")/.."
+SECS=${1:-5}
+KIT=${KIT:-artifacts/kit/kit}
+PY=${PY:-python3}
+TB=bench/tcpbench.py
+IPERF_PORT=15201
+TB_PORT=15202
+OUT=$(mktemp -d /tmp/kit-bench-net.XXXXXX)
+PIDS=()
+NS=kbench-pasta-$$
+ulimit -n 8192
 
-server() {
-  iperf3 -s -1 -B 127.0.0.1 -p $PORT >/dev/null 2>&1 &
-  SERVER=$!
-  sleep 0.3
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  ip netns del "$NS" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+[ -x "$KIT" ] || { echo "build first: dotnet publish src/Kit/Kit.csproj -c Release -o artifacts/kit" >&2; exit 1; }
+
+iperf3 -s -B 127.0.0.1 -p $IPERF_PORT >/dev/null 2>&1 & PIDS+=($!)
+$PY $TB server $TB_PORT & PIDS+=($!)
+sleep 0.5
+
+gbps() { # iperf3 -J on stdin -> Gbit/s received
+  $PY -c 'import json,sys
+d=json.load(sys.stdin)
+print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9) if "end" in d and "sum_received" in d["end"] else "ERR:"+d.get("error","?"))'
 }
 
-gbits() { python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))'; }
+# --- tool launchers: each runs "$@" in a namespace whose host-loopback alias is $TARGET ---------------
+# slirp4netns: a namespace held by `sleep`, slirp4netns attached to its pid.
+slirp_start() { # MTU
+  unshare -n sleep 3600 & SLIRP_NSPID=$!; PIDS+=($SLIRP_NSPID)
+  # slirp4netns must attach to the new namespace, never to ours: wait until unshare has switched.
+  for _ in $(seq 50); do
+    [ "$(readlink /proc/$SLIRP_NSPID/ns/net 2>/dev/null)" != "$(readlink /proc/$$/ns/net)" ] && break; sleep 0.05
+  done
+  slirp4netns --configure --mtu="$1" "$SLIRP_NSPID" tap0 >"$OUT/slirp.log" 2>&1 & SLIRP_PID=$!; PIDS+=($SLIRP_PID)
+  for _ in $(seq 50); do nsenter -t "$SLIRP_NSPID" -n ip -4 addr show tap0 2>/dev/null | grep inet >/dev/null && return 0; sleep 0.1; done
+  echo "slirp4netns did not configure tap0" >&2; cat "$OUT/slirp.log" >&2; return 1
+}
+slirp_stop() { kill "$SLIRP_PID" "$SLIRP_NSPID" 2>/dev/null || true; wait "$SLIRP_PID" "$SLIRP_NSPID" 2>/dev/null || true; }
+slirp_exec() { nsenter -t "$SLIRP_NSPID" -n "$@"; }
 
-run_kit() { # mtu dir
-  server
-  "$KIT" net run --mtu "$1" -- iperf3 -c 192.168.65.2 -p $PORT -t "$DURATION" -J $2 | gbits
-  wait $SERVER 2>/dev/null || true
+pasta_start() { # MTU
+  ip netns add "$NS"
+  pasta -f --config-net -m "$1" --runas 0 --netns "$NS" --netns-only >"$OUT/pasta.log" 2>&1 & PASTA_PID=$!; PIDS+=($PASTA_PID)
+  PASTA_GW=
+  for _ in $(seq 50); do
+    PASTA_GW=$(ip netns exec "$NS" ip -4 route show default 2>/dev/null | awk '/default/ {print $3; exit}')
+    [ -n "$PASTA_GW" ] && return 0; sleep 0.1
+  done
+  echo "pasta did not configure the namespace" >&2; cat "$OUT/pasta.log" >&2; return 1
+}
+pasta_stop() { kill "$PASTA_PID" 2>/dev/null || true; wait "$PASTA_PID" 2>/dev/null || true; ip netns del "$NS" 2>/dev/null || true; }
+pasta_exec() { ip netns exec "$NS" "$@"; }
+
+kit_exec() { # MTU CMD...
+  local mtu=$1; shift
+  "$KIT" net run --mtu "$mtu" -- "$@"
 }
 
-run_slirp() {
-  server
-  unshare -n sleep 600 &
-  local ns=$!
-  sleep 0.2
-  slirp4netns --configure --mtu="$1" $ns tap0 >/dev/null 2>&1 &
-  local sl=$!
-  sleep 0.5
-  nsenter -t $ns -n iperf3 -c 10.0.2.2 -p $PORT -t "$DURATION" -J $2 | gbits
-  kill $sl $ns 2>/dev/null || true
-  wait $SERVER 2>/dev/null || true
-}
+echo "# date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "# machine: nproc=$(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# versions: $(slirp4netns --version | head -1); pasta $(dpkg-query -W -f='${Version}' passt 2>/dev/null); $(iperf3 --version | head -1 | cut -d' ' -f1-2)"
+echo
 
-run_pasta() {
-  server
-  local name=kitbench$$
-  ip netns add $name
-  local pidfile=/tmp/kitbench-pasta-$$.pid
-  pasta --config-net -m "$1" --runas 0 --netns $name --netns-only --pid $pidfile >/dev/null 2>&1
-  sleep 0.5
-  local gw
-  gw=$(ip -n $name route show default | awk '{print $3; exit}')
-  ip netns exec $name iperf3 -c "$gw" -p $PORT -t "$DURATION" -J $2 | gbits || echo "n/a"
-  kill "$(cat $pidfile)" 2>/dev/null || true
-  rm -f $pidfile
-  ip netns del $name
-  wait $SERVER 2>/dev/null || true
-}
-
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -r), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "| path | MTU | ns -> host (Gbit/s) | host -> ns (Gbit/s) |"
-echo "|---|---|---|---|"
+echo "## iperf3, one stream, ${SECS} s, Gbit/s (guest->host = client sends; host->guest = -R)"
+echo "| MTU | direction | kit net run | slirp4netns | pasta | kit / slirp4netns |"
+echo "|---|---|---|---|---|---|"
 for mtu in 1500 65520; do
-  for tool in kit slirp pasta; do
-    up=$(run_$tool $mtu "")
-    down=$(run_$tool $mtu "-R")
-    case $tool in
-      kit) label="kit net run";;
-      slirp) label="slirp4netns $(slirp4netns --version | head -1 | awk '{print $3}')";;
-      pasta) label="pasta";;
-    esac
-    echo "| $label | $mtu | $up | $down |"
+  for dir in "" "-R"; do
+    args=(iperf3 -c TARGET -p $IPERF_PORT -t "$SECS" -J $dir)
+    k=$(kit_exec "$mtu" "${args[@]/TARGET/192.168.65.2}" 2>"$OUT/kit-iperf.err" | gbps || echo ERR)
+    slirp_start "$mtu"; s=$(slirp_exec "${args[@]/TARGET/10.0.2.2}" 2>/dev/null | gbps || echo ERR); slirp_stop
+    pasta_start "$mtu"; p=$(pasta_exec "${args[@]/TARGET/$PASTA_GW}" 2>/dev/null | gbps || echo ERR); pasta_stop
+    ratio=$($PY -c "import sys
+try: print('%.2fx' % (float('$k')/float('$s')))
+except Exception: print('-')")
+    d="guest->host"; [ "$dir" = "-R" ] && d="host->guest"
+    echo "| $mtu | $d | $k | $s | $p | $ratio |"
   done
 done
+echo
+
+echo "## latency and connection rate (bench/tcpbench.py, 64-byte request/response over one connection; connect+1-byte echo+close), MTU 1500, 3 s each"
+echo "| metric | kit net run | slirp4netns | pasta |"
+echo "|---|---|---|---|"
+lat_k=$(kit_exec 1500 $PY $TB rr 192.168.65.2 $TB_PORT 3 2>>"$OUT/kit-rr.err" | awk '{print $1}' || echo ERR)
+slirp_start 1500; lat_s=$(slirp_exec $PY $TB rr 10.0.2.2 $TB_PORT 3 | awk '{print $1}' || echo ERR); slirp_stop
+pasta_start 1500; lat_p=$(pasta_exec $PY $TB rr "$PASTA_GW" $TB_PORT 3 | awk '{print $1}' || echo ERR); pasta_stop
+echo "| round trips/s | $lat_k | $lat_s | $lat_p |"
+con_k=$(kit_exec 1500 $PY $TB conn 192.168.65.2 $TB_PORT 3 2>>"$OUT/kit-conn.err" | awk '{print $1}' || echo ERR)
+slirp_start 1500; con_s=$(slirp_exec $PY $TB conn 10.0.2.2 $TB_PORT 3 | awk '{print $1}' || echo ERR); slirp_stop
+pasta_start 1500; con_p=$(pasta_exec $PY $TB conn "$PASTA_GW" $TB_PORT 3 | awk '{print $1}' || echo ERR); pasta_stop
+echo "| connections/s | $con_k | $con_s | $con_p |"
+echo
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+wait_file() { for _ in $(seq 600); do [ -s "$1" ] && return 0; sleep 0.1; done; return 1; }
+N=1000
+echo "## RSS with $N idle connections (VmRSS of the gateway process, KiB)"
+echo "| tool | RSS, 0 connections | RSS, $N connections | KiB per connection |"
+echo "|---|---|---|---|"
+rm -f "$OUT/ready" "$OUT/ready.0"
+"$KIT" net run --mtu 1500 -- $PY $TB hold 192.168.65.2 $TB_PORT $N 4 "$OUT/ready" 2>"$OUT/kit-hold.err" & KITP=$!; PIDS+=($KITP)
+if wait_file "$OUT/ready.0"; then sleep 2; r0=$(rss_kib $KITP); else r0=ERR; fi
+if wait_file "$OUT/ready"; then sleep 1; r1=$(rss_kib $KITP); else r1=ERR; fi
+wait $KITP 2>/dev/null || true
+per=$($PY -c "
+try: print('%.1f' % (($r1-$r0)/$N))
+except Exception: print('-')")
+echo "| kit net run | $r0 | $r1 | $per |"
+rm -f "$OUT/ready" "$OUT/ready.0"
+slirp_start 1500
+slirp_exec $PY $TB hold 10.0.2.2 $TB_PORT $N 4 "$OUT/ready" & HP=$!; PIDS+=($HP)
+if wait_file "$OUT/ready.0"; then sleep 2; r0=$(rss_kib $SLIRP_PID); else r0=ERR; fi
+if wait_file "$OUT/ready"; then sleep 1; r1=$(rss_kib $SLIRP_PID); else r1=ERR; fi
+wait $HP 2>/dev/null || true
+slirp_stop
+per=$($PY -c "
+try: print('%.1f' % (($r1-$r0)/$N))
+except Exception: print('-')")
+echo "| slirp4netns | $r0 | $r1 | $per |"
+echo
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"

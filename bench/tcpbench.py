@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Tiny TCP benchmark pair for bench/vpnkit-iperf.sh (stdlib only, bounded loops).
+
+Server modes (run on the host, bound to 127.0.0.1 only):
+  server PORT          echo server: every byte received is sent back (request/response), also
+                       accepts and closes (connection rate) and holds idle connections open.
+Client modes (run inside the namespace):
+  rr HOST PORT SECS    one connection, 64-byte request, 64-byte response, TCP_NODELAY; prints round trips/s
+  conn HOST PORT SECS  connect, send 1 byte, read the echo, close; prints connections/s
+  hold HOST PORT N SECS READYFILE   write READYFILE.0, wait 3 s, open N idle connections, write READYFILE, sleep SECS, close them
+"""
+import os, socket, sys, threading, time
+
+MAX_ITER = 2_000_000  # bound on every loop
+
+
+def serve(port: int) -> None:
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(4096)
+
+    def handle(c: socket.socket) -> None:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break
+                c.sendall(b)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    while True:
+        c, _ = ls.accept()
+        t = threading.Thread(target=handle, args=(c,), daemon=True, name="h")
+        t.start()
+
+
+def recv_exact(s: socket.socket, n: int) -> None:
+    got = 0
+    while got < n:
+        b = s.recv(n - got)
+        if not b:
+            raise OSError("peer closed")
+        got += len(b)
+
+
+def rr(host: str, port: int, secs: float) -> None:
+    s = socket.create_connection((host, port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    msg = b"x" * 64
+    for _ in range(200):  # warm-up
+        s.sendall(msg); recv_exact(s, 64)
+    n = 0
+    t0 = time.perf_counter(); end = t0 + secs
+    while n < MAX_ITER:
+        s.sendall(msg); recv_exact(s, 64); n += 1
+        if (n & 63) == 0 and time.perf_counter() >= end:
+            break
+    dt = time.perf_counter() - t0
+    s.close()
+    print(f"{n / dt:.0f} round_trips_per_s {dt / n * 1e6:.1f} us_per_round_trip")
+
+
+def conn(host: str, port: int, secs: float) -> None:
+    n = 0
+    t0 = time.perf_counter(); end = t0 + secs
+    while n < MAX_ITER:
+        s = socket.create_connection((host, port), timeout=10)
+        s.sendall(b"x"); recv_exact(s, 1)
+        s.close(); n += 1
+        if time.perf_counter() >= end:
+            break
+    dt = time.perf_counter() - t0
+    print(f"{n / dt:.0f} connections_per_s")
+
+
+def hold(host: str, port: int, count: int, secs: float, ready: str) -> None:
+    with open(ready + ".0", "w") as f:
+        f.write("0")
+    time.sleep(3)  # the caller samples the gateway's RSS with no connections open
+    socks = []
+    for _ in range(min(count, 10000)):
+        s = socket.create_connection((host, port), timeout=10)
+        s.sendall(b"x"); recv_exact(s, 1)  # proves the connection is fully set up end to end
+        socks.append(s)
+    with open(ready, "w") as f:
+        f.write(str(len(socks)))
+    time.sleep(secs)
+    for s in socks:
+        s.close()
+
+
+if __name__ == "__main__":
+    m = sys.argv[1]
+    if m == "server":
+        serve(int(sys.argv[2]))
+    elif m == "rr":
+        rr(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    elif m == "conn":
+        conn(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    elif m == "hold":
+        hold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
+    else:
+        sys.exit("usage: see the docstring")
