@@ -101,6 +101,19 @@ internal static unsafe partial class LibC
 
 internal static unsafe partial class LibCExtra
 {
+    public const short POLLIN = 1;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short Revents;
+    }
+
+    [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
+    public static partial int Poll(PollFd* fds, nuint count, int timeoutMs);
+
     [LibraryImport("libc", EntryPoint = "mprotect", SetLastError = true)]
     public static partial int Mprotect(nint addr, nuint len, int prot);
 }

@@ -60,6 +60,8 @@ public sealed class Machine : IDisposable
     private readonly List<IDisposable> _owned = [];
     private readonly ManualResetEventSlim _stopped = new();
     private readonly PanicWatcher _panicWatcher;
+    private readonly List<(EventFd Fd, VirtioPciDevice Device, int Queue)> _notifiers = [];
+    private readonly EventFd? _wakeNotifier;
     private MachineExit? _exit;
     private volatile bool _stopping;
 
@@ -106,6 +108,7 @@ public sealed class Machine : IDisposable
             _vm.AssignIoeventfd(_vm.CreateEventFd(), 0x80, 1, pio: true);
             Mmio.AttachPci(Pci);
 
+            _wakeNotifier = _vm.CreateEventFd();
             var msi = new KvmMsiSink(_vm);
             if (options.Rng)
             {
@@ -160,9 +163,47 @@ public sealed class Machine : IDisposable
 
     private void AddVirtio(VirtioDevice device, IMsiSink msi)
     {
-        var function = new VirtioPciDevice(device, Memory, msi, Pci.AllocateBar(VirtioPciDevice.BarLength));
+        uint bar = Pci.AllocateBar(VirtioPciDevice.BarLength);
+        var function = new VirtioPciDevice(device, Memory, msi, bar);
         Pci.Add(function);
         VirtioDevices.Add(function);
+        // Queue doorbells go to ioeventfds: KVM completes the guest's 16-bit notify write in the kernel and the
+        // device runs on the notify thread, so a kick costs no round trip through this process's vCPU thread.
+        // A guest that moves the BAR still works: the new address reaches BarWrite through an ordinary MMIO exit.
+        for (int q = 0; q < device.QueueCount && _notifiers.Count < 63; q++)
+        {
+            EventFd fd = _vm.CreateEventFd();
+            _vm.AssignIoeventfd(fd, bar + VirtioPciDevice.NotifyOffset + VirtioPciDevice.NotifyMultiplier * (uint)q, 2, pio: false);
+            _notifiers.Add((fd, function, q));
+        }
+    }
+
+    private void NotifyLoop()
+    {
+        var fds = new EventFd[_notifiers.Count + 1];
+        fds[0] = _wakeNotifier!;
+        for (int i = 0; i < _notifiers.Count; i++)
+        {
+            fds[i + 1] = _notifiers[i].Fd;
+        }
+        try
+        {
+            while (!_stopping)
+            {
+                ulong ready = EventFd.Wait(fds, 1000);
+                for (int i = 1; i < fds.Length; i++)
+                {
+                    if ((ready & (1UL << i)) != 0 && fds[i].Drain() != 0)
+                    {
+                        _notifiers[i - 1].Device.Notify(_notifiers[i - 1].Queue);
+                    }
+                }
+            }
+        }
+        catch (Exception e) when (e is KvmException or InvalidOperationException or IOException)
+        {
+            RequestStop(new MachineExit(MachineExitKind.Error, $"virtio notify thread: {e.Message}"));
+        }
     }
 
     private void OnPower(PowerEvent e)
@@ -267,6 +308,8 @@ public sealed class Machine : IDisposable
             threads[i] = new Thread(() => VcpuLoop(index)) { IsBackground = true, Name = $"vcpu{i}" };
             threads[i].Start();
         }
+        var notify = new Thread(NotifyLoop) { IsBackground = true, Name = "virtio-notify" };
+        notify.Start();
         Thread? input = null;
         if (_options.ConsoleInput is not null)
         {
@@ -281,6 +324,7 @@ public sealed class Machine : IDisposable
         {
             t.Join();
         }
+        notify.Join();
         return _exit!;
     }
 
@@ -297,6 +341,7 @@ public sealed class Machine : IDisposable
             _vcpus[i]?.RequestImmediateExit(true);
             VcpuSignal.Kick(Volatile.Read(ref _tids[i]));
         }
+        _wakeNotifier?.Signal();
         _stopped.Set();
     }
 
