@@ -181,6 +181,48 @@ public sealed class NetRunTests
     }
 
     [Fact]
+    public async Task SynFloodToClosedPortsAndUdpSprayLeaveTheGatewayResponsiveAndBounded()
+    {
+        // From inside the namespace: 3,000 non-blocking connects to closed host ports and datagrams from 5,000 source
+        // ports, then the gateway must still answer ping and hold a bounded number of descriptors ($PPID is kit:
+        // `ip netns exec` replaces itself with the command).
+        string py = string.Join('\n',
+            "import socket, os, sys, time",
+            "ppid = int(sys.argv[1])",
+            "fds = lambda: len(os.listdir(f'/proc/{ppid}/fd'))",
+            "base = fds()",
+            "socks = []",
+            "for i in range(3000):",
+            "    s = socket.socket(); s.setblocking(False)",
+            "    try: s.connect(('192.168.65.2', 1 + (i % 900)))",
+            "    except BlockingIOError: pass",
+            "    socks.append(s)",
+            "    if len(socks) > 500: [x.close() for x in socks]; socks = []",
+            "peak = fds()",
+            "for i in range(5000):",
+            "    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'x', ('192.168.65.2', 9)); u.close()",
+            "time.sleep(1)",
+            "print(f'FDS base={base} peak={peak} after={fds()}')");
+        string file = Path.Combine(Path.GetTempPath(), $"kit-flood-{Guid.NewGuid():N}.py");
+        File.WriteAllText(file, py);
+        try
+        {
+            KitCli.Result r = await KitCli.NetRunAsync([], $"python3 {file} $PPID && busybox ping -c 1 -W 5 192.168.65.1", Timeout);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            Assert.Contains("1 packets received", r.Stdout);
+            string line = r.Stdout.Split('\n').First(l => l.StartsWith("FDS ", StringComparison.Ordinal));
+            int after = int.Parse(line.Split("after=")[1], System.Globalization.CultureInfo.InvariantCulture);
+            int baseFds = int.Parse(line.Split("base=")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            // UDP NAT holds at most 1,024 flows; refused TCP connects hold nothing.
+            Assert.True(after <= baseFds + 1100, line);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    [Fact]
     public async Task ExitCodeOfTheCommandIsReturned()
     {
         KitCli.Result r = await KitCli.NetRunAsync([], "exit 7", Timeout);
