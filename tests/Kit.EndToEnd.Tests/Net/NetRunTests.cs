@@ -155,6 +155,36 @@ public sealed class NetRunTests
     }
 
     [Fact]
+    public async Task PublishedUdpPortRelaysBothWays()
+    {
+        int hostPort = FreePort();
+        // In the namespace: answer one datagram on 9999 with its upper-cased payload.
+        Task<KitCli.Result> run = KitCli.NetRunAsync(["--publish", $"{hostPort}:9999/udp"],
+            "python3 -c \"import socket; s=socket.socket(2,2); s.bind(('0.0.0.0',9999)); s.settimeout(20); d,a=s.recvfrom(100); s.sendto(d.upper(),a); print('FROM', a[0])\"",
+            Timeout);
+        using var udp = new UdpClient(new IPEndPoint(IPAddress.Loopback, 0));
+        string? reply = null;
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (reply is null && DateTime.UtcNow < deadline && !run.IsCompleted)
+        {
+            await udp.SendAsync("ping"u8.ToArray(), new IPEndPoint(IPAddress.Loopback, hostPort), TestContext.Current.CancellationToken);
+            using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+            cts.CancelAfter(300);
+            try
+            {
+                UdpReceiveResult r = await udp.ReceiveAsync(cts.Token);
+                reply = Encoding.ASCII.GetString(r.Buffer);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+        KitCli.Result result = await run;
+        Assert.True(reply == "PING", $"reply {reply ?? "(none)"}\n{result}");
+        Assert.Contains("FROM 192.168.65.2", result.Stdout);
+    }
+
+    [Fact]
     public async Task PcapIsReadableByTshark()
     {
         string pcap = Path.Combine(Path.GetTempPath(), $"kit-{Guid.NewGuid():N}.pcap");
