@@ -78,6 +78,24 @@ internal sealed partial class TcpProxy
 
     public void OnWritable() => _writable.Set();
 
+    // Wake-ups recorded under the engine lock and delivered after it is released (see NatHost.RunWakeups), so the
+    // pump's continuation can run inline on the link thread without a thread-pool hop.
+    internal bool WakeQueued;
+    internal bool WakeReadable;
+    internal bool WakeWritable;
+
+    internal void Wake(bool readable, bool writable)
+    {
+        if (readable)
+        {
+            _readable.Set(inline: true);
+        }
+        if (writable)
+        {
+            _writable.Set(inline: true);
+        }
+    }
+
     /// <summary>The engine reset the connection: drop the host socket (with RST via linger 0).</summary>
     public void OnReset()
     {
