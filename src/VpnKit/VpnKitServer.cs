@@ -124,6 +124,7 @@ public sealed partial class VpnKitServer : IDisposable
     {
         byte[] buffer = new byte[70_000];
         Gateway engine = _gate.Engine;
+        var wakeups = new List<(TcpProxy, bool, bool)>();
         try
         {
             while (!_stop.IsCancellationRequested)
@@ -139,6 +140,11 @@ public sealed partial class VpnKitServer : IDisposable
                     lock (_gate.Sync)
                     {
                         engine.Receive(frame, EngineGate.Now, link.LastFrameTrusted);
+                        _nat.TakeWakeups(wakeups);
+                    }
+                    if (wakeups.Count > 0)
+                    {
+                        NatHost.RunWakeups(wakeups);
                     }
                 }
             }
@@ -154,6 +160,7 @@ public sealed partial class VpnKitServer : IDisposable
     private void TimerLoop()
     {
         Gateway engine = _gate.Engine;
+        var wakeups = new List<(TcpProxy, bool, bool)>();
         long nextSweep = EngineGate.Now + 10_000;
         while (!_stop.IsCancellationRequested)
         {
@@ -164,6 +171,11 @@ public sealed partial class VpnKitServer : IDisposable
                 lock (_gate.Sync)
                 {
                     engine.OnTimer(now);
+                    _nat.TakeWakeups(wakeups);
+                }
+                if (wakeups.Count > 0)
+                {
+                    NatHost.RunWakeups(wakeups);
                 }
             }
             if (now >= nextSweep)

@@ -110,9 +110,54 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
 
     public void TcpEstablished(TcpConnection c) => (c.Tag as TcpProxy)?.StartPumps();
 
-    public void TcpReadable(TcpConnection c) => (c.Tag as TcpProxy)?.OnReadable();
+    private readonly List<TcpProxy> _wakeups = [];
 
-    public void TcpWritable(TcpConnection c) => (c.Tag as TcpProxy)?.OnWritable();
+    public void TcpReadable(TcpConnection c) => Queue(c.Tag as TcpProxy, readable: true);
+
+    public void TcpWritable(TcpConnection c) => Queue(c.Tag as TcpProxy, readable: false);
+
+    /// <summary>Called under the engine lock: remember whom to wake once the lock is released.</summary>
+    private void Queue(TcpProxy? p, bool readable)
+    {
+        if (p is null)
+        {
+            return;
+        }
+        if (readable)
+        {
+            p.WakeReadable = true;
+        }
+        else
+        {
+            p.WakeWritable = true;
+        }
+        if (!p.WakeQueued)
+        {
+            p.WakeQueued = true;
+            _wakeups.Add(p);
+        }
+    }
+
+    /// <summary>Under the engine lock: moves the pending wake-ups to the caller's list.</summary>
+    public void TakeWakeups(List<(TcpProxy Proxy, bool Readable, bool Writable)> into)
+    {
+        foreach (TcpProxy p in _wakeups)
+        {
+            into.Add((p, p.WakeReadable, p.WakeWritable));
+            p.WakeQueued = p.WakeReadable = p.WakeWritable = false;
+        }
+        _wakeups.Clear();
+    }
+
+    /// <summary>Outside the engine lock: delivers wake-ups; pumps may run inline on this thread until they wait.</summary>
+    public static void RunWakeups(List<(TcpProxy Proxy, bool Readable, bool Writable)> list)
+    {
+        foreach (var (p, r, w) in list)
+        {
+            p.Wake(r, w);
+        }
+        list.Clear();
+    }
 
     public void TcpReset(TcpConnection c) => (c.Tag as TcpProxy)?.OnReset();
 

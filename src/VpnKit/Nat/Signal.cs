@@ -28,19 +28,25 @@ internal sealed class Signal : IValueTaskSource
         }
     }
 
-    public void Set()
+    /// <summary>
+    /// Wakes the waiter. <paramref name="inline"/> runs its continuation on this thread; only callers that hold no
+    /// lock (in particular not the engine lock) may ask for that.
+    /// </summary>
+    public void Set(bool inline = false)
     {
+        bool fire;
         lock (_gate)
         {
-            if (_waiting)
-            {
-                _waiting = false;
-                _core.SetResult(true);
-            }
-            else
-            {
-                _set = true;
-            }
+            fire = _waiting;
+            _waiting = false;
+            _set = !fire;
+        }
+        // Completed outside the lock: an inline continuation must not run while holding it (it may wait on this
+        // signal again, or take the engine lock while another thread holding that lock calls Set).
+        if (fire)
+        {
+            _core.RunContinuationsAsynchronously = !inline;
+            _core.SetResult(true);
         }
     }
 

@@ -78,6 +78,24 @@ internal sealed partial class TcpProxy
 
     public void OnWritable() => _writable.Set();
 
+    // Wake-ups recorded under the engine lock and delivered after it is released (see NatHost.RunWakeups), so the
+    // pump's continuation can run inline on the link thread without a thread-pool hop.
+    internal bool WakeQueued;
+    internal bool WakeReadable;
+    internal bool WakeWritable;
+
+    internal void Wake(bool readable, bool writable)
+    {
+        if (readable)
+        {
+            _readable.Set(inline: true);
+        }
+        if (writable)
+        {
+            _writable.Set(inline: true);
+        }
+    }
+
     /// <summary>The engine reset the connection: drop the host socket (with RST via linger 0).</summary>
     public void OnReset()
     {
@@ -95,7 +113,8 @@ internal sealed partial class TcpProxy
 
     private async Task GuestToHostAsync()
     {
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(ChunkSize);
+        // Buffers are rented only while bytes are moving, so an idle connection holds none (RSS per idle flow).
+        byte[]? buffer = null;
         try
         {
             while (true)
@@ -108,7 +127,15 @@ internal sealed partial class TcpProxy
                     {
                         return;
                     }
-                    n = _gate.Engine.TcpRead(_c, buffer, EngineGate.Now);
+                    if (_c.Readable > 0)
+                    {
+                        buffer ??= ArrayPool<byte>.Shared.Rent(ChunkSize);
+                        n = _gate.Engine.TcpRead(_c, buffer, EngineGate.Now);
+                    }
+                    else
+                    {
+                        n = 0;
+                    }
                     eof = n == 0 && _c.GuestFinished;
                 }
                 if (n > 0)
@@ -125,6 +152,11 @@ internal sealed partial class TcpProxy
                     _socket.Shutdown(SocketShutdown.Send);
                     return;
                 }
+                if (buffer is not null)
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
+                    buffer = null;
+                }
                 await _readable.WaitAsync().ConfigureAwait(false);
             }
         }
@@ -134,18 +166,32 @@ internal sealed partial class TcpProxy
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            if (buffer is not null)
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
             PumpDone();
         }
     }
 
     private async Task HostToGuestAsync()
     {
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(ChunkSize);
+        byte[]? buffer = null;
         try
         {
             while (true)
             {
+                if (_socket.Available == 0)
+                {
+                    // A zero-byte receive waits for data without pinning a buffer to an idle connection.
+                    if (buffer is not null)
+                    {
+                        ArrayPool<byte>.Shared.Return(buffer);
+                        buffer = null;
+                    }
+                    await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
+                }
+                buffer ??= ArrayPool<byte>.Shared.Rent(ChunkSize);
                 int n = await _socket.ReceiveAsync(buffer.AsMemory(0, ChunkSize), SocketFlags.None).ConfigureAwait(false);
                 if (n == 0)
                 {
@@ -181,7 +227,10 @@ internal sealed partial class TcpProxy
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            if (buffer is not null)
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
             PumpDone();
         }
     }

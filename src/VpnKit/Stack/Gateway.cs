@@ -230,6 +230,12 @@ internal sealed partial class Gateway
         }
         if (!_arp.TryGetValue(flow.GuestIp, out MacAddress mac))
         {
+            // A guest that has not spoken yet (a published UDP port): ask for it; this datagram is lost, as on a
+            // real network while ARP resolves, and the sender's retry gets through.
+            if (_o.InSubnet(flow.GuestIp))
+            {
+                SendArpRequest(flow.GuestIp);
+            }
             return false;
         }
         SendUdpTo(mac, flow.RemoteIp, flow.RemotePort, flow.GuestIp, flow.GuestPort, payload);

@@ -155,6 +155,36 @@ public sealed class NetRunTests
     }
 
     [Fact]
+    public async Task PublishedUdpPortRelaysBothWays()
+    {
+        int hostPort = FreePort();
+        // In the namespace: answer one datagram on 9999 with its upper-cased payload.
+        Task<KitCli.Result> run = KitCli.NetRunAsync(["--publish", $"{hostPort}:9999/udp"],
+            "python3 -c \"import socket; s=socket.socket(2,2); s.bind(('0.0.0.0',9999)); s.settimeout(20); d,a=s.recvfrom(100); s.sendto(d.upper(),a); print('FROM', a[0])\"",
+            Timeout);
+        using var udp = new UdpClient(new IPEndPoint(IPAddress.Loopback, 0));
+        string? reply = null;
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (reply is null && DateTime.UtcNow < deadline && !run.IsCompleted)
+        {
+            await udp.SendAsync("ping"u8.ToArray(), new IPEndPoint(IPAddress.Loopback, hostPort), TestContext.Current.CancellationToken);
+            using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+            cts.CancelAfter(300);
+            try
+            {
+                UdpReceiveResult r = await udp.ReceiveAsync(cts.Token);
+                reply = Encoding.ASCII.GetString(r.Buffer);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+        KitCli.Result result = await run;
+        Assert.True(reply == "PING", $"reply {reply ?? "(none)"}\n{result}");
+        Assert.Contains("FROM 192.168.65.2", result.Stdout);
+    }
+
+    [Fact]
     public async Task PcapIsReadableByTshark()
     {
         string pcap = Path.Combine(Path.GetTempPath(), $"kit-{Guid.NewGuid():N}.pcap");
@@ -177,6 +207,48 @@ public sealed class NetRunTests
         finally
         {
             File.Delete(pcap);
+        }
+    }
+
+    [Fact]
+    public async Task SynFloodToClosedPortsAndUdpSprayLeaveTheGatewayResponsiveAndBounded()
+    {
+        // From inside the namespace: 3,000 non-blocking connects to closed host ports and datagrams from 5,000 source
+        // ports, then the gateway must still answer ping and hold a bounded number of descriptors ($PPID is kit:
+        // `ip netns exec` replaces itself with the command).
+        string py = string.Join('\n',
+            "import socket, os, sys, time",
+            "ppid = int(sys.argv[1])",
+            "fds = lambda: len(os.listdir(f'/proc/{ppid}/fd'))",
+            "base = fds()",
+            "socks = []",
+            "for i in range(3000):",
+            "    s = socket.socket(); s.setblocking(False)",
+            "    try: s.connect(('192.168.65.2', 1 + (i % 900)))",
+            "    except BlockingIOError: pass",
+            "    socks.append(s)",
+            "    if len(socks) > 500: [x.close() for x in socks]; socks = []",
+            "peak = fds()",
+            "for i in range(5000):",
+            "    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b'x', ('192.168.65.2', 9)); u.close()",
+            "time.sleep(1)",
+            "print(f'FDS base={base} peak={peak} after={fds()}')");
+        string file = Path.Combine(Path.GetTempPath(), $"kit-flood-{Guid.NewGuid():N}.py");
+        File.WriteAllText(file, py);
+        try
+        {
+            KitCli.Result r = await KitCli.NetRunAsync([], $"python3 {file} $PPID && busybox ping -c 1 -W 5 192.168.65.1", Timeout);
+            Assert.True(r.ExitCode == 0, r.ToString());
+            Assert.Contains("1 packets received", r.Stdout);
+            string line = r.Stdout.Split('\n').First(l => l.StartsWith("FDS ", StringComparison.Ordinal));
+            int after = int.Parse(line.Split("after=")[1], System.Globalization.CultureInfo.InvariantCulture);
+            int baseFds = int.Parse(line.Split("base=")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            // UDP NAT holds at most 1,024 flows; refused TCP connects hold nothing.
+            Assert.True(after <= baseFds + 1100, line);
+        }
+        finally
+        {
+            File.Delete(file);
         }
     }
 
