@@ -85,28 +85,15 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
             byte[] mac = vif[5..11];
             const uint xid = 0x4b17a5e1;
 
-            await SendFrameAsync(s, DhcpDiscover(mac, xid), cancel);
-            EthernetPacket offerEth = await ReceiveAsync(s, f => f.Extract<UdpPacket>() is { SourcePort: 67, DestinationPort: 68 } u
-                && Payload(u) is { Length: >= 240 } p && BinaryPrimitives.ReadUInt32BigEndian(p.AsSpan(4)) == xid, cancel);
-            UdpPacket offerUdp = offerEth.Extract<UdpPacket>();
-            var offerIp = (IPv4Packet)offerUdp.ParentPacket;
-            Assert.True(offerIp.ValidIPChecksum, "bad IPv4 header checksum on the offer");
-            Assert.True(offerUdp.Checksum == 0 || offerUdp.ValidUdpChecksum, "bad UDP checksum on the offer");
-            Assert.Equal(s_gateway, offerIp.SourceAddress);
-            Assert.True(offerEth.DestinationHardwareAddress.ToString() is "FFFFFFFFFFFF" || offerEth.DestinationHardwareAddress.GetAddressBytes().SequenceEqual(mac));
-
-            byte[] bootp = Payload(offerUdp);
-            Assert.Equal(2, bootp[0]); // BOOTREPLY
-            Assert.Equal(mac, bootp[28..34]); // chaddr
+            (byte[] bootp, Dictionary<byte, byte[]> options) = await DiscoverAsync(s, mac, xid, cancel);
             Assert.Equal(s_firstGuest, new IPAddress(bootp[16..20])); // yiaddr
-            Assert.Equal("63825363", Convert.ToHexString(bootp, 236, 4)); // RFC 2131 §3 magic cookie
-            Dictionary<byte, byte[]> options = DhcpOptions(bootp.AsSpan(240));
             output.WriteLine("offer options: " + string.Join(", ", options.Select(o => $"{o.Key}={Convert.ToHexString(o.Value)}")));
             Assert.Equal([2], options[53]); // DHCPOFFER (RFC 2132 §9.6)
             Assert.Equal(s_gateway, new IPAddress(options[54])); // server identifier
             Assert.Equal(IPAddress.Parse("255.255.255.0"), new IPAddress(options[1]));
             Assert.Equal(s_gateway, new IPAddress(options[3][..4])); // router
             Assert.Equal(s_gateway, new IPAddress(options[6][..4])); // DNS
+            Assert.Equal("05DC", Convert.ToHexString(options[26])); // interface MTU 1500
 
             // ARP who-has 192.168.65.1 tell 192.168.65.3 (RFC 826).
             await SendFrameAsync(s, ArpRequest(mac, s_firstGuest, s_gateway), cancel);
@@ -122,6 +109,43 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
             Assert.Equal(0, arp.SenderHardwareAddress.GetAddressBytes()[0] & 1);
         }
         Assert.False(kit.HasExited, kit.Output);
+    }
+
+    [Fact]
+    public async Task Leases_are_per_client_and_stable_across_reconnects()
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        using KitNetServe kit = await KitNetServe.StartAsync(["--vmnet", "unix:" + SocketPath], _dns, pcap: null, cancel);
+        const string other = "0f0e0d0c-0b0a-4908-8706-050403020100";
+        var leases = new List<string>();
+        foreach ((string uuid, uint xid) in new[] { (Uuid, 1u), (other, 2u), (Uuid, 3u) })
+        {
+            (_, byte[] vif, Socket s) = await HandshakeAsync(uuid, cancel);
+            using (s)
+            {
+                (byte[] bootp, _) = await DiscoverAsync(s, vif[5..11], xid, cancel);
+                leases.Add(new IPAddress(bootp[16..20]).ToString());
+            }
+        }
+        output.WriteLine(string.Join(", ", leases));
+        Assert.Equal("192.168.65.3", leases[0]);
+        Assert.NotEqual(leases[0], leases[1]);
+        Assert.StartsWith("192.168.65.", leases[1], StringComparison.Ordinal);
+        Assert.Equal(leases[0], leases[2]); // the reconnecting VM keeps its address
+    }
+
+    [Fact]
+    public async Task Mtu_option_reaches_the_vif_response_and_the_dhcp_offer()
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        using KitNetServe kit = await KitNetServe.StartAsync(["--vmnet", "unix:" + SocketPath, "--mtu", "9000"], _dns, pcap: null, cancel);
+        (_, byte[] vif, Socket s) = await HandshakeAsync(Uuid, cancel);
+        using (s)
+        {
+            Assert.Equal("01" + "2823" + "5A23", Convert.ToHexString(vif, 0, 5)); // MTU 9000, max packet 9050 (LE)
+            (_, Dictionary<byte, byte[]> options) = await DiscoverAsync(s, vif[5..11], 7, cancel);
+            Assert.Equal("2328", Convert.ToHexString(options[26])); // RFC 2132 §5.1 interface MTU, big-endian
+        }
     }
 
     private async Task<Socket> ConnectAsync(CancellationToken cancel)
@@ -188,6 +212,30 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
         await s.SendAsync(wire, cancel);
     }
 
+    /// <summary>
+    /// Sends a DHCPDISCOVER and returns the matching offer's BOOTP payload and options, after checking what every
+    /// offer must satisfy: valid IPv4 and UDP checksums, from the gateway, BOOTREPLY to our chaddr, magic cookie.
+    /// </summary>
+    private static async Task<(byte[] Bootp, Dictionary<byte, byte[]> Options)> DiscoverAsync(Socket s, byte[] mac, uint xid, CancellationToken cancel)
+    {
+        await SendFrameAsync(s, DhcpDiscover(mac, xid), cancel);
+        EthernetPacket offerEth = await ReceiveAsync(s, f => f.Extract<UdpPacket>() is { SourcePort: 67, DestinationPort: 68 } u
+            && Payload(u) is { Length: >= 240 } p && BinaryPrimitives.ReadUInt32BigEndian(p.AsSpan(4)) == xid, cancel);
+        UdpPacket offerUdp = offerEth.Extract<UdpPacket>();
+        var offerIp = (IPv4Packet)offerUdp.ParentPacket;
+        Assert.True(offerIp.ValidIPChecksum, "bad IPv4 header checksum on the offer");
+        Assert.True(offerUdp.Checksum == 0 || offerUdp.ValidUdpChecksum, "bad UDP checksum on the offer");
+        Assert.Equal(s_gateway, offerIp.SourceAddress);
+        Assert.True(offerEth.DestinationHardwareAddress.ToString() is "FFFFFFFFFFFF" || offerEth.DestinationHardwareAddress.GetAddressBytes().SequenceEqual(mac));
+        byte[] bootp = Payload(offerUdp);
+        Assert.Equal(2, bootp[0]); // BOOTREPLY
+        Assert.Equal(mac, bootp[28..34]); // chaddr
+        Assert.Equal("63825363", Convert.ToHexString(bootp, 236, 4)); // RFC 2131 §3 magic cookie
+        Dictionary<byte, byte[]> options = DhcpOptions(bootp.AsSpan(240));
+        Assert.Equal([2], options[53]); // DHCPOFFER (RFC 2132 §9.6)
+        return (bootp, options);
+    }
+
     /// <summary>Reads 2-byte LE framed frames until one matches (at most 50 frames, 15 s each).</summary>
     private static async Task<EthernetPacket> ReceiveAsync(Socket s, Func<EthernetPacket, bool> match, CancellationToken cancel)
     {
@@ -197,7 +245,7 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
             byte[] length = new byte[2];
             await ReadExactlyAsync(s, length, cancel);
             int size = BinaryPrimitives.ReadUInt16LittleEndian(length);
-            Assert.InRange(size, 14, 1500 + 14); // vpnkit never sends more than MTU + 14
+            Assert.InRange(size, 14, 65535); // the 2-byte length bounds it
             byte[] frame = new byte[size];
             await ReadExactlyAsync(s, frame, cancel);
             var eth = (EthernetPacket)Packet.ParsePacket(LinkLayers.Ethernet, frame);
