@@ -14,7 +14,7 @@ namespace Kit.EndToEnd.Tests.NetGuest;
 /// the replies are checked with PacketDotNet (an independent parser, checksums included).
 /// </summary>
 [Trait("Tier", "Real")]
-public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
+public sealed partial class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
 {
     private const string Uuid = "d4a1f3c2-5b6e-4f70-8a9b-0c1d2e3f4a5b";
     private static readonly IPAddress s_gateway = IPAddress.Parse("192.168.65.1");
@@ -165,8 +165,11 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
         return b;
     }
 
-    /// <summary>Init both ways, then command 1 (Ethernet) with the UUID (41 bytes) and the 258-byte response.</summary>
-    private async Task<(byte[] ServerInit, byte[] Vif, Socket Socket)> HandshakeAsync(string uuid, CancellationToken cancel)
+    /// <summary>
+    /// Init both ways, then the 41-byte command and the 258-byte response: command 1 (Ethernet) with the UUID, or
+    /// command 8 (Preferred_ipv4) whose address hyperkit writes as the uint32 LE of its numeric value (bytes reversed).
+    /// </summary>
+    private async Task<(byte[] ServerInit, byte[] Vif, Socket Socket)> HandshakeAsync(string uuid, CancellationToken cancel, IPAddress? preferred = null)
     {
         Socket s = await ConnectAsync(cancel);
         try
@@ -175,8 +178,12 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
             byte[] init = new byte[49];
             await ReadExactlyAsync(s, init, cancel);
             byte[] command = new byte[41];
-            command[0] = 1;
+            command[0] = preferred is null ? (byte)1 : (byte)8;
             Encoding.ASCII.GetBytes(uuid).CopyTo(command, 1);
+            if (preferred is not null)
+            {
+                BinaryPrimitives.WriteUInt32LittleEndian(command.AsSpan(37), BinaryPrimitives.ReadUInt32BigEndian(preferred.GetAddressBytes()));
+            }
             await s.SendAsync(command, cancel);
             byte[] vif = new byte[258];
             await ReadExactlyAsync(s, vif, cancel);
