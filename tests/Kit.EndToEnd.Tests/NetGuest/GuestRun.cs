@@ -102,3 +102,16 @@ public sealed class DgramGuestRun : GuestRun
         return (["--dgram", "unix:" + kitPath], QemuNetwork.Dgram(qemuPath, kitPath, "52:54:00:6b:00:02"));
     }
 }
+
+/// <summary>
+/// The guest on <c>-netdev stream</c> with `kit net serve --mtu 65520`: the DHCP MTU option sets the guest's link,
+/// so the fetch crosses the gateway in 64 KiB frames.
+/// </summary>
+public sealed class JumboStreamGuestRun : GuestRun
+{
+    private protected override (string[], QemuNetwork) Link(string dir)
+    {
+        string sock = Path.Combine(dir, "qemu.sock");
+        return (["--qemu", "unix:" + sock, "--mtu", "65520"], QemuNetwork.Stream(sock, "52:54:00:6b:00:03"));
+    }
+}

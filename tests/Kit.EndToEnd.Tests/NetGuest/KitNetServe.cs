@@ -62,6 +62,7 @@ internal static class GuestNetScript
         udhcpc -i eth0 -n -q -t 5 -T 3 2>&1; echo "rc=$?"
         echo "== addr =="
         ip -4 -o addr show dev eth0
+        ip -o link show dev eth0
         echo "== route =="
         ip route
         echo "== resolv =="

@@ -109,3 +109,28 @@ public sealed class QemuStreamGuestTests(StreamGuestRun run, ITestOutputHelper o
 [Trait("Tier", "Real")]
 public sealed class QemuDgramGuestTests(DgramGuestRun run, ITestOutputHelper output)
     : QemuGuestNetworkTests<DgramGuestRun>(run, output), IClassFixture<DgramGuestRun>;
+
+/// <summary>The guest on QEMU <c>-netdev stream</c> to `kit net serve --qemu --mtu 65520`.</summary>
+[Trait("Tier", "Real")]
+public sealed class QemuStreamJumboGuestTests(JumboStreamGuestRun run, ITestOutputHelper output)
+    : QemuGuestNetworkTests<JumboStreamGuestRun>(run, output), IClassFixture<JumboStreamGuestRun>
+{
+    private readonly ITestOutputHelper _output = output;
+
+    [Fact]
+    public void The_dhcp_mtu_option_sets_the_guest_link_mtu()
+    {
+        Assert.Contains("mtu 65520 ", Run.Section("addr"), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_fetch_crossed_the_link_in_frames_larger_than_1514_bytes()
+    {
+        // tshark's default summary has a Length column right after the protocol.
+        int largest = System.Text.RegularExpressions.Regex.Matches(Run.Tshark, @" (?:TCP|HTTP) (\d+) ")
+            .Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture))
+            .DefaultIfEmpty(0).Max();
+        _output.WriteLine($"largest TCP frame in the capture: {largest} bytes");
+        Assert.InRange(largest, 1515, 65520 + 14);
+    }
+}
