@@ -71,6 +71,26 @@ public abstract class QemuGuestNetworkTests<TRun>(TRun run, ITestOutputHelper ou
     }
 
     [Fact]
+    public void Udp_to_192_168_65_2_reaches_a_server_on_the_hosts_loopback()
+    {
+        // nslookup straight to the test's DNS server via the host address: UDP NAT, not the forwarder.
+        string udp = Run.Section("udp-nat");
+        output.WriteLine(udp);
+        Assert.True(udp.EndsWith("rc=0", StringComparison.Ordinal), Explain("nslookup via UDP NAT to 192.168.65.2 failed"));
+        Assert.Matches(@"Address:?\s+10\.11\.12\.13", udp);
+    }
+
+    [Fact]
+    public void Tcp_to_a_closed_host_port_is_refused()
+    {
+        string refused = Run.Section("refused");
+        output.WriteLine(refused);
+        Assert.Contains("Connection refused", refused, StringComparison.Ordinal);
+        Assert.False(refused.EndsWith("rc=0", StringComparison.Ordinal));
+        Assert.False(refused.EndsWith("rc=143", StringComparison.Ordinal), Explain("wget to a closed port hung until timeout killed it"));
+    }
+
+    [Fact]
     public void Ping_of_the_gateway_is_answered()
     {
         string ping = Run.Section("ping");
