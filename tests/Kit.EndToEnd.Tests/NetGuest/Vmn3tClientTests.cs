@@ -148,6 +148,32 @@ public sealed partial class Vmn3tClientTests(ITestOutputHelper output) : IDispos
         }
     }
 
+    [Fact]
+    public async Task Runt_and_garbage_frames_are_dropped_and_the_link_keeps_working()
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        using KitNetServe kit = await KitNetServe.StartAsync(["--vmnet", "unix:" + SocketPath], _dns, pcap: null, cancel);
+        (_, byte[] vif, Socket s) = await HandshakeAsync(Uuid, cancel);
+        using (s)
+        {
+            byte[] mac = vif[5..11];
+            // A zero-length frame, a 5-byte runt, a header-only frame, and an IPv4 frame with a truncated header.
+            await SendFrameAsync(s, [], cancel);
+            await SendFrameAsync(s, [1, 2, 3, 4, 5], cancel);
+            await SendFrameAsync(s, [.. new byte[6], .. mac, 0x08, 0x00], cancel);
+            await SendFrameAsync(s, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, .. mac, 0x08, 0x00, 0x4f, 0x00, 0xff], cancel);
+            var random = new Random(3);
+            byte[] junk = new byte[1200];
+            random.NextBytes(junk);
+            await SendFrameAsync(s, junk, cancel);
+
+            await SendFrameAsync(s, ArpRequest(mac, s_firstGuest, s_gateway), cancel);
+            EthernetPacket reply = await ReceiveAsync(s, f => f.Extract<ArpPacket>() is { Operation: ArpOperation.Response }, cancel);
+            Assert.Equal(s_gateway, reply.Extract<ArpPacket>().SenderProtocolAddress);
+        }
+        Assert.False(kit.HasExited, kit.Output);
+    }
+
     private async Task<Socket> ConnectAsync(CancellationToken cancel)
     {
         var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
