@@ -29,6 +29,18 @@ public abstract class GuestRun : IAsyncLifetime
 
     internal TinyHttpServer Http => _http;
 
+    /// <summary>A loopback port nothing listens on (bound once to pick it, then closed).</summary>
+    internal int ClosedPort { get; } = PickClosedPort();
+
+    private static int PickClosedPort()
+    {
+        var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
     internal string Section(string name) => GuestNetScript.Section(Output, name);
 
     /// <summary>Timing line for the test log.</summary>
@@ -46,7 +58,7 @@ public abstract class GuestRun : IAsyncLifetime
         try
         {
             var options = new QemuGuestOptions { Timeout = TimeSpan.FromSeconds(240) }.AddNetwork(network);
-            Guest = await QemuGuest.RunAsync(GuestNetScript.Full(_http.Port), options, cancel);
+            Guest = await QemuGuest.RunAsync(GuestNetScript.Full(_http.Port, _dns.EndPoint.Port, ClosedPort), options, cancel);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
@@ -100,5 +112,18 @@ public sealed class DgramGuestRun : GuestRun
         string kitPath = Path.Combine(dir, "kit.dgram");
         string qemuPath = Path.Combine(dir, "qemu.dgram");
         return (["--dgram", "unix:" + kitPath], QemuNetwork.Dgram(qemuPath, kitPath, "52:54:00:6b:00:02"));
+    }
+}
+
+/// <summary>
+/// The guest on <c>-netdev stream</c> with `kit net serve --mtu 65520`: the DHCP MTU option sets the guest's link,
+/// so the fetch crosses the gateway in 64 KiB frames.
+/// </summary>
+public sealed class JumboStreamGuestRun : GuestRun
+{
+    private protected override (string[], QemuNetwork) Link(string dir)
+    {
+        string sock = Path.Combine(dir, "qemu.sock");
+        return (["--qemu", "unix:" + sock, "--mtu", "65520"], QemuNetwork.Stream(sock, "52:54:00:6b:00:03"));
     }
 }

@@ -56,12 +56,13 @@ internal sealed class KitNetServe : IDisposable
 /// </summary>
 internal static class GuestNetScript
 {
-    public static string Full(int httpPort) => $"""
+    public static string Full(int httpPort, int dnsPort, int closedPort) => $"""
         ip link set eth0 up
         echo "== dhcp =="
         udhcpc -i eth0 -n -q -t 5 -T 3 2>&1; echo "rc=$?"
         echo "== addr =="
         ip -4 -o addr show dev eth0
+        ip -o link show dev eth0
         echo "== route =="
         ip route
         echo "== resolv =="
@@ -74,6 +75,10 @@ internal static class GuestNetScript
         nslookup host.docker.internal 2>&1; echo "rc=$?"
         echo "== http =="
         {Fetch(httpPort)}
+        echo "== udp-nat =="
+        nslookup -port={dnsPort} {TinyDnsServer.Name} 192.168.65.2 2>&1; echo "rc=$?"
+        echo "== refused =="
+        timeout 30 wget -q -O /tmp/none http://192.168.65.2:{closedPort}/ 2>&1; echo "rc=$?"
         echo "== ping =="
         ping -c 2 -W 5 192.168.65.1 2>&1; echo "rc=$?"
         echo "== end =="

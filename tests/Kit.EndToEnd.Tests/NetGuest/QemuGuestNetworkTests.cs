@@ -71,6 +71,26 @@ public abstract class QemuGuestNetworkTests<TRun>(TRun run, ITestOutputHelper ou
     }
 
     [Fact]
+    public void Udp_to_192_168_65_2_reaches_a_server_on_the_hosts_loopback()
+    {
+        // nslookup straight to the test's DNS server via the host address: UDP NAT, not the forwarder.
+        string udp = Run.Section("udp-nat");
+        output.WriteLine(udp);
+        Assert.True(udp.EndsWith("rc=0", StringComparison.Ordinal), Explain("nslookup via UDP NAT to 192.168.65.2 failed"));
+        Assert.Matches(@"Address:?\s+10\.11\.12\.13", udp);
+    }
+
+    [Fact]
+    public void Tcp_to_a_closed_host_port_is_refused()
+    {
+        string refused = Run.Section("refused");
+        output.WriteLine(refused);
+        Assert.Contains("Connection refused", refused, StringComparison.Ordinal);
+        Assert.False(refused.EndsWith("rc=0", StringComparison.Ordinal));
+        Assert.False(refused.EndsWith("rc=143", StringComparison.Ordinal), Explain("wget to a closed port hung until timeout killed it"));
+    }
+
+    [Fact]
     public void Ping_of_the_gateway_is_answered()
     {
         string ping = Run.Section("ping");
@@ -109,3 +129,28 @@ public sealed class QemuStreamGuestTests(StreamGuestRun run, ITestOutputHelper o
 [Trait("Tier", "Real")]
 public sealed class QemuDgramGuestTests(DgramGuestRun run, ITestOutputHelper output)
     : QemuGuestNetworkTests<DgramGuestRun>(run, output), IClassFixture<DgramGuestRun>;
+
+/// <summary>The guest on QEMU <c>-netdev stream</c> to `kit net serve --qemu --mtu 65520`.</summary>
+[Trait("Tier", "Real")]
+public sealed class QemuStreamJumboGuestTests(JumboStreamGuestRun run, ITestOutputHelper output)
+    : QemuGuestNetworkTests<JumboStreamGuestRun>(run, output), IClassFixture<JumboStreamGuestRun>
+{
+    private readonly ITestOutputHelper _output = output;
+
+    [Fact]
+    public void The_dhcp_mtu_option_sets_the_guest_link_mtu()
+    {
+        Assert.Contains("mtu 65520 ", Run.Section("addr"), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_fetch_crossed_the_link_in_frames_larger_than_1514_bytes()
+    {
+        // tshark's default summary has a Length column right after the protocol.
+        int largest = System.Text.RegularExpressions.Regex.Matches(Run.Tshark, @" (?:TCP|HTTP) (\d+) ")
+            .Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture))
+            .DefaultIfEmpty(0).Max();
+        _output.WriteLine($"largest TCP frame in the capture: {largest} bytes");
+        Assert.InRange(largest, 1515, 65520 + 14);
+    }
+}

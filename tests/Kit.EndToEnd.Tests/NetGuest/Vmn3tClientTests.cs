@@ -14,7 +14,7 @@ namespace Kit.EndToEnd.Tests.NetGuest;
 /// the replies are checked with PacketDotNet (an independent parser, checksums included).
 /// </summary>
 [Trait("Tier", "Real")]
-public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
+public sealed partial class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
 {
     private const string Uuid = "d4a1f3c2-5b6e-4f70-8a9b-0c1d2e3f4a5b";
     private static readonly IPAddress s_gateway = IPAddress.Parse("192.168.65.1");
@@ -85,28 +85,15 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
             byte[] mac = vif[5..11];
             const uint xid = 0x4b17a5e1;
 
-            await SendFrameAsync(s, DhcpDiscover(mac, xid), cancel);
-            EthernetPacket offerEth = await ReceiveAsync(s, f => f.Extract<UdpPacket>() is { SourcePort: 67, DestinationPort: 68 } u
-                && Payload(u) is { Length: >= 240 } p && BinaryPrimitives.ReadUInt32BigEndian(p.AsSpan(4)) == xid, cancel);
-            UdpPacket offerUdp = offerEth.Extract<UdpPacket>();
-            var offerIp = (IPv4Packet)offerUdp.ParentPacket;
-            Assert.True(offerIp.ValidIPChecksum, "bad IPv4 header checksum on the offer");
-            Assert.True(offerUdp.Checksum == 0 || offerUdp.ValidUdpChecksum, "bad UDP checksum on the offer");
-            Assert.Equal(s_gateway, offerIp.SourceAddress);
-            Assert.True(offerEth.DestinationHardwareAddress.ToString() is "FFFFFFFFFFFF" || offerEth.DestinationHardwareAddress.GetAddressBytes().SequenceEqual(mac));
-
-            byte[] bootp = Payload(offerUdp);
-            Assert.Equal(2, bootp[0]); // BOOTREPLY
-            Assert.Equal(mac, bootp[28..34]); // chaddr
+            (byte[] bootp, Dictionary<byte, byte[]> options) = await DiscoverAsync(s, mac, xid, cancel);
             Assert.Equal(s_firstGuest, new IPAddress(bootp[16..20])); // yiaddr
-            Assert.Equal("63825363", Convert.ToHexString(bootp, 236, 4)); // RFC 2131 §3 magic cookie
-            Dictionary<byte, byte[]> options = DhcpOptions(bootp.AsSpan(240));
             output.WriteLine("offer options: " + string.Join(", ", options.Select(o => $"{o.Key}={Convert.ToHexString(o.Value)}")));
             Assert.Equal([2], options[53]); // DHCPOFFER (RFC 2132 §9.6)
             Assert.Equal(s_gateway, new IPAddress(options[54])); // server identifier
             Assert.Equal(IPAddress.Parse("255.255.255.0"), new IPAddress(options[1]));
             Assert.Equal(s_gateway, new IPAddress(options[3][..4])); // router
             Assert.Equal(s_gateway, new IPAddress(options[6][..4])); // DNS
+            Assert.Equal("05DC", Convert.ToHexString(options[26])); // interface MTU 1500
 
             // ARP who-has 192.168.65.1 tell 192.168.65.3 (RFC 826).
             await SendFrameAsync(s, ArpRequest(mac, s_firstGuest, s_gateway), cancel);
@@ -120,6 +107,69 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
             Assert.Equal(arpEth.SourceHardwareAddress, arp.SenderHardwareAddress);
             Assert.NotEqual(mac, arp.SenderHardwareAddress.GetAddressBytes());
             Assert.Equal(0, arp.SenderHardwareAddress.GetAddressBytes()[0] & 1);
+        }
+        Assert.False(kit.HasExited, kit.Output);
+    }
+
+    [Fact]
+    public async Task Leases_are_per_client_and_stable_across_reconnects()
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        using KitNetServe kit = await KitNetServe.StartAsync(["--vmnet", "unix:" + SocketPath], _dns, pcap: null, cancel);
+        const string other = "0f0e0d0c-0b0a-4908-8706-050403020100";
+        var leases = new List<string>();
+        foreach ((string uuid, uint xid) in new[] { (Uuid, 1u), (other, 2u), (Uuid, 3u) })
+        {
+            (_, byte[] vif, Socket s) = await HandshakeAsync(uuid, cancel);
+            using (s)
+            {
+                (byte[] bootp, _) = await DiscoverAsync(s, vif[5..11], xid, cancel);
+                leases.Add(new IPAddress(bootp[16..20]).ToString());
+            }
+        }
+        output.WriteLine(string.Join(", ", leases));
+        Assert.Equal("192.168.65.3", leases[0]);
+        Assert.NotEqual(leases[0], leases[1]);
+        Assert.StartsWith("192.168.65.", leases[1], StringComparison.Ordinal);
+        Assert.Equal(leases[0], leases[2]); // the reconnecting VM keeps its address
+    }
+
+    [Fact]
+    public async Task Mtu_option_reaches_the_vif_response_and_the_dhcp_offer()
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        using KitNetServe kit = await KitNetServe.StartAsync(["--vmnet", "unix:" + SocketPath, "--mtu", "9000"], _dns, pcap: null, cancel);
+        (_, byte[] vif, Socket s) = await HandshakeAsync(Uuid, cancel);
+        using (s)
+        {
+            Assert.Equal("01" + "2823" + "5A23", Convert.ToHexString(vif, 0, 5)); // MTU 9000, max packet 9050 (LE)
+            (_, Dictionary<byte, byte[]> options) = await DiscoverAsync(s, vif[5..11], 7, cancel);
+            Assert.Equal("2328", Convert.ToHexString(options[26])); // RFC 2132 §5.1 interface MTU, big-endian
+        }
+    }
+
+    [Fact]
+    public async Task Runt_and_garbage_frames_are_dropped_and_the_link_keeps_working()
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        using KitNetServe kit = await KitNetServe.StartAsync(["--vmnet", "unix:" + SocketPath], _dns, pcap: null, cancel);
+        (_, byte[] vif, Socket s) = await HandshakeAsync(Uuid, cancel);
+        using (s)
+        {
+            byte[] mac = vif[5..11];
+            // A zero-length frame, a 5-byte runt, a header-only frame, and an IPv4 frame with a truncated header.
+            await SendFrameAsync(s, [], cancel);
+            await SendFrameAsync(s, [1, 2, 3, 4, 5], cancel);
+            await SendFrameAsync(s, [.. new byte[6], .. mac, 0x08, 0x00], cancel);
+            await SendFrameAsync(s, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, .. mac, 0x08, 0x00, 0x4f, 0x00, 0xff], cancel);
+            var random = new Random(3);
+            byte[] junk = new byte[1200];
+            random.NextBytes(junk);
+            await SendFrameAsync(s, junk, cancel);
+
+            await SendFrameAsync(s, ArpRequest(mac, s_firstGuest, s_gateway), cancel);
+            EthernetPacket reply = await ReceiveAsync(s, f => f.Extract<ArpPacket>() is { Operation: ArpOperation.Response }, cancel);
+            Assert.Equal(s_gateway, reply.Extract<ArpPacket>().SenderProtocolAddress);
         }
         Assert.False(kit.HasExited, kit.Output);
     }
@@ -141,8 +191,11 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
         return b;
     }
 
-    /// <summary>Init both ways, then command 1 (Ethernet) with the UUID (41 bytes) and the 258-byte response.</summary>
-    private async Task<(byte[] ServerInit, byte[] Vif, Socket Socket)> HandshakeAsync(string uuid, CancellationToken cancel)
+    /// <summary>
+    /// Init both ways, then the 41-byte command and the 258-byte response: command 1 (Ethernet) with the UUID, or
+    /// command 8 (Preferred_ipv4) whose address hyperkit writes as the uint32 LE of its numeric value (bytes reversed).
+    /// </summary>
+    private async Task<(byte[] ServerInit, byte[] Vif, Socket Socket)> HandshakeAsync(string uuid, CancellationToken cancel, IPAddress? preferred = null)
     {
         Socket s = await ConnectAsync(cancel);
         try
@@ -151,8 +204,12 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
             byte[] init = new byte[49];
             await ReadExactlyAsync(s, init, cancel);
             byte[] command = new byte[41];
-            command[0] = 1;
+            command[0] = preferred is null ? (byte)1 : (byte)8;
             Encoding.ASCII.GetBytes(uuid).CopyTo(command, 1);
+            if (preferred is not null)
+            {
+                BinaryPrimitives.WriteUInt32LittleEndian(command.AsSpan(37), BinaryPrimitives.ReadUInt32BigEndian(preferred.GetAddressBytes()));
+            }
             await s.SendAsync(command, cancel);
             byte[] vif = new byte[258];
             await ReadExactlyAsync(s, vif, cancel);
@@ -188,6 +245,30 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
         await s.SendAsync(wire, cancel);
     }
 
+    /// <summary>
+    /// Sends a DHCPDISCOVER and returns the matching offer's BOOTP payload and options, after checking what every
+    /// offer must satisfy: valid IPv4 and UDP checksums, from the gateway, BOOTREPLY to our chaddr, magic cookie.
+    /// </summary>
+    private static async Task<(byte[] Bootp, Dictionary<byte, byte[]> Options)> DiscoverAsync(Socket s, byte[] mac, uint xid, CancellationToken cancel)
+    {
+        await SendFrameAsync(s, DhcpDiscover(mac, xid), cancel);
+        EthernetPacket offerEth = await ReceiveAsync(s, f => f.Extract<UdpPacket>() is { SourcePort: 67, DestinationPort: 68 } u
+            && Payload(u) is { Length: >= 240 } p && BinaryPrimitives.ReadUInt32BigEndian(p.AsSpan(4)) == xid, cancel);
+        UdpPacket offerUdp = offerEth.Extract<UdpPacket>();
+        var offerIp = (IPv4Packet)offerUdp.ParentPacket;
+        Assert.True(offerIp.ValidIPChecksum, "bad IPv4 header checksum on the offer");
+        Assert.True(offerUdp.Checksum == 0 || offerUdp.ValidUdpChecksum, "bad UDP checksum on the offer");
+        Assert.Equal(s_gateway, offerIp.SourceAddress);
+        Assert.True(offerEth.DestinationHardwareAddress.ToString() is "FFFFFFFFFFFF" || offerEth.DestinationHardwareAddress.GetAddressBytes().SequenceEqual(mac));
+        byte[] bootp = Payload(offerUdp);
+        Assert.Equal(2, bootp[0]); // BOOTREPLY
+        Assert.Equal(mac, bootp[28..34]); // chaddr
+        Assert.Equal("63825363", Convert.ToHexString(bootp, 236, 4)); // RFC 2131 §3 magic cookie
+        Dictionary<byte, byte[]> options = DhcpOptions(bootp.AsSpan(240));
+        Assert.Equal([2], options[53]); // DHCPOFFER (RFC 2132 §9.6)
+        return (bootp, options);
+    }
+
     /// <summary>Reads 2-byte LE framed frames until one matches (at most 50 frames, 15 s each).</summary>
     private static async Task<EthernetPacket> ReceiveAsync(Socket s, Func<EthernetPacket, bool> match, CancellationToken cancel)
     {
@@ -197,7 +278,7 @@ public sealed class Vmn3tClientTests(ITestOutputHelper output) : IDisposable
             byte[] length = new byte[2];
             await ReadExactlyAsync(s, length, cancel);
             int size = BinaryPrimitives.ReadUInt16LittleEndian(length);
-            Assert.InRange(size, 14, 1500 + 14); // vpnkit never sends more than MTU + 14
+            Assert.InRange(size, 14, 65535); // the 2-byte length bounds it
             byte[] frame = new byte[size];
             await ReadExactlyAsync(s, frame, cancel);
             var eth = (EthernetPacket)Packet.ParsePacket(LinkLayers.Ethernet, frame);
