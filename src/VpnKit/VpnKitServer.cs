@@ -6,6 +6,7 @@ using Kit.VpnKit.Links;
 using Kit.VpnKit.Nat;
 using Kit.VpnKit.Services;
 using Kit.VpnKit.Stack;
+using Kit.VpnKit.Wire;
 using Microsoft.Extensions.Logging;
 
 namespace Kit.VpnKit;
@@ -190,7 +191,23 @@ public sealed partial class VpnKitServer : IDisposable
     public void ListenQemu(string path) => ListenUnixStream(path, s => new StreamLink(s, $"qemu:{path}", _gw.Mtu, qemuFraming: true));
 
     /// <summary>Accepts hyperkit virtio-vpnkit connections (VMN3T handshake, 2-byte little-endian framing).</summary>
-    public void ListenVmnet(string path) => ListenUnixStream(path, s => Vmn3t.Accept(s, $"vmnet:{path}", _gw.Mtu));
+    public void ListenVmnet(string path) => ListenUnixStream(path, s => Vmn3t.Accept(s, $"vmnet:{path}", _gw.Mtu, ClaimAddress));
+
+    /// <summary>A VMN3T Preferred_ipv4: reserve the lease in the engine, under the lock every engine call takes.</summary>
+    private string? ClaimAddress(ReadOnlySpan<byte> mac, uint address)
+    {
+        LeaseReservation result;
+        lock (_gate.Sync)
+        {
+            result = _gate.Engine.ReserveLease(MacAddress.Read(mac), address);
+        }
+        string? refusal = Vmn3t.RefusalReason(result, address);
+        if (refusal is not null)
+        {
+            LogAddressRefused(_log, refusal);
+        }
+        return refusal;
+    }
 
     /// <summary>Serves QEMU <c>-netdev dgram</c>: one frame per datagram on a Unix datagram socket.</summary>
     public void ListenDgram(string path)
@@ -370,6 +387,9 @@ public sealed partial class VpnKitServer : IDisposable
 
     [LoggerMessage(Level = LogLevel.Information, Message = "link {Name} up")]
     private static partial void LogLinkUp(ILogger log, string name);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "vmnet client refused: {Reason}")]
+    private static partial void LogAddressRefused(ILogger log, string reason);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "link {Name} down")]
     private static partial void LogLinkDown(ILogger log, string name);

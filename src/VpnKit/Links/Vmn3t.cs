@@ -2,9 +2,16 @@ using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
+using Kit.VpnKit.Stack;
 using Kit.VpnKit.Wire;
 
 namespace Kit.VpnKit.Links;
+
+/// <summary>
+/// Claims <paramref name="address"/> (host order) for the client <paramref name="mac"/>; returns null when granted,
+/// else the reason sent to the client in a Disconnect response.
+/// </summary>
+public delegate string? Vmn3tAddressClaim(ReadOnlySpan<byte> mac, uint address);
 
 /// <summary>
 /// The server side of hyperkit's virtio-vpnkit handshake (vpnkit src/hostnet/vmnet.ml; exact bytes in
@@ -62,8 +69,24 @@ public static class Vmn3t
         return mac;
     }
 
-    /// <summary>Runs the handshake on an accepted socket; returns the link, or null (socket closed) on a bad peer.</summary>
-    public static StreamLink? Accept(Socket socket, string name, int mtu)
+    /// <summary>
+    /// vpnkit's Disconnect reasons for a refused Preferred_ipv4 (src/hostnet/vmnet.ml via slirp.ml's
+    /// connect_client_by_uuid_ip); null when the address was reserved.
+    /// </summary>
+    internal static string? RefusalReason(LeaseReservation result, uint address) => result switch
+    {
+        LeaseReservation.Reserved => null,
+        LeaseReservation.OutOfRange => "Preferred IP address out of range.",
+        LeaseReservation.InUse => $"Preferred IP address {Ip4.Format(address)} already used.",
+        _ => "UUID already assigned to a different IP than the IP requested by the client",
+    };
+
+    /// <summary>
+    /// Runs the handshake on an accepted socket; returns the link, or null (socket closed) on a bad peer or a refused
+    /// preferred address. <paramref name="claim"/> is asked for the address of a command 8 (Preferred_ipv4) before
+    /// the VIF response goes out, so the guest's first DHCP request already finds its lease.
+    /// </summary>
+    public static StreamLink? Accept(Socket socket, string name, int mtu, Vmn3tAddressClaim claim)
     {
         try
         {
@@ -94,6 +117,17 @@ public static class Vmn3t
             }
             ReadOnlySpan<byte> uuid = cmd.AsSpan(1, 36);
             byte[] mac = uuid.IndexOfAnyExcept((byte)0) < 0 ? MacFor(Guid.NewGuid().ToByteArray()) : MacFor(uuid);
+            if (cmd[0] == 8)
+            {
+                // The address is the uint32 LE of its numeric value: the dotted quad reversed on the wire.
+                uint preferred = BinaryPrimitives.ReadUInt32LittleEndian(cmd.AsSpan(37));
+                if (claim(mac, preferred) is string reason)
+                {
+                    socket.Send(Disconnect(reason));
+                    socket.Dispose();
+                    return null;
+                }
+            }
             socket.Send(VifResponse(mtu, mac));
             return new StreamLink(socket, $"{name} ({new MacAddress(((ulong)mac[0] << 40) | ((ulong)mac[1] << 32) | ((ulong)mac[2] << 24) | ((ulong)mac[3] << 16) | ((ulong)mac[4] << 8) | mac[5])})", mtu, qemuFraming: false);
         }

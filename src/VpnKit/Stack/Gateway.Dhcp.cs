@@ -3,6 +3,19 @@ using Kit.VpnKit.Wire;
 
 namespace Kit.VpnKit.Stack;
 
+/// <summary>What <see cref="Gateway.ReserveLease"/> did with a requested address.</summary>
+internal enum LeaseReservation
+{
+    /// <summary>The MAC now holds the address (or already did).</summary>
+    Reserved,
+    /// <summary>The address is outside the guest pool.</summary>
+    OutOfRange,
+    /// <summary>Another MAC holds the address.</summary>
+    InUse,
+    /// <summary>This MAC already holds a different address (a reconnecting VM asking for a new one).</summary>
+    MacHasOtherAddress,
+}
+
 /// <summary>
 /// The DHCP server (RFC 2131): one lease per client MAC, stable for the life of the gateway, so a guest that
 /// reconnects gets the same address. Leases are effectively infinite, as in vpnkit, so renewals never glitch.
@@ -40,6 +53,31 @@ internal sealed partial class Gateway
             }
         }
         return 0;
+    }
+
+    /// <summary>
+    /// Pins this MAC's lease to <paramref name="ip"/> before the guest asks (VMN3T Preferred_ipv4, reference/vpnkit.md
+    /// §2.2.1), with vpnkit's rules: a MAC that already has an address keeps it and may only ask for that one; a new
+    /// one may take any free address in the guest pool. Nothing changes unless the result is
+    /// <see cref="LeaseReservation.Reserved"/>.
+    /// </summary>
+    public LeaseReservation ReserveLease(MacAddress mac, uint ip)
+    {
+        if (_leases.TryGetValue(mac, out uint current))
+        {
+            return current == ip ? LeaseReservation.Reserved : LeaseReservation.MacHasOtherAddress;
+        }
+        if (ip < _o.FirstGuestIp || ip > _o.LastGuestIp || !_o.InSubnet(ip))
+        {
+            return LeaseReservation.OutOfRange;
+        }
+        if (_leasedIps.ContainsKey(ip))
+        {
+            return LeaseReservation.InUse;
+        }
+        _leases[mac] = ip;
+        _leasedIps[ip] = mac;
+        return LeaseReservation.Reserved;
     }
 
     private void HandleDhcp(MacAddress srcMac, ReadOnlySpan<byte> payload)
@@ -100,7 +138,9 @@ internal sealed partial class Gateway
             {
                 w.Option(DhcpOption.DomainName, Encoding.ASCII.GetBytes(_o.DomainName));
             }
-            byte[] search = _searchOption ??= EncodeSearchList(_o.SearchDomains);
+            // Option 119 carries the explicit search list, or else the option-15 domain, so that clients that only
+            // read the search list (systemd-networkd, dhclient's "search") still qualify short names the same way.
+            byte[] search = _searchOption ??= EncodeSearchList(_o.SearchDomains.Count > 0 ? _o.SearchDomains : [_o.DomainName]);
             if (search.Length is > 0 and <= 255)
             {
                 w.Option(DhcpOption.DomainSearch, search);
@@ -112,18 +152,30 @@ internal sealed partial class Gateway
         SendUdpTo(MacAddress.Broadcast, _o.GatewayIp, 67, uint.MaxValue, 68, _dhcpReply.AsSpan(0, len));
     }
 
-    /// <summary>Option 119 (RFC 3397): the names in DNS wire format, uncompressed.</summary>
-    private static byte[] EncodeSearchList(IReadOnlyList<string> domains)
+    /// <summary>
+    /// Option 119 (RFC 3397 §2): each name in DNS wire format (RFC 1035 §3.1: length-prefixed labels, a zero byte),
+    /// concatenated. Compression pointers are allowed but not required, so none are used. A name that cannot be
+    /// encoded (empty, a label over 63 bytes, over 255 bytes in all, not ASCII) is left out rather than altered.
+    /// </summary>
+    internal static byte[] EncodeSearchList(IReadOnlyList<string> domains)
     {
         var bytes = new List<byte>();
         foreach (string d in domains)
         {
-            foreach (string label in d.Trim('.').Split('.', StringSplitOptions.RemoveEmptyEntries))
+            string[] labels = d.Trim('.').Split('.');
+            int nameLength = 1;
+            bool valid = labels.Length > 0;
+            foreach (string label in labels)
             {
-                if (label.Length > 63)
-                {
-                    continue;
-                }
+                valid &= label.Length is > 0 and <= 63 && Ascii.IsValid(label);
+                nameLength += 1 + label.Length;
+            }
+            if (!valid || nameLength > 255)
+            {
+                continue;
+            }
+            foreach (string label in labels)
+            {
                 bytes.Add((byte)label.Length);
                 bytes.AddRange(Encoding.ASCII.GetBytes(label));
             }

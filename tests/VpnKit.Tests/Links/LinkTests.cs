@@ -129,6 +129,57 @@ public sealed class LinkTests : IDisposable
         AssertArpReplyForGateway(ReadExactly(s, len));
     }
 
+    /// <summary>Init both ways, then command 8 with <paramref name="preferred"/> (bytes as on the wire); the 258-byte response.</summary>
+    private static (Socket Socket, byte[] Response) Vmn3tPreferred(string path, string uuid, byte[] preferred)
+    {
+        Socket s = Connect(path);
+        byte[] init = new byte[49];
+        "VMN3T"u8.CopyTo(init);
+        BinaryPrimitives.WriteUInt32LittleEndian(init.AsSpan(5), 22);
+        s.Send(init);
+        ReadExactly(s, 49);
+        byte[] cmd = new byte[41];
+        cmd[0] = 8;
+        System.Text.Encoding.ASCII.GetBytes(uuid).CopyTo(cmd, 1);
+        preferred.CopyTo(cmd, 37);
+        s.Send(cmd);
+        return (s, ReadExactly(s, 258));
+    }
+
+    [Fact]
+    public void Vmn3tPreferredIpOutOfRangeOrTakenGetsVpnkitsDisconnect()
+    {
+        string path = Path.Combine(_dir, "vmnet3.sock");
+        _server.ListenVmnet(path);
+        // 10.0.0.5 reversed: 05 00 00 0A. Disconnect: type 2, reason length, ASCII reason, zero padding; then EOF.
+        (Socket s1, byte[] r1) = Vmn3tPreferred(path, "11111111-2222-4333-8444-555555555555", [0x05, 0x00, 0x00, 0x0A]);
+        using (s1)
+        {
+            byte[] reason = "Preferred IP address out of range."u8.ToArray();
+            Assert.Equal([2, (byte)reason.Length, .. reason], r1[..(2 + reason.Length)]);
+            Assert.All(r1[(2 + reason.Length)..], b => Assert.Equal(0, b));
+            Assert.Equal(0, s1.Receive(new byte[1]));
+        }
+        // 192.168.65.20 (14 41 A8 C0) goes to the first client; a second UUID asking for it is refused.
+        (Socket s2, byte[] r2) = Vmn3tPreferred(path, "11111111-2222-4333-8444-555555555555", [0x14, 0x41, 0xA8, 0xC0]);
+        using (s2)
+        {
+            Assert.Equal(1, r2[0]);
+            (Socket s3, byte[] r3) = Vmn3tPreferred(path, "66666666-7777-4888-8999-000000000000", [0x14, 0x41, 0xA8, 0xC0]);
+            s3.Dispose();
+            Assert.Equal(2, r3[0]);
+            Assert.Equal("Preferred IP address 192.168.65.20 already used.", System.Text.Encoding.ASCII.GetString(r3, 2, r3[1]));
+            // The first client reconnecting with its own address is welcome; with another one it is not.
+            (Socket s4, byte[] r4) = Vmn3tPreferred(path, "11111111-2222-4333-8444-555555555555", [0x14, 0x41, 0xA8, 0xC0]);
+            s4.Dispose();
+            Assert.Equal(1, r4[0]);
+            Assert.Equal(r2[5..11], r4[5..11]);
+            (Socket s5, byte[] r5) = Vmn3tPreferred(path, "11111111-2222-4333-8444-555555555555", [0x15, 0x41, 0xA8, 0xC0]);
+            s5.Dispose();
+            Assert.Equal("UUID already assigned to a different IP than the IP requested by the client", System.Text.Encoding.ASCII.GetString(r5, 2, r5[1]));
+        }
+    }
+
     [Fact]
     public void Vmn3tRejectsBadMagic()
     {
