@@ -26,7 +26,7 @@ public sealed class NestedKvmTierTests(ITestOutputHelper output)
         File.Delete(xml);
 
         string dll = Path.Combine(RepoPaths.BuildOutput(project), $"{assembly}.dll");
-        string command = NestedRunner.DotnetCommand(dll, "-trait", "Tier=Kvm", "-noColor", "-noLogo", "-xml", xml);
+        string command = NestedRunner.DotnetCommand(dll, "-trait", "Tier=Kvm", "-noColor", "-noLogo", "-result-xml", xml);
         var options = new NestedOptions { ResultsDirectory = nested, Timeout = TimeSpan.FromMinutes(12) };
 
         GuestResult result = await NestedRunner.RunAsync(command, options, cancel);
