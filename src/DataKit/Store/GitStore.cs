@@ -38,8 +38,9 @@ public sealed class GitStore : IDisposable
     private readonly Repository _repo;
     private readonly Lock _gate = new();
     private readonly Dictionary<ObjectId, byte[]> _blobCache = [];
-    // Trees and commits never change once written, so their decoded forms are cached (bounded by count).
-    private readonly Dictionary<ObjectId, IReadOnlyList<GitEntry>> _treeCache = [];
+    // Trees and commits never change once written, so their decoded forms are cached: trees in an LRU bounded by
+    // the entries held (about 150 bytes each, so ~150 MB at most), commits by count.
+    private readonly TreeCache _treeCache = new(1_000_000);
     private readonly Dictionary<ObjectId, CommitInfo> _commitCache = [];
     private const int MaxCachedObjects = 50_000;
     private long _blobCacheBytes;
@@ -253,17 +254,17 @@ public sealed class GitStore : IDisposable
         }
     }
 
-    public IReadOnlyList<GitEntry> ReadTree(ObjectId treeId)
+    public GitTreeListing ReadTree(ObjectId treeId)
     {
         lock (_gate)
         {
-            if (_treeCache.TryGetValue(treeId, out IReadOnlyList<GitEntry>? cached))
+            if (_treeCache.TryGet(treeId, out GitTreeListing cached))
             {
                 return cached;
             }
             if (_repo.Lookup(treeId, ObjectType.Tree) is not Tree tree)
             {
-                return [];
+                return GitTreeListing.Empty;
             }
             var entries = new List<GitEntry>(tree.Count);
             foreach (TreeEntry e in tree)
@@ -281,12 +282,9 @@ public sealed class GitStore : IDisposable
                     entries.Add(new GitEntry(e.Name, k, e.Target.Id));
                 }
             }
-            if (_treeCache.Count >= MaxCachedObjects)
-            {
-                _treeCache.Clear();
-            }
-            _treeCache[treeId] = entries;
-            return entries;
+            var listing = new GitTreeListing([.. entries]);
+            _treeCache.Add(treeId, listing);
+            return listing;
         }
     }
 
@@ -300,15 +298,7 @@ public sealed class GitStore : IDisposable
             {
                 return null;
             }
-            GitEntry? next = null;
-            foreach (GitEntry e in ReadTree(current.Id))
-            {
-                if (e.Name == step)
-                {
-                    next = e;
-                    break;
-                }
-            }
+            GitEntry? next = ReadTree(current.Id).Find(step);
             if (next is null)
             {
                 return null;
@@ -393,7 +383,7 @@ public sealed class GitStore : IDisposable
         {
             Interlocked.Increment(ref _treesWritten);
             ObjectId id = _repo.ObjectDatabase.Write<Tree>(buffer.ToArray());
-            _treeCache.TryAdd(id, list.AsReadOnly());
+            _treeCache.Add(id, new GitTreeListing([.. list]));
             return id;
         }
     }
