@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # DataKit small-file speed only (issue 4, "Speed" (b)), kit data serve vs diod side by side, REPEATS alternating runs
 # of bench/datakit_ops.py small (p9l: read = walk+lopen+read+clunk, stat = walk+getattr+clunk, one connection).
-# Everything listens on 127.0.0.1 only. Usage: bench/datakit-small.sh [REPEATS] [FILES]
+# With TXNS=N set, also times N commits into the wide directory and N into the root (D2).
+# Everything listens on 127.0.0.1 only. Usage: [TXNS=N] bench/datakit-small.sh [REPEATS] [FILES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=${KIT:-artifacts/kit/kit}
@@ -52,4 +53,15 @@ for r in $(seq 1 "$REPEATS"); do
   dr=$(echo "$d" | awk '{print $2}'); ds=$(echo "$d" | awk '{print $4}')
   echo "| $r | $kr | $dr | $($PY -c "print('%.2f' % ($kr / $dr))") | $ks | $ds | $($PY -c "print('%.2f' % ($ks / $ds))") | $kc | $dc |"
 done
+if [ -n "${TXNS:-}" ]; then  # D2: commits that add one file to the $SMALLN-entry directory and to the root
+  echo "# transactions adding one file (p9l: mkdir transactions/T, create rw/DIR/F, write commit to ctl), $TXNS each"
+  echo "| run | into | transactions/s | commit step median | p90 |"
+  echo "|---|---|---|---|---|"
+  for r in $(seq 1 "$REPEATS"); do
+    for sub in small ""; do
+      t=$($PY $OPS txn 127.0.0.1:$KPORT master "$TXNS" "$sub")
+      echo "| $r | /${sub:+$sub/}F | $(echo "$t" | awk '{print $2}') | $(echo "$t" | awk '{print $4}') ms | $(echo "$t" | awk '{print $6}') ms |"
+    done
+  done
+fi
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
