@@ -368,17 +368,33 @@ public sealed class GitStore : IDisposable
         {
             return EmptyTree;
         }
-        list.Sort(static (a, b) => CompareTreeNames(a, b));
-        using var buffer = new MemoryStream();
-        foreach (GitEntry e in list)
+        // Sort keys are computed once per entry (UTF-8 name, "/" appended for directories), not once per comparison.
+        var keys = new byte[list.Count][];
+        var order = new GitEntry[list.Count];
+        int size = 0;
+        for (int i = 0; i < list.Count; i++)
         {
-            string mode = e.Kind switch { EntryKind.Dir => "40000", EntryKind.Exec => "100755", EntryKind.Link => "120000", _ => "100644" };
-            buffer.Write(Encoding.ASCII.GetBytes(mode));
-            buffer.WriteByte((byte)' ');
+            GitEntry e = list[i];
+            byte[] key = new byte[Encoding.UTF8.GetByteCount(e.Name) + (e.Kind == EntryKind.Dir ? 1 : 0)];
+            int n = Encoding.UTF8.GetBytes(e.Name, key);
+            if (e.Kind == EntryKind.Dir)
+            {
+                key[n] = (byte)'/';
+            }
+            keys[i] = key;
+            order[i] = e;
+            size += 6 + 1 + n + 1 + 20;
+        }
+        Array.Sort(keys, order, TreeKeyComparer.Instance);
+        using var buffer = new MemoryStream(size);
+        foreach (GitEntry e in order)
+        {
+            buffer.Write(e.Kind switch { EntryKind.Dir => "40000 "u8, EntryKind.Exec => "100755 "u8, EntryKind.Link => "120000 "u8, _ => "100644 "u8 });
             buffer.Write(Encoding.UTF8.GetBytes(e.Name));
             buffer.WriteByte(0);
             buffer.Write(e.Id.RawId);
         }
+        list = [.. order];
         lock (_gate)
         {
             Interlocked.Increment(ref _treesWritten);
@@ -388,11 +404,12 @@ public sealed class GitStore : IDisposable
         }
     }
 
-    private static int CompareTreeNames(GitEntry a, GitEntry b)
+    /// <summary>Git's tree order: bytewise on the UTF-8 name, directories compared as if followed by "/".</summary>
+    private sealed class TreeKeyComparer : IComparer<byte[]>
     {
-        byte[] x = Encoding.UTF8.GetBytes(a.Kind == EntryKind.Dir ? a.Name + "/" : a.Name);
-        byte[] y = Encoding.UTF8.GetBytes(b.Kind == EntryKind.Dir ? b.Name + "/" : b.Name);
-        return x.AsSpan().SequenceCompareTo(y);
+        public static readonly TreeKeyComparer Instance = new();
+
+        public int Compare(byte[]? x, byte[]? y) => x.AsSpan().SequenceCompareTo(y);
     }
 
     public ObjectId WriteCommit(ObjectId tree, IReadOnlyList<ObjectId> parents, string message)
