@@ -2,6 +2,8 @@
 # DataKit small-file speed only (issue 4, "Speed" (b)), kit data serve vs diod side by side, REPEATS alternating runs
 # of bench/datakit_ops.py small (p9l: read = walk+lopen+read+clunk, stat = walk+getattr+clunk, one connection).
 # With TXNS=N set, also times N commits into the wide directory and N into the root (D2).
+# With KIT_BASE=path/to/older/kit set, that build serves a copy of the same store and is measured in the same loop
+# (before/after comparisons on a machine whose load changes by the minute).
 # Everything listens on 127.0.0.1 only. Usage: [TXNS=N] bench/datakit-small.sh [REPEATS] [FILES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,10 @@ cp -r "$W/export/small" "$W/store/"
 git -C "$W/store" add -A && git -C "$W/store" commit -q -m "bench data"
 rm -rf "$W/store/small"
 "$KIT" data serve --git "$W/store" --listen-9p "tcp://127.0.0.1:$KPORT" >"$W/kit.log" 2>&1 & KITP=$!; PIDS+=($KITP)
+if [ -n "${KIT_BASE:-}" ]; then
+  cp -r "$W/store" "$W/store-base"
+  "$KIT_BASE" data serve --git "$W/store-base" --listen-9p "tcp://127.0.0.1:$((KPORT + 2))" >"$W/kit-base.log" 2>&1 & BASEP=$!; PIDS+=($BASEP)
+fi
 diod -f -n -l "127.0.0.1:$DPORT" -e "$W/export" >"$W/diod.log" 2>&1 & DIODP=$!; PIDS+=($DIODP)
 # server CPU time (user+system, clock ticks) from /proc: less sensitive to the load than wall-clock rates
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -40,7 +46,8 @@ cpu_us_per_op() { # pid ticks-before ops -> microseconds of server CPU per opera
   $PY -c "import os,sys; print('%.0f' % ((int(sys.argv[2]) - int(sys.argv[1])) / os.sysconf('SC_CLK_TCK') * 1e6 / int(sys.argv[3])))" "$2" "$(ticks "$1")" "$3"
 }
 for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/$KPORT) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$DPORT) 2>/dev/null && break; sleep 0.1
+  (exec 3<>/dev/tcp/127.0.0.1/$KPORT) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/$DPORT) 2>/dev/null \
+    && { [ -z "${KIT_BASE:-}" ] || (exec 3<>/dev/tcp/127.0.0.1/$((KPORT + 2))) 2>/dev/null; } && break; sleep 0.1
 done
 echo "# $SMALLN files of 68 bytes in one directory; ops/s per run (kit and diod alternate)"
 echo "# server CPU: microseconds of server user+system CPU per operation over the run's reads and stats together"
@@ -52,6 +59,11 @@ for r in $(seq 1 "$REPEATS"); do
   kr=$(echo "$k" | awk '{print $2}'); ks=$(echo "$k" | awk '{print $4}')
   dr=$(echo "$d" | awk '{print $2}'); ds=$(echo "$d" | awk '{print $4}')
   echo "| $r | $kr | $dr | $($PY -c "print('%.2f' % ($kr / $dr))") | $ks | $ds | $($PY -c "print('%.2f' % ($ks / $ds))") | $kc | $dc |"
+  if [ -n "${KIT_BASE:-}" ]; then
+    t0=$(ticks $BASEP); b=$($PY $OPS small 127.0.0.1:$((KPORT + 2)) "" branch/master/ro/small "$SMALLN"); bc=$(cpu_us_per_op $BASEP "$t0" $((2 * SMALLN)))
+    br=$(echo "$b" | awk '{print $2}'); bs=$(echo "$b" | awk '{print $4}')
+    echo "| $r (KIT_BASE) | $br | $dr | $($PY -c "print('%.2f' % ($br / $dr))") | $bs | $ds | $($PY -c "print('%.2f' % ($bs / $ds))") | $bc | $dc |"
+  fi
 done
 if [ -n "${TXNS:-}" ]; then  # D2: commits that add one file to the $SMALLN-entry directory and to the root
   echo "# transactions adding one file (p9l: mkdir transactions/T, create rw/DIR/F, write commit to ctl), $TXNS each"
@@ -61,6 +73,10 @@ if [ -n "${TXNS:-}" ]; then  # D2: commits that add one file to the $SMALLN-entr
     for sub in small ""; do
       t=$($PY $OPS txn 127.0.0.1:$KPORT master "$TXNS" "$sub")
       echo "| $r | /${sub:+$sub/}F | $(echo "$t" | awk '{print $2}') | $(echo "$t" | awk '{print $4}') ms | $(echo "$t" | awk '{print $6}') ms |"
+      if [ -n "${KIT_BASE:-}" ]; then
+        t=$($PY $OPS txn 127.0.0.1:$((KPORT + 2)) master "$TXNS" "$sub")
+        echo "| $r (KIT_BASE) | /${sub:+$sub/}F | $(echo "$t" | awk '{print $2}') | $(echo "$t" | awk '{print $4}') ms | $(echo "$t" | awk '{print $6}') ms |"
+      fi
     done
   done
 fi
