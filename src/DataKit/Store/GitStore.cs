@@ -43,12 +43,17 @@ public sealed class GitStore : IDisposable
     private readonly TreeCache _treeCache = new(1_000_000);
     private readonly Dictionary<ObjectId, CommitInfo> _commitCache = [];
     private const int MaxCachedObjects = 50_000;
+    // Branch heads by name, with the (mtime ticks, size) of the loose ref file they were read from (see GetHead).
+    private readonly Dictionary<string, (long, long, ObjectId)> _headCache = new(StringComparer.Ordinal);
+    private const int MaxCachedHeads = 10_000;
+    private readonly string _gitDir;
     private long _blobCacheBytes;
 
     private GitStore(Repository repo, string path)
     {
         _repo = repo;
         Path = path;
+        _gitDir = repo.Info.Path;
         Changes = new ChangeSignal();
     }
 
@@ -140,11 +145,31 @@ public sealed class GitStore : IDisposable
         {
             return null;
         }
+        // The branch's loose ref file is stat'ed first: while its modification time and size are what they were when
+        // we last read it, the head is the one we read then. Every ref update (ours through libgit2, or an outside
+        // git's) writes a new file and renames it into place, so this stays live for outside writers while skipping
+        // libgit2's open/read/parse of the ref (and its packed-refs check) on every lookup under branch/B/ro.
+        // A branch with no loose file (only in packed-refs) is read through libgit2 each time.
+        var file = new FileInfo(System.IO.Path.Combine(_gitDir, "refs", "heads", branch));
+        (long, long)? stamp = file.Exists ? (file.LastWriteTimeUtc.Ticks, file.Length) : null;
         lock (_gate)
         {
+            if (stamp is not null && _headCache.TryGetValue(branch, out (long, long, ObjectId) hit) && (hit.Item1, hit.Item2) == stamp)
+            {
+                return hit.Item3;
+            }
             Reference? r = _repo.Refs[$"refs/heads/{branch}"];
             string? sha = r?.ResolveToDirectReference()?.TargetIdentifier;
-            return sha is null ? null : new ObjectId(sha);
+            ObjectId? id = sha is null ? null : new ObjectId(sha);
+            if (stamp is (long t, long n) && id is not null && r is DirectReference && _headCache.Count < MaxCachedHeads)
+            {
+                _headCache[branch] = (t, n, id);
+            }
+            else
+            {
+                _headCache.Remove(branch);
+            }
+            return id;
         }
     }
 
@@ -163,6 +188,7 @@ public sealed class GitStore : IDisposable
                 return false;
             }
             _repo.Refs.Add(name, commit, logMessage, allowOverwrite: true);
+            _headCache.Remove(branch);
         }
         Changes.Poke();
         return true;
@@ -176,6 +202,7 @@ public sealed class GitStore : IDisposable
             {
                 _repo.Refs.Remove(r);
             }
+            _headCache.Remove(branch);
         }
         Changes.Poke();
     }
@@ -189,6 +216,8 @@ public sealed class GitStore : IDisposable
             {
                 _repo.Refs.Rename(r, $"refs/heads/{to}");
             }
+            _headCache.Remove(from);
+            _headCache.Remove(to);
         }
         Changes.Poke();
     }
