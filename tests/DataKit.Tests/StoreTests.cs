@@ -46,6 +46,26 @@ public sealed class StoreTests : DataKitTestBase
 
     [Fact]
     [Trait("Tier", "Real")]
+    public void HeadsMovedByAnOutsideGitAreSeenAtOnce()
+    {
+        // GetHead caches a head against its loose ref file's stamp: each outside update must still show immediately.
+        GitStore store = Server.Store;
+        ObjectId tree = store.WriteTree([new GitEntry("f", EntryKind.File, store.WriteBlob("x"u8.ToArray()))]);
+        ObjectId? previous = null;
+        for (int i = 0; i < 5; i++)
+        {
+            ObjectId commit = store.WriteCommit(tree, previous is null ? [] : [previous], $"outside {i}");
+            Git("update-ref", "refs/heads/outside", commit.Sha);
+            Assert.Equal(commit, store.GetHead("outside"));
+            Assert.Equal(commit, store.GetHead("outside")); // the cached answer
+            previous = commit;
+        }
+        Git("update-ref", "-d", "refs/heads/outside");
+        Assert.Null(store.GetHead("outside"));
+    }
+
+    [Fact]
+    [Trait("Tier", "Real")]
     public void TreesAreByteIdenticalToGitMktree()
     {
         GitStore store = Server.Store;

@@ -456,7 +456,7 @@ public sealed class DataKitSession : IFileSystemSession
                     return null;
                 }
                 EntryKind kind = n[0] switch { 'X' => EntryKind.Exec, 'L' => EntryKind.Link, _ => EntryKind.File };
-                return new GitBlobFile(_store, n, "/trees/" + n, kind, () => new GitEntry(n, kind, id!));
+                return new GitBlobFile(_store, n, "/trees/" + n, kind, () => id, [], new ResolvedPath(id!, new GitEntry(n, kind, id!))); // the memo always hits: its "root" is the blob itself
             default:
                 return null;
         }

@@ -32,60 +32,73 @@ internal sealed class GitTreeDir : IDirectory
 
     public ValueTask<NodeInfo> GetInfoAsync(CancellationToken ct) => ValueTask.FromResult(new NodeInfo(0));
 
-    private ObjectId? Tree()
+    /// <summary>This directory's tree under the current root, and that root (null when the path is gone).</summary>
+    private (ObjectId? Root, ObjectId? Tree) Tree()
     {
         ObjectId? root = _root();
         if (root is null)
         {
-            return _path.Length == 0 ? GitStore.EmptyTree : null;
+            return (null, _path.Length == 0 ? GitStore.EmptyTree : null);
         }
-        GitEntry? e = _store.Resolve(root, _path);
-        return e is { Kind: EntryKind.Dir } d ? d.Id : null;
+        return (root, ResolvedPath.Of(ref _resolved, _store, root, _path) is { Kind: EntryKind.Dir } d ? d.Id : null);
     }
 
-    internal INode Child(GitEntry e)
+    // The last root this node resolved its path under, and the result: roots change only on commits, so a walk,
+    // getattr and open of the same node resolve the path once.
+    private ResolvedPath? _resolved;
+
+    internal INode Child(GitEntry e, ObjectId? root)
     {
         string key = $"{_qidKey}/{e.Name}";
         string[] path = [.. _path, e.Name];
+        ResolvedPath? seed = root is null ? null : new ResolvedPath(root, e);
         if (e.Kind == EntryKind.Dir)
         {
-            return new GitTreeDir(_store, e.Name, key, _root, path);
+            return new GitTreeDir(_store, e.Name, key, _root, path) { _resolved = seed };
         }
-        Func<ObjectId?> root = _root;
-        GitStore store = _store;
-        return new GitBlobFile(_store, e.Name, key, e.Kind, () =>
-        {
-            ObjectId? r = root();
-            return r is null ? null : store.Resolve(r, path);
-        });
+        return new GitBlobFile(_store, e.Name, key, e.Kind, _root, path, seed);
     }
 
     public ValueTask<INode?> LookupAsync(string name, CancellationToken ct)
     {
-        ObjectId? tree = Tree();
+        (ObjectId? root, ObjectId? tree) = Tree();
         if (tree is null)
         {
             return ValueTask.FromResult<INode?>(null);
         }
-        foreach (GitEntry e in _store.ReadTree(tree))
-        {
-            if (e.Name == name)
-            {
-                return ValueTask.FromResult<INode?>(Child(e));
-            }
-        }
-        return ValueTask.FromResult<INode?>(null);
+        return ValueTask.FromResult(_store.ReadTree(tree).Find(name) is GitEntry e ? Child(e, root) : null);
     }
 
     public ValueTask<IReadOnlyList<INode>> ListAsync(CancellationToken ct)
     {
-        ObjectId? tree = Tree() ?? throw DkErrors.NotFound();
-        var nodes = new List<INode>();
-        foreach (GitEntry e in _store.ReadTree(tree))
+        (ObjectId? root, ObjectId? tree) = Tree();
+        if (tree is null)
         {
-            nodes.Add(Child(e));
+            throw DkErrors.NotFound();
+        }
+        GitTreeListing listing = _store.ReadTree(tree);
+        var nodes = new List<INode>(listing.Count);
+        foreach (GitEntry e in listing)
+        {
+            nodes.Add(Child(e, root));
         }
         return ValueTask.FromResult<IReadOnlyList<INode>>(nodes);
+    }
+}
+
+/// <summary>What a path resolved to under one root tree (null: absent). Replaced whole, so reads need no lock.</summary>
+internal sealed record ResolvedPath(ObjectId Root, GitEntry? Entry)
+{
+    public static GitEntry? Of(ref ResolvedPath? memo, GitStore store, ObjectId root, string[] path)
+    {
+        ResolvedPath? last = Volatile.Read(ref memo);
+        if (last is not null && last.Root == root)
+        {
+            return last.Entry;
+        }
+        GitEntry? e = store.Resolve(root, path);
+        Volatile.Write(ref memo, new ResolvedPath(root, e));
+        return e;
     }
 }
 
@@ -93,22 +106,28 @@ internal sealed class GitTreeDir : IDirectory
 internal sealed class GitBlobFile : IFile
 {
     private readonly GitStore _store;
-    private readonly Func<GitEntry?> _resolve;
+    private readonly Func<ObjectId?> _root;
+    private readonly string[] _path;
+    private ResolvedPath? _resolved;
 
-    public GitBlobFile(GitStore store, string name, string qidKey, EntryKind kind, Func<GitEntry?> resolve)
+    public GitBlobFile(GitStore store, string name, string qidKey, EntryKind kind, Func<ObjectId?> root, string[] path, ResolvedPath? seed)
     {
         _store = store;
         Name = name;
         Path = QidPaths.Of("blob", qidKey);
         Kind = kind == EntryKind.Link ? NodeKind.Symlink : NodeKind.File;
-        _resolve = resolve;
+        _root = root;
+        _path = path;
+        _resolved = seed;
     }
+
+    private GitEntry? Resolve() => _root() is ObjectId r ? ResolvedPath.Of(ref _resolved, _store, r, _path) : null;
 
     public string Name { get; }
     public ulong Path { get; }
     public NodeKind Kind { get; }
 
-    private GitEntry Entry() => _resolve() is { Kind: not EntryKind.Dir } e ? e : throw DkErrors.NotFound();
+    private GitEntry Entry() => Resolve() is { Kind: not EntryKind.Dir } e ? e : throw DkErrors.NotFound();
 
     public ValueTask<NodeInfo> GetInfoAsync(CancellationToken ct)
     {

@@ -38,16 +38,22 @@ public sealed class GitStore : IDisposable
     private readonly Repository _repo;
     private readonly Lock _gate = new();
     private readonly Dictionary<ObjectId, byte[]> _blobCache = [];
-    // Trees and commits never change once written, so their decoded forms are cached (bounded by count).
-    private readonly Dictionary<ObjectId, IReadOnlyList<GitEntry>> _treeCache = [];
+    // Trees and commits never change once written, so their decoded forms are cached: trees in an LRU bounded by
+    // the entries held (about 150 bytes each, so ~150 MB at most), commits by count.
+    private readonly TreeCache _treeCache = new(1_000_000);
     private readonly Dictionary<ObjectId, CommitInfo> _commitCache = [];
     private const int MaxCachedObjects = 50_000;
+    // Branch heads by name, with the (mtime ticks, size) of the loose ref file they were read from (see GetHead).
+    private readonly Dictionary<string, (long, long, ObjectId)> _headCache = new(StringComparer.Ordinal);
+    private const int MaxCachedHeads = 10_000;
+    private readonly string _gitDir;
     private long _blobCacheBytes;
 
     private GitStore(Repository repo, string path)
     {
         _repo = repo;
         Path = path;
+        _gitDir = repo.Info.Path;
         Changes = new ChangeSignal();
     }
 
@@ -139,11 +145,31 @@ public sealed class GitStore : IDisposable
         {
             return null;
         }
+        // The branch's loose ref file is stat'ed first: while its modification time and size are what they were when
+        // we last read it, the head is the one we read then. Every ref update (ours through libgit2, or an outside
+        // git's) writes a new file and renames it into place, so this stays live for outside writers while skipping
+        // libgit2's open/read/parse of the ref (and its packed-refs check) on every lookup under branch/B/ro.
+        // A branch with no loose file (only in packed-refs) is read through libgit2 each time.
+        var file = new FileInfo(System.IO.Path.Combine(_gitDir, "refs", "heads", branch));
+        (long, long)? stamp = file.Exists ? (file.LastWriteTimeUtc.Ticks, file.Length) : null;
         lock (_gate)
         {
+            if (stamp is not null && _headCache.TryGetValue(branch, out (long, long, ObjectId) hit) && (hit.Item1, hit.Item2) == stamp)
+            {
+                return hit.Item3;
+            }
             Reference? r = _repo.Refs[$"refs/heads/{branch}"];
             string? sha = r?.ResolveToDirectReference()?.TargetIdentifier;
-            return sha is null ? null : new ObjectId(sha);
+            ObjectId? id = sha is null ? null : new ObjectId(sha);
+            if (stamp is (long t, long n) && id is not null && r is DirectReference && _headCache.Count < MaxCachedHeads)
+            {
+                _headCache[branch] = (t, n, id);
+            }
+            else
+            {
+                _headCache.Remove(branch);
+            }
+            return id;
         }
     }
 
@@ -162,6 +188,7 @@ public sealed class GitStore : IDisposable
                 return false;
             }
             _repo.Refs.Add(name, commit, logMessage, allowOverwrite: true);
+            _headCache.Remove(branch);
         }
         Changes.Poke();
         return true;
@@ -175,6 +202,7 @@ public sealed class GitStore : IDisposable
             {
                 _repo.Refs.Remove(r);
             }
+            _headCache.Remove(branch);
         }
         Changes.Poke();
     }
@@ -188,6 +216,8 @@ public sealed class GitStore : IDisposable
             {
                 _repo.Refs.Rename(r, $"refs/heads/{to}");
             }
+            _headCache.Remove(from);
+            _headCache.Remove(to);
         }
         Changes.Poke();
     }
@@ -253,17 +283,17 @@ public sealed class GitStore : IDisposable
         }
     }
 
-    public IReadOnlyList<GitEntry> ReadTree(ObjectId treeId)
+    public GitTreeListing ReadTree(ObjectId treeId)
     {
         lock (_gate)
         {
-            if (_treeCache.TryGetValue(treeId, out IReadOnlyList<GitEntry>? cached))
+            if (_treeCache.TryGet(treeId, out GitTreeListing cached))
             {
                 return cached;
             }
             if (_repo.Lookup(treeId, ObjectType.Tree) is not Tree tree)
             {
-                return [];
+                return GitTreeListing.Empty;
             }
             var entries = new List<GitEntry>(tree.Count);
             foreach (TreeEntry e in tree)
@@ -281,12 +311,9 @@ public sealed class GitStore : IDisposable
                     entries.Add(new GitEntry(e.Name, k, e.Target.Id));
                 }
             }
-            if (_treeCache.Count >= MaxCachedObjects)
-            {
-                _treeCache.Clear();
-            }
-            _treeCache[treeId] = entries;
-            return entries;
+            var listing = new GitTreeListing([.. entries]);
+            _treeCache.Add(treeId, listing);
+            return listing;
         }
     }
 
@@ -300,15 +327,7 @@ public sealed class GitStore : IDisposable
             {
                 return null;
             }
-            GitEntry? next = null;
-            foreach (GitEntry e in ReadTree(current.Id))
-            {
-                if (e.Name == step)
-                {
-                    next = e;
-                    break;
-                }
-            }
+            GitEntry? next = ReadTree(current.Id).Find(step);
             if (next is null)
             {
                 return null;
@@ -378,31 +397,48 @@ public sealed class GitStore : IDisposable
         {
             return EmptyTree;
         }
-        list.Sort(static (a, b) => CompareTreeNames(a, b));
-        using var buffer = new MemoryStream();
-        foreach (GitEntry e in list)
+        // Sort keys are computed once per entry (UTF-8 name, "/" appended for directories), not once per comparison.
+        var keys = new byte[list.Count][];
+        var order = new GitEntry[list.Count];
+        int size = 0;
+        for (int i = 0; i < list.Count; i++)
         {
-            string mode = e.Kind switch { EntryKind.Dir => "40000", EntryKind.Exec => "100755", EntryKind.Link => "120000", _ => "100644" };
-            buffer.Write(Encoding.ASCII.GetBytes(mode));
-            buffer.WriteByte((byte)' ');
+            GitEntry e = list[i];
+            byte[] key = new byte[Encoding.UTF8.GetByteCount(e.Name) + (e.Kind == EntryKind.Dir ? 1 : 0)];
+            int n = Encoding.UTF8.GetBytes(e.Name, key);
+            if (e.Kind == EntryKind.Dir)
+            {
+                key[n] = (byte)'/';
+            }
+            keys[i] = key;
+            order[i] = e;
+            size += 6 + 1 + n + 1 + 20;
+        }
+        Array.Sort(keys, order, TreeKeyComparer.Instance);
+        using var buffer = new MemoryStream(size);
+        foreach (GitEntry e in order)
+        {
+            buffer.Write(e.Kind switch { EntryKind.Dir => "40000 "u8, EntryKind.Exec => "100755 "u8, EntryKind.Link => "120000 "u8, _ => "100644 "u8 });
             buffer.Write(Encoding.UTF8.GetBytes(e.Name));
             buffer.WriteByte(0);
             buffer.Write(e.Id.RawId);
         }
+        list = [.. order];
         lock (_gate)
         {
             Interlocked.Increment(ref _treesWritten);
             ObjectId id = _repo.ObjectDatabase.Write<Tree>(buffer.ToArray());
-            _treeCache.TryAdd(id, list.AsReadOnly());
+            _treeCache.Add(id, new GitTreeListing([.. list]));
             return id;
         }
     }
 
-    private static int CompareTreeNames(GitEntry a, GitEntry b)
+    /// <summary>Git's tree order: bytewise on the UTF-8 name, directories compared as if followed by "/".</summary>
+    private sealed class TreeKeyComparer : IComparer<byte[]>
     {
-        byte[] x = Encoding.UTF8.GetBytes(a.Kind == EntryKind.Dir ? a.Name + "/" : a.Name);
-        byte[] y = Encoding.UTF8.GetBytes(b.Kind == EntryKind.Dir ? b.Name + "/" : b.Name);
-        return x.AsSpan().SequenceCompareTo(y);
+        public static readonly TreeKeyComparer Instance = new();
+
+        public int Compare(byte[]? x, byte[]? y) => x.AsSpan().SequenceCompareTo(y);
     }
 
     public ObjectId WriteCommit(ObjectId tree, IReadOnlyList<ObjectId> parents, string message)

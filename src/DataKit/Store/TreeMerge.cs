@@ -135,8 +135,8 @@ public static class TreeDiff
         {
             return;
         }
-        var a = (from is null ? [] : store.ReadTree(from)).ToDictionary(e => e.Name, StringComparer.Ordinal);
-        var b = (to is null ? [] : store.ReadTree(to)).ToDictionary(e => e.Name, StringComparer.Ordinal);
+        var a = (from is null ? GitTreeListing.Empty : store.ReadTree(from)).ToDictionary(e => e.Name, StringComparer.Ordinal);
+        var b = (to is null ? GitTreeListing.Empty : store.ReadTree(to)).ToDictionary(e => e.Name, StringComparer.Ordinal);
         foreach (string name in a.Keys.Union(b.Keys))
         {
             string path = prefix.Length == 0 ? name : $"{prefix}/{name}";

@@ -37,9 +37,10 @@ public sealed class NinePConnection
         _slots = new SemaphoreSlim(options.MaxInflightPerConnection, options.MaxInflightPerConnection);
     }
 
-    private sealed class Inflight(CancellationTokenSource cts)
+    /// <summary>A request between decode and reply. <c>Cts</c> exists only for requests that may wait (see <see cref="MayWait"/>).</summary>
+    private sealed class Inflight(CancellationTokenSource? cts)
     {
-        public CancellationTokenSource Cts { get; } = cts;
+        public CancellationTokenSource? Cts { get; } = cts;
         public Task Task { get; set; } = Task.CompletedTask;
         public bool Flushed { get; set; }
     }
@@ -195,9 +196,10 @@ public sealed class NinePConnection
         {
             await _slots.WaitAsync(_closing.Token).ConfigureAwait(false);
         }
-        var inflight = new Inflight(CancellationTokenSource.CreateLinkedTokenSource(_closing.Token));
+        var inflight = new Inflight(MayWait(request.Type) ? CancellationTokenSource.CreateLinkedTokenSource(_closing.Token) : null);
         if (!_inflight.TryAdd(request.Tag, inflight))
         {
+            inflight.Cts?.Dispose();
             if (!isFlush)
             {
                 _slots.Release();
@@ -205,9 +207,21 @@ public sealed class NinePConnection
             Log.ProtocolViolation(_logger, $"tag {request.Tag} already in flight");
             return false;
         }
-        inflight.Task = Task.Run(() => HandleAsync(request, inflight, isFlush));
+        // Run the handler inline until it first awaits something incomplete: most requests (walk, getattr, clunk,
+        // a read of a stored file) finish synchronously and are answered without a thread-pool hop, in order. A
+        // request that waits (a read of a .live stream) returns its pending task here at its first real await, so
+        // the loop goes on reading and a later Tflush can cancel it. Handlers must therefore never block a thread.
+        inflight.Task = HandleAsync(request, inflight, isFlush);
         return true;
     }
+
+    /// <summary>
+    /// Requests whose handler may wait for an outside event (a stream read for the next change, a write to a pipe)
+    /// and so must be cancellable by Tflush (flush(5)). Others finish on their own; a Tflush of one waits for its
+    /// reply, which is what flush(5) requires anyway, and they skip allocating a CancellationTokenSource.
+    /// </summary>
+    private static bool MayWait(MessageType type) => type is MessageType.Tread or MessageType.Twrite or MessageType.Treaddir
+        or MessageType.Topen or MessageType.Tlopen;
 
     private async Task HandleAsync(Fcall request, Inflight inflight, bool isFlush)
     {
@@ -216,7 +230,7 @@ public sealed class NinePConnection
             Reply reply;
             try
             {
-                reply = await ExecuteAsync(request, inflight.Cts.Token).ConfigureAwait(false);
+                reply = await ExecuteAsync(request, inflight.Cts?.Token ?? _closing.Token).ConfigureAwait(false);
             }
             catch (VfsException e)
             {
@@ -236,7 +250,7 @@ public sealed class NinePConnection
         finally
         {
             _inflight.TryRemove(new KeyValuePair<ushort, Inflight>(request.Tag, inflight));
-            inflight.Cts.Dispose();
+            inflight.Cts?.Dispose();
             if (!isFlush)
             {
                 _slots.Release();
@@ -497,7 +511,7 @@ public sealed class NinePConnection
             }
             try
             {
-                old.Cts.Cancel();
+                old.Cts?.Cancel();
             }
             catch (ObjectDisposedException)
             {
