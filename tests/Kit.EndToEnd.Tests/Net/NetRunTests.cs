@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
+using Kit.Testing;
 
 namespace Kit.EndToEnd.Tests.Net;
 
@@ -15,42 +16,42 @@ public sealed class NetRunTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
-    public NetRunTests() => KitCli.RequirePrerequisites();
+    public NetRunTests() => NetRun.RequirePrerequisites();
 
     [Fact]
     public async Task WgetReachesHostLoopbackThroughHostAlias()
     {
-        using var http = new TinyHttp("hello from the host's loopback");
-        KitCli.Result r = await KitCli.NetRunAsync([], $"busybox wget -q -O - http://192.168.65.2:{http.Port}/", Timeout);
-        Assert.True(r.ExitCode == 0, r.ToString());
-        Assert.Contains("hello from the host's loopback", r.Stdout);
+        using var http = new TinyHttpServer();
+        ProcessResult r = await NetRun.RunAsync([], $"busybox wget -q -O - http://192.168.65.2:{http.Port}{TinyHttpServer.Path} | md5sum", Timeout);
+        Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+        Assert.Contains(http.Md5, r.StandardOutput);
     }
 
     [Fact]
     public async Task NslookupResolvesThroughLocalUpstreamIncludingNxdomainAndBuiltIns()
     {
-        using var dns = new TinyDns(new() { ["test.example"] = IPAddress.Parse("10.9.8.7") });
+        using var dns = new TinyDnsServer();
         string[] opts = ["--dns-upstream", $"127.0.0.1:{dns.EndPoint.Port}"];
         // The namespace's resolv.conf names the gateway, so plain `nslookup NAME` goes through it.
-        KitCli.Result r = await KitCli.NetRunAsync(opts,
-            "cat /etc/resolv.conf; busybox nslookup test.example; echo ===; busybox nslookup missing.example; echo ===; busybox nslookup host.docker.internal",
+        ProcessResult r = await NetRun.RunAsync(opts,
+            $"cat /etc/resolv.conf; busybox nslookup {TinyDnsServer.Name}; echo ===; busybox nslookup missing.example; echo ===; busybox nslookup host.docker.internal",
             Timeout);
-        string[] parts = r.Stdout.Split("===");
-        Assert.True(parts.Length == 3, r.ToString());
+        string[] parts = r.StandardOutput.Split("===");
+        Assert.True(parts.Length == 3, NetRun.Describe(r));
         Assert.Contains("nameserver 192.168.65.1", parts[0]);
-        Assert.Contains("10.9.8.7", parts[0]);
+        Assert.Contains(TinyDnsServer.Address.ToString(), parts[0]);
         Assert.Contains("NXDOMAIN", parts[1]);
         Assert.Contains("192.168.65.2", parts[2]);
-        Assert.True(dns.Queries >= 2, $"upstream saw {dns.Queries} queries\n{r}");
+        Assert.True(dns.Queries.Count >= 2, $"upstream saw {dns.Queries.Count} queries\n{NetRun.Describe(r)}");
     }
 
     [Fact]
     public async Task PingGatewayAndHostAlias()
     {
-        KitCli.Result r = await KitCli.NetRunAsync([], "busybox ping -c 2 -W 5 192.168.65.1 && busybox ping -c 2 -W 5 192.168.65.2", Timeout);
-        Assert.True(r.ExitCode == 0, r.ToString());
-        Assert.Contains("2 packets received", r.Stdout);
-        Assert.DoesNotContain(" 0 packets received", r.Stdout);
+        ProcessResult r = await NetRun.RunAsync([], "busybox ping -c 2 -W 5 192.168.65.1 && busybox ping -c 2 -W 5 192.168.65.2", Timeout);
+        Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+        Assert.Contains("2 packets received", r.StandardOutput);
+        Assert.DoesNotContain(" 0 packets received", r.StandardOutput);
     }
 
     [Fact]
@@ -65,10 +66,10 @@ public sealed class NetRunTests
         try
         {
             // Configuration left to DHCP: drop the address kit configured, then ask for a lease.
-            KitCli.Result r = await KitCli.NetRunAsync(["--mtu", "1400"],
+            ProcessResult r = await NetRun.RunAsync(["--mtu", "1400"],
                 $"ip addr flush dev eth0 && busybox udhcpc -i eth0 -n -q -f -t 5 -T 2 -s {script}", Timeout);
-            Assert.True(r.ExitCode == 0, r.ToString());
-            Assert.Contains("LEASE ip=192.168.65.3 subnet=255.255.255.0 router=192.168.65.1 dns=192.168.65.1 mtu=1400", r.Stdout);
+            Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+            Assert.Contains("LEASE ip=192.168.65.3 subnet=255.255.255.0 router=192.168.65.1 dns=192.168.65.1 mtu=1400", r.StandardOutput);
         }
         finally
         {
@@ -99,14 +100,14 @@ public sealed class NetRunTests
             }
             Assert.NotNull(line);
             string args = $"-c 192.168.65.2 -p {port} -t 2 -J{(reverse ? " -R" : "")}{(udp ? " -u -b 100M" : "")}";
-            KitCli.Result r = await KitCli.NetRunAsync([], $"iperf3 {args}", Timeout);
-            Assert.True(r.ExitCode == 0, r.ToString());
-            using JsonDocument doc = JsonDocument.Parse(r.Stdout);
+            ProcessResult r = await NetRun.RunAsync([], $"iperf3 {args}", Timeout);
+            Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+            using JsonDocument doc = JsonDocument.Parse(r.StandardOutput);
             JsonElement end = doc.RootElement.GetProperty("end");
             long bytes = udp
                 ? end.GetProperty("sum").GetProperty("bytes").GetInt64()
                 : end.GetProperty("sum_received").GetProperty("bytes").GetInt64();
-            Assert.True(bytes > 1_000_000, $"only {bytes} bytes crossed\n{r}");
+            Assert.True(bytes > 1_000_000, $"only {bytes} bytes crossed\n{NetRun.Describe(r)}");
         }
         finally
         {
@@ -122,7 +123,7 @@ public sealed class NetRunTests
     {
         int hostPort = FreePort();
         // The namespace serves one HTTP response on 8080 with busybox nc; the host fetches it via 127.0.0.1:hostPort.
-        Task<KitCli.Result> run = KitCli.NetRunAsync(["--publish", $"{hostPort}:8080"],
+        Task<ProcessResult> run = NetRun.RunAsync(["--publish", $"{hostPort}:8080"],
             "printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 9\\r\\n\\r\\npublished' | busybox nc -l -p 8080", Timeout);
         string? body = null;
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
@@ -149,8 +150,8 @@ public sealed class NetRunTests
                 await Task.Delay(200, TestContext.Current.CancellationToken);
             }
         }
-        KitCli.Result r = await run;
-        Assert.True(body is not null, $"no response through --publish\n{r}");
+        ProcessResult r = await run;
+        Assert.True(body is not null, $"no response through --publish\n{NetRun.Describe(r)}");
         Assert.EndsWith("published", body!.TrimEnd());
     }
 
@@ -159,7 +160,7 @@ public sealed class NetRunTests
     {
         int hostPort = FreePort();
         // In the namespace: answer one datagram on 9999 with its upper-cased payload.
-        Task<KitCli.Result> run = KitCli.NetRunAsync(["--publish", $"{hostPort}:9999/udp"],
+        Task<ProcessResult> run = NetRun.RunAsync(["--publish", $"{hostPort}:9999/udp"],
             "python3 -c \"import socket; s=socket.socket(2,2); s.bind(('0.0.0.0',9999)); s.settimeout(20); d,a=s.recvfrom(100); s.sendto(d.upper(),a); print('FROM', a[0])\"",
             Timeout);
         using var udp = new UdpClient(new IPEndPoint(IPAddress.Loopback, 0));
@@ -179,9 +180,9 @@ public sealed class NetRunTests
             {
             }
         }
-        KitCli.Result result = await run;
-        Assert.True(reply == "PING", $"reply {reply ?? "(none)"}\n{result}");
-        Assert.Contains("FROM 192.168.65.2", result.Stdout);
+        ProcessResult result = await run;
+        Assert.True(reply == "PING", $"reply {reply ?? "(none)"}\n{NetRun.Describe(result)}");
+        Assert.Contains("FROM 192.168.65.2", result.StandardOutput);
     }
 
     [Fact]
@@ -190,8 +191,8 @@ public sealed class NetRunTests
         string pcap = Path.Combine(Path.GetTempPath(), $"kit-{Guid.NewGuid():N}.pcap");
         try
         {
-            KitCli.Result r = await KitCli.NetRunAsync(["--pcap", pcap], "busybox ping -c 1 -W 5 192.168.65.1", Timeout);
-            Assert.True(r.ExitCode == 0, r.ToString());
+            ProcessResult r = await NetRun.RunAsync(["--pcap", pcap], "busybox ping -c 1 -W 5 192.168.65.1", Timeout);
+            Assert.True(r.ExitCode == 0, NetRun.Describe(r));
             var start = new ProcessStartInfo("tshark") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
             foreach (string a in new[] { "-r", pcap, "-Y", "icmp", "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "icmp.type" })
             {
@@ -247,10 +248,10 @@ public sealed class NetRunTests
         File.WriteAllText(file, py);
         try
         {
-            KitCli.Result r = await KitCli.NetRunAsync([], $"python3 {file} $PPID {slowPort} && busybox ping -c 1 -W 5 192.168.65.1", Timeout);
-            Assert.True(r.ExitCode == 0, r.ToString());
-            Assert.Contains("1 packets received", r.Stdout);
-            string line = r.Stdout.Split('\n').First(l => l.StartsWith("FDS ", StringComparison.Ordinal));
+            ProcessResult r = await NetRun.RunAsync([], $"python3 {file} $PPID {slowPort} && busybox ping -c 1 -W 5 192.168.65.1", Timeout);
+            Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+            Assert.Contains("1 packets received", r.StandardOutput);
+            string line = r.StandardOutput.Split('\n').First(l => l.StartsWith("FDS ", StringComparison.Ordinal));
             int Field(string name) => int.Parse(line.Split(name + "=")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
             // UDP NAT holds at most 1,024 flows and host connects in flight are capped; refused connects hold nothing.
             Assert.True(Field("after") <= Field("base") + 1400, line);
@@ -267,7 +268,7 @@ public sealed class NetRunTests
     [Fact]
     public async Task ExitCodeOfTheCommandIsReturned()
     {
-        KitCli.Result r = await KitCli.NetRunAsync([], "exit 7", Timeout);
+        ProcessResult r = await NetRun.RunAsync([], "exit 7", Timeout);
         Assert.Equal(7, r.ExitCode);
     }
 

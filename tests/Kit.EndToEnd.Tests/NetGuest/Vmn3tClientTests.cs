@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using Kit.Testing;
 using PacketDotNet;
 using ProtocolType = System.Net.Sockets.ProtocolType;
 

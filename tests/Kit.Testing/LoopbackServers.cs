@@ -5,14 +5,14 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 
-namespace Kit.EndToEnd.Tests.NetGuest;
+namespace Kit.Testing;
 
 /// <summary>
 /// The DNS upstream the tests give `kit net serve --dns-upstream`: UDP on 127.0.0.1, one fixed A record
 /// (<see cref="Name"/> → <see cref="Address"/>), an empty NOERROR for the name's other types, NXDOMAIN for any
 /// other name (RFC 1035 §4.1). It records the names it was asked, so a test proves the forwarder used it.
 /// </summary>
-internal sealed class TinyDnsServer : IDisposable
+public sealed class TinyDnsServer : IDisposable
 {
     public const string Name = "kit-test.example";
     public static readonly IPAddress Address = IPAddress.Parse("10.11.12.13");
@@ -120,7 +120,7 @@ internal sealed class TinyDnsServer : IDisposable
 /// A one-page HTTP/1.0 server on 127.0.0.1 (what the guest reaches as 192.168.65.2). The page is large enough to
 /// take many TCP segments and its MD5 is known, so the guest's checksum proves every byte crossed the gateway.
 /// </summary>
-internal sealed class TinyHttpServer : IDisposable
+public sealed class TinyHttpServer : IDisposable
 {
     public const string Path = "/kit-page";
 
