@@ -35,9 +35,13 @@ internal static class VmCommand
             AllowMultipleArgumentsPerToken = false,
         };
         var noRng = new Option<bool>("--no-rng") { Description = "Do not attach a virtio-rng device." };
+        var consoleLog = new Option<FileInfo?>("--console-log")
+        {
+            Description = "Also write the serial console to FILE (truncated first), as hyperkit's com1 log= does.",
+        };
         var run = new Command("run", "Boot a Linux kernel with the console on stdio; the exit code says how the guest ended (0 power-off, 1 VMM error, 2 reset, 3 triple fault, 4 panic).")
         {
-            kernel, initrd, cmdline, memory, cpus, disks, noRng,
+            kernel, initrd, cmdline, memory, cpus, disks, noRng, consoleLog,
         };
         run.SetAction(parse => Run(
             parse.GetValue(kernel)!,
@@ -46,7 +50,8 @@ internal static class VmCommand
             parse.GetValue(memory) ?? "512M",
             parse.GetValue(cpus),
             parse.GetValue(disks) ?? [],
-            !parse.GetValue(noRng)));
+            !parse.GetValue(noRng),
+            parse.GetValue(consoleLog)));
         return new Command("vm", "Lightweight Linux VMs on /dev/kvm (HyperKit).") { run };
     }
 
@@ -74,7 +79,7 @@ internal static class VmCommand
         return true;
     }
 
-    private static int Run(FileInfo kernel, FileInfo? initrd, string cmdline, string memoryText, int cpus, string[] disks, bool rng)
+    private static int Run(FileInfo kernel, FileInfo? initrd, string cmdline, string memoryText, int cpus, string[] disks, bool rng, FileInfo? consoleLog)
     {
         if (!TryParseSize(memoryText, out ulong memory))
         {
@@ -95,7 +100,14 @@ internal static class VmCommand
             ConsoleInput = Console.IsInputRedirected ? null : Console.OpenStandardInput(),
         };
         Stream stdout = Console.OpenStandardOutput();
-        options.ConsoleOutput = bytes => stdout.Write(bytes);
+        using FileStream? log = consoleLog?.Create();
+        options.ConsoleOutput = log is null
+            ? bytes => stdout.Write(bytes)
+            : bytes =>
+            {
+                stdout.Write(bytes);
+                log.Write(bytes);
+            };
         foreach (string disk in disks)
         {
             bool readOnly = disk.EndsWith(",ro", StringComparison.Ordinal);
@@ -118,6 +130,7 @@ internal static class VmCommand
             throw new CliException(e.Message);
         }
         stdout.Flush();
+        log?.Flush();
         if (exit.Kind != MachineExitKind.PowerOff)
         {
             Console.Error.WriteLine($"kit: vm: {exit.Message} (exit code {exit.ExitCode}, after {clock.Elapsed.TotalSeconds:0.0} s)");

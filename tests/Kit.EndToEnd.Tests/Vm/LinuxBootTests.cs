@@ -46,7 +46,7 @@ public sealed class LinuxBootTests(ITestOutputHelper output)
                  "--cmdline", "console=ttyS0 reboot=k panic=-1 no_timer_check", .. extra.Split(' ', StringSplitOptions.RemoveEmptyEntries)])
                 + $" >{console} 2>&1";
             string command = $"""
-                {Run(bootInitrd, work + "/boot.console", $"--cpus 2 --disk {disk}")}
+                {Run(bootInitrd, work + "/boot.console", $"--cpus 2 --disk {disk} --console-log {work}/boot.log")}
                 echo "boot-exit=$?"
                 {Run(panicInitrd, work + "/panic.console", "--cpus 1")}
                 echo "panic-exit=$?"
@@ -64,6 +64,8 @@ public sealed class LinuxBootTests(ITestOutputHelper output)
             Assert.Contains("KIT-GUEST-EXIT 0", boot, StringComparison.Ordinal);
             Assert.Contains("cpus=2", boot, StringComparison.Ordinal);
             Assert.Contains("hwrng=64", boot, StringComparison.Ordinal);
+            // --console-log keeps a copy of the console in a file (stdout above is the same stream).
+            Assert.Contains("KIT-GUEST-EXIT 0", ReadIfExists(Path.Combine(work, "boot.log")), StringComparison.Ordinal);
 
             ProcessRunner.Run("e2fsck", ["-n", "-f", disk]).EnsureSuccess();
             string hello = ProcessRunner.Run("debugfs", ["-R", "cat /hello", disk]).EnsureSuccess().StandardOutput;
