@@ -3,6 +3,7 @@ using System.Text;
 using Kit.NineP.Client;
 using Kit.NineP.Protocol;
 using Kit.NineP.Server;
+using Kit.Testing;
 
 namespace Kit.DataKit.Tests;
 
@@ -10,22 +11,6 @@ namespace Kit.DataKit.Tests;
 [Trait("Tier", "Real")]
 public sealed class RealToolTests : DataKitTestBase
 {
-    private static async Task<(int Code, byte[] Stdout, string Stderr)> Run(string program, params string[] args)
-    {
-        var psi = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (string a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-        using Process p = Process.Start(psi)!;
-        using var stdout = new MemoryStream();
-        Task copy = p.StandardOutput.BaseStream.CopyToAsync(stdout);
-        Task<string> stderr = p.StandardError.ReadToEndAsync();
-        await p.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(120));
-        await copy;
-        return (p.ExitCode, stdout.ToArray(), await stderr);
-    }
-
     [Fact]
     public async Task GitFsckLogShowAndCloneAcceptTheStoreWhileServing()
     {
@@ -44,7 +29,7 @@ public sealed class RealToolTests : DataKitTestBase
         Assert.Equal("all: test", Git("show", "master:src/Makefile"));
         Assert.Contains("datakit <datakit@mobyproject.org>", Git("show", "-s", "--format=%an <%ae>", h1), StringComparison.Ordinal);
         string clone = GitDir + "-clone";
-        var (code, _, stderr) = await Run("git", "clone", "-q", "-b", "master", GitDir, clone);
+        var (code, _, stderr) = await ProcessRunner.RunBinaryAsync("git", ["clone", "-q", "-b", "master", GitDir, clone]);
         Assert.True(code == 0, stderr);
         try
         {
@@ -87,16 +72,16 @@ public sealed class RealToolTests : DataKitTestBase
         await Create(C, $"{tx}/rw", "hello", "hello\n");
         string head = await Commit(C, tx, "c");
         string server = $"127.0.0.1:{((System.Net.IPEndPoint)Address.EndPoint).Port}";
-        var (code, stdout, stderr) = await Run("diodls", "-s", server, "-a", "/", "branch/master/ro");
+        var (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync("diodls", ["-s", server, "-a", "/", "branch/master/ro"]);
         Assert.True(code == 0, stderr);
         Assert.Equal("big\nhello\n", Encoding.UTF8.GetString(stdout));
-        (code, stdout, stderr) = await Run("diodcat", "-s", server, "-a", "/", "-m", "1048576", "branch/master/ro/big");
+        (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync("diodcat", ["-s", server, "-a", "/", "-m", "1048576", "branch/master/ro/big"]);
         Assert.True(code == 0, stderr);
         Assert.Equal(big, stdout);
-        (code, stdout, stderr) = await Run("diodcat", "-s", server, "-a", "/", "branch/master/head", $"snapshots/{head}/msg");
+        (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync("diodcat", ["-s", server, "-a", "/", "branch/master/head", $"snapshots/{head}/msg"]);
         Assert.True(code == 0, stderr);
         Assert.Equal($"{head}\nc\n", Encoding.UTF8.GetString(stdout));
-        (code, stdout, stderr) = await Run("diodls", "-s", server, "-a", "/", "-l", "branch/master");
+        (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync("diodls", ["-s", server, "-a", "/", "-l", "branch/master"]);
         Assert.True(code == 0, stderr);
         Assert.Contains("head.live", Encoding.UTF8.GetString(stdout), StringComparison.Ordinal);
     }
@@ -158,7 +143,7 @@ public sealed class RealToolTests : DataKitTestBase
             stop.Cancel();
             await writer.WaitAsync(TimeSpan.FromSeconds(30));
 
-            var (code, _, stderr) = await Run("git", "-C", git, "fsck", "--strict", "--no-dangling");
+            var (code, _, stderr) = await ProcessRunner.RunBinaryAsync("git", ["-C", git, "fsck", "--strict", "--no-dangling"]);
             Assert.True(code == 0, stderr);
             // Restart onto the same repository: every acknowledged commit is in the history.
             await using var restarted = new DataKitServer(git);
@@ -166,7 +151,7 @@ public sealed class RealToolTests : DataKitTestBase
             var ep = (System.Net.IPEndPoint)restarted.Listen(any!);
             await using NinePClient r = await NinePClient.ConnectAsync(new ListenAddress(ep, "x"));
             string head = (await r.ReadTextAsync("branch/master/head")).Trim();
-            var (_, log, _) = await Run("git", "-C", git, "log", "--format=%s", head);
+            var (_, log, _) = await ProcessRunner.RunBinaryAsync("git", ["-C", git, "log", "--format=%s", head]);
             string[] messages = Encoding.UTF8.GetString(log).Split('\n', StringSplitOptions.RemoveEmptyEntries);
             lock (acknowledged)
             {

@@ -212,3 +212,15 @@ public sealed class TinyHttpServer : IDisposable
         _stop.Dispose();
     }
 }
+
+/// <summary>Loopback ports for tests.</summary>
+public static class LoopbackPort
+{
+    /// <summary>A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it; racy only against other binders).</summary>
+    public static int Free()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}

@@ -36,7 +36,7 @@ public sealed class ProcessFailedException(ProcessResult result)
 /// Runs external programs for tests: captures stdout and stderr, enforces a timeout and kills the whole process
 /// tree when it expires or the caller cancels, so no test leaves a QEMU or iperf3 behind.
 /// </summary>
-public static class ProcessRunner
+public static partial class ProcessRunner
 {
     public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(60);
 

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using Kit.NineP.Server;
+using Kit.Testing;
 
 namespace Kit.NineP.Tests;
 
@@ -29,44 +30,19 @@ public sealed class DiodClientTests : IAsyncLifetime
 
     public async ValueTask DisposeAsync() => await _server.DisposeAsync();
 
-    internal static async Task<(int Code, byte[] Stdout, string Stderr)> RunAsync(string program, params string[] args)
-    {
-        var psi = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (string a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-        using Process p = Process.Start(psi)!;
-        using var stdout = new MemoryStream();
-        Task copy = p.StandardOutput.BaseStream.CopyToAsync(stdout);
-        Task<string> stderr = p.StandardError.ReadToEndAsync();
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        try
-        {
-            await p.WaitForExitAsync(cts.Token);
-        }
-        catch (OperationCanceledException)
-        {
-            p.Kill(true);
-            throw new TimeoutException($"{program} {string.Join(' ', args)} timed out");
-        }
-        await copy;
-        return (p.ExitCode, stdout.ToArray(), await stderr);
-    }
-
     [Fact]
     public async Task DiodlsListsTheRootAndASubdirectory()
     {
-        var (code, stdout, stderr) = await RunAsync("diodls", "-s", $"127.0.0.1:{_port}", "-a", "/", "/");
+        var (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync("diodls", ["-s", $"127.0.0.1:{_port}", "-a", "/", "/"]);
         Assert.True(code == 0, stderr);
         string[] names = System.Text.Encoding.UTF8.GetString(stdout).Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Contains("hello", names);
         Assert.Contains("sub", names);
         Assert.Contains("big", names);
-        (code, stdout, stderr) = await RunAsync("diodls", "-s", $"127.0.0.1:{_port}", "-a", "/", "sub");
+        (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync("diodls", ["-s", $"127.0.0.1:{_port}", "-a", "/", "sub"]);
         Assert.True(code == 0, stderr);
         Assert.Equal("inner\n", System.Text.Encoding.UTF8.GetString(stdout));
-        (code, stdout, stderr) = await RunAsync("diodls", "-s", $"127.0.0.1:{_port}", "-a", "/", "-l", "/");
+        (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync("diodls", ["-s", $"127.0.0.1:{_port}", "-a", "/", "-l", "/"]);
         Assert.True(code == 0, stderr);
         Assert.Matches("-rw-rw-r--.* 12 .*hello", System.Text.Encoding.UTF8.GetString(stdout));
     }
@@ -74,10 +50,10 @@ public sealed class DiodClientTests : IAsyncLifetime
     [Fact]
     public async Task DiodcatReadsSmallAndLargeFiles()
     {
-        var (code, stdout, stderr) = await RunAsync("diodcat", "-s", $"127.0.0.1:{_port}", "-a", "/", "hello", "sub/inner");
+        var (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync("diodcat", ["-s", $"127.0.0.1:{_port}", "-a", "/", "hello", "sub/inner"]);
         Assert.True(code == 0, stderr);
         Assert.Equal("hello world\ninner text\n", System.Text.Encoding.UTF8.GetString(stdout));
-        (code, stdout, stderr) = await RunAsync("diodcat", "-s", $"127.0.0.1:{_port}", "-a", "/", "-m", "1048576", "big");
+        (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync("diodcat", ["-s", $"127.0.0.1:{_port}", "-a", "/", "-m", "1048576", "big"]);
         Assert.True(code == 0, stderr);
         Assert.Equal(((MemoryFileSystem.MemFile)(await _fs.Root.LookupAsync("big", default))!).Content, stdout);
     }
@@ -85,7 +61,7 @@ public sealed class DiodClientTests : IAsyncLifetime
     [Fact]
     public async Task DiodcatOfAMissingFileFailsCleanly()
     {
-        var (code, _, stderr) = await RunAsync("diodcat", "-s", $"127.0.0.1:{_port}", "-a", "/", "missing");
+        var (code, _, stderr) = await ProcessRunner.RunBinaryAsync("diodcat", ["-s", $"127.0.0.1:{_port}", "-a", "/", "missing"]);
         Assert.NotEqual(0, code);
         Assert.Contains("No such file", stderr, StringComparison.Ordinal);
     }

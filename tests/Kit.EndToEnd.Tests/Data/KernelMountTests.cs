@@ -21,7 +21,7 @@ public sealed class KernelMountTests(ITestOutputHelper output)
     {
         CancellationToken cancel = TestContext.Current.CancellationToken;
         DirectoryInfo repo = Directory.CreateTempSubdirectory("kit-dk-kernel-");
-        int port = FreeTcpPort();
+        int port = LoopbackPort.Free();
         RunningProcess server = KitCli.Start("data", "serve", "--git", repo.FullName, "--listen-9p", $"tcp://127.0.0.1:{port}");
         try
         {
@@ -140,13 +140,6 @@ public sealed class KernelMountTests(ITestOutputHelper output)
                 await Task.Delay(100, cancel);
             }
         }
-    }
-
-    private static int FreeTcpPort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     private static string Git(string repo, params string[] args) =>

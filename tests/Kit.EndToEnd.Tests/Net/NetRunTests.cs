@@ -84,7 +84,7 @@ public sealed class NetRunTests
     [InlineData(true, true)]
     public async Task Iperf3CompletesBothDirections(bool reverse, bool udp)
     {
-        int port = FreePort();
+        int port = LoopbackPort.Free();
         using Process server = Process.Start(new ProcessStartInfo("iperf3", $"-s -1 --forceflush -B 127.0.0.1 -p {port}")
         {
             UseShellExecute = false,
@@ -121,7 +121,7 @@ public sealed class NetRunTests
     [Fact]
     public async Task PublishedPortIsReachedFromTheHost()
     {
-        int hostPort = FreePort();
+        int hostPort = LoopbackPort.Free();
         // The namespace serves one HTTP response on 8080 with busybox nc; the host fetches it via 127.0.0.1:hostPort.
         Task<ProcessResult> run = NetRun.RunAsync(["--publish", $"{hostPort}:8080"],
             "printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 9\\r\\n\\r\\npublished' | busybox nc -l -p 8080", Timeout);
@@ -158,7 +158,7 @@ public sealed class NetRunTests
     [Fact]
     public async Task PublishedUdpPortRelaysBothWays()
     {
-        int hostPort = FreePort();
+        int hostPort = LoopbackPort.Free();
         // In the namespace: answer one datagram on 9999 with its upper-cased payload.
         Task<ProcessResult> run = NetRun.RunAsync(["--publish", $"{hostPort}:9999/udp"],
             "python3 -c \"import socket; s=socket.socket(2,2); s.bind(('0.0.0.0',9999)); s.settimeout(20); d,a=s.recvfrom(100); s.sendto(d.upper(),a); print('FROM', a[0])\"",
@@ -270,12 +270,5 @@ public sealed class NetRunTests
     {
         ProcessResult r = await NetRun.RunAsync([], "exit 7", Timeout);
         Assert.Equal(7, r.ExitCode);
-    }
-
-    private static int FreePort()
-    {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        return ((IPEndPoint)l.LocalEndpoint).Port;
     }
 }

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using Kit.VpnKit.Services;
+using Kit.Testing;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kit.VpnKit.Tests.Links;
@@ -39,18 +40,11 @@ public sealed class ControlApiTests : IDisposable
         Directory.Delete(_dir, recursive: true);
     }
 
-    private static int FreePort()
-    {
-        using var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        return ((IPEndPoint)l.LocalEndpoint).Port;
-    }
-
     [Fact]
     public async Task AddListAndRemoveForwards()
     {
         CancellationToken ct = TestContext.Current.CancellationToken;
-        int port = FreePort();
+        int port = LoopbackPort.Free();
         string body = $"{{\"proto\":\"tcp\",\"hostPort\":{port},\"guestPort\":80}}";
         HttpResponseMessage add = await _http.PostAsync("/forwards", new StringContent(body, Encoding.UTF8, "application/json"), ct);
         Assert.Equal(HttpStatusCode.Created, add.StatusCode);

@@ -1,3 +1,5 @@
+using System.Diagnostics.CodeAnalysis;
+
 namespace Kit.HyperKit.Devices.Pci;
 
 /// <summary>
@@ -152,14 +154,7 @@ public sealed class PciBus : IPortDevice
 
     public bool TryMmioRead(ulong address, Span<byte> data)
     {
-        PciFunction? function;
-        int bar;
-        ulong offset;
-        lock (_lock)
-        {
-            function = FindBar(address, out bar, out offset);
-        }
-        if (function is null || offset + (ulong)data.Length > function.BarSize(bar))
+        if (!TryFindBarRange(address, data.Length, out PciFunction? function, out int bar, out ulong offset))
         {
             return false;
         }
@@ -169,18 +164,21 @@ public sealed class PciBus : IPortDevice
 
     public bool TryMmioWrite(ulong address, ReadOnlySpan<byte> data)
     {
-        PciFunction? function;
-        int bar;
-        ulong offset;
-        lock (_lock)
-        {
-            function = FindBar(address, out bar, out offset);
-        }
-        if (function is null || offset + (ulong)data.Length > function.BarSize(bar))
+        if (!TryFindBarRange(address, data.Length, out PciFunction? function, out int bar, out ulong offset))
         {
             return false;
         }
         function.BarWrite(bar, offset, data);
         return true;
+    }
+
+    /// <summary>The function and BAR whose window holds all of [address, address + length).</summary>
+    private bool TryFindBarRange(ulong address, int length, [NotNullWhen(true)] out PciFunction? function, out int bar, out ulong offset)
+    {
+        lock (_lock)
+        {
+            function = FindBar(address, out bar, out offset);
+        }
+        return function is not null && offset + (ulong)length <= function.BarSize(bar);
     }
 }
