@@ -117,8 +117,36 @@ public static class NestedRunner
             script.Append("export ").Append(key).Append('=').Append(Text.ShellQuote(value)).Append('\n');
         }
         script.Append("cd /tmp\n").Append(commandLine).Append('\n');
+        using FileStream slot = await AcquireSlotAsync(cancellationToken).ConfigureAwait(false);
         return await QemuGuest.RunAsync(script.ToString(), guest, cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// At most <see cref="Slots"/> nested L1s at once on this machine, whoever starts them (several test runs or
+    /// developers in parallel): each L1 is a TCG guest that keeps a core busy, and more of them than cores slows every
+    /// one and lets L2 boots time out. A slot is an exclusive lock on a file in /tmp (flock, released by the kernel if
+    /// the process dies).
+    /// </summary>
+    private static async Task<FileStream> AcquireSlotAsync(CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            for (int i = 0; i < Slots; i++)
+            {
+                try
+                {
+                    return new FileStream($"/tmp/kit-nested-slot-{i}.lock", FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+                }
+                catch (IOException)
+                {
+                    // Held by another nested run: try the next slot.
+                }
+            }
+            await Task.Delay(TimeSpan.FromSeconds(2), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private static int Slots => Math.Max(1, System.Environment.ProcessorCount);
 
     /// <summary>A command line that runs a framework-dependent .NET app (its .dll) with the host's dotnet.</summary>
     public static string DotnetCommand(string dllPath, params string[] arguments) =>
