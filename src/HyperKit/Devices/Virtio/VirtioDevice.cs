@@ -39,6 +39,13 @@ public abstract class VirtioDevice
     {
     }
 
+    /// <summary>
+    /// Set by the transport: runs <see cref="Process"/> for a queue under the transport's lock, exactly as a driver
+    /// kick would (nothing happens before DRIVER_OK). Devices with host-side events (a frame arrived, a reply came
+    /// back) call it from their own threads so that completions and interrupts have one path.
+    /// </summary>
+    public Action<int> ProcessQueue { get; internal set; } = _ => { };
+
     /// <summary>Handles everything available on queue <paramref name="index"/>; returns true if buffers were used.</summary>
     public abstract bool Process(int index, SplitQueue queue, GuestMemory memory);
 

@@ -38,6 +38,7 @@ public sealed class VirtioPciDevice : PciFunction
         : base(0x1AF4, (ushort)(0x1040 + device.DeviceType), ClassFor(device.DeviceType), 1, 0x1AF4, 0x40)
     {
         Device = device;
+        device.ProcessQueue = Notify;
         _memory = memory;
         _msi = msi;
         _queues = new SplitQueue[device.QueueCount];
