@@ -6,6 +6,7 @@ using Kit.HyperKit.Devices.Power;
 using Kit.HyperKit.Devices.Serial;
 using Kit.HyperKit.Devices.Virtio;
 using Kit.HyperKit.Devices.Virtio.Block;
+using Kit.HyperKit.Devices.Virtio.Net;
 using Kit.HyperKit.Devices.Virtio.Rng;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Memory;
@@ -32,6 +33,12 @@ public sealed class MachineOptions
     public List<DiskOptions> Disks { get; } = [];
 
     public bool Rng { get; set; } = true;
+
+    /// <summary>virtio-net backend (VPNKit, VMN3T, TAP), or null for no network device. The machine disposes it.</summary>
+    public INetBackend? Net { get; set; }
+
+    /// <summary>The guest's MAC when the backend does not assign one; null picks a random locally administered one.</summary>
+    public byte[]? NetMac { get; set; }
 
     /// <summary>Adds the test exit port at 0x501 (freestanding programs end the run through it).</summary>
     public bool DebugExitPort { get; set; }
@@ -127,6 +134,13 @@ public sealed class Machine : IDisposable
                 }
                 _owned.Add(backend);
                 AddVirtio(new VirtioBlock(backend, Path.GetFileName(disk.Path)), msi);
+            }
+
+            if (options.Net is not null)
+            {
+                var net = new VirtioNet(options.Net, options.NetMac ?? NetMacs.Random());
+                _owned.Add(net);
+                AddVirtio(net, msi);
             }
 
             KvmCpuidEntry2[] supported = _kvm.GetSupportedCpuid();

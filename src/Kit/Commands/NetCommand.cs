@@ -43,7 +43,7 @@ internal static class NetCommand
         return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
     }
 
-    private static VpnKitServerOptions Options(int mtu, string[]? dns, string[]? publish, FileInfo? pcap)
+    internal static VpnKitServerOptions Options(int mtu, string[]? dns, string[]? publish, FileInfo? pcap)
     {
         if (mtu is < 576 or > 65520)
         {
@@ -77,7 +77,7 @@ internal static class NetCommand
         return new VpnKitServerOptions { Mtu = mtu, DnsUpstreams = upstreams, Publishes = publishes, PcapPath = pcap?.FullName };
     }
 
-    private static ILoggerFactory Logs() => LoggerFactory.Create(b =>
+    internal static ILoggerFactory Logs() => LoggerFactory.Create(b =>
     {
         b.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
         b.SetMinimumLevel(Environment.GetEnvironmentVariable("KIT_DEBUG") is { Length: > 0 } ? LogLevel.Debug : LogLevel.Warning);

@@ -1,6 +1,8 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using Kit.Cli.Vm;
+using Kit.HyperKit.Devices.Virtio.Net;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Vm;
 
@@ -39,10 +41,24 @@ internal static class VmCommand
         {
             Description = "Also write the serial console to FILE (truncated first), as hyperkit's com1 log= does.",
         };
+        var net = new Option<string>("--net")
+        {
+            Description = "virtio-net backend: none, vpnkit (in-process VPNKit: 192.168.65.0/24, host at 192.168.65.2), vmnet:PATH (a VMN3T server such as kit net serve --vmnet or vpnkit), tap:NAME.",
+            DefaultValueFactory = _ => "none",
+        };
+        var mac = new Option<string?>("--mac") { Description = "Guest MAC address xx:xx:xx:xx:xx:xx (default: random; a VMN3T server assigns its own)." };
+        var netMtu = new Option<int>("--mtu") { Description = "Link MTU for --net vpnkit and tap (576-65520).", DefaultValueFactory = _ => 1500 };
+        var dnsUpstream = new Option<string[]>("--dns-upstream") { Description = "--net vpnkit: DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
+        var publish = new Option<string[]>("--publish") { Description = "--net vpnkit: forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
+        var pcap = new Option<FileInfo?>("--pcap") { Description = "--net vpnkit: write every frame to FILE (libpcap format)." };
         var run = new Command("run", "Boot a Linux kernel with the console on stdio; the exit code says how the guest ended (0 power-off, 1 VMM error, 2 reset, 3 triple fault, 4 panic).")
         {
             kernel, initrd, cmdline, memory, cpus, disks, noRng, consoleLog,
         };
+        foreach (Option o in (Option[])[net, mac, netMtu, dnsUpstream, publish, pcap])
+        {
+            run.Options.Add(o);
+        }
         run.SetAction(parse => Run(
             parse.GetValue(kernel)!,
             parse.GetValue(initrd),
@@ -51,7 +67,10 @@ internal static class VmCommand
             parse.GetValue(cpus),
             parse.GetValue(disks) ?? [],
             !parse.GetValue(noRng),
-            parse.GetValue(consoleLog)));
+            parse.GetValue(consoleLog),
+            parse.GetValue(net) ?? "none",
+            parse.GetValue(mac),
+            NetCommand.Options(parse.GetValue(netMtu), parse.GetValue(dnsUpstream), parse.GetValue(publish), parse.GetValue(pcap))));
         return new Command("vm", "Lightweight Linux VMs on /dev/kvm (HyperKit).") { run };
     }
 
@@ -79,8 +98,14 @@ internal static class VmCommand
         return true;
     }
 
-    private static int Run(FileInfo kernel, FileInfo? initrd, string cmdline, string memoryText, int cpus, string[] disks, bool rng, FileInfo? consoleLog)
+    private static int Run(FileInfo kernel, FileInfo? initrd, string cmdline, string memoryText, int cpus, string[] disks, bool rng, FileInfo? consoleLog,
+        string netSpec, string? macText, Kit.VpnKit.VpnKitServerOptions netOptions)
     {
+        byte[]? netMac = null;
+        if (macText is not null && !NetMacs.TryParse(macText, out netMac))
+        {
+            throw new CliException($"--mac: cannot parse \"{macText}\" (use xx:xx:xx:xx:xx:xx, unicast)");
+        }
         if (!TryParseSize(memoryText, out ulong memory))
         {
             throw new CliException($"--memory: cannot parse \"{memoryText}\" (use e.g. 512M or 1G)");
@@ -115,6 +140,9 @@ internal static class VmCommand
         }
         MachineExit exit;
         var clock = Stopwatch.StartNew();
+        using VmNetwork network = VmNetwork.Create(netSpec, netOptions);
+        options.Net = network.Backend;
+        options.NetMac = netMac;
         try
         {
             using var machine = new Machine(options);

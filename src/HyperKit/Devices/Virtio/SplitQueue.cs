@@ -216,6 +216,16 @@ public sealed class SplitQueue
     /// <summary>Returns a chain to the driver with the number of bytes the device wrote into it.</summary>
     public void PushUsed(ushort head, uint writtenBytes)
     {
+        PushUsedDeferred(head, writtenBytes);
+        PublishUsed();
+    }
+
+    /// <summary>
+    /// Writes a used entry without publishing used.idx, so that several entries become visible at once (a
+    /// virtio-net frame spread over mergeable buffers must appear whole: virtio 1.2, 5.1.6.4.2).
+    /// </summary>
+    public void PushUsedDeferred(ushort head, uint writtenBytes)
+    {
         if (!RingsValid)
         {
             Break(QueueError.RingOutsideMemory);
@@ -224,8 +234,18 @@ public sealed class SplitQueue
         ulong slot = UsedRing + 4 + 8UL * (ushort)(_usedIdx % Size);
         _memory.TryWriteU32(slot, head);
         _memory.TryWriteU32(slot + 4, writtenBytes);
-        Interlocked.MemoryBarrier(); // the entry must be visible before the index (release)
         _usedIdx++;
+    }
+
+    /// <summary>Publishes used.idx after the entries written by <see cref="PushUsedDeferred"/>.</summary>
+    public void PublishUsed()
+    {
+        if (!RingsValid)
+        {
+            Break(QueueError.RingOutsideMemory);
+            return;
+        }
+        Interlocked.MemoryBarrier(); // the entries must be visible before the index (release)
         _memory.TryWriteU16(UsedRing + 2, _usedIdx);
     }
 
