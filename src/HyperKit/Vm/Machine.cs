@@ -6,6 +6,7 @@ using Kit.HyperKit.Devices.Power;
 using Kit.HyperKit.Devices.Serial;
 using Kit.HyperKit.Devices.Virtio;
 using Kit.HyperKit.Devices.Virtio.Block;
+using Kit.HyperKit.Devices.Virtio.NineP;
 using Kit.HyperKit.Devices.Virtio.Rng;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Memory;
@@ -14,6 +15,15 @@ namespace Kit.HyperKit.Vm;
 
 /// <summary>A disk to attach as virtio-blk.</summary>
 public sealed record DiskOptions(string Path, bool ReadOnly = false);
+
+/// <summary>
+/// A virtio-9p share: the guest mounts <paramref name="Tag"/>. <paramref name="Target"/> is a host directory served by
+/// the built-in server, or tcp://HOST:PORT / unix:PATH of a 9P server to relay to.
+/// </summary>
+public sealed record ShareOptions(string Tag, string Target, bool ReadOnly = false)
+{
+    public bool IsServer => Target.StartsWith("tcp://", StringComparison.Ordinal) || Target.StartsWith("unix:", StringComparison.Ordinal);
+}
 
 /// <summary>What to build: memory, vCPUs, console, devices.</summary>
 public sealed class MachineOptions
@@ -32,6 +42,8 @@ public sealed class MachineOptions
     public List<DiskOptions> Disks { get; } = [];
 
     public bool Rng { get; set; } = true;
+
+    public List<ShareOptions> Shares { get; } = [];
 
     /// <summary>Adds the test exit port at 0x501 (freestanding programs end the run through it).</summary>
     public bool DebugExitPort { get; set; }
@@ -127,6 +139,20 @@ public sealed class Machine : IDisposable
                 }
                 _owned.Add(backend);
                 AddVirtio(new VirtioBlock(backend, Path.GetFileName(disk.Path)), msi);
+            }
+            foreach (ShareOptions share in options.Shares)
+            {
+                VirtioNineP device;
+                try
+                {
+                    device = NinePShares.Create(share.Tag, share.Target, share.ReadOnly);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new MachineConfigurationException(e.Message);
+                }
+                _owned.Add(device);
+                AddVirtio(device, msi);
             }
 
             KvmCpuidEntry2[] supported = _kvm.GetSupportedCpuid();

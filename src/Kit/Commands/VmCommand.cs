@@ -34,6 +34,11 @@ internal static class VmCommand
             Description = "Raw disk image as virtio-blk, in order /dev/vda, /dev/vdb...; append \",ro\" for read-only.",
             AllowMultipleArgumentsPerToken = false,
         };
+        var shares = new Option<string[]>("--share")
+        {
+            Description = "virtio-9p share TAG=DIR (add \",ro\" for read-only) or TAG=tcp://HOST:PORT / TAG=unix:PATH to relay to a 9P server; the guest mounts it with mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt.",
+            AllowMultipleArgumentsPerToken = false,
+        };
         var noRng = new Option<bool>("--no-rng") { Description = "Do not attach a virtio-rng device." };
         var consoleLog = new Option<FileInfo?>("--console-log")
         {
@@ -43,6 +48,7 @@ internal static class VmCommand
         {
             kernel, initrd, cmdline, memory, cpus, disks, noRng, consoleLog,
         };
+        run.Options.Add(shares);
         run.SetAction(parse => Run(
             parse.GetValue(kernel)!,
             parse.GetValue(initrd),
@@ -51,8 +57,31 @@ internal static class VmCommand
             parse.GetValue(cpus),
             parse.GetValue(disks) ?? [],
             !parse.GetValue(noRng),
-            parse.GetValue(consoleLog)));
+            parse.GetValue(consoleLog),
+            parse.GetValue(shares) ?? []));
         return new Command("vm", "Lightweight Linux VMs on /dev/kvm (HyperKit).") { run };
+    }
+
+    /// <summary>--share TAG=DIR[,ro] | TAG=tcp://HOST:PORT | TAG=unix:PATH.</summary>
+    public static ShareOptions ParseShare(string text)
+    {
+        int eq = text.IndexOf('=', StringComparison.Ordinal);
+        if (eq <= 0 || eq == text.Length - 1)
+        {
+            throw new CliException($"--share: expected TAG=DIR or TAG=tcp://HOST:PORT, got \"{text}\"");
+        }
+        string tag = text[..eq];
+        string target = text[(eq + 1)..];
+        bool readOnly = target.EndsWith(",ro", StringComparison.Ordinal);
+        if (readOnly)
+        {
+            target = target[..^3];
+        }
+        if (tag.Length > 31 || !tag.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.'))
+        {
+            throw new CliException($"--share: tag \"{tag}\" must be 1-31 letters, digits, '_', '-' or '.'");
+        }
+        return new ShareOptions(tag, target, readOnly);
     }
 
     /// <summary>Parses 512M / 1G / 65536K / 512 (MiB) into bytes.</summary>
@@ -79,7 +108,7 @@ internal static class VmCommand
         return true;
     }
 
-    private static int Run(FileInfo kernel, FileInfo? initrd, string cmdline, string memoryText, int cpus, string[] disks, bool rng, FileInfo? consoleLog)
+    private static int Run(FileInfo kernel, FileInfo? initrd, string cmdline, string memoryText, int cpus, string[] disks, bool rng, FileInfo? consoleLog, string[] shares)
     {
         if (!TryParseSize(memoryText, out ulong memory))
         {
@@ -112,6 +141,10 @@ internal static class VmCommand
         {
             bool readOnly = disk.EndsWith(",ro", StringComparison.Ordinal);
             options.Disks.Add(new DiskOptions(readOnly ? disk[..^3] : disk, readOnly));
+        }
+        foreach (string share in shares)
+        {
+            options.Shares.Add(ParseShare(share));
         }
         MachineExit exit;
         var clock = Stopwatch.StartNew();
