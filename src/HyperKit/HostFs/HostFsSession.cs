@@ -787,18 +787,22 @@ public sealed class HostFsSession : IDisposable
 
     // Tread/Twrite/Treaddir, parsed in place: header[7] fid[4] offset[8] count[4] (+ data for Twrite).
 
-    private bool TryIoHeader(ReadOnlySpan<byte> request, out HostFid file, out ulong offset, out uint count)
+    /// <summary>Reads fid, offset and count; the frame length must be exactly what the message type says.</summary>
+    private bool TryIoHeader(ReadOnlySpan<byte> request, bool write, out HostFid file, out ulong offset)
     {
         file = null!;
         offset = 0;
-        count = 0;
         if (request.Length < 23)
         {
             return false;
         }
         uint fid = BinaryPrimitives.ReadUInt32LittleEndian(request[7..]);
         offset = BinaryPrimitives.ReadUInt64LittleEndian(request[11..]);
-        count = BinaryPrimitives.ReadUInt32LittleEndian(request[19..]);
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(request[19..]);
+        if (write ? count != request.Length - 23 : request.Length != 23)
+        {
+            return false;
+        }
         file = GetFid(fid);
         return true;
     }
@@ -814,10 +818,11 @@ public sealed class HostFsSession : IDisposable
 
     private int Read(ReadOnlySpan<byte> request, Span<byte> reply, ushort tag)
     {
-        if (!_versioned || !TryIoHeader(request, out HostFid f, out ulong offset, out uint count) || request.Length != 23)
+        if (!_versioned || !TryIoHeader(request, write: false, out HostFid f, out ulong offset))
         {
             return Error(reply, tag, _versioned ? Errno.EINVAL : Errno.EPROTO);
         }
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(request[19..]);
         if (!f.IsOpen)
         {
             return Error(reply, tag, Errno.EBADF);
@@ -838,7 +843,7 @@ public sealed class HostFsSession : IDisposable
 
     private int Write(ReadOnlySpan<byte> request, Span<byte> reply, ushort tag)
     {
-        if (!_versioned || !TryIoHeader(request, out HostFid f, out ulong offset, out uint count) || count != request.Length - 23)
+        if (!_versioned || !TryIoHeader(request, write: true, out HostFid f, out ulong offset))
         {
             return Error(reply, tag, _versioned ? Errno.EINVAL : Errno.EPROTO);
         }
@@ -865,10 +870,11 @@ public sealed class HostFsSession : IDisposable
 
     private int ReadDir(ReadOnlySpan<byte> request, Span<byte> reply, ushort tag)
     {
-        if (!_versioned || !TryIoHeader(request, out HostFid f, out ulong offset, out uint count) || request.Length != 23)
+        if (!_versioned || !TryIoHeader(request, write: false, out HostFid f, out ulong offset))
         {
             return Error(reply, tag, _versioned ? Errno.EINVAL : Errno.EPROTO);
         }
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(request[19..]);
         if (!f.IsOpen || !f.IsDirectory)
         {
             return Error(reply, tag, Errno.EBADF);
