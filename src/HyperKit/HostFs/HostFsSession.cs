@@ -345,7 +345,9 @@ public sealed class HostFsSession : IDisposable
     private Fcall Walk(Fcall t)
     {
         HostFid from = GetFid(t.Fid);
-        if (from.IsOpen)
+        // walk(5) forbids walking an opened fid; diod (and its clients) walk from an opened directory into a new
+        // fid, which is harmless, so only moving an opened fid itself is refused.
+        if (from.IsOpen && t.NewFid == t.Fid)
         {
             throw Fail(Errno.EBADF);
         }
