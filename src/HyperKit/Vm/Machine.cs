@@ -7,6 +7,7 @@ using Kit.HyperKit.Devices.Serial;
 using Kit.HyperKit.Devices.Virtio;
 using Kit.HyperKit.Devices.Virtio.Block;
 using Kit.HyperKit.Devices.Virtio.Net;
+using Kit.HyperKit.Devices.Virtio.NineP;
 using Kit.HyperKit.Devices.Virtio.Rng;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Memory;
@@ -15,6 +16,15 @@ namespace Kit.HyperKit.Vm;
 
 /// <summary>A disk to attach as virtio-blk.</summary>
 public sealed record DiskOptions(string Path, bool ReadOnly = false);
+
+/// <summary>
+/// A virtio-9p share: the guest mounts <paramref name="Tag"/>. <paramref name="Target"/> is a host directory served by
+/// the built-in server, or tcp://HOST:PORT / unix:PATH of a 9P server to relay to.
+/// </summary>
+public sealed record ShareOptions(string Tag, string Target, bool ReadOnly = false)
+{
+    public bool IsServer => Target.StartsWith("tcp://", StringComparison.Ordinal) || Target.StartsWith("unix:", StringComparison.Ordinal);
+}
 
 /// <summary>What to build: memory, vCPUs, console, devices.</summary>
 public sealed class MachineOptions
@@ -39,6 +49,7 @@ public sealed class MachineOptions
 
     /// <summary>The guest's MAC when the backend does not assign one; null picks a random locally administered one.</summary>
     public byte[]? NetMac { get; set; }
+    public List<ShareOptions> Shares { get; } = [];
 
     /// <summary>Adds the test exit port at 0x501 (freestanding programs end the run through it).</summary>
     public bool DebugExitPort { get; set; }
@@ -134,6 +145,20 @@ public sealed class Machine : IDisposable
                 }
                 _owned.Add(backend);
                 AddVirtio(new VirtioBlock(backend, Path.GetFileName(disk.Path)), msi);
+            }
+            foreach (ShareOptions share in options.Shares)
+            {
+                VirtioNineP device;
+                try
+                {
+                    device = NinePShares.Create(share.Tag, share.Target, share.ReadOnly);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new MachineConfigurationException(e.Message);
+                }
+                _owned.Add(device);
+                AddVirtio(device, msi);
             }
 
             if (options.Net is not null)

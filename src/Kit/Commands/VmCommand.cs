@@ -1,9 +1,7 @@
 using System.CommandLine;
-using System.Diagnostics;
 using System.Globalization;
 using Kit.Cli.Vm;
 using Kit.HyperKit.Devices.Virtio.Net;
-using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Vm;
 
 namespace Kit.Cli.Commands;
@@ -11,6 +9,7 @@ namespace Kit.Cli.Commands;
 /// <summary>
 /// `kit vm run`: boots a Linux bzImage (+ initrd) under HyperKit on /dev/kvm with the console on stdio. The exit code
 /// says how the guest ended: 0 power-off, 1 VMM error, 2 reset, 3 triple fault, 4 kernel panic (MachineExitKind).
+/// This file only parses the command line into a <see cref="VmSpec"/>; <see cref="VmLauncher"/> runs it.
 /// </summary>
 internal static class VmCommand
 {
@@ -51,26 +50,59 @@ internal static class VmCommand
         var dnsUpstream = new Option<string[]>("--dns-upstream") { Description = "--net vpnkit: DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
         var publish = new Option<string[]>("--publish") { Description = "--net vpnkit: forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
         var pcap = new Option<FileInfo?>("--pcap") { Description = "--net vpnkit: write every frame to FILE (libpcap format)." };
+        var shares = new Option<string[]>("--share")
+        {
+            Description = "virtio-9p share TAG=DIR (add \",ro\" for read-only) or TAG=tcp://HOST:PORT / TAG=unix:PATH to relay to a 9P server; the guest mounts it with mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt.",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var vsock = new Option<string?>("--vsock")
+        {
+            Description = "virtio-vsock on Unix sockets, Firecracker's protocol: host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P go to PATH_P. Guest CID 3 unless \",cid=N\" is appended.",
+        };
         var run = new Command("run", "Boot a Linux kernel with the console on stdio; the exit code says how the guest ended (0 power-off, 1 VMM error, 2 reset, 3 triple fault, 4 panic).")
         {
-            kernel, initrd, cmdline, memory, cpus, disks, noRng, consoleLog,
+            kernel, initrd, cmdline, memory, cpus, disks, noRng, consoleLog, net, mac, netMtu, dnsUpstream, publish, pcap, shares, vsock,
         };
-        foreach (Option o in (Option[])[net, mac, netMtu, dnsUpstream, publish, pcap])
+        run.SetAction(parse =>
         {
-            run.Options.Add(o);
-        }
-        run.SetAction(parse => Run(
-            parse.GetValue(kernel)!,
-            parse.GetValue(initrd),
-            parse.GetValue(cmdline) ?? DefaultCmdline,
-            parse.GetValue(memory) ?? "512M",
-            parse.GetValue(cpus),
-            parse.GetValue(disks) ?? [],
-            !parse.GetValue(noRng),
-            parse.GetValue(consoleLog),
-            parse.GetValue(net) ?? "none",
-            parse.GetValue(mac),
-            NetCommand.Options(parse.GetValue(netMtu), parse.GetValue(dnsUpstream), parse.GetValue(publish), parse.GetValue(pcap))));
+            string memoryText = parse.GetValue(memory) ?? "512M";
+            if (!TryParseSize(memoryText, out ulong memoryBytes))
+            {
+                throw new CliException($"--memory: cannot parse \"{memoryText}\" (use e.g. 512M or 1G)");
+            }
+            var spec = new VmSpec
+            {
+                Kernel = parse.GetValue(kernel)!,
+                Initrd = parse.GetValue(initrd),
+                Cmdline = parse.GetValue(cmdline) ?? DefaultCmdline,
+                MemoryBytes = memoryBytes,
+                Cpus = parse.GetValue(cpus),
+                Rng = !parse.GetValue(noRng),
+                ConsoleLog = parse.GetValue(consoleLog),
+                Net = parse.GetValue(net) ?? "none",
+                Mac = ParseMac(parse.GetValue(mac)),
+                NetOptions = NetCommand.Options(parse.GetValue(netMtu), parse.GetValue(dnsUpstream), parse.GetValue(publish), parse.GetValue(pcap)),
+            };
+            foreach (string disk in parse.GetValue(disks) ?? [])
+            {
+                bool readOnly = disk.EndsWith(",ro", StringComparison.Ordinal);
+                spec.Disks.Add(new DiskOptions(readOnly ? disk[..^3] : disk, readOnly));
+            }
+            foreach (string share in parse.GetValue(shares) ?? [])
+            {
+                spec.Shares.Add(ParseShare(share));
+            }
+            if (parse.GetValue(vsock) is { } vsockText)
+            {
+                if (!TryParseVsock(vsockText, out string path, out ulong cid))
+                {
+                    throw new CliException($"--vsock: cannot parse \"{vsockText}\" (use PATH or PATH,cid=N with N from 3 to 4294967294)");
+                }
+                spec.VsockPath = path;
+                spec.VsockCid = cid;
+            }
+            return VmLauncher.Run(spec);
+        });
         return new Command("vm", "Lightweight Linux VMs on /dev/kvm (HyperKit).") { run };
     }
 
@@ -98,71 +130,53 @@ internal static class VmCommand
         return true;
     }
 
-    private static int Run(FileInfo kernel, FileInfo? initrd, string cmdline, string memoryText, int cpus, string[] disks, bool rng, FileInfo? consoleLog,
-        string netSpec, string? macText, Kit.VpnKit.VpnKitServerOptions netOptions)
+    /// <summary>Parses <c>TAG=DIR[,ro]</c>, <c>TAG=tcp://HOST:PORT</c> or <c>TAG=unix:PATH</c>.</summary>
+    public static ShareOptions ParseShare(string text)
     {
-        byte[]? netMac = null;
-        if (macText is not null && !NetMacs.TryParse(macText, out netMac))
+        int eq = text.IndexOf('=', StringComparison.Ordinal);
+        if (eq <= 0 || eq == text.Length - 1)
         {
-            throw new CliException($"--mac: cannot parse \"{macText}\" (use xx:xx:xx:xx:xx:xx, unicast)");
+            throw new CliException($"--share: expected TAG=DIR or TAG=tcp://HOST:PORT, got \"{text}\"");
         }
-        if (!TryParseSize(memoryText, out ulong memory))
+        string tag = text[..eq];
+        string target = text[(eq + 1)..];
+        bool readOnly = target.EndsWith(",ro", StringComparison.Ordinal);
+        if (readOnly)
         {
-            throw new CliException($"--memory: cannot parse \"{memoryText}\" (use e.g. 512M or 1G)");
+            target = target[..^3];
         }
-        switch (KvmSystem.Probe())
+        if (tag.Length > 31 || !tag.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.'))
         {
-            case KvmAvailability.Missing:
-                throw new CliException("/dev/kvm is missing: this host offers no KVM (run kit vm inside a KVM-capable machine or VM)");
-            case KvmAvailability.Pvm:
-                throw new CliException("/dev/kvm here is PVM (kvm_pvm, no vmx/svm): a stock Linux guest would be emulated instruction by instruction and take hours to boot; refusing to start");
+            throw new CliException($"--share: tag \"{tag}\" must be 1-31 letters, digits, '_', '-' or '.'");
         }
-        var options = new MachineOptions
+        return new ShareOptions(tag, target, readOnly);
+    }
+
+    /// <summary>Parses <c>PATH</c> or <c>PATH,cid=N</c> (N from 3 to 2^32-2; 0-2 are reserved, -1 is "any").</summary>
+    public static bool TryParseVsock(string text, out string path, out ulong cid)
+    {
+        path = text;
+        cid = 3;
+        int comma = text.LastIndexOf(",cid=", StringComparison.Ordinal);
+        if (comma >= 0)
         {
-            MemoryBytes = memory,
-            Cpus = cpus,
-            Rng = rng,
-            ConsoleInput = Console.IsInputRedirected ? null : Console.OpenStandardInput(),
-        };
-        Stream stdout = Console.OpenStandardOutput();
-        using FileStream? log = consoleLog?.Create();
-        options.ConsoleOutput = log is null
-            ? bytes => stdout.Write(bytes)
-            : bytes =>
+            path = text[..comma];
+            if (!ulong.TryParse(text.AsSpan(comma + 5), NumberStyles.None, CultureInfo.InvariantCulture, out cid))
             {
-                stdout.Write(bytes);
-                log.Write(bytes);
-            };
-        foreach (string disk in disks)
-        {
-            bool readOnly = disk.EndsWith(",ro", StringComparison.Ordinal);
-            options.Disks.Add(new DiskOptions(readOnly ? disk[..^3] : disk, readOnly));
+                return false;
+            }
         }
-        MachineExit exit;
-        var clock = Stopwatch.StartNew();
-        using VmNetwork network = VmNetwork.Create(netSpec, netOptions);
-        options.Net = network.Backend;
-        options.NetMac = netMac;
-        try
+        return path.Length > 0 && cid > 2 && cid < 0xFFFF_FFFF;
+    }
+
+    private static byte[]? ParseMac(string? text)
+    {
+        if (text is null)
         {
-            using var machine = new Machine(options);
-            machine.LoadLinux(kernel.FullName, initrd?.FullName, cmdline);
-            exit = machine.Run();
+            return null;
         }
-        catch (MachineConfigurationException e)
-        {
-            throw new CliException(e.Message);
-        }
-        catch (KvmException e)
-        {
-            throw new CliException(e.Message);
-        }
-        stdout.Flush();
-        log?.Flush();
-        if (exit.Kind != MachineExitKind.PowerOff)
-        {
-            Console.Error.WriteLine($"kit: vm: {exit.Message} (exit code {exit.ExitCode}, after {clock.Elapsed.TotalSeconds:0.0} s)");
-        }
-        return exit.ExitCode;
+        return NetMacs.TryParse(text, out byte[] mac)
+            ? mac
+            : throw new CliException($"--mac: cannot parse \"{text}\" (use xx:xx:xx:xx:xx:xx, unicast)");
     }
 }

@@ -1,0 +1,32 @@
+using Kit.HyperKit.HostFs;
+
+namespace Kit.HyperKit.Devices.Virtio.NineP;
+
+/// <summary>Builds a virtio-9p device for a share: a host directory (built-in server) or a 9P server address.</summary>
+public static class NinePShares
+{
+    /// <summary>
+    /// <paramref name="target"/>: tcp://HOST:PORT or unix:PATH relays to that server (connected when the guest mounts);
+    /// anything else is a host directory, which must exist. Throws ArgumentException with a user-facing message.
+    /// </summary>
+    public static VirtioNineP Create(string tag, string target, bool readOnly)
+    {
+        if (target.StartsWith("tcp://", StringComparison.Ordinal) || target.StartsWith("unix:", StringComparison.Ordinal))
+        {
+            if (readOnly)
+            {
+                throw new ArgumentException($"share {tag}: \",ro\" applies to directories; a 9P server decides itself what is writable");
+            }
+            // Parse now so a typo fails at start, not at mount time.
+            _ = StreamNinePChannel.ForAddress(target, VirtioNineP.MaxMessage + 4096);
+            return new VirtioNineP(tag, () => StreamNinePChannel.ForAddress(target, VirtioNineP.MaxMessage + 4096));
+        }
+        string root = Path.GetFullPath(target);
+        if (!Directory.Exists(root))
+        {
+            throw new ArgumentException($"share {tag}: {root} is not a directory");
+        }
+        var options = new HostFsOptions(root, readOnly);
+        return new VirtioNineP(tag, () => new HostFsNinePChannel(options));
+    }
+}

@@ -1,0 +1,962 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Text;
+using Kit.NineP.Protocol;
+
+namespace Kit.HyperKit.HostFs;
+
+/// <summary>Limits and mode of one exported host directory.</summary>
+public sealed record HostFsOptions(string Root, bool ReadOnly = false)
+{
+    /// <summary>Largest msize granted in Rversion (the Linux virtio transport asks for at most ~500 KiB).</summary>
+    public uint MaxMessageSize { get; init; } = 1024 * 1024 + 4096;
+
+    /// <summary>Fids one session may hold; each holds a host file descriptor. Beyond it: EMFILE.</summary>
+    public int MaxFids { get; init; } = 4096;
+}
+
+/// <summary>
+/// One 9P2000.L session over a host directory: takes one T-message, does the host system calls, writes one R-message.
+/// It runs requests one at a time on its caller's thread (they are short system calls on local files), which also
+/// makes Tflush trivial: the flushed request has always been answered already.
+///
+/// Confinement: every fid holds an O_PATH descriptor; a walk opens one name at a time relative to its directory with
+/// O_NOFOLLOW, names containing '/' are refused, and ".." is resolved from the fid's recorded path below the root
+/// (never above it). A symlink is therefore never followed by the server: the guest's kernel reads it and walks the
+/// target itself, inside the export. Opening for I/O goes through /proc/self/fd/N of the O_PATH descriptor, so the
+/// file opened is exactly the one walked to, even if names are swapped meanwhile. Device nodes are never opened.
+/// Errors are the host's own errno values (Linux), sent in Rlerror.
+/// </summary>
+public sealed class HostFsSession : IDisposable
+{
+    private const int MaxNameBytes = 255;
+    private const uint EBUSY = 16, ELOOP = 40;
+    private readonly HostFsOptions _options;
+    private readonly Dictionary<uint, HostFid> _fids = [];
+    private readonly byte[] _statx = new byte[HostAttr.StatxSize];
+    private readonly Lock _gate = new();
+    private int _rootFd = -1;
+    private uint _rootDevMajor, _rootDevMinor;
+    private uint _msize;
+    private bool _versioned;
+    private bool _disposed;
+
+    public HostFsSession(HostFsOptions options)
+    {
+        _options = options;
+        _msize = options.MaxMessageSize;
+        string root = Path.GetFullPath(options.Root);
+        _rootFd = HostCalls.OpenAt(HostCalls.AT_FDCWD, root, HostCalls.O_PATH | HostCalls.O_DIRECTORY | HostCalls.O_CLOEXEC, 0);
+        if (_rootFd < 0)
+        {
+            throw new IOException($"cannot open shared directory {root}: {Marshal.GetPInvokeErrorMessage(HostCalls.Errno)}");
+        }
+        if (StatFd(_rootFd, out HostAttr attr) == 0)
+        {
+            _rootDevMajor = attr.DevMajor;
+            _rootDevMinor = attr.DevMinor;
+        }
+    }
+
+    /// <summary>The negotiated msize: a reply buffer of this many bytes always suffices.</summary>
+    public uint MessageSize => _msize;
+
+    public int FidCount
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _fids.Count;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Handles one whole T-message (<paramref name="request"/> is exactly one frame as framed by the transport) and
+    /// writes the R-message into <paramref name="reply"/> (at least <see cref="MessageSize"/> bytes, or 8 KiB before
+    /// Tversion). Returns the reply length, or 0 when the frame is too short to carry a tag (nothing can be answered).
+    /// Never throws on hostile input.
+    /// </summary>
+    public int Handle(ReadOnlySpan<byte> request, Span<byte> reply)
+    {
+        if (!FcallCodec.TryReadHeader(request, out uint size, out MessageType type, out ushort tag))
+        {
+            return 0;
+        }
+        lock (_gate)
+        {
+            if (_disposed)
+            {
+                return Error(reply, tag, Errno.EIO);
+            }
+            if (size != request.Length)
+            {
+                return Error(reply, tag, Errno.EINVAL);
+            }
+            try
+            {
+                // Hot paths that carry bulk data are parsed in place (no copy of the payload).
+                switch (type)
+                {
+                    case MessageType.Tread:
+                        return Read(request, reply, tag);
+                    case MessageType.Twrite:
+                        return Write(request, reply, tag);
+                    case MessageType.Treaddir:
+                        return ReadDir(request, reply, tag);
+                }
+                if (!FcallCodec.TryDecode(request, Dialect.Linux, out Fcall t, out _) || ((byte)t.Type & 1) != 0)
+                {
+                    return Error(reply, tag, FcallCodec.IsKnown(type) ? Errno.EINVAL : Errno.EOPNOTSUPP);
+                }
+                if (t.Type != MessageType.Tversion && !_versioned)
+                {
+                    return Error(reply, tag, Errno.EPROTO);
+                }
+                Fcall r = Execute(t);
+                int n = FcallCodec.Encode(r, Dialect.Linux, reply);
+                return n > 0 ? n : Error(reply, tag, Errno.EMSGSIZE);
+            }
+            catch (HostFsException e)
+            {
+                return Error(reply, tag, e.Errno);
+            }
+        }
+    }
+
+    private static int Error(Span<byte> reply, ushort tag, uint errno)
+    {
+        if (reply.Length < 11)
+        {
+            return 0;
+        }
+        BinaryPrimitives.WriteUInt32LittleEndian(reply, 11);
+        reply[4] = (byte)MessageType.Rlerror;
+        BinaryPrimitives.WriteUInt16LittleEndian(reply[5..], tag);
+        BinaryPrimitives.WriteUInt32LittleEndian(reply[7..], errno);
+        return 11;
+    }
+
+    private sealed class HostFsException(uint errno) : Exception
+    {
+        public uint Errno { get; } = errno;
+    }
+
+    private static HostFsException Fail(uint errno) => new(errno);
+
+    private static HostFsException LastError() => new((uint)HostCalls.Errno);
+
+    private void CheckWritable()
+    {
+        if (_options.ReadOnly)
+        {
+            throw Fail(Errno.EROFS);
+        }
+    }
+
+    private Fcall Execute(Fcall t)
+    {
+        switch (t.Type)
+        {
+            case MessageType.Tversion:
+                return Version(t);
+            case MessageType.Tauth:
+                // No authentication: diod's libnpclient reads ENOENT as "not required", as Linux does any error.
+                throw Fail(Errno.ENOENT);
+            case MessageType.Tattach:
+                return Attach(t);
+            case MessageType.Tflush:
+                // Requests run one at a time, so the old one has been answered already (flush(5)).
+                return Reply(MessageType.Rflush, t);
+            case MessageType.Twalk:
+                return Walk(t);
+            case MessageType.Tclunk:
+                Clunk(t.Fid);
+                return Reply(MessageType.Rclunk, t);
+            case MessageType.Tgetattr:
+                return GetAttr(t);
+            case MessageType.Tsetattr:
+                SetAttr(t);
+                return Reply(MessageType.Rsetattr, t);
+            case MessageType.Tlopen:
+                return LOpen(t);
+            case MessageType.Tlcreate:
+                return LCreate(t);
+            case MessageType.Tmkdir:
+                return MakeNode(t, MessageType.Rmkdir);
+            case MessageType.Tsymlink:
+                return MakeNode(t, MessageType.Rsymlink);
+            case MessageType.Tmknod:
+                return MakeNode(t, MessageType.Rmknod);
+            case MessageType.Treadlink:
+                return ReadLink(t);
+            case MessageType.Tlink:
+                Link(t);
+                return Reply(MessageType.Rlink, t);
+            case MessageType.Tunlinkat:
+                UnlinkAt(t);
+                return Reply(MessageType.Runlinkat, t);
+            case MessageType.Trenameat:
+                RenameAt(t);
+                return Reply(MessageType.Rrenameat, t);
+            case MessageType.Trename:
+                Rename(t);
+                return Reply(MessageType.Rrename, t);
+            case MessageType.Tremove:
+                Remove(t);
+                return Reply(MessageType.Rremove, t);
+            case MessageType.Tstatfs:
+                return StatFs(t);
+            case MessageType.Tfsync:
+                Fsync(t);
+                return Reply(MessageType.Rfsync, t);
+            case MessageType.Tlock:
+                // Advisory locks are kept by the guest kernel's own view only; tell it the lock is granted.
+                return new Fcall { Type = MessageType.Rlock, Tag = t.Tag, LockStatus = 0 };
+            case MessageType.Tgetlock:
+                return new Fcall
+                {
+                    Type = MessageType.Rgetlock, Tag = t.Tag, LockType = 2 /* F_UNLCK */, LockStart = t.LockStart,
+                    LockLength = t.LockLength, ProcId = t.ProcId, ClientId = t.ClientId,
+                };
+            case MessageType.Txattrwalk:
+            case MessageType.Txattrcreate:
+                // Extended attributes are not exported; Linux treats EOPNOTSUPP as "none".
+                throw Fail(Errno.EOPNOTSUPP);
+            default:
+                // 9P2000/.u messages (Topen, Tcreate, Tstat, Twstat) do not exist in .L.
+                throw Fail(Errno.EOPNOTSUPP);
+        }
+    }
+
+    private static Fcall Reply(MessageType type, Fcall t) => new() { Type = type, Tag = t.Tag };
+
+    private Fcall Version(Fcall t)
+    {
+        // version(5): a Tversion aborts the session: every fid is clunked.
+        ClunkAll();
+        if (t.Version != P9.VersionL && !t.Version.StartsWith(P9.VersionL + ".", StringComparison.Ordinal))
+        {
+            _versioned = false;
+            return new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = Math.Min(t.Msize, _options.MaxMessageSize), Version = P9.VersionUnknown };
+        }
+        if (t.Msize < 4096)
+        {
+            _versioned = false;
+            return new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = t.Msize, Version = P9.VersionUnknown };
+        }
+        _msize = Math.Min(t.Msize, _options.MaxMessageSize);
+        _versioned = true;
+        return new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = _msize, Version = P9.VersionL };
+    }
+
+    private Fcall Attach(Fcall t)
+    {
+        // The aname names the export itself ("" or "/" or anything else: there is one tree).
+        int fd = Dup(_rootFd);
+        AddFid(t.Fid, new HostFid(fd, [], HostCalls.S_IFDIR));
+        HostAttr a = Stat(fd);
+        return new Fcall { Type = MessageType.Rattach, Tag = t.Tag, Qid = QidOf(a) };
+    }
+
+    private void AddFid(uint fid, HostFid state)
+    {
+        if (_fids.ContainsKey(fid) || fid == P9.NoFid)
+        {
+            state.Close();
+            throw Fail(Errno.EBADF);
+        }
+        if (_fids.Count >= _options.MaxFids)
+        {
+            state.Close();
+            throw Fail(Errno.EMFILE);
+        }
+        _fids[fid] = state;
+    }
+
+    private HostFid GetFid(uint fid) => _fids.TryGetValue(fid, out HostFid? f) ? f : throw Fail(Errno.EBADF);
+
+    private static int Dup(int fd)
+    {
+        int copy = HostCalls.Fcntl(fd, HostCalls.F_DUPFD_CLOEXEC, 0);
+        return copy >= 0 ? copy : throw LastError();
+    }
+
+    private int StatFd(int fd, out HostAttr attr)
+    {
+        int rc = HostCalls.Statx(fd, "", HostCalls.AT_EMPTY_PATH | HostCalls.AT_SYMLINK_NOFOLLOW, HostCalls.STATX_BASIC_STATS, ref _statx[0]);
+        attr = rc == 0 ? HostAttr.Parse(_statx) : default;
+        return rc;
+    }
+
+    private HostAttr Stat(int fd) => StatFd(fd, out HostAttr a) == 0 ? a : throw LastError();
+
+    private HostAttr StatAt(int dirfd, string name)
+    {
+        if (HostCalls.Statx(dirfd, name, HostCalls.AT_SYMLINK_NOFOLLOW, HostCalls.STATX_BASIC_STATS, ref _statx[0]) != 0)
+        {
+            throw LastError();
+        }
+        return HostAttr.Parse(_statx);
+    }
+
+    /// <summary>qid.path from the inode number; files on another device under the root get the device mixed in.</summary>
+    private ulong QidPath(ulong ino, uint devMajor, uint devMinor) =>
+        devMajor == _rootDevMajor && devMinor == _rootDevMinor
+            ? ino
+            : ino ^ ((((ulong)devMajor * 0x9E3779B1UL) ^ devMinor) << 48);
+
+    private Qid QidOf(in HostAttr a) =>
+        new(HostAttr.QidType(a.Type), (uint)a.MtimeSec ^ a.MtimeNsec, QidPath(a.Ino, a.DevMajor, a.DevMinor));
+
+    /// <summary>A name for one directory entry: not empty, no '/', no NUL, not "." or "..", at most 255 bytes.</summary>
+    private static string CheckName(string name)
+    {
+        if (name.Length == 0 || name == "." || name == ".." || name.Contains('/') || name.Contains('\0'))
+        {
+            throw Fail(Errno.EINVAL);
+        }
+        if (Encoding.UTF8.GetByteCount(name) > MaxNameBytes)
+        {
+            throw Fail(Errno.ENAMETOOLONG);
+        }
+        return name;
+    }
+
+    /// <summary>Opens the directory at <paramref name="path"/> below the root one O_NOFOLLOW step at a time.</summary>
+    private int OpenPath(ReadOnlySpan<string> path)
+    {
+        int fd = Dup(_rootFd);
+        foreach (string name in path)
+        {
+            int next = HostCalls.OpenAt(fd, name, HostCalls.O_PATH | HostCalls.O_NOFOLLOW | HostCalls.O_CLOEXEC, 0);
+            int errno = HostCalls.Errno;
+            HostCalls.Close(fd);
+            if (next < 0)
+            {
+                throw Fail((uint)errno);
+            }
+            fd = next;
+        }
+        return fd;
+    }
+
+    private Fcall Walk(Fcall t)
+    {
+        HostFid from = GetFid(t.Fid);
+        // walk(5) forbids walking an opened fid; diod (and its clients) walk from an opened directory into a new
+        // fid, which is harmless, so only moving an opened fid itself is refused.
+        if (from.IsOpen && t.NewFid == t.Fid)
+        {
+            throw Fail(Errno.EBADF);
+        }
+        if (t.NewFid != t.Fid && _fids.ContainsKey(t.NewFid))
+        {
+            throw Fail(Errno.EBADF);
+        }
+        int fd = Dup(from.PathFd);
+        string[] path = from.Path;
+        uint type = from.Type;
+        var qids = new Qid[t.Wnames.Length];
+        int done = 0;
+        try
+        {
+            for (; done < t.Wnames.Length; done++)
+            {
+                string name = t.Wnames[done];
+                int next;
+                string[] nextPath;
+                if (name == "..")
+                {
+                    nextPath = path.Length == 0 ? path : path[..^1];
+                    next = OpenPath(nextPath);
+                }
+                else if (name == ".")
+                {
+                    nextPath = path;
+                    next = Dup(fd);
+                }
+                else
+                {
+                    if (type != HostCalls.S_IFDIR)
+                    {
+                        throw Fail(Errno.ENOTDIR);
+                    }
+                    CheckName(name);
+                    next = HostCalls.OpenAt(fd, name, HostCalls.O_PATH | HostCalls.O_NOFOLLOW | HostCalls.O_CLOEXEC, 0);
+                    if (next < 0)
+                    {
+                        throw LastError();
+                    }
+                    nextPath = [.. path, name];
+                }
+                HostCalls.Close(fd);
+                fd = next;
+                path = nextPath;
+                HostAttr a = Stat(fd);
+                type = a.Type;
+                qids[done] = QidOf(a);
+            }
+        }
+        catch (HostFsException) when (done > 0)
+        {
+            // walk(5): a failure after the first name returns the qids that succeeded; newfid is not affected.
+            HostCalls.Close(fd);
+            return new Fcall { Type = MessageType.Rwalk, Tag = t.Tag, Wqids = qids[..done] };
+        }
+        catch
+        {
+            HostCalls.Close(fd);
+            throw;
+        }
+        if (t.NewFid == t.Fid)
+        {
+            from.Close();
+            from.PathFd = fd;
+            from.Path = path;
+            from.Type = type;
+        }
+        else
+        {
+            AddFid(t.NewFid, new HostFid(fd, path, type));
+        }
+        return new Fcall { Type = MessageType.Rwalk, Tag = t.Tag, Wqids = qids };
+    }
+
+    private void Clunk(uint fid)
+    {
+        if (!_fids.Remove(fid, out HostFid? f))
+        {
+            throw Fail(Errno.EBADF);
+        }
+        f.Close();
+    }
+
+    private void ClunkAll()
+    {
+        foreach (HostFid f in _fids.Values)
+        {
+            f.Close();
+        }
+        _fids.Clear();
+    }
+
+    private Fcall GetAttr(Fcall t)
+    {
+        HostFid f = GetFid(t.Fid);
+        HostAttr a = Stat(f.PathFd);
+        return new Fcall
+        {
+            Type = MessageType.Rgetattr, Tag = t.Tag,
+            Attr = new LAttr
+            {
+                Valid = P9.GetattrBasic, Qid = QidOf(a), Mode = a.Mode, Uid = a.Uid, Gid = a.Gid, NLink = a.NLink,
+                RDev = a.Rdev, Size = a.Size, BlkSize = a.BlkSize, Blocks = a.Blocks,
+                AtimeSec = (ulong)a.AtimeSec, AtimeNsec = a.AtimeNsec, MtimeSec = (ulong)a.MtimeSec, MtimeNsec = a.MtimeNsec,
+                CtimeSec = (ulong)a.CtimeSec, CtimeNsec = a.CtimeNsec,
+            },
+        };
+    }
+
+    private void SetAttr(Fcall t)
+    {
+        HostFid f = GetFid(t.Fid);
+        LSetAttr s = t.SetAttr!;
+        const uint AtimeSet = 0x80, MtimeSet = 0x100;
+        if ((s.Valid & (P9.AttrMode | P9.AttrUid | P9.AttrGid | P9.AttrSize | P9.AttrAtime | P9.AttrMtime)) == 0)
+        {
+            return; // ctime only: the host updates it by itself
+        }
+        CheckWritable();
+        HostAttr a = Stat(f.PathFd);
+        string proc = HostCalls.ProcFd(f.PathFd);
+        if ((s.Valid & P9.AttrSize) != 0)
+        {
+            if (!a.IsRegular)
+            {
+                throw Fail(a.IsDirectory ? Errno.EISDIR : Errno.EINVAL);
+            }
+            int fd = f.IsOpen && f.OpenForWrite ? f.OpenFd : OpenProc(proc, HostCalls.O_WRONLY);
+            try
+            {
+                if (HostCalls.Ftruncate(fd, (long)Math.Min(s.Size, long.MaxValue)) != 0)
+                {
+                    throw LastError();
+                }
+            }
+            finally
+            {
+                if (fd != f.OpenFd)
+                {
+                    HostCalls.Close(fd);
+                }
+            }
+        }
+        if ((s.Valid & P9.AttrMode) != 0 && !a.IsSymlink && HostCalls.FchmodAt(HostCalls.AT_FDCWD, proc, s.Mode & 0xFFF, 0) != 0)
+        {
+            throw LastError();
+        }
+        if ((s.Valid & (P9.AttrUid | P9.AttrGid)) != 0)
+        {
+            uint uid = (s.Valid & P9.AttrUid) != 0 ? s.Uid : uint.MaxValue;
+            uint gid = (s.Valid & P9.AttrGid) != 0 ? s.Gid : uint.MaxValue;
+            if (HostCalls.FchownAt(f.PathFd, "", uid, gid, HostCalls.AT_EMPTY_PATH | HostCalls.AT_SYMLINK_NOFOLLOW) != 0)
+            {
+                throw LastError();
+            }
+        }
+        if ((s.Valid & (P9.AttrAtime | P9.AttrMtime)) != 0 && !a.IsSymlink)
+        {
+            Span<long> times =
+            [
+                (s.Valid & P9.AttrAtime) == 0 ? 0 : (s.Valid & AtimeSet) != 0 ? (long)s.AtimeSec : 0,
+                (s.Valid & P9.AttrAtime) == 0 ? HostCalls.UTIME_OMIT : (s.Valid & AtimeSet) != 0 ? (long)s.AtimeNsec : HostCalls.UTIME_NOW,
+                (s.Valid & P9.AttrMtime) == 0 ? 0 : (s.Valid & MtimeSet) != 0 ? (long)s.MtimeSec : 0,
+                (s.Valid & P9.AttrMtime) == 0 ? HostCalls.UTIME_OMIT : (s.Valid & MtimeSet) != 0 ? (long)s.MtimeNsec : HostCalls.UTIME_NOW,
+            ];
+            if (HostCalls.UtimensAt(HostCalls.AT_FDCWD, proc, ref times[0], 0) != 0)
+            {
+                throw LastError();
+            }
+        }
+    }
+
+    private static int OpenProc(string proc, int flags)
+    {
+        int fd = HostCalls.OpenAt(HostCalls.AT_FDCWD, proc, flags | HostCalls.O_CLOEXEC | HostCalls.O_NONBLOCK | HostCalls.O_NOCTTY, 0);
+        return fd >= 0 ? fd : throw LastError();
+    }
+
+    /// <summary>Guest open flags reduced to the ones that are safe and meaningful on the host.</summary>
+    private int OpenFlags(uint flags)
+    {
+        int acc = (int)flags & HostCalls.O_ACCMODE;
+        bool truncate = (flags & HostCalls.O_TRUNC) != 0;
+        if (_options.ReadOnly && (acc != HostCalls.O_RDONLY || truncate))
+        {
+            throw Fail(Errno.EROFS);
+        }
+        // O_DIRECT would need aligned buffers; O_APPEND is done by the guest (it sends the offset).
+        return acc | (truncate ? HostCalls.O_TRUNC : 0) | ((int)flags & HostCalls.O_SYNC) | ((int)flags & HostCalls.O_DSYNC);
+    }
+
+    private Fcall LOpen(Fcall t)
+    {
+        HostFid f = GetFid(t.Fid);
+        if (f.IsOpen)
+        {
+            throw Fail(Errno.EBADF);
+        }
+        HostAttr a = Stat(f.PathFd);
+        int flags;
+        switch (a.Type)
+        {
+            case HostCalls.S_IFDIR:
+                flags = HostCalls.O_RDONLY | HostCalls.O_DIRECTORY;
+                break;
+            case HostCalls.S_IFREG:
+            case HostCalls.S_IFIFO:
+                flags = OpenFlags(t.Flags);
+                break;
+            case HostCalls.S_IFLNK:
+                throw Fail(ELOOP);
+            default:
+                // Never hand the guest a host device or socket.
+                throw Fail(Errno.EPERM);
+        }
+        int fd = OpenProc(HostCalls.ProcFd(f.PathFd), flags);
+        f.OpenFd = fd;
+        f.OpenForWrite = (flags & HostCalls.O_ACCMODE) != HostCalls.O_RDONLY;
+        return new Fcall { Type = MessageType.Rlopen, Tag = t.Tag, Qid = QidOf(a), Iounit = 0 };
+    }
+
+    private Fcall LCreate(Fcall t)
+    {
+        HostFid dir = GetFid(t.Fid);
+        CheckWritable();
+        if (dir.IsOpen || !dir.IsDirectory)
+        {
+            throw Fail(dir.IsOpen ? Errno.EBADF : Errno.ENOTDIR);
+        }
+        string name = CheckName(t.Name);
+        int flags = OpenFlags(t.Flags) | ((int)t.Flags & HostCalls.O_EXCL) | HostCalls.O_CREAT | HostCalls.O_NOFOLLOW
+            | HostCalls.O_CLOEXEC | HostCalls.O_NONBLOCK | HostCalls.O_NOCTTY;
+        int fd = HostCalls.OpenAt(dir.PathFd, name, flags, t.LMode & 0xFFF);
+        if (fd < 0)
+        {
+            throw LastError();
+        }
+        int pathFd = HostCalls.OpenAt(dir.PathFd, name, HostCalls.O_PATH | HostCalls.O_NOFOLLOW | HostCalls.O_CLOEXEC, 0);
+        if (pathFd < 0)
+        {
+            HostCalls.Close(fd);
+            throw LastError();
+        }
+        HostAttr a = Stat(pathFd);
+        // tcreate: the fid now stands for the new, opened file.
+        HostCalls.Close(dir.PathFd);
+        dir.PathFd = pathFd;
+        dir.Path = [.. dir.Path, name];
+        dir.Type = a.Type;
+        dir.OpenFd = fd;
+        dir.OpenForWrite = (flags & HostCalls.O_ACCMODE) != HostCalls.O_RDONLY;
+        return new Fcall { Type = MessageType.Rlcreate, Tag = t.Tag, Qid = QidOf(a), Iounit = 0 };
+    }
+
+    private HostFid GetDirectory(uint fid)
+    {
+        HostFid dir = GetFid(fid);
+        return dir.IsDirectory ? dir : throw Fail(Errno.ENOTDIR);
+    }
+
+    private Fcall MakeNode(Fcall t, MessageType replyType)
+    {
+        HostFid dir = GetDirectory(t.Type == MessageType.Tmknod ? t.DFid : t.Type == MessageType.Tmkdir ? t.DFid : t.Fid);
+        CheckWritable();
+        string name = CheckName(t.Name);
+        int rc;
+        switch (t.Type)
+        {
+            case MessageType.Tmkdir:
+                rc = HostCalls.MkdirAt(dir.PathFd, name, t.LMode & 0xFFF);
+                break;
+            case MessageType.Tsymlink:
+                // The target is stored, never followed by this server; an absolute target stays inside the guest's view.
+                rc = t.Name2.Length == 0 || t.Name2.Contains('\0') ? throw Fail(Errno.EINVAL) : HostCalls.SymlinkAt(t.Name2, dir.PathFd, name);
+                break;
+            default:
+                uint type = t.LMode & HostCalls.S_IFMT;
+                if (type is not (HostCalls.S_IFIFO or HostCalls.S_IFSOCK or HostCalls.S_IFREG))
+                {
+                    throw Fail(Errno.EPERM); // no device nodes on the host
+                }
+                rc = HostCalls.MknodAt(dir.PathFd, name, type | (t.LMode & 0xFFF), 0);
+                break;
+        }
+        if (rc != 0)
+        {
+            throw LastError();
+        }
+        return new Fcall { Type = replyType, Tag = t.Tag, Qid = QidOf(StatAt(dir.PathFd, name)) };
+    }
+
+    private Fcall ReadLink(Fcall t)
+    {
+        HostFid f = GetFid(t.Fid);
+        Span<byte> buffer = stackalloc byte[4096];
+        nint n = HostCalls.ReadlinkAt(f.PathFd, "", ref buffer[0], (nuint)buffer.Length);
+        if (n < 0)
+        {
+            throw LastError();
+        }
+        return new Fcall { Type = MessageType.Rreadlink, Tag = t.Tag, Name2 = Encoding.UTF8.GetString(buffer[..(int)n]) };
+    }
+
+    private void Link(Fcall t)
+    {
+        HostFid dir = GetDirectory(t.DFid);
+        HostFid target = GetFid(t.Fid);
+        CheckWritable();
+        string name = CheckName(t.Name);
+        if (target.IsDirectory)
+        {
+            throw Fail(Errno.EPERM);
+        }
+        if (HostCalls.LinkAt(target.PathFd, "", dir.PathFd, name, HostCalls.AT_EMPTY_PATH) == 0)
+        {
+            return;
+        }
+        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc link reaches the same inode (not for symlinks, which
+        // the /proc link would follow).
+        if (target.Type == HostCalls.S_IFLNK
+            || HostCalls.LinkAt(HostCalls.AT_FDCWD, HostCalls.ProcFd(target.PathFd), dir.PathFd, name, HostCalls.AT_SYMLINK_FOLLOW) != 0)
+        {
+            throw LastError();
+        }
+    }
+
+    private void UnlinkAt(Fcall t)
+    {
+        HostFid dir = GetDirectory(t.Fid);
+        CheckWritable();
+        string name = CheckName(t.Name);
+        if (HostCalls.UnlinkAt(dir.PathFd, name, (int)(t.Flags & P9.AtRemoveDir)) != 0)
+        {
+            throw LastError();
+        }
+    }
+
+    private void RenameAt(Fcall t)
+    {
+        HostFid from = GetDirectory(t.Fid);
+        HostFid to = GetDirectory(t.DFid);
+        CheckWritable();
+        if (HostCalls.RenameAt(from.PathFd, CheckName(t.Name), to.PathFd, CheckName(t.Name2)) != 0)
+        {
+            throw LastError();
+        }
+    }
+
+    private void Rename(Fcall t)
+    {
+        HostFid f = GetFid(t.Fid);
+        HostFid to = GetDirectory(t.DFid);
+        CheckWritable();
+        if (f.Path.Length == 0)
+        {
+            throw Fail(EBUSY);
+        }
+        string newName = CheckName(t.Name);
+        int parent = OpenPath(f.Path.AsSpan(0, f.Path.Length - 1));
+        try
+        {
+            if (HostCalls.RenameAt(parent, f.Path[^1], to.PathFd, newName) != 0)
+            {
+                throw LastError();
+            }
+        }
+        finally
+        {
+            HostCalls.Close(parent);
+        }
+        f.Path = [.. to.Path, newName];
+    }
+
+    private void Remove(Fcall t)
+    {
+        // remove(5): the fid is clunked even when the remove fails.
+        HostFid f = GetFid(t.Fid);
+        _fids.Remove(t.Fid);
+        try
+        {
+            CheckWritable();
+            if (f.Path.Length == 0)
+            {
+                throw Fail(EBUSY);
+            }
+            int parent = OpenPath(f.Path.AsSpan(0, f.Path.Length - 1));
+            try
+            {
+                if (HostCalls.UnlinkAt(parent, f.Path[^1], f.IsDirectory ? HostCalls.AT_REMOVEDIR : 0) != 0)
+                {
+                    throw LastError();
+                }
+            }
+            finally
+            {
+                HostCalls.Close(parent);
+            }
+        }
+        finally
+        {
+            f.Close();
+        }
+    }
+
+    private static Fcall StatFs(Fcall t, HostFid f)
+    {
+        // struct statfs (x86-64): type, bsize, blocks, bfree, bavail, files, ffree, fsid[2 x s32], namelen, ...
+        Span<byte> s = stackalloc byte[120];
+        if (HostCalls.FStatFs(f.PathFd, ref s[0]) != 0)
+        {
+            throw LastError();
+        }
+        return new Fcall
+        {
+            Type = MessageType.Rstatfs, Tag = t.Tag,
+            StatFs = new LStatFs
+            {
+                Type = (uint)BinaryPrimitives.ReadUInt64LittleEndian(s), BSize = (uint)BinaryPrimitives.ReadUInt64LittleEndian(s[8..]),
+                Blocks = BinaryPrimitives.ReadUInt64LittleEndian(s[16..]), BFree = BinaryPrimitives.ReadUInt64LittleEndian(s[24..]),
+                BAvail = BinaryPrimitives.ReadUInt64LittleEndian(s[32..]), Files = BinaryPrimitives.ReadUInt64LittleEndian(s[40..]),
+                FFree = BinaryPrimitives.ReadUInt64LittleEndian(s[48..]), FsId = BinaryPrimitives.ReadUInt64LittleEndian(s[56..]),
+                NameLen = (uint)BinaryPrimitives.ReadUInt64LittleEndian(s[64..]),
+            },
+        };
+    }
+
+    private Fcall StatFs(Fcall t) => StatFs(t, GetFid(t.Fid));
+
+    private void Fsync(Fcall t)
+    {
+        HostFid f = GetFid(t.Fid);
+        if (f.IsOpen && (t.Flags != 0 ? HostCalls.FDataSync(f.OpenFd) : HostCalls.FSync(f.OpenFd)) != 0)
+        {
+            throw LastError();
+        }
+    }
+
+    // Tread/Twrite/Treaddir, parsed in place: header[7] fid[4] offset[8] count[4] (+ data for Twrite).
+
+    /// <summary>Reads fid, offset and count; the frame length must be exactly what the message type says.</summary>
+    private bool TryIoHeader(ReadOnlySpan<byte> request, bool write, out HostFid file, out ulong offset)
+    {
+        file = null!;
+        offset = 0;
+        if (request.Length < 23)
+        {
+            return false;
+        }
+        uint fid = BinaryPrimitives.ReadUInt32LittleEndian(request[7..]);
+        offset = BinaryPrimitives.ReadUInt64LittleEndian(request[11..]);
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(request[19..]);
+        if (write ? count != request.Length - 23 : request.Length != 23)
+        {
+            return false;
+        }
+        file = GetFid(fid);
+        return true;
+    }
+
+    private static int IoReply(Span<byte> reply, MessageType type, ushort tag, int count)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(reply, (uint)(P9.IoHeaderSize + count));
+        reply[4] = (byte)type;
+        BinaryPrimitives.WriteUInt16LittleEndian(reply[5..], tag);
+        BinaryPrimitives.WriteUInt32LittleEndian(reply[7..], (uint)count);
+        return P9.IoHeaderSize + count;
+    }
+
+    private int Read(ReadOnlySpan<byte> request, Span<byte> reply, ushort tag)
+    {
+        if (!_versioned || !TryIoHeader(request, write: false, out HostFid f, out ulong offset))
+        {
+            return Error(reply, tag, _versioned ? Errno.EINVAL : Errno.EPROTO);
+        }
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(request[19..]);
+        if (!f.IsOpen)
+        {
+            return Error(reply, tag, Errno.EBADF);
+        }
+        if (f.IsDirectory)
+        {
+            return Error(reply, tag, Errno.EISDIR);
+        }
+        if (offset > long.MaxValue)
+        {
+            return Error(reply, tag, Errno.EINVAL);
+        }
+        int max = (int)Math.Min(Math.Min(count, _msize - P9.IoHeaderSize), (uint)(reply.Length - P9.IoHeaderSize));
+        Span<byte> data = reply.Slice(P9.IoHeaderSize, max);
+        nint n = max == 0 ? 0 : HostCalls.PRead(f.OpenFd, ref data[0], (nuint)max, (long)offset);
+        return n < 0 ? Error(reply, tag, (uint)HostCalls.Errno) : IoReply(reply, MessageType.Rread, tag, (int)n);
+    }
+
+    private int Write(ReadOnlySpan<byte> request, Span<byte> reply, ushort tag)
+    {
+        if (!_versioned || !TryIoHeader(request, write: true, out HostFid f, out ulong offset))
+        {
+            return Error(reply, tag, _versioned ? Errno.EINVAL : Errno.EPROTO);
+        }
+        if (!f.IsOpen || !f.OpenForWrite)
+        {
+            return Error(reply, tag, _options.ReadOnly ? Errno.EROFS : Errno.EBADF);
+        }
+        if (offset > long.MaxValue)
+        {
+            return Error(reply, tag, Errno.EINVAL);
+        }
+        ReadOnlySpan<byte> data = request[23..];
+        nint n = data.Length == 0 ? 0 : HostCalls.PWrite(f.OpenFd, ref MemoryMarshal.GetReference(data), (nuint)data.Length, (long)offset);
+        if (n < 0)
+        {
+            return Error(reply, tag, (uint)HostCalls.Errno);
+        }
+        BinaryPrimitives.WriteUInt32LittleEndian(reply, 11);
+        reply[4] = (byte)MessageType.Rwrite;
+        BinaryPrimitives.WriteUInt16LittleEndian(reply[5..], tag);
+        BinaryPrimitives.WriteUInt32LittleEndian(reply[7..], (uint)n);
+        return 11;
+    }
+
+    private int ReadDir(ReadOnlySpan<byte> request, Span<byte> reply, ushort tag)
+    {
+        if (!_versioned || !TryIoHeader(request, write: false, out HostFid f, out ulong offset))
+        {
+            return Error(reply, tag, _versioned ? Errno.EINVAL : Errno.EPROTO);
+        }
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(request[19..]);
+        if (!f.IsOpen || !f.IsDirectory)
+        {
+            return Error(reply, tag, Errno.EBADF);
+        }
+        // The offset is the host's own d_off cookie of the last entry returned (0 = from the start): seek there and
+        // read on, so a directory changing between calls neither repeats nor skips entries (as getdents does).
+        if (HostCalls.LSeek(f.OpenFd, (long)offset, HostCalls.SEEK_SET) < 0)
+        {
+            return Error(reply, tag, (uint)HostCalls.Errno);
+        }
+        int max = (int)Math.Min(Math.Min(count, _msize - P9.IoHeaderSize), (uint)(reply.Length - P9.IoHeaderSize));
+        Span<byte> output = reply.Slice(P9.IoHeaderSize, max);
+        byte[] dents = System.Buffers.ArrayPool<byte>.Shared.Rent(Math.Max(max, 512));
+        try
+        {
+            int got = HostCalls.GetDents64(f.OpenFd, dents.AsSpan(0, Math.Max(max, 512)));
+            if (got < 0)
+            {
+                return Error(reply, tag, (uint)HostCalls.Errno);
+            }
+            int written = 0;
+            int pos = 0;
+            while (pos + 19 < got)
+            {
+                ReadOnlySpan<byte> d = dents.AsSpan(pos, got - pos);
+                ulong ino = BinaryPrimitives.ReadUInt64LittleEndian(d);
+                ulong off = BinaryPrimitives.ReadUInt64LittleEndian(d[8..]);
+                ushort reclen = BinaryPrimitives.ReadUInt16LittleEndian(d[16..]);
+                byte dtype = d[18];
+                if (reclen < 20 || reclen > d.Length)
+                {
+                    break;
+                }
+                ReadOnlySpan<byte> name = d[19..reclen];
+                int nul = name.IndexOf((byte)0);
+                if (nul >= 0)
+                {
+                    name = name[..nul];
+                }
+                int size = Qid.Size + 8 + 1 + 2 + name.Length;
+                if (written + size > output.Length)
+                {
+                    break;
+                }
+                // qid of an entry from d_type and d_ino (a later walk stats it properly).
+                byte qtype = dtype switch { 4 => P9.QtDir, 10 => P9.QtSymlink, _ => P9.QtFile };
+                Span<byte> e = output[written..];
+                e[0] = qtype;
+                BinaryPrimitives.WriteUInt32LittleEndian(e[1..], 0);
+                BinaryPrimitives.WriteUInt64LittleEndian(e[5..], QidPath(ino, _rootDevMajor, _rootDevMinor));
+                BinaryPrimitives.WriteUInt64LittleEndian(e[13..], off);
+                e[21] = dtype;
+                BinaryPrimitives.WriteUInt16LittleEndian(e[22..], (ushort)name.Length);
+                name.CopyTo(e[24..]);
+                written += size;
+                pos += reclen;
+            }
+            return IoReply(reply, MessageType.Rreaddir, tag, written);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(dents);
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+            _disposed = true;
+            ClunkAll();
+            if (_rootFd >= 0)
+            {
+                HostCalls.Close(_rootFd);
+                _rootFd = -1;
+            }
+        }
+    }
+}
