@@ -7,6 +7,7 @@ using Kit.HyperKit.Devices.Serial;
 using Kit.HyperKit.Devices.Virtio;
 using Kit.HyperKit.Devices.Virtio.Block;
 using Kit.HyperKit.Devices.Virtio.Rng;
+using Kit.HyperKit.Devices.Virtio.Vsock;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Memory;
 
@@ -32,6 +33,12 @@ public sealed class MachineOptions
     public List<DiskOptions> Disks { get; } = [];
 
     public bool Rng { get; set; } = true;
+
+    /// <summary>virtio-vsock host socket (Firecracker's CONNECT/OK protocol; guest connections go to PATH_PORT); null for none.</summary>
+    public string? VsockPath { get; set; }
+
+    /// <summary>The guest's vsock CID (3 unless set; 0-2 are reserved).</summary>
+    public ulong VsockCid { get; set; } = 3;
 
     /// <summary>Adds the test exit port at 0x501 (freestanding programs end the run through it).</summary>
     public bool DebugExitPort { get; set; }
@@ -128,6 +135,10 @@ public sealed class Machine : IDisposable
                 _owned.Add(backend);
                 AddVirtio(new VirtioBlock(backend, Path.GetFileName(disk.Path)), msi);
             }
+            if (options.VsockPath is not null)
+            {
+                AddVsock(options.VsockPath, options.VsockCid, msi);
+            }
 
             KvmCpuidEntry2[] supported = _kvm.GetSupportedCpuid();
             _vcpus = new KvmVcpu[options.Cpus];
@@ -176,6 +187,26 @@ public sealed class Machine : IDisposable
             _vm.AssignIoeventfd(fd, bar + VirtioPciDevice.NotifyOffset + VirtioPciDevice.NotifyMultiplier * (uint)q, 2, pio: false);
             _notifiers.Add((fd, function, q));
         }
+    }
+
+    private void AddVsock(string path, ulong cid, IMsiSink msi)
+    {
+        if (cid <= 2 || cid >= 0xFFFF_FFFF)
+        {
+            throw new MachineConfigurationException($"vsock guest CID must be 3 to 4294967294 (got {cid})");
+        }
+        var host = new UnixVsockHost(path);
+        var vsock = new VirtioVsock(cid, host);
+        AddVirtio(vsock, msi);
+        try
+        {
+            host.Start(vsock);
+        }
+        catch (IOException e)
+        {
+            throw new MachineConfigurationException($"vsock: {e.Message}");
+        }
+        _owned.Add(host);
     }
 
     private void NotifyLoop()
@@ -488,11 +519,12 @@ public sealed class Machine : IDisposable
             }
         }
         _vm?.Dispose();
-        Memory?.Dispose();
+        // Device backends first: host-side I/O threads (vsock) must be stopped before guest memory is unmapped.
         foreach (IDisposable d in _owned)
         {
             d.Dispose();
         }
+        Memory?.Dispose();
         _kvm?.Dispose();
         _stopped.Dispose();
     }

@@ -39,9 +39,14 @@ internal static class VmCommand
         {
             Description = "Also write the serial console to FILE (truncated first), as hyperkit's com1 log= does.",
         };
+        var vsock = new Option<string?>("--vsock")
+        {
+            Description = "virtio-vsock on Unix sockets, Firecracker's protocol: host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P go to PATH_P. Guest CID 3 unless \",cid=N\" is appended.",
+        };
         var run = new Command("run", "Boot a Linux kernel with the console on stdio; the exit code says how the guest ended (0 power-off, 1 VMM error, 2 reset, 3 triple fault, 4 panic).")
         {
             kernel, initrd, cmdline, memory, cpus, disks, noRng, consoleLog,
+            vsock,
         };
         run.SetAction(parse => Run(
             parse.GetValue(kernel)!,
@@ -51,7 +56,8 @@ internal static class VmCommand
             parse.GetValue(cpus),
             parse.GetValue(disks) ?? [],
             !parse.GetValue(noRng),
-            parse.GetValue(consoleLog)));
+            parse.GetValue(consoleLog),
+            parse.GetValue(vsock)));
         return new Command("vm", "Lightweight Linux VMs on /dev/kvm (HyperKit).") { run };
     }
 
@@ -79,7 +85,24 @@ internal static class VmCommand
         return true;
     }
 
-    private static int Run(FileInfo kernel, FileInfo? initrd, string cmdline, string memoryText, int cpus, string[] disks, bool rng, FileInfo? consoleLog)
+    /// <summary>Parses <c>PATH</c> or <c>PATH,cid=N</c> (N from 3 to 2^32-2; 0-2 are reserved, -1 is "any").</summary>
+    public static bool TryParseVsock(string text, out string path, out ulong cid)
+    {
+        path = text;
+        cid = 3;
+        int comma = text.LastIndexOf(",cid=", StringComparison.Ordinal);
+        if (comma >= 0)
+        {
+            path = text[..comma];
+            if (!ulong.TryParse(text.AsSpan(comma + 5), NumberStyles.None, CultureInfo.InvariantCulture, out cid))
+            {
+                return false;
+            }
+        }
+        return path.Length > 0 && cid > 2 && cid < 0xFFFF_FFFF;
+    }
+
+    private static int Run(FileInfo kernel, FileInfo? initrd, string cmdline, string memoryText, int cpus, string[] disks, bool rng, FileInfo? consoleLog, string? vsock)
     {
         if (!TryParseSize(memoryText, out ulong memory))
         {
@@ -112,6 +135,15 @@ internal static class VmCommand
         {
             bool readOnly = disk.EndsWith(",ro", StringComparison.Ordinal);
             options.Disks.Add(new DiskOptions(readOnly ? disk[..^3] : disk, readOnly));
+        }
+        if (vsock is not null)
+        {
+            if (!TryParseVsock(vsock, out string path, out ulong cid))
+            {
+                throw new CliException($"--vsock: cannot parse \"{vsock}\" (use PATH or PATH,cid=N with N from 3 to 4294967294)");
+            }
+            options.VsockPath = path;
+            options.VsockCid = cid;
         }
         MachineExit exit;
         var clock = Stopwatch.StartNew();
