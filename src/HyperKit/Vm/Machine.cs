@@ -9,6 +9,7 @@ using Kit.HyperKit.Devices.Virtio.Block;
 using Kit.HyperKit.Devices.Virtio.Net;
 using Kit.HyperKit.Devices.Virtio.NineP;
 using Kit.HyperKit.Devices.Virtio.Rng;
+using Kit.HyperKit.Devices.Virtio.Vsock;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Memory;
 
@@ -49,7 +50,15 @@ public sealed class MachineOptions
 
     /// <summary>The guest's MAC when the backend does not assign one; null picks a random locally administered one.</summary>
     public byte[]? NetMac { get; set; }
+
+    /// <summary>virtio-9p shares: a host directory or a relay to a 9P server each.</summary>
     public List<ShareOptions> Shares { get; } = [];
+
+    /// <summary>virtio-vsock host socket (Firecracker's CONNECT/OK protocol; guest connections go to PATH_PORT); null for none.</summary>
+    public string? VsockPath { get; set; }
+
+    /// <summary>The guest's vsock CID (3 unless set; 0-2 are reserved).</summary>
+    public ulong VsockCid { get; set; } = 3;
 
     /// <summary>Adds the test exit port at 0x501 (freestanding programs end the run through it).</summary>
     public bool DebugExitPort { get; set; }
@@ -167,6 +176,10 @@ public sealed class Machine : IDisposable
                 _owned.Add(net);
                 AddVirtio(net, msi);
             }
+            if (options.VsockPath is not null)
+            {
+                AddVsock(options.VsockPath, options.VsockCid, msi);
+            }
 
             KvmCpuidEntry2[] supported = _kvm.GetSupportedCpuid();
             _vcpus = new KvmVcpu[options.Cpus];
@@ -215,6 +228,26 @@ public sealed class Machine : IDisposable
             _vm.AssignIoeventfd(fd, bar + VirtioPciDevice.NotifyOffset + VirtioPciDevice.NotifyMultiplier * (uint)q, 2, pio: false);
             _notifiers.Add((fd, function, q));
         }
+    }
+
+    private void AddVsock(string path, ulong cid, IMsiSink msi)
+    {
+        if (cid <= 2 || cid >= 0xFFFF_FFFF)
+        {
+            throw new MachineConfigurationException($"vsock guest CID must be 3 to 4294967294 (got {cid})");
+        }
+        var host = new UnixVsockHost(path);
+        var vsock = new VirtioVsock(cid, host);
+        AddVirtio(vsock, msi);
+        try
+        {
+            host.Start(vsock);
+        }
+        catch (IOException e)
+        {
+            throw new MachineConfigurationException($"vsock: {e.Message}");
+        }
+        _owned.Add(host);
     }
 
     private void NotifyLoop()
@@ -527,11 +560,12 @@ public sealed class Machine : IDisposable
             }
         }
         _vm?.Dispose();
-        Memory?.Dispose();
+        // Device backends first: host-side I/O threads (vsock) must be stopped before guest memory is unmapped.
         foreach (IDisposable d in _owned)
         {
             d.Dispose();
         }
+        Memory?.Dispose();
         _kvm?.Dispose();
         _stopped.Dispose();
     }
