@@ -18,6 +18,7 @@ internal static class Program
             VmCommand.Create(),
             NetCommand.Create(),
             DataCommand.Create(),
+            UpCommand.Create(),
         };
         return CliRunner.Run(root, args);
     }

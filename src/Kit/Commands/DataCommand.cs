@@ -31,7 +31,7 @@ internal static class DataCommand
         return new Command("data", "DataKit: a git-backed store served as a 9P file system.") { serve };
     }
 
-    private static string DefaultStore()
+    public static string DefaultStore()
     {
         string? xdg = Environment.GetEnvironmentVariable("XDG_DATA_HOME");
         string baseDir = string.IsNullOrEmpty(xdg)

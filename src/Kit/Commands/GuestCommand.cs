@@ -21,11 +21,21 @@ internal static class GuestCommand
         {
             cacheOption,
         };
-        build.SetAction(parse => Build(parse.GetValue(cacheOption)));
+        build.SetAction(parse =>
+        {
+            (string kernel, string initrd) = Ensure(parse.GetValue(cacheOption));
+            Console.WriteLine($"kernel={kernel}");
+            Console.WriteLine($"initrd={initrd}");
+            return 0;
+        });
         return new Command("guest", "The default guest: a stock Debian kernel with a busybox initramfs.") { build };
     }
 
-    private static int Build(DirectoryInfo? cache)
+    /// <summary>
+    /// Builds the default guest or finds it in the cache; returns the kernel and initramfs paths. The script's
+    /// progress goes to stderr; its result lines (kernel=..., initrd=...) are parsed here.
+    /// </summary>
+    public static (string Kernel, string Initrd) Ensure(DirectoryInfo? cache)
     {
         string script = Path.Combine(Path.GetTempPath(), $"kit-guest-build-{Environment.ProcessId}.sh");
         using (Stream resource = Assembly.GetExecutingAssembly().GetManifestResourceStream("guest/build.sh")
@@ -36,15 +46,32 @@ internal static class GuestCommand
         }
         try
         {
-            var start = new ProcessStartInfo("bash") { UseShellExecute = false };
+            var start = new ProcessStartInfo("bash") { UseShellExecute = false, RedirectStandardOutput = true };
             start.ArgumentList.Add(script);
             if (cache is not null)
             {
                 start.Environment["KIT_GUEST_CACHE"] = cache.FullName;
             }
             using Process process = Process.Start(start) ?? throw new CliException("cannot start bash");
+            string output = process.StandardOutput.ReadToEnd();
             process.WaitForExit();
-            return process.ExitCode;
+            string? kernel = null, initrd = null;
+            foreach (string line in output.Split('\n', StringSplitOptions.TrimEntries))
+            {
+                if (line.StartsWith("kernel=", StringComparison.Ordinal))
+                {
+                    kernel = line[7..];
+                }
+                else if (line.StartsWith("initrd=", StringComparison.Ordinal))
+                {
+                    initrd = line[7..];
+                }
+            }
+            if (process.ExitCode != 0 || kernel is null || initrd is null)
+            {
+                throw new CliException($"building the default guest failed (guest/build.sh exit code {process.ExitCode})");
+            }
+            return (kernel, initrd);
         }
         finally
         {

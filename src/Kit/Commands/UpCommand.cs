@@ -1,0 +1,156 @@
+using System.CommandLine;
+using System.Net.Sockets;
+using System.Text;
+using Kit.Cli.Vm;
+using Kit.DataKit;
+using Kit.HyperKit.Vm;
+using Kit.NineP.Server;
+using Microsoft.Extensions.Logging;
+
+namespace Kit.Cli.Commands;
+
+/// <summary>
+/// `kit up`: the three parts together, as in Docker Desktop. The default guest boots under HyperKit with VPNKit in
+/// the same process as its network and DataKit (also in this process) mounted at /datakit over virtio-9p; the demo
+/// in the guest takes a DHCP lease, resolves the host through the DNS forwarder, and commits what it learned into
+/// DataKit. With a terminal on stdin a shell follows; otherwise the guest powers off and the exit code is the VM's.
+/// Host tools reach the same database over 9P on tcp://127.0.0.1:5640 while it runs.
+/// </summary>
+internal static class UpCommand
+{
+    /// <summary>The virtio-9p tag the guest mounts DataKit by.</summary>
+    public const string DataKitTag = "datakit";
+
+    public static Command Create()
+    {
+        var git = new Option<string?>("--git")
+        {
+            Description = "Git repository holding the DataKit store (created if missing). Default: as kit data serve.",
+        };
+        var listen = new Option<string[]>("--listen-9p")
+        {
+            Description = "Also serve DataKit to host tools at tcp://HOST:PORT or unix:PATH (repeatable). Default: tcp://127.0.0.1:5640 when that port is free.",
+        };
+        var cpus = new Option<int>("--cpus", "-c") { Description = "Number of vCPUs.", DefaultValueFactory = _ => 2 };
+        var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM (K/M/G suffix).", DefaultValueFactory = _ => "512M" };
+        var dnsUpstream = new Option<string[]>("--dns-upstream") { Description = "DNS upstream IP:PORT for the guest's forwarder (repeatable; default: the host's resolv.conf)." };
+        var publish = new Option<string[]>("--publish") { Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
+        var consoleLog = new Option<FileInfo?>("--console-log") { Description = "Also write the serial console to FILE." };
+        var up = new Command("up", "Boot the default guest with VPNKit networking and DataKit mounted at /datakit, and run its demo (then a shell, when stdin is a terminal).")
+        {
+            git, listen, cpus, memory, dnsUpstream, publish, consoleLog,
+        };
+        up.SetAction(parse => Run(
+            parse.GetValue(git), parse.GetValue(listen) ?? [], parse.GetValue(cpus), parse.GetValue(memory) ?? "512M",
+            parse.GetValue(dnsUpstream) ?? [], parse.GetValue(publish) ?? [], parse.GetValue(consoleLog)));
+        return up;
+    }
+
+    private static int Run(string? gitPath, string[] listen, int cpus, string memoryText, string[] dnsUpstream, string[] publish, FileInfo? consoleLog)
+    {
+        if (!VmCommand.TryParseSize(memoryText, out ulong memory))
+        {
+            throw new CliException($"--memory: cannot parse \"{memoryText}\" (use e.g. 512M or 1G)");
+        }
+        (string kernel, string initrd) = GuestCommand.Ensure(null);
+
+        string store = gitPath ?? DataCommand.DefaultStore();
+        string runtime = Path.Combine(Path.GetTempPath(), $"kit-up-{Environment.ProcessId}");
+        Directory.CreateDirectory(runtime);
+        string socket = Path.Combine(runtime, "datakit.sock");
+        using ILoggerFactory logs = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning));
+        DataKitServer data;
+        try
+        {
+            data = new DataKitServer(store, logs.CreateLogger("datakit"));
+        }
+        catch (LibGit2Sharp.LibGit2SharpException e)
+        {
+            throw new CliException($"cannot open git repository {store}: {e.Message}");
+        }
+        try
+        {
+            data.Listen(Address($"unix:{socket}"));
+            ServeHostTools(data, listen);
+            Console.Error.WriteLine($"kit up: DataKit store {store}; booting {Path.GetFileName(kernel)} with {cpus} vCPUs and {memoryText} (VPNKit in-process)");
+            bool interactive = !Console.IsInputRedirected;
+            var spec = new VmSpec
+            {
+                Kernel = new FileInfo(kernel),
+                Initrd = new FileInfo(initrd),
+                Cmdline = $"{VmCommand.DefaultCmdline} quiet kit.cmd={Convert.ToBase64String(Encoding.UTF8.GetBytes(DemoScript))}"
+                    + (interactive ? " kit.shell=1" : ""),
+                MemoryBytes = memory,
+                Cpus = cpus,
+                ConsoleLog = consoleLog,
+                Net = "vpnkit",
+                NetOptions = NetCommand.Options(1500, dnsUpstream, publish, null),
+            };
+            spec.Shares.Add(new ShareOptions(DataKitTag, $"unix:{socket}"));
+            return VmLauncher.Run(spec);
+        }
+        finally
+        {
+            data.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            Directory.Delete(runtime, recursive: true);
+        }
+    }
+
+    /// <summary>Host tools' listeners: the ones asked for (errors are fatal), or 5640 on loopback when free.</summary>
+    private static void ServeHostTools(DataKitServer data, string[] listen)
+    {
+        if (listen.Length == 0)
+        {
+            try
+            {
+                data.Listen(Address("tcp://127.0.0.1:5640"));
+            }
+            catch (SocketException e)
+            {
+                Console.Error.WriteLine($"kit up: DataKit not served on tcp://127.0.0.1:5640 ({e.Message}); the guest still has it");
+            }
+            return;
+        }
+        foreach (string text in listen)
+        {
+            try
+            {
+                data.Listen(Address(text));
+            }
+            catch (SocketException e)
+            {
+                throw new CliException($"cannot listen on {text}: {e.Message}");
+            }
+        }
+    }
+
+    private static ListenAddress Address(string text) =>
+        ListenAddress.TryParse(text, out ListenAddress? a, out string error) ? a! : throw new CliException($"--listen-9p: {error}");
+
+    /// <summary>
+    /// The guest side of the demo (busybox sh, run by the default guest's /init from kit.cmd). Each step prints one
+    /// "kit up:" line; a failing step ends the script with its own exit code, which the VM's exit reports.
+    /// </summary>
+    private const string DemoScript = """
+        say() { echo "kit up: $*"; }
+        udhcpc -i eth0 -n -q -t 5 -T 2 >/dev/null 2>&1 || { say "no DHCP lease on eth0"; exit 20; }
+        say "eth0 $(ip -4 -o addr show eth0 | awk '{print $4}') via $(ip route | awk '/^default/ {print $3}'), MTU $(cat /sys/class/net/eth0/mtu)"
+        say "host.docker.internal is $(nslookup host.docker.internal 2>/dev/null | awk '/^Address/ {a=$NF} END {print a}')"
+        mkdir -p /datakit
+        mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 datakit /datakit || { say "cannot mount DataKit"; exit 21; }
+        [ -d /datakit/branch/master ] || mkdir /datakit/branch/master || exit 22
+        t=/datakit/branch/master/transactions/kit-up-$$
+        mkdir "$t" && mkdir -p "$t/rw/vm" || exit 23
+        ip -4 -o addr show eth0 | awk '{print $4}' >"$t/rw/vm/address"
+        uname -r >"$t/rw/vm/kernel"
+        grep -c ^processor /proc/cpuinfo >"$t/rw/vm/cpus"
+        echo -n "kit up: the guest booted and recorded its network" >"$t/msg"
+        echo commit >"$t/ctl" || { say "commit failed"; exit 24; }
+        say "DataKit is mounted at /datakit; master is now $(cat /datakit/branch/master/head)"
+        if grep -q kit.shell=1 /proc/cmdline; then
+          say "exit the shell to power off"
+          setsid cttyhack sh -l
+        fi
+        exit 0
+        """;
+}
