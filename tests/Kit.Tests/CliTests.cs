@@ -20,4 +20,20 @@ public sealed class CliTests
         Assert.NotEqual(0, result.ExitCode);
         Assert.DoesNotContain("   at ", result.Output, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void HelpListsUp()
+    {
+        ProcessResult result = KitCli.Run("--help");
+        Assert.Equal(0, result.ExitCode);
+        Assert.Contains("up ", result.StandardOutput, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void UpRejectsABadMemorySizeInOneLine()
+    {
+        ProcessResult result = KitCli.Run("up", "--memory", "lots");
+        Assert.Equal(1, result.ExitCode);
+        Assert.Equal("kit: --memory: cannot parse \"lots\" (use e.g. 512M or 1G)", result.StandardError.Trim());
+    }
 }

@@ -52,6 +52,7 @@ internal static class UpCommand
         {
             throw new CliException($"--memory: cannot parse \"{memoryText}\" (use e.g. 512M or 1G)");
         }
+        VmLauncher.RequireKvm();
         (string kernel, string initrd) = GuestCommand.Ensure(null);
 
         string store = gitPath ?? DataCommand.DefaultStore();

@@ -46,13 +46,7 @@ internal static class VmLauncher
 {
     public static int Run(VmSpec spec)
     {
-        switch (KvmSystem.Probe())
-        {
-            case KvmAvailability.Missing:
-                throw new CliException("/dev/kvm is missing: this host offers no KVM (run kit vm inside a KVM-capable machine or VM)");
-            case KvmAvailability.Pvm:
-                throw new CliException("/dev/kvm here is PVM (kvm_pvm, no vmx/svm): a stock Linux guest would be emulated instruction by instruction and take hours to boot; refusing to start");
-        }
+        RequireKvm();
         var options = new MachineOptions
         {
             MemoryBytes = spec.MemoryBytes,
@@ -99,5 +93,17 @@ internal static class VmLauncher
             Console.Error.WriteLine($"kit: vm: {exit.Message} (exit code {exit.ExitCode}, after {clock.Elapsed.TotalSeconds:0.0} s)");
         }
         return exit.ExitCode;
+    }
+
+    /// <summary>Stops with one clear line when this host cannot run a Linux guest (no /dev/kvm, or PVM).</summary>
+    public static void RequireKvm()
+    {
+        switch (KvmSystem.Probe())
+        {
+            case KvmAvailability.Missing:
+                throw new CliException("/dev/kvm is missing: this host offers no KVM (run kit vm inside a KVM-capable machine or VM)");
+            case KvmAvailability.Pvm:
+                throw new CliException("/dev/kvm here is PVM (kvm_pvm, no vmx/svm): a stock Linux guest would be emulated instruction by instruction and take hours to boot; refusing to start");
+        }
     }
 }
