@@ -108,6 +108,12 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         return new IPAddress(b);
     }
 
+    internal static uint FromAddress(IPAddress address)
+    {
+        Span<byte> b = stackalloc byte[4];
+        return address.TryWriteBytes(b, out int n) && n == 4 ? System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(b) : 0;
+    }
+
     public void TcpEstablished(TcpConnection c) => (c.Tag as TcpProxy)?.StartPumps();
 
     private readonly List<TcpProxy> _wakeups = [];
