@@ -179,9 +179,12 @@ internal sealed partial class TcpProxy
         byte[]? buffer = null;
         try
         {
+            bool drained = true;
             while (true)
             {
-                if (_socket.Available == 0)
+                // After a short read the socket is (almost surely) empty: wait for readiness without asking the kernel
+                // first (no FIONREAD per round trip); after a full chunk, read on at once.
+                if (drained)
                 {
                     // A zero-byte receive waits for data without pinning a buffer to an idle connection.
                     if (buffer is not null)
@@ -193,6 +196,7 @@ internal sealed partial class TcpProxy
                 }
                 buffer ??= ArrayPool<byte>.Shared.Rent(ChunkSize);
                 int n = await _socket.ReceiveAsync(buffer.AsMemory(0, ChunkSize), SocketFlags.None).ConfigureAwait(false);
+                drained = n < ChunkSize;
                 if (n == 0)
                 {
                     lock (_gate.Sync)
