@@ -45,7 +45,6 @@ internal static class NetCommand
 
     private static VpnKitServerOptions Options(int mtu, string[]? dns, string[]? publish, FileInfo? pcap)
     {
-        InlineSocketCompletions();
         if (mtu is < 576 or > 65520)
         {
             throw new CliException($"--mtu must be between 576 and 65520, got {mtu}");
@@ -77,25 +76,6 @@ internal static class NetCommand
         }
         return new VpnKitServerOptions { Mtu = mtu, DnsUpstreams = upstreams, Publishes = publishes, PcapPath = pcap?.FullName };
     }
-
-    /// <summary>
-    /// Host socket completions run on .NET's epoll thread instead of hopping to the thread pool: the host-to-guest
-    /// half of a request/response is then one wake-up (epoll thread: recv, engine, TAP write) rather than two. Every
-    /// socket continuation in VPNKit is short and never blocks (engine calls under its lock, non-blocking sends).
-    /// The runtime reads this once, when the first async socket operation starts, so it is set before the server
-    /// exists; a value the user set is kept.
-    /// </summary>
-    private static void InlineSocketCompletions()
-    {
-        if (Environment.GetEnvironmentVariable(InlineCompletionsVariable) is null)
-        {
-            Environment.SetEnvironmentVariable(InlineCompletionsVariable, "1");
-            s_inlineSetByUs = true;
-        }
-    }
-
-    private const string InlineCompletionsVariable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
-    private static bool s_inlineSetByUs;
 
     private static ILoggerFactory Logs() => LoggerFactory.Create(b =>
     {
@@ -153,10 +133,6 @@ internal static class NetCommand
             api = control is null ? null : new Kit.VpnKit.Services.ControlApi(server, control);
 
             var start = new ProcessStartInfo("ip") { UseShellExecute = false };
-            if (s_inlineSetByUs)
-            {
-                start.Environment.Remove(InlineCompletionsVariable); // Ours, not the user's command's.
-            }
             foreach (string a in (string[])["netns", "exec", ns, .. command])
             {
                 start.ArgumentList.Add(a);
