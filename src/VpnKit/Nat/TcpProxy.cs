@@ -197,6 +197,9 @@ internal sealed partial class TcpProxy
                 buffer ??= ArrayPool<byte>.Shared.Rent(ChunkSize);
                 int n = await _socket.ReceiveAsync(buffer.AsMemory(0, ChunkSize), SocketFlags.None).ConfigureAwait(false);
                 drained = n < ChunkSize;
+                // A full read with more already queued in the socket: the engine may hold a short last segment for
+                // the next read (which returns at once), so bulk data leaves in full segments.
+                bool more = !drained && _socket.Available > 0;
                 if (n == 0)
                 {
                     lock (_gate.Sync)
@@ -211,7 +214,7 @@ internal sealed partial class TcpProxy
                     bool writable;
                     lock (_gate.Sync)
                     {
-                        off += _gate.Engine.TcpWrite(_c, buffer.AsSpan(off, n - off), EngineGate.Now);
+                        off += _gate.Engine.TcpWrite(_c, buffer.AsSpan(off, n - off), EngineGate.Now, more);
                         writable = _c.CanWrite;
                     }
                     if (!writable)

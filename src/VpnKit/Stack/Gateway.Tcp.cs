@@ -620,6 +620,10 @@ internal sealed partial class Gateway
                 {
                     return;
                 }
+                if (c.HoldTail && n == unsent && n < full)
+                {
+                    return;
+                }
                 TcpFlags flags = TcpFlags.Ack | (n == unsent ? TcpFlags.Psh : 0);
                 EmitSegment(c, c.SndNxt, flags, offset, n, synOptions: false);
                 if (!c.RttTiming)
@@ -696,14 +700,20 @@ internal sealed partial class Gateway
         return n;
     }
 
-    /// <summary>Queues host bytes for the guest; returns how many fit (the rest is back-pressure: wait for TcpWritable).</summary>
-    public int TcpWrite(TcpConnection c, ReadOnlySpan<byte> data, long now)
+    /// <summary>
+    /// Queues host bytes for the guest; returns how many fit (the rest is back-pressure: wait for TcpWritable).
+    /// <paramref name="moreFollows"/>: the host socket already holds more bytes that the caller writes next, so a
+    /// short last segment is held back for them (one full segment instead of a full one and a sliver per read).
+    /// Only a caller that will write again promptly may say so; any write without it sends what is held.
+    /// </summary>
+    public int TcpWrite(TcpConnection c, ReadOnlySpan<byte> data, long now, bool moreFollows = false)
     {
         _now = now;
         if (!c.CanWrite)
         {
             return 0;
         }
+        c.HoldTail = moreFollows;
         int n = c.Send.Write(data);
         if (n < data.Length)
         {
@@ -722,6 +732,7 @@ internal sealed partial class Gateway
             return;
         }
         c.FinQueued = true;
+        c.HoldTail = false;
         TrySend(c);
     }
 

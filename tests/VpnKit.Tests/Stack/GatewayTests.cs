@@ -224,6 +224,23 @@ public sealed class GatewayTests
     }
 
     [Fact]
+    public void AShortTailIsHeldWhileTheHostHasMoreAndSentWithTheNextWriteOrShutdown()
+    {
+        var (c, _) = Open(guestWindow: 65535);
+        Assert.Equal(3000, _gw.TcpWrite(c, new byte[3000], _now, moreFollows: true));
+        Assert.Equal(new[] { 1460, 1460 }, G.Segments(_sink).Select(s => s.Payload.Length));
+        Assert.Equal(100, _gw.TcpWrite(c, new byte[100], _now));
+        Assert.Equal(new[] { 180 }, G.Segments(_sink).Select(s => s.Payload.Length));
+
+        Assert.Equal(50, _gw.TcpWrite(c, new byte[50], _now, moreFollows: true));
+        Assert.Empty(G.Segments(_sink));
+        _gw.TcpShutdown(c, _now);
+        List<Seg> last = G.Segments(_sink);
+        Assert.Equal(50, last[0].Payload.Length);
+        Assert.True(last[^1].Flags.HasFlag(TcpFlags.Fin));
+    }
+
+    [Fact]
     public void SlowHostReaderShrinksTheWindowThenReopensIt()
     {
         var gw = new Gateway(new GatewayOptions { TcpBufferSize = 4096 }, _sink, _flows);
