@@ -5,7 +5,11 @@ Server modes (run on the host, bound to 127.0.0.1 only):
   server PORT          echo server: every byte received is sent back (request/response), also
                        accepts and closes (connection rate) and holds idle connections open.
 Client modes (run inside the namespace):
-  rr HOST PORT SECS    one connection, 64-byte request, 64-byte response, TCP_NODELAY; prints round trips/s
+  rr HOST PORT SECS [GWPID|ppid]
+                       one connection, 64-byte request, 64-byte response, TCP_NODELAY; prints round trips/s,
+                       and with a gateway pid (ppid = our parent, which `kit net run` is) also that process's CPU
+                       time (user+system, all threads) and context switches per round trip, figures that move
+                       much less with the machine's load than the rate does
   conn HOST PORT SECS  connect, send 1 byte, read the echo, close; prints connections/s
   hold HOST PORT N SECS READYFILE   write READYFILE.0, wait 3 s, open N idle connections, write READYFILE, sleep SECS, close them
 """
@@ -48,21 +52,41 @@ def recv_exact(s: socket.socket, n: int) -> None:
         got += len(b)
 
 
-def rr(host: str, port: int, secs: float) -> None:
+def gateway_cost(pid: int) -> tuple[float, int]:
+    """CPU seconds and context switches (voluntary + involuntary) of every thread of pid so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    switches = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if "ctxt_switches" in line:
+                        switches += int(line.split()[1])
+        except OSError:
+            pass  # a thread that ended meanwhile
+    return cpu, switches
+
+
+def rr(host: str, port: int, secs: float, gw: int = 0) -> None:
     s = socket.create_connection((host, port), timeout=10)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     msg = b"x" * 64
     for _ in range(200):  # warm-up
         s.sendall(msg); recv_exact(s, 64)
     n = 0
+    c0 = gateway_cost(gw) if gw else (0.0, 0)
     t0 = time.perf_counter(); end = t0 + secs
     while n < MAX_ITER:
         s.sendall(msg); recv_exact(s, 64); n += 1
         if (n & 63) == 0 and time.perf_counter() >= end:
             break
     dt = time.perf_counter() - t0
+    c1 = gateway_cost(gw) if gw else (0.0, 0)
     s.close()
-    print(f"{n / dt:.0f} round_trips_per_s {dt / n * 1e6:.1f} us_per_round_trip")
+    extra = f" {(c1[0] - c0[0]) / n * 1e6:.1f} gw_cpu_us_per_rt {(c1[1] - c0[1]) / n:.2f} gw_switches_per_rt" if gw else ""
+    print(f"{n / dt:.0f} round_trips_per_s {dt / n * 1e6:.1f} us_per_round_trip{extra}")
 
 
 def conn(host: str, port: int, secs: float) -> None:
@@ -99,7 +123,8 @@ if __name__ == "__main__":
     if m == "server":
         serve(int(sys.argv[2]))
     elif m == "rr":
-        rr(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        gw = sys.argv[5] if len(sys.argv) > 5 else "0"
+        rr(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), os.getppid() if gw == "ppid" else int(gw))
     elif m == "conn":
         conn(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     elif m == "hold":

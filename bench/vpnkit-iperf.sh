@@ -2,8 +2,11 @@
 # VPNKit speed, side by side in one run (issue 3, "Speed"): kit net run vs slirp4netns vs pasta.
 # iperf3 client in a namespace -> iperf3 server on the host's 127.0.0.1 through each tool's host-loopback
 # mapping, one stream, MTU 1500 and 65520, both directions; then request/response round trips, connection
-# setup rate and RSS with 1,000 idle connections. Root only. Traffic goes only to 127.0.0.1 and to the
-# namespaces this script creates. Usage: bench/vpnkit-iperf.sh [SECONDS]   (default 5)
+# setup rate and RSS with 1,000 idle connections. The single entry point for VPNKit's speed figures (issue 3).
+# Root only. Traffic goes only to 127.0.0.1 and to the
+# namespaces this script creates. Usage: [RR_ROUNDS=N] [KIT=path] bench/vpnkit-iperf.sh [SECONDS]   (default 5)
+# (RR_ROUNDS, default 3: alternating request/response rounds; one 3 s sample moves a lot on a loaded machine.)
+# ONLY=rr|conn|rss|iperf runs one part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -73,6 +76,9 @@ echo "# machine: nproc=$(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d:
 echo "# versions: $(slirp4netns --version | head -1); pasta $(dpkg-query -W -f='${Version}' passt 2>/dev/null); $(iperf3 --version | head -1 | cut -d' ' -f1-2)"
 echo
 
+part() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
+
+if part iperf; then
 echo "## iperf3, one stream, ${SECS} s, Gbit/s (guest->host = client sends; host->guest = -R)"
 echo "| MTU | direction | kit net run | slirp4netns | pasta | kit / slirp4netns |"
 echo "|---|---|---|---|---|---|"
@@ -91,19 +97,45 @@ except Exception: print('-')")
 done
 echo
 
-echo "## latency and connection rate (bench/tcpbench.py, 64-byte request/response over one connection; connect+1-byte echo+close), MTU 1500, 3 s each"
+fi
+
+if part rr; then
+ROUNDS=${RR_ROUNDS:-3}
+echo "## request/response (bench/tcpbench.py rr: 64-byte request/response on one connection, TCP_NODELAY), MTU 1500, 3 s, $ROUNDS alternating rounds"
+echo "Median of the rounds; gateway CPU and context switches per round trip are the gateway process's (all threads)."
+echo "| tool | round trips/s (each round) | median round trips/s | gateway CPU us per round trip | gateway context switches per round trip |"
+echo "|---|---|---|---|---|"
+# rr_row NAME, then one "RATE ... CPU gw_cpu_us_per_rt SW gw_switches_per_rt" line per round on stdin
+rr_row() { $PY -c '
+import statistics, sys
+rows = [l.split() for l in sys.stdin if l.strip() and l.split()[0].isdigit()]
+if not rows: print("| %s | ERR | ERR | - | - |" % sys.argv[1]); sys.exit()
+med = lambda i: statistics.median(float(r[i]) for r in rows if len(r) > i)
+print("| %s | %s | %.0f | %.1f | %.2f |" % (sys.argv[1], " / ".join(r[0] for r in rows), med(0), med(4), med(6)))' "$1"; }
+: >"$OUT/rr-kit"; : >"$OUT/rr-slirp"; : >"$OUT/rr-pasta"
+for _ in $(seq "$ROUNDS"); do
+  kit_exec 1500 $PY $TB rr 192.168.65.2 $TB_PORT 3 ppid >>"$OUT/rr-kit" 2>>"$OUT/kit-rr.err" || true
+  slirp_start 1500; slirp_exec $PY $TB rr 10.0.2.2 $TB_PORT 3 "$SLIRP_PID" >>"$OUT/rr-slirp" || true; slirp_stop
+  pasta_start 1500; pasta_exec $PY $TB rr "$PASTA_GW" $TB_PORT 3 "$PASTA_PID" >>"$OUT/rr-pasta" || true; pasta_stop
+done
+rr_row "kit net run" <"$OUT/rr-kit"; rr_row slirp4netns <"$OUT/rr-slirp"; rr_row pasta <"$OUT/rr-pasta"
+echo
+
+fi
+
+if part conn; then
+echo "## connection setup (bench/tcpbench.py conn: connect, 1-byte echo, close), MTU 1500, 3 s"
 echo "| metric | kit net run | slirp4netns | pasta |"
 echo "|---|---|---|---|"
-lat_k=$(kit_exec 1500 $PY $TB rr 192.168.65.2 $TB_PORT 3 2>>"$OUT/kit-rr.err" | awk '{print $1}' || echo ERR)
-slirp_start 1500; lat_s=$(slirp_exec $PY $TB rr 10.0.2.2 $TB_PORT 3 | awk '{print $1}' || echo ERR); slirp_stop
-pasta_start 1500; lat_p=$(pasta_exec $PY $TB rr "$PASTA_GW" $TB_PORT 3 | awk '{print $1}' || echo ERR); pasta_stop
-echo "| round trips/s | $lat_k | $lat_s | $lat_p |"
 con_k=$(kit_exec 1500 $PY $TB conn 192.168.65.2 $TB_PORT 3 2>>"$OUT/kit-conn.err" | awk '{print $1}' || echo ERR)
 slirp_start 1500; con_s=$(slirp_exec $PY $TB conn 10.0.2.2 $TB_PORT 3 | awk '{print $1}' || echo ERR); slirp_stop
 pasta_start 1500; con_p=$(pasta_exec $PY $TB conn "$PASTA_GW" $TB_PORT 3 | awk '{print $1}' || echo ERR); pasta_stop
 echo "| connections/s | $con_k | $con_s | $con_p |"
 echo
 
+fi
+
+if part rss; then
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 wait_file() { for _ in $(seq 600); do [ -s "$1" ] && return 0; sleep 0.1; done; return 1; }
 N=1000
@@ -131,4 +163,5 @@ try: print('%.1f' % (($r1-$r0)/$N))
 except Exception: print('-')")
 echo "| slirp4netns | $r0 | $r1 | $per |"
 echo
+fi
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"

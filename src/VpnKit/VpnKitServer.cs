@@ -64,6 +64,7 @@ public sealed partial class VpnKitServer : IDisposable
     private readonly PcapWriter? _pcap;
     private readonly CancellationTokenSource _stop = new();
     private readonly List<IDisposable> _owned = [];
+    private readonly DnsForwarder _dns;
     private Thread? _timer;
 
     public VpnKitServer(VpnKitServerOptions options, ILoggerFactory logs)
@@ -76,7 +77,8 @@ public sealed partial class VpnKitServer : IDisposable
         _log = logs.CreateLogger("vpnkit");
         _gw = new GatewayOptions { Mtu = options.Mtu, IsnSecret = (ulong)Random.Shared.NextInt64(), SegmentationOffload = options.SegmentationOffload };
         IReadOnlyList<IPEndPoint> upstreams = options.DnsUpstreams.Count > 0 ? options.DnsUpstreams : DnsForwarder.ReadResolvConf();
-        var dns = new DnsForwarder(upstreams, _gw.HostIp, options.HostNames, _log);
+        _dns = new DnsForwarder(upstreams, _gw.HostIp, options.HostNames, _log);
+        var dns = _dns;
         _nat = new NatHost(_gate, _gw, dns, _log);
         _gate.Engine = new Gateway(_gw, _switch, _nat);
         if (options.PcapPath is not null)
@@ -101,6 +103,9 @@ public sealed partial class VpnKitServer : IDisposable
         {
             _owned.Add(icmp);
         }
+        var dnsTcp = new DnsTcpServer(_dns, _log);
+        _owned.Add(dnsTcp);
+        _nat.DnsTcp = dnsTcp.EndPoint;
         foreach (PortPublish p in _options.Publishes)
         {
             if (AddPublish(p) is string error)

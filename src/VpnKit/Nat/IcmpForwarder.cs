@@ -6,26 +6,31 @@ using Microsoft.Extensions.Logging;
 namespace Kit.VpnKit.Nat;
 
 /// <summary>
-/// Forwards guest echo requests to real destinations. Uses an unprivileged ICMP datagram socket when
-/// net.ipv4.ping_group_range allows it, else a raw ICMP socket (root); the mode is logged. Echo identifiers are
-/// rewritten to a gateway-wide counter and mapped back on reply; mappings are few and short-lived (bounded ring).
+/// Forwards guest echo requests to real destinations through one host socket: an unprivileged ICMP datagram socket
+/// (<c>socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)</c>, allowed when net.ipv4.ping_group_range holds our group) first,
+/// else a raw ICMP socket (CAP_NET_RAW). The mode is logged; when neither opens, one warning says so and pings to
+/// remote addresses get no reply (the gateway and host alias still answer: the engine does that itself).
+/// Replies are matched to the guest's echo through <see cref="IcmpEchoMap"/> (the outgoing sequence is the key).
 /// </summary>
 internal sealed partial class IcmpForwarder : IDisposable
 {
-    private const int MapSize = 4096;
     private readonly EngineGate _gate;
     private readonly Socket _socket;
     private readonly bool _raw;
-    private readonly (uint Guest, uint GuestVisibleDst, uint Dst, ushort Id)[] _map = new (uint, uint, uint, ushort)[MapSize];
+    private readonly IcmpEchoMap _map = new();
     private readonly byte[] _tx = new byte[65536];
-    private readonly ushort[] _seqs = new ushort[MapSize];
-    private int _next;
+
+    // A raw socket sees every echo reply the host receives; ours carry this identifier. (A datagram socket's identifier
+    // is its kernel-chosen port, and the kernel only hands it the replies that carry it.)
+    private readonly ushort _rawId = (ushort)(Environment.ProcessId ^ 0x4B49);
 
     private IcmpForwarder(EngineGate gate, Socket socket, bool raw)
     {
         _gate = gate;
         _socket = socket;
         _raw = raw;
+        // .NET needs a bound socket before ReceiveFrom; for a ping socket, binding port 0 lets the kernel pick the id.
+        _socket.Bind(new IPEndPoint(IPAddress.Any, 0));
         _ = ReceiveLoopAsync();
     }
 
@@ -34,27 +39,39 @@ internal sealed partial class IcmpForwarder : IDisposable
     /// <summary>Opens the best available socket, or returns null with the reason logged.</summary>
     public static IcmpForwarder? TryCreate(EngineGate gate, ILogger log)
     {
+        string dgramError;
         try
         {
-            var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Icmp);
-            var f = new IcmpForwarder(gate, s, raw: false);
-            LogMode(log, f.Mode);
-            return f;
-        }
-        catch (SocketException)
-        {
-        }
-        try
-        {
-            var s = new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Icmp);
-            var f = new IcmpForwarder(gate, s, raw: true);
+            var f = new IcmpForwarder(gate, new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Icmp), raw: false);
             LogMode(log, f.Mode);
             return f;
         }
         catch (SocketException e)
         {
-            LogUnavailable(log, e.Message);
+            dgramError = e.Message;
+        }
+        try
+        {
+            var f = new IcmpForwarder(gate, new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Icmp), raw: true);
+            LogMode(log, f.Mode);
+            return f;
+        }
+        catch (SocketException e)
+        {
+            LogUnavailable(log, dgramError, PingGroupRange(), e.Message);
             return null;
+        }
+    }
+
+    private static string PingGroupRange()
+    {
+        try
+        {
+            return File.ReadAllText("/proc/sys/net/ipv4/ping_group_range").Trim().Replace('\t', ' ');
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return "unknown";
         }
     }
 
@@ -65,20 +82,18 @@ internal sealed partial class IcmpForwarder : IDisposable
         {
             return;
         }
-        int slot = _next++ & (MapSize - 1);
-        _map[slot] = (guestIp, guestVisibleDst, hostDst, id);
+        ushort key = _map.Add(guestIp, guestVisibleDst, hostDst, id, seq);
         Span<byte> m = _tx.AsSpan(0, IcmpPacket.HeaderLength + payload.Length);
         payload.CopyTo(m.Slice(IcmpPacket.HeaderLength));
-        // The slot number is the outgoing identifier (datagram sockets replace it with their own; replies are matched
-        // by sequence then, which carries the slot in that mode).
-        IcmpPacket.WriteEcho(m, IcmpPacket.TypeEchoRequest, (ushort)slot, _raw ? seq : (ushort)slot);
-        _seqs[slot] = seq;
+        // A datagram socket overwrites the identifier with its own and recomputes the checksum; a raw one sends as is.
+        IcmpPacket.WriteEcho(m, IcmpPacket.TypeEchoRequest, _rawId, key);
         try
         {
             _socket.SendTo(m, SocketFlags.None, new IPEndPoint(NatHost.ToAddress(hostDst), 0));
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
+            // Unreachable networks and the like: the guest's ping times out, as it would on a real host.
         }
     }
 
@@ -91,29 +106,9 @@ internal sealed partial class IcmpForwarder : IDisposable
             while (true)
             {
                 SocketReceiveFromResult r = await _socket.ReceiveFromAsync(buffer, SocketFlags.None, any).ConfigureAwait(false);
-                ReadOnlySpan<byte> p = buffer.AsSpan(0, r.ReceivedBytes);
-                if (_raw)
+                if (r.RemoteEndPoint is IPEndPoint from)
                 {
-                    if (Ipv4Packet.TryParse(p, out Ipv4Packet ip, verifyChecksum: false) != Ipv4Error.None)
-                    {
-                        continue;
-                    }
-                    p = ip.Payload;
-                }
-                if (!IcmpPacket.TryParse(p, out IcmpPacket icmp) || icmp.Type != IcmpPacket.TypeEchoReply)
-                {
-                    continue;
-                }
-                int slot = (_raw ? icmp.Identifier : icmp.Sequence) & (MapSize - 1);
-                lock (_gate.Sync)
-                {
-                    var (guest, visible, dst, id) = _map[slot];
-                    if (guest == 0 || r.RemoteEndPoint is not IPEndPoint from || !from.Address.Equals(NatHost.ToAddress(dst)))
-                    {
-                        continue;
-                    }
-                    _map[slot] = default;
-                    _gate.Engine.SendIcmpEchoReply(visible, guest, id, _seqs[slot], icmp.Payload);
+                    Deliver(buffer.AsSpan(0, r.ReceivedBytes), NatHost.FromAddress(from.Address));
                 }
             }
         }
@@ -122,11 +117,35 @@ internal sealed partial class IcmpForwarder : IDisposable
         }
     }
 
+    /// <summary>One datagram from the socket: ICMP (datagram mode) or IPv4 + ICMP (raw mode).</summary>
+    private void Deliver(ReadOnlySpan<byte> p, uint from)
+    {
+        if (_raw)
+        {
+            if (Ipv4Packet.TryParse(p, out Ipv4Packet ip, verifyChecksum: false) != Ipv4Error.None)
+            {
+                return;
+            }
+            p = ip.Payload;
+        }
+        if (!IcmpPacket.TryParse(p, out IcmpPacket icmp) || icmp.Type != IcmpPacket.TypeEchoReply || (_raw && icmp.Identifier != _rawId))
+        {
+            return;
+        }
+        lock (_gate.Sync)
+        {
+            if (_map.TryTake(icmp.Sequence, from, out IcmpEchoMap.Entry e))
+            {
+                _gate.Engine.SendIcmpEchoReply(e.GuestVisibleDestination, e.Guest, e.Id, e.Sequence, icmp.Payload);
+            }
+        }
+    }
+
     public void Dispose() => _socket.Dispose();
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "ICMP echo forwarding uses an {Mode}")]
+    [LoggerMessage(Level = LogLevel.Information, Message = "ICMP echo forwarding: {Mode}")]
     private static partial void LogMode(ILogger log, string mode);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "ICMP echo forwarding unavailable (no ICMP datagram or raw socket: {Reason}); pings to remote addresses get no reply")]
-    private static partial void LogUnavailable(ILogger log, string reason);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "ICMP echo forwarding unavailable: no ICMP datagram socket ({DgramReason}; net.ipv4.ping_group_range is \"{Range}\") and no raw socket ({RawReason}); pings to addresses other than the gateway and host alias get no reply")]
+    private static partial void LogUnavailable(ILogger log, string dgramReason, string range, string rawReason);
 }

@@ -36,6 +36,9 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     public List<UdpPublisher> UdpPublishers { get; } = [];
     public IcmpForwarder? Icmp { get; set; }
 
+    /// <summary>The loopback listener that answers DNS over TCP for the gateway; null until started.</summary>
+    public IPEndPoint? DnsTcp { get; set; }
+
     public int ProxyCount
     {
         get
@@ -60,9 +63,9 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         EndPoint? target = null;
         if (c.RemoteIp == _o.GatewayIp)
         {
-            if (c.RemotePort == 53 && _dns.Upstreams.Count > 0)
+            if (c.RemotePort == 53)
             {
-                target = _dns.Upstreams[0]; // DNS over TCP (RFC 7766) is passed through to the first upstream.
+                target = DnsTcp; // DNS over TCP (RFC 7766): answered by the forwarder's TCP listener on loopback.
             }
         }
         else if (!(_o.InSubnet(c.RemoteIp) && c.RemoteIp != _o.HostIp))
@@ -106,6 +109,12 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         byte[] b = new byte[4];
         System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(b, ip);
         return new IPAddress(b);
+    }
+
+    internal static uint FromAddress(IPAddress address)
+    {
+        Span<byte> b = stackalloc byte[4];
+        return address.TryWriteBytes(b, out int n) && n == 4 ? System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(b) : 0;
     }
 
     public void TcpEstablished(TcpConnection c) => (c.Tag as TcpProxy)?.StartPumps();

@@ -179,9 +179,12 @@ internal sealed partial class TcpProxy
         byte[]? buffer = null;
         try
         {
+            bool drained = true;
             while (true)
             {
-                if (_socket.Available == 0)
+                // After a short read the socket is (almost surely) empty: wait for readiness without asking the kernel
+                // first (no FIONREAD per round trip); after a full chunk, read on at once.
+                if (drained)
                 {
                     // A zero-byte receive waits for data without pinning a buffer to an idle connection.
                     if (buffer is not null)
@@ -193,6 +196,10 @@ internal sealed partial class TcpProxy
                 }
                 buffer ??= ArrayPool<byte>.Shared.Rent(ChunkSize);
                 int n = await _socket.ReceiveAsync(buffer.AsMemory(0, ChunkSize), SocketFlags.None).ConfigureAwait(false);
+                drained = n < ChunkSize;
+                // A full read with more already queued in the socket: the engine may hold a short last segment for
+                // the next read (which returns at once), so bulk data leaves in full segments.
+                bool more = !drained && _socket.Available > 0;
                 if (n == 0)
                 {
                     lock (_gate.Sync)
@@ -207,7 +214,7 @@ internal sealed partial class TcpProxy
                     bool writable;
                     lock (_gate.Sync)
                     {
-                        off += _gate.Engine.TcpWrite(_c, buffer.AsSpan(off, n - off), EngineGate.Now);
+                        off += _gate.Engine.TcpWrite(_c, buffer.AsSpan(off, n - off), EngineGate.Now, more);
                         writable = _c.CanWrite;
                     }
                     if (!writable)

@@ -35,8 +35,12 @@ internal sealed partial class DnsForwarder
 
     public IReadOnlyList<IPEndPoint> Upstreams => _upstreams;
 
-    /// <summary>Resolves one query message; null when no answer can be given (the client will retry).</summary>
-    public async Task<byte[]?> ResolveAsync(byte[] query, CancellationToken cancel = default)
+    /// <summary>
+    /// Resolves one query message; null when no answer can be given (the client will retry). A query that came over
+    /// TCP goes upstream over TCP (RFC 7766 §5: the client chose TCP, usually because the UDP answer was truncated),
+    /// falling back to UDP for an upstream that does not take TCP.
+    /// </summary>
+    public async Task<byte[]?> ResolveAsync(byte[] query, bool overTcp = false, CancellationToken cancel = default)
     {
         if (!DnsMessage.TryParse(query, out DnsMessage q) || q.IsResponse || q.Opcode != 0)
         {
@@ -66,7 +70,8 @@ internal sealed partial class DnsForwarder
         }
         foreach (IPEndPoint upstream in _upstreams)
         {
-            byte[]? reply = await AskAsync(upstream, query, id, cancel).ConfigureAwait(false);
+            byte[]? reply = overTcp ? await AskTcpAsync(upstream, query, id, cancel).ConfigureAwait(false) : null;
+            reply ??= await AskAsync(upstream, query, id, cancel).ConfigureAwait(false);
             if (reply is null)
             {
                 continue;
@@ -117,6 +122,71 @@ internal sealed partial class DnsForwarder
             LogUpstreamFailed(_log, upstream, e.Message);
         }
         return null;
+    }
+
+    /// <summary>One query over a fresh TCP connection (RFC 1035 §4.2.2: a two-byte length before each message).</summary>
+    private async Task<byte[]?> AskTcpAsync(IPEndPoint upstream, byte[] query, ushort id, CancellationToken cancel)
+    {
+        using var socket = new Socket(upstream.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        cts.CancelAfter(AttemptTimeout * 2);
+        try
+        {
+            await socket.ConnectAsync(upstream, cts.Token).ConfigureAwait(false);
+            socket.NoDelay = true;
+            byte[] framed = new byte[2 + query.Length];
+            BinaryPrimitives.WriteUInt16BigEndian(framed, (ushort)query.Length);
+            query.CopyTo(framed, 2);
+            await socket.SendAsync(framed, SocketFlags.None, cts.Token).ConfigureAwait(false);
+            byte[] length = new byte[2];
+            if (!await ReadExactlyAsync(socket, length, cts.Token).ConfigureAwait(false))
+            {
+                return null;
+            }
+            byte[] reply = new byte[BinaryPrimitives.ReadUInt16BigEndian(length)];
+            if (reply.Length < DnsMessage.HeaderLength || !await ReadExactlyAsync(socket, reply, cts.Token).ConfigureAwait(false)
+                || BinaryPrimitives.ReadUInt16BigEndian(reply) != id || (reply[2] & 0x80) == 0)
+            {
+                return null;
+            }
+            return reply;
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException && !cancel.IsCancellationRequested)
+        {
+            LogUpstreamFailed(_log, upstream, "TCP: " + e.Message);
+            return null;
+        }
+    }
+
+    /// <summary>Fills <paramref name="buffer"/>; false on end of stream first.</summary>
+    internal static async Task<bool> ReadExactlyAsync(Socket socket, Memory<byte> buffer, CancellationToken cancel)
+    {
+        while (buffer.Length > 0)
+        {
+            int n = await socket.ReceiveAsync(buffer, SocketFlags.None, cancel).ConfigureAwait(false);
+            if (n == 0)
+            {
+                return false;
+            }
+            buffer = buffer.Slice(n);
+        }
+        return true;
+    }
+
+    /// <summary>A SERVFAIL reply carrying the query's header and question (RFC 1035 §4.1.1, RCODE 2).</summary>
+    public static byte[]? ServerFailure(byte[] query)
+    {
+        if (!DnsMessage.TryParse(query, out DnsMessage q) || q.IsResponse)
+        {
+            return null;
+        }
+        int end = q.TryReadQuestion(out _, out _, out _, out int e) ? e : DnsMessage.HeaderLength;
+        byte[] r = query.AsSpan(0, end).ToArray();
+        r[2] = (byte)(0x80 | (query[2] & 0x79)); // QR=1, opcode and RD kept, AA=TC=0
+        r[3] = 0x82; // RA=1, RCODE=2
+        BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(4), (ushort)(end > DnsMessage.HeaderLength ? 1 : 0));
+        r.AsSpan(6, 6).Clear();
+        return r;
     }
 
     /// <summary>An authoritative answer for a built-in name: A → the host alias; other types → no data (NOERROR).</summary>

@@ -8,6 +8,7 @@ internal sealed class GatewayCounters
     public long Malformed;
     public long BadChecksum;
     public long Fragments;
+    public long Reassembled;
     public long NotForUs;
     public long TcpNoConnection;
     public long TcpTableFull;

@@ -366,8 +366,10 @@ internal sealed partial class Gateway
                 _flows.TcpReadable(c);
                 c.SegmentsSinceAck++;
             }
-            // RFC 9293 §3.8.6.3 / RFC 1122 §4.2.3.2: ACK at least every second full segment; PSH or a full buffer now.
-            ackNow = !allTaken || (f & TcpFlags.Psh) != 0 || c.SegmentsSinceAck >= 2;
+            // RFC 9293 §3.8.6.3 / RFC 1122 §4.2.3.2: ACK at least every second full segment, a full buffer at once,
+            // otherwise within DelayedAckMs. PSH does not force an ACK: a request's answer usually comes from the host
+            // well within the delay and carries the ACK, which saves a frame (and a wake-up of the guest) per round trip.
+            ackNow = !allTaken || c.SegmentsSinceAck >= 2;
             if (!ackNow)
             {
                 c.AckPending = true;
@@ -618,6 +620,10 @@ internal sealed partial class Gateway
                 {
                     return;
                 }
+                if (c.HoldTail && n == unsent && n < full)
+                {
+                    return;
+                }
                 TcpFlags flags = TcpFlags.Ack | (n == unsent ? TcpFlags.Psh : 0);
                 EmitSegment(c, c.SndNxt, flags, offset, n, synOptions: false);
                 if (!c.RttTiming)
@@ -694,14 +700,20 @@ internal sealed partial class Gateway
         return n;
     }
 
-    /// <summary>Queues host bytes for the guest; returns how many fit (the rest is back-pressure: wait for TcpWritable).</summary>
-    public int TcpWrite(TcpConnection c, ReadOnlySpan<byte> data, long now)
+    /// <summary>
+    /// Queues host bytes for the guest; returns how many fit (the rest is back-pressure: wait for TcpWritable).
+    /// <paramref name="moreFollows"/>: the host socket already holds more bytes that the caller writes next, so a
+    /// short last segment is held back for them (one full segment instead of a full one and a sliver per read).
+    /// Only a caller that will write again promptly may say so; any write without it sends what is held.
+    /// </summary>
+    public int TcpWrite(TcpConnection c, ReadOnlySpan<byte> data, long now, bool moreFollows = false)
     {
         _now = now;
         if (!c.CanWrite)
         {
             return 0;
         }
+        c.HoldTail = moreFollows;
         int n = c.Send.Write(data);
         if (n < data.Length)
         {
@@ -720,6 +732,7 @@ internal sealed partial class Gateway
             return;
         }
         c.FinQueued = true;
+        c.HoldTail = false;
         TrySend(c);
     }
 

@@ -16,6 +16,10 @@ internal sealed partial class Gateway
     private readonly IFlowHandler _flows;
     private readonly byte[] _tx;
     private readonly Dictionary<uint, MacAddress> _arp = [];
+    private readonly Ipv4Reassembly _reassembly = new();
+
+    /// <summary>Fragmented datagrams given up (timed out, evicted, inconsistent).</summary>
+    internal long ReassemblyDropped => _reassembly.Dropped;
     private ushort _ipId;
     private long _now;
     private bool _trusted;
@@ -119,8 +123,18 @@ internal sealed partial class Gateway
         }
         if (ip.IsFragment)
         {
-            // Fragments are not reassembled: guests on this link send at most the MTU with DF set (counted).
+            // Reassembled (bounded, see Ipv4Reassembly), then handled as one datagram. Its transport checksum was
+            // computed by the guest over the whole datagram (no offload across fragments), so it is always verified.
             Counters.Fragments++;
+            if (!_reassembly.Add(ip, _now, out ReadOnlySpan<byte> whole))
+            {
+                return;
+            }
+            Counters.Reassembled++;
+            bool trusted = _trusted;
+            _trusted = false;
+            HandleIpv4(srcMac, dstMac, whole);
+            _trusted = trusted;
             return;
         }
         uint src = ip.Source;

@@ -96,6 +96,9 @@ internal sealed class TcpConnection
     /// <summary>Removed from the engine's table; only the unread receive buffer remains.</summary>
     public bool Removed { get; internal set; }
     internal bool WantWritable;
+
+    /// <summary>The host side has more bytes ready: a last segment shorter than a full one waits for them.</summary>
+    internal bool HoldTail;
     /// <summary>A zero-window probe byte is outstanding.</summary>
     internal bool Probing;
 

@@ -181,6 +181,9 @@ public sealed class GatewayTests
     {
         var (c, iss) = Open();
         _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Psh, payload: "hello"u8.ToArray()), _now);
+        // One small segment, PSH or not, is acknowledged after the delayed-ACK time (RFC 1122 §4.2.3.2).
+        Assert.Empty(G.Segments(_sink));
+        _gw.OnTimer(_now + 25);
         Seg ack = Assert.Single(G.Segments(_sink));
         Assert.Equal(1006u, ack.Ack);
         Assert.Equal(5, c.Readable);
@@ -191,6 +194,50 @@ public sealed class GatewayTests
         _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Psh, payload: "hello"u8.ToArray()), _now);
         Assert.Equal(1006u, Assert.Single(G.Segments(_sink)).Ack);
         Assert.Equal(0, c.Readable);
+    }
+
+    [Fact]
+    public void TheAnswerToARequestCarriesItsAckAndNoSeparateAckIsSent()
+    {
+        var (c, iss) = Open();
+        uint guestSeq = 1001;
+        uint ourSeq = iss + 1;
+        // The first read of a connection may announce the scaled window once; from the second round trip on, a
+        // request and its answer are exactly one frame each way.
+        for (int round = 0; round < 3; round++)
+        {
+            _gw.Receive(G.Tcp(G.Remote, 40000, 80, guestSeq, ourSeq, TcpFlags.Ack | TcpFlags.Psh, payload: "ping"u8.ToArray()), _now);
+            guestSeq += 4;
+            Assert.Empty(G.Segments(_sink));
+            Assert.Equal(4, _gw.TcpRead(c, new byte[16], _now));
+            List<Seg> afterRead = G.Segments(_sink);
+            Assert.True(round == 0 || afterRead.Count == 0);
+            Assert.Equal(4, _gw.TcpWrite(c, "pong"u8, _now));
+            Seg answer = Assert.Single(G.Segments(_sink));
+            Assert.Equal(guestSeq, answer.Ack);
+            Assert.Equal("pong", System.Text.Encoding.ASCII.GetString(answer.Payload));
+            ourSeq += 4;
+            _now += 1;
+        }
+        _gw.OnTimer(_now + 100);
+        Assert.DoesNotContain(G.Segments(_sink), s => s.Payload.Length == 0);
+    }
+
+    [Fact]
+    public void AShortTailIsHeldWhileTheHostHasMoreAndSentWithTheNextWriteOrShutdown()
+    {
+        var (c, _) = Open(guestWindow: 65535);
+        Assert.Equal(3000, _gw.TcpWrite(c, new byte[3000], _now, moreFollows: true));
+        Assert.Equal(new[] { 1460, 1460 }, G.Segments(_sink).Select(s => s.Payload.Length));
+        Assert.Equal(100, _gw.TcpWrite(c, new byte[100], _now));
+        Assert.Equal(new[] { 180 }, G.Segments(_sink).Select(s => s.Payload.Length));
+
+        Assert.Equal(50, _gw.TcpWrite(c, new byte[50], _now, moreFollows: true));
+        Assert.Empty(G.Segments(_sink));
+        _gw.TcpShutdown(c, _now);
+        List<Seg> last = G.Segments(_sink);
+        Assert.Equal(50, last[0].Payload.Length);
+        Assert.True(last[^1].Flags.HasFlag(TcpFlags.Fin));
     }
 
     [Fact]
