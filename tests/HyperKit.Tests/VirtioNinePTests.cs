@@ -247,25 +247,42 @@ public sealed class VirtioNinePTests : IDisposable
     }
 
     [Fact]
-    public async Task A_real_socket_backend_closing_mid_request_leaves_the_device_answering()
+    public async Task A_real_socket_backend_closing_mid_request_leaves_the_device_answering_and_a_remount_reconnects()
     {
         // A server that reads one request and hangs up: the pending request gets EIO through the real stream channel.
+        CancellationToken cancel = TestContext.Current.CancellationToken;
         using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
         listener.Start();
         int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
         Task server = Task.Run(async () =>
         {
-            using System.Net.Sockets.TcpClient c = await listener.AcceptTcpClientAsync(TestContext.Current.CancellationToken);
+            using System.Net.Sockets.TcpClient c = await listener.AcceptTcpClientAsync(cancel);
             byte[] buffer = new byte[64];
-            await c.GetStream().ReadAtLeastAsync(buffer, 7, cancellationToken: TestContext.Current.CancellationToken);
-        }, TestContext.Current.CancellationToken);
+            await c.GetStream().ReadAtLeastAsync(buffer, 7, cancellationToken: cancel);
+        }, cancel);
         VirtioNineP device = Device(() => StreamNinePChannel.ForAddress($"tcp://127.0.0.1:{port}", 1 << 20));
         int a = Post(Getattr(1));
         Kick(device);
         await server;
         WaitFor(() => _driver.UsedIdx == 1);
         Assert.Equal((MessageType.Rlerror, (ushort)1, Errno.EIO), Parse(ReplyIn(a, 11)));
+
+        // The guest mounts again: its Tversion opens a new connection, which answers.
+        Task second = Task.Run(async () =>
+        {
+            using System.Net.Sockets.TcpClient c = await listener.AcceptTcpClientAsync(cancel);
+            byte[] buffer = new byte[64];
+            int n = await c.GetStream().ReadAtLeastAsync(buffer, 7, cancellationToken: cancel);
+            Assert.Equal((byte)MessageType.Tversion, buffer[4]);
+            await c.GetStream().WriteAsync(Encode(new Fcall { Type = MessageType.Rversion, Tag = P9.NoTag, Msize = 8192, Version = P9.VersionL }), cancel);
+            await c.GetStream().ReadAtLeastAsync(buffer, 1, throwOnEndOfStream: false, cancellationToken: cancel);
+        }, cancel);
+        int v = Post(Encode(new Fcall { Type = MessageType.Tversion, Tag = P9.NoTag, Msize = 8192, Version = P9.VersionL }));
+        Kick(device);
+        WaitFor(() => _driver.UsedIdx == 2);
+        Assert.Equal((byte)MessageType.Rversion, ReplyIn(v, 5)[4]);
         device.Dispose();
+        await second;
     }
 
     [Fact]

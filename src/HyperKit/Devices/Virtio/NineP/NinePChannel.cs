@@ -45,7 +45,7 @@ public sealed class StreamNinePChannel(Func<CancellationToken, ValueTask<Stream>
     private readonly Channel<(byte[] Buffer, int Length)> _outgoing =
         Channel.CreateUnbounded<(byte[], int)>(new UnboundedChannelOptions { SingleReader = true });
     private readonly CancellationTokenSource _stop = new();
-    private INinePReplySink? _sink;
+    private volatile INinePReplySink? _sink;
     private int _closed;
 
     /// <summary>tcp://HOST:PORT or unix:PATH (also unix://PATH).</summary>
@@ -209,7 +209,7 @@ public sealed class StreamNinePChannel(Func<CancellationToken, ValueTask<Stream>
                 {
                     return "the 9P server closed the connection in the middle of a message";
                 }
-                _sink!.OnReply(buffer.AsSpan(0, (int)size));
+                _sink?.OnReply(buffer.AsSpan(0, (int)size));
             }
         }
         finally
@@ -234,8 +234,10 @@ public sealed class StreamNinePChannel(Func<CancellationToken, ValueTask<Stream>
 
     public override void Dispose()
     {
+        // Detach first: the device disposes channels from inside Process (under the transport lock), and a sink call
+        // from here would re-enter it on the same thread.
+        _sink = null;
         _stop.Cancel();
-        // The sink is detached by the device before it disposes a channel, so this late close reports nowhere.
         Close("disposed");
     }
 }
@@ -295,7 +297,7 @@ public sealed class HostFsNinePChannel(HostFsOptions options) : NinePChannel
                             reply = ArrayPool<byte>.Shared.Rent((int)session.MessageSize);
                         }
                         int n = session.Handle(item.Buffer.AsSpan(0, item.Length), reply);
-                        if (n > 0)
+                        if (n > 0 && Volatile.Read(ref _closed) == 0)
                         {
                             _sink!.OnReply(reply.AsSpan(0, n));
                         }

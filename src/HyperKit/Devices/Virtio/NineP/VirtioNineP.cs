@@ -375,5 +375,6 @@ public sealed class VirtioNineP : VirtioDevice, IDisposable
         _dialect = Dialect.Linux;
     }
 
-    public void Dispose() => DisposeChannel();
+    /// <summary>VM shutdown: closes the backend (the transport may still be running Process; it sees EIO at worst).</summary>
+    public void Dispose() => Volatile.Read(ref _channel)?.Dispose();
 }
