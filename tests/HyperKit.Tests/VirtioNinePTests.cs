@@ -292,24 +292,7 @@ public sealed class VirtioNinePTests : IDisposable
         try
         {
             VirtioNineP device = Device(() => new HostFsNinePChannel(new HostFsOptions(dir.FullName)));
-            Fcall[] script =
-            [
-                new() { Type = MessageType.Tversion, Tag = P9.NoTag, Msize = 8192, Version = P9.VersionL },
-                new() { Type = MessageType.Tattach, Tag = 1, Fid = 1, Afid = P9.NoFid, Uname = "root", Aname = "", NUname = 0 },
-                new() { Type = MessageType.Twalk, Tag = 2, Fid = 1, NewFid = 2, Wnames = [] },
-                new() { Type = MessageType.Tlcreate, Tag = 3, Fid = 2, Name = "from-guest", Flags = P9.LORdwr, LMode = 0x1A4 },
-                new() { Type = MessageType.Twrite, Tag = 4, Fid = 2, Offset = 0, Data = "written through virtio-9p"u8.ToArray() },
-                new() { Type = MessageType.Tclunk, Tag = 5, Fid = 2 },
-            ];
-            int used = 0;
-            foreach (Fcall t in script)
-            {
-                int slot = Post(Encode(t));
-                Kick(device);
-                used++;
-                WaitFor(() => _driver.UsedIdx == used);
-                Assert.Equal((byte)(t.Type + 1), ReplyIn(slot, 5)[4]);
-            }
+            WriteAFileThrough(device);
             Assert.Equal("written through virtio-9p", File.ReadAllText(Path.Combine(dir.FullName, "from-guest")));
             device.Reset();
             device.Dispose();
@@ -317,6 +300,57 @@ public sealed class VirtioNinePTests : IDisposable
         finally
         {
             dir.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task Relays_to_a_9P_server_on_a_unix_socket()
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        DirectoryInfo dir = Directory.CreateTempSubdirectory("kit-9p-unix-");
+        string socketPath = Path.Combine(dir.FullName, "9p.sock");
+        Directory.CreateDirectory(Path.Combine(dir.FullName, "export"));
+        using var listener = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        listener.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath));
+        listener.Listen(1);
+        Task server = Task.Run(async () =>
+        {
+            using System.Net.Sockets.Socket s = await listener.AcceptAsync(cancel);
+            await using var stream = new System.Net.Sockets.NetworkStream(s);
+            await HostFsServer.ServeStreamAsync(stream, new HostFsOptions(Path.Combine(dir.FullName, "export")), cancel);
+        }, cancel);
+        try
+        {
+            VirtioNineP device = Device(() => StreamNinePChannel.ForAddress($"unix:{socketPath}", 1 << 20));
+            WriteAFileThrough(device);
+            Assert.Equal("written through virtio-9p", File.ReadAllText(Path.Combine(dir.FullName, "export", "from-guest")));
+            device.Dispose();
+            await server;
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    private void WriteAFileThrough(VirtioNineP device)
+    {
+        Fcall[] script =
+        [
+            new() { Type = MessageType.Tversion, Tag = P9.NoTag, Msize = 8192, Version = P9.VersionL },
+            new() { Type = MessageType.Tattach, Tag = 1, Fid = 1, Afid = P9.NoFid, Uname = "root", Aname = "", NUname = 0 },
+            new() { Type = MessageType.Twalk, Tag = 2, Fid = 1, NewFid = 2, Wnames = [] },
+            new() { Type = MessageType.Tlcreate, Tag = 3, Fid = 2, Name = "from-guest", Flags = P9.LORdwr, LMode = 0x1A4 },
+            new() { Type = MessageType.Twrite, Tag = 4, Fid = 2, Offset = 0, Data = "written through virtio-9p"u8.ToArray() },
+            new() { Type = MessageType.Tclunk, Tag = 5, Fid = 2 },
+        ];
+        foreach (Fcall t in script)
+        {
+            int slot = Post(Encode(t));
+            int expected = _driver.UsedIdx + 1;
+            Kick(device);
+            WaitFor(() => _driver.UsedIdx == expected);
+            Assert.Equal((byte)(t.Type + 1), ReplyIn(slot, 5)[4]);
         }
     }
 
