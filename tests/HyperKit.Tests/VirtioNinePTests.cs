@@ -285,6 +285,37 @@ public sealed class VirtioNinePTests : IDisposable
         await second;
     }
 
+    [Theory]
+    [InlineData(0xFFFFFFFFu)]
+    [InlineData(3u)]
+    public async Task A_server_sending_an_impossible_frame_size_is_dropped_and_requests_fail_with_EIO(uint size)
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        Task server = Task.Run(async () =>
+        {
+            using System.Net.Sockets.TcpClient c = await listener.AcceptTcpClientAsync(cancel);
+            byte[] buffer = new byte[64];
+            await c.GetStream().ReadAtLeastAsync(buffer, 7, cancellationToken: cancel);
+            byte[] lie = new byte[11];
+            BinaryPrimitives.WriteUInt32LittleEndian(lie, size);
+            lie[4] = (byte)MessageType.Rgetattr;
+            lie[5] = 1;
+            await c.GetStream().WriteAsync(lie, cancel);
+            await c.GetStream().ReadAtLeastAsync(buffer, 1, throwOnEndOfStream: false, cancellationToken: cancel);
+        }, cancel);
+        VirtioNineP device = Device(() => StreamNinePChannel.ForAddress($"tcp://127.0.0.1:{port}", 1 << 20));
+        int a = Post(Getattr(1));
+        Kick(device);
+        WaitFor(() => _driver.UsedIdx == 1);
+        Assert.Equal((MessageType.Rlerror, (ushort)1, Errno.EIO), Parse(ReplyIn(a, 11)));
+        Assert.Contains("frame of", device.BackendClosedReason, StringComparison.Ordinal);
+        await server;
+        device.Dispose();
+    }
+
     [Fact]
     public void The_built_in_server_writes_a_file_the_host_reads()
     {
