@@ -8,7 +8,8 @@ using Kit.NineP.Protocol;
 namespace Kit.HyperKit.Devices.Virtio.NineP;
 
 /// <summary>
-/// virtio-9p (virtio 1.2, section 5.11? "9P transport"; Linux net/9p/trans_virtio.c): one request queue; each chain
+/// virtio-9p (device ID 9, "9P transport", in virtio 1.2 section 5's table; the virtio spec gives it no chapter, so the
+/// contract is Linux's net/9p/trans_virtio.c and QEMU's hw/9pfs/virtio-9p-device.c): one request queue; each chain
 /// carries one T-message in its readable part and receives the R-message in its writable part. The config space is
 /// {tag_len u16, tag[tag_len]} (feature VIRTIO_9P_MOUNT_TAG, bit 0); the guest mounts with
 /// <c>mount -t 9p -o trans=virtio TAG /mnt</c>.
