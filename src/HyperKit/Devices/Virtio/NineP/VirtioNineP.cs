@@ -14,9 +14,10 @@ namespace Kit.HyperKit.Devices.Virtio.NineP;
 /// {tag_len u16, tag[tag_len]} (feature VIRTIO_9P_MOUNT_TAG, bit 0); the guest mounts with
 /// <c>mount -t 9p -o trans=virtio TAG /mnt</c>.
 ///
-/// The device is a relay: it checks each T-message's framing, forwards it to a <see cref="NinePChannel"/> (the
-/// built-in host-directory server or any 9P server on a socket) and keeps the chain by tag until the reply comes back,
-/// in whatever order the server answers. Replies are written into guest memory only from <see cref="Process"/>, under
+/// The device is a relay: it checks each T-message's framing, forwards it to a <see cref="NinePChannel"/> (any 9P
+/// server on a socket) and keeps the chain by tag until the reply comes back, in whatever order the server answers.
+/// The built-in host-directory server is an <see cref="IInlineNinePChannel"/>: it answers at once, in the same
+/// Process call (like virtio-blk's file I/O), so a request costs no thread hand-off. Replies are written into guest memory only from <see cref="Process"/>, under
 /// the transport's lock, through <see cref="VirtioDevice.ProcessQueue"/>. In flight is bounded by the queue size (a
 /// chain is a request). A malformed request is answered with an error here and never reaches the server; a backend
 /// that disappears fails every pending and later request with EIO (the VMM keeps running) until the guest mounts
@@ -260,6 +261,26 @@ public sealed class VirtioNineP : VirtioDevice, IDisposable
         if (_channel is null)
         {
             Connect();
+        }
+        if (_channel is IInlineNinePChannel inline)
+        {
+            ReadOnlySpan<byte> reply = inline.Handle(message.AsSpan(0, (int)size));
+            ArrayPool<byte>.Shared.Return(message);
+            Forwarded++;
+            if (reply.Length < P9.HeaderSize || reply.Length > writable)
+            {
+                LocalErrors++;
+                WriteError(queue, memory, head, chain, tag, Errno.EIO);
+                return;
+            }
+            if (type == MessageType.Tversion)
+            {
+                _dialect = DialectOf(reply);
+            }
+            var writer = new ChainCursor(chain, memory);
+            writer.Write(reply);
+            queue.PushUsed(head, writer.Written);
+            return;
         }
         DescriptorSegment[] kept = ArrayPool<DescriptorSegment>.Shared.Rent(count);
         chain.CopyTo(kept);
