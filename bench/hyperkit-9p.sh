@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # HyperKit virtio-9p throughput (issue 6): a guest mounts a shared directory with trans=virtio and runs dd write/read,
-# under `kit vm run --share` (built-in 9P2000.L server) and `qemu-system-x86_64 -enable-kvm -virtfs` (QEMU's server),
+# under `kit vm run --share` (built-in 9P2000.L server), `kit vm run --share TAG=tcp://...` relaying to diod, and
+# `qemu-system-x86_64 -enable-kvm -virtfs` (QEMU's server),
 # side by side in one nested L1 (QEMU TCG with -cpu max and kvm_amd: testing-here.md section 2). The exported
 # directory is on L1's tmpfs for both. Root only; touches no network.
 # Usage: bench/hyperkit-9p.sh [MIB]   (default 64 MiB per dd)
@@ -17,7 +18,8 @@ rm -rf "$work"; mkdir -p "$work/extra/kit"
 cat > "$work/extra/kit/run" <<GUEST
 #!/bin/sh
 mkdir -p /mnt/h
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 host /mnt/h || exit 20
+aname=\$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^kit.aname=//p')
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000\${aname:+,aname=\$aname} host /mnt/h || exit 20
 # busybox dd prints no rate; time with /proc/uptime (centiseconds).
 cs() { cut -d' ' -f1 /proc/uptime | tr -d .; }
 s=\$(cs); dd if=/dev/zero of=/mnt/h/big bs=1M count=$mib conv=fsync 2>/dev/null; e=\$(cs)
@@ -44,6 +46,13 @@ rm -rf /tmp/share; mkdir /tmp/share
 $root/artifacts/kit/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cmdline "\$cl" --share host=/tmp/share > $work/kit.log 2>&1
 echo "vmm=kit rc=\$?"
 rm -rf /tmp/share; mkdir /tmp/share
+# The relay: the same guest through kit's virtio-9p relay to diod (a C 9P2000.L server) on L1's loopback.
+diod -f -n -l 127.0.0.1:5640 -e /tmp/share > $work/diod.log 2>&1 &
+d=\$!; sleep 2
+$root/artifacts/kit/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cmdline "\$cl kit.aname=/tmp/share" --share host=tcp://127.0.0.1:5640 > $work/kit-diod.log 2>&1
+echo "vmm=kit-diod rc=\$?"
+kill \$d; wait \$d
+rm -rf /tmp/share; mkdir /tmp/share
 qemu-system-x86_64 -enable-kvm -cpu host -m 512 -nodefaults -no-user-config -display none -serial stdio -monitor none \
   -kernel $kernel -initrd $work/l2.initrd -append "\$cl" -no-reboot \
   -virtfs local,path=/tmp/share,mount_tag=host,security_model=none > $work/qemu.log 2>&1
@@ -69,7 +78,7 @@ timeout 1800 qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 1 -nodefaults -
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs "local,path=$work,mount_tag=results,security_model=none,multidevs=remap" > "$work/l1.log" 2>&1 || true
 grep -a '^vmm=' "$work/l1.log" | tr -d '\r' || true
-for vmm in kit qemu; do
+for vmm in kit kit-diod qemu; do
   echo "--- $vmm"
   grep -a -E '^(dd-write|dd-read|small-files)' "$work/$vmm.log" | tr -d '\r' || echo "(no result; see $work/$vmm.log)"
 done
