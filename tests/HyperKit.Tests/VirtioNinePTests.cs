@@ -247,24 +247,72 @@ public sealed class VirtioNinePTests : IDisposable
     }
 
     [Fact]
-    public async Task A_real_socket_backend_closing_mid_request_leaves_the_device_answering()
+    public async Task A_real_socket_backend_closing_mid_request_leaves_the_device_answering_and_a_remount_reconnects()
     {
         // A server that reads one request and hangs up: the pending request gets EIO through the real stream channel.
+        CancellationToken cancel = TestContext.Current.CancellationToken;
         using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
         listener.Start();
         int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
         Task server = Task.Run(async () =>
         {
-            using System.Net.Sockets.TcpClient c = await listener.AcceptTcpClientAsync(TestContext.Current.CancellationToken);
+            using System.Net.Sockets.TcpClient c = await listener.AcceptTcpClientAsync(cancel);
             byte[] buffer = new byte[64];
-            await c.GetStream().ReadAtLeastAsync(buffer, 7, cancellationToken: TestContext.Current.CancellationToken);
-        }, TestContext.Current.CancellationToken);
+            await c.GetStream().ReadAtLeastAsync(buffer, 7, cancellationToken: cancel);
+        }, cancel);
         VirtioNineP device = Device(() => StreamNinePChannel.ForAddress($"tcp://127.0.0.1:{port}", 1 << 20));
         int a = Post(Getattr(1));
         Kick(device);
         await server;
         WaitFor(() => _driver.UsedIdx == 1);
         Assert.Equal((MessageType.Rlerror, (ushort)1, Errno.EIO), Parse(ReplyIn(a, 11)));
+
+        // The guest mounts again: its Tversion opens a new connection, which answers.
+        Task second = Task.Run(async () =>
+        {
+            using System.Net.Sockets.TcpClient c = await listener.AcceptTcpClientAsync(cancel);
+            byte[] buffer = new byte[64];
+            int n = await c.GetStream().ReadAtLeastAsync(buffer, 7, cancellationToken: cancel);
+            Assert.Equal((byte)MessageType.Tversion, buffer[4]);
+            await c.GetStream().WriteAsync(Encode(new Fcall { Type = MessageType.Rversion, Tag = P9.NoTag, Msize = 8192, Version = P9.VersionL }), cancel);
+            await c.GetStream().ReadAtLeastAsync(buffer, 1, throwOnEndOfStream: false, cancellationToken: cancel);
+        }, cancel);
+        int v = Post(Encode(new Fcall { Type = MessageType.Tversion, Tag = P9.NoTag, Msize = 8192, Version = P9.VersionL }));
+        Kick(device);
+        WaitFor(() => _driver.UsedIdx == 2);
+        Assert.Equal((byte)MessageType.Rversion, ReplyIn(v, 5)[4]);
+        device.Dispose();
+        await second;
+    }
+
+    [Theory]
+    [InlineData(0xFFFFFFFFu)]
+    [InlineData(3u)]
+    public async Task A_server_sending_an_impossible_frame_size_is_dropped_and_requests_fail_with_EIO(uint size)
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        Task server = Task.Run(async () =>
+        {
+            using System.Net.Sockets.TcpClient c = await listener.AcceptTcpClientAsync(cancel);
+            byte[] buffer = new byte[64];
+            await c.GetStream().ReadAtLeastAsync(buffer, 7, cancellationToken: cancel);
+            byte[] lie = new byte[11];
+            BinaryPrimitives.WriteUInt32LittleEndian(lie, size);
+            lie[4] = (byte)MessageType.Rgetattr;
+            lie[5] = 1;
+            await c.GetStream().WriteAsync(lie, cancel);
+            await c.GetStream().ReadAtLeastAsync(buffer, 1, throwOnEndOfStream: false, cancellationToken: cancel);
+        }, cancel);
+        VirtioNineP device = Device(() => StreamNinePChannel.ForAddress($"tcp://127.0.0.1:{port}", 1 << 20));
+        int a = Post(Getattr(1));
+        Kick(device);
+        WaitFor(() => _driver.UsedIdx == 1);
+        Assert.Equal((MessageType.Rlerror, (ushort)1, Errno.EIO), Parse(ReplyIn(a, 11)));
+        Assert.Contains("frame of", device.BackendClosedReason, StringComparison.Ordinal);
+        await server;
         device.Dispose();
     }
 
@@ -275,24 +323,7 @@ public sealed class VirtioNinePTests : IDisposable
         try
         {
             VirtioNineP device = Device(() => new HostFsNinePChannel(new HostFsOptions(dir.FullName)));
-            Fcall[] script =
-            [
-                new() { Type = MessageType.Tversion, Tag = P9.NoTag, Msize = 8192, Version = P9.VersionL },
-                new() { Type = MessageType.Tattach, Tag = 1, Fid = 1, Afid = P9.NoFid, Uname = "root", Aname = "", NUname = 0 },
-                new() { Type = MessageType.Twalk, Tag = 2, Fid = 1, NewFid = 2, Wnames = [] },
-                new() { Type = MessageType.Tlcreate, Tag = 3, Fid = 2, Name = "from-guest", Flags = P9.LORdwr, LMode = 0x1A4 },
-                new() { Type = MessageType.Twrite, Tag = 4, Fid = 2, Offset = 0, Data = "written through virtio-9p"u8.ToArray() },
-                new() { Type = MessageType.Tclunk, Tag = 5, Fid = 2 },
-            ];
-            int used = 0;
-            foreach (Fcall t in script)
-            {
-                int slot = Post(Encode(t));
-                Kick(device);
-                used++;
-                WaitFor(() => _driver.UsedIdx == used);
-                Assert.Equal((byte)(t.Type + 1), ReplyIn(slot, 5)[4]);
-            }
+            WriteAFileThrough(device);
             Assert.Equal("written through virtio-9p", File.ReadAllText(Path.Combine(dir.FullName, "from-guest")));
             device.Reset();
             device.Dispose();
@@ -300,6 +331,57 @@ public sealed class VirtioNinePTests : IDisposable
         finally
         {
             dir.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task Relays_to_a_9P_server_on_a_unix_socket()
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        DirectoryInfo dir = Directory.CreateTempSubdirectory("kit-9p-unix-");
+        string socketPath = Path.Combine(dir.FullName, "9p.sock");
+        Directory.CreateDirectory(Path.Combine(dir.FullName, "export"));
+        using var listener = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        listener.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath));
+        listener.Listen(1);
+        Task server = Task.Run(async () =>
+        {
+            using System.Net.Sockets.Socket s = await listener.AcceptAsync(cancel);
+            await using var stream = new System.Net.Sockets.NetworkStream(s);
+            await HostFsServer.ServeStreamAsync(stream, new HostFsOptions(Path.Combine(dir.FullName, "export")), cancel);
+        }, cancel);
+        try
+        {
+            VirtioNineP device = Device(() => StreamNinePChannel.ForAddress($"unix:{socketPath}", 1 << 20));
+            WriteAFileThrough(device);
+            Assert.Equal("written through virtio-9p", File.ReadAllText(Path.Combine(dir.FullName, "export", "from-guest")));
+            device.Dispose();
+            await server;
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    private void WriteAFileThrough(VirtioNineP device)
+    {
+        Fcall[] script =
+        [
+            new() { Type = MessageType.Tversion, Tag = P9.NoTag, Msize = 8192, Version = P9.VersionL },
+            new() { Type = MessageType.Tattach, Tag = 1, Fid = 1, Afid = P9.NoFid, Uname = "root", Aname = "", NUname = 0 },
+            new() { Type = MessageType.Twalk, Tag = 2, Fid = 1, NewFid = 2, Wnames = [] },
+            new() { Type = MessageType.Tlcreate, Tag = 3, Fid = 2, Name = "from-guest", Flags = P9.LORdwr, LMode = 0x1A4 },
+            new() { Type = MessageType.Twrite, Tag = 4, Fid = 2, Offset = 0, Data = "written through virtio-9p"u8.ToArray() },
+            new() { Type = MessageType.Tclunk, Tag = 5, Fid = 2 },
+        ];
+        foreach (Fcall t in script)
+        {
+            int slot = Post(Encode(t));
+            int expected = _driver.UsedIdx + 1;
+            Kick(device);
+            WaitFor(() => _driver.UsedIdx == expected);
+            Assert.Equal((byte)(t.Type + 1), ReplyIn(slot, 5)[4]);
         }
     }
 

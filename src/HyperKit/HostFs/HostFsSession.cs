@@ -122,6 +122,11 @@ public sealed class HostFsSession : IDisposable
             {
                 return Error(reply, tag, e.Errno);
             }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // A bug here must cost one request, not the share: the guest gets EIO.
+                return Error(reply, tag, Errno.EIO);
+            }
         }
     }
 

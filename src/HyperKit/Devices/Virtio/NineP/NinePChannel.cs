@@ -1,7 +1,8 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Collections.Concurrent;
+using System.Net;
 using System.Net.Sockets;
-using System.Threading.Channels;
 using Kit.HyperKit.HostFs;
 
 namespace Kit.HyperKit.Devices.Virtio.NineP;
@@ -36,16 +37,27 @@ public abstract class NinePChannel : IDisposable
 public delegate NinePChannel NinePChannelFactory();
 
 /// <summary>
-/// A 9P server reached over a byte stream: TCP (kit data serve, diod) or a Unix socket. One task writes queued
-/// T-messages, one reads R-messages; an R-message whose size is below the header or above the limit ends the
+/// A backend that answers each request at once on the caller's thread (the built-in host-directory server): the
+/// device completes the chain in the same <c>Process</c> call that popped it, as virtio-blk does with its file I/O,
+/// with no thread hand-off (each one costs dearly under nested virtualization).
+/// </summary>
+public interface IInlineNinePChannel
+{
+    /// <summary>Handles one T-message; returns the R-message (valid until the next call) or an empty span.</summary>
+    ReadOnlySpan<byte> Handle(ReadOnlySpan<byte> request);
+}
+
+/// <summary>
+/// A 9P server reached over a byte stream: TCP (kit data serve, diod) or a Unix socket. Two dedicated threads (never
+/// the thread pool, which can be slow to wake under nested virtualization): one writes queued T-messages, one reads
+/// R-messages and hands them to the sink. An R-message whose size is below the header or above the limit ends the
 /// connection (a lying server cannot make the VMM allocate more than the limit).
 /// </summary>
-public sealed class StreamNinePChannel(Func<CancellationToken, ValueTask<Stream>> connect, int maxMessage) : NinePChannel
+public sealed class StreamNinePChannel(Func<Socket> connect, int maxMessage) : NinePChannel
 {
-    private readonly Channel<(byte[] Buffer, int Length)> _outgoing =
-        Channel.CreateUnbounded<(byte[], int)>(new UnboundedChannelOptions { SingleReader = true });
-    private readonly CancellationTokenSource _stop = new();
-    private INinePReplySink? _sink;
+    private readonly BlockingCollection<(byte[] Buffer, int Length)> _outgoing = [];
+    private volatile INinePReplySink? _sink;
+    private volatile Socket? _socket;
     private int _closed;
 
     /// <summary>tcp://HOST:PORT or unix:PATH (also unix://PATH).</summary>
@@ -58,40 +70,35 @@ public sealed class StreamNinePChannel(Func<CancellationToken, ValueTask<Stream>
             {
                 path = path[2..];
             }
-            return new StreamNinePChannel(async ct =>
-            {
-                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                try
-                {
-                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(path), ct).ConfigureAwait(false);
-                }
-                catch
-                {
-                    socket.Dispose();
-                    throw;
-                }
-                return new NetworkStream(socket, ownsSocket: true);
-            }, maxMessage);
+            return new StreamNinePChannel(() => Connect(new UnixDomainSocketEndPoint(path), AddressFamily.Unix), maxMessage);
         }
         if (address.StartsWith("tcp://", StringComparison.Ordinal)
             && TryParseHostPort(address["tcp://".Length..], out string host, out int port))
         {
-            return new StreamNinePChannel(async ct =>
+            return new StreamNinePChannel(() =>
             {
-                var client = new TcpClient { NoDelay = true };
-                try
-                {
-                    await client.ConnectAsync(host, port, ct).ConfigureAwait(false);
-                }
-                catch
-                {
-                    client.Dispose();
-                    throw;
-                }
-                return client.GetStream();
+                IPAddress ip = IPAddress.TryParse(host, out IPAddress? literal) ? literal : Dns.GetHostAddresses(host)[0];
+                Socket s = Connect(new IPEndPoint(ip, port), ip.AddressFamily);
+                s.NoDelay = true;
+                return s;
             }, maxMessage);
         }
         throw new ArgumentException($"not a 9P server address: {address} (use tcp://HOST:PORT or unix:PATH)");
+    }
+
+    private static Socket Connect(EndPoint endPoint, AddressFamily family)
+    {
+        var socket = new Socket(family, SocketType.Stream, family == AddressFamily.Unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
+        try
+        {
+            socket.Connect(endPoint);
+            return socket;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
     }
 
     public static bool TryParseHostPort(string text, out string host, out int port)
@@ -111,12 +118,12 @@ public sealed class StreamNinePChannel(Func<CancellationToken, ValueTask<Stream>
     public override void Start(INinePReplySink sink)
     {
         _sink = sink;
-        _ = Task.Run(RunAsync);
+        new Thread(Run) { IsBackground = true, Name = "9p-relay-read" }.Start();
     }
 
     public override bool TrySend(byte[] rented, int length)
     {
-        if (Volatile.Read(ref _closed) != 0 || !_outgoing.Writer.TryWrite((rented, length)))
+        if (Volatile.Read(ref _closed) != 0 || !_outgoing.TryAdd((rented, length)))
         {
             ArrayPool<byte>.Shared.Return(rented);
             return false;
@@ -124,68 +131,63 @@ public sealed class StreamNinePChannel(Func<CancellationToken, ValueTask<Stream>
         return true;
     }
 
-    private async Task RunAsync()
+    private void Run()
     {
-        string reason = "closed";
-        Stream? stream = null;
+        string reason;
         try
         {
-            stream = await connect(_stop.Token).ConfigureAwait(false);
-            Task writer = WriteLoopAsync(stream);
-            reason = await ReadLoopAsync(stream).ConfigureAwait(false);
-            _stop.Cancel();
-            await writer.ConfigureAwait(false);
+            Socket socket = connect();
+            _socket = socket;
+            if (Volatile.Read(ref _closed) != 0)
+            {
+                socket.Dispose();
+                return;
+            }
+            new Thread(() => WriteLoop(socket)) { IsBackground = true, Name = "9p-relay-write" }.Start();
+            reason = ReadLoop(socket);
         }
-        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
         {
             reason = e.Message;
         }
-        finally
-        {
-            Close(reason);
-            stream?.Dispose();
-        }
+        Close(reason);
     }
 
-    private async Task WriteLoopAsync(Stream stream)
+    private void WriteLoop(Socket socket)
     {
         try
         {
-            while (await _outgoing.Reader.WaitToReadAsync(_stop.Token).ConfigureAwait(false))
+            foreach ((byte[] buffer, int length) in _outgoing.GetConsumingEnumerable())
             {
-                while (_outgoing.Reader.TryRead(out (byte[] Buffer, int Length) item))
+                try
                 {
-                    try
+                    int sent = 0;
+                    while (sent < length)
                     {
-                        await stream.WriteAsync(item.Buffer.AsMemory(0, item.Length), _stop.Token).ConfigureAwait(false);
+                        sent += socket.Send(buffer.AsSpan(sent, length - sent));
                     }
-                    finally
-                    {
-                        ArrayPool<byte>.Shared.Return(item.Buffer);
-                    }
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
                 }
             }
         }
-        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
         {
-            // The read loop sees the same failure and reports it.
-            _stop.Cancel();
-            stream.Dispose();
+            // The read loop sees the same failure (the socket is shut down here) and reports it.
+            Close(e.Message);
         }
     }
 
-    private async Task<string> ReadLoopAsync(Stream stream)
+    private string ReadLoop(Socket socket)
     {
         byte[] buffer = ArrayPool<byte>.Shared.Rent(8192);
         try
         {
             while (true)
             {
-                try
-                {
-                    await stream.ReadExactlyAsync(buffer.AsMemory(0, 4), _stop.Token).ConfigureAwait(false);
-                }
-                catch (EndOfStreamException)
+                if (!ReadExactly(socket, buffer.AsSpan(0, 4)))
                 {
                     return "the 9P server closed the connection";
                 }
@@ -201,15 +203,11 @@ public sealed class StreamNinePChannel(Func<CancellationToken, ValueTask<Stream>
                     ArrayPool<byte>.Shared.Return(buffer);
                     buffer = bigger;
                 }
-                try
-                {
-                    await stream.ReadExactlyAsync(buffer.AsMemory(4, (int)size - 4), _stop.Token).ConfigureAwait(false);
-                }
-                catch (EndOfStreamException)
+                if (!ReadExactly(socket, buffer.AsSpan(4, (int)size - 4)))
                 {
                     return "the 9P server closed the connection in the middle of a message";
                 }
-                _sink!.OnReply(buffer.AsSpan(0, (int)size));
+                _sink?.OnReply(buffer.AsSpan(0, (int)size));
             }
         }
         finally
@@ -218,116 +216,93 @@ public sealed class StreamNinePChannel(Func<CancellationToken, ValueTask<Stream>
         }
     }
 
+    private static bool ReadExactly(Socket socket, Span<byte> buffer)
+    {
+        while (!buffer.IsEmpty)
+        {
+            int n = socket.Receive(buffer);
+            if (n == 0)
+            {
+                return false;
+            }
+            buffer = buffer[n..];
+        }
+        return true;
+    }
+
     private void Close(string reason)
     {
         if (Interlocked.Exchange(ref _closed, 1) != 0)
         {
             return;
         }
-        _outgoing.Writer.TryComplete();
-        while (_outgoing.Reader.TryRead(out (byte[] Buffer, int Length) item))
+        _outgoing.CompleteAdding();
+        while (_outgoing.TryTake(out (byte[] Buffer, int Length) item))
         {
             ArrayPool<byte>.Shared.Return(item.Buffer);
         }
+        try
+        {
+            // Unblocks the other loop's Send/Receive.
+            _socket?.Shutdown(SocketShutdown.Both);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+        }
+        _socket?.Dispose();
         _sink?.OnClosed(reason);
     }
 
     public override void Dispose()
     {
-        _stop.Cancel();
-        // The sink is detached by the device before it disposes a channel, so this late close reports nowhere.
+        // Detach first: the device disposes channels from inside Process (under the transport lock), and a sink call
+        // from here would re-enter it on the same thread.
+        _sink = null;
         Close("disposed");
     }
 }
 
-/// <summary>
-/// The built-in server for a host directory (<see cref="HostFsSession"/>), in process: one worker runs requests in
-/// arrival order and hands each reply straight to the device, with no socket in between.
-/// </summary>
-public sealed class HostFsNinePChannel(HostFsOptions options) : NinePChannel
+/// <summary>The built-in server for a host directory (<see cref="HostFsSession"/>), in process and inline.</summary>
+public sealed class HostFsNinePChannel(HostFsOptions options) : NinePChannel, IInlineNinePChannel
 {
-    private readonly Channel<(byte[] Buffer, int Length)> _requests =
-        Channel.CreateUnbounded<(byte[], int)>(new UnboundedChannelOptions { SingleReader = true });
-    private INinePReplySink? _sink;
-    private int _closed;
+    private HostFsSession? _session;
+    private byte[] _reply = [];
 
     public override void Start(INinePReplySink sink)
     {
-        _sink = sink;
-        _ = Task.Factory.StartNew(Run, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        try
+        {
+            _session = new HostFsSession(options);
+        }
+        catch (IOException e)
+        {
+            // The directory vanished since start-up: every request fails (EIO) instead of the VMM.
+            Error = e.Message;
+        }
+    }
+
+    /// <summary>Why the export could not be opened, if it could not.</summary>
+    public string? Error { get; private set; }
+
+    public ReadOnlySpan<byte> Handle(ReadOnlySpan<byte> request)
+    {
+        if (_session is null)
+        {
+            return [];
+        }
+        if (_reply.Length < _session.MessageSize)
+        {
+            _reply = new byte[Math.Max(_session.MessageSize, 8192)];
+        }
+        int n = _session.Handle(request, _reply);
+        return _reply.AsSpan(0, n);
     }
 
     public override bool TrySend(byte[] rented, int length)
     {
-        if (Volatile.Read(ref _closed) != 0 || !_requests.Writer.TryWrite((rented, length)))
-        {
-            ArrayPool<byte>.Shared.Return(rented);
-            return false;
-        }
-        return true;
+        ArrayPool<byte>.Shared.Return(rented);
+        return false;
     }
 
-    private void Run()
-    {
-        HostFsSession session;
-        try
-        {
-            session = new HostFsSession(options);
-        }
-        catch (IOException e)
-        {
-            Closed(e.Message);
-            return;
-        }
-        byte[] reply = ArrayPool<byte>.Shared.Rent((int)session.MessageSize);
-        try
-        {
-            // Blocking waits are fine here: this is the channel's own long-running thread.
-            while (_requests.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
-            {
-                while (_requests.Reader.TryRead(out (byte[] Buffer, int Length) item))
-                {
-                    try
-                    {
-                        if (reply.Length < session.MessageSize)
-                        {
-                            ArrayPool<byte>.Shared.Return(reply);
-                            reply = ArrayPool<byte>.Shared.Rent((int)session.MessageSize);
-                        }
-                        int n = session.Handle(item.Buffer.AsSpan(0, item.Length), reply);
-                        if (n > 0)
-                        {
-                            _sink!.OnReply(reply.AsSpan(0, n));
-                        }
-                    }
-                    finally
-                    {
-                        ArrayPool<byte>.Shared.Return(item.Buffer);
-                    }
-                }
-            }
-        }
-        finally
-        {
-            session.Dispose();
-            ArrayPool<byte>.Shared.Return(reply);
-        }
-    }
-
-    private void Closed(string reason)
-    {
-        if (Interlocked.Exchange(ref _closed, 1) == 0)
-        {
-            _requests.Writer.TryComplete();
-            _sink?.OnClosed(reason);
-        }
-    }
-
-    public override void Dispose()
-    {
-        if (Interlocked.Exchange(ref _closed, 1) == 0)
-        {
-            _requests.Writer.TryComplete();
-        }
-    }
+    public override void Dispose() => _session?.Dispose();
 }

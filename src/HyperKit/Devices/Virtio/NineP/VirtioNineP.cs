@@ -8,14 +8,16 @@ using Kit.NineP.Protocol;
 namespace Kit.HyperKit.Devices.Virtio.NineP;
 
 /// <summary>
-/// virtio-9p (virtio 1.2, section 5.11? "9P transport"; Linux net/9p/trans_virtio.c): one request queue; each chain
+/// virtio-9p (device ID 9, "9P transport", in virtio 1.2 section 5's table; the virtio spec gives it no chapter, so the
+/// contract is Linux's net/9p/trans_virtio.c and QEMU's hw/9pfs/virtio-9p-device.c): one request queue; each chain
 /// carries one T-message in its readable part and receives the R-message in its writable part. The config space is
 /// {tag_len u16, tag[tag_len]} (feature VIRTIO_9P_MOUNT_TAG, bit 0); the guest mounts with
 /// <c>mount -t 9p -o trans=virtio TAG /mnt</c>.
 ///
-/// The device is a relay: it checks each T-message's framing, forwards it to a <see cref="NinePChannel"/> (the
-/// built-in host-directory server or any 9P server on a socket) and keeps the chain by tag until the reply comes back,
-/// in whatever order the server answers. Replies are written into guest memory only from <see cref="Process"/>, under
+/// The device is a relay: it checks each T-message's framing, forwards it to a <see cref="NinePChannel"/> (any 9P
+/// server on a socket) and keeps the chain by tag until the reply comes back, in whatever order the server answers.
+/// The built-in host-directory server is an <see cref="IInlineNinePChannel"/>: it answers at once, in the same
+/// Process call (like virtio-blk's file I/O), so a request costs no thread hand-off. Replies are written into guest memory only from <see cref="Process"/>, under
 /// the transport's lock, through <see cref="VirtioDevice.ProcessQueue"/>. In flight is bounded by the queue size (a
 /// chain is a request). A malformed request is answered with an error here and never reaches the server; a backend
 /// that disappears fails every pending and later request with EIO (the VMM keeps running) until the guest mounts
@@ -260,6 +262,26 @@ public sealed class VirtioNineP : VirtioDevice, IDisposable
         {
             Connect();
         }
+        if (_channel is IInlineNinePChannel inline)
+        {
+            ReadOnlySpan<byte> reply = inline.Handle(message.AsSpan(0, (int)size));
+            ArrayPool<byte>.Shared.Return(message);
+            Forwarded++;
+            if (reply.Length < P9.HeaderSize || reply.Length > writable)
+            {
+                LocalErrors++;
+                WriteError(queue, memory, head, chain, tag, Errno.EIO);
+                return;
+            }
+            if (type == MessageType.Tversion)
+            {
+                _dialect = DialectOf(reply);
+            }
+            var writer = new ChainCursor(chain, memory);
+            writer.Write(reply);
+            queue.PushUsed(head, writer.Written);
+            return;
+        }
         DescriptorSegment[] kept = ArrayPool<DescriptorSegment>.Shared.Rent(count);
         chain.CopyTo(kept);
         _pending[tag] = new Pending(head, kept, count, writable, flushOf);
@@ -375,5 +397,6 @@ public sealed class VirtioNineP : VirtioDevice, IDisposable
         _dialect = Dialect.Linux;
     }
 
-    public void Dispose() => DisposeChannel();
+    /// <summary>VM shutdown: closes the backend (the transport may still be running Process; it sees EIO at worst).</summary>
+    public void Dispose() => Volatile.Read(ref _channel)?.Dispose();
 }
