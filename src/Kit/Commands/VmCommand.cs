@@ -108,6 +108,12 @@ internal static class VmCommand
         {
             throw new CliException($"--memory: cannot parse \"{memoryText}\" (use e.g. 512M or 1G)");
         }
+        string vsockPath = "";
+        ulong vsockCid = 3;
+        if (vsock is not null && !TryParseVsock(vsock, out vsockPath, out vsockCid))
+        {
+            throw new CliException($"--vsock: cannot parse \"{vsock}\" (use PATH or PATH,cid=N with N from 3 to 4294967294)");
+        }
         switch (KvmSystem.Probe())
         {
             case KvmAvailability.Missing:
@@ -138,12 +144,8 @@ internal static class VmCommand
         }
         if (vsock is not null)
         {
-            if (!TryParseVsock(vsock, out string path, out ulong cid))
-            {
-                throw new CliException($"--vsock: cannot parse \"{vsock}\" (use PATH or PATH,cid=N with N from 3 to 4294967294)");
-            }
-            options.VsockPath = path;
-            options.VsockCid = cid;
+            options.VsockPath = vsockPath;
+            options.VsockCid = vsockCid;
         }
         MachineExit exit;
         var clock = Stopwatch.StartNew();

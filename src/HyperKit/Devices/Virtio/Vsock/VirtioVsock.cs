@@ -212,7 +212,8 @@ public sealed class VirtioVsock : VirtioDevice
         {
             finished = !IsOpen(connection) || connection.HostReadFinished;
             int allowance = finished ? 0 : connection.HostReadAllowance;
-            return allowance == 0 ? Memory<byte>.Empty : connection.ToGuest.WritableSegment[..Math.Min(allowance, connection.ToGuest.WritableSegment.Length)];
+            Memory<byte> segment = connection.ToGuest.WritableSegment;
+            return segment[..Math.Min(allowance, segment.Length)];
         }
     }
 
