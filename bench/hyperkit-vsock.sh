@@ -40,14 +40,16 @@ cat > "$work/inner.sh" <<INNER
 export DOTNET_ROOT=$(dirname "$(readlink -f "$(command -v dotnet)")") PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp
 cd /tmp
 W=$work
-socat -u UNIX-LISTEN:\$W/v.sock_5000 OPEN:/dev/null &
+S=/tmp/vsock   # sockets on L1's tmpfs: a socket bound on the 9p share may not be found by connect()
+mkdir -p \$S
+socat -u UNIX-LISTEN:\$S/v.sock_5000 OPEN:/dev/null &
 $root/artifacts/kit/kit vm run --kernel $kernel --initrd \$W/l2.initrd --memory 512M \
-  --cmdline "console=ttyS0 reboot=k panic=-1 no_timer_check quiet" --vsock \$W/v.sock > \$W/console 2>&1 &
+  --cmdline "console=ttyS0 reboot=k panic=-1 no_timer_check quiet" --vsock \$S/v.sock > \$W/console 2>&1 &
 vm=\$!
 until grep -q VSOCK-LISTENING \$W/console 2>/dev/null; do kill -0 \$vm || break; sleep 1; done
 sleep 1
 s=\$(date +%s%N)
-{ printf 'CONNECT 1234\n'; head -c $((mib << 20)) /dev/zero; } | socat -u - UNIX-CONNECT:\$W/v.sock
+{ printf 'CONNECT 1234\n'; head -c $((mib << 20)) /dev/zero; } | socat -u - UNIX-CONNECT:\$S/v.sock
 e=\$(date +%s%N)
 echo "host-to-guest mib=$mib ms=\$(( (e - s) / 1000000 ))"
 wait \$vm
@@ -55,6 +57,16 @@ grep -a guest-to-host \$W/console
 INNER
 
 cmd=$(printf 'sh %s' "$work/inner.sh" | base64 -w0)
+# One nested L1 per core on the machine, shared with the test runs (tests/Kit.Testing/NestedRunner.cs: flock slots).
+slot=
+while [ -z "$slot" ]; do
+  for i in $(seq 0 $(( $(nproc) - 1 ))); do
+    exec 9>"/tmp/kit-nested-slot-$i.lock"
+    if flock -n 9; then slot=$i; break; fi
+    exec 9>&-
+  done
+  [ -n "$slot" ] || sleep 2
+done
 echo "L1 boots, then L2; allow a few minutes ..." >&2
 timeout 1800 qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 1 -nodefaults -nographic -no-reboot -monitor none \
   -serial stdio -kernel "$kernel" -initrd "$initrd" \
