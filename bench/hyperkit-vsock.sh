@@ -26,10 +26,11 @@ export PATH=/kit/bin:\$PATH
 socat -u VSOCK-LISTEN:1234 OPEN:/dev/null &
 echo VSOCK-LISTENING
 wait
-s=\$(date +%s%N)
+# busybox date has no %N: /proc/uptime has centiseconds.
+s=\$(cut -d' ' -f1 /proc/uptime)
 head -c $((mib << 20)) /dev/zero | socat -u - VSOCK-CONNECT:2:5000
-e=\$(date +%s%N)
-echo "guest-to-host mib=$mib ms=\$(( (e - s) / 1000000 ))"
+e=\$(cut -d' ' -f1 /proc/uptime)
+echo "guest-to-host mib=$mib ms=\$(awk -v s=\$s -v e=\$e 'BEGIN { printf "%d", (e - s) * 1000 }')"
 exit 0
 GUEST
 chmod +x "$work/extra/kit/run" "$work/extra/kit/bin/socat"
