@@ -51,20 +51,25 @@ public sealed partial class VmVsockTests(ITestOutputHelper output)
             string kit = KitCli.ExecutablePath;
             string vm = Text.ShellJoin(
                 [kit, "vm", "run", "--kernel", image.Kernel, "--initrd", initrd, "--memory", "512M",
-                 "--cmdline", "console=ttyS0 reboot=k panic=-1 no_timer_check", "--vsock", $"{work}/v.sock"]);
-            // In L1: the host's socat plays both host programs.
+                 "--cmdline", "console=ttyS0 reboot=k panic=-1 no_timer_check", "--vsock", "/tmp/vsock/v.sock"]);
+            // In L1: the host's socat plays both host programs. The sockets live in L1's /tmp (a tmpfs): a Unix
+            // socket bound on the 9p results share may not be found again by connect().
             string command = $$"""
                 W={{work}}
+                S=/tmp/vsock
+                mkdir -p $S
                 head -c 1048576 /dev/urandom > $W/h.bin
-                socat -t 60 UNIX-LISTEN:$W/v.sock_5000 EXEC:"tee $W/g-recv" &
+                socat -t 60 UNIX-LISTEN:$S/v.sock_5000 EXEC:"tee $W/g-recv" &
                 echo_server=$!
                 {{vm}} >$W/console 2>&1 &
                 vm=$!
                 ok=0
                 for i in $(seq 1 240); do
-                  if [ -S $W/v.sock ] && grep -q VSOCK-LISTENING $W/console; then
-                    { printf 'CONNECT 1234\n'; cat $W/h.bin; } | socat -t 60 - UNIX-CONNECT:$W/v.sock > $W/h.out
-                    if head -c 3 $W/h.out | grep -q '^OK '; then ok=1; break; fi
+                  if [ -S $S/v.sock ] && grep -q VSOCK-LISTENING $W/console; then
+                    t0=$(date +%s%N)
+                    { printf 'CONNECT 1234\n'; cat $W/h.bin; } | socat -t 60 - UNIX-CONNECT:$S/v.sock > $W/h.out
+                    t1=$(date +%s%N)
+                    if head -c 3 $W/h.out | grep -q '^OK '; then ok=1; echo "host-echo-ms=$(( (t1 - t0) / 1000000 ))"; break; fi
                   fi
                   kill -0 $vm 2>/dev/null || break
                   sleep 1

@@ -41,7 +41,7 @@ public sealed class VirtioVsock : VirtioDevice
     public const int RxQueue = 0, TxQueue = 1, EventQueue = 2;
     public const int DefaultMaxConnections = 256;
     public const int DefaultBufAlloc = 256 * 1024;
-    public const int ToGuestBuffer = 64 * 1024;
+    public const int ToGuestBuffer = 128 * 1024;
     private const int MaxPendingResets = 128;
     /// <summary>Host-initiated connections get local ports from here up, as Firecracker does (2^30).</summary>
     public const uint FirstHostPort = 1u << 30;
@@ -212,7 +212,8 @@ public sealed class VirtioVsock : VirtioDevice
         {
             finished = !IsOpen(connection) || connection.HostReadFinished;
             int allowance = finished ? 0 : connection.HostReadAllowance;
-            return allowance == 0 ? Memory<byte>.Empty : connection.ToGuest.WritableSegment[..Math.Min(allowance, connection.ToGuest.WritableSegment.Length)];
+            Memory<byte> segment = connection.ToGuest.WritableSegment;
+            return segment[..Math.Min(allowance, segment.Length)];
         }
     }
 
