@@ -65,6 +65,16 @@ report qemu-user $work/qemu-user.log
 INNER
 
 cmd=$(printf 'sh %s' "$work/inner.sh" | base64 -w0)
+# One nested L1 per core on the machine, shared with the test runs (tests/Kit.Testing/NestedRunner.cs: flock slots).
+slot_taken=
+while [ -z "$slot_taken" ]; do
+  for i in $(seq 0 $(( $(nproc) - 1 ))); do
+    exec 9>"/tmp/kit-nested-slot-$i.lock"
+    if flock -n 9; then slot_taken=$i; break; fi
+    exec 9>&-
+  done
+  [ -n "$slot_taken" ] || sleep 2
+done
 echo "L1 boots; four L2 guests each boot (20-40 s) and run iperf3 twice for $secs s ..." >&2
 timeout 2400 qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 1 -nodefaults -nographic -no-reboot -monitor none \
   -serial stdio -kernel "$kernel" -initrd "$initrd" \
