@@ -41,7 +41,7 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
     private readonly DescriptorSegment[] _txHeldSegments = new DescriptorSegment[SplitQueue.MaxSize];
     private volatile bool _linkUp = true;
     private volatile bool _rxStuck;
-    private static readonly TimeSpan RxBackpressureWait = TimeSpan.FromMilliseconds(200);
+    private static readonly TimeSpan RxBackpressureWait = TimeSpan.FromSeconds(1);
 
     public VirtioNet(INetBackend backend, ReadOnlySpan<byte> mac)
     {
