@@ -3,6 +3,7 @@
 # guest to an iperf3 server on L1's 127.0.0.1, side by side in one nested L1 (a QEMU TCG guest with -cpu max and
 # kvm_amd, the host's / shared read-only: testing-here.md section 2):
 #   kit-vpnkit   kit vm run --net vpnkit                 (in-process VPNKit, csum/TSO offload; target 192.168.65.2)
+#   kit-vpnkit-nooffload   the same with KIT_NET_NO_OFFLOAD=1 (no csum/TSO: MTU-sized frames both ways)
 #   kit-vmnet    kit vm run --net vmnet:SOCK             (VMN3T to kit net serve --vmnet in another process)
 #   qemu-user    qemu -enable-kvm -netdev user           (libslirp; target 10.0.2.2)
 #   qemu-stream  qemu -enable-kvm -netdev stream         (to kit net serve --qemu; target 192.168.65.2)
@@ -48,6 +49,9 @@ report() { grep -a '^bench-' "\$2" | tr -d '\r' | sed "s/^/path=\$1 /"; }
 $kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --net vpnkit --dns-upstream 127.0.0.1:9 \
   --cmdline "\$cl kit.target=192.168.65.2" > $work/kit-vpnkit.log 2>&1
 report kit-vpnkit $work/kit-vpnkit.log
+KIT_NET_NO_OFFLOAD=1 $kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --net vpnkit --dns-upstream 127.0.0.1:9 \
+  --cmdline "\$cl kit.target=192.168.65.2" > $work/kit-vpnkit-nooffload.log 2>&1
+report kit-vpnkit-nooffload $work/kit-vpnkit-nooffload.log
 
 $kit net serve --vmnet unix:/tmp/vmnet.sock --qemu unix:/tmp/qemu.sock --dns-upstream 127.0.0.1:9 > $work/serve.log 2>&1 &
 serve=\$!
@@ -65,7 +69,17 @@ report qemu-user $work/qemu-user.log
 INNER
 
 cmd=$(printf 'sh %s' "$work/inner.sh" | base64 -w0)
-echo "L1 boots; four L2 guests each boot (20-40 s) and run iperf3 twice for $secs s ..." >&2
+# One nested L1 per core on the machine, shared with the test runs (tests/Kit.Testing/NestedRunner.cs: flock slots).
+slot_taken=
+while [ -z "$slot_taken" ]; do
+  for i in $(seq 0 $(( $(nproc) - 1 ))); do
+    exec 9>"/tmp/kit-nested-slot-$i.lock"
+    if flock -n 9; then slot_taken=$i; break; fi
+    exec 9>&-
+  done
+  [ -n "$slot_taken" ] || sleep 2
+done
+echo "L1 boots; five L2 guests each boot (20-40 s) and run iperf3 twice for $secs s ..." >&2
 timeout 2400 qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 1 -nodefaults -nographic -no-reboot -monitor none \
   -serial stdio -kernel "$kernel" -initrd "$initrd" \
   -append "console=ttyS0 quiet panic=-1 no_timer_check kit.nested=1 kit.results=$work kit.cmd=$cmd" \
@@ -75,5 +89,5 @@ echo "| path | guest->host (Mbit/s) | host->guest (-R, Mbit/s) |"
 echo "|---|---|---|"
 grep -a '^path=' "$work/l1.log" | tr -d '\r' | awk '{
   split($1, p, "="); dir = ($2 == "bench-up") ? "up" : "down"; v[p[2], dir] = ($3 == "rc=0") ? $4 : "failed (" $3 ")"; seen[p[2]] = 1
-} END { n = split("kit-vpnkit kit-vmnet qemu-user qemu-stream", order, " ");
+} END { n = split("kit-vpnkit kit-vpnkit-nooffload kit-vmnet qemu-user qemu-stream", order, " ");
   for (i = 1; i <= n; i++) if (order[i] in seen) printf "| %s | %s | %s |\n", order[i], v[order[i], "up"], v[order[i], "down"] }'

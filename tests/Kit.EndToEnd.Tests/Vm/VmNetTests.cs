@@ -46,9 +46,9 @@ public sealed class VmNetTests(ITestOutputHelper output)
         nslookup host.docker.internal 2>&1 | sed 's/^/dns2: /'
         wget -q -O /tmp/page http://192.168.65.2:HTTPPORT/page.bin || exit 12
         echo "md5=$(md5sum /tmp/page | cut -d' ' -f1)"
-        timeout 120 iperf3 -c 192.168.65.2 -p IPERFPORT -n 16M -f m > /tmp/up 2>&1; echo "iperf-up-rc=$?"
+        timeout 120 iperf3 -c 192.168.65.2 -p IPERFPORT -n 4M -f m > /tmp/up 2>&1; echo "iperf-up-rc=$?"
         grep -E 'sender|receiver|error' /tmp/up | sed 's/^/iperf-up: /'
-        timeout 120 iperf3 -c 192.168.65.2 -p IPERFPORT -n 16M -f m -R > /tmp/down 2>&1; echo "iperf-down-rc=$?"
+        timeout 120 iperf3 -c 192.168.65.2 -p IPERFPORT -n 4M -f m -R > /tmp/down 2>&1; echo "iperf-down-rc=$?"
         grep -E 'sender|receiver|error' /tmp/down | sed 's/^/iperf-down: /'
         exit 0
         """;

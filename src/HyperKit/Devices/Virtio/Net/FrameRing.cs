@@ -20,6 +20,7 @@ public sealed class FrameRing
     private bool _closed;
     private bool _consumerWaiting;
     private bool _producerStalled;
+    private bool _producerWaiting;
 
     public FrameRing(int capacity)
     {
@@ -81,6 +82,37 @@ public sealed class FrameRing
             _reservedAt = _write + skip;
             _reservedLength = length;
             return _buffer.AsSpan(offset + 4, length);
+        }
+    }
+
+    /// <summary>
+    /// Waits until a record of <paramref name="length"/> bytes could be reserved (the consumer released enough), for at
+    /// most <paramref name="timeout"/>; false on timeout or when closed.
+    /// </summary>
+    public bool WaitForSpace(int length, TimeSpan timeout)
+    {
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        lock (_gate)
+        {
+            while (!_closed)
+            {
+                long free = _buffer.Length - (_write - _read);
+                int offset = (int)(_write % _buffer.Length);
+                int skip = offset + Padded(length) > _buffer.Length ? _buffer.Length - offset : 0;
+                if (skip + Padded(length) <= free)
+                {
+                    return true;
+                }
+                long left = deadline - Environment.TickCount64;
+                if (left <= 0)
+                {
+                    return false;
+                }
+                _producerWaiting = true;
+                Monitor.Wait(_gate, (int)left);
+                _producerWaiting = false;
+            }
+            return false;
         }
     }
 
@@ -189,6 +221,10 @@ public sealed class FrameRing
                 return;
             }
             _read += Padded(record.Length);
+            if (_producerWaiting)
+            {
+                Monitor.PulseAll(_gate);
+            }
             if (_producerStalled && _buffer.Length - (_write - _read) >= _buffer.Length / 2)
             {
                 _producerStalled = false;

@@ -18,7 +18,7 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
     public const int RxQueue = 0, TxQueue = 1;
     public const ulong FeatureCsum = 1UL << 0, FeatureGuestCsum = 1UL << 1, FeatureMtu = 1UL << 3, FeatureMac = 1UL << 5,
         FeatureGuestTso4 = 1UL << 7, FeatureHostTso4 = 1UL << 11, FeatureMrgRxbuf = 1UL << 15, FeatureStatus = 1UL << 16;
-    public const int RingBytes = 1 << 20;
+    public const int RingBytes = 2 << 20;
     private const int MaxStashedSegments = 1024;
 
     private readonly INetBackend _backend;
@@ -40,6 +40,8 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
     private long _txHeldReadable;
     private readonly DescriptorSegment[] _txHeldSegments = new DescriptorSegment[SplitQueue.MaxSize];
     private volatile bool _linkUp = true;
+    private volatile bool _rxStuck;
+    private static readonly TimeSpan RxBackpressureWait = TimeSpan.FromSeconds(1);
 
     public VirtioNet(INetBackend backend, ReadOnlySpan<byte> mac)
     {
@@ -196,6 +198,21 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
         lock (_rxProducer)
         {
             Span<byte> record = _rx.Reserve(VirtioNetHeader.Size + frame.Length);
+            // A full ring means the guest is slower than the backend: make the backend wait (as a full socket
+            // would) rather than drop, since a drop costs a TCP sender a retransmission timeout. A guest that stops
+            // taking frames altogether (no driver, stopped queue) costs one bounded wait, then drops until it
+            // takes frames again.
+            if (record.IsEmpty && !_rxStuck)
+            {
+                if (_rx.WaitForSpace(VirtioNetHeader.Size + frame.Length, RxBackpressureWait))
+                {
+                    record = _rx.Reserve(VirtioNetHeader.Size + frame.Length);
+                }
+                else
+                {
+                    _rxStuck = true;
+                }
+            }
             queued = !record.IsEmpty;
             if (queued)
             {
@@ -247,6 +264,7 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
             _rx.Release();
             FramesReceived++;
             used = true;
+            _rxStuck = false;
         }
         return used;
     }
