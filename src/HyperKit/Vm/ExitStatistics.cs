@@ -72,6 +72,30 @@ internal sealed class ExitStatistics
         }
     }
 
+    /// <summary>CPU time per thread of this process (Linux /proc): what competes with the vCPU threads for host CPUs.</summary>
+    private static void ReportThreads(TextWriter output)
+    {
+        try
+        {
+            foreach (string task in Directory.GetDirectories("/proc/self/task"))
+            {
+                string stat = File.ReadAllText(Path.Combine(task, "stat"));
+                int close = stat.LastIndexOf(')');
+                string name = stat[(stat.IndexOf('(') + 1)..close];
+                string[] fields = stat[(close + 2)..].Split(' ');
+                // Fields after the name: state is [0], utime [11], stime [12], in clock ticks (USER_HZ, 100 on Linux).
+                double seconds = (long.Parse(fields[11]) + long.Parse(fields[12])) / 100.0;
+                if (seconds > 0)
+                {
+                    output.WriteLine($"kit: vm stats: thread {Path.GetFileName(task)} {name}: {seconds:0.00} s CPU");
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+        {
+        }
+    }
+
     /// <summary>Writes the sum of several vCPUs' statistics, most frequent first.</summary>
     public static void Report(TextWriter output, IReadOnlyList<ExitStatistics> all)
     {
@@ -112,6 +136,10 @@ internal sealed class ExitStatistics
             $"{Stopwatch.GetElapsedTime(0, inKvm).TotalSeconds:0.000} s in KVM_RUN, " +
             $"{Stopwatch.GetElapsedTime(0, handling).TotalSeconds:0.000} s handling exits " +
             $"({(exits == 0 ? 0 : Stopwatch.GetElapsedTime(0, handling).TotalMicroseconds / exits):0.0} us each)");
+        output.WriteLine($"kit: vm stats: GCs gen0/1/2 {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)}, " +
+            $"{GC.GetTotalAllocatedBytes() >> 10} KiB allocated, JIT compiled {System.Runtime.JitInfo.GetCompiledMethodCount()} methods " +
+            $"in {System.Runtime.JitInfo.GetCompilationTime().TotalSeconds:0.000} s");
+        ReportThreads(output);
         for (int i = 0; i < 64; i++)
         {
             if (reasons[i] != 0)
