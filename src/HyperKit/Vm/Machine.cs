@@ -260,15 +260,34 @@ public sealed class Machine : IDisposable
         ulong initrdAddress = 0, initrdSize = 0;
         if (initrdPath is not null)
         {
-            byte[] initrd = ReadFile(initrdPath, "initrd");
-            ulong top = Math.Min(Memory.Size, (ulong)image.InitrdAddrMax + 1);
-            initrdSize = (ulong)initrd.Length;
-            if (initrdSize + needed > top)
+            // Read straight into guest RAM: a managed copy of the initrd would stay resident (the GC has no reason to
+            // run again) and add its size to the VMM's peak RSS.
+            try
             {
-                throw new MachineConfigurationException($"kernel and initrd ({initrdSize >> 20} MiB) do not fit in {Memory.Size >> 20} MiB of guest memory");
+                using Microsoft.Win32.SafeHandles.SafeFileHandle handle = File.OpenHandle(initrdPath);
+                long length = RandomAccess.GetLength(handle);
+                ulong top = Math.Min(Memory.Size, (ulong)image.InitrdAddrMax + 1);
+                initrdSize = (ulong)length;
+                if (length > int.MaxValue || initrdSize + needed > top)
+                {
+                    throw new MachineConfigurationException($"kernel and initrd ({initrdSize >> 20} MiB) do not fit in {Memory.Size >> 20} MiB of guest memory");
+                }
+                initrdAddress = (top - initrdSize) & ~0xFFFUL;
+                Span<byte> target = Memory.GetSpan(initrdAddress, (int)length);
+                for (int done = 0; done < target.Length;)
+                {
+                    int n = RandomAccess.Read(handle, target[done..], done);
+                    if (n <= 0)
+                    {
+                        throw new MachineConfigurationException($"cannot read initrd {initrdPath}: it shrank while being read");
+                    }
+                    done += n;
+                }
             }
-            initrdAddress = (top - initrdSize) & ~0xFFFUL;
-            initrd.CopyTo(Memory.GetSpan(initrdAddress, initrd.Length));
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new MachineConfigurationException($"cannot read initrd {initrdPath}: {e.Message}");
+            }
         }
 
         ulong rsdp = AcpiTables.Build(Memory.GetSpan(AcpiAddress, (int)AcpiSize), AcpiAddress, _vcpus.Length);
