@@ -149,7 +149,11 @@ public sealed class Machine : IDisposable
             // (coalesced PIO, as QEMU does for its i440FX/Q35 0xCF8) and the data access's exit replays it first. This
             // halves the exits of the kernel's early bus scans (measured: ~8,400 config reads before /init). The
             // zone also covers the reset control register 0xCF9; its writes are replayed at the next exit.
-            _coalesced = _vm.EnableCoalescedPio(_vcpus[0], PciBus.ConfigAddressPort, 4);
+            // KIT_VM_COALESCED_PIO=0 turns it off, for A/B measurements.
+            if (Environment.GetEnvironmentVariable("KIT_VM_COALESCED_PIO") != "0")
+            {
+                _coalesced = _vm.EnableCoalescedPio(_vcpus[0], PciBus.ConfigAddressPort, 4);
+            }
         }
         catch
         {
