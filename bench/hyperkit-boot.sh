@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # HyperKit speed (issue 5, "Speed"): boot-to-/init time and peak RSS of `kit vm run` against
-# `qemu-system-x86_64 -enable-kvm`, same kernel and initramfs, side by side in one nested L1 (a QEMU TCG guest with
-# `-cpu max` and kvm_amd, the host's / shared read-only: testing-here.md section 2). Root only; touches no network.
-# Usage: bench/hyperkit-boot.sh [REPEATS]   (default 2; each repeat boots 1 and 2 vCPUs with each VMM)
+# `qemu-system-x86_64 -enable-kvm`, same kernel, initramfs, command line and devices (one virtio-rng, which kit
+# attaches by default), side by side in one nested L1 (a QEMU TCG guest with `-cpu max` and kvm_amd, the host's /
+# shared read-only: testing-here.md section 2). Root only; touches no network. docs/hyperkit-boot.md explains the
+# figures.
+# Usage: bench/hyperkit-boot.sh [REPEATS]   (default 3; each repeat boots 1 and 2 vCPUs with each VMM, interleaved)
+#   KIT_BASE=DIR   also boots an older published kit (DIR/kit) in the same loop, for before/after figures
+#   KIT_STATS=1    runs kit with KIT_VM_STATS=1 (exit counts by port; adds a little overhead) and keeps the logs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-reps=${1:-2}
-./kit --help >/dev/null   # builds artifacts/kit/kit when missing or older than the sources
+reps=${1:-3}
+./kit --help >/dev/null   # publishes artifacts/kit (ReadyToRun) when missing or older than the sources
 eval "$(bash guest/build.sh | grep -E '^(kernel|initrd)=')"
 work="$root/artifacts/bench-hyperkit"
 rm -rf "$work"; mkdir -p "$work/extra/kit"
@@ -18,7 +22,13 @@ chmod +x "$work/extra/kit/run"
 (cd "$work/extra" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$work/extra.gz"
 cat "$initrd" "$work/extra.gz" > "$work/l2.initrd"
 
+vmms="kit qemu"
+[ -n "${KIT_BASE:-}" ] && vmms="kit-base $vmms"
+stats=""
+[ "${KIT_STATS:-0}" = 1 ] && stats="KIT_VM_STATS=1"
+
 # The script L1 runs (chrooted into the host's /): each VMM boots L2 to /init and powers off; peak RSS is VmHWM.
+# Console output goes to L1's tmpfs (a file on the 9p results share would make every console byte a 9p write).
 cat > "$work/inner.sh" <<INNER
 export DOTNET_ROOT=$(dirname "$(readlink -f "$(command -v dotnet)")") PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp
 cd /tmp
@@ -35,15 +45,29 @@ measure() {
   wait \$p; rc=\$?; e=\$(ms)
   echo "rc=\$rc wall_ms=\$((e-s)) peak_rss_kib=\$hwm \$(grep -o 'uptime-at-run=[0-9.]*' "\$out")"
 }
-for rep in \$(seq $reps); do for cpus in 1 2; do
-  echo "vmm=kit cpus=\$cpus rep=\$rep \$(measure $work/kit-\$cpus-\$rep.log $root/artifacts/kit/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$cpus --cmdline "\$cl")"
-  echo "vmm=qemu cpus=\$cpus rep=\$rep \$(measure $work/qemu-\$cpus-\$rep.log qemu-system-x86_64 -enable-kvm -cpu host -m 512 -smp \$cpus -nodefaults -no-user-config -display none -serial stdio -monitor none -kernel $kernel -initrd $work/l2.initrd -append "\$cl" -no-reboot)"
-done; done
+boot() { # vmm cpus (exec: measure samples the VMM's own VmHWM, not a shell's)
+  case \$1 in
+    kit) exec env $stats $root/artifacts/kit/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$2 --cmdline "\$cl" ;;
+    kit-base) exec env $stats ${KIT_BASE:-/nonexistent}/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$2 --cmdline "\$cl" ;;
+    qemu) exec qemu-system-x86_64 -enable-kvm -cpu host -m 512 -smp \$2 -nodefaults -no-user-config -display none -serial stdio \
+            -monitor none -device virtio-rng-pci -kernel $kernel -initrd $work/l2.initrd -append "\$cl" -no-reboot ;;
+  esac
+}
+for rep in \$(seq $reps); do for cpus in 1 2; do for vmm in $vmms; do
+  echo "vmm=\$vmm cpus=\$cpus rep=\$rep \$(measure /tmp/\$vmm-\$cpus-\$rep.log boot \$vmm \$cpus)"
+  cp /tmp/\$vmm-\$cpus-\$rep.log $work/
+done; done; done
 INNER
 
 cmd=$(printf 'sh %s' "$work/inner.sh" | base64 -w0)
+# One nested L1 per core on the machine, shared with the tests' NestedRunner (flock slots in /tmp).
+slots=$(nproc)
+while :; do
+  for i in $(seq 0 $((slots - 1))); do exec 9>"/tmp/kit-nested-slot-$i.lock"; flock -n 9 && break 2; done
+  sleep 2
+done
 echo "L1 boots; each L2 boot takes 20-40 s ..." >&2
-timeout 1800 qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 1 -nodefaults -nographic -no-reboot -monitor none \
+timeout 3600 qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 1 -nodefaults -nographic -no-reboot -monitor none \
   -serial stdio -kernel "$kernel" -initrd "$initrd" \
   -append "console=ttyS0 quiet panic=-1 no_timer_check kit.nested=1 kit.results=$work kit.cmd=$cmd" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
@@ -54,3 +78,19 @@ grep -a '^vmm=' "$work/l1.log" | tr -d '\r' | awk '{
   for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
   printf "| %s | %s | %s | %s | %s | %.1f | %.0f |\n", v["vmm"], v["cpus"], v["rep"], v["rc"], v["uptime-at-run"], v["wall_ms"] / 1000, v["peak_rss_kib"] / 1024
 }'
+echo
+echo "Medians:"
+echo "| VMM | vCPUs | runs | uptime at /init (s) | wall (s) | peak RSS (MiB) |"
+echo "|---|---|---|---|---|---|"
+grep -a '^vmm=' "$work/l1.log" | tr -d '\r' | awk '{
+  for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+  print v["vmm"], v["cpus"], v["uptime-at-run"], v["wall_ms"] / 1000, v["peak_rss_kib"] / 1024
+}' | sort -k1,1 -k2,2n | awk '
+  function median(list,   n, a, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  { k = $1 " " $2; n[k]++; up[k] = up[k] " " $3; wall[k] = wall[k] " " $4; rss[k] = rss[k] " " $5; if (!(k in seen)) { seen[k] = 1; order[++m] = k } }
+  END { for (i = 1; i <= m; i++) { k = order[i]; split(k, kk, " ")
+    printf "| %s | %s | %d | %.2f | %.1f | %.0f |\n", kk[1], kk[2], n[k], median(up[k]), median(wall[k]), median(rss[k]) } }'

@@ -35,6 +35,7 @@ internal static class KvmIoctl
     public const nuint GetLapic = 0x8400AE8E;
     public const nuint SetLapic = 0x4400AE8F;
     public const nuint SetCpuid2 = 0x4008AE90;
+    public const nuint RegisterCoalescedMmio = 0x4010AE67;
 }
 
 internal static class KvmCap
@@ -49,6 +50,17 @@ internal static class KvmCap
     public const int Ioeventfd = 36;
     public const int SignalMsi = 77;
     public const int ImmediateExit = 136;
+    public const int CoalescedMmio = 15;
+    public const int CoalescedPio = 162;
+}
+
+/// <summary>struct kvm_coalesced_mmio_zone (16 bytes): a guest-physical or port range whose writes KVM queues.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct KvmCoalescedMmioZone
+{
+    public ulong Addr;
+    public uint Size;
+    public uint Pio;
 }
 
 /// <summary>kvm_run.exit_reason values we decode (linux/kvm.h KVM_EXIT_*).</summary>

@@ -140,6 +140,13 @@ public sealed unsafe class KvmVcpu : IDisposable
         return string.Join(' ', parts);
     }
 
+    /// <summary>Page <paramref name="pageOffset"/> of this vCPU's mapping, or null when the mapping is shorter.</summary>
+    internal byte* MappedPage(int pageOffset)
+    {
+        const int pageSize = 4096;
+        return pageOffset > 0 && (long)(pageOffset + 1) * pageSize <= _runSize ? _run + (long)pageOffset * pageSize : null;
+    }
+
     public KvmRegs GetRegs()
     {
         KvmRegs regs;

@@ -113,6 +113,30 @@ public sealed unsafe class KvmVm : IDisposable
         Check(LibC.Ioctl(Fd, KvmIoctl.Ioeventfd, &ioeventfd), "KVM_IOEVENTFD");
     }
 
+    /// <summary>
+    /// KVM_REGISTER_COALESCED_MMIO with pio set (KVM_CAP_COALESCED_PIO): guest writes to ports [port, port+size) no
+    /// longer exit; KVM appends them to the ring every vCPU maps (<see cref="KvmCoalescedRing"/>), and the VMM must
+    /// replay them, in order, before it handles the next exit. Returns null (and registers nothing) when this KVM
+    /// cannot do it or the vCPU mapping does not include the ring.
+    /// </summary>
+    public KvmCoalescedRing? EnableCoalescedPio(KvmVcpu vcpu, ushort port, uint size)
+    {
+        int ringPage = System.CheckExtension(KvmCap.CoalescedMmio); // the ring's page offset in the vCPU mapping
+        if (ringPage <= 0 || System.CheckExtension(KvmCap.CoalescedPio) <= 0)
+        {
+            return null;
+        }
+        KvmCoalescedRing? ring = KvmCoalescedRing.For(vcpu, ringPage);
+        if (ring is null)
+        {
+            return null;
+        }
+        var zone = new KvmCoalescedMmioZone { Addr = port, Size = size, Pio = 1 };
+        // SAFETY: stack struct of the UAPI layout (16 bytes), read by the kernel.
+        Check(LibC.Ioctl(Fd, KvmIoctl.RegisterCoalescedMmio, &zone), "KVM_REGISTER_COALESCED_MMIO");
+        return ring;
+    }
+
     /// <summary>KVM_CREATE_VCPU and the mmap of its shared kvm_run page.</summary>
     public KvmVcpu CreateVcpu(int id)
     {
