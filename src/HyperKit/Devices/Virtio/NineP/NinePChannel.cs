@@ -61,7 +61,13 @@ public sealed class StreamNinePChannel(Func<Socket> connect, int maxMessage) : N
     private int _closed;
 
     /// <summary>tcp://HOST:PORT or unix:PATH (also unix://PATH).</summary>
-    public static StreamNinePChannel ForAddress(string address, int maxMessage)
+    public static StreamNinePChannel ForAddress(string address, int maxMessage) => new(Connector(address), maxMessage);
+
+    /// <summary>
+    /// Parses a server address once (ArgumentException if it is not one) into what opens a new connection to it;
+    /// each mount gets a fresh channel over the same connector.
+    /// </summary>
+    public static Func<Socket> Connector(string address)
     {
         if (address.StartsWith("unix:", StringComparison.Ordinal))
         {
@@ -70,18 +76,18 @@ public sealed class StreamNinePChannel(Func<Socket> connect, int maxMessage) : N
             {
                 path = path[2..];
             }
-            return new StreamNinePChannel(() => Connect(new UnixDomainSocketEndPoint(path), AddressFamily.Unix), maxMessage);
+            return () => Connect(new UnixDomainSocketEndPoint(path), AddressFamily.Unix);
         }
         if (address.StartsWith("tcp://", StringComparison.Ordinal)
             && TryParseHostPort(address["tcp://".Length..], out string host, out int port))
         {
-            return new StreamNinePChannel(() =>
+            return () =>
             {
                 IPAddress ip = IPAddress.TryParse(host, out IPAddress? literal) ? literal : Dns.GetHostAddresses(host)[0];
                 Socket s = Connect(new IPEndPoint(ip, port), ip.AddressFamily);
                 s.NoDelay = true;
                 return s;
-            }, maxMessage);
+            };
         }
         throw new ArgumentException($"not a 9P server address: {address} (use tcp://HOST:PORT or unix:PATH)");
     }

@@ -17,9 +17,9 @@ public static class NinePShares
             {
                 throw new ArgumentException($"share {tag}: \",ro\" applies to directories; a 9P server decides itself what is writable");
             }
-            // Parse now so a typo fails at start, not at mount time.
-            _ = StreamNinePChannel.ForAddress(target, VirtioNineP.MaxMessage + 4096);
-            return new VirtioNineP(tag, () => StreamNinePChannel.ForAddress(target, VirtioNineP.MaxMessage + 4096));
+            // Parsed now, once, so a typo fails at start, not at mount time.
+            Func<System.Net.Sockets.Socket> connect = StreamNinePChannel.Connector(target);
+            return new VirtioNineP(tag, () => new StreamNinePChannel(connect, VirtioNineP.MaxMessage + 4096));
         }
         string root = Path.GetFullPath(target);
         if (!Directory.Exists(root))
