@@ -32,7 +32,7 @@ internal sealed class VmSpec
     public byte[]? Mac { get; init; }
 
     /// <summary>Settings of the in-process VPNKit (--net vpnkit): MTU, DNS upstreams, publishes, pcap.</summary>
-    public VpnKitServerOptions NetOptions { get; init; } = new();
+    public GatewaySettings NetOptions { get; init; } = GatewaySettings.Default;
 
     public List<ShareOptions> Shares { get; } = [];
 
