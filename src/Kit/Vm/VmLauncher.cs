@@ -2,7 +2,6 @@ using System.Diagnostics;
 using Kit.Cli.Commands;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Vm;
-using Kit.VpnKit;
 
 namespace Kit.Cli.Vm;
 
