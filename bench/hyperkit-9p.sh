@@ -7,6 +7,7 @@
 # Usage: bench/hyperkit-9p.sh [MIB]   (default 64 MiB per dd)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/nested-l1.sh
 root=$(pwd)
 mib=${1:-64}
 ./kit --help >/dev/null   # builds artifacts/kit/kit when missing or older than the sources
@@ -59,24 +60,8 @@ qemu-system-x86_64 -enable-kvm -cpu host -m 512 -nodefaults -no-user-config -dis
 echo "vmm=qemu rc=\$?"
 INNER
 
-# One nested L1 per core on the machine, shared with the tests' NestedRunner (flock on the same slot files).
-take_slot() {
-  while true; do
-    for i in $(seq 0 $(( $(nproc) - 1 ))); do
-      exec 9>"/tmp/kit-nested-slot-$i.lock"
-      flock -n 9 && return 0
-    done
-    sleep 5
-  done
-}
-take_slot
-cmd=$(printf 'sh %s' "$work/inner.sh" | base64 -w0)
 echo "L1 boots; each L2 run takes 30-90 s ..." >&2
-timeout 1800 qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 1 -nodefaults -nographic -no-reboot -monitor none \
-  -serial stdio -kernel "$kernel" -initrd "$initrd" \
-  -append "console=ttyS0 quiet panic=-1 no_timer_check kit.nested=1 kit.results=$work kit.cmd=$cmd" \
-  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-  -virtfs "local,path=$work,mount_tag=results,security_model=none,multidevs=remap" > "$work/l1.log" 2>&1 || true
+nested_l1 "$kernel" "$initrd" "$work" 1800 "sh $work/inner.sh" || true
 grep -a '^vmm=' "$work/l1.log" | tr -d '\r' || true
 for vmm in kit kit-diod qemu; do
   echo "--- $vmm"

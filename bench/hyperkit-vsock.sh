@@ -5,6 +5,7 @@
 # Usage: bench/hyperkit-vsock.sh [MIB]   (default 64 MiB each way)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/nested-l1.sh
 root=$(pwd)
 mib=${1:-64}
 ./kit --help >/dev/null   # builds artifacts/kit/kit when missing or older than the sources
@@ -57,23 +58,8 @@ wait \$vm
 grep -a guest-to-host \$W/console
 INNER
 
-cmd=$(printf 'sh %s' "$work/inner.sh" | base64 -w0)
-# One nested L1 per core on the machine, shared with the test runs (tests/Kit.Testing/NestedRunner.cs: flock slots).
-slot=
-while [ -z "$slot" ]; do
-  for i in $(seq 0 $(( $(nproc) - 1 ))); do
-    exec 9>"/tmp/kit-nested-slot-$i.lock"
-    if flock -n 9; then slot=$i; break; fi
-    exec 9>&-
-  done
-  [ -n "$slot" ] || sleep 2
-done
 echo "L1 boots, then L2; allow a few minutes ..." >&2
-timeout 1800 qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 1 -nodefaults -nographic -no-reboot -monitor none \
-  -serial stdio -kernel "$kernel" -initrd "$initrd" \
-  -append "console=ttyS0 quiet panic=-1 no_timer_check kit.nested=1 kit.results=$work kit.cmd=$cmd" \
-  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-  -virtfs "local,path=$work,mount_tag=results,security_model=none,multidevs=remap" > "$work/l1.log" 2>&1
+nested_l1 "$kernel" "$initrd" "$work" 1800 "sh $work/inner.sh"
 echo "| direction | MiB | seconds | MiB/s |"
 echo "|---|---|---|---|"
 grep -a -E '^(host-to-guest|guest-to-host) ' "$work/l1.log" | tr -d '\r' | awk '{

@@ -122,6 +122,7 @@ modules=(
   vsock vmw_vsock_virtio_transport vmw_vsock_virtio_transport_common
   ext4 jbd2 mbcache crc16 crc32c_generic
   kvm kvm_amd irqbypass ccp
+  tun
 )
 for m in "${modules[@]}"; do
   deps=$(modprobe -d "$work/kernel" -S "$kver" --show-depends "$m" 2>&1) || die "module $m: $deps"
@@ -221,6 +222,8 @@ finish() {
 
 if [ "$(arg kit.nested)" = 1 ]; then
   modprobe kvm_amd || echo "kit: modprobe kvm_amd failed" >&2
+  # TAP devices for `kit vm run --net tap:NAME` in L1 (the chroot below has no modules for this kernel).
+  modprobe -q tun
   mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host \
     || { echo "kit: cannot mount 9p tag hostroot"; echo KIT-GUEST-START; finish 125; }
   for d in proc sys dev; do mount --bind /$d /host/$d; done

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
 using Kit.VpnKit;
 using Kit.VpnKit.Links;
 using Microsoft.Extensions.Logging;
@@ -43,39 +42,8 @@ internal static class NetCommand
         return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
     }
 
-    internal static VpnKitServerOptions Options(int mtu, string[]? dns, string[]? publish, FileInfo? pcap)
-    {
-        if (mtu is < 576 or > 65520)
-        {
-            throw new CliException($"--mtu must be between 576 and 65520, got {mtu}");
-        }
-        var upstreams = new List<IPEndPoint>();
-        foreach (string d in dns ?? [])
-        {
-            if (!IPEndPoint.TryParse(d, out IPEndPoint? ep) || ep.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork)
-            {
-                throw new CliException($"--dns-upstream wants IPv4:PORT, got '{d}'");
-            }
-            if (ep.Port == 0)
-            {
-                ep.Port = 53;
-            }
-            upstreams.Add(ep);
-        }
-        var publishes = new List<PortPublish>();
-        foreach (string p in publish ?? [])
-        {
-            try
-            {
-                publishes.Add(PortPublish.Parse(p));
-            }
-            catch (FormatException e)
-            {
-                throw new CliException(e.Message);
-            }
-        }
-        return new VpnKitServerOptions { Mtu = mtu, DnsUpstreams = upstreams, Publishes = publishes, PcapPath = pcap?.FullName };
-    }
+    /// <summary>The gateway options every command that runs a VPNKit shares (see <see cref="GatewaySettings"/>).</summary>
+    internal static GatewaySettings Options(int mtu, string[]? dns, string[]? publish, FileInfo? pcap) => GatewaySettings.Parse(mtu, dns, publish, pcap);
 
     internal static ILoggerFactory Logs() => LoggerFactory.Create(b =>
     {
@@ -83,7 +51,7 @@ internal static class NetCommand
         b.SetMinimumLevel(Environment.GetEnvironmentVariable("KIT_DEBUG") is { Length: > 0 } ? LogLevel.Debug : LogLevel.Warning);
     });
 
-    private static int Run(VpnKitServerOptions options, string[] command, string? control)
+    private static int Run(GatewaySettings options, string[] command, string? control)
     {
         if (command.Length == 0)
         {
@@ -120,14 +88,7 @@ internal static class NetCommand
             Directory.CreateDirectory(etc);
             File.WriteAllText(Path.Combine(etc, "resolv.conf"), "nameserver 192.168.65.1\n");
 
-            server = new VpnKitServer(new VpnKitServerOptions
-            {
-                Mtu = options.Mtu,
-                DnsUpstreams = options.DnsUpstreams,
-                Publishes = options.Publishes,
-                PcapPath = options.PcapPath,
-                SegmentationOffload = tap.Offload,
-            }, logs);
+            server = new VpnKitServer(options.ServerOptions(tap.Offload), logs);
             server.Start();
             server.AddLink(tap);
             api = control is null ? null : new Kit.VpnKit.Services.ControlApi(server, control);
@@ -174,14 +135,15 @@ internal static class NetCommand
         }
     }
 
-    private static int Serve(VpnKitServerOptions options, string[] qemu, string[] dgram, string[] vmnet, string? control)
+    private static int Serve(GatewaySettings options, string[] qemu, string[] dgram, string[] vmnet, string? control)
     {
         if (qemu.Length + dgram.Length + vmnet.Length == 0)
         {
             throw new CliException("kit net serve needs at least one of --qemu, --dgram, --vmnet");
         }
         using ILoggerFactory logs = Logs();
-        using var server = new VpnKitServer(options, logs);
+        // QEMU stream/dgram and VMN3T peers send whole, checksummed frames: no offload.
+        using var server = new VpnKitServer(options.ServerOptions(segmentationOffload: false), logs);
         try
         {
             server.Start();

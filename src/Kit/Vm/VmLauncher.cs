@@ -2,7 +2,6 @@ using System.Diagnostics;
 using Kit.Cli.Commands;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Vm;
-using Kit.VpnKit;
 
 namespace Kit.Cli.Vm;
 
@@ -32,7 +31,7 @@ internal sealed class VmSpec
     public byte[]? Mac { get; init; }
 
     /// <summary>Settings of the in-process VPNKit (--net vpnkit): MTU, DNS upstreams, publishes, pcap.</summary>
-    public VpnKitServerOptions NetOptions { get; init; } = new();
+    public GatewaySettings NetOptions { get; init; } = GatewaySettings.Default;
 
     public List<ShareOptions> Shares { get; } = [];
 

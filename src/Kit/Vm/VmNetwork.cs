@@ -24,7 +24,7 @@ internal sealed class VmNetwork : IDisposable
     /// <summary>Null for --net none.</summary>
     public INetBackend? Backend { get; }
 
-    public static VmNetwork Create(string spec, VpnKitServerOptions vpnkit)
+    public static VmNetwork Create(string spec, GatewaySettings vpnkit)
     {
         if (spec == "none")
         {
@@ -34,14 +34,7 @@ internal sealed class VmNetwork : IDisposable
         {
             ILoggerFactory logs = NetCommand.Logs();
             bool offload = Environment.GetEnvironmentVariable("KIT_NET_NO_OFFLOAD") is not { Length: > 0 };
-            var server = new VpnKitServer(new VpnKitServerOptions
-            {
-                Mtu = vpnkit.Mtu,
-                DnsUpstreams = vpnkit.DnsUpstreams,
-                Publishes = vpnkit.Publishes,
-                PcapPath = vpnkit.PcapPath,
-                SegmentationOffload = offload,
-            }, logs);
+            var server = new VpnKitServer(vpnkit.ServerOptions(offload), logs);
             try
             {
                 server.Start();

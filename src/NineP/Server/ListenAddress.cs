@@ -1,11 +1,15 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 
 namespace Kit.NineP.Server;
 
 /// <summary>
-/// A 9P endpoint: <c>tcp://HOST:PORT</c> (port defaults to 5640, as the original), <c>unix:PATH</c>, or the original's
-/// <c>file:///PATH</c> spelling of a Unix socket.
+/// A 9P endpoint: <c>tcp://HOST:PORT</c> (port defaults to 5640, as the original), <c>unix:PATH</c>, or the URL
+/// spellings <c>unix://PATH</c> and the original's <c>file://PATH</c> (so <c>unix:///run/x.sock</c> and
+/// <c>file:///run/x.sock</c> are <c>/run/x.sock</c>). The one parser for every 9P address Kit takes: where DataKit
+/// listens (<c>kit data serve --listen-9p</c>, <see cref="TryParse"/>) and which server a virtio-9p share relays to
+/// (<c>kit vm run --share TAG=tcp://HOST:PORT</c>, <see cref="TryParseServer"/>).
 /// </summary>
 public sealed record ListenAddress(EndPoint EndPoint, string Text)
 {
@@ -13,17 +17,27 @@ public sealed record ListenAddress(EndPoint EndPoint, string Text)
 
     public bool IsUnix => EndPoint is UnixDomainSocketEndPoint;
 
-    public static bool TryParse(string text, out ListenAddress? address, out string error)
+    /// <summary>
+    /// An address to listen on: the host must be an IP literal (or <c>localhost</c>, which is 127.0.0.1; an empty host
+    /// is too), since a name could resolve to a public address; port 0 asks the system for a free port. Never throws.
+    /// </summary>
+    public static bool TryParse(string text, out ListenAddress? address, out string error) =>
+        TryParse(text, forConnect: false, out address, out error);
+
+    /// <summary>
+    /// A server to connect to: as <see cref="TryParse"/>, but the host may also be a DNS name (looked up at each
+    /// connect, as a server may move) and the port must be 1-65535. Never throws.
+    /// </summary>
+    public static bool TryParseServer(string text, out ListenAddress? address, out string error) =>
+        TryParse(text, forConnect: true, out address, out error);
+
+    private static bool TryParse(string text, bool forConnect, out ListenAddress? address, out string error)
     {
         address = null;
         error = "";
-        if (text.StartsWith("unix:", StringComparison.Ordinal) || text.StartsWith("file://", StringComparison.Ordinal))
+        string? path = UnixPath(text);
+        if (path is not null)
         {
-            string path = text.StartsWith("unix:", StringComparison.Ordinal) ? text["unix:".Length..] : text["file://".Length..];
-            if (path.StartsWith("//", StringComparison.Ordinal))
-            {
-                path = path[1..];
-            }
             if (path.Length == 0)
             {
                 error = $"no socket path in '{text}'";
@@ -41,32 +55,73 @@ public sealed record ListenAddress(EndPoint EndPoint, string Text)
         string host = rest;
         int port = DefaultPort;
         int colon = rest.LastIndexOf(':');
-        if (colon >= 0 && !(rest.StartsWith('[') && rest.EndsWith(']')))
+        // A colon inside [...] belongs to an IPv6 literal, not to the port.
+        if (colon >= 0 && colon > rest.LastIndexOf(']'))
         {
             host = rest[..colon];
-            if (!int.TryParse(rest[(colon + 1)..], out port) || port is < 0 or > 65535)
+            if (!int.TryParse(rest.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out port)
+                || port > 65535 || (forConnect && port == 0))
             {
-                error = $"bad port in '{text}'";
+                error = $"bad port in '{text}' (use 1-65535)";
                 return false;
             }
         }
-        host = host.Trim('[', ']');
-        if (host is "" or "localhost")
+        if (host.StartsWith('[') && host.EndsWith(']'))
+        {
+            host = host[1..^1];
+        }
+        // To listen, localhost must be one address; to connect, it stays a name so both 127.0.0.1 and ::1 are tried.
+        if (host.Length == 0 || (!forConnect && host.Equals("localhost", StringComparison.OrdinalIgnoreCase)))
         {
             host = "127.0.0.1";
         }
-        if (!IPAddress.TryParse(host, out IPAddress? ip))
+        if (IPAddress.TryParse(host, out IPAddress? ip))
+        {
+            string printed = ip.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{ip}]" : ip.ToString();
+            address = new ListenAddress(new IPEndPoint(ip, port), $"tcp://{printed}:{port}");
+            return true;
+        }
+        if (!forConnect)
         {
             error = $"'{host}' is not an IP address (use 127.0.0.1 or ::1)";
             return false;
         }
-        address = new ListenAddress(new IPEndPoint(ip, port), $"tcp://{(ip.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{ip}]" : ip.ToString())}:{port}");
+        if (Uri.CheckHostName(host) != UriHostNameType.Dns)
+        {
+            error = $"'{host}' is neither an IP address nor a host name";
+            return false;
+        }
+        address = new ListenAddress(new DnsEndPoint(host, port), $"tcp://{host}:{port}");
         return true;
     }
 
-    public Socket CreateSocket() => IsUnix
-        ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-        : new Socket(EndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+    /// <summary>The socket path of a <c>unix:</c> or <c>file://</c> address (empty if it has none), else null.</summary>
+    private static string? UnixPath(string text)
+    {
+        string rest;
+        if (text.StartsWith("unix:", StringComparison.Ordinal))
+        {
+            rest = text["unix:".Length..];
+        }
+        else if (text.StartsWith("file://", StringComparison.Ordinal))
+        {
+            rest = text["file:".Length..];
+        }
+        else
+        {
+            return null;
+        }
+        // "//" is a URL's (empty) authority: unix:///p and file:///p name /p (RFC 8089 section 2 for file:).
+        return rest.StartsWith("//", StringComparison.Ordinal) ? rest[2..] : rest;
+    }
+
+    /// <summary>A socket for this address (a name resolves when connecting, to IPv4 or IPv6, so it gets a dual-mode socket).</summary>
+    public Socket CreateSocket() => EndPoint switch
+    {
+        UnixDomainSocketEndPoint => new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified),
+        DnsEndPoint => new Socket(SocketType.Stream, ProtocolType.Tcp),
+        _ => new Socket(EndPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp),
+    };
 
     public override string ToString() => Text;
 }

@@ -1,4 +1,6 @@
+using System.Globalization;
 using System.Security.Cryptography;
+using System.Text.RegularExpressions;
 using Kit.Testing;
 
 namespace Kit.EndToEnd.Tests.Vm;
@@ -8,8 +10,10 @@ namespace Kit.EndToEnd.Tests.Vm;
 /// `kit vm run --net vpnkit` gets a DHCP lease from the in-process VPNKit, resolves a name its loopback upstream serves
 /// (and the built-in host.docker.internal), fetches a page from L1's 127.0.0.1 through 192.168.65.2 and runs iperf3
 /// both ways against L1's loopback. Then the same guest under `--net vmnet:PATH` against `kit net serve --vmnet` in
-/// another process gets a lease and fetches the page. L1 runs its own loopback servers (HTTP, DNS, iperf3): its
-/// resolv.conf points off the machine and is never used.
+/// another process gets a lease and fetches the page. Last, under `--net tap:kit-tap0` (a TAP device L1 creates and
+/// configures as 10.77.0.1/24, which kit attaches to), the guest takes 10.77.0.2/24 itself, pings L1 and fetches the
+/// page from an HTTP server L1 runs on 10.77.0.1. L1 runs its own servers (HTTP, DNS, iperf3): its resolv.conf points
+/// off the machine and is never used.
 /// </summary>
 [Trait("Tier", "Real")]
 public sealed class VmNetTests(ITestOutputHelper output)
@@ -62,8 +66,20 @@ public sealed class VmNetTests(ITestOutputHelper output)
         exit 0
         """;
 
+    // The host side of the TAP is L1's; the guest has no DHCP server there, so it sets its address itself.
+    private const string TapGuest = """
+        ip addr add 10.77.0.2/24 dev eth0 || exit 10
+        ip link set eth0 up || exit 10
+        echo "mtu=$(cat /sys/class/net/eth0/mtu)"
+        ping -c 3 -W 10 10.77.0.1 >/tmp/ping 2>&1; echo "ping-rc=$?"
+        sed 's/^/ping: /' /tmp/ping
+        wget -q -O /tmp/page http://10.77.0.1:TAPHTTPPORT/page.bin || exit 12
+        echo "md5=$(md5sum /tmp/page | cut -d' ' -f1)"
+        exit 0
+        """;
+
     [Fact]
-    public async Task Guest_gets_a_lease_resolves_fetches_and_runs_iperf3_over_vpnkit_and_over_vmn3t()
+    public async Task Guest_gets_a_lease_resolves_fetches_and_runs_iperf3_over_vpnkit_over_vmn3t_and_over_a_tap()
     {
         CancellationToken cancel = TestContext.Current.CancellationToken;
         GuestImage image = await GuestImage.GetDefaultAsync(cancel);
@@ -75,12 +91,15 @@ public sealed class VmNetTests(ITestOutputHelper output)
             await File.WriteAllBytesAsync(Path.Combine(work, "www", "page.bin"), page, cancel);
             string md5 = Convert.ToHexStringLower(MD5.HashData(page));
             await File.WriteAllTextAsync(Path.Combine(work, "dns.py"), DnsServer, cancel);
-            const int httpPort = 18080, dnsPort = 15353, iperfPort = 15201;
-            string Fill(string s) => s.Replace("HTTPPORT", $"{httpPort}", StringComparison.Ordinal).Replace("IPERFPORT", $"{iperfPort}", StringComparison.Ordinal);
+            const int httpPort = 18080, dnsPort = 15353, iperfPort = 15201, tapHttpPort = 18081;
+            string Fill(string s) => s.Replace("TAPHTTPPORT", $"{tapHttpPort}", StringComparison.Ordinal)
+                .Replace("HTTPPORT", $"{httpPort}", StringComparison.Ordinal).Replace("IPERFPORT", $"{iperfPort}", StringComparison.Ordinal);
             string vpnkitInitrd = Path.Combine(work, "vpnkit.initrd");
             string vmnetInitrd = Path.Combine(work, "vmnet.initrd");
             await image.WriteInitrdAsync(vpnkitInitrd, Fill(VpnKitGuest), cancellationToken: cancel);
             await image.WriteInitrdAsync(vmnetInitrd, Fill(VmnetGuest), cancellationToken: cancel);
+            string tapInitrd = Path.Combine(work, "tap.initrd");
+            await image.WriteInitrdAsync(tapInitrd, Fill(TapGuest), cancellationToken: cancel);
 
             string kit = KitCli.ExecutablePath;
             string Vm(string initrd, string console, params string[] net) => Text.ShellJoin(
@@ -101,6 +120,12 @@ public sealed class VmNetTests(ITestOutputHelper output)
                 {Vm(vmnetInitrd, work + "/vmnet.console", "--net", "vmnet:/tmp/vmnet.sock")}
                 echo "vmnet-exit=$?"
                 kill $serve
+                ip tuntap add dev kit-tap0 mode tap && ip addr add 10.77.0.1/24 dev kit-tap0 && ip link set kit-tap0 up || echo "tap-setup-failed"
+                python3 -m http.server {tapHttpPort} --bind 10.77.0.1 --directory {work}/www >/dev/null 2>&1 &
+                sleep 1
+                {Vm(tapInitrd, work + "/tap.console", "--net", "tap:kit-tap0")}
+                echo "tap-exit=$?"
+                echo "tap-host-rx-packets=$(cat /sys/class/net/kit-tap0/statistics/rx_packets)"
                 """;
             var options = new NestedOptions { ResultsDirectory = work, Timeout = TimeSpan.FromMinutes(20) };
 
@@ -108,8 +133,9 @@ public sealed class VmNetTests(ITestOutputHelper output)
 
             string vpn = ReadIfExists(Path.Combine(work, "vpnkit.console"));
             string vmn = ReadIfExists(Path.Combine(work, "vmnet.console"));
+            string tap = ReadIfExists(Path.Combine(work, "tap.console"));
             output.WriteLine($"L1 boot {l1.BootTime.TotalSeconds:F1} s, total {l1.Elapsed.TotalSeconds:F1} s\n{l1.Output}");
-            output.WriteLine($"--- guest console (vpnkit) ---\n{Text.Tail(vpn, 8000)}\n--- guest console (vmnet) ---\n{Text.Tail(vmn, 4000)}");
+            output.WriteLine($"--- guest console (vpnkit) ---\n{Text.Tail(vpn, 8000)}\n--- guest console (vmnet) ---\n{Text.Tail(vmn, 4000)}\n--- guest console (tap) ---\n{Text.Tail(tap, 4000)}");
             output.WriteLine($"--- kit net serve ---\n{Text.Tail(ReadIfExists(Path.Combine(work, "serve.log")), 2000)}");
 
             Assert.True(l1.Output.Contains("vpnkit-exit=0", StringComparison.Ordinal), $"kit vm run --net vpnkit did not exit 0\n{l1.Output}\n{Text.Tail(vpn, 6000)}");
@@ -127,6 +153,16 @@ public sealed class VmNetTests(ITestOutputHelper output)
             Assert.Contains("KIT-GUEST-EXIT 0", vmn, StringComparison.Ordinal);
             Assert.Contains("lease=inet 192.168.65.", vmn, StringComparison.Ordinal);
             Assert.Contains($"md5={md5}", vmn, StringComparison.Ordinal);
+
+            Assert.DoesNotContain("tap-setup-failed", l1.Output, StringComparison.Ordinal);
+            Assert.True(l1.Output.Contains("tap-exit=0", StringComparison.Ordinal), $"kit vm run --net tap did not exit 0\n{l1.Output}\n{Text.Tail(tap, 6000)}");
+            Assert.Contains("KIT-GUEST-EXIT 0", tap, StringComparison.Ordinal);
+            Assert.Contains("ping-rc=0", tap, StringComparison.Ordinal);
+            Assert.Contains("ping: 3 packets transmitted", tap, StringComparison.Ordinal);
+            Assert.Contains($"md5={md5}", tap, StringComparison.Ordinal);
+            // L1's own counter: the guest's frames really entered the host kernel through the TAP.
+            Match rx = Regex.Match(l1.Output, @"tap-host-rx-packets=(\d+)");
+            Assert.True(rx.Success && long.Parse(rx.Groups[1].Value, CultureInfo.InvariantCulture) > 0, $"no frames reached L1's kit-tap0\n{l1.Output}");
         }
         finally
         {

@@ -1,9 +1,9 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Collections.Concurrent;
-using System.Net;
 using System.Net.Sockets;
 using Kit.HyperKit.HostFs;
+using Kit.NineP.Server;
 
 namespace Kit.HyperKit.Devices.Virtio.NineP;
 
@@ -60,44 +60,34 @@ public sealed class StreamNinePChannel(Func<Socket> connect, int maxMessage) : N
     private volatile Socket? _socket;
     private int _closed;
 
-    /// <summary>tcp://HOST:PORT or unix:PATH (also unix://PATH).</summary>
+    /// <summary>tcp://HOST:PORT or unix:PATH, as <see cref="ListenAddress.TryParseServer"/> reads them.</summary>
     public static StreamNinePChannel ForAddress(string address, int maxMessage) => new(Connector(address), maxMessage);
 
     /// <summary>
     /// Parses a server address once (ArgumentException if it is not one) into what opens a new connection to it;
-    /// each mount gets a fresh channel over the same connector.
+    /// each mount gets a fresh channel over the same connector. The parser is NineP's, shared with
+    /// <c>kit data serve --listen-9p</c>, so both sides of a share spell addresses alike.
     /// </summary>
     public static Func<Socket> Connector(string address)
     {
-        if (address.StartsWith("unix:", StringComparison.Ordinal))
+        if (!ListenAddress.TryParseServer(address, out ListenAddress? server, out string error))
         {
-            string path = address["unix:".Length..];
-            if (path.StartsWith("//", StringComparison.Ordinal))
-            {
-                path = path[2..];
-            }
-            return () => Connect(new UnixDomainSocketEndPoint(path), AddressFamily.Unix);
+            throw new ArgumentException($"not a 9P server address: {error}");
         }
-        if (address.StartsWith("tcp://", StringComparison.Ordinal)
-            && TryParseHostPort(address["tcp://".Length..], out string host, out int port))
-        {
-            return () =>
-            {
-                IPAddress ip = IPAddress.TryParse(host, out IPAddress? literal) ? literal : Dns.GetHostAddresses(host)[0];
-                Socket s = Connect(new IPEndPoint(ip, port), ip.AddressFamily);
-                s.NoDelay = true;
-                return s;
-            };
-        }
-        throw new ArgumentException($"not a 9P server address: {address} (use tcp://HOST:PORT or unix:PATH)");
+        return () => Connect(server!);
     }
 
-    private static Socket Connect(EndPoint endPoint, AddressFamily family)
+    private static Socket Connect(ListenAddress server)
     {
-        var socket = new Socket(family, SocketType.Stream, family == AddressFamily.Unix ? ProtocolType.Unspecified : ProtocolType.Tcp);
+        Socket socket = server.CreateSocket();
         try
         {
-            socket.Connect(endPoint);
+            // A DnsEndPoint is looked up here, at each connect.
+            socket.Connect(server.EndPoint);
+            if (!server.IsUnix)
+            {
+                socket.NoDelay = true;
+            }
             return socket;
         }
         catch
@@ -105,20 +95,6 @@ public sealed class StreamNinePChannel(Func<Socket> connect, int maxMessage) : N
             socket.Dispose();
             throw;
         }
-    }
-
-    public static bool TryParseHostPort(string text, out string host, out int port)
-    {
-        host = "";
-        port = 0;
-        int colon = text.LastIndexOf(':');
-        if (colon <= 0 || !int.TryParse(text.AsSpan(colon + 1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out port)
-            || port is < 1 or > 65535)
-        {
-            return false;
-        }
-        host = text[..colon].Trim('[', ']');
-        return host.Length > 0;
     }
 
     public override void Start(INinePReplySink sink)

@@ -18,7 +18,15 @@ public static class NinePShares
                 throw new ArgumentException($"share {tag}: \",ro\" applies to directories; a 9P server decides itself what is writable");
             }
             // Parsed now, once, so a typo fails at start, not at mount time.
-            Func<System.Net.Sockets.Socket> connect = StreamNinePChannel.Connector(target);
+            Func<System.Net.Sockets.Socket> connect;
+            try
+            {
+                connect = StreamNinePChannel.Connector(target);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"share {tag}: {e.Message}");
+            }
             return new VirtioNineP(tag, () => new StreamNinePChannel(connect, VirtioNineP.MaxMessage + 4096));
         }
         string root = Path.GetFullPath(target);

@@ -1,0 +1,65 @@
+using System.Net;
+using Kit.VpnKit;
+
+namespace Kit.Cli.Commands;
+
+/// <summary>
+/// What the command line says about a VPNKit gateway (<c>--mtu</c>, <c>--dns-upstream</c>, <c>--publish</c>,
+/// <c>--pcap</c>), read once by <see cref="Parse"/> for <c>kit net run</c>, <c>kit net serve</c>, <c>kit vm run --net
+/// vpnkit</c> and <c>kit up</c>. <see cref="ServerOptions"/> is the only place that turns it into
+/// <see cref="VpnKitServerOptions"/>, so a new gateway option is wired for every command or for none.
+/// </summary>
+internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUpstreams, IReadOnlyList<PortPublish> Publishes, string? PcapPath)
+{
+    /// <summary>The defaults: MTU 1500, the host's resolvers, nothing published, no capture.</summary>
+    public static GatewaySettings Default { get; } = new(1500, [], [], null);
+
+    /// <summary>Checks and reads the options (CliException with a one-line message on a bad one).</summary>
+    public static GatewaySettings Parse(int mtu, string[]? dns, string[]? publish, FileInfo? pcap)
+    {
+        if (mtu is < 576 or > 65520)
+        {
+            throw new CliException($"--mtu must be between 576 and 65520, got {mtu}");
+        }
+        var upstreams = new List<IPEndPoint>();
+        foreach (string d in dns ?? [])
+        {
+            if (!IPEndPoint.TryParse(d, out IPEndPoint? ep) || ep.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork)
+            {
+                throw new CliException($"--dns-upstream wants IPv4:PORT, got '{d}'");
+            }
+            if (ep.Port == 0)
+            {
+                ep.Port = 53;
+            }
+            upstreams.Add(ep);
+        }
+        var publishes = new List<PortPublish>();
+        foreach (string p in publish ?? [])
+        {
+            try
+            {
+                publishes.Add(PortPublish.Parse(p));
+            }
+            catch (FormatException e)
+            {
+                throw new CliException(e.Message);
+            }
+        }
+        return new GatewaySettings(mtu, upstreams, publishes, pcap?.FullName);
+    }
+
+    /// <summary>
+    /// The server's options. <paramref name="segmentationOffload"/> is the link's, not the user's: true only when the one
+    /// guest link takes TSO frames and partial checksums (an offloading TAP, virtio-net with its offloads).
+    /// <see cref="VpnKitServerOptions.HostNames"/> keeps its default: no command sets it.
+    /// </summary>
+    public VpnKitServerOptions ServerOptions(bool segmentationOffload) => new()
+    {
+        Mtu = Mtu,
+        DnsUpstreams = DnsUpstreams,
+        Publishes = Publishes,
+        PcapPath = PcapPath,
+        SegmentationOffload = segmentationOffload,
+    };
+}

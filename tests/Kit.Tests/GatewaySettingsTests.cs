@@ -1,0 +1,88 @@
+using System.Net;
+using System.Reflection;
+using Kit.Cli;
+using Kit.Cli.Commands;
+using Kit.VpnKit;
+
+namespace Kit.Tests;
+
+/// <summary>
+/// The one mapping from the gateway's command-line options to <see cref="VpnKitServerOptions"/>, shared by
+/// <c>kit net run</c>, <c>kit net serve</c> and <c>kit vm run --net vpnkit</c>.
+/// </summary>
+public sealed class GatewaySettingsTests
+{
+    /// <summary>Server options no command line sets (they keep VPNKit's defaults everywhere).</summary>
+    private static readonly string[] NotFromTheCommandLine = [nameof(VpnKitServerOptions.HostNames)];
+
+    [Fact]
+    public void Parse_reads_every_option()
+    {
+        GatewaySettings s = GatewaySettings.Parse(9000, ["127.0.0.1:5353", "10.0.0.1:0"], ["8080:80", "5353:53/udp"], new FileInfo("cap.pcap"));
+        Assert.Equal(9000, s.Mtu);
+        Assert.Equal([IPEndPoint.Parse("127.0.0.1:5353"), IPEndPoint.Parse("10.0.0.1:53")], s.DnsUpstreams);
+        Assert.Equal([new PortPublish(8080, 80, false), new PortPublish(5353, 53, true)], s.Publishes);
+        Assert.Equal(Path.GetFullPath("cap.pcap"), s.PcapPath);
+    }
+
+    [Fact]
+    public void The_defaults_are_the_parsed_empty_command_line()
+    {
+        GatewaySettings s = GatewaySettings.Parse(1500, null, null, null);
+        Assert.Equal((GatewaySettings.Default.Mtu, GatewaySettings.Default.PcapPath), (s.Mtu, s.PcapPath));
+        Assert.Empty(s.DnsUpstreams);
+        Assert.Empty(s.Publishes);
+    }
+
+    [Theory]
+    [InlineData(575, null, null, "--mtu")]
+    [InlineData(65521, null, null, "--mtu")]
+    [InlineData(1500, "[::1]:53", null, "--dns-upstream")]
+    [InlineData(1500, "dns.example:53", null, "--dns-upstream")]
+    [InlineData(1500, null, "80", "")]
+    public void Bad_options_are_one_line_errors(int mtu, string? dns, string? publish, string mentions)
+    {
+        CliException e = Assert.Throws<CliException>(() =>
+            GatewaySettings.Parse(mtu, dns is null ? null : [dns], publish is null ? null : [publish], null));
+        Assert.Contains(mentions, e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Server_options_carry_every_setting_and_the_links_offload(bool offload)
+    {
+        GatewaySettings s = GatewaySettings.Parse(9000, ["127.0.0.1:5353"], ["8080:80"], new FileInfo("cap.pcap"));
+        VpnKitServerOptions o = s.ServerOptions(offload);
+        Assert.Equal(9000, o.Mtu);
+        Assert.Same(s.DnsUpstreams, o.DnsUpstreams);
+        Assert.Same(s.Publishes, o.Publishes);
+        Assert.Equal(s.PcapPath, o.PcapPath);
+        Assert.Equal(offload, o.SegmentationOffload);
+    }
+
+    /// <summary>
+    /// A gateway option added to VPNKit fails this test until <see cref="GatewaySettings.ServerOptions"/> sets it (or it
+    /// is listed in <see cref="NotFromTheCommandLine"/>): with every setting away from its default, no server option may
+    /// be left at its default.
+    /// </summary>
+    [Fact]
+    public void No_server_option_is_forgotten()
+    {
+        VpnKitServerOptions mapped = GatewaySettings.Parse(9000, ["127.0.0.1:5353"], ["8080:80"], new FileInfo("cap.pcap")).ServerOptions(true);
+        var defaults = new VpnKitServerOptions();
+        foreach (PropertyInfo p in typeof(VpnKitServerOptions).GetProperties(BindingFlags.Public | BindingFlags.Instance))
+        {
+            if (NotFromTheCommandLine.Contains(p.Name))
+            {
+                continue;
+            }
+            object? before = p.GetValue(defaults), after = p.GetValue(mapped);
+            bool same = before is System.Collections.IEnumerable a && after is System.Collections.IEnumerable b && before is not string
+                ? a.Cast<object>().SequenceEqual(b.Cast<object>())
+                : Equals(before, after);
+            Assert.False(same, $"VpnKitServerOptions.{p.Name} is not set from the command line: map it in GatewaySettings.ServerOptions or list it in NotFromTheCommandLine");
+        }
+    }
+}
