@@ -121,4 +121,15 @@ public sealed class X86CpuTests
         _ = X86Cpu.CpuidFor(supported, 1, 2, tscDeadline: true);
         Assert.Equal(before, supported);
     }
+
+    [Fact]
+    public void ExtendedApicLeafNamesOneThreadPerCoreOnOneNode()
+    {
+        // A host part with two threads per compute unit on node 1 of two (TOPOEXT leaf, AMD APM "CPUID Fn8000_001E").
+        KvmCpuidEntry2[] supported = [.. AmdSupported(), Leaf(0x8000_001E, eax: 9, ebx: 0x0000_0104, ecx: 0x0000_0101)];
+        KvmCpuidEntry2 e = Find(X86Cpu.CpuidFor(supported, id: 1, cpus: 2), 0x8000_001E);
+        Assert.Equal(1u, e.Eax);          // extended APIC id
+        Assert.Equal(0x0001u, e.Ebx);     // compute unit 1, 1 thread in it
+        Assert.Equal(0u, e.Ecx & 0x7FF);  // node 0, one node per package
+    }
 }

@@ -92,7 +92,7 @@ public static class X86Cpu
                 case 0x8000_001E:
                     e.Eax = (uint)id;
                     e.Ebx = (e.Ebx & ~0xFFFFu) | ((uint)id & 0xFF);   // compute unit = core id, one thread per unit
-                    e.Ecx &= ~0xFFu;                                 // node 0
+                    e.Ecx &= ~0x7FFu;                                // node 0, one node per package
                     break;
             }
         }
