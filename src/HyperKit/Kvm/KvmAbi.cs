@@ -52,6 +52,7 @@ internal static class KvmCap
     public const int ImmediateExit = 136;
     public const int CoalescedMmio = 15;
     public const int CoalescedPio = 162;
+    public const int TscDeadlineTimer = 72;
 }
 
 /// <summary>struct kvm_coalesced_mmio_zone (16 bytes): a guest-physical or port range whose writes KVM queues.</summary>

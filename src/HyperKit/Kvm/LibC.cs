@@ -49,6 +49,9 @@ internal static unsafe partial class LibC
     [LibraryImport("libc", EntryPoint = "eventfd", SetLastError = true)]
     public static partial int EventFd(uint initval, int flags);
 
+    [LibraryImport("libc", EntryPoint = "getrandom", SetLastError = true)]
+    public static partial nint GetRandom(void* buf, nuint count, uint flags);
+
     [LibraryImport("libc", EntryPoint = "read", SetLastError = true)]
     public static partial nint Read(int fd, void* buf, nuint count);
 

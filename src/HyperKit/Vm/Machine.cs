@@ -185,13 +185,14 @@ public sealed class Machine : IDisposable
             }
 
             KvmCpuidEntry2[] supported = _kvm.GetSupportedCpuid();
+            bool tscDeadline = _kvm.CheckExtension(KvmCap.TscDeadlineTimer) > 0;
             _vcpus = new KvmVcpu[options.Cpus];
             _tids = new int[options.Cpus];
             for (int i = 0; i < options.Cpus; i++)
             {
                 KvmVcpu vcpu = _vm.CreateVcpu(i);
                 _vcpus[i] = vcpu;
-                vcpu.SetCpuid(X86Cpu.CpuidFor(supported, i, options.Cpus));
+                vcpu.SetCpuid(X86Cpu.CpuidFor(supported, i, options.Cpus, tscDeadline));
                 X86Cpu.SetBootMsrs(vcpu);
                 X86Cpu.SetFpu(vcpu);
                 X86Cpu.SetLint(vcpu);

@@ -18,9 +18,30 @@ public static class X86Cpu
     private const ulong Cr0Pe = 1, Cr0Et = 0x10, Cr0Ne = 0x20, Cr0Pg = 0x8000_0000, Cr4Pae = 0x20, EferLme = 0x100,
         EferLma = 0x400;
 
-    /// <summary>Per-vCPU CPUID: APIC ids in leaves 1, 0xB, 0x1F and 0x8000001E, logical count, hypervisor bit.</summary>
-    public static KvmCpuidEntry2[] CpuidFor(ReadOnlySpan<KvmCpuidEntry2> supported, int id, int cpus)
+    /// <summary>
+    /// Per-vCPU CPUID from KVM_GET_SUPPORTED_CPUID: APIC ids, a topology of <paramref name="cpus"/> cores with one
+    /// thread each in one package, the hypervisor bit, and the features KVM emulates but does not list as supported.
+    /// </summary>
+    /// <remarks>
+    /// Topology: without core counts the guest takes HTT plus a logical count in leaf 1 for hyper-threads, so two vCPUs
+    /// became SMT siblings of one core (Linux's detect_ht). AMD parts give the core count in leaf 0x8000_0008 ECX
+    /// (NC and ApicIdCoreIdSize, AMD APM vol. 3, "CPUID Fn8000_0008") and CMP_LEGACY in 0x8000_0001 ECX; Intel parts
+    /// in leaf 4 EAX[31:26] and the 0xB/0x1F levels (SDM vol. 2A, CPUID). TSC-deadline mode of the LAPIC timer
+    /// (leaf 1 ECX[24]) is emulated by the in-kernel LAPIC whenever KVM_CAP_TSC_DEADLINE_TIMER is present, and KVM leaves
+    /// it out of the supported list for that reason (Documentation/virt/kvm/api.rst, KVM_GET_SUPPORTED_CPUID); without
+    /// it Linux calibrates the LAPIC timer against the PIT for 100 ms and, when a nested host preempts that window,
+    /// disables the LAPIC timer altogether ("APIC timer disabled due to verification failure", measured). ARAT (leaf 6
+    /// EAX[2]): the emulated LAPIC timer never stops in idle.
+    /// </remarks>
+    public static KvmCpuidEntry2[] CpuidFor(ReadOnlySpan<KvmCpuidEntry2> supported, int id, int cpus, bool tscDeadline = false)
     {
+        cpus = Math.Max(cpus, 1);
+        int coreBits = 0;
+        while ((1 << coreBits) < cpus)
+        {
+            coreBits++;
+        }
+        bool amd = IsAmd(supported);
         var entries = supported.ToArray();
         for (int i = 0; i < entries.Length; i++)
         {
@@ -28,20 +49,68 @@ public static class X86Cpu
             switch (e.Function)
             {
                 case 1:
-                    e.Ebx = (e.Ebx & 0x0000_FFFF) | ((uint)id << 24) | ((uint)Math.Max(cpus, 1) << 16);
+                    e.Ebx = (e.Ebx & 0x0000_FFFF) | ((uint)id << 24) | ((uint)cpus << 16);
                     e.Edx |= 1u << 28;  // HTT: EBX[23:16] is meaningful
                     e.Ecx |= 1u << 31;  // running under a hypervisor
+                    if (tscDeadline)
+                    {
+                        e.Ecx |= 1u << 24;
+                    }
+                    break;
+                case 4 when !amd:
+                {
+                    // EAX[31:26]: addressable core ids in the package - 1; EAX[25:14]: logical CPUs sharing this cache
+                    // - 1 (one thread per core, so only the package-wide level 3 is shared).
+                    uint level = (e.Eax >> 5) & 7;
+                    uint sharing = level >= 3 ? (1u << coreBits) - 1 : 0;
+                    e.Eax = (e.Eax & 0x3FFF) | (sharing << 14) | (((1u << coreBits) - 1) << 26);
+                    break;
+                }
+                case 6:
+                    e.Eax |= 1u << 2;   // ARAT
                     break;
                 case 0xB:
                 case 0x1F:
+                    // Level 0: SMT (one thread per core); level 1: core, spanning all vCPUs; then the end marker.
+                    (e.Eax, e.Ebx, e.Ecx) = e.Index switch
+                    {
+                        0 => (0u, 1u, (1u << 8) | 0),
+                        1 => ((uint)coreBits, (uint)cpus, (2u << 8) | 1),
+                        _ => (0u, 0u, e.Index & 0xFF),
+                    };
                     e.Edx = (uint)id;
+                    break;
+                case 0x8000_0001 when amd:
+                    if (cpus > 1)
+                    {
+                        e.Ecx |= 1u << 1;   // CMP_LEGACY: the logical count in leaf 1 counts cores, not threads
+                    }
+                    break;
+                case 0x8000_0008 when amd:
+                    e.Ecx = (e.Ecx & ~0xF0FFu) | ((uint)coreBits << 12) | (uint)(cpus - 1);
                     break;
                 case 0x8000_001E:
                     e.Eax = (uint)id;
+                    e.Ebx = (e.Ebx & ~0xFFFFu) | ((uint)id & 0xFF);   // compute unit = core id, one thread per unit
+                    e.Ecx &= ~0x7FFu;                                // node 0, one node per package
                     break;
             }
         }
         return entries;
+    }
+
+    /// <summary>AMD (and Hygon) parts describe cores in the extended leaves; the vendor string is in leaf 0 EBX-EDX-ECX.</summary>
+    private static bool IsAmd(ReadOnlySpan<KvmCpuidEntry2> entries)
+    {
+        foreach (KvmCpuidEntry2 e in entries)
+        {
+            if (e.Function == 0)
+            {
+                // "AuthenticAMD": EBX "Auth", EDX "enti", ECX "cAMD"; "HygonGenuine": EBX "Hygo".
+                return (e.Ebx == 0x6874_7541 && e.Edx == 0x6974_6E65 && e.Ecx == 0x444D_4163) || e.Ebx == 0x6F67_7948;
+            }
+        }
+        return false;
     }
 
     /// <summary>Boot MSRs (Firecracker/kvmtool set the same): syscall MSRs cleared, fast strings, write-back MTRR default.</summary>

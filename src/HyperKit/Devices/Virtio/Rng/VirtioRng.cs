@@ -1,4 +1,4 @@
-using System.Security.Cryptography;
+using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Memory;
 
 namespace Kit.HyperKit.Devices.Virtio.Rng;
@@ -34,7 +34,7 @@ public sealed class VirtioRng : VirtioDevice
             while (remaining > 0)
             {
                 int n = (int)Math.Min(remaining, _buffer.Length);
-                RandomNumberGenerator.Fill(_buffer.AsSpan(0, n));
+                HostRandom.Fill(_buffer.AsSpan(0, n));
                 cursor.Write(_buffer.AsSpan(0, n));
                 remaining -= n;
             }
