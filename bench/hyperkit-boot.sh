@@ -9,6 +9,7 @@
 #   KIT_STATS=1    runs kit with KIT_VM_STATS=1 (exit counts by port; adds a little overhead) and keeps the logs
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/nested-l1.sh
 root=$(pwd)
 reps=${1:-3}
 ./kit --help >/dev/null   # publishes artifacts/kit (ReadyToRun) when missing or older than the sources
@@ -59,19 +60,8 @@ for rep in \$(seq $reps); do for cpus in 1 2; do for vmm in $vmms; do
 done; done; done
 INNER
 
-cmd=$(printf 'sh %s' "$work/inner.sh" | base64 -w0)
-# One nested L1 per core on the machine, shared with the tests' NestedRunner (flock slots in /tmp).
-slots=$(nproc)
-while :; do
-  for i in $(seq 0 $((slots - 1))); do exec 9>"/tmp/kit-nested-slot-$i.lock"; flock -n 9 && break 2; done
-  sleep 2
-done
 echo "L1 boots; each L2 boot takes 20-40 s ..." >&2
-timeout 3600 qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 1 -nodefaults -nographic -no-reboot -monitor none \
-  -serial stdio -kernel "$kernel" -initrd "$initrd" \
-  -append "console=ttyS0 quiet panic=-1 no_timer_check kit.nested=1 kit.results=$work kit.cmd=$cmd" \
-  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-  -virtfs "local,path=$work,mount_tag=results,security_model=none,multidevs=remap" > "$work/l1.log" 2>&1
+nested_l1 "$kernel" "$initrd" "$work" 3600 "sh $work/inner.sh" || true
 echo "| VMM | vCPUs | repeat | exit | guest uptime at /init (s) | wall, start to power-off (s) | peak RSS (MiB) |"
 echo "|---|---|---|---|---|---|---|"
 grep -a '^vmm=' "$work/l1.log" | tr -d '\r' | awk '{
