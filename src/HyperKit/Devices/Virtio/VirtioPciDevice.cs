@@ -68,6 +68,11 @@ public sealed class VirtioPciDevice : PciFunction
 
     public VirtioDevice Device { get; }
 
+    private static readonly bool OfferEventIdx = Environment.GetEnvironmentVariable("KIT_VIRTIO_EVENT_IDX") != "0";
+
+    /// <summary>The device's features plus the transport's own (ring features such as EVENT_IDX).</summary>
+    public ulong OfferedFeatures => Device.DeviceFeatures | (OfferEventIdx ? VirtioFeatures.EventIdx : 0);
+
     public int VectorCount { get; }
 
     public byte Status
@@ -272,7 +277,7 @@ public sealed class VirtioPciDevice : PciFunction
     {
         // struct virtio_pci_common_cfg (virtio 1.2, 4.1.4.3).
         image.Clear();
-        ulong features = Device.DeviceFeatures;
+        ulong features = OfferedFeatures;
         BinaryPrimitives.WriteUInt32LittleEndian(image, _deviceFeatureSelect);
         BinaryPrimitives.WriteUInt32LittleEndian(image[4..], _deviceFeatureSelect switch
         {
@@ -397,7 +402,7 @@ public sealed class VirtioPciDevice : PciFunction
         if ((value & VirtioStatus.FeaturesOk) != 0 && (_status & VirtioStatus.FeaturesOk) == 0)
         {
             // Accept only a subset of what we offered, and VERSION_1 is mandatory for a modern device.
-            bool ok = (_driverFeatures & ~Device.DeviceFeatures) == 0 && (_driverFeatures & VirtioFeatures.Version1) != 0;
+            bool ok = (_driverFeatures & ~OfferedFeatures) == 0 && (_driverFeatures & VirtioFeatures.Version1) != 0;
             if (!ok)
             {
                 value &= unchecked((byte)~VirtioStatus.FeaturesOk);
@@ -405,6 +410,10 @@ public sealed class VirtioPciDevice : PciFunction
             else
             {
                 Device.DriverFeatures = _driverFeatures;
+                foreach (SplitQueue q in _queues)
+                {
+                    q.EventIdx = (_driverFeatures & VirtioFeatures.EventIdx) != 0;
+                }
             }
         }
         // The driver cannot clear NEEDS_RESET except by a reset.
