@@ -161,6 +161,10 @@ public sealed class VirtioPciTests : IDisposable
         }
         Assert.Equal(4, _queue.UsedIdx);
         Assert.Equal(2, _msi.Messages.Count); // one more, when used.idx went 3 -> 4
+        var stats = new StringWriter();
+        _device.WriteStatistics(stats);
+        Assert.Contains("queue 0: 4 used, 2 interrupts, 2 suppressed by the driver", stats.ToString());
+        Assert.Contains("(event idx on)", stats.ToString());
     }
 
     [Fact]

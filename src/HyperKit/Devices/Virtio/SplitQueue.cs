@@ -77,8 +77,16 @@ public sealed class SplitQueue
     /// </summary>
     public bool EventIdx { get; set; }
 
-    /// <summary>Kicks the driver could skip: times this queue went idle and asked for the next one (diagnostics).</summary>
+    /// <summary>Times this queue went idle and asked for the next kick through avail_event (diagnostics).</summary>
     public long KickRequests { get; private set; }
+
+    /// <summary>Used entries published since the driver set the queue up (diagnostics).</summary>
+    public long UsedEntries { get; private set; }
+
+    /// <summary>Interrupt decisions that wanted an interrupt, and those the driver's suppression skipped (diagnostics).</summary>
+    public long InterruptsWanted { get; private set; }
+
+    public long InterruptsSkipped { get; private set; }
 
     /// <summary>Set once the driver broke the protocol; the queue then processes nothing until reset.</summary>
     public QueueError Broken { get; private set; }
@@ -98,6 +106,7 @@ public sealed class SplitQueue
         _lastAvail = _usedIdx = _signalledUsed = 0;
         _signalledValid = false;
         EventIdx = false;
+        KickRequests = UsedEntries = InterruptsWanted = InterruptsSkipped = 0;
         BadChains = 0;
         LastChainError = QueueError.None;
     }
@@ -261,6 +270,7 @@ public sealed class SplitQueue
         _memory.TryWriteU32(slot, head);
         _memory.TryWriteU32(slot + 4, writtenBytes);
         _usedIdx++;
+        UsedEntries++;
     }
 
     /// <summary>Publishes used.idx after the entries written by <see cref="PushUsedDeferred"/>.</summary>
@@ -282,6 +292,20 @@ public sealed class SplitQueue
     /// cost the driver its own interrupts.
     /// </summary>
     public bool ShouldInterrupt()
+    {
+        bool wanted = DriverWantsInterrupt();
+        if (wanted)
+        {
+            InterruptsWanted++;
+        }
+        else
+        {
+            InterruptsSkipped++;
+        }
+        return wanted;
+    }
+
+    private bool DriverWantsInterrupt()
     {
         Interlocked.MemoryBarrier(); // used.idx is visible before we read what the driver asked for
         if (!EventIdx)

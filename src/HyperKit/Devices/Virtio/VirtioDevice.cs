@@ -55,6 +55,9 @@ public abstract class VirtioDevice
     /// <summary>Handles everything available on queue <paramref name="index"/>; returns true if buffers were used.</summary>
     public abstract bool Process(int index, SplitQueue queue, GuestMemory memory);
 
+    /// <summary>Device counters for the KIT_VM_STATS report, or null when the device keeps none.</summary>
+    public virtual string? Statistics => null;
+
     /// <summary>Device reset (status written 0): drop per-driver state.</summary>
     public virtual void Reset() => DriverFeatures = 0;
 

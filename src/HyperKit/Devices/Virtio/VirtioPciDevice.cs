@@ -230,6 +230,26 @@ public sealed class VirtioPciDevice : PciFunction
         }
     }
 
+    /// <summary>Per-queue notification counters and the device's own, one line each (KIT_VM_STATS=1).</summary>
+    public void WriteStatistics(TextWriter output)
+    {
+        lock (_lock)
+        {
+            string name = $"virtio type {Device.DeviceType}";
+            for (int i = 0; i < _queues.Length; i++)
+            {
+                SplitQueue q = _queues[i];
+                output.WriteLine($"kit: vm stats: {name} queue {i}: {q.UsedEntries} used, {q.InterruptsWanted} interrupts, "
+                    + $"{q.InterruptsSkipped} suppressed by the driver, {q.KickRequests} kick requests (event idx {(q.EventIdx ? "on" : "off")}), "
+                    + $"{q.BadChains} bad chains");
+            }
+            if (Device.Statistics is string stats)
+            {
+                output.WriteLine($"kit: vm stats: {name}: {stats}");
+            }
+        }
+    }
+
     private void RaiseConfigInterrupt()
     {
         _isr |= 2;
