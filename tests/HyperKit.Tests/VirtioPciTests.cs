@@ -164,7 +164,7 @@ public sealed class VirtioPciTests : IDisposable
         var stats = new StringWriter();
         _device.WriteStatistics(stats);
         Assert.Contains("queue 0: 4 used, 2 interrupts, 2 suppressed by the driver", stats.ToString());
-        Assert.Contains("(event idx on)", stats.ToString());
+        Assert.Contains("(event idx offered)", stats.ToString());
     }
 
     [Fact]

@@ -77,13 +77,16 @@ public sealed class SplitQueue
     /// </summary>
     public bool EventIdx { get; set; }
 
-    /// <summary>Times this queue went idle and asked for the next kick through avail_event (diagnostics).</summary>
+    // Diagnostics, counted since the VM started (a driver reset keeps them: the guest resets its devices as it powers
+    // off, before the KIT_VM_STATS report is written).
+
+    /// <summary>Times this queue went idle and asked for the next kick through avail_event.</summary>
     public long KickRequests { get; private set; }
 
-    /// <summary>Used entries published since the driver set the queue up (diagnostics).</summary>
+    /// <summary>Used entries published.</summary>
     public long UsedEntries { get; private set; }
 
-    /// <summary>Interrupt decisions that wanted an interrupt, and those the driver's suppression skipped (diagnostics).</summary>
+    /// <summary>Interrupt decisions that wanted an interrupt, and those the driver's suppression skipped.</summary>
     public long InterruptsWanted { get; private set; }
 
     public long InterruptsSkipped { get; private set; }
@@ -106,7 +109,6 @@ public sealed class SplitQueue
         _lastAvail = _usedIdx = _signalledUsed = 0;
         _signalledValid = false;
         EventIdx = false;
-        KickRequests = UsedEntries = InterruptsWanted = InterruptsSkipped = 0;
         BadChains = 0;
         LastChainError = QueueError.None;
     }

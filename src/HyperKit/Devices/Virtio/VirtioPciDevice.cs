@@ -240,8 +240,7 @@ public sealed class VirtioPciDevice : PciFunction
             {
                 SplitQueue q = _queues[i];
                 output.WriteLine($"kit: vm stats: {name} queue {i}: {q.UsedEntries} used, {q.InterruptsWanted} interrupts, "
-                    + $"{q.InterruptsSkipped} suppressed by the driver, {q.KickRequests} kick requests (event idx {(q.EventIdx ? "on" : "off")}), "
-                    + $"{q.BadChains} bad chains");
+                    + $"{q.InterruptsSkipped} suppressed by the driver, {q.KickRequests} kick requests (event idx {(OfferEventIdx ? "offered" : "withheld")})");
             }
             if (Device.Statistics is string stats)
             {
