@@ -213,4 +213,149 @@ public sealed class SplitQueueTests : IDisposable
             Assert.True(guard <= 16);
         }
     }
+
+    // ---- VIRTIO_F_EVENT_IDX (virtio 1.2, 2.7.7, 2.7.10) ----
+
+    private void SetUsedEvent(ushort value) => _memory.TryWriteU16(_driver.Avail + 4 + 2UL * _driver.Size, value);
+
+    private ushort AvailEvent
+    {
+        get
+        {
+            _memory.TryReadU16(_driver.Used + 4 + 8UL * _driver.Size, out ushort v);
+            return v;
+        }
+    }
+
+    [Theory]
+    [InlineData(0, 1, 0, true)]       // the first entry after the event
+    [InlineData(5, 10, 0, true)]      // event inside [old, new)
+    [InlineData(10, 10, 0, false)]    // event not reached yet
+    [InlineData(3, 10, 5, false)]     // event already passed before old
+    [InlineData(65535, 2, 65534, true)] // wraps around 2^16
+    [InlineData(7, 7, 7, false)]      // nothing new
+    public void NeedEventIsVringNeedEvent(int eventIdx, int newIdx, int oldIdx, bool expected) =>
+        Assert.Equal(expected, SplitQueue.NeedEvent((ushort)eventIdx, (ushort)newIdx, (ushort)oldIdx));
+
+    [Fact]
+    public void WithEventIdxTheDriverGetsOneInterruptPerCrossingOfUsedEvent()
+    {
+        _queue.EventIdx = true;
+        for (int i = 0; i < 8; i++)
+        {
+            _driver.Post((0x8000, 8, true));
+        }
+        // The first decision always interrupts (nothing was signalled yet).
+        Assert.True(Pop(out ushort head, out _));
+        _queue.PushUsed(head, 8);
+        Assert.True(_queue.ShouldInterrupt());
+        // The driver (in NAPI) asks to hear only when entry 4 is used: used.idx must go past 4.
+        SetUsedEvent(4);
+        int interrupts = 0;
+        for (int i = 1; i < 8; i++)
+        {
+            Assert.True(Pop(out head, out _));
+            _queue.PushUsed(head, 8);
+            if (_queue.ShouldInterrupt())
+            {
+                interrupts++;
+                Assert.Equal(5, _driver.UsedIdx); // used.idx moved from 4 to 5: entry 4 is used
+            }
+        }
+        Assert.Equal(1, interrupts);
+    }
+
+    [Fact]
+    public void WithEventIdxABatchPublishedAtOnceInterruptsOnce()
+    {
+        _queue.EventIdx = true;
+        SetUsedEvent(0);
+        for (int i = 0; i < 6; i++)
+        {
+            _driver.Post((0x8000, 8, true));
+            Assert.True(Pop(out ushort head, out _));
+            _queue.PushUsedDeferred(head, 8);
+        }
+        _queue.PublishUsed();
+        Assert.True(_queue.ShouldInterrupt());
+        Assert.False(_queue.ShouldInterrupt()); // nothing new since
+    }
+
+    [Fact]
+    public void WithEventIdxTheNoInterruptFlagIsIgnored()
+    {
+        _queue.EventIdx = true;
+        _driver.SetNoInterrupt(true);
+        _driver.Post((0x8000, 8, true));
+        Assert.True(Pop(out ushort head, out _));
+        _queue.PushUsed(head, 8);
+        Assert.True(_queue.ShouldInterrupt());
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(0x7FFF)]
+    [InlineData(0x8000)]
+    [InlineData(0xFFFF)]
+    public void HostileUsedEventNeverBreaksTheQueue(int usedEvent)
+    {
+        _queue.EventIdx = true;
+        SetUsedEvent((ushort)usedEvent);
+        int interrupts = 0;
+        for (int i = 0; i < 100; i++)
+        {
+            _driver.Post((0x8000, 8, true));
+            Assert.True(Pop(out ushort head, out _));
+            _queue.PushUsed(head, 8);
+            interrupts += _queue.ShouldInterrupt() ? 1 : 0;
+        }
+        Assert.Equal(QueueError.None, _queue.Broken);
+        Assert.Equal(100, _driver.UsedIdx);
+        // One for the first decision, plus at most one crossing of a fixed event in 100 entries.
+        Assert.InRange(interrupts, 1, 2);
+    }
+
+    [Fact]
+    public void WhenIdleTheQueueAsksForTheNextKickAtAvailEvent()
+    {
+        _queue.EventIdx = true;
+        _driver.Post((0x8000, 8, true));
+        _driver.Post((0x8000, 8, true));
+        Assert.True(Pop(out _, out _));
+        Assert.True(Pop(out _, out _));
+        Assert.False(Pop(out _, out _));
+        // avail_event = 2: the driver must kick when it makes entry 2 available, and may skip kicks until we idle.
+        Assert.Equal(2, AvailEvent);
+        Assert.True(SplitQueue.NeedEvent(AvailEvent, 3, 2));
+        _driver.Post((0x8000, 8, true));
+        _driver.Post((0x8000, 8, true));
+        Assert.True(Pop(out _, out _));
+        Assert.Equal(2, AvailEvent); // not rewritten while busy: kicks stay suppressed
+        Assert.True(Pop(out _, out _));
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(4, AvailEvent);
+    }
+
+    [Fact]
+    public void WithoutEventIdxAvailEventIsNeverWritten()
+    {
+        _memory.TryWriteU16(_driver.Used + 4 + 8UL * _driver.Size, 0xBEEF);
+        _driver.Post((0x8000, 8, true));
+        Assert.True(Pop(out _, out _));
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(0xBEEF, AvailEvent);
+    }
+
+    [Fact]
+    public void ResetForgetsEventIdxState()
+    {
+        _queue.EventIdx = true;
+        _driver.Post((0x8000, 8, true));
+        Assert.True(Pop(out ushort head, out _));
+        _queue.PushUsed(head, 8);
+        Assert.True(_queue.ShouldInterrupt());
+        _queue.Reset();
+        Assert.False(_queue.EventIdx);
+    }
 }

@@ -57,7 +57,8 @@ public sealed class VirtioPciTests : IDisposable
     [Fact]
     public void FeatureNegotiationRequiresVersion1AndASubset()
     {
-        Assert.Equal(VirtioFeatures.Version1, _driver.DeviceFeatures());
+        // Every device gets the transport's EVENT_IDX on top of its own features.
+        Assert.Equal(VirtioFeatures.Version1 | VirtioFeatures.EventIdx, _driver.DeviceFeatures());
         Assert.False(_driver.Negotiate(0)); // legacy driver refused
         Assert.False(_driver.Negotiate(VirtioFeatures.Version1 | (1UL << 28))); // not offered
         Assert.True(_driver.Negotiate(VirtioFeatures.Version1));
@@ -122,6 +123,48 @@ public sealed class VirtioPciTests : IDisposable
         Assert.Empty(_msi.Messages);
         _driver.EnableMsix(enable: true, functionMask: false);
         Assert.Single(_msi.Messages);
+    }
+
+    [Fact]
+    public void EventIdxIsPerQueueAfterNegotiationOnly()
+    {
+        BringUp();
+        Assert.False(_device.Queue(0).EventIdx);
+        Assert.True(_driver.Negotiate(VirtioFeatures.Version1 | VirtioFeatures.EventIdx));
+        Assert.True(_device.Queue(0).EventIdx);
+        Assert.Equal(VirtioFeatures.Version1 | VirtioFeatures.EventIdx, _rng.DriverFeatures);
+    }
+
+    [Fact]
+    public void EventIdxSuppressesInterruptsUntilUsedEventIsCrossed()
+    {
+        Assert.True(_driver.Negotiate(VirtioFeatures.Version1 | VirtioFeatures.EventIdx));
+        _driver.WriteMmio16(_driver.Common + 16, 0);
+        _driver.SetupQueue(0, _queue, 1);
+        _driver.ProgramVector(0, 0xFEE0_0000, 0x41);
+        _driver.ProgramVector(1, 0xFEE0_1000, 0x42);
+        _driver.EnableMsix();
+        _driver.DriverOk();
+        ulong usedEvent = _queue.Avail + 4 + 2UL * _queue.Size;
+        ulong availEvent = _queue.Used + 4 + 8UL * _queue.Size;
+        _queue.Post((0x10000, 8, true));
+        _driver.Kick(0);
+        Assert.Single(_msi.Messages); // first completion always signals
+        _memory.TryReadU16(availEvent, out ushort ae);
+        Assert.Equal(1, ae); // idle: kick me when entry 1 is available
+        // The driver wants to hear only after entry 3 is used.
+        _memory.TryWriteU16(usedEvent, 3);
+        for (int i = 0; i < 3; i++)
+        {
+            _queue.Post((0x10000, 8, true));
+            _driver.Kick(0);
+        }
+        Assert.Equal(4, _queue.UsedIdx);
+        Assert.Equal(2, _msi.Messages.Count); // one more, when used.idx went 3 -> 4
+        var stats = new StringWriter();
+        _device.WriteStatistics(stats);
+        Assert.Contains("queue 0: 4 used, 2 interrupts, 2 suppressed by the driver", stats.ToString());
+        Assert.Contains("(event idx offered)", stats.ToString());
     }
 
     [Fact]

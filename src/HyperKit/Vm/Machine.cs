@@ -441,6 +441,10 @@ public sealed class Machine : IDisposable
         if (_stats is not null)
         {
             ExitStatistics.Report(Console.Error, _stats);
+            foreach (VirtioPciDevice device in VirtioDevices)
+            {
+                device.WriteStatistics(Console.Error);
+            }
         }
         return _exit!;
     }

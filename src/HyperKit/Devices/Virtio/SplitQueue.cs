@@ -44,6 +44,9 @@ public sealed class SplitQueue
     private readonly GuestMemory _memory;
     private ushort _lastAvail;
     private ushort _usedIdx;
+    // VIRTIO_F_EVENT_IDX (virtio 1.2, 2.7.10): used.idx at the last interrupt decision, and whether there was one.
+    private ushort _signalledUsed;
+    private bool _signalledValid;
 
     public SplitQueue(GuestMemory memory, ushort maxSize = MaxSize)
     {
@@ -67,6 +70,27 @@ public sealed class SplitQueue
 
     public ushort MsixVector { get; set; } = 0xFFFF;
 
+    /// <summary>
+    /// VIRTIO_F_EVENT_IDX was negotiated (set by the transport at FEATURES_OK): the driver's used_event (after the
+    /// avail ring) says when it wants an interrupt, and this queue writes avail_event (after the used ring) to say
+    /// when it wants a kick, instead of the avail.flags NO_INTERRUPT hint (virtio 1.2, 2.7.7 and 2.7.10).
+    /// </summary>
+    public bool EventIdx { get; set; }
+
+    // Diagnostics, counted since the VM started (a driver reset keeps them: the guest resets its devices as it powers
+    // off, before the KIT_VM_STATS report is written).
+
+    /// <summary>Times this queue went idle and asked for the next kick through avail_event.</summary>
+    public long KickRequests { get; private set; }
+
+    /// <summary>Used entries published.</summary>
+    public long UsedEntries { get; private set; }
+
+    /// <summary>Interrupt decisions that wanted an interrupt, and those the driver's suppression skipped.</summary>
+    public long InterruptsWanted { get; private set; }
+
+    public long InterruptsSkipped { get; private set; }
+
     /// <summary>Set once the driver broke the protocol; the queue then processes nothing until reset.</summary>
     public QueueError Broken { get; private set; }
 
@@ -82,7 +106,9 @@ public sealed class SplitQueue
         Enabled = false;
         MsixVector = 0xFFFF;
         Broken = QueueError.None;
-        _lastAvail = _usedIdx = 0;
+        _lastAvail = _usedIdx = _signalledUsed = 0;
+        _signalledValid = false;
+        EventIdx = false;
         BadChains = 0;
         LastChainError = QueueError.None;
     }
@@ -122,6 +148,17 @@ public sealed class SplitQueue
             _memory.TryReadU16(AvailRing + 2, out ushort availIdx);
             Interlocked.MemoryBarrier(); // read ring entries only after idx (acquire)
             ushort pending = (ushort)(availIdx - _lastAvail);
+            if (pending == 0 && EventIdx)
+            {
+                // Going idle: ask for a kick when the driver makes entry _lastAvail available (avail_event), then look
+                // again, since the driver may have added it after our read and before seeing avail_event (2.7.10).
+                _memory.TryWriteU16(UsedRing + 4 + 8UL * Size, _lastAvail);
+                KickRequests++;
+                Interlocked.MemoryBarrier();
+                _memory.TryReadU16(AvailRing + 2, out availIdx);
+                Interlocked.MemoryBarrier();
+                pending = (ushort)(availIdx - _lastAvail);
+            }
             if (pending == 0)
             {
                 return false;
@@ -235,6 +272,7 @@ public sealed class SplitQueue
         _memory.TryWriteU32(slot, head);
         _memory.TryWriteU32(slot + 4, writtenBytes);
         _usedIdx++;
+        UsedEntries++;
     }
 
     /// <summary>Publishes used.idx after the entries written by <see cref="PushUsedDeferred"/>.</summary>
@@ -249,10 +287,48 @@ public sealed class SplitQueue
         _memory.TryWriteU16(UsedRing + 2, _usedIdx);
     }
 
-    /// <summary>False when the driver asked not to be interrupted (avail.flags NO_INTERRUPT; no EVENT_IDX offered).</summary>
+    /// <summary>
+    /// Whether the driver wants an interrupt for the used entries published since the last call. With EVENT_IDX: only
+    /// when used.idx crossed the driver's used_event since the last decision (vring_need_event, 2.7.10); without: unless
+    /// avail.flags has NO_INTERRUPT (2.7.7). Any used_event value is just a number to compare: a hostile one can only
+    /// cost the driver its own interrupts.
+    /// </summary>
     public bool ShouldInterrupt()
     {
-        Interlocked.MemoryBarrier();
-        return !_memory.TryReadU16(AvailRing, out ushort flags) || (flags & AvailNoInterrupt) == 0;
+        bool wanted = DriverWantsInterrupt();
+        if (wanted)
+        {
+            InterruptsWanted++;
+        }
+        else
+        {
+            InterruptsSkipped++;
+        }
+        return wanted;
     }
+
+    private bool DriverWantsInterrupt()
+    {
+        Interlocked.MemoryBarrier(); // used.idx is visible before we read what the driver asked for
+        if (!EventIdx)
+        {
+            return !_memory.TryReadU16(AvailRing, out ushort flags) || (flags & AvailNoInterrupt) == 0;
+        }
+        ushort old = _signalledUsed;
+        bool valid = _signalledValid;
+        _signalledUsed = _usedIdx;
+        _signalledValid = true;
+        if (!valid || !_memory.TryReadU16(AvailRing + 4 + 2UL * Size, out ushort usedEvent))
+        {
+            return true;
+        }
+        return NeedEvent(usedEvent, _usedIdx, old);
+    }
+
+    /// <summary>
+    /// vring_need_event: true when <paramref name="eventIdx"/> lies in [old, new) modulo 2^16, i.e. the index crossed
+    /// the point the other side asked to hear about.
+    /// </summary>
+    public static bool NeedEvent(ushort eventIdx, ushort newIdx, ushort oldIdx) =>
+        (ushort)(newIdx - eventIdx - 1) < (ushort)(newIdx - oldIdx);
 }

@@ -6,6 +6,12 @@ namespace Kit.HyperKit.Devices.Virtio;
 public static class VirtioFeatures
 {
     public const ulong Version1 = 1UL << 32;
+
+    /// <summary>
+    /// VIRTIO_F_EVENT_IDX (bit 29): used_event/avail_event suppress interrupts and kicks (virtio 1.2, 2.7.7, 2.7.10).
+    /// Offered by the transport for every device; KIT_VIRTIO_EVENT_IDX=0 withholds it (for A/B measurements).
+    /// </summary>
+    public const ulong EventIdx = 1UL << 29;
 }
 
 /// <summary>Device status bits (virtio 1.2, section 2.1).</summary>
@@ -48,6 +54,9 @@ public abstract class VirtioDevice
 
     /// <summary>Handles everything available on queue <paramref name="index"/>; returns true if buffers were used.</summary>
     public abstract bool Process(int index, SplitQueue queue, GuestMemory memory);
+
+    /// <summary>Device counters for the KIT_VM_STATS report, or null when the device keeps none.</summary>
+    public virtual string? Statistics => null;
 
     /// <summary>Device reset (status written 0): drop per-driver state.</summary>
     public virtual void Reset() => DriverFeatures = 0;

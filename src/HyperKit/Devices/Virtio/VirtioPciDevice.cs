@@ -68,6 +68,11 @@ public sealed class VirtioPciDevice : PciFunction
 
     public VirtioDevice Device { get; }
 
+    private static readonly bool OfferEventIdx = Environment.GetEnvironmentVariable("KIT_VIRTIO_EVENT_IDX") != "0";
+
+    /// <summary>The device's features plus the transport's own (ring features such as EVENT_IDX).</summary>
+    public ulong OfferedFeatures => Device.DeviceFeatures | (OfferEventIdx ? VirtioFeatures.EventIdx : 0);
+
     public int VectorCount { get; }
 
     public byte Status
@@ -225,6 +230,25 @@ public sealed class VirtioPciDevice : PciFunction
         }
     }
 
+    /// <summary>Per-queue notification counters and the device's own, one line each (KIT_VM_STATS=1).</summary>
+    public void WriteStatistics(TextWriter output)
+    {
+        lock (_lock)
+        {
+            string name = $"virtio type {Device.DeviceType}";
+            for (int i = 0; i < _queues.Length; i++)
+            {
+                SplitQueue q = _queues[i];
+                output.WriteLine($"kit: vm stats: {name} queue {i}: {q.UsedEntries} used, {q.InterruptsWanted} interrupts, "
+                    + $"{q.InterruptsSkipped} suppressed by the driver, {q.KickRequests} kick requests (event idx {(OfferEventIdx ? "offered" : "withheld")})");
+            }
+            if (Device.Statistics is string stats)
+            {
+                output.WriteLine($"kit: vm stats: {name}: {stats}");
+            }
+        }
+    }
+
     private void RaiseConfigInterrupt()
     {
         _isr |= 2;
@@ -272,7 +296,7 @@ public sealed class VirtioPciDevice : PciFunction
     {
         // struct virtio_pci_common_cfg (virtio 1.2, 4.1.4.3).
         image.Clear();
-        ulong features = Device.DeviceFeatures;
+        ulong features = OfferedFeatures;
         BinaryPrimitives.WriteUInt32LittleEndian(image, _deviceFeatureSelect);
         BinaryPrimitives.WriteUInt32LittleEndian(image[4..], _deviceFeatureSelect switch
         {
@@ -397,7 +421,7 @@ public sealed class VirtioPciDevice : PciFunction
         if ((value & VirtioStatus.FeaturesOk) != 0 && (_status & VirtioStatus.FeaturesOk) == 0)
         {
             // Accept only a subset of what we offered, and VERSION_1 is mandatory for a modern device.
-            bool ok = (_driverFeatures & ~Device.DeviceFeatures) == 0 && (_driverFeatures & VirtioFeatures.Version1) != 0;
+            bool ok = (_driverFeatures & ~OfferedFeatures) == 0 && (_driverFeatures & VirtioFeatures.Version1) != 0;
             if (!ok)
             {
                 value &= unchecked((byte)~VirtioStatus.FeaturesOk);
@@ -405,6 +429,10 @@ public sealed class VirtioPciDevice : PciFunction
             else
             {
                 Device.DriverFeatures = _driverFeatures;
+                foreach (SplitQueue q in _queues)
+                {
+                    q.EventIdx = (_driverFeatures & VirtioFeatures.EventIdx) != 0;
+                }
             }
         }
         // The driver cannot clear NEEDS_RESET except by a reset.

@@ -77,6 +77,14 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
     public NetHeaderError LastTxError { get; private set; }
     public long RxDropped { get; private set; }
     public long RxNoBuffers { get; private set; }
+    /// <summary>Times the transmit ring was full and a chain waited for the backend.</summary>
+    public long TxRingFull { get; private set; }
+    /// <summary>Times a backend thread waited for room in the receive ring (the guest was behind).</summary>
+    public long RxBackpressureWaits { get; private set; }
+
+    public override string Statistics =>
+        $"tx {FramesTransmitted} frames ({TxDropped} dropped, last error {LastTxError}, {TxRingFull} ring-full waits), "
+        + $"rx {FramesReceived} frames ({RxDropped} dropped, {RxNoBuffers} waits for guest buffers, {RxBackpressureWaits} backpressure waits)";
 
     internal void SetLinkUp(bool up) => _linkUp = up;
 
@@ -149,6 +157,7 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
             if (record.IsEmpty)
             {
                 // The backend is behind: keep this chain and stop; the ring calls ProcessQueue when it drains.
+                TxRingFull++;
                 _txHeld = true;
                 _txHeldHead = head;
                 _txHeldCount = count;
@@ -204,6 +213,7 @@ public sealed class VirtioNet : VirtioDevice, IDisposable
             // takes frames again.
             if (record.IsEmpty && !_rxStuck)
             {
+                RxBackpressureWaits++;
                 if (_rx.WaitForSpace(VirtioNetHeader.Size + frame.Length, RxBackpressureWait))
                 {
                     record = _rx.Reserve(VirtioNetHeader.Size + frame.Length);
