@@ -11,6 +11,7 @@
 # Usage: bench/hyperkit-net.sh [SECONDS]   (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/nested-l1.sh
 root=$(pwd)
 secs=${1:-10}
 ./kit --help >/dev/null   # builds artifacts/kit/kit when missing or older than the sources
@@ -68,23 +69,8 @@ qemu -netdev user,id=n0,restrict=off -device virtio-net-pci,netdev=n0 -append "\
 report qemu-user $work/qemu-user.log
 INNER
 
-cmd=$(printf 'sh %s' "$work/inner.sh" | base64 -w0)
-# One nested L1 per core on the machine, shared with the test runs (tests/Kit.Testing/NestedRunner.cs: flock slots).
-slot_taken=
-while [ -z "$slot_taken" ]; do
-  for i in $(seq 0 $(( $(nproc) - 1 ))); do
-    exec 9>"/tmp/kit-nested-slot-$i.lock"
-    if flock -n 9; then slot_taken=$i; break; fi
-    exec 9>&-
-  done
-  [ -n "$slot_taken" ] || sleep 2
-done
 echo "L1 boots; five L2 guests each boot (20-40 s) and run iperf3 twice for $secs s ..." >&2
-timeout 2400 qemu-system-x86_64 -accel tcg -cpu max -m 3072 -smp 1 -nodefaults -nographic -no-reboot -monitor none \
-  -serial stdio -kernel "$kernel" -initrd "$initrd" \
-  -append "console=ttyS0 quiet panic=-1 no_timer_check kit.nested=1 kit.results=$work kit.cmd=$cmd" \
-  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-  -virtfs "local,path=$work,mount_tag=results,security_model=none,multidevs=remap" > "$work/l1.log" 2>&1 || true
+nested_l1 "$kernel" "$initrd" "$work" 2400 "sh $work/inner.sh" || true
 echo "| path | guest->host (Mbit/s) | host->guest (-R, Mbit/s) |"
 echo "|---|---|---|"
 grep -a '^path=' "$work/l1.log" | tr -d '\r' | awk '{
