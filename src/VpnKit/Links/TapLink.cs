@@ -13,7 +13,7 @@ namespace Kit.VpnKit.Links;
 /// TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4) lets both sides exchange 64 KiB TCP segments with partial checksums:
 /// one read or write then carries what would otherwise be ~44 frames at MTU 1500.
 /// </summary>
-public sealed partial class TapLink : ILink
+public sealed partial class TapLink : IPollableLink
 {
     private const uint TunSetIff = 0x400454ca;     // _IOW('T', 202, int)
     private const uint TunSetOffload = 0x400454d0; // _IOW('T', 208, unsigned int)
@@ -23,6 +23,8 @@ public sealed partial class TapLink : ILink
     private const uint TunFCsum = 0x01;
     private const uint TunFTso4 = 0x02;
     private const int ORdWr = 2;
+    private const int Eagain = 11;
+    private const int Eintr = 4;
     private const int OCloexec = 0x80000;
     private const int VnetHeader = 10;
     private const byte NeedsCsum = 1;
@@ -126,6 +128,44 @@ public sealed partial class TapLink : ILink
         }
     }
 
+    SafeFileHandle IPollableLink.BeginPolling()
+    {
+        if (!Epoll.SetNonBlocking(_handle))
+        {
+            throw new IOException($"cannot make {Name} non-blocking: {Marshal.GetLastPInvokeErrorMessage()}");
+        }
+        return _handle;
+    }
+
+    int IPollableLink.TryReceive(Span<byte> buffer)
+    {
+        while (true)
+        {
+            Span<byte> into = _vnet ? _rx : buffer;
+            nint n = read(_handle, into, into.Length);
+            if (n < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == Eintr)
+                {
+                    continue;
+                }
+                return errno == Eagain ? -1 : 0;
+            }
+            if (n == 0 || !_vnet)
+            {
+                return (int)n;
+            }
+            if (n <= VnetHeader || n - VnetHeader > buffer.Length)
+            {
+                continue;
+            }
+            LastFrameTrusted = (_rx[0] & (NeedsCsum | DataValid)) != 0 || _rx[1] != 0;
+            _rx.AsSpan(VnetHeader, (int)n - VnetHeader).CopyTo(buffer);
+            return (int)n - VnetHeader;
+        }
+    }
+
     public void Send(ReadOnlySpan<byte> frame)
     {
         if (!_vnet)
@@ -168,15 +208,15 @@ public sealed partial class TapLink : ILink
         }
     }
 
+    /// <summary>
+    /// One write(2) per frame. A full TAP queue or a downed interface drops the frame, as a real NIC would (TCP
+    /// retransmits); so does a closed device.
+    /// </summary>
     private void Write(ReadOnlySpan<byte> bytes)
     {
         try
         {
-            _stream.Write(bytes);
-        }
-        catch (IOException)
-        {
-            // A full TAP queue or a downed interface drops the frame, as a real NIC would; TCP retransmits.
+            _ = write(_handle, bytes, bytes.Length);
         }
         catch (ObjectDisposedException)
         {
@@ -194,6 +234,12 @@ public sealed partial class TapLink : ILink
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ioctl(int fd, nuint request, byte[] arg);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint read(SafeFileHandle fd, Span<byte> buffer, nint count);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint write(SafeFileHandle fd, ReadOnlySpan<byte> buffer, nint count);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ioctl(int fd, nuint request, nuint arg);

@@ -715,8 +715,9 @@ internal sealed partial class Gateway
         }
         c.HoldTail = moreFollows;
         int n = c.Send.Write(data);
-        if (n < data.Length)
+        if (n < data.Length || c.Send.Free == 0)
         {
+            // Full (a caller that reads the host only as far as there is room fills it exactly): say when it drains.
             c.WantWritable = true;
         }
         TrySend(c);
