@@ -76,7 +76,14 @@ internal sealed partial class Epoll : IDisposable
             e.Clear();
             BinaryPrimitives.WriteUInt32LittleEndian(e, events);
             BinaryPrimitives.WriteUInt64LittleEndian(e.Slice(DataAt), token);
-            return epoll_ctl(_ep, op, fd, _one) == 0;
+            try
+            {
+                return epoll_ctl(_ep, op, fd, _one) == 0;
+            }
+            catch (ObjectDisposedException)
+            {
+                return false; // The loop has stopped (the server is being disposed).
+            }
         }
     }
 
@@ -113,7 +120,14 @@ internal sealed partial class Epoll : IDisposable
     {
         Span<byte> one = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(one, 1);
-        _ = write(_wake, one, 8);
+        try
+        {
+            _ = write(_wake, one, 8);
+        }
+        catch (ObjectDisposedException)
+        {
+            // Stopped: nobody waits any more.
+        }
     }
 
     /// <summary>Called by the waiter when the wake token fired: resets the eventfd's counter.</summary>

@@ -142,7 +142,15 @@ public sealed partial class TapLink : IPollableLink
         while (true)
         {
             Span<byte> into = _vnet ? _rx : buffer;
-            nint n = read(_handle, into, into.Length);
+            nint n;
+            try
+            {
+                n = read(_handle, into, into.Length);
+            }
+            catch (ObjectDisposedException)
+            {
+                return 0;
+            }
             if (n < 0)
             {
                 int errno = Marshal.GetLastPInvokeError();

@@ -232,5 +232,16 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     public void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
         => Icmp?.Send(guestIp, TranslateOut(destination), destination, id, sequence, payload);
 
-    public void Dispose() => Udp.Dispose();
+    /// <summary>Closes every host socket (with RST: the gateway is going away) and the UDP flows.</summary>
+    public void Dispose()
+    {
+        lock (_gate.Sync)
+        {
+            foreach (TcpProxy p in _proxies.ToArray())
+            {
+                p.OnReset();
+            }
+        }
+        Udp.Dispose();
+    }
 }
