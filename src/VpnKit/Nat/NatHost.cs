@@ -39,9 +39,6 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     /// <summary>The event loop that watches the TCP proxies' sockets; set before the first connection.</summary>
     public EventLoop? Loop { get; set; }
 
-    /// <summary>One buffer for every proxy's reads and writes: used only under the engine lock, never kept.</summary>
-    internal byte[] Scratch { get; } = new byte[TcpProxy.ChunkSize];
-
     /// <summary>Published UDP ports: guest replies to them go back to the host client, not through the NAT.</summary>
     public List<UdpPublisher> UdpPublishers { get; } = [];
     public IcmpForwarder? Icmp { get; set; }

@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
 using Kit.VpnKit.Links;
@@ -21,7 +20,6 @@ namespace Kit.VpnKit.Nat;
 /// </summary>
 internal sealed partial class TcpProxy : IPollHandler
 {
-    internal const int ChunkSize = 64 * 1024;
     private const uint Interest = Epoll.In | Epoll.Out | Epoll.RdHup | Epoll.EdgeTriggered;
 
     private enum Phase
@@ -46,10 +44,6 @@ internal sealed partial class TcpProxy : IPollHandler
     // Readiness as the kernel last reported it: cleared on EAGAIN, set again by the next epoll edge.
     private bool _canRecv = true;
     private bool _canSend = true;
-    /// <summary>Guest bytes taken from the engine that the socket has not accepted yet (rented only then).</summary>
-    private byte[]? _pending;
-    private int _pendingAt;
-    private int _pendingLength;
     /// <summary>The last engine write said more host bytes follow (a short last segment is held for them).</summary>
     private bool _holding;
     private bool _guestDone;
@@ -241,87 +235,46 @@ internal sealed partial class TcpProxy : IPollHandler
 
     private void GuestToHost(long now)
     {
+        Gateway engine = _gate.Engine;
         try
         {
-            while (true)
+            while (_canSend)
             {
-                if (_pendingLength > 0)
-                {
-                    if (!_canSend || !SendPending())
-                    {
-                        return;
-                    }
-                    continue;
-                }
                 if (_c.IsReset)
                 {
                     _guestDone = true;
                     return;
                 }
-                if (_c.Readable > 0)
+                // Sent straight from the engine's buffer; what the socket does not take stays there (the guest's
+                // window stays shut meanwhile) until EPOLLOUT.
+                ReadOnlySpan<byte> data = engine.TcpPeek(_c);
+                if (data.IsEmpty)
                 {
-                    if (!_canSend)
+                    if (_c.GuestFinished && _c.Readable == 0)
                     {
-                        return; // The socket is full: leave the bytes in the engine, whose window shrinks.
+                        _socket.Shutdown(SocketShutdown.Send);
+                        _guestDone = true;
                     }
-                    byte[] scratch = _nat.Scratch;
-                    int n = _gate.Engine.TcpRead(_c, scratch, now);
-                    int sent = _socket.Send(scratch.AsSpan(0, n), SocketFlags.None, out SocketError err);
-                    if (err == SocketError.WouldBlock)
-                    {
-                        sent = 0;
-                        _canSend = false;
-                    }
-                    else if (err != SocketError.Success)
-                    {
-                        Abort(now);
-                        return;
-                    }
-                    if (sent < n)
-                    {
-                        _pending = ArrayPool<byte>.Shared.Rent(ChunkSize);
-                        scratch.AsSpan(sent, n - sent).CopyTo(_pending);
-                        _pendingAt = 0;
-                        _pendingLength = n - sent;
-                    }
-                    continue;
+                    return; // Until the engine has more (TcpReadable).
                 }
-                if (_c.GuestFinished)
+                int sent = _socket.Send(data, SocketFlags.None, out SocketError err);
+                if (err == SocketError.WouldBlock)
                 {
-                    _socket.Shutdown(SocketShutdown.Send);
-                    _guestDone = true;
+                    _canSend = false;
+                    return;
                 }
-                return; // Until the engine has more (TcpReadable).
+                if (err != SocketError.Success)
+                {
+                    Abort(now);
+                    return;
+                }
+                engine.TcpConsume(_c, sent, now);
             }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
             Abort(now);
         }
-    }
-
-    /// <summary>Sends pending guest bytes; false when the socket would block (or failed and was aborted).</summary>
-    private bool SendPending()
-    {
-        int sent = _socket.Send(_pending.AsSpan(_pendingAt, _pendingLength), SocketFlags.None, out SocketError err);
-        if (err == SocketError.WouldBlock)
-        {
-            _canSend = false;
-            return false;
-        }
-        if (err != SocketError.Success)
-        {
-            Abort(EngineGate.Now);
-            return false;
-        }
-        _pendingAt += sent;
-        _pendingLength -= sent;
-        if (_pendingLength == 0)
-        {
-            ArrayPool<byte>.Shared.Return(_pending!);
-            _pending = null;
-        }
-        return true;
     }
 
     private void HostToGuest(long now)
@@ -334,20 +287,20 @@ internal sealed partial class TcpProxy : IPollHandler
                 _hostDone = true; // The engine can carry no more (reset, or closed): nothing left to read for.
                 return;
             }
-            int room = _c.Writable;
-            if (room == 0)
+            // Read straight into the engine's send buffer, only as far as it has room: the rest waits in the socket
+            // (the host's window shrinks) until the guest's ACKs drain it and the engine says so (TcpWritable).
+            Span<byte> room = engine.TcpWriteSpace(_c);
+            if (room.IsEmpty)
             {
-                // Full: the engine says when it drains (TcpWritable). Whatever it holds back goes out meanwhile.
                 Release(now);
                 return;
             }
-            int want = Math.Min(ChunkSize, room);
-            byte[] scratch = _nat.Scratch;
-            int n = _socket.Receive(scratch.AsSpan(0, want), SocketFlags.None, out SocketError err);
+            int n = _socket.Receive(room, SocketFlags.None, out SocketError err);
             if (err == SocketError.WouldBlock)
             {
                 _canRecv = false;
-                Release(now);
+                _holding = false;
+                engine.TcpCommit(_c, 0, now); // Sends a held segment; gives back storage a ring did not need.
                 return;
             }
             if (err != SocketError.Success)
@@ -358,6 +311,7 @@ internal sealed partial class TcpProxy : IPollHandler
             if (n == 0)
             {
                 _holding = false;
+                engine.TcpCommit(_c, 0, now);
                 engine.TcpShutdown(_c, now);
                 _hostDone = true;
                 return;
@@ -365,8 +319,8 @@ internal sealed partial class TcpProxy : IPollHandler
             // A full read: the socket probably holds more, which the next read takes at once, so a short last
             // segment may wait for it (bulk data leaves in full segments). A short read drained the socket: the
             // next bytes bring a new edge, so stop here without another recv(2) that would only say EAGAIN.
-            bool more = n == want;
-            engine.TcpWrite(_c, scratch.AsSpan(0, n), now, more);
+            bool more = n == room.Length;
+            engine.TcpCommit(_c, n, now, more);
             _holding = more;
             if (!more)
             {
@@ -381,7 +335,7 @@ internal sealed partial class TcpProxy : IPollHandler
         if (_holding)
         {
             _holding = false;
-            _gate.Engine.TcpWrite(_c, [], now, moreFollows: false);
+            _gate.Engine.TcpCommit(_c, 0, now);
         }
     }
 
@@ -426,12 +380,6 @@ internal sealed partial class TcpProxy : IPollHandler
         // Closing the descriptor also drops it from the epoll set; a stale event for the token is ignored.
         _socket.Dispose();
         Loop.Unregister(_token);
-        if (_pending is not null)
-        {
-            ArrayPool<byte>.Shared.Return(_pending);
-            _pending = null;
-            _pendingLength = 0;
-        }
         _nat.Forget(this);
     }
 
