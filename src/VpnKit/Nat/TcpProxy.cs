@@ -41,8 +41,10 @@ internal sealed partial class TcpProxy : IPollHandler
     private uint _address;
     private ushort _port;
 
-    // Readiness as the kernel last reported it: cleared on EAGAIN, set again by the next epoll edge.
-    private bool _canRecv = true;
+    // Readiness as the kernel last reported it: cleared on EAGAIN, set by the next epoll edge. The socket is watched
+    // from before it can carry data (ET reports readiness present at registration too), so it starts unreadable, and
+    // a connection whose peer sends nothing first costs no recv(2) that would only say EAGAIN.
+    private bool _canRecv;
     private bool _canSend = true;
     /// <summary>The last engine write said more host bytes follow (a short last segment is held for them).</summary>
     private bool _holding;
@@ -141,19 +143,6 @@ internal sealed partial class TcpProxy : IPollHandler
     /// <summary>The socket is ready (event loop, under the engine lock).</summary>
     public void OnReady(uint events, long now)
     {
-        if (_phase == Phase.Connecting)
-        {
-            // RFC 9293 has the SYN-ACK wait for the host: writable means connected, an error or hang-up means refused.
-            if ((events & (Epoll.Err | Epoll.Hup)) != 0 || ((events & Epoll.Out) != 0 && ConnectError() != 0))
-            {
-                FinishConnect(false, now, "refused or unreachable");
-            }
-            else if ((events & Epoll.Out) != 0)
-            {
-                FinishConnect(true, now, null);
-            }
-            return;
-        }
         if ((events & (Epoll.In | Epoll.RdHup | Epoll.Hup | Epoll.Err)) != 0)
         {
             _canRecv = true;
@@ -161,6 +150,20 @@ internal sealed partial class TcpProxy : IPollHandler
         if ((events & (Epoll.Out | Epoll.Hup | Epoll.Err)) != 0)
         {
             _canSend = true;
+        }
+        if (_phase == Phase.Connecting)
+        {
+            // The SYN-ACK waits for the host (connect-before-accept): writable means connected; an error or a hang-up
+            // means refused or unreachable.
+            if ((events & (Epoll.Err | Epoll.Hup)) != 0)
+            {
+                FinishConnect(false, now, ConnectError() is int e && e != 0 ? ((SocketError)e).ToString() : "hang-up");
+            }
+            else if ((events & Epoll.Out) != 0)
+            {
+                FinishConnect(true, now, null);
+            }
+            return;
         }
         Run(now);
     }
