@@ -24,6 +24,10 @@ internal interface IPollHandler
 internal sealed class EventLoop : IDisposable
 {
     private const int MaxEvents = 64;
+    /// <summary>Frames read from one link per turn, so one busy link cannot starve the sockets.</summary>
+    private const int MaxFramesPerTurn = 16;
+    /// <summary>A frame at least this long (a full MTU 1500 segment or a TSO one) suggests more are queued behind it.</summary>
+    private const int BulkFrame = 1400;
     private const int SweepMs = 10_000;
     private readonly EngineGate _gate;
     private readonly NatHost _nat;
@@ -182,23 +186,33 @@ internal sealed class EventLoop : IDisposable
         public void OnReady(uint events, long now)
         {
             byte[] buffer = loop._frame;
-            int n = link.TryReceive(buffer);
-            if (n < 0)
+            for (int i = 0; i < MaxFramesPerTurn; i++)
             {
-                return;
-            }
-            if (n == 0)
-            {
-                // Level-triggered: a dead descriptor stays ready, so it leaves the set before anything else.
-                loop._epoll.Remove(Fd);
-                loop.Unregister(Token);
-                loop._linkClosed(link);
-                return;
-            }
-            ReadOnlySpan<byte> frame = buffer.AsSpan(0, n);
-            if (loop._switch.FromLink(link, frame, loop._gatewayMac))
-            {
-                loop._gate.Engine.Receive(frame, now, link.LastFrameTrusted);
+                int n = link.TryReceive(buffer);
+                if (n < 0)
+                {
+                    return;
+                }
+                if (n == 0)
+                {
+                    // Level-triggered: a dead descriptor stays ready, so it leaves the set before anything else.
+                    loop._epoll.Remove(Fd);
+                    loop.Unregister(Token);
+                    loop._linkClosed(link);
+                    return;
+                }
+                ReadOnlySpan<byte> frame = buffer.AsSpan(0, n);
+                if (loop._switch.FromLink(link, frame, loop._gatewayMac))
+                {
+                    loop._gate.Engine.Receive(frame, now, link.LastFrameTrusted);
+                }
+                // A small frame (a request, an ACK) is most likely alone: back to epoll rather than a read that would
+                // only say EAGAIN. Bulk data comes in runs: read on, and the flows' sockets get one larger send(2)
+                // per run (the loop moves their bytes after all events are in).
+                if (n < BulkFrame)
+                {
+                    return;
+                }
             }
         }
     }
