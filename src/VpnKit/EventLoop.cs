@@ -126,7 +126,15 @@ internal sealed class EventLoop : IDisposable
         int timeout = 0;
         while (!_stop)
         {
-            int n = _epoll.Wait(events, timeout);
+            int n;
+            try
+            {
+                n = _epoll.Wait(events, timeout);
+            }
+            catch (ObjectDisposedException)
+            {
+                return; // Disposed while stopping.
+            }
             long now;
             lock (_gate.Sync)
             {

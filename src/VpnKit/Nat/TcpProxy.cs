@@ -282,6 +282,18 @@ internal sealed partial class TcpProxy : IPollHandler
 
     private void HostToGuest(long now)
     {
+        try
+        {
+            HostToGuestTurn(now);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            Abort(now);
+        }
+    }
+
+    private void HostToGuestTurn(long now)
+    {
         Gateway engine = _gate.Engine;
         while (_canRecv)
         {
