@@ -10,7 +10,9 @@ Client modes (run inside the namespace):
                        and with a gateway pid (ppid = our parent, which `kit net run` is) also that process's CPU
                        time (user+system, all threads) and context switches per round trip, figures that move
                        much less with the machine's load than the rate does
-  conn HOST PORT SECS  connect, send 1 byte, read the echo, close; prints connections/s
+  conn HOST PORT SECS [GWPID|ppid]
+                       connect, send 1 byte, read the echo, close; prints connections/s (and, with a gateway pid,
+                       its CPU time and context switches per connection, as rr does)
   hold HOST PORT N SECS READYFILE   write READYFILE.0, wait 3 s, open N idle connections, write READYFILE, sleep SECS, close them
 """
 import os, socket, sys, threading, time
@@ -89,8 +91,9 @@ def rr(host: str, port: int, secs: float, gw: int = 0) -> None:
     print(f"{n / dt:.0f} round_trips_per_s {dt / n * 1e6:.1f} us_per_round_trip{extra}")
 
 
-def conn(host: str, port: int, secs: float) -> None:
+def conn(host: str, port: int, secs: float, gw: int = 0) -> None:
     n = 0
+    c0 = gateway_cost(gw) if gw else (0.0, 0)
     t0 = time.perf_counter(); end = t0 + secs
     while n < MAX_ITER:
         s = socket.create_connection((host, port), timeout=10)
@@ -99,7 +102,9 @@ def conn(host: str, port: int, secs: float) -> None:
         if time.perf_counter() >= end:
             break
     dt = time.perf_counter() - t0
-    print(f"{n / dt:.0f} connections_per_s")
+    c1 = gateway_cost(gw) if gw else (0.0, 0)
+    extra = f" {(c1[0] - c0[0]) / n * 1e6:.1f} gw_cpu_us_per_conn {(c1[1] - c0[1]) / n:.2f} gw_switches_per_conn" if gw else ""
+    print(f"{n / dt:.0f} connections_per_s{extra}")
 
 
 def hold(host: str, port: int, count: int, secs: float, ready: str) -> None:
@@ -126,7 +131,8 @@ if __name__ == "__main__":
         gw = sys.argv[5] if len(sys.argv) > 5 else "0"
         rr(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), os.getppid() if gw == "ppid" else int(gw))
     elif m == "conn":
-        conn(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        gw = sys.argv[5] if len(sys.argv) > 5 else "0"
+        conn(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), os.getppid() if gw == "ppid" else int(gw))
     elif m == "hold":
         hold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
     else:

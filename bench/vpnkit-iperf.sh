@@ -125,12 +125,17 @@ fi
 
 if part conn; then
 echo "## connection setup (bench/tcpbench.py conn: connect, 1-byte echo, close), MTU 1500, 3 s"
-echo "| metric | kit net run | slirp4netns | pasta |"
+echo "Gateway CPU and context switches per connection are the gateway process's (all threads)."
+echo "| tool | connections/s | gateway CPU us per connection | gateway context switches per connection |"
 echo "|---|---|---|---|"
-con_k=$(kit_exec 1500 $PY $TB conn 192.168.65.2 $TB_PORT 3 2>>"$OUT/kit-conn.err" | awk '{print $1}' || echo ERR)
-slirp_start 1500; con_s=$(slirp_exec $PY $TB conn 10.0.2.2 $TB_PORT 3 | awk '{print $1}' || echo ERR); slirp_stop
-pasta_start 1500; con_p=$(pasta_exec $PY $TB conn "$PASTA_GW" $TB_PORT 3 | awk '{print $1}' || echo ERR); pasta_stop
-echo "| connections/s | $con_k | $con_s | $con_p |"
+# conn_row NAME, then the "RATE ... CPU gw_cpu_us_per_conn SW gw_switches_per_conn" line on stdin
+conn_row() { $PY -c '
+import sys
+r = next((l.split() for l in sys.stdin if l.strip() and l.split()[0].isdigit()), None)
+print("| %s | %s | %s | %s |" % ((sys.argv[1],) + ((r[0], r[2], r[4]) if r and len(r) > 4 else ("ERR", "-", "-"))))' "$1"; }
+kit_exec 1500 $PY $TB conn 192.168.65.2 $TB_PORT 3 ppid 2>>"$OUT/kit-conn.err" | conn_row "kit net run" || true
+slirp_start 1500; slirp_exec $PY $TB conn 10.0.2.2 $TB_PORT 3 "$SLIRP_PID" | conn_row slirp4netns || true; slirp_stop
+pasta_start 1500; pasta_exec $PY $TB conn "$PASTA_GW" $TB_PORT 3 "$PASTA_PID" | conn_row pasta || true; pasta_stop
 echo
 
 fi

@@ -50,8 +50,10 @@ public sealed class VpnKitServerOptions
 }
 
 /// <summary>
-/// The VPNKit driver: one pure engine behind one lock, a switch of guest links (each read on its own thread),
-/// the NAT's sockets, the DNS forwarder and a timer thread that polls the engine's deadlines.
+/// The VPNKit driver: one pure engine behind one lock, a switch of guest links, the NAT's sockets, the DNS
+/// forwarder, and the event loop (<see cref="EventLoop"/>) that reads pollable links (TAP), carries every TCP flow's
+/// host socket and runs the engine's timers. A link that can only block (a QEMU or hyperkit socket, the in-process
+/// virtio-net) is read on a thread of its own, which then does that frame's host socket work itself.
 /// </summary>
 public sealed partial class VpnKitServer : IDisposable
 {
@@ -65,7 +67,7 @@ public sealed partial class VpnKitServer : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly List<IDisposable> _owned = [];
     private readonly DnsForwarder _dns;
-    private Thread? _timer;
+    private readonly EventLoop _loop;
 
     public VpnKitServer(VpnKitServerOptions options, ILoggerFactory logs)
     {
@@ -81,6 +83,9 @@ public sealed partial class VpnKitServer : IDisposable
         var dns = _dns;
         _nat = new NatHost(_gate, _gw, dns, _log);
         _gate.Engine = new Gateway(_gw, _switch, _nat);
+        _loop = new EventLoop(_gate, _nat, _switch, _gw.GatewayMac, LinkClosed);
+        _nat.Loop = _loop;
+        _gate.Nat = _nat;
         if (options.PcapPath is not null)
         {
             _pcap = new PcapWriter(new FileStream(options.PcapPath, FileMode.Create, FileAccess.Write, FileShare.Read, 1 << 16));
@@ -113,24 +118,37 @@ public sealed partial class VpnKitServer : IDisposable
                 throw new IOException(error);
             }
         }
-        _timer = new Thread(TimerLoop) { IsBackground = true, Name = "vpnkit-timer" };
-        _timer.Start();
+        _gate.Loop = _loop;
+        _loop.Start();
     }
 
-    /// <summary>Attaches a guest link and starts reading it on its own thread.</summary>
+    /// <summary>Attaches a guest link: read by the event loop if it can be polled, else on a thread of its own.</summary>
     public void AddLink(ILink link)
     {
         _switch.Add(link);
-        var t = new Thread(() => ReadLoop(link)) { IsBackground = true, Name = $"vpnkit-link {link.Name}" };
-        t.Start();
+        if (link is IPollableLink pollable)
+        {
+            _loop.AddLink(pollable);
+        }
+        else
+        {
+            var t = new Thread(() => ReadLoop(link)) { IsBackground = true, Name = $"vpnkit-link {link.Name}" };
+            t.Start();
+        }
         LogLinkUp(_log, link.Name);
+    }
+
+    private void LinkClosed(ILink link)
+    {
+        _switch.Remove(link);
+        link.Dispose();
+        LogLinkDown(_log, link.Name);
     }
 
     private void ReadLoop(ILink link)
     {
         byte[] buffer = new byte[70_000];
         Gateway engine = _gate.Engine;
-        var wakeups = new List<(TcpProxy, bool, bool)>();
         try
         {
             while (!_stop.IsCancellationRequested)
@@ -146,49 +164,14 @@ public sealed partial class VpnKitServer : IDisposable
                     lock (_gate.Sync)
                     {
                         engine.Receive(frame, EngineGate.Now, link.LastFrameTrusted);
-                        _nat.TakeWakeups(wakeups);
-                    }
-                    if (wakeups.Count > 0)
-                    {
-                        NatHost.RunWakeups(wakeups);
+                        _gate.Settle();
                     }
                 }
             }
         }
         finally
         {
-            _switch.Remove(link);
-            link.Dispose();
-            LogLinkDown(_log, link.Name);
-        }
-    }
-
-    private void TimerLoop()
-    {
-        Gateway engine = _gate.Engine;
-        var wakeups = new List<(TcpProxy, bool, bool)>();
-        long nextSweep = EngineGate.Now + 10_000;
-        while (!_stop.IsCancellationRequested)
-        {
-            Thread.Sleep(5);
-            long now = EngineGate.Now;
-            if (now >= engine.NextDeadline)
-            {
-                lock (_gate.Sync)
-                {
-                    engine.OnTimer(now);
-                    _nat.TakeWakeups(wakeups);
-                }
-                if (wakeups.Count > 0)
-                {
-                    NatHost.RunWakeups(wakeups);
-                }
-            }
-            if (now >= nextSweep)
-            {
-                _nat.Udp.Expire();
-                nextSweep = now + 10_000;
-            }
+            LinkClosed(link);
         }
     }
 
@@ -353,7 +336,6 @@ public sealed partial class VpnKitServer : IDisposable
             while (true)
             {
                 Socket s = await listener.AcceptAsync().ConfigureAwait(false);
-                s.NoDelay = true;
                 lock (_gate.Sync)
                 {
                     TcpConnection? c = _gate.Engine.OpenToGuest(_gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp, EngineGate.Now);
@@ -363,6 +345,7 @@ public sealed partial class VpnKitServer : IDisposable
                         continue;
                     }
                     _nat.Adopt(c, s);
+                    _gate.Settle();
                 }
             }
         }
@@ -382,6 +365,7 @@ public sealed partial class VpnKitServer : IDisposable
             }
             _publishes.Clear();
         }
+        _loop.Dispose();
         foreach (IDisposable d in _owned)
         {
             d.Dispose();

@@ -7,13 +7,13 @@ namespace Kit.VpnKit.Links;
 
 /// <summary>
 /// A Linux TAP device (Documentation/networking/tuntap.rst): IFF_TAP | IFF_NO_PI, so each read or write is exactly
-/// one Ethernet frame. The fd is wrapped in an unbuffered FileStream, so reads and writes are plain read(2)/write(2)
-/// and only the ioctls need P/Invoke.
+/// one Ethernet frame. Reads and writes are plain read(2)/write(2) (readv/writev with the virtio-net header), by
+/// P/Invoke on the device's descriptor; the gateway's event loop polls it (<see cref="IPollableLink"/>).
 /// With offload, IFF_VNET_HDR puts a 10-byte struct virtio_net_hdr (virtio spec §5.1.6) before every frame and
 /// TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4) lets both sides exchange 64 KiB TCP segments with partial checksums:
 /// one read or write then carries what would otherwise be ~44 frames at MTU 1500.
 /// </summary>
-public sealed partial class TapLink : ILink
+public sealed partial class TapLink : IPollableLink
 {
     private const uint TunSetIff = 0x400454ca;     // _IOW('T', 202, int)
     private const uint TunSetOffload = 0x400454d0; // _IOW('T', 208, unsigned int)
@@ -23,28 +23,24 @@ public sealed partial class TapLink : ILink
     private const uint TunFCsum = 0x01;
     private const uint TunFTso4 = 0x02;
     private const int ORdWr = 2;
+    private const int Eagain = 11;
+    private const int Eintr = 4;
+    private const int Ebadf = 9;
     private const int OCloexec = 0x80000;
     private const int VnetHeader = 10;
     private const byte NeedsCsum = 1;
     private const byte DataValid = 2;
     private const byte GsoTcpV4 = 1;
 
-    private readonly FileStream _stream;
     private readonly SafeFileHandle _handle;
     private readonly bool _vnet;
-    private readonly byte[] _rx;
-    private readonly byte[] _txBuffer;
-    private readonly object _txGate = new();
 
     private TapLink(SafeFileHandle handle, string name, int mtu, bool vnet)
     {
         _handle = handle;
-        _stream = new FileStream(handle, FileAccess.ReadWrite, bufferSize: 0);
         Name = name;
         MaxFrame = mtu + 14;
         _vnet = vnet;
-        _rx = vnet ? new byte[VnetHeader + 70_000] : [];
-        _txBuffer = vnet ? new byte[VnetHeader + 70_000] : [];
     }
 
     public string Name { get; }
@@ -91,38 +87,80 @@ public sealed partial class TapLink : ILink
         return new TapLink(handle, actual, mtu, offload);
     }
 
+    /// <summary>Blocks for the next frame (a link read on a thread of its own; the event loop uses TryReceive).</summary>
     public int Receive(Span<byte> buffer)
     {
-        try
+        while (true)
         {
-            if (!_vnet)
+            int n = ReadFrame(buffer, out int errno);
+            if (n >= 0 || errno != Eintr)
             {
-                return _stream.Read(buffer);
-            }
-            while (true)
-            {
-                int n = _stream.Read(_rx);
-                if (n <= 0)
-                {
-                    return 0;
-                }
-                if (n <= VnetHeader || n - VnetHeader > buffer.Length)
-                {
-                    continue;
-                }
-                // The kernel vouches for frames whose checksum it left partial or already validated.
-                LastFrameTrusted = (_rx[0] & (NeedsCsum | DataValid)) != 0 || _rx[1] != 0;
-                _rx.AsSpan(VnetHeader, n - VnetHeader).CopyTo(buffer);
-                return n - VnetHeader;
+                return Math.Max(n, 0);
             }
         }
-        catch (IOException)
+    }
+
+    SafeFileHandle IPollableLink.BeginPolling()
+    {
+        if (!Epoll.SetNonBlocking(_handle))
         {
-            return 0;
+            throw new IOException($"cannot make {Name} non-blocking: {Marshal.GetLastPInvokeErrorMessage()}");
         }
-        catch (ObjectDisposedException)
+        return _handle;
+    }
+
+    int IPollableLink.TryReceive(Span<byte> buffer)
+    {
+        while (true)
         {
-            return 0;
+            int n = ReadFrame(buffer, out int errno);
+            if (n >= 0)
+            {
+                return n;
+            }
+            if (errno != Eintr)
+            {
+                return errno == Eagain ? -1 : 0;
+            }
+        }
+    }
+
+    /// <summary>
+    /// One read: the frame lands in <paramref name="buffer"/> directly, its virtio-net header (with offload) in a
+    /// separate 10-byte vector (readv(2)), so a 64 KiB segment is not copied again. Returns the frame's length, 0 when
+    /// the device is gone, -1 with <paramref name="errno"/> set. A frame too large for the buffer is skipped.
+    /// </summary>
+    private int ReadFrame(Span<byte> buffer, out int errno)
+    {
+        errno = 0;
+        while (true)
+        {
+            nint n;
+            Span<byte> header = stackalloc byte[VnetHeader];
+            try
+            {
+                n = _vnet ? ReadVector(header, buffer) : read(_handle, buffer, buffer.Length);
+            }
+            catch (ObjectDisposedException)
+            {
+                return 0;
+            }
+            if (n < 0)
+            {
+                errno = Marshal.GetLastPInvokeError();
+                return errno == Ebadf ? 0 : -1;
+            }
+            if (n == 0 || !_vnet)
+            {
+                return (int)n;
+            }
+            if (n <= VnetHeader || n - VnetHeader > buffer.Length)
+            {
+                continue; // Runt, or truncated: dropped, as a NIC drops what does not fit its buffer.
+            }
+            // The kernel vouches for frames whose checksum it left partial or already validated.
+            LastFrameTrusted = (header[0] & (NeedsCsum | DataValid)) != 0 || header[1] != 0;
+            return (int)n - VnetHeader;
         }
     }
 
@@ -133,12 +171,9 @@ public sealed partial class TapLink : ILink
             Write(frame);
             return;
         }
-        lock (_txGate)
-        {
-            _txBuffer.AsSpan(0, VnetHeader).Clear();
-            frame.CopyTo(_txBuffer.AsSpan(VnetHeader));
-            Write(_txBuffer.AsSpan(0, VnetHeader + frame.Length));
-        }
+        Span<byte> header = stackalloc byte[VnetHeader];
+        header.Clear();
+        WriteVector(header, frame);
     }
 
     /// <summary>A TCP/IPv4 frame with a partial checksum: the kernel finishes it and, if asked, segments it.</summary>
@@ -153,47 +188,124 @@ public sealed partial class TapLink : ILink
         int ihl = (frame[ipAt] & 0xF) * 4;
         int tcpAt = ipAt + ihl;
         int thl = (frame[tcpAt + 12] >> 4) * 4;
-        lock (_txGate)
-        {
-            Span<byte> h = _txBuffer.AsSpan(0, VnetHeader);
-            // struct virtio_net_hdr, little-endian fields (legacy layout, as tun uses on little-endian hosts).
-            h[0] = NeedsCsum;
-            h[1] = segmentSize > 0 ? GsoTcpV4 : (byte)0;
-            BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(2), (ushort)(tcpAt + thl)); // hdr_len
-            BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(4), (ushort)segmentSize);    // gso_size
-            BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(6), (ushort)tcpAt);          // csum_start
-            BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(8), 16);                     // csum_offset
-            frame.CopyTo(_txBuffer.AsSpan(VnetHeader));
-            Write(_txBuffer.AsSpan(0, VnetHeader + frame.Length));
-        }
+        Span<byte> h = stackalloc byte[VnetHeader];
+        // struct virtio_net_hdr, little-endian fields (legacy layout, as tun uses on little-endian hosts).
+        h[0] = NeedsCsum;
+        h[1] = segmentSize > 0 ? GsoTcpV4 : (byte)0;
+        BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(2), (ushort)(tcpAt + thl)); // hdr_len
+        BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(4), (ushort)segmentSize);    // gso_size
+        BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(6), (ushort)tcpAt);          // csum_start
+        BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(8), 16);                     // csum_offset
+        WriteVector(h, frame);
     }
 
+    /// <summary>
+    /// One write(2) per frame. A full TAP queue or a downed interface drops the frame, as a real NIC would (TCP
+    /// retransmits); so does a closed device.
+    /// </summary>
     private void Write(ReadOnlySpan<byte> bytes)
     {
         try
         {
-            _stream.Write(bytes);
-        }
-        catch (IOException)
-        {
-            // A full TAP queue or a downed interface drops the frame, as a real NIC would; TCP retransmits.
+            _ = write(_handle, bytes, bytes.Length);
         }
         catch (ObjectDisposedException)
         {
         }
     }
 
-    public void Dispose()
+    /// <summary>
+    /// Header and frame in one writev(2): the frame is not copied behind the header first, and no buffer or lock is
+    /// shared between the threads that send. Drops as <see cref="Write"/> does.
+    /// </summary>
+    private void WriteVector(ReadOnlySpan<byte> header, ReadOnlySpan<byte> frame)
     {
-        _stream.Dispose();
-        _handle.Dispose();
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+            unsafe
+            {
+                // SAFETY: both spans are pinned by `fixed` for the duration of the call; the iovecs on the stack point
+                // into them with their exact lengths; the kernel only reads them; the handle is kept open by AddRef.
+                fixed (byte* h = header)
+                fixed (byte* f = frame)
+                {
+                    Iovec* iov = stackalloc Iovec[2];
+                    iov[0] = new Iovec { Base = h, Length = (nuint)header.Length };
+                    iov[1] = new Iovec { Base = f, Length = (nuint)frame.Length };
+                    _ = writev((int)_handle.DangerousGetHandle(), iov, 2);
+                }
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+        finally
+        {
+            if (added)
+            {
+                _handle.DangerousRelease();
+            }
+        }
     }
+
+    /// <summary>readv(2) of the virtio-net header and the frame; the raw return value (errno is kept for the caller).</summary>
+    private nint ReadVector(Span<byte> header, Span<byte> frame)
+    {
+        bool added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+            unsafe
+            {
+                // SAFETY: both spans are pinned by `fixed` for the duration of the call; the iovecs on the stack point
+                // into them with their exact lengths, so the kernel writes nowhere else; the handle is kept open by AddRef.
+                fixed (byte* h = header)
+                fixed (byte* f = frame)
+                {
+                    Iovec* iov = stackalloc Iovec[2];
+                    iov[0] = new Iovec { Base = h, Length = (nuint)header.Length };
+                    iov[1] = new Iovec { Base = f, Length = (nuint)frame.Length };
+                    return readv((int)_handle.DangerousGetHandle(), iov, 2);
+                }
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                _handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <summary>struct iovec (uio.h).</summary>
+    private unsafe struct Iovec
+    {
+        public byte* Base;
+        public nuint Length;
+    }
+
+    public void Dispose() => _handle.Dispose();
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int open(string path, int flags);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ioctl(int fd, nuint request, byte[] arg);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint read(SafeFileHandle fd, Span<byte> buffer, nint count);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint write(SafeFileHandle fd, ReadOnlySpan<byte> buffer, nint count);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static unsafe partial nint readv(int fd, Iovec* iov, int count);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static unsafe partial nint writev(int fd, Iovec* iov, int count);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ioctl(int fd, nuint request, nuint arg);

@@ -9,17 +9,21 @@ namespace Kit.VpnKit.Nat;
 /// <summary>
 /// The host side of every guest flow: decides where each goes (the host alias 192.168.65.2 means the host's
 /// 127.0.0.1; the gateway's port 53 is the DNS forwarder; anything else is the real destination) and owns the
-/// sockets. Engine callbacks arrive under the engine lock and only start work or signal pumps; they never block.
+/// sockets. Engine callbacks arrive under the engine lock, inside an engine call: they only start connects and queue
+/// TCP proxies; <see cref="RunQueued"/> (same lock, after the engine call returns) then moves their bytes on the same
+/// thread.
 /// </summary>
 internal sealed partial class NatHost : IFlowHandler, IDisposable
 {
-    private static readonly TimeSpan ConnectTimeout = TimeSpan.FromSeconds(15);
+    private const int ConnectTimeoutMs = 15_000;
     private readonly EngineGate _gate;
     private readonly GatewayOptions _o;
     private readonly DnsForwarder _dns;
     private readonly ILogger _log;
-    private readonly object _proxiesGate = new();
     private readonly HashSet<TcpProxy> _proxies = [];
+    private readonly List<TcpProxy> _runList = [];
+    /// <summary>Connects in flight, oldest first: each has the same timeout, so the head expires first.</summary>
+    private readonly Queue<TcpProxy> _connecting = new();
 
     public NatHost(EngineGate gate, GatewayOptions options, DnsForwarder dns, ILogger log)
     {
@@ -32,6 +36,9 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
 
     public UdpNat Udp { get; }
 
+    /// <summary>The event loop that watches the TCP proxies' sockets; set before the first connection.</summary>
+    public EventLoop? Loop { get; set; }
+
     /// <summary>Published UDP ports: guest replies to them go back to the host client, not through the NAT.</summary>
     public List<UdpPublisher> UdpPublishers { get; } = [];
     public IcmpForwarder? Icmp { get; set; }
@@ -39,16 +46,8 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     /// <summary>The loopback listener that answers DNS over TCP for the gateway; null until started.</summary>
     public IPEndPoint? DnsTcp { get; set; }
 
-    public int ProxyCount
-    {
-        get
-        {
-            lock (_proxiesGate)
-            {
-                return _proxies.Count;
-            }
-        }
-    }
+    /// <summary>Open TCP proxies (under the engine lock).</summary>
+    public int ProxyCount => _proxies.Count;
 
     private const uint Loopback = 0x7F000001;
 
@@ -60,47 +59,69 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
 
     public void TcpConnectRequested(TcpConnection c)
     {
-        EndPoint? target = null;
+        uint address = 0;
+        ushort port = c.RemotePort;
         if (c.RemoteIp == _o.GatewayIp)
         {
-            if (c.RemotePort == 53)
+            if (c.RemotePort == 53 && DnsTcp is { } dns)
             {
-                target = DnsTcp; // DNS over TCP (RFC 7766): answered by the forwarder's TCP listener on loopback.
+                // DNS over TCP (RFC 7766): answered by the forwarder's TCP listener on loopback.
+                address = FromAddress(dns.Address);
+                port = (ushort)dns.Port;
             }
         }
         else if (!(_o.InSubnet(c.RemoteIp) && c.RemoteIp != _o.HostIp))
         {
-            target = new IPEndPoint(ToAddress(TranslateOut(c.RemoteIp)), c.RemotePort);
+            address = TranslateOut(c.RemoteIp);
         }
-        if (target is null)
+        long now = EngineGate.Now;
+        TcpProxy? proxy = address == 0 || Loop is null ? null : TcpProxy.Connect(_gate, this, Loop, c, address, port, now + ConnectTimeoutMs, _log);
+        if (proxy is null)
         {
-            _gate.Engine.CompleteConnect(c, connected: false, EngineGate.Now);
+            _gate.Engine.CompleteConnect(c, connected: false, now);
             return;
         }
-        Socket socket = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        var proxy = new TcpProxy(_gate, c, socket, _log, Forget);
-        lock (_proxiesGate)
-        {
-            _proxies.Add(proxy);
-        }
-        _ = proxy.ConnectAsync(target, ConnectTimeout);
+        _proxies.Add(proxy);
+        _connecting.Enqueue(proxy);
     }
 
     /// <summary>Adopts an accepted host socket for an engine-opened (published port) connection.</summary>
     public void Adopt(TcpConnection c, Socket accepted)
     {
-        var proxy = new TcpProxy(_gate, c, accepted, _log, Forget);
-        lock (_proxiesGate)
+        TcpProxy? proxy = Loop is null ? null : TcpProxy.Adopt(_gate, this, Loop, c, accepted, _log);
+        if (proxy is null)
         {
-            _proxies.Add(proxy);
+            accepted.Dispose();
+            _gate.Engine.TcpAbort(c, EngineGate.Now);
+            return;
+        }
+        _proxies.Add(proxy);
+    }
+
+    internal void Forget(TcpProxy p) => _proxies.Remove(p);
+
+    /// <summary>A proxy's connect finished; the queue drops it lazily.</summary>
+    internal void ConnectDone(TcpProxy p) => p.ConnectDeadline = 0;
+
+    /// <summary>When the oldest connect in flight times out (absolute ms), or long.MaxValue.</summary>
+    public long NextDeadline
+    {
+        get
+        {
+            while (_connecting.TryPeek(out TcpProxy? p) && (p.ConnectDeadline == 0 || !p.Connecting))
+            {
+                _connecting.Dequeue();
+            }
+            return _connecting.TryPeek(out TcpProxy? head) ? head.ConnectDeadline : long.MaxValue;
         }
     }
 
-    private void Forget(TcpProxy p)
+    /// <summary>Fails connects that took longer than the timeout (the guest gets RST).</summary>
+    public void OnTimer(long now)
     {
-        lock (_proxiesGate)
+        while (NextDeadline <= now)
         {
-            _proxies.Remove(p);
+            _connecting.Dequeue().FinishConnect(false, now, "timed out");
         }
     }
 
@@ -117,55 +138,46 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         return address.TryWriteBytes(b, out int n) && n == 4 ? System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(b) : 0;
     }
 
-    public void TcpEstablished(TcpConnection c) => (c.Tag as TcpProxy)?.StartPumps();
-
-    private readonly List<TcpProxy> _wakeups = [];
-
-    public void TcpReadable(TcpConnection c) => Queue(c.Tag as TcpProxy, readable: true);
-
-    public void TcpWritable(TcpConnection c) => Queue(c.Tag as TcpProxy, readable: false);
-
-    /// <summary>Called under the engine lock: remember whom to wake once the lock is released.</summary>
-    private void Queue(TcpProxy? p, bool readable)
+    public void TcpEstablished(TcpConnection c)
     {
-        if (p is null)
+        if (c.Tag is TcpProxy p)
+        {
+            p.Established();
+            Queue(p);
+        }
+    }
+
+    public void TcpReadable(TcpConnection c) => Queue(c.Tag as TcpProxy);
+
+    public void TcpWritable(TcpConnection c) => Queue(c.Tag as TcpProxy);
+
+    /// <summary>Under the engine lock, inside an engine call: run the proxy once the call has returned.</summary>
+    internal void Queue(TcpProxy? p)
+    {
+        if (p is not null && !p.Queued)
+        {
+            p.Queued = true;
+            _runList.Add(p);
+        }
+    }
+
+    /// <summary>Under the engine lock, after an engine call: moves the bytes of every proxy its callbacks queued.</summary>
+    public void RunQueued()
+    {
+        if (_runList.Count == 0)
         {
             return;
         }
-        if (readable)
+        long now = EngineGate.Now;
+        // A proxy's calls into the engine (read, write, shutdown, abort, connect outcome) raise no callbacks, so no
+        // run queues another and this ends after one pass; the list is indexed because that stays true only by design.
+        for (int i = 0; i < _runList.Count; i++)
         {
-            p.WakeReadable = true;
+            TcpProxy p = _runList[i];
+            p.Queued = false;
+            p.Run(now);
         }
-        else
-        {
-            p.WakeWritable = true;
-        }
-        if (!p.WakeQueued)
-        {
-            p.WakeQueued = true;
-            _wakeups.Add(p);
-        }
-    }
-
-    /// <summary>Under the engine lock: moves the pending wake-ups to the caller's list.</summary>
-    public void TakeWakeups(List<(TcpProxy Proxy, bool Readable, bool Writable)> into)
-    {
-        foreach (TcpProxy p in _wakeups)
-        {
-            into.Add((p, p.WakeReadable, p.WakeWritable));
-            p.WakeQueued = p.WakeReadable = p.WakeWritable = false;
-        }
-        _wakeups.Clear();
-    }
-
-    /// <summary>Outside the engine lock: delivers wake-ups; pumps may run inline on this thread until they wait.</summary>
-    public static void RunWakeups(List<(TcpProxy Proxy, bool Readable, bool Writable)> list)
-    {
-        foreach (var (p, r, w) in list)
-        {
-            p.Wake(r, w);
-        }
-        list.Clear();
+        _runList.Clear();
     }
 
     public void TcpReset(TcpConnection c) => (c.Tag as TcpProxy)?.OnReset();
@@ -217,5 +229,16 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     public void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
         => Icmp?.Send(guestIp, TranslateOut(destination), destination, id, sequence, payload);
 
-    public void Dispose() => Udp.Dispose();
+    /// <summary>Closes every host socket (with RST: the gateway is going away) and the UDP flows.</summary>
+    public void Dispose()
+    {
+        lock (_gate.Sync)
+        {
+            foreach (TcpProxy p in _proxies.ToArray())
+            {
+                p.OnReset();
+            }
+        }
+        Udp.Dispose();
+    }
 }

@@ -1,276 +1,406 @@
-using System.Buffers;
 using System.Net;
 using System.Net.Sockets;
+using Kit.VpnKit.Links;
 using Kit.VpnKit.Stack;
 using Microsoft.Extensions.Logging;
 
 namespace Kit.VpnKit.Nat;
 
 /// <summary>
-/// Carries one terminated guest TCP connection to a host socket, both ways, with back-pressure: guest bytes are
-/// read from the engine only as fast as the host socket takes them (the engine's window shrinks meanwhile), and host
-/// bytes are read from the socket only as fast as the engine's bounded send buffer drains.
+/// Carries one terminated guest TCP connection to a non-blocking host socket, both ways, with back-pressure: guest
+/// bytes are taken from the engine only while the socket accepts them (the engine's window shrinks meanwhile), and
+/// host bytes are read only as far as the engine's bounded send buffer has room.
 /// Guest FIN becomes shutdown(SHUT_WR) and host EOF becomes FIN (half-close); a reset on either side resets the other.
+/// <para>
+/// Every method runs under the engine lock, on whichever thread holds it: the event loop when the socket is ready
+/// (edge-triggered epoll: a direction waits for an event only after the kernel said EAGAIN), or the thread that just
+/// fed the engine a guest segment. So a request goes guest frame → engine → send(2) on one thread, and a reply
+/// goes recv(2) → engine → frame on one thread, with no hand-off and no allocation per packet.
+/// </para>
 /// </summary>
-internal sealed partial class TcpProxy
+internal sealed partial class TcpProxy : IPollHandler
 {
-    private const int ChunkSize = 64 * 1024;
+    private const uint Interest = Epoll.In | Epoll.Out | Epoll.RdHup | Epoll.EdgeTriggered;
+
+    private enum Phase
+    {
+        Connecting,
+        /// <summary>Adopted for a published port: waiting for the guest's SYN-ACK.</summary>
+        Opening,
+        Running,
+        Closed,
+    }
+
     private readonly EngineGate _gate;
+    private readonly NatHost _nat;
     private readonly TcpConnection _c;
     private readonly Socket _socket;
     private readonly ILogger _log;
-    private readonly Signal _readable = new();
-    private readonly Signal _writable = new();
-    private readonly Action<TcpProxy> _onDone;
-    private int _pumpsLeft = 2;
-    private int _disposed;
+    private Phase _phase;
+    private ulong _token;
+    private uint _address;
+    private ushort _port;
 
-    public TcpProxy(EngineGate gate, TcpConnection connection, Socket socket, ILogger log, Action<TcpProxy> onDone)
+    // Readiness as the kernel last reported it: cleared on EAGAIN, set by the next epoll edge. The socket is watched
+    // from before it can carry data (ET reports readiness present at registration too), so it starts unreadable, and
+    // a connection whose peer sends nothing first costs no recv(2) that would only say EAGAIN.
+    private bool _canRecv;
+    private bool _canSend = true;
+    /// <summary>The last engine write said more host bytes follow (a short last segment is held for them).</summary>
+    private bool _holding;
+    private bool _guestDone;
+    private bool _hostDone;
+
+    /// <summary>Queued in the NAT's run list (engine callbacks asked for a pump).</summary>
+    internal bool Queued;
+    internal long ConnectDeadline;
+
+    private TcpProxy(EngineGate gate, NatHost nat, TcpConnection connection, Socket socket, ILogger log, Phase phase)
     {
         _gate = gate;
+        _nat = nat;
         _c = connection;
         _socket = socket;
         _log = log;
-        _onDone = onDone;
+        _phase = phase;
         connection.Tag = this;
     }
 
     public TcpConnection Connection => _c;
 
-    /// <summary>Outbound (guest-initiated): connect the host socket first; the guest sees SYN-ACK only on success.</summary>
-    public async Task ConnectAsync(EndPoint target, TimeSpan timeout)
+    public bool Connecting => _phase == Phase.Connecting;
+
+    /// <summary>
+    /// Outbound (guest-initiated): starts a non-blocking connect; the guest sees SYN-ACK only once it succeeds.
+    /// Returns null when the socket cannot even be created or watched (the caller refuses the guest's SYN).
+    /// </summary>
+    public static TcpProxy? Connect(EngineGate gate, NatHost nat, EventLoop loop, TcpConnection c, uint address, ushort port, long deadline, ILogger log)
     {
-        bool ok;
+        Socket socket;
         try
         {
-            using var cts = new CancellationTokenSource(timeout);
-            await _socket.ConnectAsync(target, cts.Token).ConfigureAwait(false);
-            _socket.NoDelay = true;
-            ok = true;
+            socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { Blocking = false, NoDelay = true };
         }
-        catch (Exception e) when (e is SocketException or OperationCanceledException or ObjectDisposedException)
+        catch (SocketException e)
         {
-            LogConnectFailed(_log, target, e.Message);
-            ok = false;
+            LogSocketFailed(log, e.Message);
+            return null;
         }
-        bool started;
-        lock (_gate.Sync)
+        var p = new TcpProxy(gate, nat, c, socket, log, Phase.Connecting) { _address = address, _port = port, ConnectDeadline = deadline };
+        if (HostSocket.StartConnect(socket, address, port, out string? error) == HostSocket.ConnectStart.Failed)
         {
-            started = _gate.Engine.CompleteConnect(_c, ok, EngineGate.Now);
+            // Failed synchronously (no route, ...): reported through the same path as an asynchronous failure.
+            p._failure = error;
         }
-        if (!started)
+        // Watched only after connect(2) started: an unconnected TCP socket polls as EPOLLHUP, which would read as a
+        // finished (failed) connect.
+        if (!p.Watch(loop))
         {
-            DisposeSocket();
-            _onDone(this);
+            socket.Dispose();
+            c.Tag = null;
+            return null;
+        }
+        if (p._failure is not null)
+        {
+            nat.Queue(p);
+        }
+        return p;
+    }
+
+    /// <summary>Why the connect failed synchronously; the run list reports it to the engine.</summary>
+    private string? _failure;
+
+    /// <summary>Inbound (published port): an accepted host socket for an engine-opened connection.</summary>
+    public static TcpProxy? Adopt(EngineGate gate, NatHost nat, EventLoop loop, TcpConnection c, Socket accepted, ILogger log)
+    {
+        accepted.Blocking = false;
+        accepted.NoDelay = true;
+        var p = new TcpProxy(gate, nat, c, accepted, log, Phase.Opening);
+        if (!p.Watch(loop))
+        {
+            accepted.Dispose();
+            return null;
+        }
+        return p;
+    }
+
+    private bool Watch(EventLoop loop)
+    {
+        _token = loop.Register(this);
+        // The raw descriptor is used only for epoll_ctl, under the engine lock, while _socket is open (it is closed
+        // under the same lock, which also drops the registration).
+        int fd = (int)_socket.SafeHandle.DangerousGetHandle();
+        if (loop.Watch(fd, Interest, _token))
+        {
+            return true;
+        }
+        loop.Unregister(_token);
+        return false;
+    }
+
+    private EventLoop Loop => _nat.Loop!;
+
+    /// <summary>The socket is ready (event loop, under the engine lock).</summary>
+    public void OnReady(uint events, long now)
+    {
+        if ((events & (Epoll.In | Epoll.RdHup | Epoll.Hup | Epoll.Err)) != 0)
+        {
+            _canRecv = true;
+        }
+        if ((events & (Epoll.Out | Epoll.Hup | Epoll.Err)) != 0)
+        {
+            _canSend = true;
+        }
+        if (_phase == Phase.Connecting)
+        {
+            // The SYN-ACK waits for the host (connect-before-accept): writable means connected; an error or a hang-up
+            // means refused or unreachable.
+            if ((events & (Epoll.Err | Epoll.Hup)) != 0)
+            {
+                FinishConnect(false, now, ConnectError() is int e && e != 0 ? ((SocketError)e).ToString() : "hang-up");
+            }
+            else if ((events & Epoll.Out) != 0)
+            {
+                FinishConnect(true, now, null);
+            }
             return;
         }
-        StartPumps();
+        Run(now);
     }
 
-    /// <summary>Inbound (published port): the engine reached ESTABLISHED with the guest.</summary>
-    public void StartPumps()
-    {
-        _ = GuestToHostAsync();
-        _ = HostToGuestAsync();
-    }
-
-    public void OnReadable() => _readable.Set();
-
-    public void OnWritable() => _writable.Set();
-
-    // Wake-ups recorded under the engine lock and delivered after it is released (see NatHost.RunWakeups), so the
-    // pump's continuation can run inline on the link thread without a thread-pool hop.
-    internal bool WakeQueued;
-    internal bool WakeReadable;
-    internal bool WakeWritable;
-
-    internal void Wake(bool readable, bool writable)
-    {
-        if (readable)
-        {
-            _readable.Set(inline: true);
-        }
-        if (writable)
-        {
-            _writable.Set(inline: true);
-        }
-    }
-
-    /// <summary>The engine reset the connection: drop the host socket (with RST via linger 0).</summary>
-    public void OnReset()
+    private int ConnectError()
     {
         try
         {
-            _socket.LingerState = new LingerOption(true, 0);
+            return _socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.Error) is int e ? e : -1;
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
+            return -1;
         }
-        DisposeSocket();
-        _readable.Set();
-        _writable.Set();
     }
 
-    private async Task GuestToHostAsync()
+    /// <summary>The connect finished (or timed out): SYN-ACK or RST for the guest.</summary>
+    public void FinishConnect(bool ok, long now, string? failure)
     {
-        // Buffers are rented only while bytes are moving, so an idle connection holds none (RSS per idle flow).
-        byte[]? buffer = null;
+        if (_phase != Phase.Connecting)
+        {
+            return;
+        }
+        if (!ok)
+        {
+            LogConnectFailed(_log, NatHost.ToAddress(_address), _port, failure ?? "failed");
+        }
+        _nat.ConnectDone(this);
+        if (!_gate.Engine.CompleteConnect(_c, ok, now))
+        {
+            Close(abortive: false);
+            return;
+        }
+        _phase = Phase.Running;
+        Run(now);
+    }
+
+    /// <summary>An engine-opened (inbound) connection reached ESTABLISHED: start carrying bytes.</summary>
+    public void Established()
+    {
+        if (_phase == Phase.Opening)
+        {
+            _phase = Phase.Running;
+        }
+    }
+
+    /// <summary>Moves whatever can move now, both ways (engine callbacks or socket readiness asked for it).</summary>
+    public void Run(long now)
+    {
+        if (_phase == Phase.Connecting && _failure is not null)
+        {
+            FinishConnect(false, now, _failure);
+            return;
+        }
+        if (_phase != Phase.Running)
+        {
+            return;
+        }
+        if (!_guestDone)
+        {
+            GuestToHost(now);
+        }
+        if (!_hostDone && _phase == Phase.Running)
+        {
+            HostToGuest(now);
+        }
+        if (_guestDone && _hostDone && _phase == Phase.Running)
+        {
+            Close(abortive: false);
+        }
+    }
+
+    private void GuestToHost(long now)
+    {
+        Gateway engine = _gate.Engine;
         try
         {
-            while (true)
+            while (_canSend)
             {
-                int n;
-                bool eof;
-                lock (_gate.Sync)
+                if (_c.IsReset)
                 {
-                    if (_c.IsReset)
-                    {
-                        return;
-                    }
-                    if (_c.Readable > 0)
-                    {
-                        buffer ??= ArrayPool<byte>.Shared.Rent(ChunkSize);
-                        n = _gate.Engine.TcpRead(_c, buffer, EngineGate.Now);
-                    }
-                    else
-                    {
-                        n = 0;
-                    }
-                    eof = n == 0 && _c.GuestFinished;
-                }
-                if (n > 0)
-                {
-                    int sent = 0;
-                    while (sent < n)
-                    {
-                        sent += await _socket.SendAsync(buffer.AsMemory(sent, n - sent), SocketFlags.None).ConfigureAwait(false);
-                    }
-                    continue;
-                }
-                if (eof)
-                {
-                    _socket.Shutdown(SocketShutdown.Send);
+                    _guestDone = true;
                     return;
                 }
-                if (buffer is not null)
+                // Sent straight from the engine's buffer; what the socket does not take stays there (the guest's
+                // window stays shut meanwhile) until EPOLLOUT.
+                ReadOnlySpan<byte> data = engine.TcpPeek(_c);
+                if (data.IsEmpty)
                 {
-                    ArrayPool<byte>.Shared.Return(buffer);
-                    buffer = null;
+                    if (_c.GuestFinished && _c.Readable == 0)
+                    {
+                        _socket.Shutdown(SocketShutdown.Send);
+                        _guestDone = true;
+                    }
+                    return; // Until the engine has more (TcpReadable).
                 }
-                await _readable.WaitAsync().ConfigureAwait(false);
+                int sent = _socket.Send(data, SocketFlags.None, out SocketError err);
+                if (err == SocketError.WouldBlock)
+                {
+                    _canSend = false;
+                    return;
+                }
+                if (err != SocketError.Success)
+                {
+                    Abort(now);
+                    return;
+                }
+                engine.TcpConsume(_c, sent, now);
             }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
-            Abort();
-        }
-        finally
-        {
-            if (buffer is not null)
-            {
-                ArrayPool<byte>.Shared.Return(buffer);
-            }
-            PumpDone();
+            Abort(now);
         }
     }
 
-    private async Task HostToGuestAsync()
+    private void HostToGuest(long now)
     {
-        byte[]? buffer = null;
         try
         {
-            bool drained = true;
-            while (true)
-            {
-                // After a short read the socket is (almost surely) empty: wait for readiness without asking the kernel
-                // first (no FIONREAD per round trip); after a full chunk, read on at once.
-                if (drained)
-                {
-                    // A zero-byte receive waits for data without pinning a buffer to an idle connection.
-                    if (buffer is not null)
-                    {
-                        ArrayPool<byte>.Shared.Return(buffer);
-                        buffer = null;
-                    }
-                    await _socket.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None).ConfigureAwait(false);
-                }
-                buffer ??= ArrayPool<byte>.Shared.Rent(ChunkSize);
-                int n = await _socket.ReceiveAsync(buffer.AsMemory(0, ChunkSize), SocketFlags.None).ConfigureAwait(false);
-                drained = n < ChunkSize;
-                // A full read with more already queued in the socket: the engine may hold a short last segment for
-                // the next read (which returns at once), so bulk data leaves in full segments.
-                bool more = !drained && _socket.Available > 0;
-                if (n == 0)
-                {
-                    lock (_gate.Sync)
-                    {
-                        _gate.Engine.TcpShutdown(_c, EngineGate.Now);
-                    }
-                    return;
-                }
-                int off = 0;
-                while (off < n)
-                {
-                    bool writable;
-                    lock (_gate.Sync)
-                    {
-                        off += _gate.Engine.TcpWrite(_c, buffer.AsSpan(off, n - off), EngineGate.Now, more);
-                        writable = _c.CanWrite;
-                    }
-                    if (!writable)
-                    {
-                        return;
-                    }
-                    if (off < n)
-                    {
-                        await _writable.WaitAsync().ConfigureAwait(false);
-                    }
-                }
-            }
+            HostToGuestTurn(now);
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
-            Abort();
+            Abort(now);
         }
-        finally
+    }
+
+    private void HostToGuestTurn(long now)
+    {
+        Gateway engine = _gate.Engine;
+        while (_canRecv)
         {
-            if (buffer is not null)
+            if (!_c.CanWrite)
             {
-                ArrayPool<byte>.Shared.Return(buffer);
+                _hostDone = true; // The engine can carry no more (reset, or closed): nothing left to read for.
+                return;
             }
-            PumpDone();
+            // Read straight into the engine's send buffer, only as far as it has room: the rest waits in the socket
+            // (the host's window shrinks) until the guest's ACKs drain it and the engine says so (TcpWritable).
+            Span<byte> room = engine.TcpWriteSpace(_c);
+            if (room.IsEmpty)
+            {
+                Release(now);
+                return;
+            }
+            int n = _socket.Receive(room, SocketFlags.None, out SocketError err);
+            if (err == SocketError.WouldBlock)
+            {
+                _canRecv = false;
+                _holding = false;
+                engine.TcpCommit(_c, 0, now); // Sends a held segment; gives back storage a ring did not need.
+                return;
+            }
+            if (err != SocketError.Success)
+            {
+                Abort(now);
+                return;
+            }
+            if (n == 0)
+            {
+                _holding = false;
+                engine.TcpCommit(_c, 0, now);
+                engine.TcpShutdown(_c, now);
+                _hostDone = true;
+                return;
+            }
+            // A full read: the socket probably holds more, which the next read takes at once, so a short last
+            // segment may wait for it (bulk data leaves in full segments). A short read drained the socket: the
+            // next bytes bring a new edge, so stop here without another recv(2) that would only say EAGAIN.
+            bool more = n == room.Length;
+            engine.TcpCommit(_c, n, now, more);
+            _holding = more;
+            if (!more)
+            {
+                _canRecv = false;
+            }
+        }
+    }
+
+    /// <summary>Sends a segment the engine held back for bytes that did not come.</summary>
+    private void Release(long now)
+    {
+        if (_holding)
+        {
+            _holding = false;
+            _gate.Engine.TcpCommit(_c, 0, now);
         }
     }
 
     /// <summary>The host socket failed: reset the guest side.</summary>
-    private void Abort()
+    private void Abort(long now)
     {
-        lock (_gate.Sync)
+        if (_phase == Phase.Closed)
         {
-            _gate.Engine.TcpAbort(_c, EngineGate.Now);
+            return;
         }
-        DisposeSocket();
-        _readable.Set();
-        _writable.Set();
+        _gate.Engine.TcpAbort(_c, now);
+        Close(abortive: true);
     }
 
-    private void PumpDone()
+    /// <summary>The engine reset the connection: drop the host socket with RST (linger 0). Called inside the engine.</summary>
+    public void OnReset()
     {
-        if (Interlocked.Decrement(ref _pumpsLeft) == 0)
+        if (_phase == Phase.Connecting)
         {
-            DisposeSocket();
-            _onDone(this);
+            _nat.ConnectDone(this);
         }
+        Close(abortive: true);
     }
 
-    private void DisposeSocket()
+    private void Close(bool abortive)
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 0)
+        if (_phase == Phase.Closed)
         {
-            _socket.Dispose();
+            return;
         }
+        _phase = Phase.Closed;
+        if (abortive)
+        {
+            try
+            {
+                _socket.LingerState = new LingerOption(true, 0);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+            }
+        }
+        // Closing the descriptor also drops it from the epoll set; a stale event for the token is ignored.
+        _socket.Dispose();
+        Loop.Unregister(_token);
+        _nat.Forget(this);
     }
 
-    [LoggerMessage(Level = LogLevel.Debug, Message = "host connect to {Target} failed: {Reason}")]
-    private static partial void LogConnectFailed(ILogger log, EndPoint target, string reason);
+    [LoggerMessage(Level = LogLevel.Debug, Message = "host connect to {Address}:{Port} failed: {Reason}")]
+    private static partial void LogConnectFailed(ILogger log, IPAddress address, int port, string reason);
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "no host socket for a guest connection: {Reason}")]
+    private static partial void LogSocketFailed(ILogger log, string reason);
 }

@@ -61,6 +61,42 @@ internal sealed class ByteRing(int capacity)
         }
     }
 
+    /// <summary>The oldest bytes that lie contiguously in storage (all of them unless they wrap): to consume in place.</summary>
+    public ReadOnlySpan<byte> FirstSegment()
+    {
+        if (Count == 0 || _buffer is null)
+        {
+            return default;
+        }
+        return _buffer.AsSpan(_head, Math.Min(Count, Capacity - _head));
+    }
+
+    /// <summary>
+    /// Free storage right after the last byte, contiguous (up to the wrap): to fill in place, then
+    /// <see cref="Commit"/> what was written. Rents the storage if the ring held nothing.
+    /// </summary>
+    public Span<byte> FreeSegment()
+    {
+        if (Free == 0)
+        {
+            return default;
+        }
+        _buffer ??= ArrayPool<byte>.Shared.Rent(Capacity);
+        int tail = (_head + Count) % Capacity;
+        int end = tail < _head || (tail == _head && Count > 0) ? _head : Capacity;
+        return _buffer.AsSpan(tail, end - tail);
+    }
+
+    /// <summary>Appends <paramref name="n"/> bytes already written into <see cref="FreeSegment"/>.</summary>
+    public void Commit(int n)
+    {
+        Count += Math.Clamp(n, 0, Free);
+        if (Count == 0)
+        {
+            Release();
+        }
+    }
+
     public int Read(Span<byte> destination)
     {
         int n = Peek(0, destination);

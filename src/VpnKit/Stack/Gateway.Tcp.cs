@@ -684,8 +684,22 @@ internal sealed partial class Gateway
     /// <summary>Moves guest bytes to the host; opens the window when it has grown enough to be worth announcing.</summary>
     public int TcpRead(TcpConnection c, Span<byte> destination, long now)
     {
+        int n = c.Receive.Peek(0, destination);
+        TcpConsume(c, n, now);
+        return n;
+    }
+
+    /// <summary>
+    /// Guest bytes waiting for the host, in place (the oldest contiguous run; empty when none): the caller hands them
+    /// to its socket and then reports with <see cref="TcpConsume"/> how many it took. Valid until the next engine call.
+    /// </summary>
+    public ReadOnlySpan<byte> TcpPeek(TcpConnection c) => c.Receive.FirstSegment();
+
+    /// <summary>The host took <paramref name="n"/> guest bytes: they leave the buffer and the window may reopen.</summary>
+    public void TcpConsume(TcpConnection c, int n, long now)
+    {
         _now = now;
-        int n = c.Receive.Read(destination);
+        c.Receive.Discard(n);
         if (n > 0 && !c.Removed && c.State is TcpState.Established or TcpState.FinWait1 or TcpState.FinWait2)
         {
             // RFC 9293 §3.8.6.2.2 receiver SWS avoidance: announce only a useful increase, and only when the
@@ -697,7 +711,6 @@ internal sealed partial class Gateway
                 SendAck(c);
             }
         }
-        return n;
     }
 
     /// <summary>
@@ -715,12 +728,36 @@ internal sealed partial class Gateway
         }
         c.HoldTail = moreFollows;
         int n = c.Send.Write(data);
-        if (n < data.Length)
+        if (n < data.Length || c.Send.Free == 0)
         {
+            // Full (a caller that reads the host only as far as there is room fills it exactly): say when it drains.
             c.WantWritable = true;
         }
         TrySend(c);
         return n;
+    }
+
+    /// <summary>
+    /// Room for host bytes, in place (contiguous; empty when the buffer is full or the connection takes no more): the
+    /// caller reads its socket straight into it, then calls <see cref="TcpCommit"/>. Valid until the next engine call.
+    /// </summary>
+    public Span<byte> TcpWriteSpace(TcpConnection c) => c.CanWrite ? c.Send.FreeSegment() : default;
+
+    /// <summary><see cref="TcpWrite"/> for <paramref name="n"/> bytes the caller put into <see cref="TcpWriteSpace"/>.</summary>
+    public void TcpCommit(TcpConnection c, int n, long now, bool moreFollows = false)
+    {
+        _now = now;
+        if (!c.CanWrite)
+        {
+            return;
+        }
+        c.HoldTail = moreFollows;
+        c.Send.Commit(n);
+        if (c.Send.Free == 0)
+        {
+            c.WantWritable = true;
+        }
+        TrySend(c);
     }
 
     /// <summary>The host closed its side: send FIN after the queued data (half-close).</summary>

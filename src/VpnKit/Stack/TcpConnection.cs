@@ -122,6 +122,10 @@ internal sealed class TcpConnection
     /// <summary>Room for host data right now.</summary>
     public int Writable => FinQueued || IsReset ? 0 : Send.Free;
 
-    /// <summary>The host closed its writing side, or the engine may no longer carry data for it.</summary>
-    public bool CanWrite => !FinQueued && !IsReset && !Removed && State is TcpState.Established or TcpState.CloseWait;
+    /// <summary>
+    /// Host data may be queued now. False once the host closed its writing side, or the engine may no longer carry
+    /// data for it. In SYN-RECEIVED (the host connect succeeded, the guest's ACK is not in yet) data is queued and
+    /// leaves when the handshake completes, so a server that speaks first (a banner) loses nothing.
+    /// </summary>
+    public bool CanWrite => !FinQueued && !IsReset && !Removed && State is TcpState.Established or TcpState.CloseWait or TcpState.SynReceived;
 }

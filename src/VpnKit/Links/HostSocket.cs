@@ -1,0 +1,62 @@
+using System.Buffers.Binary;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+
+namespace Kit.VpnKit.Links;
+
+/// <summary>
+/// The one socket call the event loop makes without .NET's Socket: a non-blocking connect(2). Socket.Connect on a
+/// non-blocking socket reports EINPROGRESS by throwing, and an exception per guest connection is a large share of
+/// what a connection costs the gateway. P/Invoke only (no unsafe code): struct sockaddr_in is built as bytes.
+/// </summary>
+internal static partial class HostSocket
+{
+    private const int EinProgress = 115;
+    private const int Eintr = 4;
+    private const ushort AfInet = 2;
+
+    /// <summary>Outcome of <see cref="StartConnect"/>.</summary>
+    public enum ConnectStart
+    {
+        Connected,
+        InProgress,
+        Failed,
+    }
+
+    /// <summary>
+    /// Starts connecting a non-blocking IPv4 stream socket to <paramref name="address"/>:<paramref name="port"/>
+    /// (host byte order). On <see cref="ConnectStart.Failed"/>, <paramref name="error"/> says why.
+    /// </summary>
+    public static ConnectStart StartConnect(Socket socket, uint address, ushort port, out string? error)
+    {
+        // struct sockaddr_in (ip(7)): sa_family_t (native order), in_port_t and in_addr (network order), 8 zero bytes.
+        Span<byte> sa = stackalloc byte[16];
+        sa.Clear();
+        BinaryPrimitives.WriteUInt16LittleEndian(sa, AfInet);
+        BinaryPrimitives.WriteUInt16BigEndian(sa.Slice(2), port);
+        BinaryPrimitives.WriteUInt32BigEndian(sa.Slice(4), address);
+        while (true)
+        {
+            if (connect(socket.SafeHandle, sa, sa.Length) == 0)
+            {
+                error = null;
+                return ConnectStart.Connected;
+            }
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == Eintr)
+            {
+                continue;
+            }
+            if (errno == EinProgress)
+            {
+                error = null;
+                return ConnectStart.InProgress;
+            }
+            error = Marshal.GetPInvokeErrorMessage(errno);
+            return ConnectStart.Failed;
+        }
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int connect(SafeSocketHandle fd, ReadOnlySpan<byte> address, int length);
+}
