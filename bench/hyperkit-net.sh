@@ -45,10 +45,11 @@ iperf3 -s -B 127.0.0.1 -p 15201 >/dev/null 2>&1 &
 $kit net serve --vmnet unix:/tmp/vmnet.sock --qemu unix:/tmp/qemu.sock --dns-upstream 127.0.0.1:9 > /tmp/serve.log 2>&1 &
 for i in \$(seq 100); do [ -S /tmp/qemu.sock ] && break; sleep 0.2; done
 cl="console=ttyS0 reboot=k panic=-1 no_timer_check quiet"
-qemu() { qemu-system-x86_64 -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config -display none -serial stdio \
+qemu() { timeout 600 qemu-system-x86_64 -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config -display none -serial stdio \
   -monitor none -kernel $kernel -initrd $work/l2.initrd -no-reboot "\$@"; }
-kitvm() { $kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M "\$@"; }
-# Consoles go to L1's tmpfs (a write to the 9p results share is a round trip to the host), copied once a guest ends.
+kitvm() { timeout 600 $kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M "\$@"; }
+# Consoles go to L1's tmpfs (a write to the 9p results share is a round trip to the host), copied once a guest ends;
+# each VMM is bounded (timeout 600) so a guest that hangs leaves its console and the rest of the run goes on.
 run() {
   case \$1 in
     kit-vpnkit) kitvm --net vpnkit --dns-upstream 127.0.0.1:9 --cmdline "\$cl kit.target=192.168.65.2" ;;
