@@ -26,7 +26,7 @@ internal static class NetCommand
         {
             mtu, dns, publish, pcap, control, command,
         };
-        run.SetAction(parse => Run(Options(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse.GetValue(command) ?? [],
+        run.SetAction(parse => Run(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse.GetValue(command) ?? [],
             ControlPath(parse.GetValue(control))));
 
         var qemu = new Option<string[]>("--qemu") { Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
@@ -36,14 +36,11 @@ internal static class NetCommand
         {
             qemu, dgram, vmnet, mtu, dns, publish, pcap, control,
         };
-        serve.SetAction(parse => Serve(Options(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)),
+        serve.SetAction(parse => Serve(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)),
             parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? [], ControlPath(parse.GetValue(control))));
 
         return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
     }
-
-    /// <summary>The gateway options every command that runs a VPNKit shares (see <see cref="GatewaySettings"/>).</summary>
-    internal static GatewaySettings Options(int mtu, string[]? dns, string[]? publish, FileInfo? pcap) => GatewaySettings.Parse(mtu, dns, publish, pcap);
 
     internal static ILoggerFactory Logs() => LoggerFactory.Create(b =>
     {

@@ -85,7 +85,7 @@ internal static class UpCommand
                 Cpus = cpus,
                 ConsoleLog = consoleLog,
                 Net = "vpnkit",
-                NetOptions = NetCommand.Options(1500, dnsUpstream, publish, null),
+                NetOptions = GatewaySettings.Parse(1500, dnsUpstream, publish, null),
             };
             spec.Shares.Add(new ShareOptions(DataKitTag, $"unix:{socket}"));
             return VmLauncher.Run(spec);

@@ -81,7 +81,7 @@ internal static class VmCommand
                 ConsoleLog = parse.GetValue(consoleLog),
                 Net = parse.GetValue(net) ?? "none",
                 Mac = ParseMac(parse.GetValue(mac)),
-                NetOptions = NetCommand.Options(parse.GetValue(netMtu), parse.GetValue(dnsUpstream), parse.GetValue(publish), parse.GetValue(pcap)),
+                NetOptions = GatewaySettings.Parse(parse.GetValue(netMtu), parse.GetValue(dnsUpstream), parse.GetValue(publish), parse.GetValue(pcap)),
             };
             foreach (string disk in parse.GetValue(disks) ?? [])
             {

@@ -133,10 +133,11 @@ public sealed partial class TapLink : IPollableLink
     private int ReadFrame(Span<byte> buffer, out int errno)
     {
         errno = 0;
+        // Outside the loop: a stackalloc inside it would take new stack for every runt the device hands us.
+        Span<byte> header = stackalloc byte[VnetHeader];
         while (true)
         {
             nint n;
-            Span<byte> header = stackalloc byte[VnetHeader];
             try
             {
                 n = _vnet ? ReadVector(header, buffer) : read(_handle, buffer, buffer.Length);
@@ -218,65 +219,38 @@ public sealed partial class TapLink : IPollableLink
     /// Header and frame in one writev(2): the frame is not copied behind the header first, and no buffer or lock is
     /// shared between the threads that send. Drops as <see cref="Write"/> does.
     /// </summary>
-    private void WriteVector(ReadOnlySpan<byte> header, ReadOnlySpan<byte> frame)
+    private unsafe void WriteVector(ReadOnlySpan<byte> header, ReadOnlySpan<byte> frame)
     {
-        bool added = false;
         try
         {
-            _handle.DangerousAddRef(ref added);
-            unsafe
+            // SAFETY: both spans are pinned by `fixed` for the duration of the call; the iovecs on the stack point into
+            // them with their exact lengths; the kernel only reads them. The SafeHandle marshaller keeps the fd open.
+            fixed (byte* h = header)
+            fixed (byte* f = frame)
             {
-                // SAFETY: both spans are pinned by `fixed` for the duration of the call; the iovecs on the stack point
-                // into them with their exact lengths; the kernel only reads them; the handle is kept open by AddRef.
-                fixed (byte* h = header)
-                fixed (byte* f = frame)
-                {
-                    Iovec* iov = stackalloc Iovec[2];
-                    iov[0] = new Iovec { Base = h, Length = (nuint)header.Length };
-                    iov[1] = new Iovec { Base = f, Length = (nuint)frame.Length };
-                    _ = writev((int)_handle.DangerousGetHandle(), iov, 2);
-                }
+                Iovec* iov = stackalloc Iovec[2];
+                iov[0] = new Iovec { Base = h, Length = (nuint)header.Length };
+                iov[1] = new Iovec { Base = f, Length = (nuint)frame.Length };
+                _ = writev(_handle, iov, 2);
             }
         }
         catch (ObjectDisposedException)
         {
         }
-        finally
-        {
-            if (added)
-            {
-                _handle.DangerousRelease();
-            }
-        }
     }
 
     /// <summary>readv(2) of the virtio-net header and the frame; the raw return value (errno is kept for the caller).</summary>
-    private nint ReadVector(Span<byte> header, Span<byte> frame)
+    private unsafe nint ReadVector(Span<byte> header, Span<byte> frame)
     {
-        bool added = false;
-        try
+        // SAFETY: both spans are pinned by `fixed` for the duration of the call; the iovecs on the stack point into them
+        // with their exact lengths, so the kernel writes nowhere else. The SafeHandle marshaller keeps the fd open.
+        fixed (byte* h = header)
+        fixed (byte* f = frame)
         {
-            _handle.DangerousAddRef(ref added);
-            unsafe
-            {
-                // SAFETY: both spans are pinned by `fixed` for the duration of the call; the iovecs on the stack point
-                // into them with their exact lengths, so the kernel writes nowhere else; the handle is kept open by AddRef.
-                fixed (byte* h = header)
-                fixed (byte* f = frame)
-                {
-                    Iovec* iov = stackalloc Iovec[2];
-                    iov[0] = new Iovec { Base = h, Length = (nuint)header.Length };
-                    iov[1] = new Iovec { Base = f, Length = (nuint)frame.Length };
-                    return readv((int)_handle.DangerousGetHandle(), iov, 2);
-                }
-            }
-        }
-        finally
-        {
-            if (added)
-            {
-                _handle.DangerousRelease();
-            }
+            Iovec* iov = stackalloc Iovec[2];
+            iov[0] = new Iovec { Base = h, Length = (nuint)header.Length };
+            iov[1] = new Iovec { Base = f, Length = (nuint)frame.Length };
+            return readv(_handle, iov, 2);
         }
     }
 
@@ -302,10 +276,10 @@ public sealed partial class TapLink : IPollableLink
     private static partial nint write(SafeFileHandle fd, ReadOnlySpan<byte> buffer, nint count);
 
     [LibraryImport("libc", SetLastError = true)]
-    private static unsafe partial nint readv(int fd, Iovec* iov, int count);
+    private static unsafe partial nint readv(SafeFileHandle fd, Iovec* iov, int count);
 
     [LibraryImport("libc", SetLastError = true)]
-    private static unsafe partial nint writev(int fd, Iovec* iov, int count);
+    private static unsafe partial nint writev(SafeFileHandle fd, Iovec* iov, int count);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ioctl(int fd, nuint request, nuint arg);
