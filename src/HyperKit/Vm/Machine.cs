@@ -408,6 +408,7 @@ public sealed class Machine : IDisposable
         var threads = new Thread[_vcpus.Length];
         if (ExitStatistics.Requested)
         {
+            ExitStatistics.MarkVcpusStarting();
             _stats = new ExitStatistics[_vcpus.Length];
             for (int i = 0; i < _stats.Length; i++)
             {
