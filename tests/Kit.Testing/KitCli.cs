@@ -6,11 +6,21 @@ namespace Kit.Testing;
 /// </summary>
 public static class KitCli
 {
-    /// <summary>The kit apphost beside the running test assembly.</summary>
+    /// <summary>
+    /// The kit under test: <c>$KIT_EXE</c> when set (an absolute path; ./test points it at the published NativeAOT
+    /// artifacts/kit/kit so the end-to-end and nested tests run the shipping binary), else the kit apphost beside the
+    /// running test assembly.
+    /// </summary>
     public static string ExecutablePath
     {
         get
         {
+            if (Environment.GetEnvironmentVariable("KIT_EXE") is { Length: > 0 } exe)
+            {
+                return Path.IsPathRooted(exe) && File.Exists(exe)
+                    ? exe
+                    : throw new FileNotFoundException($"KIT_EXE={exe} is not an absolute path to an existing kit binary");
+            }
             string path = Path.Combine(AppContext.BaseDirectory, "kit");
             return File.Exists(path)
                 ? path

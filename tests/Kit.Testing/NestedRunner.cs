@@ -116,6 +116,12 @@ public static class NestedRunner
         {
             script.Append("export ").Append(key).Append('=').Append(Text.ShellQuote(value)).Append('\n');
         }
+        // The kit under test (KitCli.ExecutablePath) stays the same for tests running inside L1: the path is on the
+        // host root, which L1 mounts.
+        if (System.Environment.GetEnvironmentVariable("KIT_EXE") is { Length: > 0 } kitExe && !options.Environment.ContainsKey("KIT_EXE"))
+        {
+            script.Append("export KIT_EXE=").Append(Text.ShellQuote(kitExe)).Append('\n');
+        }
         script.Append("cd /tmp\n").Append(commandLine).Append('\n');
         using FileStream slot = await AcquireSlotAsync(cancellationToken).ConfigureAwait(false);
         return await QemuGuest.RunAsync(script.ToString(), guest, cancellationToken).ConfigureAwait(false);

@@ -469,14 +469,9 @@ public sealed class DataKitSession : IFileSystemSession
             return null;
         }
         // Clients only check existence; the body is our own JSON rendering of the commit.
-        string json = System.Text.Json.JsonSerializer.Serialize(new
-        {
-            hash = c.Id.Sha,
-            tree = c.Tree.Sha,
-            parents = c.Parents.Select(p => p.Sha).ToArray(),
-            message = c.Message,
-            date = c.When.ToUnixTimeSeconds(),
-        });
+        string json = System.Text.Json.JsonSerializer.Serialize(
+            new CommitJson(c.Id.Sha, c.Tree.Sha, [.. c.Parents.Select(p => p.Sha)], c.Message, c.When.ToUnixTimeSeconds()),
+            DataKitJson.Default.CommitJson);
         return ReadOnlyFile.OfText(n, "/commits/" + n, () => json);
     });
 

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 
 namespace Kit.VpnKit.Services;
 
@@ -179,7 +180,12 @@ public sealed class ControlApi : IDisposable
     private static string Json(PortPublish p)
         => string.Create(CultureInfo.InvariantCulture, $"{{\"proto\":\"{(p.Udp ? "udp" : "tcp")}\",\"hostPort\":{p.HostPort},\"guestPort\":{p.GuestPort}}}");
 
-    private static string Message(string m) => JsonSerializer.Serialize(new Dictionary<string, string> { ["message"] = m });
+    private static string Message(string m)
+        => JsonSerializer.Serialize(new Dictionary<string, string> { ["message"] = m }, ControlApiJson.Default.DictionaryStringString);
 
     public void Dispose() => _listener.Dispose();
 }
+
+/// <summary>Source-generated JSON for the control API's replies: no reflection, so the NativeAOT kit can serialize them.</summary>
+[JsonSerializable(typeof(Dictionary<string, string>))]
+internal sealed partial class ControlApiJson : JsonSerializerContext;
