@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 source bench/nested-l1.sh
 root=$(pwd)
 reps=${1:-3}
-./kit --help >/dev/null   # publishes artifacts/kit (ReadyToRun) when missing or older than the sources
+./kit --help >/dev/null   # publishes artifacts/kit (NativeAOT) when missing or older than the sources
 eval "$(bash guest/build.sh | grep -E '^(kernel|initrd)=')"
 work="$root/artifacts/bench-hyperkit"
 rm -rf "$work"; mkdir -p "$work/extra/kit"
