@@ -310,7 +310,12 @@ public sealed class Machine : IDisposable
         }
     }
 
-    /// <summary>Loads a bzImage (+ initrd) for the 64-bit boot protocol and points vCPU 0 at its entry.</summary>
+    /// <summary>
+    /// Loads a kernel (+ initrd) for the 64-bit boot protocol and points vCPU 0 at its entry. A bare vmlinux ELF is
+    /// loaded as it is (as Firecracker does). A bzImage whose payload is XZ is decompressed on the host once (cached,
+    /// <see cref="KernelCache"/>) and its vmlinux booted, so the guest skips its own decompressor (seconds in a
+    /// nested guest); anything else, or KIT_VM_KERNEL_CACHE=0, boots the bzImage and the guest decompresses.
+    /// </summary>
     public void LoadLinux(string kernelPath, string? initrdPath, string cmdline, ILogger? logger = null)
     {
         logger ??= NullLogger.Instance;
@@ -326,8 +331,8 @@ public sealed class Machine : IDisposable
             if (IsElfFile(kernelPath))
             {
                 // A bare vmlinux (as Firecracker boots): no setup header to copy, so boot_params gets a synthetic one.
-                elfFile = OpenKernel(kernelPath);
-                if (!TryReadElf(elfFile, out elf, out string elfReason))
+                elfFile = File.OpenHandle(kernelPath);
+                if (!KernelElf.TryRead(elfFile, out elf, out string elfReason))
                 {
                     throw new MachineConfigurationException($"{kernelPath}: {elfReason}");
                 }
@@ -345,6 +350,10 @@ public sealed class Machine : IDisposable
                 {
                     (elf, elfFile, elfBytes) = DecompressedKernel(image, logger);
                 }
+                else
+                {
+                    BootLog.BzImagePath(logger, "KIT_VM_KERNEL_CACHE=0");
+                }
             }
             if (elf is not null)
             {
@@ -355,7 +364,7 @@ public sealed class Machine : IDisposable
                         throw new MachineConfigurationException($"{kernelPath}: {layoutReason}");
                     }
                     // The decompressed kernel can not go where it wants here; the bzImage's own decompressor may cope.
-                    logger.LogDebug("decompressed kernel not loadable ({Reason}); booting the bzImage", layoutReason);
+                    BootLog.BzImagePath(logger, $"decompressed kernel not loadable: {layoutReason}");
                     elf = null;
                 }
             }
@@ -458,7 +467,7 @@ public sealed class Machine : IDisposable
     {
         if (!KernelPayload.TryGet(image, out KernelPayload payload, out string reason) || payload.Compression != KernelCompression.Xz)
         {
-            logger.LogDebug("kernel payload not decompressed on the host: {Reason}", reason.Length > 0 ? reason : payload.Compression.ToString());
+            BootLog.BzImagePath(logger, reason.Length > 0 ? reason : $"payload is {payload.Compression}, not XZ");
             return (null, null, null);
         }
         string? directory = KernelCache.DefaultDirectory();
@@ -470,16 +479,16 @@ public sealed class Machine : IDisposable
             {
                 return (cached, handle, null);
             }
-            logger.LogDebug("kernel cache miss for {Key}: {Reason}", key, reason);
+            BootLog.CacheMiss(logger, key, reason);
         }
         if (!KernelLoader.TryDecompress(image, out byte[]? vmlinux, out KernelElf? elf, out reason))
         {
-            logger.LogDebug("kernel payload not decompressed on the host: {Reason}", reason);
+            BootLog.BzImagePath(logger, reason);
             return (null, null, null);
         }
         if (cache is not null && !cache.TryStore(key, vmlinux, out reason))
         {
-            logger.LogDebug("kernel cache not written: {Reason}", reason);
+            BootLog.CacheNotWritten(logger, reason);
         }
         return (elf, null, vmlinux);
     }
@@ -497,11 +506,6 @@ public sealed class Machine : IDisposable
             throw new MachineConfigurationException($"cannot read kernel {path}: {e.Message}");
         }
     }
-
-    private static Microsoft.Win32.SafeHandles.SafeFileHandle OpenKernel(string path) => File.OpenHandle(path);
-
-    private static bool TryReadElf(Microsoft.Win32.SafeHandles.SafeFileHandle file, out KernelElf? elf, out string reason) =>
-        KernelElf.TryRead(file, out elf, out reason);
 
     /// <summary>Loads a freestanding flat binary and starts vCPU 0 on it in 32-bit protected mode.</summary>
     public void LoadProgram32(ReadOnlySpan<byte> code, ulong address, ulong stack)
