@@ -422,7 +422,8 @@ public sealed class Machine : IDisposable
                 long length = RandomAccess.GetLength(handle);
                 ulong top = Math.Min(Memory.Size, (ulong)KernelLoader.InitrdAddrMax(setupHeader) + 1);
                 initrdSize = (ulong)length;
-                if (length > int.MaxValue || initrdSize + needed > top)
+                // Page-aligned down from the top, and still clear of the kernel's last byte.
+                if (length > int.MaxValue || initrdSize > top || ((top - initrdSize) & ~0xFFFUL) < needed)
                 {
                     throw new MachineConfigurationException($"kernel and initrd ({initrdSize >> 20} MiB) do not fit in {Memory.Size >> 20} MiB of guest memory");
                 }
