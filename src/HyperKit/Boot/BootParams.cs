@@ -22,14 +22,20 @@ public static class BootParams
     public const int MaxE820 = 128;
 
     public static void Build(Span<byte> page, BzImage image, ulong cmdlineAddress, ulong initrdAddress, ulong initrdSize,
-        ReadOnlySpan<E820Entry> e820, ulong rsdpAddress)
+        ReadOnlySpan<E820Entry> e820, ulong rsdpAddress) =>
+        Build(page, image.SetupHeader, cmdlineAddress, initrdAddress, initrdSize, e820, rsdpAddress);
+
+    /// <param name="setupHeader">The setup header from offset 0x1F1: a bzImage's own, or
+    /// <see cref="KernelLoader.SyntheticSetupHeader"/> for a bare vmlinux.</param>
+    public static void Build(Span<byte> page, ReadOnlySpan<byte> setupHeader, ulong cmdlineAddress, ulong initrdAddress,
+        ulong initrdSize, ReadOnlySpan<E820Entry> e820, ulong rsdpAddress)
     {
-        if (page.Length != Size || e820.Length > MaxE820)
+        if (page.Length != Size || e820.Length > MaxE820 || setupHeader.Length > Size - 0x1F1)
         {
             throw new ArgumentException("boot_params is 4096 bytes with at most 128 e820 entries");
         }
         page.Clear();
-        image.SetupHeader.CopyTo(page[0x1F1..]);
+        setupHeader.CopyTo(page[0x1F1..]);
         page[TypeOfLoader] = 0xFF; // "undefined" boot loader, as Firecracker and kvmtool report
         page[LoadFlags] = (byte)((page[LoadFlags] | 0x01 /* LOADED_HIGH */) & ~0x80 /* no heap: 64-bit entry */);
         BinaryPrimitives.WriteUInt16LittleEndian(page[HeapEndPtr..], 0);

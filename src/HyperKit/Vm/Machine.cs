@@ -12,6 +12,8 @@ using Kit.HyperKit.Devices.Virtio.Rng;
 using Kit.HyperKit.Devices.Virtio.Vsock;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Memory;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kit.HyperKit.Vm;
 
@@ -308,27 +310,102 @@ public sealed class Machine : IDisposable
         }
     }
 
-    /// <summary>Loads a bzImage (+ initrd) for the 64-bit boot protocol and points vCPU 0 at its entry.</summary>
-    public void LoadLinux(string kernelPath, string? initrdPath, string cmdline)
+    /// <summary>
+    /// Loads a kernel (+ initrd) for the 64-bit boot protocol and points vCPU 0 at its entry. A bare vmlinux ELF is
+    /// loaded as it is (as Firecracker does). A bzImage whose payload is XZ is decompressed on the host once (cached,
+    /// <see cref="KernelCache"/>) and its vmlinux booted, so the guest skips its own decompressor (seconds in a
+    /// nested guest); anything else, or KIT_VM_KERNEL_CACHE=0, boots the bzImage and the guest decompresses.
+    /// </summary>
+    public void LoadLinux(string kernelPath, string? initrdPath, string cmdline, ILogger? logger = null)
     {
-        byte[] file = ReadFile(kernelPath, "kernel");
-        if (!BzImage.TryParse(file, out BzImage? image, out string reason))
+        logger ??= NullLogger.Instance;
+        KernelElf? elf = null;
+        byte[]? elfBytes = null;
+        Microsoft.Win32.SafeHandles.SafeFileHandle? elfFile = null;
+        byte[] setupHeader;
+        ulong needed;
+        BzImage? image = null;
+        try
         {
-            throw new MachineConfigurationException($"{kernelPath}: {reason}");
+            byte[] file;
+            if (IsElfFile(kernelPath))
+            {
+                // A bare vmlinux (as Firecracker boots): no setup header to copy, so boot_params gets a synthetic one.
+                elfFile = File.OpenHandle(kernelPath);
+                if (!KernelElf.TryRead(elfFile, out elf, out string elfReason))
+                {
+                    throw new MachineConfigurationException($"{kernelPath}: {elfReason}");
+                }
+                setupHeader = KernelLoader.SyntheticSetupHeader();
+            }
+            else
+            {
+                file = ReadFile(kernelPath, "kernel");
+                if (!BzImage.TryParse(file, out image, out string reason))
+                {
+                    throw new MachineConfigurationException($"{kernelPath}: {reason}");
+                }
+                setupHeader = image!.SetupHeader.ToArray();
+                if (Environment.GetEnvironmentVariable("KIT_VM_KERNEL_CACHE") != "0")
+                {
+                    (elf, elfFile, elfBytes) = DecompressedKernel(image, logger);
+                }
+                else
+                {
+                    BootLog.BzImagePath(logger, "KIT_VM_KERNEL_CACHE=0");
+                }
+            }
+            if (elf is not null)
+            {
+                if (!elf.TryCheckLayout(KernelAddress, Memory.Size, out string layoutReason))
+                {
+                    if (image is null)
+                    {
+                        throw new MachineConfigurationException($"{kernelPath}: {layoutReason}");
+                    }
+                    // The decompressed kernel can not go where it wants here; the bzImage's own decompressor may cope.
+                    BootLog.BzImagePath(logger, $"decompressed kernel not loadable: {layoutReason}");
+                    elf = null;
+                }
+            }
+            if (elf is not null)
+            {
+                needed = elf.End;
+                if (elfBytes is not null)
+                {
+                    KernelLoader.Load(elf, elfBytes, Memory);
+                }
+                else
+                {
+                    KernelLoader.Load(elf, elfFile!, Memory);
+                }
+            }
+            else
+            {
+                ulong kernelEnd = KernelAddress + Math.Max((ulong)image!.ProtectedModeKernel.Length, image.InitSize);
+                // The decompressor relocates to 16 MiB (LOAD_PHYSICAL_ADDR) and needs init_size bytes there.
+                needed = Math.Max(kernelEnd, (16UL << 20) + image.InitSize);
+                if (needed > Memory.Size)
+                {
+                    throw new MachineConfigurationException($"the kernel needs at least {(needed >> 20) + 1} MiB of guest memory");
+                }
+                image.ProtectedModeKernel.CopyTo(Memory.GetSpan(KernelAddress, image.ProtectedModeKernel.Length));
+            }
         }
-        ulong kernelEnd = KernelAddress + Math.Max((ulong)image!.ProtectedModeKernel.Length, image.InitSize);
-        // The decompressor relocates to 16 MiB (LOAD_PHYSICAL_ADDR) and needs init_size bytes there.
-        ulong needed = Math.Max(kernelEnd, (16UL << 20) + image.InitSize);
-        if (needed > Memory.Size)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new MachineConfigurationException($"the kernel needs at least {(needed >> 20) + 1} MiB of guest memory");
+            throw new MachineConfigurationException($"cannot read kernel {kernelPath}: {e.Message}");
         }
-        image.ProtectedModeKernel.CopyTo(Memory.GetSpan(KernelAddress, image.ProtectedModeKernel.Length));
+        finally
+        {
+            elfFile?.Dispose();
+        }
 
         byte[] cmd = Encoding.ASCII.GetBytes(cmdline);
-        if (cmd.Length >= image.CmdlineSize || cmd.Length >= 0x1_0000)
+        uint cmdlineSize = KernelLoader.CmdlineSize(setupHeader);
+        if (cmd.Length >= cmdlineSize || cmd.Length >= 0x1_0000)
         {
-            throw new MachineConfigurationException($"kernel command line is {cmd.Length} bytes; this kernel accepts {image.CmdlineSize - 1}");
+            throw new MachineConfigurationException($"kernel command line is {cmd.Length} bytes; this kernel accepts {cmdlineSize - 1}");
         }
         Span<byte> cmdSpan = Memory.GetSpan(CmdlineAddress, cmd.Length + 1);
         cmd.CopyTo(cmdSpan);
@@ -343,9 +420,10 @@ public sealed class Machine : IDisposable
             {
                 using Microsoft.Win32.SafeHandles.SafeFileHandle handle = File.OpenHandle(initrdPath);
                 long length = RandomAccess.GetLength(handle);
-                ulong top = Math.Min(Memory.Size, (ulong)image.InitrdAddrMax + 1);
+                ulong top = Math.Min(Memory.Size, (ulong)KernelLoader.InitrdAddrMax(setupHeader) + 1);
                 initrdSize = (ulong)length;
-                if (length > int.MaxValue || initrdSize + needed > top)
+                // Page-aligned down from the top, and still clear of the kernel's last byte.
+                if (length > int.MaxValue || initrdSize > top || ((top - initrdSize) & ~0xFFFUL) < needed)
                 {
                     throw new MachineConfigurationException($"kernel and initrd ({initrdSize >> 20} MiB) do not fit in {Memory.Size >> 20} MiB of guest memory");
                 }
@@ -374,10 +452,60 @@ public sealed class Machine : IDisposable
             new(0x9_FC00, 0x10_0000 - 0x9_FC00, E820Entry.Reserved),
             new(0x10_0000, Memory.Size - 0x10_0000, E820Entry.Ram),
         ];
-        BootParams.Build(Memory.GetSpan(ZeroPageAddress, BootParams.Size), image, CmdlineAddress, initrdAddress, initrdSize, e820, rsdp);
+        BootParams.Build(Memory.GetSpan(ZeroPageAddress, BootParams.Size), setupHeader, CmdlineAddress, initrdAddress, initrdSize, e820, rsdp);
         X86Cpu.WriteLongModeTables(Memory);
-        // 64-bit entry point: startup_64 is 0x200 bytes into the protected-mode kernel.
-        X86Cpu.EnterLongMode(_vcpus[0], KernelAddress + 0x200, ZeroPageAddress);
+        // 64-bit entry: a vmlinux's e_entry is startup_64's physical address; in a bzImage, startup_64 is 0x200 bytes
+        // into the protected-mode kernel (the decompressor's).
+        X86Cpu.EnterLongMode(_vcpus[0], elf is not null ? elf.Entry : KernelAddress + 0x200, ZeroPageAddress);
+    }
+
+    /// <summary>
+    /// The bzImage's kernel, decompressed: from the cache when this exact image was decompressed before, otherwise
+    /// decompressed now (XZ through liblzma) and stored for the next boot. (null, null, null) means "boot the bzImage
+    /// as it is": not XZ, no liblzma, or anything failed validation.
+    /// </summary>
+    private static (KernelElf?, Microsoft.Win32.SafeHandles.SafeFileHandle?, byte[]?) DecompressedKernel(BzImage image, ILogger logger)
+    {
+        if (!KernelPayload.TryGet(image, out KernelPayload payload, out string reason) || payload.Compression != KernelCompression.Xz)
+        {
+            BootLog.BzImagePath(logger, reason.Length > 0 ? reason : $"payload is {payload.Compression}, not XZ");
+            return (null, null, null);
+        }
+        string? directory = KernelCache.DefaultDirectory();
+        KernelCache? cache = directory is null ? null : new KernelCache(directory);
+        string key = KernelCache.Key(image.File);
+        if (cache is not null)
+        {
+            if (cache.TryOpen(key, payload.UncompressedSize, out Microsoft.Win32.SafeHandles.SafeFileHandle? handle, out KernelElf? cached, out reason))
+            {
+                return (cached, handle, null);
+            }
+            BootLog.CacheMiss(logger, key, reason);
+        }
+        if (!KernelLoader.TryDecompress(image, out byte[]? vmlinux, out KernelElf? elf, out reason))
+        {
+            BootLog.BzImagePath(logger, reason);
+            return (null, null, null);
+        }
+        if (cache is not null && !cache.TryStore(key, vmlinux, out reason))
+        {
+            BootLog.CacheNotWritten(logger, reason);
+        }
+        return (elf, null, vmlinux);
+    }
+
+    private static bool IsElfFile(string path)
+    {
+        try
+        {
+            using Microsoft.Win32.SafeHandles.SafeFileHandle handle = File.OpenHandle(path);
+            Span<byte> magic = stackalloc byte[4];
+            return RandomAccess.Read(handle, magic, 0) == 4 && KernelElf.HasMagic(magic);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new MachineConfigurationException($"cannot read kernel {path}: {e.Message}");
+        }
     }
 
     /// <summary>Loads a freestanding flat binary and starts vCPU 0 on it in 32-bit protected mode.</summary>

@@ -7,6 +7,9 @@ namespace Kit.EndToEnd.Tests.Vm;
 /// `kit vm run` boots the stock Debian kernel with the default guest initramfs and 2 vCPUs. The guest sees both CPUs,
 /// reads /dev/hwrng, writes a file on an ext4 virtio-blk image and powers off; the host then checks the image with
 /// e2fsck and debugfs. In the same L1 a second guest panics, and the VMM must say so with exit code 4.
+/// The kernel boots as kit boots it by default: its XZ payload decompressed on the host (the first boot fills the
+/// cache, the panic boot reads it); two more short boots cover the other kernel paths: the bzImage as it is
+/// (KIT_VM_KERNEL_CACHE=0, the guest decompresses) and the cached vmlinux ELF given directly as --kernel.
 /// </summary>
 [Trait("Tier", "Real")]
 public sealed class LinuxBootTests(ITestOutputHelper output)
@@ -39,17 +42,28 @@ public sealed class LinuxBootTests(ITestOutputHelper output)
             string panicInitrd = Path.Combine(work, "panic.initrd");
             await image.WriteInitrdAsync(bootInitrd, GuestScript, cancellationToken: cancel);
             await image.WriteInitrdAsync(panicInitrd, "echo c > /proc/sysrq-trigger; sleep 30", cancellationToken: cancel);
+            string plainInitrd = Path.Combine(work, "plain.initrd");
+            await image.WriteInitrdAsync(plainInitrd, "echo \"kernel-path-ok cpus=$(grep -c ^processor /proc/cpuinfo)\"; exit 0", cancellationToken: cancel);
+            // L1's own tmpfs (fresh per L1, so the first boot is a cold one), not the 9p results share.
+            const string cache = "/tmp/kit-cache";
 
             string kit = KitCli.ExecutablePath;
-            string Run(string initrd, string console, string extra) => Text.ShellJoin(
-                [kit, "vm", "run", "--kernel", image.Kernel, "--initrd", initrd, "--memory", "512M",
+            string Run(string initrd, string console, string extra, string? kernel = null) => Text.ShellJoin(
+                [kit, "vm", "run", "--kernel", kernel ?? image.Kernel, "--initrd", initrd, "--memory", "512M",
                  "--cmdline", "console=ttyS0 reboot=k panic=-1 no_timer_check", .. extra.Split(' ', StringSplitOptions.RemoveEmptyEntries)])
                 + $" >{console} 2>&1";
             string command = $"""
+                export XDG_CACHE_HOME={cache}
                 {Run(bootInitrd, work + "/boot.console", $"--cpus 2 --disk {disk} --console-log {work}/boot.log")}
                 echo "boot-exit=$?"
+                echo "cached=$(ls {cache}/kit/vmlinux)"
                 {Run(panicInitrd, work + "/panic.console", "--cpus 1")}
                 echo "panic-exit=$?"
+                KIT_VM_KERNEL_CACHE=0 {Run(plainInitrd, work + "/bzimage.console", "--cpus 1")}
+                echo "bzimage-exit=$?"
+                cp {cache}/kit/vmlinux/*.elf /tmp/vmlinux.elf
+                {Run(plainInitrd, work + "/elf.console", "--cpus 1", "/tmp/vmlinux.elf")}
+                echo "elf-exit=$?"
                 """;
             var options = new NestedOptions { ResultsDirectory = work, Timeout = TimeSpan.FromMinutes(15) };
 
@@ -73,6 +87,15 @@ public sealed class LinuxBootTests(ITestOutputHelper output)
 
             Assert.True(l1.Output.Contains("panic-exit=4", StringComparison.Ordinal), $"a panicking guest must make kit vm run exit 4\n{l1.Output}\n{Text.Tail(panic, 3000)}");
             Assert.Contains("panic", panic, StringComparison.OrdinalIgnoreCase);
+
+            // The first boot decompressed the kernel and cached it (one file, named by the bzImage's hash).
+            Assert.Matches(@"cached=[0-9a-f]{32}\.elf\s", l1.Output);
+            string bzimage = ReadIfExists(Path.Combine(work, "bzimage.console"));
+            Assert.True(l1.Output.Contains("bzimage-exit=0", StringComparison.Ordinal), $"KIT_VM_KERNEL_CACHE=0 boot failed\n{l1.Output}\n{Text.Tail(bzimage, 3000)}");
+            Assert.Contains("kernel-path-ok cpus=1", bzimage, StringComparison.Ordinal);
+            string elf = ReadIfExists(Path.Combine(work, "elf.console"));
+            Assert.True(l1.Output.Contains("elf-exit=0", StringComparison.Ordinal), $"booting the vmlinux ELF directly failed\n{l1.Output}\n{Text.Tail(elf, 3000)}");
+            Assert.Contains("kernel-path-ok cpus=1", elf, StringComparison.Ordinal);
         }
         finally
         {

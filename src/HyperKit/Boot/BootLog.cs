@@ -1,0 +1,16 @@
+using Microsoft.Extensions.Logging;
+
+namespace Kit.HyperKit.Boot;
+
+/// <summary>Debug lines of the kernel loader: why a boot took the bzImage path or decompressed again.</summary>
+internal static partial class BootLog
+{
+    [LoggerMessage(Level = LogLevel.Debug, Message = "booting the bzImage as it is (the guest decompresses): {Reason}")]
+    public static partial void BzImagePath(ILogger logger, string reason);
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "decompressed kernel cache miss for {Key}: {Reason}")]
+    public static partial void CacheMiss(ILogger logger, string key, string reason);
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "decompressed kernel cache not written: {Reason}")]
+    public static partial void CacheNotWritten(ILogger logger, string reason);
+}

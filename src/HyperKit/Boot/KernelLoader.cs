@@ -1,0 +1,126 @@
+using System.Buffers.Binary;
+using Kit.HyperKit.Memory;
+using Microsoft.Win32.SafeHandles;
+
+namespace Kit.HyperKit.Boot;
+
+/// <summary>
+/// Places an uncompressed kernel (<see cref="KernelElf"/>) in guest memory, from a file or from bytes, and decompresses
+/// a bzImage's XZ payload into one. Segments are read from a file straight into guest memory: a managed copy of
+/// tens of MiB would stay resident and count in the VMM's peak RSS.
+/// </summary>
+public static class KernelLoader
+{
+    /// <summary>Bigger than any x86-64 vmlinux a distribution ships (Debian's is ~63 MiB); bounds a hostile size.</summary>
+    public const uint MaxUncompressedSize = 256U << 20;
+
+    /// <summary>Copies each segment's file bytes from <paramref name="file"/> and zeroes the rest of its memory
+    /// size. The layout must have been checked (<see cref="KernelElf.TryCheckLayout"/>). Throws IOException when the
+    /// file shrank under us.</summary>
+    public static void Load(KernelElf elf, SafeFileHandle file, GuestMemory memory)
+    {
+        foreach (LoadSegment s in elf.Segments)
+        {
+            Span<byte> target = memory.GetSpan(s.PhysicalAddress, (int)s.MemorySize);
+            Span<byte> data = target[..(int)s.FileSize];
+            for (int done = 0; done < data.Length;)
+            {
+                int n = RandomAccess.Read(file, data[done..], (long)s.FileOffset + done);
+                if (n <= 0)
+                {
+                    throw new IOException("the kernel file shrank while being read");
+                }
+                done += n;
+            }
+            target[data.Length..].Clear();
+        }
+    }
+
+    /// <summary>As <see cref="Load(KernelElf, SafeFileHandle, GuestMemory)"/> from bytes already in memory
+    /// (<see cref="KernelElf.TryParse"/> bounded every segment by their length).</summary>
+    public static void Load(KernelElf elf, ReadOnlySpan<byte> file, GuestMemory memory)
+    {
+        foreach (LoadSegment s in elf.Segments)
+        {
+            Span<byte> target = memory.GetSpan(s.PhysicalAddress, (int)s.MemorySize);
+            file.Slice((int)s.FileOffset, (int)s.FileSize).CopyTo(target);
+            target[(int)s.FileSize..].Clear();
+        }
+    }
+
+    /// <summary>Decompresses an XZ bzImage payload into a vmlinux and checks it is a loadable ELF. False with a
+    /// reason for any other compression, a size outside (0, <see cref="MaxUncompressedSize"/>], bad data, a size
+    /// that differs from the recorded one, or no liblzma.</summary>
+    public static bool TryDecompress(BzImage image, out byte[]? vmlinux, out KernelElf? elf, out string reason)
+    {
+        vmlinux = null;
+        elf = null;
+        if (!KernelPayload.TryGet(image, out KernelPayload payload, out reason))
+        {
+            return false;
+        }
+        if (payload.Compression != KernelCompression.Xz)
+        {
+            reason = $"payload is {payload.Compression}, not XZ";
+            return false;
+        }
+        if (payload.UncompressedSize == 0 || payload.UncompressedSize > MaxUncompressedSize)
+        {
+            reason = $"recorded uncompressed size {payload.UncompressedSize} is out of bounds";
+            return false;
+        }
+        byte[] output = GC.AllocateUninitializedArray<byte>((int)payload.UncompressedSize);
+        if (!LibLzma.TryDecode(payload.Compressed, output, out int written, out reason))
+        {
+            return false;
+        }
+        if (written != output.Length)
+        {
+            reason = $"XZ payload decoded to {written} bytes, not the recorded {output.Length}";
+            return false;
+        }
+        if (!KernelElf.TryParse(output.AsSpan(0, Math.Min(output.Length, KernelElf.HeaderBytes)), (ulong)output.Length,
+                out elf, out reason))
+        {
+            reason = $"decompressed payload: {reason}";
+            return false;
+        }
+        vmlinux = output;
+        return true;
+    }
+
+    /// <summary>
+    /// The setup header fields boot_params needs when the kernel came as a bare vmlinux (no bzImage header to copy):
+    /// the signatures, boot protocol 2.15, LOADED_HIGH, XLF_KERNEL_64, initrd below 2 GiB and Linux's x86
+    /// COMMAND_LINE_SIZE (2048). Returned as the bytes from 0x1F1, as <see cref="BzImage.SetupHeader"/>.
+    /// </summary>
+    public static byte[] SyntheticSetupHeader()
+    {
+        const int Base = 0x1F1;
+        var header = new byte[0x268 - Base];
+        BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(0x1FE - Base), 0xAA55);
+        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(0x202 - Base), 0x53726448); // "HdrS"
+        BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(0x206 - Base), 0x020F);
+        header[0x211 - Base] = 0x01; // LOADED_HIGH
+        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(0x22C - Base), 0x7FFF_FFFF); // initrd_addr_max
+        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(0x230 - Base), 0x20_0000);    // kernel_alignment
+        BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(0x236 - Base), 0x0001);      // XLF_KERNEL_64
+        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(0x238 - Base), 2048);        // cmdline_size
+        return header;
+    }
+
+    /// <summary>cmdline_size of a setup header (bytes from 0x1F1); 255 before protocol 2.06.</summary>
+    public static uint CmdlineSize(ReadOnlySpan<byte> setupHeader)
+    {
+        const int Base = 0x1F1;
+        if (setupHeader.Length < 0x23C - Base || BinaryPrimitives.ReadUInt16LittleEndian(setupHeader[(0x206 - Base)..]) < 0x0206)
+        {
+            return 255;
+        }
+        return BinaryPrimitives.ReadUInt32LittleEndian(setupHeader[(0x238 - Base)..]);
+    }
+
+    /// <summary>initrd_addr_max of a setup header (bytes from 0x1F1).</summary>
+    public static uint InitrdAddrMax(ReadOnlySpan<byte> setupHeader) =>
+        setupHeader.Length >= 0x230 - 0x1F1 ? BinaryPrimitives.ReadUInt32LittleEndian(setupHeader[(0x22C - 0x1F1)..]) : 0x37FF_FFFF;
+}
