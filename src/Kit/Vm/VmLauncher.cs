@@ -2,6 +2,7 @@ using System.Diagnostics;
 using Kit.Cli.Commands;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Vm;
+using Microsoft.Extensions.Logging;
 
 namespace Kit.Cli.Vm;
 
@@ -74,7 +75,10 @@ internal static class VmLauncher
         try
         {
             using var machine = new Machine(options);
-            machine.LoadLinux(spec.Kernel.FullName, spec.Initrd?.FullName, spec.Cmdline);
+            // The loader says which kernel path it took (cached vmlinux, fresh decompression, bzImage) at debug level;
+            // the console logger starts a thread, so it exists only when asked for.
+            using ILoggerFactory? logs = Environment.GetEnvironmentVariable("KIT_DEBUG") is { Length: > 0 } ? NetCommand.Logs() : null;
+            machine.LoadLinux(spec.Kernel.FullName, spec.Initrd?.FullName, spec.Cmdline, logs?.CreateLogger("hyperkit"));
             exit = machine.Run();
         }
         catch (MachineConfigurationException e)
