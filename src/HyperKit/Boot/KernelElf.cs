@@ -40,6 +40,15 @@ public sealed class KernelElf
     /// <summary>The highest guest-physical address any segment reaches (exclusive).</summary>
     public ulong End => Segments.Max(s => s.End);
 
+    /// <summary>Whether the file at <paramref name="path"/> starts with the ELF magic (a bare vmlinux rather than a
+    /// bzImage). Throws IOException when it can not be read.</summary>
+    public static bool IsElfFile(string path)
+    {
+        using Microsoft.Win32.SafeHandles.SafeFileHandle handle = File.OpenHandle(path);
+        Span<byte> magic = stackalloc byte[4];
+        return RandomAccess.Read(handle, magic, 0) == 4 && HasMagic(magic);
+    }
+
     /// <summary>True when the bytes start with the ELF magic (whatever follows).</summary>
     public static bool HasMagic(ReadOnlySpan<byte> head) =>
         head.Length >= 4 && head[0] == 0x7F && head[1] == (byte)'E' && head[2] == (byte)'L' && head[3] == (byte)'F';

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Kit.HyperKit.Memory;
+using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
 
 namespace Kit.HyperKit.Boot;
@@ -46,6 +47,41 @@ public static class KernelLoader
             file.Slice((int)s.FileOffset, (int)s.FileSize).CopyTo(target);
             target[(int)s.FileSize..].Clear();
         }
+    }
+
+    /// <summary>
+    /// The bzImage's kernel, decompressed: from the cache in <paramref name="cacheDirectory"/> when this exact image was
+    /// decompressed before, otherwise decompressed now (XZ through liblzma) and stored for the next boot (no cache when
+    /// the directory is null). A cached kernel comes as an open file the caller disposes, a fresh one as bytes.
+    /// (null, null, null) means "boot the bzImage as it is": not XZ, no liblzma, or anything failed validation.
+    /// </summary>
+    public static (KernelElf? Elf, SafeFileHandle? File, byte[]? Bytes) Decompressed(BzImage image, string? cacheDirectory, ILogger logger)
+    {
+        if (!KernelPayload.TryGet(image, out KernelPayload payload, out string reason) || payload.Compression != KernelCompression.Xz)
+        {
+            BootLog.BzImagePath(logger, reason.Length > 0 ? reason : $"payload is {payload.Compression}, not XZ");
+            return (null, null, null);
+        }
+        KernelCache? cache = cacheDirectory is null ? null : new KernelCache(cacheDirectory);
+        string key = KernelCache.Key(image.File);
+        if (cache is not null)
+        {
+            if (cache.TryOpen(key, payload.UncompressedSize, out SafeFileHandle? handle, out KernelElf? cached, out reason))
+            {
+                return (cached, handle, null);
+            }
+            BootLog.CacheMiss(logger, key, reason);
+        }
+        if (!TryDecompress(image, out byte[]? vmlinux, out KernelElf? elf, out reason))
+        {
+            BootLog.BzImagePath(logger, reason);
+            return (null, null, null);
+        }
+        if (cache is not null && !cache.TryStore(key, vmlinux, out reason))
+        {
+            BootLog.CacheNotWritten(logger, reason);
+        }
+        return (elf, null, vmlinux);
     }
 
     /// <summary>Decompresses an XZ bzImage payload into a vmlinux and checks it is a loadable ELF. False with a

@@ -328,7 +328,7 @@ public sealed class Machine : IDisposable
         try
         {
             byte[] file;
-            if (IsElfFile(kernelPath))
+            if (KernelElf.IsElfFile(kernelPath))
             {
                 // A bare vmlinux (as Firecracker boots): no setup header to copy, so boot_params gets a synthetic one.
                 elfFile = File.OpenHandle(kernelPath);
@@ -348,7 +348,7 @@ public sealed class Machine : IDisposable
                 setupHeader = image!.SetupHeader.ToArray();
                 if (Environment.GetEnvironmentVariable("KIT_VM_KERNEL_CACHE") != "0")
                 {
-                    (elf, elfFile, elfBytes) = DecompressedKernel(image, logger);
+                    (elf, elfFile, elfBytes) = KernelLoader.Decompressed(image, KernelCache.DefaultDirectory(), logger);
                 }
                 else
                 {
@@ -457,55 +457,6 @@ public sealed class Machine : IDisposable
         // 64-bit entry: a vmlinux's e_entry is startup_64's physical address; in a bzImage, startup_64 is 0x200 bytes
         // into the protected-mode kernel (the decompressor's).
         X86Cpu.EnterLongMode(_vcpus[0], elf is not null ? elf.Entry : KernelAddress + 0x200, ZeroPageAddress);
-    }
-
-    /// <summary>
-    /// The bzImage's kernel, decompressed: from the cache when this exact image was decompressed before, otherwise
-    /// decompressed now (XZ through liblzma) and stored for the next boot. (null, null, null) means "boot the bzImage
-    /// as it is": not XZ, no liblzma, or anything failed validation.
-    /// </summary>
-    private static (KernelElf?, Microsoft.Win32.SafeHandles.SafeFileHandle?, byte[]?) DecompressedKernel(BzImage image, ILogger logger)
-    {
-        if (!KernelPayload.TryGet(image, out KernelPayload payload, out string reason) || payload.Compression != KernelCompression.Xz)
-        {
-            BootLog.BzImagePath(logger, reason.Length > 0 ? reason : $"payload is {payload.Compression}, not XZ");
-            return (null, null, null);
-        }
-        string? directory = KernelCache.DefaultDirectory();
-        KernelCache? cache = directory is null ? null : new KernelCache(directory);
-        string key = KernelCache.Key(image.File);
-        if (cache is not null)
-        {
-            if (cache.TryOpen(key, payload.UncompressedSize, out Microsoft.Win32.SafeHandles.SafeFileHandle? handle, out KernelElf? cached, out reason))
-            {
-                return (cached, handle, null);
-            }
-            BootLog.CacheMiss(logger, key, reason);
-        }
-        if (!KernelLoader.TryDecompress(image, out byte[]? vmlinux, out KernelElf? elf, out reason))
-        {
-            BootLog.BzImagePath(logger, reason);
-            return (null, null, null);
-        }
-        if (cache is not null && !cache.TryStore(key, vmlinux, out reason))
-        {
-            BootLog.CacheNotWritten(logger, reason);
-        }
-        return (elf, null, vmlinux);
-    }
-
-    private static bool IsElfFile(string path)
-    {
-        try
-        {
-            using Microsoft.Win32.SafeHandles.SafeFileHandle handle = File.OpenHandle(path);
-            Span<byte> magic = stackalloc byte[4];
-            return RandomAccess.Read(handle, magic, 0) == 4 && KernelElf.HasMagic(magic);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new MachineConfigurationException($"cannot read kernel {path}: {e.Message}");
-        }
     }
 
     /// <summary>Loads a freestanding flat binary and starts vCPU 0 on it in 32-bit protected mode.</summary>
