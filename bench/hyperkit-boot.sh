@@ -41,8 +41,8 @@ chmod +x "$work/extra/kit/run"
 (cd "$work/extra" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$work/extra.gz"
 cat "$initrd" "$work/extra.gz" > "$work/l2.initrd"
 
-# kit boots the kernel's decompressed vmlinux from its cache (filled by the first boot in this L1, docs/hyperkit-boot.md,
-# "Booting the decompressed kernel"); kit-cold starts with an empty cache each time, so it decompresses on the host.
+# kit boots the kernel's decompressed vmlinux from its cache (docs/hyperkit-boot.md, "Booting the decompressed
+# kernel"); kit-cold, which runs just before it, empties that cache first, so it decompresses on the host and refills it.
 vmms="kit-cold kit qemu"
 [ -n "${KIT_BASE:-}" ] && vmms="kit-base $vmms"
 stats=""
@@ -58,7 +58,7 @@ cat > "$work/boot.sh" <<BOOT
 cl="console=ttyS0 reboot=k panic=-1 no_timer_check quiet$trace"
 case \$1 in
   kit) exec env $stats $root/artifacts/kit/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$2 --cmdline "\$cl" ;;
-  kit-cold) export XDG_CACHE_HOME=\$(mktemp -d); exec env $stats $root/artifacts/kit/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$2 --cmdline "\$cl" ;;
+  kit-cold) rm -rf "\$HOME/.cache/kit/vmlinux"; exec env $stats $root/artifacts/kit/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$2 --cmdline "\$cl" ;;
   kit-base) exec env $stats ${KIT_BASE:-/nonexistent}/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$2 --cmdline "\$cl" ;;
   qemu) exec qemu-system-x86_64 -enable-kvm -cpu host -m 512 -smp \$2 -nodefaults -no-user-config -display none -serial stdio \
           -monitor none -device virtio-rng-pci -kernel $kernel -initrd $work/l2.initrd -append "\$cl" -no-reboot ;;
