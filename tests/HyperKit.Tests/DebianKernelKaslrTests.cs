@@ -38,7 +38,12 @@ public sealed class DebianKernelKaslrTests(ITestOutputHelper output)
             vmlinux.AsSpan((int)s.FileOffset, (int)s.FileSize).CopyTo(ram.AsSpan((int)(s.PhysicalAddress - Base)));
         }
         byte[] before = (byte[])ram.Clone();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        Assert.True(KernelRelocator.TryValidate(table, elf.Segments, out _, out reason), reason);
+        TimeSpan validate = clock.Elapsed;
+        clock.Restart();
         KernelRelocator.Apply(table, elf.Segments, ram, Base, Delta);
+        output.WriteLine($"validate {validate.TotalMilliseconds:F1} ms, apply {clock.Elapsed.TotalMilliseconds:F1} ms (second validation; first-call JIT included in apply)");
 
         var touched = new bool[ram.Length];
         int position = table.Length / 4;

@@ -376,6 +376,7 @@ public sealed class Machine : IDisposable
                 long started = System.Diagnostics.Stopwatch.GetTimestamp();
                 KernelPlacement? placement = KernelLoader.PlanKaslr(elf, elfFile, elfBytes, cmdline,
                     KernelLoader.KernelAlignment(setupHeader), KernelLimitBelowInitrd(initrdPath, setupHeader), out byte[] relocs, out string kaslrReason);
+                TimeSpan planning = System.Diagnostics.Stopwatch.GetElapsedTime(started);
                 ulong physicalDelta = placement?.PhysicalDelta ?? 0;
                 needed = elf.End + physicalDelta;
                 if (elfBytes is not null)
@@ -389,11 +390,12 @@ public sealed class Machine : IDisposable
                 entry = elf.Entry + physicalDelta;
                 if (placement is { } p)
                 {
+                    started = System.Diagnostics.Stopwatch.GetTimestamp();
                     ulong imageBase = KernelRelocator.LoadPhysicalAddress;
                     KernelRelocator.Apply(relocs, elf.Segments, Memory.GetSpan(imageBase + physicalDelta, checked((int)(elf.End - imageBase))),
                         imageBase, p.VirtualDelta);
                     setupHeader[0x211 - 0x1F1] |= 0x02; // KASLR_FLAG: the kernel then randomizes its memory regions too
-                    BootLog.Kaslr(logger, p.PhysicalBase, KernelRelocator.StartKernelMap + p.VirtualBase,
+                    BootLog.Kaslr(logger, p.PhysicalBase, KernelRelocator.StartKernelMap + p.VirtualBase, planning.TotalMilliseconds,
                         System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
                 }
                 else
