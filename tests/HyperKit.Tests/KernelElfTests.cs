@@ -62,6 +62,28 @@ public sealed class KernelElfTests
         Assert.True(elf.TryCheckLayout(0x10_0000, 32 << 20, out reason), reason);
     }
 
+    [Fact]
+    public void Own_length_ends_at_the_section_headers_or_the_last_segment_byte()
+    {
+        byte[] elfOnly = FakeElf(0x100_0000, (0x100_0000, 0x2000, 0x2000));
+        byte[] file = [.. elfOnly, .. new byte[0x100]]; // a relocation table after the ELF
+        Assert.True(Parse(file, out KernelElf? elf, out string reason), reason);
+        Assert.Equal((ulong)elfOnly.Length, elf!.OwnLength);
+
+        // A section header table at 0x3000 (4 x 64 bytes) ends the ELF there.
+        file = [.. elfOnly, .. new byte[0x200]];
+        BinaryPrimitives.WriteUInt64LittleEndian(file.AsSpan(40), 0x3000);
+        BinaryPrimitives.WriteUInt16LittleEndian(file.AsSpan(58), 64);
+        BinaryPrimitives.WriteUInt16LittleEndian(file.AsSpan(60), 4);
+        Assert.True(Parse(file, out elf, out reason), reason);
+        Assert.Equal(0x3100UL, elf!.OwnLength);
+
+        // One claimed past the file's end: the ELF owns the whole file (no table).
+        BinaryPrimitives.WriteUInt64LittleEndian(file.AsSpan(40), 0xFFFF_FFFF_FFFF_0000);
+        Assert.True(Parse(file, out elf, out reason), reason);
+        Assert.Equal((ulong)file.Length, elf!.OwnLength);
+    }
+
     [Theory]
     [InlineData("magic", "not an ELF")]
     [InlineData("class32", "ELF64")]

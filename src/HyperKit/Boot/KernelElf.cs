@@ -27,13 +27,18 @@ public sealed class KernelElf
     private const int EhdrSize = 64, PhdrSize = 56;
     private const uint PtLoad = 1;
 
-    private KernelElf(ulong entry, LoadSegment[] segments)
+    private KernelElf(ulong entry, LoadSegment[] segments, ulong ownLength)
     {
         Entry = entry;
         Segments = segments;
+        OwnLength = ownLength;
     }
 
     public ulong Entry { get; }
+
+    /// <summary>Where the ELF itself ends in the file (its headers, segments and section header table): a
+    /// decompressed bzImage payload carries the relocation table (vmlinux.relocs) from there to the file's end.</summary>
+    public ulong OwnLength { get; }
 
     public IReadOnlyList<LoadSegment> Segments { get; }
 
@@ -147,7 +152,21 @@ public sealed class KernelElf
             reason = $"entry point 0x{entry:X} is not inside a loaded segment";
             return false;
         }
-        elf = new KernelElf(entry, [.. segments]);
+        // e_shoff/e_shentsize/e_shnum: the section header table is the last thing objcopy writes. A table that claims
+        // to lie past the file's end counts as reaching it (then nothing follows the ELF).
+        ulong ownLength = (ulong)EhdrSize;
+        foreach (LoadSegment s in segments)
+        {
+            ownLength = Math.Max(ownLength, s.FileOffset + s.FileSize);
+        }
+        ulong shoff = BinaryPrimitives.ReadUInt64LittleEndian(head[40..]);
+        ulong shBytes = (ulong)BinaryPrimitives.ReadUInt16LittleEndian(head[58..]) * BinaryPrimitives.ReadUInt16LittleEndian(head[60..]);
+        ownLength = Math.Max(ownLength, phoff + tableEnd);
+        if (shoff != 0 && shBytes != 0)
+        {
+            ownLength = shoff > fileLength || shBytes > fileLength - shoff ? fileLength : Math.Max(ownLength, shoff + shBytes);
+        }
+        elf = new KernelElf(entry, [.. segments], Math.Min(ownLength, fileLength));
         reason = "";
         return true;
     }

@@ -18,11 +18,11 @@ public static class KernelLoader
     /// <summary>Copies each segment's file bytes from <paramref name="file"/> and zeroes the rest of its memory
     /// size. The layout must have been checked (<see cref="KernelElf.TryCheckLayout"/>). Throws IOException when the
     /// file shrank under us.</summary>
-    public static void Load(KernelElf elf, SafeFileHandle file, GuestMemory memory)
+    public static void Load(KernelElf elf, SafeFileHandle file, GuestMemory memory, ulong physicalDelta = 0)
     {
         foreach (LoadSegment s in elf.Segments)
         {
-            Span<byte> target = memory.GetSpan(s.PhysicalAddress, (int)s.MemorySize);
+            Span<byte> target = memory.GetSpan(s.PhysicalAddress + physicalDelta, (int)s.MemorySize);
             Span<byte> data = target[..(int)s.FileSize];
             for (int done = 0; done < data.Length;)
             {
@@ -39,15 +39,79 @@ public static class KernelLoader
 
     /// <summary>As <see cref="Load(KernelElf, SafeFileHandle, GuestMemory)"/> from bytes already in memory
     /// (<see cref="KernelElf.TryParse"/> bounded every segment by their length).</summary>
-    public static void Load(KernelElf elf, ReadOnlySpan<byte> file, GuestMemory memory)
+    public static void Load(KernelElf elf, ReadOnlySpan<byte> file, GuestMemory memory, ulong physicalDelta = 0)
     {
         foreach (LoadSegment s in elf.Segments)
         {
-            Span<byte> target = memory.GetSpan(s.PhysicalAddress, (int)s.MemorySize);
+            Span<byte> target = memory.GetSpan(s.PhysicalAddress + physicalDelta, (int)s.MemorySize);
             file.Slice((int)s.FileOffset, (int)s.FileSize).CopyTo(target);
             target[(int)s.FileSize..].Clear();
         }
     }
+
+    /// <summary>
+    /// Decides where a vmlinux goes: randomized (<see cref="KernelRelocator"/>) when its file carries a valid
+    /// relocation table after the ELF, <paramref name="cmdline"/> lacks <c>nokaslr</c> and there is room below
+    /// <paramref name="physicalLimit"/>; otherwise null with the reason (it then loads where it was linked).
+    /// <paramref name="table"/> is the validated table, for <see cref="KernelRelocator.Apply"/> once loaded.
+    /// </summary>
+    public static KernelPlacement? PlanKaslr(KernelElf elf, SafeFileHandle? file, byte[]? bytes, string cmdline, uint alignment,
+        ulong physicalLimit, out byte[] table, out string reason)
+    {
+        table = [];
+        if (KernelRelocator.IsDisabled(cmdline))
+        {
+            reason = "nokaslr on the command line";
+            return null;
+        }
+        if (elf.Segments.Min(s => s.PhysicalAddress) != KernelRelocator.LoadPhysicalAddress)
+        {
+            reason = "the kernel is not linked to load at 16 MiB";
+            return null;
+        }
+        ulong length = bytes is not null ? (ulong)bytes.Length : (ulong)RandomAccess.GetLength(file!);
+        ulong tableLength = length - elf.OwnLength;
+        if (tableLength > KernelRelocator.MaxTableBytes)
+        {
+            reason = $"{tableLength} bytes after the ELF: too many for a relocation table";
+            return null;
+        }
+        table = new byte[tableLength];
+        if (bytes is not null)
+        {
+            bytes.AsSpan((int)elf.OwnLength).CopyTo(table);
+        }
+        else
+        {
+            for (int done = 0; done < table.Length;)
+            {
+                int n = RandomAccess.Read(file!, table.AsSpan(done), (long)elf.OwnLength + done);
+                if (n <= 0)
+                {
+                    throw new IOException("the kernel file shrank while being read");
+                }
+                done += n;
+            }
+        }
+        if (!KernelRelocator.TryValidate(table, elf.Segments, out _, out reason))
+        {
+            return null;
+        }
+        Span<byte> random = stackalloc byte[16];
+        Kvm.HostRandom.Fill(random);
+        // kaslr.c sizes the virtual window by the larger of the decompressed blob and _end - _text.
+        ulong imageSize = Math.Max(elf.End - KernelRelocator.LoadPhysicalAddress, length);
+        if (!KernelRelocator.TryChoose(BinaryPrimitives.ReadUInt64LittleEndian(random), BinaryPrimitives.ReadUInt64LittleEndian(random[8..]),
+                elf.End, imageSize, Math.Max(alignment, 0x20_0000U), physicalLimit, out KernelPlacement placement, out reason))
+        {
+            return null;
+        }
+        return placement;
+    }
+
+    /// <summary>kernel_alignment of a setup header (bytes from 0x1F1); 2 MiB when the header is too short.</summary>
+    public static uint KernelAlignment(ReadOnlySpan<byte> setupHeader) =>
+        setupHeader.Length >= 0x234 - 0x1F1 ? BinaryPrimitives.ReadUInt32LittleEndian(setupHeader[(0x230 - 0x1F1)..]) : 0x20_0000;
 
     /// <summary>
     /// The bzImage's kernel, decompressed: from the cache in <paramref name="cacheDirectory"/> when this exact image was

@@ -324,6 +324,7 @@ public sealed class Machine : IDisposable
         Microsoft.Win32.SafeHandles.SafeFileHandle? elfFile = null;
         byte[] setupHeader;
         ulong needed;
+        ulong entry = KernelAddress + 0x200; // a bzImage's startup_64 is 0x200 bytes into the protected-mode kernel
         BzImage? image = null;
         try
         {
@@ -370,14 +371,36 @@ public sealed class Machine : IDisposable
             }
             if (elf is not null)
             {
-                needed = elf.End;
+                // KASLR as the bzImage's decompressor would do it (docs/hyperkit-boot.md): placed clear of the initrd,
+                // which goes at the top of RAM below initrd_addr_max.
+                long started = System.Diagnostics.Stopwatch.GetTimestamp();
+                KernelPlacement? placement = KernelLoader.PlanKaslr(elf, elfFile, elfBytes, cmdline,
+                    KernelLoader.KernelAlignment(setupHeader), KernelLimitBelowInitrd(initrdPath, setupHeader), out byte[] relocs, out string kaslrReason);
+                TimeSpan planning = System.Diagnostics.Stopwatch.GetElapsedTime(started);
+                ulong physicalDelta = placement?.PhysicalDelta ?? 0;
+                needed = elf.End + physicalDelta;
                 if (elfBytes is not null)
                 {
-                    KernelLoader.Load(elf, elfBytes, Memory);
+                    KernelLoader.Load(elf, elfBytes, Memory, physicalDelta);
                 }
                 else
                 {
-                    KernelLoader.Load(elf, elfFile!, Memory);
+                    KernelLoader.Load(elf, elfFile!, Memory, physicalDelta);
+                }
+                entry = elf.Entry + physicalDelta;
+                if (placement is { } p)
+                {
+                    started = System.Diagnostics.Stopwatch.GetTimestamp();
+                    ulong imageBase = KernelRelocator.LoadPhysicalAddress;
+                    KernelRelocator.Apply(relocs, elf.Segments, Memory.GetSpan(imageBase + physicalDelta, checked((int)(elf.End - imageBase))),
+                        imageBase, p.VirtualDelta);
+                    setupHeader[0x211 - 0x1F1] |= 0x02; // KASLR_FLAG: the kernel then randomizes its memory regions too
+                    BootLog.Kaslr(logger, p.PhysicalBase, KernelRelocator.StartKernelMap + p.VirtualBase, planning.TotalMilliseconds,
+                        System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+                }
+                else
+                {
+                    BootLog.NoKaslr(logger, kaslrReason);
                 }
             }
             else
@@ -454,9 +477,30 @@ public sealed class Machine : IDisposable
         ];
         BootParams.Build(Memory.GetSpan(ZeroPageAddress, BootParams.Size), setupHeader, CmdlineAddress, initrdAddress, initrdSize, e820, rsdp);
         X86Cpu.WriteLongModeTables(Memory);
-        // 64-bit entry: a vmlinux's e_entry is startup_64's physical address; in a bzImage, startup_64 is 0x200 bytes
+        // 64-bit entry: a vmlinux's e_entry (moved by the KASLR physical delta) is startup_64's physical address; in a bzImage, startup_64 is 0x200 bytes
         // into the protected-mode kernel (the decompressor's).
-        X86Cpu.EnterLongMode(_vcpus[0], elf is not null ? elf.Entry : KernelAddress + 0x200, ZeroPageAddress);
+        X86Cpu.EnterLongMode(_vcpus[0], entry, ZeroPageAddress);
+    }
+
+    /// <summary>Where a randomized kernel must end: below the page the initrd will start at (it goes at the top of
+    /// RAM under initrd_addr_max), or the end of RAM without one. 0 (no room: no KASLR) when the initrd can not be
+    /// measured; loading it reports why.</summary>
+    private ulong KernelLimitBelowInitrd(string? initrdPath, ReadOnlySpan<byte> setupHeader)
+    {
+        if (initrdPath is null)
+        {
+            return Memory.Size;
+        }
+        try
+        {
+            ulong length = (ulong)new FileInfo(initrdPath).Length;
+            ulong top = Math.Min(Memory.Size, (ulong)KernelLoader.InitrdAddrMax(setupHeader) + 1);
+            return length <= top ? (top - length) & ~0xFFFUL : 0;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return 0;
+        }
     }
 
     /// <summary>Loads a freestanding flat binary and starts vCPU 0 on it in 32-bit protected mode.</summary>

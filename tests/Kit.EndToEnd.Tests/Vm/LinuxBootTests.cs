@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using Kit.Testing;
 
 namespace Kit.EndToEnd.Tests.Vm;
@@ -43,14 +44,19 @@ public sealed class LinuxBootTests(ITestOutputHelper output)
             await image.WriteInitrdAsync(bootInitrd, GuestScript, cancellationToken: cancel);
             await image.WriteInitrdAsync(panicInitrd, "echo c > /proc/sysrq-trigger; sleep 30", cancellationToken: cancel);
             string plainInitrd = Path.Combine(work, "plain.initrd");
-            await image.WriteInitrdAsync(plainInitrd, "echo \"kernel-path-ok cpus=$(grep -c ^processor /proc/cpuinfo)\"; exit 0", cancellationToken: cancel);
+            // /init runs as root (CAP_SYSLOG), so with kptr_restrict 0 /proc/kallsyms shows where _text really is.
+            await image.WriteInitrdAsync(plainInitrd, """
+                echo 0 > /proc/sys/kernel/kptr_restrict
+                echo "kernel-path-ok cpus=$(grep -c ^processor /proc/cpuinfo) text=$(grep ' _text$' /proc/kallsyms | cut -d' ' -f1) uptime=$(cut -d' ' -f1 /proc/uptime)"
+                exit 0
+                """, cancellationToken: cancel);
             // L1's own tmpfs (fresh per L1, so the first boot is a cold one), not the 9p results share.
             const string cache = "/tmp/kit-cache";
 
             string kit = KitCli.ExecutablePath;
-            string Run(string initrd, string console, string extra, string? kernel = null) => Text.ShellJoin(
+            string Run(string initrd, string console, string extra, string? kernel = null, string cmdline = "") => Text.ShellJoin(
                 [kit, "vm", "run", "--kernel", kernel ?? image.Kernel, "--initrd", initrd, "--memory", "512M",
-                 "--cmdline", "console=ttyS0 reboot=k panic=-1 no_timer_check", .. extra.Split(' ', StringSplitOptions.RemoveEmptyEntries)])
+                 "--cmdline", "console=ttyS0 reboot=k panic=-1 no_timer_check" + cmdline, .. extra.Split(' ', StringSplitOptions.RemoveEmptyEntries)])
                 + $" >{console} 2>&1";
             string command = $"""
                 export XDG_CACHE_HOME={cache}
@@ -64,6 +70,12 @@ public sealed class LinuxBootTests(ITestOutputHelper output)
                 cp {cache}/kit/vmlinux/*.elf /tmp/vmlinux.elf
                 {Run(plainInitrd, work + "/elf.console", "--cpus 1", "/tmp/vmlinux.elf")}
                 echo "elf-exit=$?"
+                t=$(date +%s%N); KIT_DEBUG=1 {Run(plainInitrd, work + "/kaslr1.console", "--cpus 1")}
+                echo "kaslr1-exit=$? wall-ms=$(( ($(date +%s%N) - t) / 1000000 ))"
+                t=$(date +%s%N); KIT_DEBUG=1 {Run(plainInitrd, work + "/kaslr2.console", "--cpus 1")}
+                echo "kaslr2-exit=$? wall-ms=$(( ($(date +%s%N) - t) / 1000000 ))"
+                t=$(date +%s%N); KIT_DEBUG=1 {Run(plainInitrd, work + "/nokaslr.console", "--cpus 1", cmdline: " nokaslr")}
+                echo "nokaslr-exit=$? wall-ms=$(( ($(date +%s%N) - t) / 1000000 ))"
                 """;
             var options = new NestedOptions { ResultsDirectory = work, Timeout = TimeSpan.FromMinutes(15) };
 
@@ -96,6 +108,31 @@ public sealed class LinuxBootTests(ITestOutputHelper output)
             string elf = ReadIfExists(Path.Combine(work, "elf.console"));
             Assert.True(l1.Output.Contains("elf-exit=0", StringComparison.Ordinal), $"booting the vmlinux ELF directly failed\n{l1.Output}\n{Text.Tail(elf, 3000)}");
             Assert.Contains("kernel-path-ok cpus=1", elf, StringComparison.Ordinal);
+
+            // KASLR on the cached-vmlinux path: kit relocates the kernel on the host and logs where it put it; the guest
+            // runs exactly there (_text is the logged virtual base), the two boots chose different places, and
+            // nokaslr keeps the linked base.
+            (string Text, string Log) Boot(string name)
+            {
+                string console = ReadIfExists(Path.Combine(work, name + ".console"));
+                Assert.True(l1.Output.Contains($"{name}-exit=0 ", StringComparison.Ordinal), $"{name} boot failed\n{l1.Output}\n{Text.Tail(console, 3000)}");
+                Match m = Regex.Match(console, "kernel-path-ok cpus=1 text=([0-9a-f]{16})");
+                Assert.True(m.Success, $"{name}: no _text address\n{Text.Tail(console, 3000)}");
+                string log = Regex.Match(console, "(KASLR:|no KASLR)[^\n]*").Value;
+                output.WriteLine($"{name}: _text={m.Groups[1].Value} {Regex.Match(console, "uptime=[0-9.]+").Value} {Regex.Match(l1.Output, name + "-exit=0 wall-ms=[0-9]+").Value} {log}");
+                return (m.Groups[1].Value, log);
+            }
+            (string Text, string Log)[] randomized = [Boot("kaslr1"), Boot("kaslr2")];
+            foreach ((string text, string log) in randomized)
+            {
+                Match placed = Regex.Match(log, "KASLR: kernel at physical 0x([0-9A-F]+), virtual base 0x([0-9A-F]+)");
+                Assert.True(placed.Success, $"no KASLR placement logged: '{log}'");
+                Assert.Equal(placed.Groups[2].Value.ToLowerInvariant(), text);
+            }
+            Assert.NotEqual(Regex.Replace(randomized[0].Log, @" \(table.*", ""), Regex.Replace(randomized[1].Log, @" \(table.*", ""));
+            (string fixedText, string fixedLog) = Boot("nokaslr");
+            Assert.Equal("ffffffff81000000", fixedText);
+            Assert.Contains("nokaslr on the command line", fixedLog, StringComparison.Ordinal);
         }
         finally
         {
