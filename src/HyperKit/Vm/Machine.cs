@@ -371,48 +371,11 @@ public sealed class Machine : IDisposable
             }
             if (elf is not null)
             {
-                // KASLR as the bzImage's decompressor would do it (docs/hyperkit-boot.md): placed clear of the initrd,
-                // which goes at the top of RAM below initrd_addr_max.
-                long started = System.Diagnostics.Stopwatch.GetTimestamp();
-                KernelPlacement? placement = KernelLoader.PlanKaslr(elf, elfFile, elfBytes, cmdline,
-                    KernelLoader.KernelAlignment(setupHeader), KernelLimitBelowInitrd(initrdPath, setupHeader), out byte[] relocs, out string kaslrReason);
-                TimeSpan planning = System.Diagnostics.Stopwatch.GetElapsedTime(started);
-                ulong physicalDelta = placement?.PhysicalDelta ?? 0;
-                needed = elf.End + physicalDelta;
-                if (elfBytes is not null)
-                {
-                    KernelLoader.Load(elf, elfBytes, Memory, physicalDelta);
-                }
-                else
-                {
-                    KernelLoader.Load(elf, elfFile!, Memory, physicalDelta);
-                }
-                entry = elf.Entry + physicalDelta;
-                if (placement is { } p)
-                {
-                    started = System.Diagnostics.Stopwatch.GetTimestamp();
-                    ulong imageBase = KernelRelocator.LoadPhysicalAddress;
-                    KernelRelocator.Apply(relocs, elf.Segments, Memory.GetSpan(imageBase + physicalDelta, checked((int)(elf.End - imageBase))),
-                        imageBase, p.VirtualDelta);
-                    setupHeader[0x211 - 0x1F1] |= 0x02; // KASLR_FLAG: the kernel then randomizes its memory regions too
-                    BootLog.Kaslr(logger, p.PhysicalBase, KernelRelocator.StartKernelMap + p.VirtualBase, planning.TotalMilliseconds,
-                        System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
-                }
-                else
-                {
-                    BootLog.NoKaslr(logger, kaslrReason);
-                }
+                (needed, entry) = LoadVmlinux(elf, elfFile, elfBytes, setupHeader, initrdPath, cmdline, logger);
             }
             else
             {
-                ulong kernelEnd = KernelAddress + Math.Max((ulong)image!.ProtectedModeKernel.Length, image.InitSize);
-                // The decompressor relocates to 16 MiB (LOAD_PHYSICAL_ADDR) and needs init_size bytes there.
-                needed = Math.Max(kernelEnd, (16UL << 20) + image.InitSize);
-                if (needed > Memory.Size)
-                {
-                    throw new MachineConfigurationException($"the kernel needs at least {(needed >> 20) + 1} MiB of guest memory");
-                }
-                image.ProtectedModeKernel.CopyTo(Memory.GetSpan(KernelAddress, image.ProtectedModeKernel.Length));
+                needed = LoadBzImage(image!);
             }
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -424,49 +387,8 @@ public sealed class Machine : IDisposable
             elfFile?.Dispose();
         }
 
-        byte[] cmd = Encoding.ASCII.GetBytes(cmdline);
-        uint cmdlineSize = KernelLoader.CmdlineSize(setupHeader);
-        if (cmd.Length >= cmdlineSize || cmd.Length >= 0x1_0000)
-        {
-            throw new MachineConfigurationException($"kernel command line is {cmd.Length} bytes; this kernel accepts {cmdlineSize - 1}");
-        }
-        Span<byte> cmdSpan = Memory.GetSpan(CmdlineAddress, cmd.Length + 1);
-        cmd.CopyTo(cmdSpan);
-        cmdSpan[^1] = 0;
-
-        ulong initrdAddress = 0, initrdSize = 0;
-        if (initrdPath is not null)
-        {
-            // Read straight into guest RAM: a managed copy of the initrd would stay resident (the GC has no reason to
-            // run again) and add its size to the VMM's peak RSS.
-            try
-            {
-                using Microsoft.Win32.SafeHandles.SafeFileHandle handle = File.OpenHandle(initrdPath);
-                long length = RandomAccess.GetLength(handle);
-                ulong top = Math.Min(Memory.Size, (ulong)KernelLoader.InitrdAddrMax(setupHeader) + 1);
-                initrdSize = (ulong)length;
-                // Page-aligned down from the top, and still clear of the kernel's last byte.
-                if (length > int.MaxValue || initrdSize > top || ((top - initrdSize) & ~0xFFFUL) < needed)
-                {
-                    throw new MachineConfigurationException($"kernel and initrd ({initrdSize >> 20} MiB) do not fit in {Memory.Size >> 20} MiB of guest memory");
-                }
-                initrdAddress = (top - initrdSize) & ~0xFFFUL;
-                Span<byte> target = Memory.GetSpan(initrdAddress, (int)length);
-                for (int done = 0; done < target.Length;)
-                {
-                    int n = RandomAccess.Read(handle, target[done..], done);
-                    if (n <= 0)
-                    {
-                        throw new MachineConfigurationException($"cannot read initrd {initrdPath}: it shrank while being read");
-                    }
-                    done += n;
-                }
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                throw new MachineConfigurationException($"cannot read initrd {initrdPath}: {e.Message}");
-            }
-        }
+        WriteCmdline(cmdline, setupHeader);
+        (ulong initrdAddress, ulong initrdSize) = initrdPath is null ? (0UL, 0UL) : LoadInitrd(initrdPath, setupHeader, needed);
 
         ulong rsdp = AcpiTables.Build(Memory.GetSpan(AcpiAddress, (int)AcpiSize), AcpiAddress, _vcpus.Length);
         E820Entry[] e820 =
@@ -477,9 +399,111 @@ public sealed class Machine : IDisposable
         ];
         BootParams.Build(Memory.GetSpan(ZeroPageAddress, BootParams.Size), setupHeader, CmdlineAddress, initrdAddress, initrdSize, e820, rsdp);
         X86Cpu.WriteLongModeTables(Memory);
-        // 64-bit entry: a vmlinux's e_entry (moved by the KASLR physical delta) is startup_64's physical address; in a bzImage, startup_64 is 0x200 bytes
-        // into the protected-mode kernel (the decompressor's).
+        // 64-bit entry: startup_64, the vmlinux's e_entry (moved by the KASLR physical delta) or the bzImage's (its
+        // decompressor's), 0x200 bytes into the protected-mode kernel.
         X86Cpu.EnterLongMode(_vcpus[0], entry, ZeroPageAddress);
+    }
+
+    /// <summary>
+    /// Places a vmlinux: randomized as the bzImage's decompressor would do it (KASLR, docs/hyperkit-boot.md) when its
+    /// file carries a relocation table, clear of the initrd that goes at the top of RAM; else where it was linked.
+    /// Returns the end of the kernel and its entry (startup_64).
+    /// </summary>
+    private (ulong Needed, ulong Entry) LoadVmlinux(KernelElf elf, Microsoft.Win32.SafeHandles.SafeFileHandle? file, byte[]? bytes,
+        byte[] setupHeader, string? initrdPath, string cmdline, ILogger logger)
+    {
+        long started = System.Diagnostics.Stopwatch.GetTimestamp();
+        KernelPlacement? placement = KernelLoader.PlanKaslr(elf, file, bytes, cmdline,
+            KernelLoader.KernelAlignment(setupHeader), KernelLimitBelowInitrd(initrdPath, setupHeader), out byte[] relocs, out string kaslrReason);
+        TimeSpan planning = System.Diagnostics.Stopwatch.GetElapsedTime(started);
+        ulong physicalDelta = placement?.PhysicalDelta ?? 0;
+        if (bytes is not null)
+        {
+            KernelLoader.Load(elf, bytes, Memory, physicalDelta);
+        }
+        else
+        {
+            KernelLoader.Load(elf, file!, Memory, physicalDelta);
+        }
+        if (placement is { } p)
+        {
+            started = System.Diagnostics.Stopwatch.GetTimestamp();
+            ulong imageBase = KernelRelocator.LoadPhysicalAddress;
+            KernelRelocator.Apply(relocs, elf.Segments, Memory.GetSpan(imageBase + physicalDelta, checked((int)(elf.End - imageBase))),
+                imageBase, p.VirtualDelta);
+            setupHeader[0x211 - 0x1F1] |= 0x02; // KASLR_FLAG: the kernel then randomizes its memory regions too
+            BootLog.Kaslr(logger, p.PhysicalBase, KernelRelocator.StartKernelMap + p.VirtualBase, planning.TotalMilliseconds,
+                System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+        }
+        else
+        {
+            BootLog.NoKaslr(logger, kaslrReason);
+        }
+        return (elf.End + physicalDelta, elf.Entry + physicalDelta);
+    }
+
+    /// <summary>Places a bzImage's protected-mode kernel at 1 MiB for the guest to decompress; returns how far up
+    /// the decompressor will reach.</summary>
+    private ulong LoadBzImage(BzImage image)
+    {
+        ulong kernelEnd = KernelAddress + Math.Max((ulong)image.ProtectedModeKernel.Length, image.InitSize);
+        // The decompressor relocates to 16 MiB (LOAD_PHYSICAL_ADDR) and needs init_size bytes there.
+        ulong needed = Math.Max(kernelEnd, (16UL << 20) + image.InitSize);
+        if (needed > Memory.Size)
+        {
+            throw new MachineConfigurationException($"the kernel needs at least {(needed >> 20) + 1} MiB of guest memory");
+        }
+        image.ProtectedModeKernel.CopyTo(Memory.GetSpan(KernelAddress, image.ProtectedModeKernel.Length));
+        return needed;
+    }
+
+    private void WriteCmdline(string cmdline, ReadOnlySpan<byte> setupHeader)
+    {
+        byte[] cmd = Encoding.ASCII.GetBytes(cmdline);
+        uint cmdlineSize = KernelLoader.CmdlineSize(setupHeader);
+        if (cmd.Length >= cmdlineSize || cmd.Length >= 0x1_0000)
+        {
+            throw new MachineConfigurationException($"kernel command line is {cmd.Length} bytes; this kernel accepts {cmdlineSize - 1}");
+        }
+        Span<byte> cmdSpan = Memory.GetSpan(CmdlineAddress, cmd.Length + 1);
+        cmd.CopyTo(cmdSpan);
+        cmdSpan[^1] = 0;
+    }
+
+    /// <summary>
+    /// Reads the initrd straight into guest RAM (a managed copy would stay resident and add its size to the VMM's peak
+    /// RSS), page-aligned at the top of RAM below initrd_addr_max and clear of the kernel's last byte
+    /// (<paramref name="kernelEnd"/>).
+    /// </summary>
+    private (ulong Address, ulong Size) LoadInitrd(string initrdPath, ReadOnlySpan<byte> setupHeader, ulong kernelEnd)
+    {
+        try
+        {
+            using Microsoft.Win32.SafeHandles.SafeFileHandle handle = File.OpenHandle(initrdPath);
+            long length = RandomAccess.GetLength(handle);
+            ulong top = Math.Min(Memory.Size, (ulong)KernelLoader.InitrdAddrMax(setupHeader) + 1);
+            ulong size = (ulong)length;
+            if (length > int.MaxValue || size > top || ((top - size) & ~0xFFFUL) < kernelEnd)
+            {
+                throw new MachineConfigurationException($"kernel and initrd ({size >> 20} MiB) do not fit in {Memory.Size >> 20} MiB of guest memory");
+            }
+            ulong address = (top - size) & ~0xFFFUL;
+            Span<byte> target = Memory.GetSpan(address, (int)length);
+            for (int done = 0; done < target.Length;)
+            {
+                int n = RandomAccess.Read(handle, target[done..], done);
+                if (n <= 0)
+                {
+                    throw new MachineConfigurationException($"cannot read initrd {initrdPath}: it shrank while being read");
+                }
+                done += n;
+            }
+            return (address, size);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new MachineConfigurationException($"cannot read initrd {initrdPath}: {e.Message}");
+        }
     }
 
     /// <summary>Where a randomized kernel must end: below the page the initrd will start at (it goes at the top of
