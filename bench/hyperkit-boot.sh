@@ -56,10 +56,11 @@ command -v /usr/bin/time >/dev/null || { echo "bench/hyperkit-boot.sh: needs GNU
 cat > "$work/boot.sh" <<BOOT
 # boot.sh VMM CPUS: execs the VMM (GNU time then reports the VMM's own maxrss, not a shell's)
 cl="console=ttyS0 reboot=k panic=-1 no_timer_check quiet$trace"
+kit() { exec env $stats "\$1" vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$2 --cmdline "\$cl"; }
 case \$1 in
-  kit) exec env $stats $root/artifacts/kit/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$2 --cmdline "\$cl" ;;
-  kit-cold) rm -rf "\$HOME/.cache/kit/vmlinux"; exec env $stats $root/artifacts/kit/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$2 --cmdline "\$cl" ;;
-  kit-base) exec env $stats ${KIT_BASE:-/nonexistent}/kit vm run --kernel $kernel --initrd $work/l2.initrd --memory 512M --cpus \$2 --cmdline "\$cl" ;;
+  kit) kit $root/artifacts/kit/kit \$2 ;;
+  kit-cold) rm -rf "\$HOME/.cache/kit/vmlinux"; kit $root/artifacts/kit/kit \$2 ;;
+  kit-base) kit ${KIT_BASE:-/nonexistent}/kit \$2 ;;
   qemu) exec qemu-system-x86_64 -enable-kvm -cpu host -m 512 -smp \$2 -nodefaults -no-user-config -display none -serial stdio \
           -monitor none -device virtio-rng-pci -kernel $kernel -initrd $work/l2.initrd -append "\$cl" -no-reboot ;;
 esac

@@ -16,7 +16,7 @@ public sealed class DebianKernelKaslrTests(ITestOutputHelper output)
         byte[] file = File.ReadAllBytes(guest.Kernel);
         Assert.True(BzImage.TryParse(file, out BzImage? image, out string reason), reason);
         Assert.True(KernelLoader.TryDecompress(image!, out byte[]? vmlinux, out KernelElf? elf, out reason), reason);
-        uint alignment = KernelLoader.KernelAlignment(image!.SetupHeader);
+        uint alignment = SetupHeaderFields.KernelAlignment(image!.SetupHeader);
         output.WriteLine($"vmlinux {vmlinux!.Length} bytes, ELF ends at {elf!.OwnLength}, _end at 0x{elf.End:X}, kernel_alignment 0x{alignment:X}");
         Assert.InRange(alignment, 0x20_0000u, 0x100_0000u);
 

@@ -189,9 +189,9 @@ public sealed class KernelElfTests
     [Fact]
     public void Synthetic_setup_header_carries_what_boot_params_needs()
     {
-        byte[] header = KernelLoader.SyntheticSetupHeader();
-        Assert.Equal(2048u, KernelLoader.CmdlineSize(header));
-        Assert.Equal(0x7FFF_FFFFu, KernelLoader.InitrdAddrMax(header));
+        byte[] header = SetupHeaderFields.Synthetic();
+        Assert.Equal(2048u, SetupHeaderFields.CmdlineSize(header));
+        Assert.Equal(0x7FFF_FFFFu, SetupHeaderFields.InitrdAddrMax(header));
         byte[] page = new byte[BootParams.Size];
         BootParams.Build(page, header, 0x20000, 0x1000_0000, 0x1000, [new E820Entry(0, 0x9_FC00, E820Entry.Ram)], 0xE0000);
         Assert.Equal(0xAA55, BinaryPrimitives.ReadUInt16LittleEndian(page.AsSpan(0x1FE)));

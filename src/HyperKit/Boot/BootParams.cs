@@ -26,7 +26,7 @@ public static class BootParams
         Build(page, image.SetupHeader, cmdlineAddress, initrdAddress, initrdSize, e820, rsdpAddress);
 
     /// <param name="setupHeader">The setup header from offset 0x1F1: a bzImage's own, or
-    /// <see cref="KernelLoader.SyntheticSetupHeader"/> for a bare vmlinux.</param>
+    /// <see cref="SetupHeaderFields.Synthetic"/> for a bare vmlinux.</param>
     public static void Build(Span<byte> page, ReadOnlySpan<byte> setupHeader, ulong cmdlineAddress, ulong initrdAddress,
         ulong initrdSize, ReadOnlySpan<E820Entry> e820, ulong rsdpAddress)
     {

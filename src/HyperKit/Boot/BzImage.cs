@@ -29,11 +29,11 @@ public sealed class BzImage
 
     public ushort Version => BinaryPrimitives.ReadUInt16LittleEndian(File.AsSpan(0x206));
 
-    public uint InitrdAddrMax => BinaryPrimitives.ReadUInt32LittleEndian(File.AsSpan(0x22C));
+    public uint InitrdAddrMax => SetupHeaderFields.InitrdAddrMax(File.AsSpan(SetupHeaderFields.Start));
 
-    public uint CmdlineSize => Version >= 0x0206 ? BinaryPrimitives.ReadUInt32LittleEndian(File.AsSpan(0x238)) : 255;
+    public uint CmdlineSize => SetupHeaderFields.CmdlineSize(File.AsSpan(SetupHeaderFields.Start));
 
-    public uint InitSize => BinaryPrimitives.ReadUInt32LittleEndian(File.AsSpan(0x260));
+    public uint InitSize => SetupHeaderFields.InitSize(File.AsSpan(SetupHeaderFields.Start));
 
     public static bool TryParse(byte[] file, out BzImage? image, out string reason)
     {

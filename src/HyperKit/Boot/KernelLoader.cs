@@ -23,17 +23,8 @@ public static class KernelLoader
         foreach (LoadSegment s in elf.Segments)
         {
             Span<byte> target = memory.GetSpan(s.PhysicalAddress + physicalDelta, (int)s.MemorySize);
-            Span<byte> data = target[..(int)s.FileSize];
-            for (int done = 0; done < data.Length;)
-            {
-                int n = RandomAccess.Read(file, data[done..], (long)s.FileOffset + done);
-                if (n <= 0)
-                {
-                    throw new IOException("the kernel file shrank while being read");
-                }
-                done += n;
-            }
-            target[data.Length..].Clear();
+            BootFile.ReadExactly(file, target[..(int)s.FileSize], (long)s.FileOffset);
+            target[(int)s.FileSize..].Clear();
         }
     }
 
@@ -83,15 +74,7 @@ public static class KernelLoader
         }
         else
         {
-            for (int done = 0; done < table.Length;)
-            {
-                int n = RandomAccess.Read(file!, table.AsSpan(done), (long)elf.OwnLength + done);
-                if (n <= 0)
-                {
-                    throw new IOException("the kernel file shrank while being read");
-                }
-                done += n;
-            }
+            BootFile.ReadExactly(file!, table, (long)elf.OwnLength);
         }
         if (!KernelRelocator.TryValidate(table, elf.Segments, out _, out reason))
         {
@@ -108,10 +91,6 @@ public static class KernelLoader
         }
         return placement;
     }
-
-    /// <summary>kernel_alignment of a setup header (bytes from 0x1F1); 2 MiB when the header is too short.</summary>
-    public static uint KernelAlignment(ReadOnlySpan<byte> setupHeader) =>
-        setupHeader.Length >= 0x234 - 0x1F1 ? BinaryPrimitives.ReadUInt32LittleEndian(setupHeader[(0x230 - 0x1F1)..]) : 0x20_0000;
 
     /// <summary>
     /// The bzImage's kernel, decompressed: from the cache in <paramref name="cacheDirectory"/> when this exact image was
@@ -188,39 +167,4 @@ public static class KernelLoader
         vmlinux = output;
         return true;
     }
-
-    /// <summary>
-    /// The setup header fields boot_params needs when the kernel came as a bare vmlinux (no bzImage header to copy):
-    /// the signatures, boot protocol 2.15, LOADED_HIGH, XLF_KERNEL_64, initrd below 2 GiB and Linux's x86
-    /// COMMAND_LINE_SIZE (2048). Returned as the bytes from 0x1F1, as <see cref="BzImage.SetupHeader"/>.
-    /// </summary>
-    public static byte[] SyntheticSetupHeader()
-    {
-        const int Base = 0x1F1;
-        var header = new byte[0x268 - Base];
-        BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(0x1FE - Base), 0xAA55);
-        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(0x202 - Base), 0x53726448); // "HdrS"
-        BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(0x206 - Base), 0x020F);
-        header[0x211 - Base] = 0x01; // LOADED_HIGH
-        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(0x22C - Base), 0x7FFF_FFFF); // initrd_addr_max
-        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(0x230 - Base), 0x20_0000);    // kernel_alignment
-        BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(0x236 - Base), 0x0001);      // XLF_KERNEL_64
-        BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(0x238 - Base), 2048);        // cmdline_size
-        return header;
-    }
-
-    /// <summary>cmdline_size of a setup header (bytes from 0x1F1); 255 before protocol 2.06.</summary>
-    public static uint CmdlineSize(ReadOnlySpan<byte> setupHeader)
-    {
-        const int Base = 0x1F1;
-        if (setupHeader.Length < 0x23C - Base || BinaryPrimitives.ReadUInt16LittleEndian(setupHeader[(0x206 - Base)..]) < 0x0206)
-        {
-            return 255;
-        }
-        return BinaryPrimitives.ReadUInt32LittleEndian(setupHeader[(0x238 - Base)..]);
-    }
-
-    /// <summary>initrd_addr_max of a setup header (bytes from 0x1F1).</summary>
-    public static uint InitrdAddrMax(ReadOnlySpan<byte> setupHeader) =>
-        setupHeader.Length >= 0x230 - 0x1F1 ? BinaryPrimitives.ReadUInt32LittleEndian(setupHeader[(0x22C - 0x1F1)..]) : 0x37FF_FFFF;
 }

@@ -337,7 +337,7 @@ public sealed class Machine : IDisposable
                 {
                     throw new MachineConfigurationException($"{kernelPath}: {elfReason}");
                 }
-                setupHeader = KernelLoader.SyntheticSetupHeader();
+                setupHeader = SetupHeaderFields.Synthetic();
             }
             else
             {
@@ -414,7 +414,7 @@ public sealed class Machine : IDisposable
     {
         long started = System.Diagnostics.Stopwatch.GetTimestamp();
         KernelPlacement? placement = KernelLoader.PlanKaslr(elf, file, bytes, cmdline,
-            KernelLoader.KernelAlignment(setupHeader), KernelLimitBelowInitrd(initrdPath, setupHeader), out byte[] relocs, out string kaslrReason);
+            SetupHeaderFields.KernelAlignment(setupHeader), KernelLimitBelowInitrd(initrdPath, setupHeader), out byte[] relocs, out string kaslrReason);
         TimeSpan planning = System.Diagnostics.Stopwatch.GetElapsedTime(started);
         ulong physicalDelta = placement?.PhysicalDelta ?? 0;
         if (bytes is not null)
@@ -431,7 +431,7 @@ public sealed class Machine : IDisposable
             ulong imageBase = KernelRelocator.LoadPhysicalAddress;
             KernelRelocator.Apply(relocs, elf.Segments, Memory.GetSpan(imageBase + physicalDelta, checked((int)(elf.End - imageBase))),
                 imageBase, p.VirtualDelta);
-            setupHeader[0x211 - 0x1F1] |= 0x02; // KASLR_FLAG: the kernel then randomizes its memory regions too
+            SetupHeaderFields.SetKaslrFlag(setupHeader);
             BootLog.Kaslr(logger, p.PhysicalBase, KernelRelocator.StartKernelMap + p.VirtualBase, planning.TotalMilliseconds,
                 System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
         }
@@ -460,7 +460,7 @@ public sealed class Machine : IDisposable
     private void WriteCmdline(string cmdline, ReadOnlySpan<byte> setupHeader)
     {
         byte[] cmd = Encoding.ASCII.GetBytes(cmdline);
-        uint cmdlineSize = KernelLoader.CmdlineSize(setupHeader);
+        uint cmdlineSize = SetupHeaderFields.CmdlineSize(setupHeader);
         if (cmd.Length >= cmdlineSize || cmd.Length >= 0x1_0000)
         {
             throw new MachineConfigurationException($"kernel command line is {cmd.Length} bytes; this kernel accepts {cmdlineSize - 1}");
@@ -481,29 +481,26 @@ public sealed class Machine : IDisposable
         {
             using Microsoft.Win32.SafeHandles.SafeFileHandle handle = File.OpenHandle(initrdPath);
             long length = RandomAccess.GetLength(handle);
-            ulong top = Math.Min(Memory.Size, (ulong)KernelLoader.InitrdAddrMax(setupHeader) + 1);
             ulong size = (ulong)length;
-            if (length > int.MaxValue || size > top || ((top - size) & ~0xFFFUL) < kernelEnd)
+            if (length > int.MaxValue || InitrdAddress(size, setupHeader) is not { } address || address < kernelEnd)
             {
                 throw new MachineConfigurationException($"kernel and initrd ({size >> 20} MiB) do not fit in {Memory.Size >> 20} MiB of guest memory");
             }
-            ulong address = (top - size) & ~0xFFFUL;
-            Span<byte> target = Memory.GetSpan(address, (int)length);
-            for (int done = 0; done < target.Length;)
-            {
-                int n = RandomAccess.Read(handle, target[done..], done);
-                if (n <= 0)
-                {
-                    throw new MachineConfigurationException($"cannot read initrd {initrdPath}: it shrank while being read");
-                }
-                done += n;
-            }
+            BootFile.ReadExactly(handle, Memory.GetSpan(address, (int)length), 0);
             return (address, size);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new MachineConfigurationException($"cannot read initrd {initrdPath}: {e.Message}");
         }
+    }
+
+    /// <summary>Where an initrd of <paramref name="size"/> bytes goes: page-aligned at the top of RAM below
+    /// initrd_addr_max (Documentation/arch/x86/boot.rst); null when it is larger than that.</summary>
+    private ulong? InitrdAddress(ulong size, ReadOnlySpan<byte> setupHeader)
+    {
+        ulong top = Math.Min(Memory.Size, (ulong)SetupHeaderFields.InitrdAddrMax(setupHeader) + 1);
+        return size <= top ? (top - size) & ~0xFFFUL : null;
     }
 
     /// <summary>Where a randomized kernel must end: below the page the initrd will start at (it goes at the top of
@@ -517,9 +514,7 @@ public sealed class Machine : IDisposable
         }
         try
         {
-            ulong length = (ulong)new FileInfo(initrdPath).Length;
-            ulong top = Math.Min(Memory.Size, (ulong)KernelLoader.InitrdAddrMax(setupHeader) + 1);
-            return length <= top ? (top - length) & ~0xFFFUL : 0;
+            return InitrdAddress((ulong)new FileInfo(initrdPath).Length, setupHeader) ?? 0;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
