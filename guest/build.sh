@@ -24,13 +24,17 @@ for tool in apt-cache apt-get dpkg-deb depmod modprobe cpio gzip busybox iperf3 
 done
 
 home=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
-cache_root=${KIT_GUEST_CACHE:-${home:-/tmp}/.cache/kit/guest}
+# Never a shared directory such as /tmp: another local user could plant a kernel or initramfs there.
+[[ -n "${KIT_GUEST_CACHE:-}" || -n "$home" ]] || die "no home directory: set HOME or KIT_GUEST_CACHE"
+cache_root=${KIT_GUEST_CACHE:-$home/.cache/kit/guest}
 mkdir -p "$cache_root"
 cache_root=$(cd "$cache_root" && pwd -P)
 
 # The stamp ties a cached guest to the exact script (and busybox/iperf3) that built it, so editing /init or the
 # module list rebuilds instead of silently reusing a stale initramfs.
-self_hash=$( { cat "${BASH_SOURCE[0]}"; sha256sum "$(command -v busybox)" "$(command -v iperf3)"; } | sha256sum | cut -c1-16)
+# `kit guest build` passes this script as bash -c's argument (no file), so its text is then BASH_EXECUTION_STRING.
+self_file=${BASH_SOURCE[0]:-}
+self_hash=$( { if [[ -n "$self_file" ]]; then cat "$self_file"; else printf '%s' "$BASH_EXECUTION_STRING"; fi; sha256sum "$(command -v busybox)" "$(command -v iperf3)"; } | sha256sum | cut -c1-16)
 
 # Which real kernel package does linux-image-amd64 point at? (e.g. linux-image-6.1.0-56-amd64)
 resolve_kernel_package() {

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using Kit.Linux;
 using Kit.VpnKit.Capture;
 using Kit.VpnKit.Links;
 using Kit.VpnKit.Nat;
@@ -200,19 +201,17 @@ public sealed partial class VpnKitServer : IDisposable
     /// <summary>Serves QEMU <c>-netdev dgram</c>: one frame per datagram on a Unix datagram socket.</summary>
     public void ListenDgram(string path)
     {
-        File.Delete(path);
-        var s = new Socket(AddressFamily.Unix, SocketType.Dgram, ProtocolType.Unspecified);
-        s.Bind(new UnixDomainSocketEndPoint(path));
+        Socket s = UnixSocketFile.Bind(path, SocketType.Dgram, out UnixSocketFile.Binding binding);
+        _owned.Add(binding);
         AddLink(new DgramLink(s, $"dgram:{path}", _gw.Mtu));
     }
 
     private void ListenUnixStream(string path, Func<Socket, ILink?> accept)
     {
-        File.Delete(path);
-        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        listener.Bind(new UnixDomainSocketEndPoint(path));
-        listener.Listen(16);
+        Socket listener = UnixSocketFile.Bind(path, SocketType.Stream, out UnixSocketFile.Binding binding);
         _owned.Add(listener);
+        _owned.Add(binding);
+        listener.Listen(16);
         var t = new Thread(() =>
         {
             try

@@ -30,4 +30,54 @@ public sealed class CliTests
         Assert.Equal(1, result.ExitCode);
         Assert.Equal("kit: --memory: cannot parse \"lots\" (use e.g. 512M or 1G)", result.StandardError.Trim());
     }
+
+    /// <summary>Security review finding 5: a listen path that holds a file is refused in one line, and the file kept.</summary>
+    [Fact]
+    public void DataServeRefusesToListenOverARegularFile()
+    {
+        DirectoryInfo dir = Directory.CreateTempSubdirectory("kit-cli-listen-");
+        try
+        {
+            string victim = Path.Combine(dir.FullName, "victim");
+            File.WriteAllText(victim, "keep me");
+
+            ProcessResult result = KitCli.Run("data", "serve", "--git", Path.Combine(dir.FullName, "store"), "--listen-9p", $"unix:{victim}");
+
+            Assert.Equal(1, result.ExitCode);
+            Assert.Matches($"^kit: cannot listen on unix:{victim}: .*not a socket", result.StandardError.Trim());
+            Assert.Equal("keep me", File.ReadAllText(victim));
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// Security review finding 1: `kit guest build` once wrote its script to $TMPDIR/kit-guest-build-PID.sh and ran it
+    /// as root, so a planted FIFO there fed root's bash. Now nothing is written to TMPDIR: with TMPDIR pointing at a
+    /// regular file (no file can be made under it) the build still answers from the cache that ./test filled.
+    /// </summary>
+    [Fact]
+    public async Task GuestBuildWritesNothingIntoTmpdir()
+    {
+        DirectoryInfo dir = Directory.CreateTempSubdirectory("kit-cli-tmpdir-");
+        try
+        {
+            string notADirectory = Path.Combine(dir.FullName, "file");
+            File.WriteAllText(notADirectory, "");
+
+            ProcessResult result = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["guest", "build"], TimeSpan.FromMinutes(10),
+                environment: new Dictionary<string, string?> { ["TMPDIR"] = notADirectory },
+                cancellationToken: TestContext.Current.CancellationToken);
+
+            Assert.True(result.ExitCode == 0, result.Output);
+            Assert.Matches("(?m)^kernel=/.+/vmlinuz$", result.StandardOutput);
+            Assert.Equal("", File.ReadAllText(notADirectory));
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
 }

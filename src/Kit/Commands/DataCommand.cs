@@ -81,7 +81,7 @@ internal static class DataCommand
                 {
                     server.Listen(a);
                 }
-                catch (SocketException e)
+                catch (Exception e) when (e is SocketException or IOException)
                 {
                     throw new CliException($"cannot listen on {a}: {e.Message}");
                 }

@@ -33,49 +33,47 @@ internal static class GuestCommand
 
     /// <summary>
     /// Builds the default guest or finds it in the cache; returns the kernel and initramfs paths. The script's
-    /// progress goes to stderr; its result lines (kernel=..., initrd=...) are parsed here.
+    /// progress goes to stderr; its result lines (kernel=..., initrd=...) are parsed here. The embedded script is
+    /// handed to bash as its -c argument, never written to a file: a file in a shared directory under a predictable
+    /// name is a place where another local user can plant a FIFO or symlink and feed root's bash their own commands.
     /// </summary>
     public static (string Kernel, string Initrd) Ensure(DirectoryInfo? cache)
     {
-        string script = Path.Combine(Path.GetTempPath(), $"kit-guest-build-{Environment.ProcessId}.sh");
+        string script;
         using (Stream resource = Assembly.GetExecutingAssembly().GetManifestResourceStream("guest/build.sh")
             ?? throw new CliException("guest/build.sh is not embedded in this build"))
-        using (FileStream file = File.Create(script))
+        using (var reader = new StreamReader(resource))
         {
-            resource.CopyTo(file);
+            script = reader.ReadToEnd();
         }
-        try
+        // bash -c SCRIPT NAME: NAME becomes $0, which the script's messages and BASH_SOURCE use.
+        var start = new ProcessStartInfo("bash") { UseShellExecute = false, RedirectStandardOutput = true };
+        start.ArgumentList.Add("-c");
+        start.ArgumentList.Add(script);
+        start.ArgumentList.Add("guest/build.sh");
+        if (cache is not null)
         {
-            var start = new ProcessStartInfo("bash") { UseShellExecute = false, RedirectStandardOutput = true };
-            start.ArgumentList.Add(script);
-            if (cache is not null)
-            {
-                start.Environment["KIT_GUEST_CACHE"] = cache.FullName;
-            }
-            using Process process = Process.Start(start) ?? throw new CliException("cannot start bash");
-            string output = process.StandardOutput.ReadToEnd();
-            process.WaitForExit();
-            string? kernel = null, initrd = null;
-            foreach (string line in output.Split('\n', StringSplitOptions.TrimEntries))
-            {
-                if (line.StartsWith("kernel=", StringComparison.Ordinal))
-                {
-                    kernel = line[7..];
-                }
-                else if (line.StartsWith("initrd=", StringComparison.Ordinal))
-                {
-                    initrd = line[7..];
-                }
-            }
-            if (process.ExitCode != 0 || kernel is null || initrd is null)
-            {
-                throw new CliException($"building the default guest failed (guest/build.sh exit code {process.ExitCode})");
-            }
-            return (kernel, initrd);
+            start.Environment["KIT_GUEST_CACHE"] = cache.FullName;
         }
-        finally
+        using Process process = Process.Start(start) ?? throw new CliException("cannot start bash");
+        string output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        string? kernel = null, initrd = null;
+        foreach (string line in output.Split('\n', StringSplitOptions.TrimEntries))
         {
-            File.Delete(script);
+            if (line.StartsWith("kernel=", StringComparison.Ordinal))
+            {
+                kernel = line[7..];
+            }
+            else if (line.StartsWith("initrd=", StringComparison.Ordinal))
+            {
+                initrd = line[7..];
+            }
         }
+        if (process.ExitCode != 0 || kernel is null || initrd is null)
+        {
+            throw new CliException($"building the default guest failed (guest/build.sh exit code {process.ExitCode})");
+        }
+        return (kernel, initrd);
     }
 }

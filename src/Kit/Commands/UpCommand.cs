@@ -56,8 +56,9 @@ internal static class UpCommand
         (string kernel, string initrd) = GuestCommand.Ensure(null);
 
         string store = gitPath ?? DataCommand.DefaultStore();
-        string runtime = Path.Combine(Path.GetTempPath(), $"kit-up-{Environment.ProcessId}");
-        Directory.CreateDirectory(runtime);
+        // A fresh private directory (mkdtemp, 0700): a predictable name in a shared directory could be created first
+        // by another local user, who would then own the socket the guest's DataKit goes through.
+        string runtime = Directory.CreateTempSubdirectory("kit-up-").FullName;
         string socket = Path.Combine(runtime, "datakit.sock");
         using ILoggerFactory logs = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning));
         DataKitServer data;
@@ -118,7 +119,7 @@ internal static class UpCommand
             {
                 data.Listen(Address(text));
             }
-            catch (SocketException e)
+            catch (Exception e) when (e is SocketException or IOException)
             {
                 throw new CliException($"cannot listen on {text}: {e.Message}");
             }

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Kit.Linux;
 using Kit.NineP.Vfs;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -18,6 +19,7 @@ public sealed class NinePServer : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly List<Socket> _listeners = [];
     private readonly List<Task> _acceptLoops = [];
+    private readonly List<UnixSocketFile.Binding> _socketFiles = [];
     private readonly HashSet<Task> _connections = [];
     private readonly Lock _gate = new();
 
@@ -51,26 +53,33 @@ public sealed class NinePServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Binds and starts accepting. Throws SocketException when the address is taken.</summary>
+    /// <summary>
+    /// Binds and starts accepting. Throws SocketException when the address is taken, and IOException when a Unix path
+    /// holds a live socket or anything that is not a socket.
+    /// </summary>
     public EndPoint Listen(ListenAddress address)
     {
-        Socket socket = address.CreateSocket();
+        Socket socket;
+        if (address.EndPoint is UnixDomainSocketEndPoint unix)
+        {
+            // Only a stale socket is replaced; any other file at the path is refused (IOException).
+            socket = UnixSocketFile.Bind(unix.ToString(), SocketType.Stream, out UnixSocketFile.Binding binding);
+            lock (_gate)
+            {
+                _socketFiles.Add(binding);
+            }
+        }
+        else
+        {
+            socket = address.CreateSocket();
+        }
         try
         {
-            if (address.EndPoint is UnixDomainSocketEndPoint unix)
-            {
-                // The original deletes a stale socket first; a live server on it would still hold its own inode.
-                string path = unix.ToString();
-                if (File.Exists(path))
-                {
-                    File.Delete(path);
-                }
-            }
-            else
+            if (!address.IsUnix)
             {
                 socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+                socket.Bind(address.EndPoint);
             }
-            socket.Bind(address.EndPoint);
             socket.Listen(128);
         }
         catch
@@ -153,6 +162,10 @@ public sealed class NinePServer : IAsyncDisposable
             foreach (Socket l in _listeners)
             {
                 l.Dispose();
+            }
+            foreach (UnixSocketFile.Binding b in _socketFiles)
+            {
+                b.Dispose();
             }
             tasks = [.. _acceptLoops, .. _connections];
         }

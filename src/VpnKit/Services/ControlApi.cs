@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Kit.Linux;
 
 namespace Kit.VpnKit.Services;
 
@@ -17,14 +18,22 @@ public sealed class ControlApi : IDisposable
     private const int MaxRequest = 16 * 1024;
     private readonly VpnKitServer _server;
     private readonly Socket _listener;
+    private readonly UnixSocketFile.Binding _socketFile;
 
     public ControlApi(VpnKitServer server, string path)
     {
         _server = server;
-        File.Delete(path);
-        _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        _listener.Bind(new UnixDomainSocketEndPoint(path));
-        _listener.Listen(16);
+        _listener = UnixSocketFile.Bind(path, SocketType.Stream, out _socketFile);
+        try
+        {
+            _listener.Listen(16);
+        }
+        catch
+        {
+            _listener.Dispose();
+            _socketFile.Dispose();
+            throw;
+        }
         _ = AcceptLoopAsync();
     }
 
@@ -183,7 +192,11 @@ public sealed class ControlApi : IDisposable
     private static string Message(string m)
         => JsonSerializer.Serialize(new Dictionary<string, string> { ["message"] = m }, ControlApiJson.Default.DictionaryStringString);
 
-    public void Dispose() => _listener.Dispose();
+    public void Dispose()
+    {
+        _listener.Dispose();
+        _socketFile.Dispose();
+    }
 }
 
 /// <summary>Source-generated JSON for the control API's replies: no reflection, so the NativeAOT kit can serialize them.</summary>

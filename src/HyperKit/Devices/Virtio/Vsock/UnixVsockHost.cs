@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Globalization;
 using System.Net.Sockets;
 using System.Text;
+using Kit.Linux;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -29,6 +30,7 @@ public sealed partial class UnixVsockHost : IVsockHost, IDisposable
     private readonly ConcurrentDictionary<Link, byte> _links = new();
     private VirtioVsock? _device;
     private Socket? _listener;
+    private UnixSocketFile.Binding? _socketFile;
     private Timer? _timer;
 
     public UnixVsockHost(string path, ILogger? logger = null)
@@ -47,46 +49,22 @@ public sealed partial class UnixVsockHost : IVsockHost, IDisposable
     public void Start(VirtioVsock device)
     {
         _device = device;
-        if (File.Exists(Path) || Directory.Exists(Path))
-        {
-            if ((File.GetAttributes(Path) & FileAttributes.Directory) != 0 || !IsSocket(Path))
-            {
-                throw new IOException($"{Path} exists and is not a socket");
-            }
-            File.Delete(Path);
-        }
-        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        // Only a stale socket is replaced; a live one or any other file is refused (IOException).
+        Socket listener = UnixSocketFile.Bind(Path, SocketType.Stream, out UnixSocketFile.Binding binding);
+        _socketFile = binding;
         try
         {
-            listener.Bind(new UnixDomainSocketEndPoint(Path));
             listener.Listen(64);
         }
         catch (SocketException e)
         {
             listener.Dispose();
+            binding.Dispose();
             throw new IOException($"cannot listen on {Path}: {e.Message}", e);
         }
         _listener = listener;
         _ = AcceptLoopAsync(listener);
         _timer = new Timer(_ => device.Tick(), null, 500, 500);
-    }
-
-    /// <summary>True for a socket file: opening one for reading fails (ENXIO), while regular files open fine.</summary>
-    private static bool IsSocket(string path)
-    {
-        try
-        {
-            using FileStream probe = File.Open(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-            return false;
-        }
-        catch (IOException)
-        {
-            return true;
-        }
-        catch (UnauthorizedAccessException)
-        {
-            return false;
-        }
     }
 
     private async Task AcceptLoopAsync(Socket listener)
@@ -323,13 +301,7 @@ public sealed partial class UnixVsockHost : IVsockHost, IDisposable
         {
             link.Dispose();
         }
-        try
-        {
-            File.Delete(Path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-        }
+        _socketFile?.Dispose();
     }
 
     /// <summary>One connection's host socket with the wake-ups of its two pumps.</summary>
