@@ -1,8 +1,16 @@
 namespace Kit.Testing;
 
 /// <summary>A guest network interface: a virtio-net-pci device on one QEMU -netdev backend.</summary>
-public sealed record QemuNetwork(string Backend, string? Mac = null)
+public sealed record QemuNetwork(string Backend, string? Mac = null, string? DeviceOptions = null)
 {
+    /// <summary>
+    /// <c>-netdev vhost-user</c> on a socket chardev that connects to a backend already listening at
+    /// <paramref name="unixSocketPath"/>. Needs shared guest RAM (<see cref="QemuGuestOptions.SharedMemory"/>), and
+    /// MSI-X off on the device (vectors=0): Debian 12's QEMU 7.2 segfaults in vhost_net_start under TCG otherwise.
+    /// </summary>
+    public static QemuNetwork VhostUser(string chardevId, string? mac = null) =>
+        new($"vhost-user,chardev={chardevId}", mac, "vectors=0");
+
     /// <summary>
     /// <c>-netdev stream</c> connecting to a Unix socket the test already listens on; each frame travels with a
     /// 4-byte big-endian length in front (QEMU 7.2 net/stream.c).
@@ -57,6 +65,9 @@ public sealed class QemuGuestOptions
     /// <summary>Raw QEMU arguments appended last.</summary>
     public List<string> ExtraArguments { get; } = [];
 
+    /// <summary>Guest RAM from a shared memfd (what vhost-user backends map: SET_MEM_TABLE passes its descriptor).</summary>
+    public bool SharedMemory { get; set; }
+
     public QemuGuestOptions AddNetwork(QemuNetwork network)
     {
         Networks.Add(network);
@@ -101,7 +112,8 @@ public sealed class QemuGuestOptions
         {
             QemuNetwork net = Networks[i];
             args.AddRange(["-netdev", $"{net.Backend},id=net{i}"]);
-            args.AddRange(["-device", $"virtio-net-pci,netdev=net{i}" + (net.Mac is null ? "" : $",mac={net.Mac}")]);
+            args.AddRange(["-device", $"virtio-net-pci,netdev=net{i}" + (net.Mac is null ? "" : $",mac={net.Mac}")
+                + (net.DeviceOptions is null ? "" : "," + net.DeviceOptions)]);
         }
         foreach ((string tag, string hostPath, bool readOnly) in Shares)
         {
@@ -110,6 +122,11 @@ public sealed class QemuGuestOptions
         foreach ((string path, string format, bool readOnly) in Disks)
         {
             args.AddRange(["-drive", $"file={Escape(path)},format={format},if=virtio" + (readOnly ? ",readonly=on" : "")]);
+        }
+        if (SharedMemory)
+        {
+            string size = MemoryMiB.ToString(System.Globalization.CultureInfo.InvariantCulture) + "M";
+            args.AddRange(["-object", $"memory-backend-memfd,id=kitmem,size={size},share=on", "-machine", "memory-backend=kitmem"]);
         }
         args.AddRange(ExtraArguments);
         return args;

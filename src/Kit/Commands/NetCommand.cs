@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using Kit.Cli.Vm;
 using Kit.VpnKit;
 using Kit.VpnKit.Links;
 using Microsoft.Extensions.Logging;
@@ -32,12 +33,14 @@ internal static class NetCommand
         var qemu = new Option<string[]>("--qemu") { Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
         var dgram = new Option<string[]>("--dgram") { Description = "Serve QEMU -netdev dgram on unix:PATH (repeatable)." };
         var vmnet = new Option<string[]>("--vmnet") { Description = "Serve hyperkit virtio-vpnkit (VMN3T) on unix:PATH (repeatable)." };
-        var serve = new Command("serve", "Serve VMs over QEMU stream/dgram sockets or hyperkit's VMN3T protocol until interrupted.")
+        var vhostUser = new Option<string[]>("--vhost-user") { Description = "Serve a vhost-user-net backend on unix:PATH for QEMU, cloud-hypervisor or crosvm (repeatable)." };
+        var serve = new Command("serve", "Serve VMs over QEMU stream/dgram sockets, hyperkit's VMN3T protocol or vhost-user until interrupted.")
         {
-            qemu, dgram, vmnet, mtu, dns, publish, pcap, control,
+            qemu, dgram, vmnet, vhostUser, mtu, dns, publish, pcap, control,
         };
         serve.SetAction(parse => Serve(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)),
-            parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? [], ControlPath(parse.GetValue(control))));
+            parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? [], parse.GetValue(vhostUser) ?? [],
+            ControlPath(parse.GetValue(control))));
 
         return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
     }
@@ -132,18 +135,27 @@ internal static class NetCommand
         }
     }
 
-    private static int Serve(GatewaySettings options, string[] qemu, string[] dgram, string[] vmnet, string? control)
+    private static int Serve(GatewaySettings options, string[] qemu, string[] dgram, string[] vmnet, string[] vhostUser, string? control)
     {
-        if (qemu.Length + dgram.Length + vmnet.Length == 0)
+        if (qemu.Length + dgram.Length + vmnet.Length + vhostUser.Length == 0)
         {
-            throw new CliException("kit net serve needs at least one of --qemu, --dgram, --vmnet");
+            throw new CliException("kit net serve needs at least one of --qemu, --dgram, --vmnet, --vhost-user");
         }
         using ILoggerFactory logs = Logs();
-        // QEMU stream/dgram and VMN3T peers send whole, checksummed frames: no offload.
-        using var server = new VpnKitServer(options.ServerOptions(segmentationOffload: false), logs);
+        // QEMU stream/dgram and VMN3T peers send whole, checksummed frames: no offload. vhost-user-net carries the
+        // virtio-net header, so with only vhost-user links the gateway may send TSO frames and partial checksums
+        // (the offload is server-wide, so any other link turns it off).
+        bool offload = vhostUser.Length > 0 && qemu.Length + dgram.Length + vmnet.Length == 0
+            && Environment.GetEnvironmentVariable("KIT_NET_NO_OFFLOAD") is not { Length: > 0 };
+        using var server = new VpnKitServer(options.ServerOptions(segmentationOffload: offload), logs);
+        var vhostBackends = new List<IDisposable>();
         try
         {
             server.Start();
+            foreach (string v in vhostUser)
+            {
+                vhostBackends.Add(VhostUserNet.Listen(server, UnixPath(v, "--vhost-user"), offload, logs));
+            }
             foreach (string q in qemu)
             {
                 server.ListenQemu(UnixPath(q, "--qemu"));
@@ -178,6 +190,10 @@ internal static class NetCommand
             done.Set();
         });
         done.Wait();
+        foreach (IDisposable b in vhostBackends)
+        {
+            b.Dispose();
+        }
         return 0;
     }
 

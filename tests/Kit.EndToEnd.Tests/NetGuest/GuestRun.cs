@@ -49,6 +49,11 @@ public abstract class GuestRun : IAsyncLifetime
     /// <summary>The `kit net serve` link arguments and the guest's network, given a private directory.</summary>
     private protected abstract (string[] KitArgs, QemuNetwork Network) Link(string dir);
 
+    /// <summary>Anything else the guest's QEMU needs for the link (chardevs, shared memory).</summary>
+    private protected virtual void Configure(QemuGuestOptions options, string dir)
+    {
+    }
+
     public async ValueTask InitializeAsync()
     {
         CancellationToken cancel = TestContext.Current.CancellationToken;
@@ -58,6 +63,7 @@ public abstract class GuestRun : IAsyncLifetime
         try
         {
             var options = new QemuGuestOptions { Timeout = TimeSpan.FromSeconds(240) }.AddNetwork(network);
+            Configure(options, _dir.FullName);
             Guest = await QemuGuest.RunAsync(GuestNetScript.Full(_http.Port, _dns.EndPoint.Port, ClosedPort), options, cancel);
         }
         catch (Exception e) when (e is not OperationCanceledException)
@@ -125,5 +131,24 @@ public sealed class JumboStreamGuestRun : GuestRun
     {
         string sock = Path.Combine(dir, "qemu.sock");
         return (["--qemu", "unix:" + sock, "--mtu", "65520"], QemuNetwork.Stream(sock, "52:54:00:6b:00:03"));
+    }
+}
+
+/// <summary>
+/// The guest's virtio-net served out of process by `kit net serve --vhost-user unix:PATH` (HyperKit's virtio-net
+/// model behind Kit's vhost-user backend), QEMU being the vhost-user frontend on guest RAM from a shared memfd.
+/// </summary>
+public sealed class VhostUserGuestRun : GuestRun
+{
+    private protected override (string[], QemuNetwork) Link(string dir)
+    {
+        string sock = Path.Combine(dir, "vhost-net.sock");
+        return (["--vhost-user", "unix:" + sock], QemuNetwork.VhostUser("vhu0", "52:54:00:6b:00:04"));
+    }
+
+    private protected override void Configure(QemuGuestOptions options, string dir)
+    {
+        options.SharedMemory = true;
+        options.ExtraArguments.AddRange(["-chardev", $"socket,id=vhu0,path={Path.Combine(dir, "vhost-net.sock").Replace(",", ",,", StringComparison.Ordinal)}"]);
     }
 }

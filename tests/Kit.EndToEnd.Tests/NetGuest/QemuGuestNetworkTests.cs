@@ -154,3 +154,11 @@ public sealed class QemuStreamJumboGuestTests(JumboStreamGuestRun run, ITestOutp
         Assert.InRange(largest, 1515, 65520 + 14);
     }
 }
+
+/// <summary>
+/// The guest's virtio-net over vhost-user to `kit net serve --vhost-user` (QEMU 7.2 the frontend, HyperKit's
+/// virtio-net model and VPNKit the backend, offloads on).
+/// </summary>
+[Trait("Tier", "Real")]
+public sealed class QemuVhostUserGuestTests(VhostUserGuestRun run, ITestOutputHelper output)
+    : QemuGuestNetworkTests<VhostUserGuestRun>(run, output), IClassFixture<VhostUserGuestRun>;

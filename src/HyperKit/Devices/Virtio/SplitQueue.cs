@@ -99,6 +99,27 @@ public sealed class SplitQueue
 
     public QueueError LastChainError { get; private set; }
 
+    /// <summary>
+    /// The next available-ring index the device will read, and the next used index it will write. Read and set by
+    /// out-of-process transports (vhost-user SET_VRING_BASE / GET_VRING_BASE) that stop and restart a ring.
+    /// </summary>
+    public ushort NextAvail
+    {
+        get => _lastAvail;
+        set => _lastAvail = value;
+    }
+
+    /// <inheritdoc cref="NextAvail"/>
+    public ushort NextUsed
+    {
+        get => _usedIdx;
+        set
+        {
+            _usedIdx = value;
+            _signalledValid = false;
+        }
+    }
+
     public void Reset()
     {
         Size = MaxQueueSize;
