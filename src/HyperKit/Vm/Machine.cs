@@ -808,7 +808,7 @@ public sealed class Machine : IDisposable
 /// Passes console bytes through and watches whole lines for Linux's panic banner: "Kernel panic - not syncing" marks a
 /// panic; the closing "---[ end Kernel panic" line stops the machine (so panic=0 kernels do not hang the VMM).
 /// </summary>
-internal sealed class PanicWatcher(Action<ReadOnlySpan<byte>> output, Action onPanicEnd)
+public sealed class PanicWatcher(Action<ReadOnlySpan<byte>> output, Action onPanicEnd)
 {
     private readonly byte[] _line = new byte[256];
     private int _length;

@@ -10,8 +10,9 @@ using Microsoft.Extensions.Logging;
 namespace Kit.Cli.Commands;
 
 /// <summary>
-/// `kit up`: the three parts together, as in Docker Desktop. The default guest boots under HyperKit with VPNKit in
-/// the same process as its network and DataKit (also in this process) mounted at /datakit over virtio-9p; the demo
+/// `kit up`: the three parts together, as in Docker Desktop. The default guest boots under HyperKit (or, without
+/// hardware KVM, on QEMU's software CPU with Kit's devices over vhost-user) with VPNKit in the same process as its
+/// network and DataKit (also in this process) mounted at /datakit over virtio-9p (under tcg: 9P over TCP through VPNKit); the demo
 /// in the guest takes a DHCP lease, resolves the host through the DNS forwarder, and commits what it learned into
 /// DataKit. With a terminal on stdin a shell follows; otherwise the guest powers off and the exit code is the VM's.
 /// Host tools reach the same database over 9P on tcp://127.0.0.1:5640 while it runs.
@@ -36,23 +37,24 @@ internal static class UpCommand
         var dnsUpstream = new Option<string[]>("--dns-upstream") { Description = "DNS upstream IP:PORT for the guest's forwarder (repeatable; default: the host's resolv.conf)." };
         var publish = new Option<string[]>("--publish") { Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
         var consoleLog = new Option<FileInfo?>("--console-log") { Description = "Also write the serial console to FILE." };
+        var accel = new Option<string>("--accel") { Description = Accelerators.OptionHelp, DefaultValueFactory = _ => "auto" };
         var up = new Command("up", "Boot the default guest with VPNKit networking and DataKit mounted at /datakit, and run its demo (then a shell, when stdin is a terminal).")
         {
-            git, listen, cpus, memory, dnsUpstream, publish, consoleLog,
+            git, listen, cpus, memory, dnsUpstream, publish, consoleLog, accel,
         };
         up.SetAction(parse => Run(
             parse.GetValue(git), parse.GetValue(listen) ?? [], parse.GetValue(cpus), parse.GetValue(memory) ?? "512M",
-            parse.GetValue(dnsUpstream) ?? [], parse.GetValue(publish) ?? [], parse.GetValue(consoleLog)));
+            parse.GetValue(dnsUpstream) ?? [], parse.GetValue(publish) ?? [], parse.GetValue(consoleLog), Accelerators.Parse(parse.GetValue(accel))));
         return up;
     }
 
-    private static int Run(string? gitPath, string[] listen, int cpus, string memoryText, string[] dnsUpstream, string[] publish, FileInfo? consoleLog)
+    private static int Run(string? gitPath, string[] listen, int cpus, string memoryText, string[] dnsUpstream, string[] publish, FileInfo? consoleLog, Accelerator requested)
     {
         if (!VmCommand.TryParseSize(memoryText, out ulong memory))
         {
             throw new CliException($"--memory: cannot parse \"{memoryText}\" (use e.g. 512M or 1G)");
         }
-        VmLauncher.RequireKvm();
+        Accelerator accel = Accelerators.Resolve(requested);
         (string kernel, string initrd) = GuestCommand.Ensure(null);
 
         string store = gitPath ?? DataCommand.DefaultStore();
@@ -72,23 +74,40 @@ internal static class UpCommand
         }
         try
         {
-            data.Listen(Address($"unix:{socket}"));
+            // Under kvm the guest reaches DataKit through Kit's virtio-9p, relayed to a private socket. QEMU's virtio-9p
+            // cannot relay, so under tcg the guest mounts it over TCP through VPNKit: 192.168.65.2 is the host's
+            // loopback, where DataKit listens on a port of its own for the guest.
+            string datakitMount;
+            if (accel == Accelerator.Kvm)
+            {
+                data.Listen(Address($"unix:{socket}"));
+                datakitMount = "virtio";
+            }
+            else
+            {
+                var guestPort = (System.Net.IPEndPoint)data.Listen(Address("tcp://127.0.0.1:0"));
+                datakitMount = $"tcp:{guestPort.Port}";
+            }
             ServeHostTools(data, listen);
-            Console.Error.WriteLine($"kit up: DataKit store {store}; booting {Path.GetFileName(kernel)} with {cpus} vCPUs and {memoryText} (VPNKit in-process)");
+            Console.Error.WriteLine($"kit up: DataKit store {store}; booting {Path.GetFileName(kernel)} with {cpus} vCPUs and {memoryText} (VPNKit in-process, --accel {accel.ToString().ToLowerInvariant()})");
             bool interactive = !Console.IsInputRedirected;
             var spec = new VmSpec
             {
                 Kernel = new FileInfo(kernel),
                 Initrd = new FileInfo(initrd),
-                Cmdline = $"{VmCommand.DefaultCmdline} quiet kit.cmd={Convert.ToBase64String(Encoding.UTF8.GetBytes(DemoScript))}"
+                Cmdline = $"{VmCommand.DefaultCmdline} quiet kit.datakit={datakitMount} kit.cmd={Convert.ToBase64String(Encoding.UTF8.GetBytes(DemoScript))}"
                     + (interactive ? " kit.shell=1" : ""),
                 MemoryBytes = memory,
                 Cpus = cpus,
                 ConsoleLog = consoleLog,
                 Net = "vpnkit",
                 NetOptions = GatewaySettings.Parse(1500, dnsUpstream, publish, null),
+                Accel = accel,
             };
-            spec.Shares.Add(new ShareOptions(DataKitTag, $"unix:{socket}"));
+            if (accel == Accelerator.Kvm)
+            {
+                spec.Shares.Add(new ShareOptions(DataKitTag, $"unix:{socket}"));
+            }
             return VmLauncher.Run(spec);
         }
         finally
@@ -139,7 +158,12 @@ internal static class UpCommand
         say "eth0 $(ip -4 -o addr show eth0 | awk '{print $4}') via $(ip route | awk '/^default/ {print $3}'), MTU $(cat /sys/class/net/eth0/mtu)"
         say "host.docker.internal is $(nslookup host.docker.internal 2>/dev/null | awk '/^Address/ {a=$NF} END {print a}')"
         mkdir -p /datakit
-        mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 datakit /datakit || { say "cannot mount DataKit"; exit 21; }
+        port=$(sed -n 's/.*kit\.datakit=tcp:\([0-9]*\).*/\1/p' /proc/cmdline)
+        if [ -n "$port" ]; then
+          mount -t 9p -o trans=tcp,port=$port,version=9p2000.L,msize=262144 192.168.65.2 /datakit
+        else
+          mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 datakit /datakit
+        fi || { say "cannot mount DataKit"; exit 21; }
         [ -d /datakit/branch/master ] || mkdir /datakit/branch/master || exit 22
         t=/datakit/branch/master/transactions/kit-up-$$
         mkdir "$t" && mkdir -p "$t/rw/vm" || exit 23

@@ -7,7 +7,8 @@ using Kit.HyperKit.Vm;
 namespace Kit.Cli.Commands;
 
 /// <summary>
-/// `kit vm run`: boots a Linux bzImage (+ initrd) under HyperKit on /dev/kvm with the console on stdio. The exit code
+/// `kit vm run`: boots a Linux bzImage (+ initrd) under HyperKit on /dev/kvm, or on QEMU's software CPU with Kit's
+/// devices over vhost-user (--accel), with the console on stdio. The exit code
 /// says how the guest ended: 0 power-off, 1 VMM error, 2 reset, 3 triple fault, 4 kernel panic (MachineExitKind).
 /// This file only parses the command line into a <see cref="VmSpec"/>; <see cref="VmLauncher"/> runs it.
 /// </summary>
@@ -59,9 +60,10 @@ internal static class VmCommand
         {
             Description = "virtio-vsock on Unix sockets, Firecracker's protocol: host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P go to PATH_P. Guest CID 3 unless \",cid=N\" is appended.",
         };
+        var accel = new Option<string>("--accel") { Description = Accelerators.OptionHelp, DefaultValueFactory = _ => "auto" };
         var run = new Command("run", "Boot a Linux kernel with the console on stdio; the exit code says how the guest ended (0 power-off, 1 VMM error, 2 reset, 3 triple fault, 4 panic).")
         {
-            kernel, initrd, cmdline, memory, cpus, disks, noRng, consoleLog, net, mac, netMtu, dnsUpstream, publish, pcap, shares, vsock,
+            kernel, initrd, cmdline, memory, cpus, disks, noRng, consoleLog, net, mac, netMtu, dnsUpstream, publish, pcap, shares, vsock, accel,
         };
         run.SetAction(parse =>
         {
@@ -82,6 +84,7 @@ internal static class VmCommand
                 Net = parse.GetValue(net) ?? "none",
                 Mac = ParseMac(parse.GetValue(mac)),
                 NetOptions = GatewaySettings.Parse(parse.GetValue(netMtu), parse.GetValue(dnsUpstream), parse.GetValue(publish), parse.GetValue(pcap)),
+                Accel = Accelerators.Parse(parse.GetValue(accel)),
             };
             foreach (string disk in parse.GetValue(disks) ?? [])
             {
@@ -103,7 +106,7 @@ internal static class VmCommand
             }
             return VmLauncher.Run(spec);
         });
-        return new Command("vm", "Lightweight Linux VMs on /dev/kvm (HyperKit).") { run };
+        return new Command("vm", "Lightweight Linux VMs: HyperKit on /dev/kvm, or QEMU's software CPU with Kit's devices where there is no KVM.") { run };
     }
 
     /// <summary>Parses 512M / 1G / 65536K / 512 (MiB) into bytes.</summary>

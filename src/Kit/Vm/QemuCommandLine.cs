@@ -6,8 +6,8 @@ namespace Kit.Cli.Vm;
 
 /// <summary>
 /// The qemu-system-x86_64 command line for a <see cref="VmSpec"/> under <c>--accel tcg</c>: the same kernel, initrd,
-/// command line, memory, vCPUs and disks as under kvm; the console on QEMU's stdio; QMP and every vhost-user device on
-/// descriptors kit hands down (socketpairs, so no socket files). Pure: it only builds the argument list.
+/// command line, memory, vCPUs and disks as under kvm; the console on QEMU's stdio; QMP on a descriptor kit hands down
+/// (a socketpair); Kit's devices over vhost-user sockets. Pure: it only builds the argument list.
 /// </summary>
 internal static class QemuCommandLine
 {
@@ -16,12 +16,12 @@ internal static class QemuCommandLine
 
     /// <summary>Descriptors and device choices the command line refers to.</summary>
     /// <param name="QmpFd">The child's end of the QMP socketpair.</param>
-    /// <param name="NetFd">
-    /// The child's end of the vhost-user-net socketpair (Kit's virtio-net with any of its backends: VPNKit, VMN3T, TAP),
-    /// or -1 for no network device.
+    /// <param name="NetSocket">
+    /// The vhost-user socket of Kit's virtio-net (with any of its backends: VPNKit, VMN3T, TAP), or null for no network
+    /// device.
     /// </param>
-    /// <param name="VsockFd">The child's end of the vhost-user-vsock socketpair, or -1.</param>
-    public sealed record Wiring(int QmpFd, int NetFd = -1, int VsockFd = -1);
+    /// <param name="VsockSocket">The vhost-user socket of Kit's virtio-vsock, or null.</param>
+    public sealed record Wiring(int QmpFd, string? NetSocket = null, string? VsockSocket = null);
 
     public static List<string> Build(VmSpec spec, Wiring wiring)
     {
@@ -60,16 +60,16 @@ internal static class QemuCommandLine
                 "-device", $"virtio-blk-pci,drive=disk{i}"]);
         }
         string mac = spec.Mac is { } m ? $",mac={string.Join(':', m.Select(b => b.ToString("x2", CultureInfo.InvariantCulture)))}" : "";
-        if (wiring.NetFd >= 0)
+        if (wiring.NetSocket is { } netSocket)
         {
             // Debian 12's QEMU 7.2 segfaults under TCG when a vhost-user-net device starts with MSI-X vectors
             // (vhost_net_start -> msix_set_vector_notifiers); vectors=0 leaves it on INTx, which works.
-            args.AddRange(["-chardev", $"socket,id=net,fd={wiring.NetFd}", "-netdev", "vhost-user,id=net0,chardev=net",
+            args.AddRange(["-chardev", $"socket,id=net,path={Escape(netSocket)}", "-netdev", "vhost-user,id=net0,chardev=net",
                 "-device", $"virtio-net-pci,netdev=net0,vectors=0{mac}"]);
         }
-        if (wiring.VsockFd >= 0)
+        if (wiring.VsockSocket is { } vsockSocket)
         {
-            args.AddRange(["-chardev", $"socket,id=vsock,fd={wiring.VsockFd}", "-device", "vhost-user-vsock-pci,chardev=vsock"]);
+            args.AddRange(["-chardev", $"socket,id=vsock,path={Escape(vsockSocket)}", "-device", "vhost-user-vsock-pci,chardev=vsock"]);
         }
         for (int i = 0; i < spec.Shares.Count; i++)
         {

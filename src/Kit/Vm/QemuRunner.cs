@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Kit.Cli.Commands;
 using Kit.HyperKit.Devices.Virtio.Net;
@@ -30,24 +31,24 @@ internal static class QemuRunner
         }
 
         var owned = new List<IDisposable>();
+        // vhost-user sockets live in a fresh 0700 directory (mkdtemp): QEMU 7.2 takes no pre-connected descriptor for
+        // a vhost-user chardev ("does not support FD passing"), so it connects to a path. Each path is unlinked as soon
+        // as QEMU's one connection is accepted, and the directory with it.
+        DirectoryInfo runtime = Directory.CreateTempSubdirectory("kit-vm-");
         try
         {
             using SocketPair qmpPair = SocketPair.Create();
-            SocketPair? netPair = null, vsockPair = null;
+            string? netPath = null, vsockPath = null;
             if (net is not null)
             {
-                netPair = SocketPair.Create();
-                owned.Add(netPair);
                 var device = new VirtioNet(net, spec.Mac ?? NetMacs.Random());
-                var backend = new VhostUserBackend(device, logs?.CreateLogger("vhost-user-net"));
-                owned.Add(backend);
-                backend.Serve(netPair.Ours);
+                owned.Add(device);
+                netPath = Path.Combine(runtime.FullName, "net.sock");
+                owned.Add(new FrontendSocket(netPath, new VhostUserBackend(device, logs?.CreateLogger("vhost-user-net"))));
             }
-            if (spec.VsockPath is { } vsockPath)
+            if (spec.VsockPath is { } hostPath)
             {
-                vsockPair = SocketPair.Create();
-                owned.Add(vsockPair);
-                var host = new UnixVsockHost(vsockPath);
+                var host = new UnixVsockHost(hostPath);
                 var device = new VirtioVsock(spec.VsockCid, host);
                 owned.Add(host);
                 try
@@ -58,12 +59,11 @@ internal static class QemuRunner
                 {
                     throw new CliException($"--vsock: {e.Message}");
                 }
-                var backend = new VhostUserBackend(device, logs?.CreateLogger("vhost-user-vsock"));
-                owned.Add(backend);
-                backend.Serve(vsockPair.Ours);
+                vsockPath = Path.Combine(runtime.FullName, "vsock.sock");
+                owned.Add(new FrontendSocket(vsockPath, new VhostUserBackend(device, logs?.CreateLogger("vhost-user-vsock"))));
             }
 
-            var wiring = new QemuCommandLine.Wiring(qmpPair.ChildFd, netPair?.ChildFd ?? -1, vsockPair?.ChildFd ?? -1);
+            var wiring = new QemuCommandLine.Wiring(qmpPair.ChildFd, netPath, vsockPath);
             // setpriv sets PR_SET_PDEATHSIG before it execs QEMU: when kit dies, even by SIGKILL, the kernel kills QEMU.
             // The signal follows the thread that forked, so this must run on a thread that lives as long as kit's
             // wait for QEMU (the command's own thread).
@@ -82,8 +82,6 @@ internal static class QemuRunner
             }
             using Process process = Process.Start(start) ?? throw new CliException($"cannot start {qemu}");
             qmpPair.CloseChildEnd();
-            netPair?.CloseChildEnd();
-            vsockPair?.CloseChildEnd();
             using var qmp = new Qmp(qmpPair.Ours);
 
             MachineExit? panicEnd = null;
@@ -114,6 +112,58 @@ internal static class QemuRunner
             {
                 owned[i].Dispose();
             }
+            DeleteRuntime(runtime);
+        }
+    }
+
+    private static void DeleteRuntime(DirectoryInfo runtime)
+    {
+        try
+        {
+            runtime.Delete(recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    /// <summary>
+    /// A vhost-user socket for exactly one frontend (the QEMU kit starts): accepts one connection, removes its socket
+    /// file at once, and hands the connection to the backend.
+    /// </summary>
+    private sealed class FrontendSocket : IDisposable
+    {
+        private readonly Socket _listener;
+        private readonly UnixSocketFile.Binding _file;
+        private readonly VhostUserBackend _backend;
+
+        public FrontendSocket(string path, VhostUserBackend backend)
+        {
+            _backend = backend;
+            _listener = UnixSocketFile.Bind(path, SocketType.Stream, out _file);
+            _listener.Listen(1);
+            new Thread(Accept) { IsBackground = true, Name = "kit-vhost-user-accept" }.Start();
+        }
+
+        private void Accept()
+        {
+            try
+            {
+                Socket frontend = _listener.Accept();
+                _file.Dispose();
+                _listener.Dispose();
+                _backend.Serve(frontend);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+            }
+        }
+
+        public void Dispose()
+        {
+            _listener.Dispose();
+            _file.Dispose();
+            _backend.Dispose();
         }
     }
 

@@ -39,55 +39,39 @@ internal sealed class VmSpec
     public string? VsockPath { get; set; }
 
     public ulong VsockCid { get; set; } = 3;
+
+    /// <summary>--accel: Kit's VMM on KVM, QEMU's software CPU, or whichever this host can run.</summary>
+    public Accelerator Accel { get; init; } = Accelerator.Auto;
 }
 
-/// <summary>Boots a <see cref="VmSpec"/> with the console on stdio and returns the exit code that says how it ended.</summary>
+/// <summary>
+/// Boots a <see cref="VmSpec"/> with the console on stdio and returns the exit code that says how it ended. The
+/// accelerator is the one fork in the road: the console sink, the network backend and the exit report are shared, and
+/// <see cref="RunKvm"/> (Kit's VMM) or <see cref="QemuRunner"/> (QEMU's software CPU with Kit's devices over
+/// vhost-user) runs the guest.
+/// </summary>
 internal static class VmLauncher
 {
     public static int Run(VmSpec spec)
     {
-        RequireKvm();
-        var options = new MachineOptions
-        {
-            MemoryBytes = spec.MemoryBytes,
-            Cpus = spec.Cpus,
-            Rng = spec.Rng,
-            ConsoleInput = Console.IsInputRedirected ? null : Console.OpenStandardInput(),
-            VsockPath = spec.VsockPath,
-            VsockCid = spec.VsockCid,
-            NetMac = spec.Mac,
-        };
-        options.Disks.AddRange(spec.Disks);
-        options.Shares.AddRange(spec.Shares);
+        Accelerator accel = Accelerators.Resolve(spec.Accel);
         Stream stdout = Console.OpenStandardOutput();
         using FileStream? log = spec.ConsoleLog?.Create();
-        options.ConsoleOutput = log is null
+        Action<ReadOnlySpan<byte>> console = log is null
             ? bytes => stdout.Write(bytes)
             : bytes =>
             {
                 stdout.Write(bytes);
                 log.Write(bytes);
             };
-        MachineExit exit;
+        // The loader says which kernel path it took and vhost-user logs its sessions at debug level; the console logger
+        // starts a thread, so it exists only when asked for.
+        using ILoggerFactory? logs = Environment.GetEnvironmentVariable("KIT_DEBUG") is { Length: > 0 } ? NetCommand.Logs() : null;
         var clock = Stopwatch.StartNew();
-        using VmNetwork network = VmNetwork.Create(spec.Net, spec.NetOptions);
-        options.Net = network.Backend;
-        try
+        MachineExit exit;
+        using (VmNetwork network = VmNetwork.Create(spec.Net, spec.NetOptions))
         {
-            using var machine = new Machine(options);
-            // The loader says which kernel path it took (cached vmlinux, fresh decompression, bzImage) at debug level;
-            // the console logger starts a thread, so it exists only when asked for.
-            using ILoggerFactory? logs = Environment.GetEnvironmentVariable("KIT_DEBUG") is { Length: > 0 } ? NetCommand.Logs() : null;
-            machine.LoadLinux(spec.Kernel.FullName, spec.Initrd?.FullName, spec.Cmdline, logs?.CreateLogger("hyperkit"));
-            exit = machine.Run();
-        }
-        catch (MachineConfigurationException e)
-        {
-            throw new CliException(e.Message);
-        }
-        catch (KvmException e)
-        {
-            throw new CliException(e.Message);
+            exit = accel == Accelerator.Kvm ? RunKvm(spec, console, network, logs) : QemuRunner.Run(spec, console, network.Backend, logs);
         }
         stdout.Flush();
         log?.Flush();
@@ -98,15 +82,35 @@ internal static class VmLauncher
         return exit.ExitCode;
     }
 
-    /// <summary>Stops with one clear line when this host cannot run a Linux guest (no /dev/kvm, or PVM).</summary>
-    public static void RequireKvm()
+    private static MachineExit RunKvm(VmSpec spec, Action<ReadOnlySpan<byte>> console, VmNetwork network, ILoggerFactory? logs)
     {
-        switch (KvmSystem.Probe())
+        var options = new MachineOptions
         {
-            case KvmAvailability.Missing:
-                throw new CliException("/dev/kvm is missing: this host offers no KVM (run kit vm inside a KVM-capable machine or VM)");
-            case KvmAvailability.Pvm:
-                throw new CliException("/dev/kvm here is PVM (kvm_pvm, no vmx/svm): a stock Linux guest would be emulated instruction by instruction and take hours to boot; refusing to start");
+            MemoryBytes = spec.MemoryBytes,
+            Cpus = spec.Cpus,
+            Rng = spec.Rng,
+            ConsoleInput = Console.IsInputRedirected ? null : Console.OpenStandardInput(),
+            ConsoleOutput = console,
+            VsockPath = spec.VsockPath,
+            VsockCid = spec.VsockCid,
+            NetMac = spec.Mac,
+            Net = network.Backend,
+        };
+        options.Disks.AddRange(spec.Disks);
+        options.Shares.AddRange(spec.Shares);
+        try
+        {
+            using var machine = new Machine(options);
+            machine.LoadLinux(spec.Kernel.FullName, spec.Initrd?.FullName, spec.Cmdline, logs?.CreateLogger("hyperkit"));
+            return machine.Run();
+        }
+        catch (MachineConfigurationException e)
+        {
+            throw new CliException(e.Message);
+        }
+        catch (KvmException e)
+        {
+            throw new CliException(e.Message);
         }
     }
 }
