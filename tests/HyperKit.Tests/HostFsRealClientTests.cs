@@ -74,6 +74,10 @@ public sealed class HostFsRealClientTests : IAsyncLifetime
             chmod 751 /mnt/h/written
             echo "mode=$(stat -c %a /mnt/h/written)"
             touch -d @1000000000 /mnt/h/d/b
+            echo suid > /mnt/h/suid
+            chown 1234:1234 /mnt/h/suid && echo chown=ok
+            chmod 6755 /mnt/h/suid && echo chmod-setid=ok
+            if mknod /mnt/h/dev c 1 5 2>/dev/null; then echo mknod-dev=allowed; else echo mknod-dev=refused; fi
             dd if=/dev/urandom of=/tmp/r bs=64k count=64 2>/dev/null
             cp /tmp/r /mnt/h/copy
             echo "sum-same=$([ "$(md5sum < /tmp/r)" = "$(md5sum < /mnt/h/copy)" ] && echo yes)"
@@ -98,6 +102,11 @@ public sealed class HostFsRealClientTests : IAsyncLifetime
         Assert.Contains("big-size=3145728", result.Output, StringComparison.Ordinal);
         Assert.Contains("rmdir-nonempty=refused", result.Output, StringComparison.Ordinal);
         Assert.Contains("df: ", result.Output, StringComparison.Ordinal);
+        // An untrusted share (the default): the kernel's chown and chmod succeed, yet the host file keeps the owner kit
+        // runs as and no set-id bit (docs/security.md).
+        Assert.Contains("chown=ok", result.Output, StringComparison.Ordinal);
+        Assert.Contains("chmod-setid=ok", result.Output, StringComparison.Ordinal);
+        Assert.Contains("mknod-dev=refused", result.Output, StringComparison.Ordinal);
 
         string root = _root.FullName;
         Assert.Equal("from-the-kernel\n", File.ReadAllText(Path.Combine(root, "written")));
@@ -108,5 +117,8 @@ public sealed class HostFsRealClientTests : IAsyncLifetime
         Assert.False(File.Exists(Path.Combine(root, "copy")));
         Assert.False(Directory.Exists(Path.Combine(root, "gone")));
         Assert.Equal(DateTimeOffset.FromUnixTimeSeconds(1_000_000_000).UtcDateTime, File.GetLastWriteTimeUtc(Path.Combine(root, "d", "b")));
+        string stat = ProcessRunner.Run("stat", ["-c", "%a %u:%g", Path.Combine(root, "suid")]).EnsureSuccess().StandardOutput.Trim();
+        Assert.Equal("755 " + ProcessRunner.Run("stat", ["-c", "%u:%g", root]).EnsureSuccess().StandardOutput.Trim(), stat);
+        Assert.False(File.Exists(Path.Combine(root, "dev")));
     }
 }

@@ -29,6 +29,13 @@ public sealed class NinePSharesTests
     }
 
     [Fact]
+    public void Trusted_applies_to_directories_only()
+    {
+        ArgumentException e = Assert.Throws<ArgumentException>(() => NinePShares.Create("data", "unix:/run/kit/data.sock", readOnly: false, trusted: true));
+        Assert.Contains(",trusted", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task The_connector_reaches_a_server_by_host_name()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);

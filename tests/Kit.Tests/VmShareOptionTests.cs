@@ -9,14 +9,17 @@ namespace Kit.Tests;
 public sealed class VmShareOptionTests
 {
     [Theory]
-    [InlineData("host=/srv/x", "host", "/srv/x", false)]
-    [InlineData("ro=/srv/x,ro", "ro", "/srv/x", true)]
-    [InlineData("data=tcp://127.0.0.1:5640", "data", "tcp://127.0.0.1:5640", false)]
-    [InlineData("db=unix:/run/db.sock", "db", "unix:/run/db.sock", false)]
-    public void Share_options_parse(string text, string tag, string target, bool readOnly)
+    [InlineData("host=/srv/x", "host", "/srv/x", false, false)]
+    [InlineData("ro=/srv/x,ro", "ro", "/srv/x", true, false)]
+    [InlineData("t=/srv/x,trusted", "t", "/srv/x", false, true)]
+    [InlineData("t=/srv/x,ro,trusted", "t", "/srv/x", true, true)]
+    [InlineData("t=/srv/x,trusted,ro", "t", "/srv/x", true, true)]
+    [InlineData("data=tcp://127.0.0.1:5640", "data", "tcp://127.0.0.1:5640", false, false)]
+    [InlineData("db=unix:/run/db.sock", "db", "unix:/run/db.sock", false, false)]
+    public void Share_options_parse(string text, string tag, string target, bool readOnly, bool trusted)
     {
         ShareOptions share = VmCommand.ParseShare(text);
-        Assert.Equal(new ShareOptions(tag, target, readOnly), share);
+        Assert.Equal(new ShareOptions(tag, target, readOnly, trusted), share);
     }
 
     [Theory]

@@ -11,8 +11,24 @@ public sealed record HostFsOptions(string Root, bool ReadOnly = false)
     /// <summary>Largest msize granted in Rversion (the Linux virtio transport asks for at most ~500 KiB).</summary>
     public uint MaxMessageSize { get; init; } = 1024 * 1024 + 4096;
 
-    /// <summary>Fids one session may hold; each holds a host file descriptor. Beyond it: EMFILE.</summary>
+    /// <summary>Fids one session may hold (bounds memory; fids share descriptors). Beyond it: EMFILE.</summary>
     public int MaxFids { get; init; } = 4096;
+
+    /// <summary>
+    /// Host descriptors one session may hold at once (O_PATH nodes and open files). Well below the process limit
+    /// (.NET raises RLIMIT_NOFILE to its hard limit, often 4096 to 1M) so one guest cannot starve the VMM's own
+    /// sockets, eventfds and disk files, nor the other shares; beyond it a request gets EMFILE and nothing else fails.
+    /// </summary>
+    public const int DefaultMaxDescriptors = 1024;
+
+    /// <inheritdoc cref="DefaultMaxDescriptors"/>
+    public int MaxDescriptors { get; init; } = DefaultMaxDescriptors;
+
+    /// <summary>
+    /// A trusted guest's ownership and set-id bits are applied (chown, S_ISUID, S_ISGID); an untrusted guest's are
+    /// not (docs/security.md, "Host shares"). Off by default: <c>--share TAG=DIR,trusted</c> turns it on.
+    /// </summary>
+    public bool Trusted { get; init; }
 }
 
 /// <summary>
@@ -21,22 +37,33 @@ public sealed record HostFsOptions(string Root, bool ReadOnly = false)
 /// makes Tflush trivial: the flushed request has always been answered already.
 ///
 /// Confinement: every fid holds an O_PATH descriptor; a walk opens one name at a time relative to its directory with
-/// O_NOFOLLOW, names containing '/' are refused, and ".." is resolved from the fid's recorded path below the root
-/// (never above it). A symlink is therefore never followed by the server: the guest's kernel reads it and walks the
-/// target itself, inside the export. Opening for I/O goes through /proc/self/fd/N of the O_PATH descriptor, so the
-/// file opened is exactly the one walked to, even if names are swapped meanwhile. Device nodes are never opened.
-/// Errors are the host's own errno values (Linux), sent in Rlerror.
+/// O_NOFOLLOW, names containing '/' are refused, and ".." is the directory's real parent now, refused unless it is
+/// inside the export (and the root's ".." is the root). A symlink is therefore never followed by the server: the
+/// guest's kernel reads it and walks the target itself, inside the export. No path string is kept: Tremove and
+/// Trename act on the fid's parent descriptor and name only while they still name the fid's own inode. Opening for
+/// I/O goes through /proc/self/fd/N of the O_PATH descriptor, so the file opened is exactly the one walked to, even
+/// if names are swapped meanwhile, and only regular files and directories are ever opened (a device node, FIFO or
+/// socket never is). An untrusted guest's ownership and set-id bits are not applied (docs/security.md). Errors are
+/// the host's own errno values (Linux), sent in Rlerror.
 /// </summary>
 public sealed class HostFsSession : IDisposable
 {
     private const int MaxNameBytes = 255;
-    private const uint EBUSY = 16, ELOOP = 40;
+    private const uint EBUSY = 16, ELOOP = 40, ESTALE = 116;
+
+    /// <summary>".." steps looked at to decide that a directory is inside the export (PATH_MAX / 2 levels).</summary>
+    private const int MaxDepth = 2048;
+
+    /// <summary>Mode bits an untrusted guest may set: permissions and the sticky bit, not S_ISUID/S_ISGID (07777 &amp; ~06000).</summary>
+    private const uint UntrustedModeBits = 0x3FF;
     private readonly HostFsOptions _options;
     private readonly Dictionary<uint, HostFid> _fids = [];
     private readonly byte[] _statx = new byte[HostAttr.StatxSize];
     private readonly Lock _gate = new();
+    private readonly DescriptorBudget _budget;
     private int _rootFd = -1;
     private uint _rootDevMajor, _rootDevMinor;
+    private ulong _rootIno;
     private uint _msize;
     private bool _versioned;
     private bool _disposed;
@@ -44,6 +71,7 @@ public sealed class HostFsSession : IDisposable
     public HostFsSession(HostFsOptions options)
     {
         _options = options;
+        _budget = new DescriptorBudget(options.MaxDescriptors);
         _msize = options.MaxMessageSize;
         string root = Path.GetFullPath(options.Root);
         _rootFd = HostCalls.OpenAt(HostCalls.AT_FDCWD, root, HostCalls.O_PATH | HostCalls.O_DIRECTORY | HostCalls.O_CLOEXEC, 0);
@@ -55,11 +83,24 @@ public sealed class HostFsSession : IDisposable
         {
             _rootDevMajor = attr.DevMajor;
             _rootDevMinor = attr.DevMinor;
+            _rootIno = attr.Ino;
         }
     }
 
     /// <summary>The negotiated msize: a reply buffer of this many bytes always suffices.</summary>
     public uint MessageSize => _msize;
+
+    /// <summary>Host descriptors the session's fids hold now (counted against <see cref="HostFsOptions.MaxDescriptors"/>).</summary>
+    internal int DescriptorCount
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _budget.Count;
+            }
+        }
+    }
 
     public int FidCount
     {
@@ -259,8 +300,9 @@ public sealed class HostFsSession : IDisposable
     private Fcall Attach(Fcall t)
     {
         // The aname names the export itself ("" or "/" or anything else: there is one tree).
+        Reserve(1);
         int fd = Dup(_rootFd);
-        AddFid(t.Fid, new HostFid(fd, [], HostCalls.S_IFDIR));
+        AddFid(t.Fid, new HostFid(Adopt(fd), null, null, HostCalls.S_IFDIR, _budget));
         HostAttr a = Stat(fd);
         return new Fcall { Type = MessageType.Rattach, Tag = t.Tag, Qid = QidOf(a) };
     }
@@ -279,6 +321,18 @@ public sealed class HostFsSession : IDisposable
         }
         _fids[fid] = state;
     }
+
+    /// <summary>EMFILE unless the session may hold <paramref name="n"/> more descriptors (<see cref="HostFsOptions.MaxDescriptors"/>).</summary>
+    private void Reserve(int n)
+    {
+        if (!_budget.CanTake(n))
+        {
+            throw Fail(Errno.EMFILE);
+        }
+    }
+
+    /// <summary>A counted handle for a descriptor the session keeps beyond the current request.</summary>
+    private HostHandle Adopt(int fd) => new(fd, _budget);
 
     private HostFid GetFid(uint fid) => _fids.TryGetValue(fid, out HostFid? f) ? f : throw Fail(Errno.EBADF);
 
@@ -306,6 +360,11 @@ public sealed class HostFsSession : IDisposable
         return HostAttr.Parse(_statx);
     }
 
+    private static bool SameNode(in HostAttr a, in HostAttr b) =>
+        a.Ino == b.Ino && a.DevMajor == b.DevMajor && a.DevMinor == b.DevMinor;
+
+    private bool IsRoot(in HostAttr a) => a.Ino == _rootIno && a.DevMajor == _rootDevMajor && a.DevMinor == _rootDevMinor;
+
     /// <summary>qid.path from the inode number; files on another device under the root get the device mixed in.</summary>
     private ulong QidPath(ulong ino, uint devMajor, uint devMinor) =>
         devMajor == _rootDevMajor && devMinor == _rootDevMinor
@@ -329,22 +388,70 @@ public sealed class HostFsSession : IDisposable
         return name;
     }
 
-    /// <summary>Opens the directory at <paramref name="path"/> below the root one O_NOFOLLOW step at a time.</summary>
-    private int OpenPath(ReadOnlySpan<string> path)
+    /// <summary>
+    /// The directory that holds directory <paramref name="dirFd"/> now (its real "..", so a directory moved since
+    /// it was walked reaches its new parent), as an O_PATH descriptor. ENOENT unless that parent is inside the export:
+    /// a host process may move a walked directory out of it, and the guest must not follow it there.
+    /// </summary>
+    private int OpenParent(int dirFd)
     {
-        int fd = Dup(_rootFd);
-        foreach (string name in path)
+        int parent = HostCalls.OpenAt(dirFd, "..", HostCalls.O_PATH | HostCalls.O_DIRECTORY | HostCalls.O_CLOEXEC, 0);
+        if (parent < 0)
         {
-            int next = HostCalls.OpenAt(fd, name, HostCalls.O_PATH | HostCalls.O_NOFOLLOW | HostCalls.O_CLOEXEC, 0);
-            int errno = HostCalls.Errno;
-            HostCalls.Close(fd);
-            if (next < 0)
-            {
-                throw Fail((uint)errno);
-            }
-            fd = next;
+            throw LastError();
         }
-        return fd;
+        bool inside;
+        try
+        {
+            inside = IsInsideExport(parent);
+        }
+        catch
+        {
+            HostCalls.Close(parent);
+            throw;
+        }
+        if (!inside)
+        {
+            HostCalls.Close(parent);
+            throw Fail(Errno.ENOENT);
+        }
+        return parent;
+    }
+
+    /// <summary>Whether the root is among directory <paramref name="dirFd"/> and its ancestors (".." up to "/",
+    /// the directory that is its own parent).</summary>
+    private bool IsInsideExport(int dirFd)
+    {
+        int fd = Dup(dirFd);
+        try
+        {
+            HostAttr a = Stat(fd);
+            for (int depth = 0; depth < MaxDepth; depth++)
+            {
+                if (IsRoot(a))
+                {
+                    return true;
+                }
+                int up = HostCalls.OpenAt(fd, "..", HostCalls.O_PATH | HostCalls.O_DIRECTORY | HostCalls.O_CLOEXEC, 0);
+                if (up < 0)
+                {
+                    return false;
+                }
+                HostCalls.Close(fd);
+                fd = up;
+                HostAttr parent = Stat(fd);
+                if (SameNode(a, parent))
+                {
+                    return false;
+                }
+                a = parent;
+            }
+            return false;
+        }
+        finally
+        {
+            HostCalls.Close(fd);
+        }
     }
 
     private Fcall Walk(Fcall t)
@@ -360,8 +467,11 @@ public sealed class HostFsSession : IDisposable
         {
             throw Fail(Errno.EBADF);
         }
-        int fd = Dup(from.PathFd);
-        string[] path = from.Path;
+        // The walk moves references along: a new descriptor only for each name opened, the directory it was opened
+        // from becoming the child's parent (for Tremove/Trename) without one.
+        HostHandle node = from.Node.AddRef();
+        HostHandle? parent = from.Parent?.AddRef();
+        string? entry = from.Name;
         uint type = from.Type;
         var qids = new Qid[t.Wnames.Length];
         int done = 0;
@@ -370,36 +480,49 @@ public sealed class HostFsSession : IDisposable
             for (; done < t.Wnames.Length; done++)
             {
                 string name = t.Wnames[done];
-                int next;
-                string[] nextPath;
-                if (name == "..")
-                {
-                    nextPath = path.Length == 0 ? path : path[..^1];
-                    next = OpenPath(nextPath);
-                }
-                else if (name == ".")
-                {
-                    nextPath = path;
-                    next = Dup(fd);
-                }
-                else
+                if (name != ".")
                 {
                     if (type != HostCalls.S_IFDIR)
                     {
                         throw Fail(Errno.ENOTDIR);
                     }
-                    CheckName(name);
-                    next = HostCalls.OpenAt(fd, name, HostCalls.O_PATH | HostCalls.O_NOFOLLOW | HostCalls.O_CLOEXEC, 0);
-                    if (next < 0)
+                    HostHandle next;
+                    HostHandle? nextParent = null;
+                    string? nextEntry = null;
+                    if (name == "..")
                     {
-                        throw LastError();
+                        // walk(5): ".." of the root is the root. A directory reached by ".." has no name the session
+                        // knows, so Tremove/Trename on it fail (ESTALE) rather than guess one.
+                        if (IsRoot(Stat(node.Fd)))
+                        {
+                            next = node.AddRef();
+                        }
+                        else
+                        {
+                            Reserve(1);
+                            next = Adopt(OpenParent(node.Fd));
+                        }
                     }
-                    nextPath = [.. path, name];
+                    else
+                    {
+                        CheckName(name);
+                        Reserve(1);
+                        int fd = HostCalls.OpenAt(node.Fd, name, HostCalls.O_PATH | HostCalls.O_NOFOLLOW | HostCalls.O_CLOEXEC, 0);
+                        if (fd < 0)
+                        {
+                            throw LastError();
+                        }
+                        next = Adopt(fd);
+                        nextParent = node.AddRef();
+                        nextEntry = name;
+                    }
+                    parent?.Release();
+                    node.Release();
+                    node = next;
+                    parent = nextParent;
+                    entry = nextEntry;
                 }
-                HostCalls.Close(fd);
-                fd = next;
-                path = nextPath;
-                HostAttr a = Stat(fd);
+                HostAttr a = Stat(node.Fd);
                 type = a.Type;
                 qids[done] = QidOf(a);
             }
@@ -407,24 +530,23 @@ public sealed class HostFsSession : IDisposable
         catch (HostFsException) when (done > 0)
         {
             // walk(5): a failure after the first name returns the qids that succeeded; newfid is not affected.
-            HostCalls.Close(fd);
+            parent?.Release();
+            node.Release();
             return new Fcall { Type = MessageType.Rwalk, Tag = t.Tag, Wqids = qids[..done] };
         }
         catch
         {
-            HostCalls.Close(fd);
+            parent?.Release();
+            node.Release();
             throw;
         }
         if (t.NewFid == t.Fid)
         {
-            from.Close();
-            from.PathFd = fd;
-            from.Path = path;
-            from.Type = type;
+            from.Retarget(node, parent, entry, type);
         }
         else
         {
-            AddFid(t.NewFid, new HostFid(fd, path, type));
+            AddFid(t.NewFid, new HostFid(node, parent, entry, type, _budget));
         }
         return new Fcall { Type = MessageType.Rwalk, Tag = t.Tag, Wqids = qids };
     }
@@ -482,7 +604,7 @@ public sealed class HostFsSession : IDisposable
             {
                 throw Fail(a.IsDirectory ? Errno.EISDIR : Errno.EINVAL);
             }
-            int fd = f.IsOpen && f.OpenForWrite ? f.OpenFd : OpenProc(proc, HostCalls.O_WRONLY);
+            int fd = f.IsOpen && f.OpenForWrite ? f.OpenFd : OpenNode(f.PathFd, HostCalls.O_WRONLY, HostCalls.S_IFREG);
             try
             {
                 if (HostCalls.Ftruncate(fd, (long)Math.Min(s.Size, long.MaxValue)) != 0)
@@ -498,11 +620,14 @@ public sealed class HostFsSession : IDisposable
                 }
             }
         }
-        if ((s.Valid & P9.AttrMode) != 0 && !a.IsSymlink && HostCalls.FchmodAt(HostCalls.AT_FDCWD, proc, s.Mode & 0xFFF, 0) != 0)
+        if ((s.Valid & P9.AttrMode) != 0 && !a.IsSymlink && HostCalls.FchmodAt(HostCalls.AT_FDCWD, proc, ModeBits(s.Mode), 0) != 0)
         {
             throw LastError();
         }
-        if ((s.Valid & (P9.AttrUid | P9.AttrGid)) != 0)
+        // An untrusted guest's chown is accepted and not applied (as QEMU's security_model=none does not report a chown
+        // it could not make): the file stays the user kit runs as, and Tgetattr says so. Applied as root it would let
+        // the guest give host files to any host user (docs/security.md, "Host shares").
+        if ((s.Valid & (P9.AttrUid | P9.AttrGid)) != 0 && _options.Trusted)
         {
             uint uid = (s.Valid & P9.AttrUid) != 0 ? s.Uid : uint.MaxValue;
             uint gid = (s.Valid & P9.AttrGid) != 0 ? s.Gid : uint.MaxValue;
@@ -527,10 +652,34 @@ public sealed class HostFsSession : IDisposable
         }
     }
 
-    private static int OpenProc(string proc, int flags)
+    /// <summary>
+    /// Mode bits the guest may set on create, mkdir, mknod and chmod: an untrusted guest's S_ISUID and S_ISGID are
+    /// dropped, since a set-id file planted in a host directory runs as its host owner (root, when kit runs as root)
+    /// for anyone on the host who can reach it. QEMU's security_model=mapped-xattr likewise never puts the guest's
+    /// mode on the host file.
+    /// </summary>
+    private uint ModeBits(uint mode) => mode & (_options.Trusted ? 0xFFFu : UntrustedModeBits);
+
+    /// <summary>
+    /// Opens the node of O_PATH descriptor <paramref name="pathFd"/> for I/O through /proc/self/fd (the same inode,
+    /// no name lookup), and checks on the new descriptor that it is of <paramref name="type"/>, a regular file or a
+    /// directory: every open of this server goes through here, so a device node, FIFO or socket is never handed
+    /// to the guest. Callers check the type on the O_PATH descriptor first (an O_PATH open never reaches a driver's
+    /// open; O_NONBLOCK and O_NOCTTY are the second line should one get here anyway).
+    /// </summary>
+    private int OpenNode(int pathFd, int flags, uint type)
     {
-        int fd = HostCalls.OpenAt(HostCalls.AT_FDCWD, proc, flags | HostCalls.O_CLOEXEC | HostCalls.O_NONBLOCK | HostCalls.O_NOCTTY, 0);
-        return fd >= 0 ? fd : throw LastError();
+        int fd = HostCalls.OpenAt(HostCalls.AT_FDCWD, HostCalls.ProcFd(pathFd), flags | HostCalls.O_CLOEXEC | HostCalls.O_NONBLOCK | HostCalls.O_NOCTTY, 0);
+        if (fd < 0)
+        {
+            throw LastError();
+        }
+        if (StatFd(fd, out HostAttr a) != 0 || a.Type != type || type is not (HostCalls.S_IFREG or HostCalls.S_IFDIR))
+        {
+            HostCalls.Close(fd);
+            throw Fail(Errno.EPERM);
+        }
+        return fd;
     }
 
     /// <summary>Guest open flags reduced to the ones that are safe and meaningful on the host.</summary>
@@ -561,18 +710,18 @@ public sealed class HostFsSession : IDisposable
                 flags = HostCalls.O_RDONLY | HostCalls.O_DIRECTORY;
                 break;
             case HostCalls.S_IFREG:
-            case HostCalls.S_IFIFO:
                 flags = OpenFlags(t.Flags);
                 break;
             case HostCalls.S_IFLNK:
                 throw Fail(ELOOP);
             default:
-                // Never hand the guest a host device or socket.
+                // Never hand the guest a host device, FIFO or socket: opening one acts on the host (a tape rewinds, a
+                // FIFO's writer wakes), and pread/pwrite cannot use a FIFO anyway (ESPIPE).
                 throw Fail(Errno.EPERM);
         }
-        int fd = OpenProc(HostCalls.ProcFd(f.PathFd), flags);
-        f.OpenFd = fd;
-        f.OpenForWrite = (flags & HostCalls.O_ACCMODE) != HostCalls.O_RDONLY;
+        Reserve(1);
+        int fd = OpenNode(f.PathFd, flags, a.Type);
+        f.SetOpen(fd, (flags & HostCalls.O_ACCMODE) != HostCalls.O_RDONLY);
         return new Fcall { Type = MessageType.Rlopen, Tag = t.Tag, Qid = QidOf(a), Iounit = 0 };
     }
 
@@ -585,27 +734,74 @@ public sealed class HostFsSession : IDisposable
             throw Fail(dir.IsOpen ? Errno.EBADF : Errno.ENOTDIR);
         }
         string name = CheckName(t.Name);
-        int flags = OpenFlags(t.Flags) | ((int)t.Flags & HostCalls.O_EXCL) | HostCalls.O_CREAT | HostCalls.O_NOFOLLOW
-            | HostCalls.O_CLOEXEC | HostCalls.O_NONBLOCK | HostCalls.O_NOCTTY;
-        int fd = HostCalls.OpenAt(dir.PathFd, name, flags, t.LMode & 0xFFF);
-        if (fd < 0)
+        int flags = OpenFlags(t.Flags);
+        bool exclusive = (t.Flags & HostCalls.O_EXCL) != 0;
+        Reserve(2);
+        int fd = -1, pathFd = -1;
+        for (int attempt = 0; fd < 0; attempt++)
         {
-            throw LastError();
+            // Create only what does not exist yet: O_EXCL with O_CREAT also never follows a symlink at the name (open(2)).
+            fd = HostCalls.OpenAt(dir.PathFd, name, flags | HostCalls.O_CREAT | HostCalls.O_EXCL | HostCalls.O_NOFOLLOW
+                | HostCalls.O_CLOEXEC | HostCalls.O_NONBLOCK | HostCalls.O_NOCTTY, ModeBits(t.LMode));
+            if (fd >= 0)
+            {
+                break;
+            }
+            int errno = HostCalls.Errno;
+            if (errno != (int)Errno.EEXIST || exclusive || attempt >= 2)
+            {
+                throw Fail((uint)errno);
+            }
+            // The name exists and the guest did not ask for O_EXCL: 9P2000.L's Tlcreate is open(2) with O_CREAT, which
+            // opens the existing file. Look at it through O_PATH first (never a driver's open) and open it through that
+            // very descriptor only if it is a regular file: a device node, FIFO or socket is refused like Tlopen
+            // refuses it, a symlink is ELOOP as O_NOFOLLOW makes it, a directory EISDIR as open(2) says.
+            pathFd = HostCalls.OpenAt(dir.PathFd, name, HostCalls.O_PATH | HostCalls.O_NOFOLLOW | HostCalls.O_CLOEXEC, 0);
+            if (pathFd < 0)
+            {
+                if (HostCalls.Errno == (int)Errno.ENOENT)
+                {
+                    continue; // removed meanwhile: try creating it again
+                }
+                throw LastError();
+            }
+            try
+            {
+                uint type = Stat(pathFd).Type;
+                if (type != HostCalls.S_IFREG)
+                {
+                    throw Fail(type == HostCalls.S_IFDIR ? Errno.EISDIR : type == HostCalls.S_IFLNK ? ELOOP : Errno.EPERM);
+                }
+                fd = OpenNode(pathFd, flags, HostCalls.S_IFREG);
+            }
+            catch
+            {
+                HostCalls.Close(pathFd);
+                throw;
+            }
         }
-        int pathFd = HostCalls.OpenAt(dir.PathFd, name, HostCalls.O_PATH | HostCalls.O_NOFOLLOW | HostCalls.O_CLOEXEC, 0);
         if (pathFd < 0)
         {
-            HostCalls.Close(fd);
-            throw LastError();
+            // Created: the O_PATH descriptor of exactly that file, through its descriptor (no second name lookup).
+            pathFd = HostCalls.OpenAt(HostCalls.AT_FDCWD, HostCalls.ProcFd(fd), HostCalls.O_PATH | HostCalls.O_CLOEXEC, 0);
+            if (pathFd < 0)
+            {
+                int errno = HostCalls.Errno;
+                HostCalls.Close(fd);
+                throw Fail((uint)errno);
+            }
         }
-        HostAttr a = Stat(pathFd);
-        // tcreate: the fid now stands for the new, opened file.
-        HostCalls.Close(dir.PathFd);
-        dir.PathFd = pathFd;
-        dir.Path = [.. dir.Path, name];
-        dir.Type = a.Type;
-        dir.OpenFd = fd;
-        dir.OpenForWrite = (flags & HostCalls.O_ACCMODE) != HostCalls.O_RDONLY;
+        HostAttr a;
+        if (StatFd(pathFd, out a) != 0)
+        {
+            int errno = HostCalls.Errno;
+            HostCalls.Close(pathFd);
+            HostCalls.Close(fd);
+            throw Fail((uint)errno);
+        }
+        // tcreate: the fid now stands for the new, opened file, walked from the directory it stood for.
+        dir.Retarget(Adopt(pathFd), dir.Node.AddRef(), name, a.Type);
+        dir.SetOpen(fd, (flags & HostCalls.O_ACCMODE) != HostCalls.O_RDONLY);
         return new Fcall { Type = MessageType.Rlcreate, Tag = t.Tag, Qid = QidOf(a), Iounit = 0 };
     }
 
@@ -617,6 +813,8 @@ public sealed class HostFsSession : IDisposable
 
     private Fcall MakeNode(Fcall t, MessageType replyType)
     {
+        // The gid these messages (and Tlcreate) carry is not applied, trusted or not: a new node belongs to the user kit
+        // runs as, with the group the host gives it (the directory's if set-gid, else kit's).
         HostFid dir = GetDirectory(t.Type == MessageType.Tmknod ? t.DFid : t.Type == MessageType.Tmkdir ? t.DFid : t.Fid);
         CheckWritable();
         string name = CheckName(t.Name);
@@ -624,7 +822,7 @@ public sealed class HostFsSession : IDisposable
         switch (t.Type)
         {
             case MessageType.Tmkdir:
-                rc = HostCalls.MkdirAt(dir.PathFd, name, t.LMode & 0xFFF);
+                rc = HostCalls.MkdirAt(dir.PathFd, name, ModeBits(t.LMode));
                 break;
             case MessageType.Tsymlink:
                 // The target is stored, never followed by this server; an absolute target stays inside the guest's view.
@@ -636,7 +834,7 @@ public sealed class HostFsSession : IDisposable
                 {
                     throw Fail(Errno.EPERM); // no device nodes on the host
                 }
-                rc = HostCalls.MknodAt(dir.PathFd, name, type | (t.LMode & 0xFFF), 0);
+                rc = HostCalls.MknodAt(dir.PathFd, name, type | ModeBits(t.LMode), 0);
                 break;
         }
         if (rc != 0)
@@ -697,9 +895,51 @@ public sealed class HostFsSession : IDisposable
         HostFid from = GetDirectory(t.Fid);
         HostFid to = GetDirectory(t.DFid);
         CheckWritable();
-        if (HostCalls.RenameAt(from.PathFd, CheckName(t.Name), to.PathFd, CheckName(t.Name2)) != 0)
+        string oldName = CheckName(t.Name), newName = CheckName(t.Name2);
+        if (HostCalls.RenameAt(from.PathFd, oldName, to.PathFd, newName) != 0)
         {
             throw LastError();
+        }
+        FollowRename(from.Node, oldName, to.Node, newName);
+    }
+
+    /// <summary>
+    /// The directory entry a fid's Tremove or Trename acts on: the directory it was walked from (a descriptor, wherever
+    /// that directory is now) and its name there, only while that name still means the fid's own inode (dev, ino).
+    /// Renamed since (by the host, or by another session), the name may mean another file now: ESTALE, and nothing is
+    /// touched. (The check and the unlinkat/renameat are two calls; only a concurrent host-side rename fits between
+    /// them, requests of one session run one at a time.)
+    /// </summary>
+    private (HostHandle Parent, string Name) Entry(HostFid f)
+    {
+        if (f.Parent is not { } parent || f.Name is not { } name)
+        {
+            throw Fail(IsRoot(Stat(f.PathFd)) ? EBUSY : ESTALE);
+        }
+        HostAttr self = Stat(f.PathFd);
+        if (!SameNode(self, StatAt(parent.Fd, name)))
+        {
+            throw Fail(ESTALE);
+        }
+        return (parent, name);
+    }
+
+    /// <summary>
+    /// After this session renamed <paramref name="oldName"/> in <paramref name="from"/>, the fids that were walked to
+    /// that entry follow it, so the guest's later Tremove or Trename of them acts on the file it means.
+    /// </summary>
+    private void FollowRename(HostHandle from, string oldName, HostHandle to, string newName)
+    {
+        if (StatFd(from.Fd, out HostAttr fromAttr) != 0)
+        {
+            return;
+        }
+        foreach (HostFid g in _fids.Values)
+        {
+            if (g.Name == oldName && g.Parent is { } p && (p == from || (StatFd(p.Fd, out HostAttr pa) == 0 && SameNode(pa, fromAttr))))
+            {
+                g.MoveTo(to, newName);
+            }
         }
     }
 
@@ -708,24 +948,21 @@ public sealed class HostFsSession : IDisposable
         HostFid f = GetFid(t.Fid);
         HostFid to = GetDirectory(t.DFid);
         CheckWritable();
-        if (f.Path.Length == 0)
-        {
-            throw Fail(EBUSY);
-        }
         string newName = CheckName(t.Name);
-        int parent = OpenPath(f.Path.AsSpan(0, f.Path.Length - 1));
+        (HostHandle parent, string name) = Entry(f);
+        parent.AddRef(); // FollowRename moves f (and others) off it
         try
         {
-            if (HostCalls.RenameAt(parent, f.Path[^1], to.PathFd, newName) != 0)
+            if (HostCalls.RenameAt(parent.Fd, name, to.PathFd, newName) != 0)
             {
                 throw LastError();
             }
+            FollowRename(parent, name, to.Node, newName);
         }
         finally
         {
-            HostCalls.Close(parent);
+            parent.Release();
         }
-        f.Path = [.. to.Path, newName];
     }
 
     private void Remove(Fcall t)
@@ -736,21 +973,10 @@ public sealed class HostFsSession : IDisposable
         try
         {
             CheckWritable();
-            if (f.Path.Length == 0)
+            (HostHandle parent, string name) = Entry(f);
+            if (HostCalls.UnlinkAt(parent.Fd, name, f.IsDirectory ? HostCalls.AT_REMOVEDIR : 0) != 0)
             {
-                throw Fail(EBUSY);
-            }
-            int parent = OpenPath(f.Path.AsSpan(0, f.Path.Length - 1));
-            try
-            {
-                if (HostCalls.UnlinkAt(parent, f.Path[^1], f.IsDirectory ? HostCalls.AT_REMOVEDIR : 0) != 0)
-                {
-                    throw LastError();
-                }
-            }
-            finally
-            {
-                HostCalls.Close(parent);
+                throw LastError();
             }
         }
         finally

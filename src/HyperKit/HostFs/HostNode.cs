@@ -49,36 +49,126 @@ internal readonly record struct HostAttr(
     public ulong Rdev => (RdevMinor & 0xff) | (RdevMajor << 8) | ((ulong)(RdevMinor & ~0xffu) << 12);
 }
 
-/// <summary>What one fid points at: an O_PATH descriptor (no I/O possible through it), its path below the root,
-/// and, once Tlopen'ed or Tlcreate'd, a second descriptor for I/O.</summary>
-internal sealed class HostFid(int pathFd, string[] path, uint type)
+/// <summary>
+/// The host descriptors one session holds, counted against <see cref="HostFsOptions.MaxDescriptors"/>. Requests run
+/// one at a time under the session's lock, so plain integers suffice.
+/// </summary>
+internal sealed class DescriptorBudget(int max)
 {
-    public int PathFd { get; set; } = pathFd;
+    public int Count { get; set; }
 
-    /// <summary>Names from the export root; only used for ".." and for operations on the parent (rename, remove).</summary>
-    public string[] Path { get; set; } = path;
+    public bool CanTake(int n) => Count + n <= max;
+}
 
-    public uint Type { get; set; } = type;
+/// <summary>
+/// One O_PATH descriptor shared by every fid (and every child's parent link) that stands for the same walked node:
+/// a walk from a directory makes the directory's handle the child's parent without another descriptor. Closed when
+/// the last reference goes.
+/// </summary>
+internal sealed class HostHandle
+{
+    private readonly DescriptorBudget _budget;
+    private int _refs = 1;
 
-    public int OpenFd { get; set; } = -1;
+    public HostHandle(int fd, DescriptorBudget budget)
+    {
+        Fd = fd;
+        _budget = budget;
+        budget.Count++;
+    }
 
-    public bool OpenForWrite { get; set; }
+    public int Fd { get; private set; }
+
+    public HostHandle AddRef()
+    {
+        _refs++;
+        return this;
+    }
+
+    public void Release()
+    {
+        if (--_refs == 0 && Fd >= 0)
+        {
+            HostCalls.Close(Fd);
+            Fd = -1;
+            _budget.Count--;
+        }
+    }
+}
+
+/// <summary>
+/// What one fid points at: an O_PATH handle of its node (no I/O possible through it; it keeps meaning the same inode
+/// whatever happens to names), the O_PATH handle of the directory it was walked from with the name it had there (to
+/// remove or rename it: both are checked to still mean this node first), and, once Tlopen'ed or Tlcreate'd, a second
+/// descriptor for I/O. No path string is ever kept: a name may come to mean another file at any time.
+/// </summary>
+internal sealed class HostFid(HostHandle node, HostHandle? parent, string? name, uint type, DescriptorBudget budget)
+{
+    private bool _closed;
+
+    public HostHandle Node { get; private set; } = node;
+
+    public int PathFd => Node.Fd;
+
+    /// <summary>The directory this fid was walked from (or created in); null for the root, and after ".." (the
+    /// walk gives the directory itself, not its name).</summary>
+    public HostHandle? Parent { get; private set; } = parent;
+
+    /// <summary>The name of the node in <see cref="Parent"/> when it was walked, created or renamed by this session.</summary>
+    public string? Name { get; private set; } = name;
+
+    public uint Type { get; private set; } = type;
+
+    public int OpenFd { get; private set; } = -1;
+
+    public bool OpenForWrite { get; private set; }
 
     public bool IsOpen => OpenFd >= 0;
 
     public bool IsDirectory => Type == HostCalls.S_IFDIR;
 
+    public void SetOpen(int fd, bool forWrite)
+    {
+        OpenFd = fd;
+        OpenForWrite = forWrite;
+        budget.Count++;
+    }
+
+    /// <summary>Points the fid at another directory entry (after a rename); takes a reference to <paramref name="parent"/>.</summary>
+    public void MoveTo(HostHandle parent, string name)
+    {
+        parent.AddRef();
+        Parent?.Release();
+        Parent = parent;
+        Name = name;
+    }
+
+    /// <summary>Makes the fid stand for another node (a walk onto itself, a Tlcreate); takes over the references.</summary>
+    public void Retarget(HostHandle node, HostHandle? parent, string? name, uint type)
+    {
+        Parent?.Release();
+        Node.Release();
+        Node = node;
+        Parent = parent;
+        Name = name;
+        Type = type;
+    }
+
     public void Close()
     {
+        if (_closed)
+        {
+            return;
+        }
+        _closed = true;
         if (OpenFd >= 0)
         {
             HostCalls.Close(OpenFd);
             OpenFd = -1;
+            budget.Count--;
         }
-        if (PathFd >= 0)
-        {
-            HostCalls.Close(PathFd);
-            PathFd = -1;
-        }
+        Parent?.Release();
+        Parent = null;
+        Node.Release();
     }
 }

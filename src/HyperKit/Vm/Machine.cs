@@ -22,9 +22,10 @@ public sealed record DiskOptions(string Path, bool ReadOnly = false);
 
 /// <summary>
 /// A virtio-9p share: the guest mounts <paramref name="Tag"/>. <paramref name="Target"/> is a host directory served by
-/// the built-in server, or tcp://HOST:PORT / unix:PATH of a 9P server to relay to.
+/// the built-in server, or tcp://HOST:PORT / unix:PATH of a 9P server to relay to. <paramref name="Trusted"/> applies the
+/// guest's ownership and set-id bits to a host directory (docs/security.md, "Host shares").
 /// </summary>
-public sealed record ShareOptions(string Tag, string Target, bool ReadOnly = false)
+public sealed record ShareOptions(string Tag, string Target, bool ReadOnly = false, bool Trusted = false)
 {
     public bool IsServer => Target.StartsWith("tcp://", StringComparison.Ordinal) || Target.StartsWith("unix:", StringComparison.Ordinal);
 }
@@ -165,7 +166,7 @@ public sealed class Machine : IDisposable
                 VirtioNineP device;
                 try
                 {
-                    device = NinePShares.Create(share.Tag, share.Target, share.ReadOnly);
+                    device = NinePShares.Create(share.Tag, share.Target, share.ReadOnly, share.Trusted);
                 }
                 catch (ArgumentException e)
                 {

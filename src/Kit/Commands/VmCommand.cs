@@ -53,7 +53,7 @@ internal static class VmCommand
         var pcap = new Option<FileInfo?>("--pcap") { Description = "--net vpnkit: write every frame to FILE (libpcap format)." };
         var shares = new Option<string[]>("--share")
         {
-            Description = "virtio-9p share TAG=DIR (add \",ro\" for read-only) or TAG=tcp://HOST:PORT / TAG=unix:PATH to relay to a 9P server; the guest mounts it with mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt.",
+            Description = "virtio-9p share TAG=DIR (add \",ro\" for read-only, \",trusted\" to apply the guest's chown and setuid/setgid bits: docs/security.md) or TAG=tcp://HOST:PORT / TAG=unix:PATH to relay to a 9P server; the guest mounts it with mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt.",
             AllowMultipleArgumentsPerToken = false,
         };
         var vsock = new Option<string?>("--vsock")
@@ -133,7 +133,7 @@ internal static class VmCommand
         return true;
     }
 
-    /// <summary>Parses <c>TAG=DIR[,ro]</c>, <c>TAG=tcp://HOST:PORT</c> or <c>TAG=unix:PATH</c>.</summary>
+    /// <summary>Parses <c>TAG=DIR[,ro][,trusted]</c> (options in either order), <c>TAG=tcp://HOST:PORT</c> or <c>TAG=unix:PATH</c>.</summary>
     public static ShareOptions ParseShare(string text)
     {
         int eq = text.IndexOf('=', StringComparison.Ordinal);
@@ -143,16 +143,29 @@ internal static class VmCommand
         }
         string tag = text[..eq];
         string target = text[(eq + 1)..];
-        bool readOnly = target.EndsWith(",ro", StringComparison.Ordinal);
-        if (readOnly)
+        bool readOnly = false, trusted = false;
+        while (true)
         {
-            target = target[..^3];
+            if (!readOnly && target.EndsWith(",ro", StringComparison.Ordinal))
+            {
+                readOnly = true;
+                target = target[..^",ro".Length];
+            }
+            else if (!trusted && target.EndsWith(",trusted", StringComparison.Ordinal))
+            {
+                trusted = true;
+                target = target[..^",trusted".Length];
+            }
+            else
+            {
+                break;
+            }
         }
         if (tag.Length > 31 || !tag.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-' or '.'))
         {
             throw new CliException($"--share: tag \"{tag}\" must be 1-31 letters, digits, '_', '-' or '.'");
         }
-        return new ShareOptions(tag, target, readOnly);
+        return new ShareOptions(tag, target, readOnly, trusted);
     }
 
     /// <summary>Parses <c>PATH</c> or <c>PATH,cid=N</c> (N from 3 to 2^32-2; 0-2 are reserved, -1 is "any").</summary>
