@@ -79,8 +79,10 @@ internal static class QemuCommandLine
                 throw new CliException($"--share {share.Tag}={share.Target}: a relay to a 9P server needs Kit's own virtio-9p (--accel kvm); under tcg, mount the server over the network (mount -t 9p -o trans=tcp)");
             }
             // QEMU's own virtio-9p for a host directory. mapped-xattr keeps the guest's ownership and mode bits in
-            // extended attributes instead of applying them, so a guest cannot plant setuid or root-owned files.
-            args.AddRange(["-fsdev", $"local,id=fs{i},path={Escape(share.Target)},security_model=mapped-xattr" + (share.ReadOnly ? ",readonly=on" : ""),
+            // extended attributes instead of applying them, so a guest cannot plant setuid or root-owned files (as
+            // HostFs does under kvm); a share marked trusted applies them (passthrough).
+            string model = share.Trusted ? "passthrough" : "mapped-xattr";
+            args.AddRange(["-fsdev", $"local,id=fs{i},path={Escape(share.Target)},security_model={model}" + (share.ReadOnly ? ",readonly=on" : ""),
                 "-device", $"virtio-9p-pci,fsdev=fs{i},mount_tag={share.Tag}"]);
         }
         return args;
