@@ -127,7 +127,7 @@ public sealed partial class VmVsockTests(ITestOutputHelper output)
     /// Debian's socat (VSOCK-LISTEN/VSOCK-CONNECT since 1.7.4) and every shared library ldd names, under /kit/lib,
     /// started through the dynamic loader so the guest needs no /lib layout; /kit/bin/socat is the wrapper.
     /// </summary>
-    private static Dictionary<string, byte[]> SocatFiles()
+    internal static Dictionary<string, byte[]> SocatFiles()
     {
         string socat = "/usr/bin/socat";
         Assert.True(File.Exists(socat), "socat is missing (./test installs it)");
