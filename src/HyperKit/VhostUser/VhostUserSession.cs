@@ -367,7 +367,7 @@ internal sealed partial class VhostUserSession : IDisposable
                 LogUnknown(_log, (uint)h.Request, h.Size);
                 if (h.NeedReply)
                 {
-                    return Ack(h, false);
+                    return ReplyU64(h, 1); // failed, and the session goes on
                 }
                 return $"unsupported request {(uint)h.Request} ({h.Request}) without NEED_REPLY";
         }
