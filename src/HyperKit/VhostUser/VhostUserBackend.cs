@@ -70,15 +70,17 @@ public sealed partial class VhostUserBackend : IDisposable
     public void Serve(Socket connected)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        VhostUserSession session;
         lock (_sessionLock)
         {
             if (_session is not null)
             {
                 throw new InvalidOperationException("a vhost-user frontend is already being served");
             }
-            _session = new VhostUserSession(Device, connected, _log);
+            session = new VhostUserSession(Device, connected, _log);
+            _session = session;
         }
-        var thread = new Thread(() => RunSession(CurrentSession!)) { IsBackground = true, Name = "vhost-user" };
+        var thread = new Thread(() => RunSession(session)) { IsBackground = true, Name = "vhost-user" };
         thread.Start();
     }
 
