@@ -431,12 +431,8 @@ public sealed class VhostUserBackendTests : IDisposable
     [Fact]
     public void The_socket_pair_leaves_their_end_inheritable_and_ours_close_on_exec()
     {
-        (Socket ours, System.Runtime.InteropServices.SafeHandle theirs) = VhostUserSocketPair.Create();
-        using (ours)
-        using (theirs)
-        {
-            Assert.False(VhostUserInterop.IsCloseOnExec((int)theirs.DangerousGetHandle()));
-            Assert.True(VhostUserInterop.IsCloseOnExec((int)ours.SafeHandle.DangerousGetHandle()));
-        }
+        using var pair = Kit.Linux.SocketPair.Create();
+        Assert.False(VhostUserInterop.IsCloseOnExec(pair.ChildFd));
+        Assert.True(VhostUserInterop.IsCloseOnExec((int)pair.Ours.SafeHandle.DangerousGetHandle()));
     }
 }

@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using Kit.HyperKit.Devices.Virtio;
+using Kit.Linux;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -19,6 +20,7 @@ public sealed partial class VhostUserBackend : IDisposable
     private VhostUserSession? _session;
     private TaskCompletionSource _disconnected = NewTcs();
     private Socket? _listener;
+    private UnixSocketFile.Binding? _socketFile;
     private Thread? _acceptThread;
     private volatile bool _disposed;
 
@@ -93,11 +95,10 @@ public sealed partial class VhostUserBackend : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         string path = Path.GetFullPath(unixPath);
-        RemoveStaleSocket(path);
-        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        // Only a stale socket is replaced; a live one or any other file is refused (IOException).
+        Socket listener = UnixSocketFile.Bind(path, SocketType.Stream, out _socketFile);
         try
         {
-            listener.Bind(new UnixDomainSocketEndPoint(path));
             // The socket gives whoever connects the device and, through SET_MEM_TABLE, a way to make us map files:
             // owner only.
             if (!OperatingSystem.IsWindows())
@@ -106,55 +107,15 @@ public sealed partial class VhostUserBackend : IDisposable
             }
             listener.Listen(4);
         }
-        catch (SocketException e)
+        catch (Exception e) when (e is SocketException or IOException or UnauthorizedAccessException)
         {
             listener.Dispose();
+            _socketFile.Dispose();
             throw new IOException($"cannot listen on {path}: {e.Message}", e);
         }
         _listener = listener;
         _acceptThread = new Thread(() => AcceptLoop(listener)) { IsBackground = true, Name = "vhost-user accept" };
         _acceptThread.Start();
-    }
-
-    private static void RemoveStaleSocket(string path)
-    {
-        if (!File.Exists(path) && !Directory.Exists(path))
-        {
-            return;
-        }
-        if (Directory.Exists(path) || !IsSocketFile(path))
-        {
-            throw new IOException($"{path} exists and is not a socket");
-        }
-        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            probe.Connect(new UnixDomainSocketEndPoint(path));
-        }
-        catch (SocketException)
-        {
-            File.Delete(path); // nobody accepts there: a leftover of a process that died
-            return;
-        }
-        throw new IOException($"{path} is in use by another process");
-    }
-
-    /// <summary>True for a socket file: opening one fails with ENXIO, while regular files and FIFOs open.</summary>
-    private static bool IsSocketFile(string path)
-    {
-        try
-        {
-            using FileStream f = File.Open(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-            return false;
-        }
-        catch (IOException)
-        {
-            return true;
-        }
-        catch (UnauthorizedAccessException)
-        {
-            return false;
-        }
     }
 
     private void AcceptLoop(Socket listener)
@@ -240,20 +201,10 @@ public sealed partial class VhostUserBackend : IDisposable
         }
         _disposed = true;
         Device.ProcessQueue = _ => { };
-        string? path = _listener?.LocalEndPoint?.ToString();
         _listener?.Dispose();
         CurrentSession?.Abort();
         _acceptThread?.Join(TimeSpan.FromSeconds(5));
-        if (path is not null && File.Exists(path))
-        {
-            try
-            {
-                File.Delete(path);
-            }
-            catch (IOException)
-            {
-            }
-        }
+        _socketFile?.Dispose();
     }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "vhost-user: frontend {Count} connected")]

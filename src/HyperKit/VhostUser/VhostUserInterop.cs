@@ -268,12 +268,6 @@ internal static unsafe partial class VhostUserInterop
         return r == 0;
     }
 
-    public static bool SetInheritable(int fd, bool inheritable)
-    {
-        int flags = Fcntl(fd, F_GETFD, 0);
-        return flags >= 0 && Fcntl(fd, F_SETFD, inheritable ? flags & ~FD_CLOEXEC : flags | FD_CLOEXEC) == 0;
-    }
-
     public static bool IsCloseOnExec(int fd) => (Fcntl(fd, F_GETFD, 0) & FD_CLOEXEC) != 0;
 
     public static bool SetNonBlocking(int fd)

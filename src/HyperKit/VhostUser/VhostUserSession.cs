@@ -19,9 +19,16 @@ internal sealed partial class VhostUserSession : IDisposable
     /// <summary>VHOST_USER_F_PROTOCOL_FEATURES (bit 30 of GET_FEATURES): the frontend may then use GET_PROTOCOL_FEATURES.</summary>
     public const ulong ProtocolFeaturesBit = 1UL << 30;
 
-    /// <summary>What we offer: REPLY_ACK, CONFIG (vhost-user-vsock reads guest_cid through it), RESET_DEVICE. No MQ.</summary>
-    public const ulong OfferedProtocolFeatures =
-        VhostUserProtocolFeatures.ReplyAck | VhostUserProtocolFeatures.Config | VhostUserProtocolFeatures.ResetDevice;
+    /// <summary>
+    /// What we offer: REPLY_ACK, RESET_DEVICE, and CONFIG for devices whose configuration space the backend owns
+    /// (vhost-user-vsock reads guest_cid through it). Not for net: QEMU's virtio-net keeps its own (MAC, status) and
+    /// warns at start when a net backend offers CONFIG. No MQ.
+    /// </summary>
+    public ulong OfferedProtocolFeatures =>
+        VhostUserProtocolFeatures.ReplyAck | VhostUserProtocolFeatures.ResetDevice
+        | (_device.DeviceType == NetDeviceType ? 0 : VhostUserProtocolFeatures.Config);
+
+    private const ushort NetDeviceType = 1;
 
     private readonly VirtioDevice _device;
     private readonly Socket _socket;

@@ -41,7 +41,7 @@ public sealed class VhostUserVsockTests(ITestOutputHelper output)
     /// </summary>
     /// <remarks>
     /// <paramref name="inheritedFd"/>: instead of a listening path, QEMU gets one end of
-    /// <see cref="VhostUserSocketPair"/> as <c>-chardev socket,id=vsk,fd=N</c> (the launcher's way), and the backend
+    /// <see cref="Kit.Linux.SocketPair"/> as <c>-chardev socket,id=vsk,fd=N</c> (the launcher's way), and the backend
     /// serves the other end with <see cref="VhostUserBackend.Serve"/>.
     /// </remarks>
     [Theory]
@@ -61,12 +61,12 @@ public sealed class VhostUserVsockTests(ITestOutputHelper output)
             host.Start(device);
             using var backend = new VhostUserBackend(device);
             string chardev;
-            System.Runtime.InteropServices.SafeHandle? theirs = null;
+            Kit.Linux.SocketPair? theirs = null;
             if (inheritedFd)
             {
-                (Socket ours, theirs) = VhostUserSocketPair.Create();
-                backend.Serve(ours);
-                chardev = $"socket,id=vsk,fd={theirs.DangerousGetHandle()}";
+                theirs = Kit.Linux.SocketPair.Create();
+                backend.Serve(theirs.Ours);
+                chardev = $"socket,id=vsk,fd={theirs.ChildFd}";
             }
             else
             {
@@ -87,7 +87,7 @@ public sealed class VhostUserVsockTests(ITestOutputHelper output)
             }
             options.ExtraArguments.AddRange(["-chardev", chardev, "-device", $"vhost-user-vsock-pci,chardev=vsk,{deviceOptions}"]);
             await using QemuGuest guest = await QemuGuest.StartAsync(GuestScript, options, cancel);
-            theirs?.Dispose(); // QEMU has its copy
+            theirs?.CloseChildEnd(); // QEMU has its copy; the backend owns ours
             await guest.WaitForSerialAsync("VSOCK-LISTENING", TimeSpan.FromSeconds(120), cancel);
 
             byte[] data = RandomNumberGenerator.GetBytes(Bytes);
