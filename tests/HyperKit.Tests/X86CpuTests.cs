@@ -1,4 +1,4 @@
-using Kit.HyperKit.Kvm;
+using Kit.HyperKit.Hypervisor;
 using Kit.HyperKit.Vm;
 
 namespace Kit.HyperKit.Tests;
@@ -6,19 +6,19 @@ namespace Kit.HyperKit.Tests;
 /// <summary>The per-vCPU CPUID Kit derives from KVM_GET_SUPPORTED_CPUID (docs/hyperkit-boot.md, "the vCPU's CPUID").</summary>
 public sealed class X86CpuTests
 {
-    private static KvmCpuidEntry2 Leaf(uint function, uint index = 0, uint eax = 0, uint ebx = 0, uint ecx = 0, uint edx = 0) =>
+    private static CpuidEntry Leaf(uint function, uint index = 0, uint eax = 0, uint ebx = 0, uint ecx = 0, uint edx = 0) =>
         new() { Function = function, Index = index, Eax = eax, Ebx = ebx, Ecx = ecx, Edx = edx };
 
     // Leaf 0 vendor strings as EBX, EDX, ECX.
-    private static KvmCpuidEntry2 Amd => Leaf(0, eax: 0xD, ebx: 0x6874_7541, edx: 0x6974_6E65, ecx: 0x444D_4163);
+    private static CpuidEntry Amd => Leaf(0, eax: 0xD, ebx: 0x6874_7541, edx: 0x6974_6E65, ecx: 0x444D_4163);
 
-    private static KvmCpuidEntry2 Intel => Leaf(0, eax: 0x1F, ebx: 0x756E_6547, edx: 0x4965_6E69, ecx: 0x6C65_746E);
+    private static CpuidEntry Intel => Leaf(0, eax: 0x1F, ebx: 0x756E_6547, edx: 0x4965_6E69, ecx: 0x6C65_746E);
 
-    private static KvmCpuidEntry2 Find(KvmCpuidEntry2[] entries, uint function, uint index = 0) =>
+    private static CpuidEntry Find(CpuidEntry[] entries, uint function, uint index = 0) =>
         Array.Find(entries, e => e.Function == function && e.Index == index);
 
     /// <summary>An AMD-like supported list: brand-family leaf 1, power leaf 6, the extended leaves with host values.</summary>
-    private static KvmCpuidEntry2[] AmdSupported() =>
+    private static CpuidEntry[] AmdSupported() =>
     [
         Amd,
         Leaf(1, eax: 0x000F_06B1, ebx: 0x0000_0800, ecx: 0x0000_0001, edx: 0x0781_ABFD),
@@ -31,8 +31,8 @@ public sealed class X86CpuTests
     [Fact]
     public void TwoVcpusAreTwoCoresOfOnePackageOnAmd()
     {
-        KvmCpuidEntry2[] cpu1 = X86Cpu.CpuidFor(AmdSupported(), id: 1, cpus: 2);
-        KvmCpuidEntry2 leaf1 = Find(cpu1, 1);
+        CpuidEntry[] cpu1 = X86Cpu.CpuidFor(AmdSupported(), id: 1, cpus: 2);
+        CpuidEntry leaf1 = Find(cpu1, 1);
         Assert.Equal(1u, leaf1.Ebx >> 24);                 // initial APIC id
         Assert.Equal(2u, (leaf1.Ebx >> 16) & 0xFF);        // logical processors in the package
         Assert.Equal(0x800u, leaf1.Ebx & 0xFFFF);          // CLFLUSH size and brand index kept
@@ -48,7 +48,7 @@ public sealed class X86CpuTests
     [Fact]
     public void OneVcpuHasNoLegacyCoreCount()
     {
-        KvmCpuidEntry2[] cpu0 = X86Cpu.CpuidFor(AmdSupported(), id: 0, cpus: 1);
+        CpuidEntry[] cpu0 = X86Cpu.CpuidFor(AmdSupported(), id: 0, cpus: 1);
         Assert.Equal(0u, Find(cpu0, 0x8000_0001).Ecx & (1u << 1));
         Assert.Equal(0u, Find(cpu0, 0x8000_0008).Ecx & 0xF0FF);
         Assert.Equal(1u, (Find(cpu0, 1).Ebx >> 16) & 0xFF);
@@ -61,7 +61,7 @@ public sealed class X86CpuTests
     [InlineData(64, 6)]
     public void CoreIdBitsCoverEveryVcpu(int cpus, uint bits)
     {
-        KvmCpuidEntry2[] entries = X86Cpu.CpuidFor(AmdSupported(), id: cpus - 1, cpus: cpus);
+        CpuidEntry[] entries = X86Cpu.CpuidFor(AmdSupported(), id: cpus - 1, cpus: cpus);
         uint ecx = Find(entries, 0x8000_0008).Ecx;
         Assert.Equal(bits, (ecx >> 12) & 0xF);
         Assert.Equal((uint)cpus - 1, ecx & 0xFF);
@@ -90,7 +90,7 @@ public sealed class X86CpuTests
     [Fact]
     public void IntelTopologyLeavesDescribeCoresWithOneThreadEach()
     {
-        KvmCpuidEntry2[] supported =
+        CpuidEntry[] supported =
         [
             Intel,
             Leaf(1, ebx: 0x0000_0800),
@@ -101,12 +101,12 @@ public sealed class X86CpuTests
             Leaf(0xB, 2, ecx: 2),
             Leaf(0x8000_0008, eax: 0x3027, ecx: 0),
         ];
-        KvmCpuidEntry2[] cpu2 = X86Cpu.CpuidFor(supported, id: 2, cpus: 3);
+        CpuidEntry[] cpu2 = X86Cpu.CpuidFor(supported, id: 2, cpus: 3);
         Assert.Equal(3u, Find(cpu2, 4, 0).Eax >> 26);             // 4 addressable core ids - 1
         Assert.Equal(0u, (Find(cpu2, 4, 0).Eax >> 14) & 0xFFF);  // L1 is per core
         Assert.Equal(3u, (Find(cpu2, 4, 3).Eax >> 14) & 0xFFF);  // L3 shared by the package
         Assert.Equal(0x121u, Find(cpu2, 4, 0).Eax & 0x3FFF);      // cache type and level kept
-        KvmCpuidEntry2 smt = Find(cpu2, 0xB, 0), core = Find(cpu2, 0xB, 1), end = Find(cpu2, 0xB, 2);
+        CpuidEntry smt = Find(cpu2, 0xB, 0), core = Find(cpu2, 0xB, 1), end = Find(cpu2, 0xB, 2);
         Assert.Equal((0u, 1u, 0x100u, 2u), (smt.Eax, smt.Ebx, smt.Ecx, smt.Edx));
         Assert.Equal((2u, 3u, 0x201u, 2u), (core.Eax, core.Ebx, core.Ecx, core.Edx));
         Assert.Equal((0u, 0u, 2u, 2u), (end.Eax, end.Ebx, end.Ecx, end.Edx));
@@ -116,8 +116,8 @@ public sealed class X86CpuTests
     [Fact]
     public void TheSupportedListIsNotModified()
     {
-        KvmCpuidEntry2[] supported = AmdSupported();
-        KvmCpuidEntry2[] before = (KvmCpuidEntry2[])supported.Clone();
+        CpuidEntry[] supported = AmdSupported();
+        CpuidEntry[] before = (CpuidEntry[])supported.Clone();
         _ = X86Cpu.CpuidFor(supported, 1, 2, tscDeadline: true);
         Assert.Equal(before, supported);
     }
@@ -126,8 +126,8 @@ public sealed class X86CpuTests
     public void ExtendedApicLeafNamesOneThreadPerCoreOnOneNode()
     {
         // A host part with two threads per compute unit on node 1 of two (TOPOEXT leaf, AMD APM "CPUID Fn8000_001E").
-        KvmCpuidEntry2[] supported = [.. AmdSupported(), Leaf(0x8000_001E, eax: 9, ebx: 0x0000_0104, ecx: 0x0000_0101)];
-        KvmCpuidEntry2 e = Find(X86Cpu.CpuidFor(supported, id: 1, cpus: 2), 0x8000_001E);
+        CpuidEntry[] supported = [.. AmdSupported(), Leaf(0x8000_001E, eax: 9, ebx: 0x0000_0104, ecx: 0x0000_0101)];
+        CpuidEntry e = Find(X86Cpu.CpuidFor(supported, id: 1, cpus: 2), 0x8000_001E);
         Assert.Equal(1u, e.Eax);          // extended APIC id
         Assert.Equal(0x0001u, e.Ebx);     // compute unit 1, 1 thread in it
         Assert.Equal(0u, e.Ecx & 0x7FF);  // node 0, one node per package

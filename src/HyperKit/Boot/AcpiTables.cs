@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using Kit.HyperKit.Vm;
 
 namespace Kit.HyperKit.Boot;
 
@@ -14,10 +15,10 @@ namespace Kit.HyperKit.Boot;
 /// </summary>
 public static class AcpiTables
 {
-    public const ushort Pm1aEventPort = 0x600;
-    public const ushort Pm1aControlPort = 0x604;
-    public const uint IoApicAddress = 0xFEC0_0000;
-    public const uint LocalApicAddress = 0xFEE0_0000;
+    public const ushort Pm1aEventPort = PortLayout.Pm1aEvent;
+    public const ushort Pm1aControlPort = PortLayout.Pm1aControl;
+    public const uint IoApicAddress = (uint)MemoryLayout.IoApicAddress;
+    public const uint LocalApicAddress = (uint)MemoryLayout.LocalApicAddress;
     private const string OemId = "KITVMM";
     private const string OemTableId = "KITVMM01";
 

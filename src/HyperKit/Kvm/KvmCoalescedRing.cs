@@ -1,3 +1,5 @@
+using Kit.HyperKit.Hypervisor;
+
 namespace Kit.HyperKit.Kvm;
 
 /// <summary>
@@ -7,7 +9,7 @@ namespace Kit.HyperKit.Kvm;
 /// that write, so nothing is lost. Entries must be replayed before the VMM handles any exit that could observe them.
 /// Not thread-safe: callers serialise <see cref="TryPeek"/>/<see cref="Advance"/> with one lock per VM.
 /// </summary>
-public sealed unsafe class KvmCoalescedRing
+public sealed unsafe class KvmCoalescedRing : IQueuedWrites
 {
     // struct kvm_coalesced_mmio { __u64 phys_addr; __u32 len; __u32 pio; __u8 data[8]; } is 24 bytes; the ring
     // header (first, last) is 8 bytes and the entries fill the rest of the page.

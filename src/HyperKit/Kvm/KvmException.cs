@@ -1,7 +1,9 @@
+using Kit.HyperKit.Hypervisor;
+
 namespace Kit.HyperKit.Kvm;
 
 /// <summary>A KVM or libc call failed; the message names the call and errno so the user can act on it.</summary>
-public sealed class KvmException : Exception
+public sealed class KvmException : HypervisorException
 {
     public KvmException(string message) : base(message)
     {

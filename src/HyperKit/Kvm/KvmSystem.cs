@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Kit.HyperKit.Hypervisor;
 
 namespace Kit.HyperKit.Kvm;
 
@@ -16,8 +17,11 @@ public enum KvmAvailability
     Missing,
 }
 
-/// <summary>The open <c>/dev/kvm</c> system handle: API version, extensions, supported CPUID, VM creation.</summary>
-public sealed unsafe class KvmSystem : IDisposable
+/// <summary>
+/// The open <c>/dev/kvm</c> system handle: API version, extensions, supported CPUID, VM creation. The
+/// <see cref="IHypervisor"/> of the KVM backend.
+/// </summary>
+public sealed unsafe class KvmSystem : IHypervisor
 {
     public const string DevicePath = "/dev/kvm";
     private readonly FdHandle _fd;
@@ -143,6 +147,24 @@ public sealed unsafe class KvmSystem : IDisposable
         }
         while (fd < 0 && LibC.LastErrno == LibC.EINTR);
         return new KvmVm(this, FdHandle.FromResult(fd, "KVM_CREATE_VM"));
+    }
+
+    string IHypervisor.Name => "KVM";
+
+    bool IHypervisor.HasTscDeadlineTimer => CheckExtension(KvmCap.TscDeadlineTimer) > 0;
+
+    IHypervisorVm IHypervisor.CreateVm() => CreateVm();
+
+    CpuidEntry[] IHypervisor.GetSupportedCpuid()
+    {
+        KvmCpuidEntry2[] supported = GetSupportedCpuid();
+        var entries = new CpuidEntry[supported.Length];
+        for (int i = 0; i < supported.Length; i++)
+        {
+            KvmCpuidEntry2 e = supported[i];
+            entries[i] = new CpuidEntry { Function = e.Function, Index = e.Index, Flags = e.Flags, Eax = e.Eax, Ebx = e.Ebx, Ecx = e.Ecx, Edx = e.Edx };
+        }
+        return entries;
     }
 
     public void Dispose() => _fd.Dispose();

@@ -1,13 +1,16 @@
 using System.Runtime.InteropServices;
+using Kit.HyperKit.Hypervisor;
 
 namespace Kit.HyperKit.Kvm;
 
 /// <summary>
-/// One virtual CPU: register state and the KVM_RUN loop primitive. Exit details are read from the kvm_run page that
-/// KVM shares with us through mmap (struct kvm_run, linux/kvm.h; offsets in reference/hyperkit.md Appendix A).
-/// All methods except <see cref="RequestImmediateExit"/> must be called from the thread that runs the vCPU.
+/// One virtual CPU: register state and the KVM_RUN loop primitive, the <see cref="IVcpu"/> of the KVM backend. Exit
+/// details are read from the kvm_run page that KVM shares with us through mmap (struct kvm_run, linux/kvm.h; offsets
+/// in reference/hyperkit.md Appendix A) and handed out as a <see cref="VmExit"/> whose data spans point into it.
+/// All methods except <see cref="RequestImmediateExit"/> and <see cref="Kick"/> must be called from the thread that
+/// runs the vCPU.
 /// </summary>
-public sealed unsafe class KvmVcpu : IDisposable
+public sealed unsafe class KvmVcpu : IVcpu
 {
     // struct kvm_run offsets.
     private const int ImmediateExitOffset = 1;
@@ -17,6 +20,7 @@ public sealed unsafe class KvmVcpu : IDisposable
     private readonly FdHandle _fd;
     private readonly byte* _run;
     private readonly int _runSize;
+    private int _tid;
 
     internal KvmVcpu(KvmVm vm, int id, FdHandle fd, int mmapSize)
     {
@@ -49,22 +53,67 @@ public sealed unsafe class KvmVcpu : IDisposable
     }
 
     /// <summary>
-    /// KVM_RUN once. Returns false when the call was interrupted (EINTR: a kick signal or immediate_exit), true when
-    /// the vCPU exited with a reason in <see cref="ExitReason"/>.
+    /// KVM_RUN once. Returns <see cref="VmExitKind.Interrupted"/> when the call was interrupted (EINTR: a kick signal or
+    /// immediate_exit), else the exit KVM reported, translated (its data spans point into kvm_run).
     /// </summary>
-    public bool Run()
+    public VmExit Run()
     {
-        if (LibC.Ioctl(Fd, KvmIoctl.Run, 0) == 0)
+        if (LibC.Ioctl(Fd, KvmIoctl.Run, 0) != 0)
         {
-            return true;
+            int errno = LibC.LastErrno;
+            if (errno == LibC.EINTR || errno == LibC.EAGAIN)
+            {
+                return VmExit.Interrupted();
+            }
+            throw new KvmException($"KVM_RUN (vCPU {Id})", errno);
         }
-        int errno = LibC.LastErrno;
-        if (errno == LibC.EINTR || errno == LibC.EAGAIN)
+        KvmExitReason reason = ExitReason;
+        switch (reason)
         {
-            return false;
+            case KvmExitReason.Io:
+                return IoIsOut ? VmExit.IoOut(IoPort, IoData, IoSize) : VmExit.IoIn(IoPort, IoData, IoSize);
+            case KvmExitReason.Mmio:
+                return MmioIsWrite ? VmExit.MmioWrite(MmioAddress, MmioData) : VmExit.MmioRead(MmioAddress, MmioData);
+            case KvmExitReason.Intr:
+                return VmExit.Ignore();
+            case KvmExitReason.Hlt:
+                return VmExit.Hlt();
+            case KvmExitReason.Shutdown:
+                return VmExit.Shutdown();
+            case KvmExitReason.SystemEvent:
+            {
+                uint type = SystemEventType;
+                return VmExit.PlatformEvent(type switch
+                {
+                    1 => SystemEventKind.PowerOff, // KVM_SYSTEM_EVENT_SHUTDOWN
+                    2 => SystemEventKind.Reset,    // KVM_SYSTEM_EVENT_RESET
+                    3 => SystemEventKind.Crash,    // KVM_SYSTEM_EVENT_CRASH
+                    _ => SystemEventKind.Other,
+                }, type);
+            }
+            case KvmExitReason.InternalError:
+                return VmExit.InternalError(InternalSuberror, InternalErrorData());
+            case KvmExitReason.FailEntry:
+                return VmExit.FailEntry(FailEntryReason);
+            default:
+                return VmExit.Unknown((uint)reason, reason.ToString());
         }
-        throw new KvmException($"KVM_RUN (vCPU {Id})", errno);
     }
+
+    /// <summary>Records the calling thread's kernel tid, where <see cref="Kick"/> sends its signal.</summary>
+    public void BindCurrentThread() => Volatile.Write(ref _tid, LibC.GetTid());
+
+    /// <summary>
+    /// Sets immediate_exit, then signals the vCPU's thread (VcpuSignal): KVM_RUN returns EINTR whether the thread is
+    /// inside it or about to enter.
+    /// </summary>
+    public void Kick()
+    {
+        RequestImmediateExit(true);
+        VcpuSignal.Kick(Volatile.Read(ref _tid));
+    }
+
+    public void ClearKick() => RequestImmediateExit(false);
 
     /// <summary>
     /// Sets kvm_run.immediate_exit so the next (or current, once a signal lands) KVM_RUN returns EINTR. Safe from any
@@ -78,19 +127,19 @@ public sealed unsafe class KvmVcpu : IDisposable
     }
 
     // SAFETY (all readers below): offsets lie within the first 64 bytes of kvm_run, which is at least a page long.
-    public KvmExitReason ExitReason => (KvmExitReason)(*(uint*)(_run + ExitReasonOffset));
+    private KvmExitReason ExitReason => (KvmExitReason)(*(uint*)(_run + ExitReasonOffset));
 
     /// <summary>KVM_EXIT_IO: true for out (guest writes), the port, access size, repeat count.</summary>
-    public bool IoIsOut => _run[UnionOffset] == 1;
+    private bool IoIsOut => _run[UnionOffset] == 1;
 
-    public ushort IoPort => *(ushort*)(_run + UnionOffset + 2);
+    private ushort IoPort => *(ushort*)(_run + UnionOffset + 2);
 
-    public int IoSize => _run[UnionOffset + 1];
+    private int IoSize => _run[UnionOffset + 1];
 
-    public int IoCount => (int)*(uint*)(_run + UnionOffset + 4);
+    private int IoCount => (int)*(uint*)(_run + UnionOffset + 4);
 
     /// <summary>The I/O data buffer inside kvm_run (size × count bytes), bounds-checked against the mapping.</summary>
-    public Span<byte> IoData
+    private Span<byte> IoData
     {
         get
         {
@@ -105,12 +154,12 @@ public sealed unsafe class KvmVcpu : IDisposable
         }
     }
 
-    public ulong MmioAddress => *(ulong*)(_run + UnionOffset);
+    private ulong MmioAddress => *(ulong*)(_run + UnionOffset);
 
-    public bool MmioIsWrite => _run[UnionOffset + 20] != 0;
+    private bool MmioIsWrite => _run[UnionOffset + 20] != 0;
 
     /// <summary>KVM_EXIT_MMIO data (1, 2, 4 or 8 bytes) in kvm_run; writes to it are returned to the guest on reads.</summary>
-    public Span<byte> MmioData
+    private Span<byte> MmioData
     {
         get
         {
@@ -121,15 +170,15 @@ public sealed unsafe class KvmVcpu : IDisposable
     }
 
     /// <summary>KVM_EXIT_SYSTEM_EVENT type (1 shutdown, 2 reset, 3 crash).</summary>
-    public uint SystemEventType => *(uint*)(_run + UnionOffset);
+    private uint SystemEventType => *(uint*)(_run + UnionOffset);
 
     /// <summary>KVM_EXIT_INTERNAL_ERROR suberror (1 emulation failure, 2 simultaneous #PF, 3 delivery event, ...).</summary>
-    public uint InternalSuberror => *(uint*)(_run + UnionOffset);
+    private uint InternalSuberror => *(uint*)(_run + UnionOffset);
 
-    public ulong FailEntryReason => *(ulong*)(_run + UnionOffset);
+    private ulong FailEntryReason => *(ulong*)(_run + UnionOffset);
 
     /// <summary>A one-line description of an internal error's extra data words, for diagnostics.</summary>
-    public string InternalErrorData()
+    private string InternalErrorData()
     {
         uint n = Math.Min(*(uint*)(_run + UnionOffset + 4), 16u);
         var parts = new string[n];
@@ -264,6 +313,99 @@ public sealed unsafe class KvmVcpu : IDisposable
         {
             // SAFETY: pinned 1024-byte buffer read by the kernel.
             Check(LibC.Ioctl(Fd, KvmIoctl.SetLapic, p), "KVM_SET_LAPIC");
+        }
+    }
+
+    void IVcpu.SetCpuid(ReadOnlySpan<CpuidEntry> entries)
+    {
+        var kvm = new KvmCpuidEntry2[entries.Length];
+        for (int i = 0; i < entries.Length; i++)
+        {
+            CpuidEntry e = entries[i];
+            kvm[i] = new KvmCpuidEntry2 { Function = e.Function, Index = e.Index, Flags = e.Flags, Eax = e.Eax, Ebx = e.Ebx, Ecx = e.Ecx, Edx = e.Edx };
+        }
+        SetCpuid(kvm);
+    }
+
+    X86Registers IVcpu.GetRegisters()
+    {
+        KvmRegs r = GetRegs();
+        return new X86Registers
+        {
+            Rax = r.Rax, Rbx = r.Rbx, Rcx = r.Rcx, Rdx = r.Rdx, Rsi = r.Rsi, Rdi = r.Rdi, Rsp = r.Rsp, Rbp = r.Rbp,
+            R8 = r.R8, R9 = r.R9, R10 = r.R10, R11 = r.R11, R12 = r.R12, R13 = r.R13, R14 = r.R14, R15 = r.R15,
+            Rip = r.Rip, Rflags = r.Rflags,
+        };
+    }
+
+    void IVcpu.SetRegisters(in X86Registers r) => SetRegs(new KvmRegs
+    {
+        Rax = r.Rax, Rbx = r.Rbx, Rcx = r.Rcx, Rdx = r.Rdx, Rsi = r.Rsi, Rdi = r.Rdi, Rsp = r.Rsp, Rbp = r.Rbp,
+        R8 = r.R8, R9 = r.R9, R10 = r.R10, R11 = r.R11, R12 = r.R12, R13 = r.R13, R14 = r.R14, R15 = r.R15,
+        Rip = r.Rip, Rflags = r.Rflags,
+    });
+
+    X86SpecialRegisters IVcpu.GetSpecialRegisters()
+    {
+        KvmSregs k = GetSregs();
+        var s = new X86SpecialRegisters
+        {
+            Cs = From(k.Cs), Ds = From(k.Ds), Es = From(k.Es), Fs = From(k.Fs), Gs = From(k.Gs), Ss = From(k.Ss),
+            Tr = From(k.Tr), Ldt = From(k.Ldt),
+            Gdt = new X86DescriptorTable { Base = k.Gdt.Base, Limit = k.Gdt.Limit },
+            Idt = new X86DescriptorTable { Base = k.Idt.Base, Limit = k.Idt.Limit },
+            Cr0 = k.Cr0, Cr2 = k.Cr2, Cr3 = k.Cr3, Cr4 = k.Cr4, Cr8 = k.Cr8, Efer = k.Efer, ApicBase = k.ApicBase,
+        };
+        for (int i = 0; i < 4; i++)
+        {
+            s.InterruptBitmap[i] = k.InterruptBitmap[i];
+        }
+        return s;
+    }
+
+    void IVcpu.SetSpecialRegisters(in X86SpecialRegisters s)
+    {
+        var k = new KvmSregs
+        {
+            Cs = To(s.Cs), Ds = To(s.Ds), Es = To(s.Es), Fs = To(s.Fs), Gs = To(s.Gs), Ss = To(s.Ss),
+            Tr = To(s.Tr), Ldt = To(s.Ldt),
+            Gdt = new KvmDtable { Base = s.Gdt.Base, Limit = s.Gdt.Limit },
+            Idt = new KvmDtable { Base = s.Idt.Base, Limit = s.Idt.Limit },
+            Cr0 = s.Cr0, Cr2 = s.Cr2, Cr3 = s.Cr3, Cr4 = s.Cr4, Cr8 = s.Cr8, Efer = s.Efer, ApicBase = s.ApicBase,
+        };
+        for (int i = 0; i < 4; i++)
+        {
+            k.InterruptBitmap[i] = s.InterruptBitmap[i];
+        }
+        SetSregs(k);
+    }
+
+    private static X86Segment From(in KvmSegment k) => new()
+    {
+        Base = k.Base, Limit = k.Limit, Selector = k.Selector, Type = k.Type, Present = k.Present, Dpl = k.Dpl, Db = k.Db,
+        S = k.S, L = k.L, G = k.G, Avl = k.Avl, Unusable = k.Unusable,
+    };
+
+    private static KvmSegment To(in X86Segment s) => new()
+    {
+        Base = s.Base, Limit = s.Limit, Selector = s.Selector, Type = s.Type, Present = s.Present, Dpl = s.Dpl, Db = s.Db,
+        S = s.S, L = s.L, G = s.G, Avl = s.Avl, Unusable = s.Unusable,
+    };
+
+    void IVcpu.SetFpu(in X86FpuState fpu) => SetFpu(new KvmFpu { Fcw = fpu.Fcw, Mxcsr = fpu.Mxcsr });
+
+    /// <summary>A one-line register summary for diagnostics.</summary>
+    public string DescribeState()
+    {
+        try
+        {
+            KvmRegs r = GetRegs();
+            KvmSregs s = GetSregs();
+            return $"rip=0x{r.Rip:x} rsp=0x{r.Rsp:x} rflags=0x{r.Rflags:x} cr0=0x{s.Cr0:x} cr3=0x{s.Cr3:x} cr4=0x{s.Cr4:x} efer=0x{s.Efer:x} cs=0x{s.Cs.Selector:x}";
+        }
+        catch (KvmException e)
+        {
+            return $"registers unavailable: {e.Message}";
         }
     }
 

@@ -1,11 +1,13 @@
+using Kit.HyperKit.Hypervisor;
+
 namespace Kit.HyperKit.Kvm;
 
-/// <summary>A KVM virtual machine: memory slots, in-kernel interrupt controllers, irqfd/ioeventfd, MSI, vCPUs.</summary>
-public sealed unsafe class KvmVm : IDisposable
+/// <summary>
+/// A KVM virtual machine: memory slots, in-kernel interrupt controllers, irqfd/ioeventfd, MSI, vCPUs. The
+/// <see cref="IHypervisorVm"/> of the KVM backend.
+/// </summary>
+public sealed unsafe class KvmVm : IHypervisorVm
 {
-    /// <summary>x86: KVM needs a 3-page region for the real-mode TSS (Intel); same address as Firecracker/kvmtool.</summary>
-    public const ulong TssAddress = 0xFFFB_D000;
-
     private readonly FdHandle _fd;
     private readonly List<FdHandle> _eventFds = [];
 
@@ -43,9 +45,11 @@ public sealed unsafe class KvmVm : IDisposable
         Check(LibC.Ioctl(Fd, KvmIoctl.SetUserMemoryRegion, &region), "KVM_SET_USER_MEMORY_REGION");
     }
 
-    public void SetTssAddress(ulong address = TssAddress) =>
+    /// <summary>KVM_SET_TSS_ADDR: x86 needs a 3-page region for the real-mode TSS (Intel).</summary>
+    public void SetTssAddress(ulong address) =>
         Check(LibC.Ioctl(Fd, KvmIoctl.SetTssAddr, (nint)address), "KVM_SET_TSS_ADDR");
 
+    /// <summary>KVM_SET_IDENTITY_MAP_ADDR: one page for the real-mode identity page table (Intel).</summary>
     public void SetIdentityMapAddress(ulong address)
     {
         // SAFETY: the kernel reads one u64 from this stack slot.
@@ -140,9 +144,22 @@ public sealed unsafe class KvmVm : IDisposable
     /// <summary>KVM_CREATE_VCPU and the mmap of its shared kvm_run page.</summary>
     public KvmVcpu CreateVcpu(int id)
     {
+        _ = VcpuSignal.Number; // install the kick handler before any vCPU can need it
         int fd = LibC.Ioctl(Fd, KvmIoctl.CreateVcpu, id);
         return new KvmVcpu(this, id, FdHandle.FromResult(fd, $"KVM_CREATE_VCPU {id}"), System.VcpuMmapSize);
     }
+
+    IVcpu IHypervisorVm.CreateVcpu(int id) => CreateVcpu(id);
+
+    void IHypervisorVm.CreatePit() => CreatePit2();
+
+    void IHypervisorVm.RegisterIoEvent(EventFd eventFd, ulong address, uint length, bool pio) =>
+        AssignIoeventfd(eventFd, address, length, pio);
+
+    void IHypervisorVm.RegisterIrqfd(EventFd eventFd, uint gsi) => AssignIrqfd(eventFd, gsi);
+
+    IQueuedWrites? IHypervisorVm.EnableCoalescedPio(IVcpu vcpu, ushort port, uint size) =>
+        EnableCoalescedPio(vcpu as KvmVcpu ?? throw new ArgumentException("not a vCPU of this KVM VM", nameof(vcpu)), port, size);
 
     public void Dispose()
     {
@@ -151,56 +168,5 @@ public sealed unsafe class KvmVm : IDisposable
             handle.Dispose();
         }
         _fd.Dispose();
-    }
-}
-
-/// <summary>A non-blocking eventfd (irqfd/ioeventfd endpoint).</summary>
-public sealed unsafe class EventFd
-{
-    /// <summary>
-    /// Blocks until at least one of the eventfds is signalled (or the timeout passes) and returns a bit mask of the
-    /// ready ones (at most 64). The counters are not cleared: call <see cref="Drain"/>.
-    /// </summary>
-    public static ulong Wait(ReadOnlySpan<EventFd> fds, int timeoutMs)
-    {
-        int n = Math.Min(fds.Length, 64);
-        LibCExtra.PollFd* set = stackalloc LibCExtra.PollFd[n];
-        for (int i = 0; i < n; i++)
-        {
-            set[i] = new LibCExtra.PollFd { Fd = fds[i].Fd, Events = LibCExtra.POLLIN };
-        }
-        // SAFETY: set is a stack array of n pollfd records, the count passed to poll(2).
-        int ready = LibCExtra.Poll(set, (nuint)n, timeoutMs);
-        ulong mask = 0;
-        for (int i = 0; ready > 0 && i < n; i++)
-        {
-            if ((set[i].Revents & LibCExtra.POLLIN) != 0)
-            {
-                mask |= 1UL << i;
-            }
-        }
-        return mask;
-    }
-
-    private readonly FdHandle _handle;
-
-    internal EventFd(FdHandle handle) => _handle = handle;
-
-    internal int Fd => _handle.Fd;
-
-    /// <summary>Adds 1 to the counter (raises an irqfd).</summary>
-    public void Signal()
-    {
-        ulong one = 1;
-        // SAFETY: 8-byte stack buffer, the size eventfd requires.
-        _ = LibC.Write(Fd, &one, 8);
-    }
-
-    /// <summary>Reads and clears the counter; 0 when it was not signalled.</summary>
-    public ulong Drain()
-    {
-        ulong value = 0;
-        // SAFETY: 8-byte stack buffer, the size eventfd requires.
-        return LibC.Read(Fd, &value, 8) == 8 ? value : 0;
     }
 }

@@ -1,11 +1,11 @@
 using System.Diagnostics;
-using Kit.HyperKit.Kvm;
+using Kit.HyperKit.Hypervisor;
 
 namespace Kit.HyperKit.Vm;
 
 /// <summary>
 /// Opt-in exit accounting for one vCPU (KIT_VM_STATS=1): how many exits of each kind, which ports and MMIO addresses
-/// caused them, and how the time splits between KVM_RUN and this process's handling. Each vCPU thread owns its own
+/// caused them, and how the time splits between running the guest and this process's handling. Each vCPU thread owns its own
 /// instance, so counting needs no locks; the machine sums them once the threads have ended.
 /// </summary>
 internal sealed class ExitStatistics
@@ -31,7 +31,7 @@ internal sealed class ExitStatistics
     /// </summary>
     public static void MarkVcpusStarting() => s_startup = DateTime.Now - Process.GetCurrentProcess().StartTime;
 
-    /// <summary>Called just before KVM_RUN: the time since the previous exit was spent handling it here.</summary>
+    /// <summary>Called just before the vCPU enters the guest: the time since the previous exit was spent handling it here.</summary>
     public void EnterGuest()
     {
         long now = Stopwatch.GetTimestamp();
@@ -46,32 +46,31 @@ internal sealed class ExitStatistics
         _last = now;
     }
 
-    /// <summary>Called when KVM_RUN returned (an exit, or EINTR when <paramref name="exited"/> is false).</summary>
-    public void LeaveGuest(KvmVcpu vcpu, bool exited)
+    /// <summary>Called when the vCPU's run returned (an exit, or an interrupted run).</summary>
+    public void LeaveGuest(in VmExit exit)
     {
         long now = Stopwatch.GetTimestamp();
         _inKvmTicks += now - _last;
         _last = now;
         _lastPort = -1;
-        if (!exited)
+        if (exit.Kind == VmExitKind.Interrupted)
         {
             _interrupted++;
             return;
         }
-        uint reason = (uint)vcpu.ExitReason;
-        _reasons[Math.Min(reason, 63u)]++;
-        if (vcpu.ExitReason == KvmExitReason.Io)
+        _reasons[Math.Min((int)exit.Kind, 63)]++;
+        if (exit.Kind is VmExitKind.IoIn or VmExitKind.IoOut)
         {
-            (vcpu.IoIsOut ? _portWrites : _portReads)[vcpu.IoPort] += Math.Max(vcpu.IoCount, 1);
-            _lastPort = vcpu.IoPort;
+            (exit.Kind == VmExitKind.IoOut ? _portWrites : _portReads)[exit.Port] += Math.Max(exit.AccessSize == 0 ? 0 : exit.Data.Length / exit.AccessSize, 1);
+            _lastPort = exit.Port;
         }
-        else if (vcpu.ExitReason == KvmExitReason.Mmio)
+        else if (exit.Kind is VmExitKind.MmioRead or VmExitKind.MmioWrite)
         {
             // Group by 4-byte-aligned address; bounded so a guest scanning memory cannot grow the table without limit.
-            ulong key = vcpu.MmioAddress & ~3UL;
+            ulong key = exit.Address & ~3UL;
             if (_mmio.TryGetValue(key, out var c) || _mmio.Count < MaxMmioAddresses)
             {
-                _mmio[key] = vcpu.MmioIsWrite ? (c.Reads, c.Writes + 1) : (c.Reads + 1, c.Writes);
+                _mmio[key] = exit.Kind == VmExitKind.MmioWrite ? (c.Reads, c.Writes + 1) : (c.Reads + 1, c.Writes);
             }
             else
             {
@@ -105,7 +104,7 @@ internal sealed class ExitStatistics
     }
 
     /// <summary>Writes the sum of several vCPUs' statistics, most frequent first.</summary>
-    public static void Report(TextWriter output, IReadOnlyList<ExitStatistics> all)
+    public static void Report(TextWriter output, IReadOnlyList<ExitStatistics> all, string hypervisor)
     {
         var reasons = new long[64];
         var reads = new long[0x1_0000];
@@ -141,8 +140,8 @@ internal sealed class ExitStatistics
             exits += r;
         }
         output.WriteLine($"kit: vm stats: vCPUs started {s_startup.TotalSeconds:0.000} s after the process");
-        output.WriteLine($"kit: vm stats: {exits} exits to user space, {interrupted} interrupted KVM_RUNs; " +
-            $"{Stopwatch.GetElapsedTime(0, inKvm).TotalSeconds:0.000} s in KVM_RUN, " +
+        output.WriteLine($"kit: vm stats: {exits} exits to user space, {interrupted} interrupted runs; " +
+            $"{Stopwatch.GetElapsedTime(0, inKvm).TotalSeconds:0.000} s in the guest ({hypervisor}), " +
             $"{Stopwatch.GetElapsedTime(0, handling).TotalSeconds:0.000} s handling exits " +
             $"({(exits == 0 ? 0 : Stopwatch.GetElapsedTime(0, handling).TotalMicroseconds / exits):0.0} us each)");
         output.WriteLine($"kit: vm stats: GCs gen0/1/2 {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)}, " +
@@ -153,7 +152,7 @@ internal sealed class ExitStatistics
         {
             if (reasons[i] != 0)
             {
-                output.WriteLine($"kit: vm stats: reason {(KvmExitReason)i} ({i}): {reasons[i]}");
+                output.WriteLine($"kit: vm stats: exit {(VmExitKind)i}: {reasons[i]}");
             }
         }
         var ports = new List<(long Total, int Port)>();

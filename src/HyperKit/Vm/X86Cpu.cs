@@ -1,5 +1,5 @@
 using System.Buffers.Binary;
-using Kit.HyperKit.Kvm;
+using Kit.HyperKit.Hypervisor;
 using Kit.HyperKit.Memory;
 
 namespace Kit.HyperKit.Vm;
@@ -11,15 +11,16 @@ namespace Kit.HyperKit.Vm;
 /// </summary>
 public static class X86Cpu
 {
-    // Guest physical layout for the 64-bit entry (the same low-memory spots Firecracker uses).
-    public const ulong GdtAddress = 0x500, IdtAddress = 0x520, Pml4Address = 0x9000, PdptAddress = 0xA000,
-        PdAddress = 0xB000, BootStack = 0x8FF0;
+    // Guest physical layout for the 64-bit entry: MemoryLayout (the same low-memory spots Firecracker uses).
+    private const ulong GdtAddress = MemoryLayout.GdtAddress, IdtAddress = MemoryLayout.IdtAddress,
+        Pml4Address = MemoryLayout.Pml4Address, PdptAddress = MemoryLayout.PdptAddress, PdAddress = MemoryLayout.PdAddress,
+        BootStack = MemoryLayout.BootStack;
 
     private const ulong Cr0Pe = 1, Cr0Et = 0x10, Cr0Ne = 0x20, Cr0Pg = 0x8000_0000, Cr4Pae = 0x20, EferLme = 0x100,
         EferLma = 0x400;
 
     /// <summary>
-    /// Per-vCPU CPUID from KVM_GET_SUPPORTED_CPUID: APIC ids, a topology of <paramref name="cpus"/> cores with one
+    /// Per-vCPU CPUID from the hypervisor's supported list (KVM_GET_SUPPORTED_CPUID): APIC ids, a topology of <paramref name="cpus"/> cores with one
     /// thread each in one package, the hypervisor bit, and the features KVM emulates but does not list as supported.
     /// </summary>
     /// <remarks>
@@ -33,7 +34,7 @@ public static class X86Cpu
     /// disables the LAPIC timer altogether ("APIC timer disabled due to verification failure", measured). ARAT (leaf 6
     /// EAX[2]): the emulated LAPIC timer never stops in idle.
     /// </remarks>
-    public static KvmCpuidEntry2[] CpuidFor(ReadOnlySpan<KvmCpuidEntry2> supported, int id, int cpus, bool tscDeadline = false)
+    public static CpuidEntry[] CpuidFor(ReadOnlySpan<CpuidEntry> supported, int id, int cpus, bool tscDeadline = false)
     {
         cpus = Math.Max(cpus, 1);
         int coreBits = 0;
@@ -45,7 +46,7 @@ public static class X86Cpu
         var entries = supported.ToArray();
         for (int i = 0; i < entries.Length; i++)
         {
-            ref KvmCpuidEntry2 e = ref entries[i];
+            ref CpuidEntry e = ref entries[i];
             switch (e.Function)
             {
                 case 1:
@@ -100,9 +101,9 @@ public static class X86Cpu
     }
 
     /// <summary>AMD (and Hygon) parts describe cores in the extended leaves; the vendor string is in leaf 0 EBX-EDX-ECX.</summary>
-    private static bool IsAmd(ReadOnlySpan<KvmCpuidEntry2> entries)
+    private static bool IsAmd(ReadOnlySpan<CpuidEntry> entries)
     {
-        foreach (KvmCpuidEntry2 e in entries)
+        foreach (CpuidEntry e in entries)
         {
             if (e.Function == 0)
             {
@@ -114,7 +115,7 @@ public static class X86Cpu
     }
 
     /// <summary>Boot MSRs (Firecracker/kvmtool set the same): syscall MSRs cleared, fast strings, write-back MTRR default.</summary>
-    public static void SetBootMsrs(KvmVcpu vcpu)
+    public static void SetBootMsrs(IVcpu vcpu)
     {
         ReadOnlySpan<(uint, ulong)> msrs =
         [
@@ -129,14 +130,13 @@ public static class X86Cpu
         _ = vcpu.SetMsrs(msrs);
     }
 
-    public static void SetFpu(KvmVcpu vcpu)
+    public static void SetFpu(IVcpu vcpu)
     {
-        var fpu = new KvmFpu { Fcw = 0x37F, Mxcsr = 0x1F80 };
-        vcpu.SetFpu(fpu);
+        vcpu.SetFpu(new X86FpuState(Fcw: 0x37F, Mxcsr: 0x1F80));
     }
 
     /// <summary>LINT0 = ExtINT (the 8259 path), LINT1 = NMI: without this the legacy timer path cannot work.</summary>
-    public static void SetLint(KvmVcpu vcpu)
+    public static void SetLint(IVcpu vcpu)
     {
         Span<byte> lapic = stackalloc byte[1024];
         vcpu.GetLapic(lapic);
@@ -174,7 +174,7 @@ public static class X86Cpu
         }
     }
 
-    private static KvmSegment Segment(ushort selector, byte type, bool code64, bool db, bool system = false) => new()
+    private static X86Segment Segment(ushort selector, byte type, bool code64, bool db, bool system = false) => new()
     {
         Base = 0,
         Limit = 0xFFFF_FFFF,
@@ -189,33 +189,33 @@ public static class X86Cpu
     };
 
     /// <summary>Long mode with paging on, flat segments from the GDT above: the 64-bit boot protocol's entry state.</summary>
-    public static void EnterLongMode(KvmVcpu vcpu, ulong rip, ulong rsi)
+    public static void EnterLongMode(IVcpu vcpu, ulong rip, ulong rsi)
     {
-        KvmSregs s = vcpu.GetSregs();
+        X86SpecialRegisters s = vcpu.GetSpecialRegisters();
         s.Cs = Segment(0x08, 0xB, code64: true, db: false);
         s.Ds = s.Es = s.Fs = s.Gs = s.Ss = Segment(0x10, 0x3, code64: false, db: true);
         s.Tr = Segment(0x18, 0xB, code64: false, db: false, system: true);
-        s.Gdt = new KvmDtable { Base = GdtAddress, Limit = 31 };
-        s.Idt = new KvmDtable { Base = IdtAddress, Limit = 7 };
+        s.Gdt = new X86DescriptorTable { Base = GdtAddress, Limit = 31 };
+        s.Idt = new X86DescriptorTable { Base = IdtAddress, Limit = 7 };
         s.Cr0 = Cr0Pe | Cr0Et | Cr0Ne | Cr0Pg;
         s.Cr3 = Pml4Address;
         s.Cr4 = Cr4Pae;
         s.Efer = EferLme | EferLma;
-        vcpu.SetSregs(s);
-        vcpu.SetRegs(new KvmRegs { Rflags = 2, Rip = rip, Rsi = rsi, Rsp = BootStack, Rbp = BootStack });
+        vcpu.SetSpecialRegisters(s);
+        vcpu.SetRegisters(new X86Registers { Rflags = 2, Rip = rip, Rsi = rsi, Rsp = BootStack, Rbp = BootStack });
     }
 
     /// <summary>Flat 32-bit protected mode, paging off: for freestanding test programs (all 4 GiB addressable).</summary>
-    public static void EnterProtectedMode32(KvmVcpu vcpu, ulong eip, ulong esp)
+    public static void EnterProtectedMode32(IVcpu vcpu, ulong eip, ulong esp)
     {
-        KvmSregs s = vcpu.GetSregs();
+        X86SpecialRegisters s = vcpu.GetSpecialRegisters();
         s.Cs = Segment(0x08, 0xB, code64: false, db: true);
         s.Ds = s.Es = s.Fs = s.Gs = s.Ss = Segment(0x10, 0x3, code64: false, db: true);
         s.Tr = Segment(0x18, 0xB, code64: false, db: false, system: true);
         s.Cr0 = Cr0Pe | Cr0Et | Cr0Ne;
         s.Cr4 = 0;
         s.Efer = 0;
-        vcpu.SetSregs(s);
-        vcpu.SetRegs(new KvmRegs { Rflags = 2, Rip = eip, Rsp = esp });
+        vcpu.SetSpecialRegisters(s);
+        vcpu.SetRegisters(new X86Registers { Rflags = 2, Rip = eip, Rsp = esp });
     }
 }
