@@ -129,6 +129,24 @@ public sealed partial class TcgTests(ITestOutputHelper output) : IDisposable
         Assert.False(File.Exists(vsock));
     }
 
+    /// <summary>The same exit codes as under kvm: 4 for a kernel panic (console banner), 2 for a reset (QMP's reason).</summary>
+    [Theory]
+    [InlineData("echo c > /proc/sysrq-trigger", 4, "the guest kernel panicked")]
+    [InlineData("reboot -f", 2, "the guest reset the machine")]
+    public async Task Panic_and_reset_end_kit_with_kvms_exit_codes(string script, int code, string message)
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        GuestImage image = await GuestImage.GetDefaultAsync(cancel);
+        string initrd = Path.Combine(_work.FullName, "end.initrd");
+        await image.WriteInitrdAsync(initrd, script, null, cancel);
+
+        ProcessResult result = await ProcessRunner.RunAsync(KitCli.ExecutablePath,
+            ["vm", "run", "--accel", "tcg", "--kernel", image.Kernel, "--initrd", initrd], TimeSpan.FromMinutes(3), cancellationToken: cancel);
+
+        Assert.True(result.ExitCode == code, result.Output);
+        Assert.Contains($"kit: vm: {message} (exit code {code}", result.StandardError, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Missing_qemu_is_one_line_naming_the_debian_package()
     {
