@@ -87,6 +87,12 @@ public sealed class HostFsSession : IDisposable
         }
     }
 
+    /// <summary>
+    /// Told of every exception <see cref="Handle"/> turned into EIO: a bug of ours, not the guest's. The fuzz harness
+    /// (tests/Kit.Fuzz) makes these findings; nothing else needs it.
+    /// </summary>
+    internal Action<Exception>? InternalError { get; set; }
+
     /// <summary>The negotiated msize: a reply buffer of this many bytes always suffices.</summary>
     public uint MessageSize => _msize;
 
@@ -166,6 +172,7 @@ public sealed class HostFsSession : IDisposable
             catch (Exception e) when (e is not OutOfMemoryException)
             {
                 // A bug here must cost one request, not the share: the guest gets EIO.
+                InternalError?.Invoke(e);
                 return Error(reply, tag, Errno.EIO);
             }
         }
