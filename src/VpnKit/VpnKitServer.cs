@@ -89,7 +89,8 @@ public sealed partial class VpnKitServer : IDisposable
         _gate.Nat = _nat;
         if (options.PcapPath is not null)
         {
-            _pcap = new PcapWriter(new FileStream(options.PcapPath, FileMode.Create, FileAccess.Write, FileShare.Read, 1 << 16));
+            // 0600 and O_NOFOLLOW: the capture holds all of the guest's traffic (docs/security.md, "Packet capture").
+            _pcap = new PcapWriter(new FileStream(PrivateFile.CreateForWrite(options.PcapPath), FileAccess.Write, 1 << 16));
             _switch.Tap = _pcap.Write;
         }
     }
@@ -150,6 +151,7 @@ public sealed partial class VpnKitServer : IDisposable
     {
         byte[] buffer = new byte[70_000];
         Gateway engine = _gate.Engine;
+        int linkId = _switch.IdOf(link);
         try
         {
             while (!_stop.IsCancellationRequested)
@@ -164,7 +166,7 @@ public sealed partial class VpnKitServer : IDisposable
                 {
                     lock (_gate.Sync)
                     {
-                        engine.Receive(frame, EngineGate.Now, link.LastFrameTrusted);
+                        engine.Receive(frame, EngineGate.Now, link.LastFrameTrusted, linkId);
                         _gate.Settle();
                     }
                 }
