@@ -208,7 +208,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
 
     private async Task AnswerDnsAsync(UdpFlow flow, byte[] query)
     {
-        byte[]? answer = await _dns.ResolveAsync(query).ConfigureAwait(false);
+        byte[]? answer = await _dns.ResolveAsync(query, client: flow.GuestIp).ConfigureAwait(false);
         if (answer is null)
         {
             return;
