@@ -48,6 +48,14 @@ public sealed class VpnKitServerOptions
     public IReadOnlyList<string> HostNames { get; init; } = ["host.internal", "host.docker.internal"];
     /// <summary>The (single) link does TSO and checksum offload: see <see cref="TapLink.Open"/>.</summary>
     public bool SegmentationOffload { get; init; }
+    /// <summary>
+    /// Refuse guest traffic to the cloud metadata service (169.254.169.254): on a cloud VM it hands out the instance's
+    /// credentials to anyone who asks from the host. TCP is answered with RST, UDP and ICMP are dropped, all counted
+    /// (docs/security.md, "What the guest can reach").
+    /// </summary>
+    public bool BlockMetadata { get; init; }
+    /// <summary>Connections to the host alias (192.168.65.2) reach the host's 127.0.0.1. Off: the alias reaches nothing.</summary>
+    public bool HostLoopback { get; init; } = true;
 }
 
 /// <summary>
@@ -82,7 +90,7 @@ public sealed partial class VpnKitServer : IDisposable
         IReadOnlyList<IPEndPoint> upstreams = options.DnsUpstreams.Count > 0 ? options.DnsUpstreams : DnsForwarder.ReadResolvConf();
         _dns = new DnsForwarder(upstreams, _gw.HostIp, options.HostNames, _log);
         var dns = _dns;
-        _nat = new NatHost(_gate, _gw, dns, _log);
+        _nat = new NatHost(_gate, _gw, dns, _log) { BlockMetadata = options.BlockMetadata, HostLoopback = options.HostLoopback };
         _gate.Engine = new Gateway(_gw, _switch, _nat);
         _loop = new EventLoop(_gate, _nat, _switch, _gw.GatewayMac, LinkClosed);
         _nat.Loop = _loop;
@@ -94,6 +102,9 @@ public sealed partial class VpnKitServer : IDisposable
             _switch.Tap = _pcap.Write;
         }
     }
+
+    /// <summary>Guest packets refused by --block-metadata or --no-host-loopback.</summary>
+    public long PolicyBlocked => _nat.Blocked;
 
     /// <summary>How remote pings are forwarded, or why they are not.</summary>
     public string IcmpMode { get; private set; } = "not started";
