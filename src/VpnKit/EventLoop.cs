@@ -190,6 +190,7 @@ internal sealed class EventLoop : IDisposable
     {
         public ulong Token;
         public int Fd;
+        private readonly int _linkId = loop._switch.IdOf(link);
 
         public void OnReady(uint events, long now)
         {
@@ -212,7 +213,7 @@ internal sealed class EventLoop : IDisposable
                 ReadOnlySpan<byte> frame = buffer.AsSpan(0, n);
                 if (loop._switch.FromLink(link, frame, loop._gatewayMac))
                 {
-                    loop._gate.Engine.Receive(frame, now, link.LastFrameTrusted);
+                    loop._gate.Engine.Receive(frame, now, link.LastFrameTrusted, _linkId);
                 }
                 // A small frame (a request, an ACK) is most likely alone: back to epoll rather than a read that would
                 // only say EAGAIN. Bulk data comes in runs: read on, and the flows' sockets get one larger send(2)

@@ -48,6 +48,14 @@ public sealed class VpnKitServerOptions
     public IReadOnlyList<string> HostNames { get; init; } = ["host.internal", "host.docker.internal"];
     /// <summary>The (single) link does TSO and checksum offload: see <see cref="TapLink.Open"/>.</summary>
     public bool SegmentationOffload { get; init; }
+    /// <summary>
+    /// Refuse guest traffic to the cloud metadata service (169.254.169.254): on a cloud VM it hands out the instance's
+    /// credentials to anyone who asks from the host. TCP is answered with RST, UDP and ICMP are dropped, all counted
+    /// (docs/security.md, "What the guest can reach").
+    /// </summary>
+    public bool BlockMetadata { get; init; }
+    /// <summary>Connections to the host alias (192.168.65.2) reach the host's 127.0.0.1. Off: the alias reaches nothing.</summary>
+    public bool HostLoopback { get; init; } = true;
 }
 
 /// <summary>
@@ -82,17 +90,21 @@ public sealed partial class VpnKitServer : IDisposable
         IReadOnlyList<IPEndPoint> upstreams = options.DnsUpstreams.Count > 0 ? options.DnsUpstreams : DnsForwarder.ReadResolvConf();
         _dns = new DnsForwarder(upstreams, _gw.HostIp, options.HostNames, _log);
         var dns = _dns;
-        _nat = new NatHost(_gate, _gw, dns, _log);
+        _nat = new NatHost(_gate, _gw, dns, _log) { BlockMetadata = options.BlockMetadata, HostLoopback = options.HostLoopback };
         _gate.Engine = new Gateway(_gw, _switch, _nat);
         _loop = new EventLoop(_gate, _nat, _switch, _gw.GatewayMac, LinkClosed);
         _nat.Loop = _loop;
         _gate.Nat = _nat;
         if (options.PcapPath is not null)
         {
-            _pcap = new PcapWriter(new FileStream(options.PcapPath, FileMode.Create, FileAccess.Write, FileShare.Read, 1 << 16));
+            // 0600 and O_NOFOLLOW: the capture holds all of the guest's traffic (docs/security.md, "Packet capture").
+            _pcap = new PcapWriter(new FileStream(PrivateFile.CreateForWrite(options.PcapPath), FileAccess.Write, 1 << 16));
             _switch.Tap = _pcap.Write;
         }
     }
+
+    /// <summary>Guest packets refused by --block-metadata or --no-host-loopback.</summary>
+    public long PolicyBlocked => _nat.Blocked;
 
     /// <summary>How remote pings are forwarded, or why they are not.</summary>
     public string IcmpMode { get; private set; } = "not started";
@@ -150,6 +162,7 @@ public sealed partial class VpnKitServer : IDisposable
     {
         byte[] buffer = new byte[70_000];
         Gateway engine = _gate.Engine;
+        int linkId = _switch.IdOf(link);
         try
         {
             while (!_stop.IsCancellationRequested)
@@ -164,7 +177,7 @@ public sealed partial class VpnKitServer : IDisposable
                 {
                     lock (_gate.Sync)
                     {
-                        engine.Receive(frame, EngineGate.Now, link.LastFrameTrusted);
+                        engine.Receive(frame, EngineGate.Now, link.LastFrameTrusted, linkId);
                         _gate.Settle();
                     }
                 }

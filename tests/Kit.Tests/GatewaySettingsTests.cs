@@ -70,7 +70,8 @@ public sealed class GatewaySettingsTests
     [Fact]
     public void No_server_option_is_forgotten()
     {
-        VpnKitServerOptions mapped = GatewaySettings.Parse(9000, ["127.0.0.1:5353"], ["8080:80"], new FileInfo("cap.pcap")).ServerOptions(true);
+        VpnKitServerOptions mapped = (GatewaySettings.Parse(9000, ["127.0.0.1:5353"], ["8080:80"], new FileInfo("cap.pcap"))
+            with { BlockMetadata = true, HostLoopback = false }).ServerOptions(true);
         var defaults = new VpnKitServerOptions();
         foreach (PropertyInfo p in typeof(VpnKitServerOptions).GetProperties(BindingFlags.Public | BindingFlags.Instance))
         {
@@ -84,5 +85,30 @@ public sealed class GatewaySettingsTests
                 : Equals(before, after);
             Assert.False(same, $"VpnKitServerOptions.{p.Name} is not set from the command line: map it in GatewaySettings.ServerOptions or list it in NotFromTheCommandLine");
         }
+    }
+
+    /// <summary>The reachability switches as each spelling sets them (docs/security.md, "What the guest can reach").</summary>
+    [Theory]
+    [InlineData(new string[0], false, true)]
+    [InlineData(new[] { "--block-metadata" }, true, true)]
+    [InlineData(new[] { "--no-host-loopback" }, false, false)]
+    [InlineData(new[] { "--host-loopback=false" }, false, false)]
+    [InlineData(new[] { "--host-loopback", "false" }, false, false)]
+    [InlineData(new[] { "--host-loopback" }, false, true)]
+    public void ReachabilitySwitchesParse(string[] args, bool blockMetadata, bool hostLoopback)
+    {
+        var policy = new GatewayPolicyOptions();
+        var command = new System.CommandLine.RootCommand();
+        foreach (System.CommandLine.Option o in policy.All)
+        {
+            command.Options.Add(o);
+        }
+        System.CommandLine.ParseResult parse = command.Parse(args);
+        Assert.Empty(parse.Errors);
+        GatewaySettings s = policy.Apply(GatewaySettings.Default, parse);
+        Assert.Equal(blockMetadata, s.BlockMetadata);
+        Assert.Equal(hostLoopback, s.HostLoopback);
+        Assert.Equal(blockMetadata, s.ServerOptions(false).BlockMetadata);
+        Assert.Equal(hostLoopback, s.ServerOptions(false).HostLoopback);
     }
 }

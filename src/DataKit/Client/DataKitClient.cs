@@ -19,6 +19,8 @@ public enum DataKitErrorKind
     ConflictsPending,
     TransactionClosed,
     Protocol,
+    /// <summary>An argument the server would refuse, such as a branch name git does not allow (EINVAL).</summary>
+    InvalidArgument,
 }
 
 public sealed class DataKitException(DataKitErrorKind kind, string message, Exception? inner = null) : Exception(message, inner)
@@ -35,6 +37,7 @@ public sealed class DataKitException(DataKitErrorKind kind, string message, Exce
             "Can't walk from a file" or "Is not a directory" => DataKitErrorKind.NotDirectory,
             "conflicts file is not empty" => DataKitErrorKind.ConflictsPending,
             _ when e.Message.StartsWith("Merge conflict", StringComparison.Ordinal) => DataKitErrorKind.Conflict,
+            _ when e.Message.StartsWith("Invalid branch name", StringComparison.Ordinal) => DataKitErrorKind.InvalidArgument,
             _ => DataKitErrorKind.Protocol,
         };
         return new DataKitException(kind, e.Message, e);
@@ -108,11 +111,28 @@ public sealed class DataKitClient : IAsyncDisposable
     /// <summary>Opens a branch, creating it if needed (mkdir always succeeds).</summary>
     public async Task<Branch> BranchAsync(string name, CancellationToken ct = default)
     {
+        CheckBranchName(name);
         await Wrap(() => NineP.MkdirAsync("branch", name, ct)).ConfigureAwait(false);
         return new Branch(this, name);
     }
 
-    public Task RemoveBranchAsync(string name) => Wrap(() => NineP.RemovePathAsync($"branch/{name}"));
+    public Task RemoveBranchAsync(string name)
+    {
+        CheckBranchName(name);
+        return Wrap(() => NineP.RemovePathAsync($"branch/{name}"));
+    }
+
+    /// <summary>
+    /// Refuses a name git would refuse (<see cref="Store.BranchName"/>) before anything is sent: a name with '/' would
+    /// otherwise walk into another branch's directory, and the server would refuse the rest anyway.
+    /// </summary>
+    private static void CheckBranchName(string name)
+    {
+        if (Store.BranchName.Problem(name) is string problem)
+        {
+            throw new DataKitException(DataKitErrorKind.InvalidArgument, Store.BranchName.Message(name, problem));
+        }
+    }
 
     /// <summary>A commit by hash; fails with NotFound if the store does not have it.</summary>
     public async Task<Commit> CommitAsync(string id, CancellationToken ct = default)
@@ -127,6 +147,7 @@ public sealed class DataKitClient : IAsyncDisposable
     /// <summary>Fetches <paramref name="branch"/> from <paramref name="url"/>; returns its head. No local branch moves.</summary>
     public async Task<Commit> FetchAsync(string url, string branch, CancellationToken ct = default)
     {
+        CheckBranchName(branch);
         string name = "fetch-" + Guid.NewGuid().ToString("N")[..12];
         await Wrap(() => NineP.MkdirAsync("remotes", name, ct)).ConfigureAwait(false);
         try

@@ -121,10 +121,8 @@ public sealed class DataKitSession : IFileSystemSession
         DirsOnly = true,
         Mkdir = name =>
         {
-            if (!GitStore.IsValidBranchName(name))
-            {
-                throw DkErrors.Invalid($"Invalid branch name \"{name}\"");
-            }
+            // git's refname rules (BranchName): EINVAL with the reason, so `mkdir branch/HEAD` says why.
+            GitStore.CheckBranchName(name);
             return BranchDir(State(name));
         },
         Remove = name =>
@@ -137,10 +135,7 @@ public sealed class DataKitSession : IFileSystemSession
         },
         Rename = (from, to) =>
         {
-            if (!GitStore.IsValidBranchName(to))
-            {
-                throw DkErrors.Invalid($"Invalid branch name \"{to}\"");
-            }
+            GitStore.CheckBranchName(to);
             if (_store.BranchExists(to))
             {
                 throw DkErrors.IsDir();
@@ -182,6 +177,10 @@ public sealed class DataKitSession : IFileSystemSession
 
     private INode? LookupBranch(string name)
     {
+        if (!GitStore.IsValidBranchName(name))
+        {
+            return null; // no such branch can exist (ENOENT)
+        }
         bool cached;
         lock (_gate)
         {

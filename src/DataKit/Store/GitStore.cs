@@ -91,21 +91,16 @@ public sealed class GitStore : IDisposable
 
     // ---------- refs ----------
 
-    public static bool IsValidBranchName(string name)
+    /// <summary>git's rules for a branch name (<see cref="BranchName"/>).</summary>
+    public static bool IsValidBranchName(string name) => BranchName.IsValid(name);
+
+    /// <summary>Refuses a branch name git would refuse: EINVAL with the reason, before libgit2 sees it.</summary>
+    internal static void CheckBranchName(string name)
     {
-        if (name.Length == 0 || name.StartsWith('/') || name.EndsWith('/') || name.Contains("//", StringComparison.Ordinal)
-            || name.Contains("..", StringComparison.Ordinal) || name.EndsWith(".lock", StringComparison.Ordinal) || name.StartsWith('.'))
+        if (BranchName.Problem(name) is string problem)
         {
-            return false;
+            throw new VfsException(Errno.EINVAL, BranchName.Message(name, problem));
         }
-        foreach (char c in name)
-        {
-            if (!(char.IsAsciiLetterOrDigit(c) || c is '/' or '-' or '_' or '.'))
-            {
-                return false;
-            }
-        }
-        return true;
     }
 
     public IReadOnlyList<string> ListBranches()
@@ -178,6 +173,7 @@ public sealed class GitStore : IDisposable
     /// <summary>Moves a branch if its head is still <paramref name="expected"/>; false if it moved meanwhile.</summary>
     public bool TrySetHead(string branch, ObjectId commit, ObjectId? expected, string logMessage)
     {
+        CheckBranchName(branch);
         lock (_gate)
         {
             string name = $"refs/heads/{branch}";
@@ -196,6 +192,7 @@ public sealed class GitStore : IDisposable
 
     public void DeleteBranch(string branch)
     {
+        CheckBranchName(branch);
         lock (_gate)
         {
             if (_repo.Refs[$"refs/heads/{branch}"] is Reference r)
@@ -210,6 +207,8 @@ public sealed class GitStore : IDisposable
     /// <summary>Renames a branch under the store lock (the original copied then deleted, racily).</summary>
     public void RenameBranch(string from, string to)
     {
+        CheckBranchName(from);
+        CheckBranchName(to);
         lock (_gate)
         {
             if (_repo.Refs[$"refs/heads/{from}"] is Reference r)
@@ -472,6 +471,8 @@ public sealed class GitStore : IDisposable
     /// <summary>Fetches <paramref name="branch"/> from <paramref name="url"/> into a private ref; returns its head.</summary>
     public ObjectId Fetch(string url, string branch)
     {
+        // The name goes into a refspec: a ':' or '*' in it would fetch into, or from, refs the caller did not name.
+        CheckBranchName(branch);
         lock (_gate)
         {
             string local = $"refs/datakit/fetch/{Convert.ToHexString(System.Security.Cryptography.SHA1.HashData(Encoding.UTF8.GetBytes(url)))[..12]}/{branch}";

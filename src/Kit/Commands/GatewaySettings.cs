@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Net;
 using Kit.VpnKit;
 
@@ -11,6 +12,12 @@ namespace Kit.Cli.Commands;
 /// </summary>
 internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUpstreams, IReadOnlyList<PortPublish> Publishes, string? PcapPath)
 {
+    /// <summary><c>--block-metadata</c>: refuse guest traffic to 169.254.169.254 (on by default in <c>kit up</c>).</summary>
+    public bool BlockMetadata { get; init; }
+
+    /// <summary><c>--host-loopback</c> (default) / <c>--no-host-loopback</c>: 192.168.65.2 reaches the host's 127.0.0.1.</summary>
+    public bool HostLoopback { get; init; } = true;
+
     /// <summary>The defaults: MTU 1500, the host's resolvers, nothing published, no capture.</summary>
     public static GatewaySettings Default { get; } = new(1500, [], [], null);
 
@@ -61,5 +68,39 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
         Publishes = Publishes,
         PcapPath = PcapPath,
         SegmentationOffload = segmentationOffload,
+        BlockMetadata = BlockMetadata,
+        HostLoopback = HostLoopback,
+    };
+}
+
+/// <summary>
+/// The reachability switches of a gateway (docs/security.md, "What the guest can reach"), one set of options shared by
+/// <c>kit net run</c>, <c>kit net serve</c> and <c>kit vm run</c>.
+/// </summary>
+internal sealed class GatewayPolicyOptions
+{
+    public Option<bool> BlockMetadata { get; } = new("--block-metadata")
+    {
+        Description = "Refuse guest traffic to the cloud metadata address 169.254.169.254 (TCP reset, UDP and ICMP dropped).",
+    };
+
+    public Option<bool> HostLoopback { get; } = new("--host-loopback")
+    {
+        Description = "Whether 192.168.65.2 reaches the host's 127.0.0.1 (default true; --host-loopback=false or --no-host-loopback turns it off).",
+        DefaultValueFactory = _ => true,
+    };
+
+    public Option<bool> NoHostLoopback { get; } = new("--no-host-loopback")
+    {
+        Description = "Same as --host-loopback=false: 192.168.65.2 reaches nothing on the host.",
+    };
+
+    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback];
+
+    /// <summary><paramref name="settings"/> with the switches as the command line set them.</summary>
+    public GatewaySettings Apply(GatewaySettings settings, ParseResult parse) => settings with
+    {
+        BlockMetadata = parse.GetValue(BlockMetadata),
+        HostLoopback = parse.GetValue(HostLoopback) && !parse.GetValue(NoHostLoopback),
     };
 }

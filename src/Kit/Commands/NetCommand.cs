@@ -21,13 +21,18 @@ internal static class NetCommand
         var publish = new Option<string[]>("--publish") { Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
         var pcap = new Option<FileInfo?>("--pcap") { Description = "Write every frame to FILE (libpcap format)." };
         var control = new Option<string?>("--control") { Description = "Serve the port-forward control API (HTTP+JSON: GET/POST /forwards, DELETE /forwards/PROTO/PORT) on unix:PATH." };
+        var policy = new GatewayPolicyOptions();
         var command = new Argument<string[]>("command") { Arity = ArgumentArity.OneOrMore, Description = "The command to run inside the namespace (after --)." };
 
         var run = new Command("run", "Run a command in a new network namespace whose eth0 is served by VPNKit (192.168.65.3/24, gateway and DNS 192.168.65.1).")
         {
             mtu, dns, publish, pcap, control, command,
         };
-        run.SetAction(parse => Run(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse.GetValue(command) ?? [],
+        foreach (Option o in policy.All)
+        {
+            run.Options.Add(o);
+        }
+        run.SetAction(parse => Run(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse), parse.GetValue(command) ?? [],
             ControlPath(parse.GetValue(control))));
 
         var qemu = new Option<string[]>("--qemu") { Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
@@ -38,7 +43,11 @@ internal static class NetCommand
         {
             qemu, dgram, vmnet, vhostUser, mtu, dns, publish, pcap, control,
         };
-        serve.SetAction(parse => Serve(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)),
+        foreach (Option o in policy.All)
+        {
+            serve.Options.Add(o);
+        }
+        serve.SetAction(parse => Serve(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse),
             parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? [], parse.GetValue(vhostUser) ?? [],
             ControlPath(parse.GetValue(control))));
 

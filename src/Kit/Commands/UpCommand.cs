@@ -15,7 +15,7 @@ namespace Kit.Cli.Commands;
 /// network and DataKit (also in this process) mounted at /datakit over virtio-9p (under tcg: 9P over TCP through VPNKit); the demo
 /// in the guest takes a DHCP lease, resolves the host through the DNS forwarder, and commits what it learned into
 /// DataKit. With a terminal on stdin a shell follows; otherwise the guest powers off and the exit code is the VM's.
-/// Host tools reach the same database over 9P on tcp://127.0.0.1:5640 while it runs.
+/// Host tools reach the same database over 9P on a 0600 Unix socket (<see cref="HostToolsSocket"/>) while it runs.
 /// </summary>
 internal static class UpCommand
 {
@@ -30,7 +30,7 @@ internal static class UpCommand
         };
         var listen = new Option<string[]>("--listen-9p")
         {
-            Description = "Also serve DataKit to host tools at tcp://HOST:PORT or unix:PATH (repeatable). Default: tcp://127.0.0.1:5640 when that port is free.",
+            Description = "Also serve DataKit to host tools at tcp://HOST:PORT or unix:PATH (repeatable). Default: unix:$XDG_RUNTIME_DIR/kit/datakit.sock (0600; else /run/kit or ~/.local/share/kit).",
         };
         var cpus = new Option<int>("--cpus", "-c") { Description = "Number of vCPUs.", DefaultValueFactory = _ => 2 };
         var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM (K/M/G suffix).", DefaultValueFactory = _ => "512M" };
@@ -101,7 +101,7 @@ internal static class UpCommand
                 Cpus = cpus,
                 ConsoleLog = consoleLog,
                 Net = "vpnkit",
-                NetOptions = GatewaySettings.Parse(1500, dnsUpstream, publish, null),
+                NetOptions = GatewaySettings.Parse(1500, dnsUpstream, publish, null) with { BlockMetadata = true }, // docs/security.md
                 Accel = accel,
             };
             if (accel == Accelerator.Kvm)
@@ -117,18 +117,28 @@ internal static class UpCommand
         }
     }
 
-    /// <summary>Host tools' listeners: the ones asked for (errors are fatal), or 5640 on loopback when free.</summary>
+    /// <summary>
+    /// Host tools' listeners: the ones asked for (errors are fatal), or else a Unix socket only this user can open
+    /// (<see cref="HostToolsSocket"/>). Not tcp://127.0.0.1:5640 by default: any local user could connect to that and
+    /// read or rewrite the store; <c>--listen-9p tcp://127.0.0.1:5640</c> still offers it.
+    /// </summary>
     private static void ServeHostTools(DataKitServer data, string[] listen)
     {
         if (listen.Length == 0)
         {
+            string path = HostToolsSocket();
             try
             {
-                data.Listen(Address("tcp://127.0.0.1:5640"));
+                data.Listen(Address($"unix:{path}"));
+                if (OperatingSystem.IsLinux())
+                {
+                    File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite); // 0600, in a 0700 directory
+                }
+                Console.Error.WriteLine($"kit up: host tools reach DataKit at unix:{path}");
             }
-            catch (SocketException e)
+            catch (Exception e) when (e is SocketException or IOException or UnauthorizedAccessException)
             {
-                Console.Error.WriteLine($"kit up: DataKit not served on tcp://127.0.0.1:5640 ({e.Message}); the guest still has it");
+                Console.Error.WriteLine($"kit up: DataKit not served on unix:{path} ({e.Message}); the guest still has it");
             }
             return;
         }
@@ -143,6 +153,27 @@ internal static class UpCommand
                 throw new CliException($"cannot listen on {text}: {e.Message}");
             }
         }
+    }
+
+    /// <summary>
+    /// <c>$XDG_RUNTIME_DIR/kit/datakit.sock</c>, else <c>/run/kit/datakit.sock</c> as root, else under the user's data
+    /// directory (<c>~/.local/share/kit/datakit.sock</c>): never a predictable name in a shared directory such as /tmp,
+    /// where another user could create it first. The <c>kit</c> directory is made 0700.
+    /// </summary>
+    internal static string HostToolsSocket()
+    {
+        string? xdg = Environment.GetEnvironmentVariable("XDG_RUNTIME_DIR");
+        string dir = !string.IsNullOrEmpty(xdg) ? Path.Combine(xdg, "kit")
+            : Environment.UserName == "root" ? "/run/kit"
+            : Path.GetDirectoryName(DataCommand.DefaultStore())!;
+        if (OperatingSystem.IsLinux())
+        {
+            // 0700 also when it existed: the socket is reachable between bind and its chmod only through this directory.
+            const UnixFileMode Private = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+            Directory.CreateDirectory(dir, Private);
+            File.SetUnixFileMode(dir, Private);
+        }
+        return Path.Combine(dir, "datakit.sock");
     }
 
     private static ListenAddress Address(string text) =>

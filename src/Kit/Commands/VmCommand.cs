@@ -61,10 +61,15 @@ internal static class VmCommand
             Description = "virtio-vsock on Unix sockets, Firecracker's protocol: host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P go to PATH_P. Guest CID 3 unless \",cid=N\" is appended.",
         };
         var accel = new Option<string>("--accel") { Description = Accelerators.OptionHelp, DefaultValueFactory = _ => "auto" };
+        var policy = new GatewayPolicyOptions();
         var run = new Command("run", "Boot a Linux kernel with the console on stdio; the exit code says how the guest ended (0 power-off, 1 VMM error, 2 reset, 3 triple fault, 4 panic).")
         {
             kernel, initrd, cmdline, memory, cpus, disks, noRng, consoleLog, net, mac, netMtu, dnsUpstream, publish, pcap, shares, vsock, accel,
         };
+        foreach (Option o in policy.All)
+        {
+            run.Options.Add(o); // --net vpnkit only
+        }
         run.SetAction(parse =>
         {
             string memoryText = parse.GetValue(memory) ?? "512M";
@@ -83,7 +88,7 @@ internal static class VmCommand
                 ConsoleLog = parse.GetValue(consoleLog),
                 Net = parse.GetValue(net) ?? "none",
                 Mac = ParseMac(parse.GetValue(mac)),
-                NetOptions = GatewaySettings.Parse(parse.GetValue(netMtu), parse.GetValue(dnsUpstream), parse.GetValue(publish), parse.GetValue(pcap)),
+                NetOptions = policy.Apply(GatewaySettings.Parse(parse.GetValue(netMtu), parse.GetValue(dnsUpstream), parse.GetValue(publish), parse.GetValue(pcap)), parse),
                 Accel = Accelerators.Parse(parse.GetValue(accel)),
             };
             foreach (string disk in parse.GetValue(disks) ?? [])

@@ -14,6 +14,8 @@ internal sealed class Switch : IFrameSink
     private readonly object _gate = new();
     private readonly List<ILink> _links = [];
     private readonly Dictionary<MacAddress, ILink> _macs = [];
+    private readonly Dictionary<ILink, int> _ids = [];
+    private int _nextId;
     private ILink[] _snapshot = [];
 
     public Action<ReadOnlySpan<byte>>? Tap { get; set; }
@@ -23,7 +25,17 @@ internal sealed class Switch : IFrameSink
         lock (_gate)
         {
             _links.Add(link);
+            _ids[link] = ++_nextId;
             _snapshot = [.. _links];
+        }
+    }
+
+    /// <summary>The link's number, from 1, never reused: what the engine charges DHCP leases to (0 for a link not added).</summary>
+    public int IdOf(ILink link)
+    {
+        lock (_gate)
+        {
+            return _ids.GetValueOrDefault(link);
         }
     }
 
@@ -32,6 +44,7 @@ internal sealed class Switch : IFrameSink
         lock (_gate)
         {
             _links.Remove(link);
+            _ids.Remove(link);
             _snapshot = [.. _links];
             var stale = new List<MacAddress>();
             foreach (KeyValuePair<MacAddress, ILink> kv in _macs)

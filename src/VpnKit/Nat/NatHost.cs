@@ -46,6 +46,37 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     /// <summary>The loopback listener that answers DNS over TCP for the gateway; null until started.</summary>
     public IPEndPoint? DnsTcp { get; set; }
 
+    /// <summary>Refuse the cloud metadata address (<see cref="VpnKitServerOptions.BlockMetadata"/>).</summary>
+    public bool BlockMetadata { get; init; }
+
+    /// <summary>The host alias reaches the host's loopback (<see cref="VpnKitServerOptions.HostLoopback"/>).</summary>
+    public bool HostLoopback { get; init; } = true;
+
+    /// <summary>Guest packets refused by <see cref="BlockMetadata"/> or <see cref="HostLoopback"/>: SYNs reset, datagrams and echoes dropped.</summary>
+    public long Blocked => Interlocked.Read(ref _blocked);
+    private long _blocked;
+
+    /// <summary>
+    /// 169.254.169.254: the link-local address (RFC 3927) where AWS, GCP, Azure, OpenStack and others serve instance
+    /// metadata and credentials. (Their IPv6 address, fd00:ec2::254, needs no rule: the gateway carries no IPv6.)
+    /// </summary>
+    internal const uint MetadataIp = 0xA9FEA9FE;
+
+    /// <summary>The reachability policy as a pure decision (tests check it without sending anything anywhere).</summary>
+    internal static bool Refuses(bool blockMetadata, bool hostLoopback, uint hostIp, uint ip) =>
+        (blockMetadata && ip == MetadataIp) || (!hostLoopback && ip == hostIp);
+
+    /// <summary>Whether policy refuses guest traffic to <paramref name="ip"/> (a guest-visible destination); counted.</summary>
+    private bool Refused(uint ip)
+    {
+        if (Refuses(BlockMetadata, HostLoopback, _o.HostIp, ip))
+        {
+            Interlocked.Increment(ref _blocked);
+            return true;
+        }
+        return false;
+    }
+
     /// <summary>Open TCP proxies (under the engine lock).</summary>
     public int ProxyCount => _proxies.Count;
 
@@ -70,7 +101,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
                 port = (ushort)dns.Port;
             }
         }
-        else if (!(_o.InSubnet(c.RemoteIp) && c.RemoteIp != _o.HostIp))
+        else if (!(_o.InSubnet(c.RemoteIp) && c.RemoteIp != _o.HostIp) && !Refused(c.RemoteIp))
         {
             address = TranslateOut(c.RemoteIp);
         }
@@ -199,7 +230,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
             }
             return;
         }
-        if (_o.InSubnet(flow.RemoteIp) && flow.RemoteIp != _o.HostIp)
+        if ((_o.InSubnet(flow.RemoteIp) && flow.RemoteIp != _o.HostIp) || Refused(flow.RemoteIp))
         {
             return;
         }
@@ -208,7 +239,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
 
     private async Task AnswerDnsAsync(UdpFlow flow, byte[] query)
     {
-        byte[]? answer = await _dns.ResolveAsync(query).ConfigureAwait(false);
+        byte[]? answer = await _dns.ResolveAsync(query, client: flow.GuestIp).ConfigureAwait(false);
         if (answer is null)
         {
             return;
@@ -227,7 +258,12 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     }
 
     public void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
-        => Icmp?.Send(guestIp, TranslateOut(destination), destination, id, sequence, payload);
+    {
+        if (!Refused(destination))
+        {
+            Icmp?.Send(guestIp, TranslateOut(destination), destination, id, sequence, payload);
+        }
+    }
 
     /// <summary>Closes every host socket (with RST: the gateway is going away) and the UDP flows.</summary>
     public void Dispose()

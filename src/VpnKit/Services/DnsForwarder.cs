@@ -10,13 +10,26 @@ namespace Kit.VpnKit.Services;
 /// The DNS forwarder at the gateway (RFC 1035 §4.2): answers the built-in host names itself and passes every other
 /// query to the upstreams unchanged, returning the upstream's reply byte for byte (NXDOMAIN, SOA, every record type).
 /// A fresh socket per query gives source-port entropy (RFC 5452 §9.2). Positive and negative answers are cached for
-/// at most their smallest TTL, capped, in a bounded table.
+/// at most their smallest TTL, capped, in a bounded table. Queries waiting on an upstream are bounded per guest and in
+/// all (<see cref="MaxInFlightPerClient"/>, <see cref="MaxInFlightTotal"/>): each holds a socket and a receive buffer
+/// for up to two attempts per upstream, so a guest flooding queries at a silent upstream would otherwise pile up
+/// thousands of descriptors and hundreds of megabytes. A query beyond the bound is answered at once with SERVFAIL
+/// (RFC 1035 §4.1.1, RCODE 2), which resolvers treat as "try again later or elsewhere".
 /// </summary>
 internal sealed partial class DnsForwarder
 {
     private const int MaxCacheEntries = 1024;
     private const uint MaxCacheTtl = 300;
     private static readonly TimeSpan AttemptTimeout = TimeSpan.FromSeconds(2);
+    /// <summary>
+    /// Upstream queries one guest (source address) may have in flight. A busy resolver (a container host starting
+    /// hundreds of lookups at once) stays well below it; a flood does not get past it.
+    /// </summary>
+    internal const int MaxInFlightPerClient = 256;
+    /// <summary>Upstream queries in flight from all guests: at most this many sockets and 64 KiB receive buffers.</summary>
+    internal const int MaxInFlightTotal = 1024;
+    /// <summary>Largest UDP DNS message (RFC 6891 §6.2.5 allows EDNS payloads up to 65,535 bytes).</summary>
+    private const int MaxUdpMessage = 65535;
 
     private readonly IReadOnlyList<IPEndPoint> _upstreams;
     private readonly uint _hostIp;
@@ -24,6 +37,9 @@ internal sealed partial class DnsForwarder
     private readonly ILogger _log;
     private readonly object _cacheGate = new();
     private readonly Dictionary<string, (byte[] Response, long Expires)> _cache = [];
+    private readonly object _inFlightGate = new();
+    private readonly Dictionary<uint, int> _inFlight = [];
+    private int _inFlightTotal;
 
     public DnsForwarder(IReadOnlyList<IPEndPoint> upstreams, uint hostIp, IReadOnlyList<string> hostNames, ILogger log)
     {
@@ -35,12 +51,61 @@ internal sealed partial class DnsForwarder
 
     public IReadOnlyList<IPEndPoint> Upstreams => _upstreams;
 
+    /// <summary>Queries answered with SERVFAIL because the in-flight bound was reached.</summary>
+    public long Refused { get; private set; }
+
+    /// <summary>Upstream queries in flight now (for tests and the inspector).</summary>
+    public int InFlight
+    {
+        get
+        {
+            lock (_inFlightGate)
+            {
+                return _inFlightTotal;
+            }
+        }
+    }
+
+    private bool TryEnter(uint client)
+    {
+        lock (_inFlightGate)
+        {
+            int mine = _inFlight.GetValueOrDefault(client);
+            if (mine >= MaxInFlightPerClient || _inFlightTotal >= MaxInFlightTotal)
+            {
+                Refused++;
+                return false;
+            }
+            _inFlight[client] = mine + 1;
+            _inFlightTotal++;
+            return true;
+        }
+    }
+
+    private void Leave(uint client)
+    {
+        lock (_inFlightGate)
+        {
+            int mine = _inFlight[client];
+            if (mine == 1)
+            {
+                _inFlight.Remove(client); // the table holds only guests with queries in flight
+            }
+            else
+            {
+                _inFlight[client] = mine - 1;
+            }
+            _inFlightTotal--;
+        }
+    }
+
     /// <summary>
     /// Resolves one query message; null when no answer can be given (the client will retry). A query that came over
     /// TCP goes upstream over TCP (RFC 7766 §5: the client chose TCP, usually because the UDP answer was truncated),
-    /// falling back to UDP for an upstream that does not take TCP.
+    /// falling back to UDP for an upstream that does not take TCP. <paramref name="client"/> is the guest's address (its
+    /// in-flight bound); beyond the bound the answer is an immediate SERVFAIL.
     /// </summary>
-    public async Task<byte[]?> ResolveAsync(byte[] query, bool overTcp = false, CancellationToken cancel = default)
+    public async Task<byte[]?> ResolveAsync(byte[] query, bool overTcp = false, CancellationToken cancel = default, uint client = 0)
     {
         if (!DnsMessage.TryParse(query, out DnsMessage q) || q.IsResponse || q.Opcode != 0)
         {
@@ -68,6 +133,26 @@ internal sealed partial class DnsForwarder
                 }
             }
         }
+        if (_upstreams.Count == 0)
+        {
+            return null;
+        }
+        if (!TryEnter(client))
+        {
+            return ServerFailure(query);
+        }
+        try
+        {
+            return await AskUpstreamsAsync(query, id, cacheKey, overTcp, cancel).ConfigureAwait(false);
+        }
+        finally
+        {
+            Leave(client);
+        }
+    }
+
+    private async Task<byte[]?> AskUpstreamsAsync(byte[] query, ushort id, string? cacheKey, bool overTcp, CancellationToken cancel)
+    {
         foreach (IPEndPoint upstream in _upstreams)
         {
             byte[]? reply = overTcp ? await AskTcpAsync(upstream, query, id, cancel).ConfigureAwait(false) : null;
@@ -92,7 +177,8 @@ internal sealed partial class DnsForwarder
     private async Task<byte[]?> AskAsync(IPEndPoint upstream, byte[] query, ushort id, CancellationToken cancel)
     {
         using var socket = new Socket(upstream.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
-        byte[] buffer = new byte[65535];
+        // Pooled: a fresh 64 KiB array per query was most of a flood's memory.
+        byte[] buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(MaxUdpMessage);
         try
         {
             await socket.ConnectAsync(upstream, cancel).ConfigureAwait(false);
@@ -120,6 +206,10 @@ internal sealed partial class DnsForwarder
         catch (SocketException e)
         {
             LogUpstreamFailed(_log, upstream, e.Message);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
         }
         return null;
     }

@@ -18,4 +18,8 @@ internal sealed class GatewayCounters
     public long UdpTooLarge;
     public long ArpReplies;
     public long DhcpReplies;
+    /// <summary>DISCOVERs and REQUESTs refused: the link was at its lease cap, or the pool was empty.</summary>
+    public long DhcpRefused;
+    /// <summary>Expired leases taken back for a new client.</summary>
+    public long DhcpReclaimed;
 }

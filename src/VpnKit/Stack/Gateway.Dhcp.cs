@@ -17,42 +17,147 @@ internal enum LeaseReservation
 }
 
 /// <summary>
-/// The DHCP server (RFC 2131): one lease per client MAC, stable for the life of the gateway, so a guest that
-/// reconnects gets the same address. Leases are effectively infinite, as in vpnkit, so renewals never glitch.
+/// The DHCP server (RFC 2131): one lease per client MAC. A lease lasts <see cref="GatewayOptions.DhcpLeaseSeconds"/>
+/// (the lease time option, 51, says the same) and the guest renews it at half time (RFC 2131 §4.4.5), which moves the
+/// expiry on. An expired lease stays with its MAC, so a guest that reconnects later gets the same address, until the
+/// pool runs short: only then is the longest-expired lease reclaimed for a new client. One link (one TAP, one QEMU or
+/// hyperkit connection) may hold at most <see cref="GatewayOptions.MaxLeasesPerLink"/> live leases, so a guest that
+/// invents client MACs cannot take the whole pool from the others: beyond the cap a DISCOVER gets no offer and a
+/// REQUEST a DHCPNAK, both counted (<see cref="GatewayCounters.DhcpRefused"/>).
 /// </summary>
 internal sealed partial class Gateway
 {
-    private readonly Dictionary<MacAddress, uint> _leases = [];
+    /// <summary>Leases granted by <see cref="ReserveLease"/> (VMN3T's preferred address): not charged to a link.</summary>
+    private const int NoLink = -1;
+
+    private sealed class Lease(uint ip, int link, long expires)
+    {
+        public readonly uint Ip = ip;
+        public int Link = link;
+        public long Expires = expires;
+    }
+
+    private readonly Dictionary<MacAddress, Lease> _leases = [];
     private readonly Dictionary<uint, MacAddress> _leasedIps = [];
+    private readonly Dictionary<int, int> _leasesPerLink = [];
     private readonly byte[] _dhcpReply;
     private byte[]? _searchOption;
 
+    private long LeaseEnd => _now + (_o.DhcpLeaseSeconds * 1000L);
+
     private void NoteAddressInUse(uint ip, MacAddress mac)
     {
-        if (!_leasedIps.ContainsKey(ip) && !_leases.ContainsKey(mac) && ip >= _o.FirstGuestIp && ip <= _o.LastGuestIp)
+        if (_leases.TryGetValue(mac, out Lease? held))
         {
-            _leases[mac] = ip;
-            _leasedIps[ip] = mac;
+            if (held.Ip == ip)
+            {
+                held.Expires = Math.Max(held.Expires, LeaseEnd); // in use: not a candidate for reclaiming
+            }
+            return;
+        }
+        if (!_leasedIps.ContainsKey(ip) && ip >= _o.FirstGuestIp && ip <= _o.LastGuestIp)
+        {
+            // A static address seen in traffic: recorded so DHCP never hands it out, but charged to no link (it
+            // cannot be taken from anyone: it was free).
+            Add(mac, new Lease(ip, NoLink, LeaseEnd));
+        }
+    }
+
+    private void Add(MacAddress mac, Lease lease)
+    {
+        _leases[mac] = lease;
+        _leasedIps[lease.Ip] = mac;
+        if (lease.Link != NoLink)
+        {
+            _leasesPerLink[lease.Link] = _leasesPerLink.GetValueOrDefault(lease.Link) + 1;
+        }
+    }
+
+    private void Drop(MacAddress mac, Lease lease)
+    {
+        _leases.Remove(mac);
+        _leasedIps.Remove(lease.Ip);
+        if (lease.Link != NoLink && _leasesPerLink.TryGetValue(lease.Link, out int n))
+        {
+            if (n <= 1)
+            {
+                _leasesPerLink.Remove(lease.Link);
+            }
+            else
+            {
+                _leasesPerLink[lease.Link] = n - 1;
+            }
         }
     }
 
     /// <summary>The address this MAC has, allocating the lowest free one on first sight; 0 when the pool is empty.</summary>
-    public uint LeaseFor(MacAddress mac)
+    public uint LeaseFor(MacAddress mac) => LeaseFor(mac, 0);
+
+    /// <summary>
+    /// The address this MAC has, or a new lease charged to <paramref name="link"/>: the lowest never-leased address,
+    /// else the longest-expired lease reclaimed. 0 when the link is at its cap or the pool is empty.
+    /// </summary>
+    private uint LeaseFor(MacAddress mac, int link)
     {
-        if (_leases.TryGetValue(mac, out uint ip))
+        if (_leases.TryGetValue(mac, out Lease? held))
         {
-            return ip;
+            return held.Ip;
         }
+        if (_leasesPerLink.GetValueOrDefault(link) >= _o.MaxLeasesPerLink && !ReclaimExpired(link))
+        {
+            Counters.DhcpRefused++;
+            return 0;
+        }
+        // The pool is short when nothing is free: then the lease that expired longest ago is reclaimed (its guest has
+        // not renewed it, RFC 2131 §4.4.5).
+        uint free = LowestFree();
+        if (free == 0 && ReclaimExpired(null))
+        {
+            free = LowestFree();
+        }
+        if (free == 0)
+        {
+            Counters.DhcpRefused++;
+            return 0;
+        }
+        Add(mac, new Lease(free, link, LeaseEnd));
+        return free;
+    }
+
+    private uint LowestFree()
+    {
         for (uint a = _o.FirstGuestIp; a <= _o.LastGuestIp; a++)
         {
             if (!_leasedIps.ContainsKey(a))
             {
-                _leases[mac] = a;
-                _leasedIps[a] = mac;
                 return a;
             }
         }
         return 0;
+    }
+
+    /// <summary>Frees the longest-expired lease (of <paramref name="link"/> only, when given); false if none has expired.</summary>
+    private bool ReclaimExpired(int? link)
+    {
+        MacAddress oldestMac = default;
+        Lease? oldest = null;
+        foreach (KeyValuePair<MacAddress, Lease> kv in _leases)
+        {
+            Lease l = kv.Value;
+            if (l.Expires <= _now && (link is null || l.Link == link) && (oldest is null || l.Expires < oldest.Expires))
+            {
+                oldest = l;
+                oldestMac = kv.Key;
+            }
+        }
+        if (oldest is null)
+        {
+            return false;
+        }
+        Drop(oldestMac, oldest);
+        _arp.Remove(oldest.Ip);
+        Counters.DhcpReclaimed++;
+        return true;
     }
 
     /// <summary>
@@ -63,9 +168,9 @@ internal sealed partial class Gateway
     /// </summary>
     public LeaseReservation ReserveLease(MacAddress mac, uint ip)
     {
-        if (_leases.TryGetValue(mac, out uint current))
+        if (_leases.TryGetValue(mac, out Lease? current))
         {
-            return current == ip ? LeaseReservation.Reserved : LeaseReservation.MacHasOtherAddress;
+            return current.Ip == ip ? LeaseReservation.Reserved : LeaseReservation.MacHasOtherAddress;
         }
         if (ip < _o.FirstGuestIp || ip > _o.LastGuestIp || !_o.InSubnet(ip))
         {
@@ -75,8 +180,7 @@ internal sealed partial class Gateway
         {
             return LeaseReservation.InUse;
         }
-        _leases[mac] = ip;
-        _leasedIps[ip] = mac;
+        Add(mac, new Lease(ip, NoLink, LeaseEnd));
         return LeaseReservation.Reserved;
     }
 
@@ -90,7 +194,7 @@ internal sealed partial class Gateway
         MacAddress mac = m.ClientMac;
         byte type = m.MessageType;
         byte reply;
-        uint lease = LeaseFor(mac);
+        uint lease = type is DhcpOption.Discover or DhcpOption.Request ? LeaseFor(mac, _link) : 0;
         switch (type)
         {
             case DhcpOption.Discover:
@@ -111,14 +215,26 @@ internal sealed partial class Gateway
                     }
                     uint wanted = m.RequestedIp != 0 ? m.RequestedIp : m.ClientIp;
                     reply = lease != 0 && (wanted == 0 || wanted == lease) ? DhcpOption.Ack : DhcpOption.Nak;
+                    if (reply == DhcpOption.Ack)
+                    {
+                        _leases[mac].Expires = LeaseEnd; // granted or renewed (RFC 2131 §4.3.2)
+                    }
                     break;
                 }
             case DhcpOption.Inform:
                 reply = DhcpOption.Ack;
                 lease = 0;
                 break;
+            case DhcpOption.Release:
+                // RFC 2131 §4.3.4: the address is free again. It stays with this MAC (a guest that comes back gets it)
+                // but counts as expired, so it is the first reclaimed when the pool runs short.
+                if (_leases.TryGetValue(mac, out Lease? released))
+                {
+                    released.Expires = Math.Min(released.Expires, _now);
+                }
+                return;
             default:
-                return; // Release and decline change nothing: the address stays reserved for this MAC.
+                return; // Decline changes nothing: the address stays reserved for this MAC.
         }
         var w = new DhcpWriter(_dhcpReply, m.TransactionId, m.Flags, reply == DhcpOption.Nak ? 0 : lease, _o.GatewayIp, mac);
         w.Option(DhcpOption.MessageType, reply);
@@ -127,7 +243,7 @@ internal sealed partial class Gateway
         {
             if (type != DhcpOption.Inform)
             {
-                w.OptionUInt32(DhcpOption.LeaseTime, int.MaxValue);
+                w.OptionUInt32(DhcpOption.LeaseTime, (uint)_o.DhcpLeaseSeconds);
             }
             w.OptionUInt32(DhcpOption.SubnetMask, _o.SubnetMask);
             w.OptionUInt32(DhcpOption.Router, _o.GatewayIp);

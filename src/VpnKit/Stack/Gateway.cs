@@ -23,6 +23,7 @@ internal sealed partial class Gateway
     private ushort _ipId;
     private long _now;
     private bool _trusted;
+    private int _link;
 
     public Gateway(GatewayOptions options, IFrameSink sink, IFlowHandler flows)
     {
@@ -38,12 +39,14 @@ internal sealed partial class Gateway
 
     /// <summary>
     /// Handles one Ethernet frame from a guest. <paramref name="checksumsTrusted"/>: the link vouches for the frame
-    /// (a local kernel's partial checksums with offload), so checksums are not verified.
+    /// (a local kernel's partial checksums with offload), so checksums are not verified. <paramref name="link"/>: which
+    /// link the frame came from (the switch's id), so that DHCP leases can be capped per link.
     /// </summary>
-    public void Receive(ReadOnlySpan<byte> frame, long now, bool checksumsTrusted = false)
+    public void Receive(ReadOnlySpan<byte> frame, long now, bool checksumsTrusted = false, int link = 0)
     {
         _now = now;
         _trusted = checksumsTrusted;
+        _link = link;
         Counters.FramesIn++;
         if (!EthernetFrame.TryParse(frame, out EthernetFrame eth))
         {

@@ -30,6 +30,18 @@ internal sealed class GatewayOptions
     /// </summary>
     public bool SegmentationOffload { get; init; }
 
+    /// <summary>
+    /// DHCP lease time in seconds (option 51, RFC 2132 §9.2). Two hours, with the client renewing at half time: a guest
+    /// that stops renewing frees its address two hours later at most; one that keeps renewing never notices.
+    /// </summary>
+    public int DhcpLeaseSeconds { get; init; } = 2 * 60 * 60;
+    /// <summary>
+    /// Live leases one link may hold. A VM or namespace has one or a few interfaces per link; 16 leaves room for
+    /// containers with their own MACs behind a bridge, while one guest spoofing client MACs cannot empty the 252-address
+    /// pool for the others.
+    /// </summary>
+    public int MaxLeasesPerLink { get; init; } = 16;
+
     /// <summary>Secret mixed into initial sequence numbers (RFC 6528); the driver passes a random one, tests a fixed one.</summary>
     public ulong IsnSecret { get; init; }
 
