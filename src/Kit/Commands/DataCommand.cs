@@ -83,7 +83,10 @@ internal static class DataCommand
                 }
                 catch (Exception e) when (e is SocketException or IOException)
                 {
-                    throw new CliException($"cannot listen on {a}: {e.Message}");
+                    // EADDRINUSE: another server (maybe another kit) has the port; say so rather than "Address already in use".
+                    throw new CliException(Kit.Linux.ReuseAddress.IsAddressInUse(e)
+                        ? $"cannot listen on {a}: address in use (another process listens there)"
+                        : $"cannot listen on {a}: {e.Message}");
                 }
             }
             await Console.Error.WriteLineAsync($"kit data: serving {store} on {string.Join(", ", addresses)}").ConfigureAwait(false);
