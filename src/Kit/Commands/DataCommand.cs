@@ -16,7 +16,7 @@ internal static class DataCommand
     {
         var git = new Option<string?>("--git")
         {
-            Description = "Git repository holding the store (created if missing). Default: $XDG_DATA_HOME/kit/datakit, else ~/.local/share/kit/datakit.",
+            Description = "Git repository holding the store (created bare if missing or empty). Default: $XDG_DATA_HOME/kit/datakit, else ~/.local/share/kit/datakit.",
         };
         var listen = new Option<string[]>("--listen-9p", "--url")
         {
@@ -72,6 +72,11 @@ internal static class DataCommand
         catch (LibGit2Sharp.LibGit2SharpException e)
         {
             throw new CliException($"cannot open git repository {store}: {e.Message}");
+        }
+        catch (IOException e)
+        {
+            // A file, or a directory with other things in it: GitStore.Open says which, and touches nothing.
+            throw new CliException($"--git: {e.Message}");
         }
         await using (server.ConfigureAwait(false))
         {
