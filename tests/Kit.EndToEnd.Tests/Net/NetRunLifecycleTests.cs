@@ -87,7 +87,8 @@ public sealed partial class NetRunLifecycleTests
         kit.Process.Kill(); // kit alone, not its tree
         await kit.Process.WaitForExitAsync(TestContext.Current.CancellationToken);
         Assert.True(await GoneAsync(child), $"the command (pid {child}) outlived kit's SIGKILL");
-        Assert.True(Directory.Exists($"/etc/netns/{ns}"), "nothing was left to clean: the test proves nothing");
+        // A SIGKILLed kit cleans nothing up, so its namespace and /etc/netns directory are there now, unless another
+        // `kit net run` started meanwhile (tests run in parallel) has already removed them, as the next one must.
 
         ProcessResult next = await NetRun.RunAsync([], "true", TimeSpan.FromSeconds(60));
 
