@@ -17,7 +17,11 @@ internal static class CliRunner
         }
         catch (CliException e)
         {
-            Console.Error.WriteLine($"kit: {e.Message}");
+            // One line per problem (CliException.Many carries several).
+            foreach (string line in e.Message.Split('\n'))
+            {
+                Console.Error.WriteLine($"kit: {line}");
+            }
             return e.ExitCode;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
@@ -32,4 +36,7 @@ internal static class CliRunner
 internal sealed class CliException(string message, int exitCode = 1) : Exception(message)
 {
     public int ExitCode { get; } = exitCode;
+
+    /// <summary>Several problems found at once (a command checks all its flags before it acts): one line each.</summary>
+    public static CliException Many(IReadOnlyList<string> problems) => new(string.Join('\n', problems));
 }

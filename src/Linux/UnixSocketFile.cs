@@ -37,7 +37,7 @@ public static partial class UnixSocketFile
         }
         if (IsLive(path))
         {
-            throw new IOException($"{path} is a socket in use by another process");
+            throw new IOException($"address in use: {path} is a socket another process listens on");
         }
         File.Delete(path);
     }

@@ -288,7 +288,8 @@ public sealed partial class VpnKitServer : IDisposable
             {
                 if (!p.Udp)
                 {
-                    s.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+                    // SO_REUSEADDR only (not .NET's ReuseAddress, which adds SO_REUSEPORT): a busy port fails to bind.
+                    ReuseAddress.Enable(s);
                 }
                 s.Bind(new IPEndPoint(IPAddress.Loopback, p.HostPort));
                 if (!p.Udp)
@@ -299,7 +300,9 @@ public sealed partial class VpnKitServer : IDisposable
             catch (SocketException e)
             {
                 s.Dispose();
-                return $"cannot bind 127.0.0.1:{p.HostPort}: {e.Message}";
+                return ReuseAddress.IsAddressInUse(e)
+                    ? $"cannot publish 127.0.0.1:{p.HostPort}: address in use (another process listens there)"
+                    : $"cannot bind 127.0.0.1:{p.HostPort}: {e.Message}";
             }
             UdpPublisher? udp = null;
             if (p.Udp)

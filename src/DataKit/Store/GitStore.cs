@@ -69,14 +69,33 @@ public sealed class GitStore : IDisposable
     /// <summary>Trees written so far: lets tests check that a commit rewrites only the changed path.</summary>
     public long TreesWritten => Interlocked.Read(ref _treesWritten);
 
-    /// <summary>Opens the repository at <paramref name="path"/>, creating it (non-bare, nothing checked out) if needed.</summary>
+    /// <summary>
+    /// Opens the repository at <paramref name="path"/>, bare or not, creating a bare one if nothing is there or the
+    /// directory is empty.
+    /// </summary>
+    /// <remarks>
+    /// A new store is bare: DataKit writes objects and refs only, never an index or a checkout, so a non-bare store
+    /// (what older versions made) has an empty index under a HEAD with files, and <c>git status</c> there shows every
+    /// file deleted and a plain <c>git commit</c> commits the deletion. Those stores keep working: libgit2 opens both.
+    /// Only a missing path or an empty directory becomes a store; anything else that is not a repository is refused
+    /// rather than having <c>git init</c> run inside it.
+    /// </remarks>
+    /// <exception cref="IOException">The path is a file, or a non-empty directory that is not a git repository.</exception>
     public static GitStore Open(string path)
     {
         string full = System.IO.Path.GetFullPath(path);
         if (!Repository.IsValid(full))
         {
+            if (File.Exists(full))
+            {
+                throw new IOException($"{full} is a file, not a git repository");
+            }
+            if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
+            {
+                throw new IOException($"{full} is a directory that is neither empty nor a git repository; refusing to create a store in it");
+            }
             Directory.CreateDirectory(full);
-            Repository.Init(full);
+            Repository.Init(full, isBare: true);
         }
         return new GitStore(new Repository(full), full);
     }

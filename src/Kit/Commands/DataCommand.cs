@@ -16,7 +16,7 @@ internal static class DataCommand
     {
         var git = new Option<string?>("--git")
         {
-            Description = "Git repository holding the store (created if missing). Default: $XDG_DATA_HOME/kit/datakit, else ~/.local/share/kit/datakit.",
+            Description = "Git repository holding the store (created bare if missing or empty). Default: $XDG_DATA_HOME/kit/datakit, else ~/.local/share/kit/datakit.",
         };
         var listen = new Option<string[]>("--listen-9p", "--url")
         {
@@ -73,6 +73,11 @@ internal static class DataCommand
         {
             throw new CliException($"cannot open git repository {store}: {e.Message}");
         }
+        catch (IOException e)
+        {
+            // A file, or a directory with other things in it: GitStore.Open says which, and touches nothing.
+            throw new CliException($"--git: {e.Message}");
+        }
         await using (server.ConfigureAwait(false))
         {
             foreach (ListenAddress a in addresses)
@@ -83,7 +88,10 @@ internal static class DataCommand
                 }
                 catch (Exception e) when (e is SocketException or IOException)
                 {
-                    throw new CliException($"cannot listen on {a}: {e.Message}");
+                    // EADDRINUSE: another server (maybe another kit) has the port; say so rather than "Address already in use".
+                    throw new CliException(Kit.Linux.ReuseAddress.IsAddressInUse(e)
+                        ? $"cannot listen on {a}: address in use (another process listens there)"
+                        : $"cannot listen on {a}: {e.Message}");
                 }
             }
             await Console.Error.WriteLineAsync($"kit data: serving {store} on {string.Join(", ", addresses)}").ConfigureAwait(false);

@@ -75,17 +75,32 @@ internal static class NetCommand
             throw new CliException("kit net run needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create a namespace and a TAP device");
         }
         int pid = Environment.ProcessId;
-        string ns = $"kit-{pid}";
+        string ns = NetRunNamespace.Name(pid);
         string tapName = $"kittap{pid % 1_000_000}";
-        string etc = $"/etc/netns/{ns}";
+        string etc = NetRunNamespace.EtcDirectory(ns);
+        // A kit killed by SIGKILL cannot clean up; the next run removes what it can prove dead.
+        NetRunNamespace.RemoveStale();
+        // From here on SIGTERM, SIGHUP and SIGINT end the run through the finally below, as a normal exit does.
+        using var signals = new ChildSignals(terminal: !Console.IsInputRedirected);
         using ILoggerFactory logs = Logs();
         TapLink? tap = null;
         VpnKitServer? server = null;
         Kit.VpnKit.Services.ControlApi? api = null;
         try
         {
-            Ip("netns", "add", ns);
+            // The gateway first (it binds --publish ports and creates the --pcap file): a busy port or an unwritable
+            // file fails before any namespace exists. The TAP is made in the host namespace (it goes when kit closes it)
+            // because the gateway needs to know whether it offloads.
             tap = TapLink.Open(tapName, options.Mtu, offload: Environment.GetEnvironmentVariable("KIT_NET_NO_OFFLOAD") is not { Length: > 0 });
+            server = new VpnKitServer(options.ServerOptions(tap.Offload), logs);
+            server.Start();
+            api = control is null ? null : new Kit.VpnKit.Services.ControlApi(server, control);
+            if (signals.Received.IsCompleted)
+            {
+                return ChildSignals.ExitCode(signals.Received.Result);
+            }
+
+            Ip("netns", "add", ns);
             Ip("link", "set", tapName, "netns", ns);
             Ip("-n", ns, "link", "set", tapName, "name", "eth0");
             Ip("-n", ns, "link", "set", "eth0", "mtu", options.Mtu.ToString(CultureInfo.InvariantCulture));
@@ -96,30 +111,36 @@ internal static class NetCommand
             // `ip netns exec` bind-mounts /etc/netns/NAME/* over /etc/*: the namespace's resolver is the gateway.
             Directory.CreateDirectory(etc);
             File.WriteAllText(Path.Combine(etc, "resolv.conf"), "nameserver 192.168.65.1\n");
-
-            server = new VpnKitServer(options.ServerOptions(tap.Offload), logs);
-            server.Start();
             server.AddLink(tap);
-            api = control is null ? null : new Kit.VpnKit.Services.ControlApi(server, control);
 
-            var start = new ProcessStartInfo("ip") { UseShellExecute = false };
-            foreach (string a in (string[])["netns", "exec", ns, .. command])
+            // setpriv sets PR_SET_PDEATHSIG before it execs `ip netns exec`, which execs the command: when kit dies, even
+            // by SIGKILL, the kernel sends the command SIGTERM. The signal follows the thread that forked, which is this
+            // command's own thread, alive until kit exits. Without setpriv the command runs as it is.
+            string? setpriv = File.Exists("/usr/bin/setpriv") ? "/usr/bin/setpriv" : null;
+            var start = new ProcessStartInfo(setpriv ?? "ip") { UseShellExecute = false };
+            foreach (string a in (string[])[.. setpriv is null ? [] : (string[])["--pdeathsig", "TERM", "--", "ip"], "netns", "exec", ns, .. command])
             {
                 start.ArgumentList.Add(a);
             }
+            if (signals.Received.IsCompleted)
+            {
+                return ChildSignals.ExitCode(signals.Received.Result);
+            }
             using Process child = Process.Start(start) ?? throw new CliException($"cannot start {command[0]}");
-            // Ctrl-C reaches the child through the terminal's process group; we wait for it and clean up.
-            ConsoleCancelEventHandler keep = (_, e) => e.Cancel = true;
-            Console.CancelKeyPress += keep;
-            try
+            signals.ChildStarted(child.Id);
+            Task exited = child.WaitForExitAsync();
+            if (Task.WaitAny(exited, signals.Received) == 0)
             {
                 child.WaitForExit();
+                return child.ExitCode;
             }
-            finally
+            // Stopped by a signal, which the child got too: it has a moment to finish, then it is killed.
+            if (!exited.Wait(ChildSignals.Grace))
             {
-                Console.CancelKeyPress -= keep;
+                child.Kill(entireProcessTree: true);
+                child.WaitForExit();
             }
-            return child.ExitCode;
+            return ChildSignals.ExitCode(signals.Received.Result);
         }
         catch (Exception e) when (e is IOException or ArgumentException or System.ComponentModel.Win32Exception or System.Net.Sockets.SocketException)
         {
@@ -128,19 +149,11 @@ internal static class NetCommand
         finally
         {
             api?.Dispose();
+            // Disposing the gateway flushes and closes the pcap.
             server?.Dispose();
-            TryIp("netns", "del", ns);
+            // Whatever the command left running in the namespace goes with it.
+            NetRunNamespace.Remove(ns);
             tap?.Dispose();
-            try
-            {
-                if (Directory.Exists(etc))
-                {
-                    Directory.Delete(etc, recursive: true);
-                }
-            }
-            catch (IOException)
-            {
-            }
         }
     }
 
@@ -245,9 +258,8 @@ internal static class NetCommand
         }
     }
 
-    private static void TryIp(params string[] args) => RunIp(args);
-
-    private static (int Code, string Err) RunIp(string[] args)
+    /// <summary>Runs ip(8); returns its exit code and its stderr, or its stdout when <paramref name="standardOutput"/>.</summary>
+    internal static (int Code, string Text) RunIp(string[] args, bool standardOutput = false)
     {
         var start = new ProcessStartInfo("ip") { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (string a in args)
@@ -257,10 +269,10 @@ internal static class NetCommand
         try
         {
             using Process p = Process.Start(start)!;
+            Task<string> output = p.StandardOutput.ReadToEndAsync();
             string err = p.StandardError.ReadToEnd();
-            p.StandardOutput.ReadToEnd();
             p.WaitForExit();
-            return (p.ExitCode, err);
+            return (p.ExitCode, standardOutput ? output.Result : err);
         }
         catch (System.ComponentModel.Win32Exception e)
         {

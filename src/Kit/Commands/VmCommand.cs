@@ -72,47 +72,138 @@ internal static class VmCommand
         }
         run.SetAction(parse =>
         {
+            // Every flag and file is checked before anything starts and before the host is (the accelerator's probe,
+            // QEMU): all problems are reported at once, one line each, so a wrong command line is fixed in one go.
+            var problems = new List<string>();
+            T? Check<T>(Func<T> read)
+            {
+                try
+                {
+                    return read();
+                }
+                catch (CliException e)
+                {
+                    problems.Add(e.Message);
+                    return default;
+                }
+            }
+
+            FileInfo kernelFile = parse.GetValue(kernel)!;
+            problems.AddRange(FileProblem("--kernel", kernelFile.ToString()));
+            FileInfo? initrdFile = parse.GetValue(initrd);
+            if (initrdFile is not null)
+            {
+                problems.AddRange(FileProblem("--initrd", initrdFile.ToString()));
+            }
             string memoryText = parse.GetValue(memory) ?? "512M";
             if (!TryParseSize(memoryText, out ulong memoryBytes))
             {
-                throw new CliException($"--memory: cannot parse \"{memoryText}\" (use e.g. 512M or 1G)");
+                problems.Add($"--memory: cannot parse \"{memoryText}\" (use e.g. 512M or 1G)");
             }
-            var spec = new VmSpec
+            else if (memoryBytes < MinMemory || memoryBytes > MemoryLayout.MaxMemory || memoryBytes % 4096 != 0)
             {
-                Kernel = parse.GetValue(kernel)!,
-                Initrd = parse.GetValue(initrd),
-                Cmdline = parse.GetValue(cmdline) ?? DefaultCmdline,
-                MemoryBytes = memoryBytes,
-                Cpus = parse.GetValue(cpus),
-                Rng = !parse.GetValue(noRng),
-                ConsoleLog = parse.GetValue(consoleLog),
-                Net = parse.GetValue(net) ?? "none",
-                Mac = ParseMac(parse.GetValue(mac)),
-                NetOptions = policy.Apply(GatewaySettings.Parse(parse.GetValue(netMtu), parse.GetValue(dnsUpstream), parse.GetValue(publish), parse.GetValue(pcap)), parse),
-                Accel = Accelerators.Parse(parse.GetValue(accel)),
-            };
+                problems.Add($"--memory: {memoryText} is out of range (16M to 3G, whole 4K pages)");
+            }
+            int cpuCount = parse.GetValue(cpus);
+            if (cpuCount is < 1 or > MaxCpus)
+            {
+                problems.Add($"--cpus must be 1 to {MaxCpus}, got {cpuCount}");
+            }
+            string netText = parse.GetValue(net) ?? "none";
+            if (NetProblem(netText) is string netProblem)
+            {
+                problems.Add(netProblem);
+            }
+            FileInfo? consoleLogFile = parse.GetValue(consoleLog);
+            if (consoleLogFile?.Directory is { Exists: false } logDir)
+            {
+                problems.Add($"--console-log {consoleLogFile}: directory {logDir.FullName} does not exist");
+            }
+            byte[]? macBytes = Check(() => ParseMac(parse.GetValue(mac)));
+            GatewaySettings? gateway = Check(() => policy.Apply(GatewaySettings.Parse(parse.GetValue(netMtu), parse.GetValue(dnsUpstream), parse.GetValue(publish), parse.GetValue(pcap)), parse));
+            Accelerator accelerator = Check(() => Accelerators.Parse(parse.GetValue(accel)));
+            var diskList = new List<DiskOptions>();
             foreach (string disk in parse.GetValue(disks) ?? [])
             {
                 bool readOnly = disk.EndsWith(",ro", StringComparison.Ordinal);
-                spec.Disks.Add(new DiskOptions(readOnly ? disk[..^3] : disk, readOnly));
+                string diskPath = readOnly ? disk[..^3] : disk;
+                problems.AddRange(FileProblem("--disk", diskPath));
+                diskList.Add(new DiskOptions(diskPath, readOnly));
             }
+            var shareList = new List<ShareOptions>();
             foreach (string share in parse.GetValue(shares) ?? [])
             {
-                spec.Shares.Add(ParseShare(share));
-            }
-            if (parse.GetValue(vsock) is { } vsockText)
-            {
-                if (!TryParseVsock(vsockText, out string path, out ulong cid))
+                if (Check(() => ParseShare(share)) is ShareOptions parsed)
                 {
-                    throw new CliException($"--vsock: cannot parse \"{vsockText}\" (use PATH or PATH,cid=N with N from 3 to 4294967294)");
+                    bool relay = parsed.Target.StartsWith("tcp://", StringComparison.Ordinal) || parsed.Target.StartsWith("unix:", StringComparison.Ordinal);
+                    if (!relay && !Directory.Exists(parsed.Target))
+                    {
+                        problems.Add($"--share {share}: {parsed.Target} is not a directory");
+                    }
+                    shareList.Add(parsed);
                 }
-                spec.VsockPath = path;
-                spec.VsockCid = cid;
             }
+            string? vsockPath = null;
+            ulong vsockCid = 3;
+            if (parse.GetValue(vsock) is { } vsockText && !TryParseVsock(vsockText, out vsockPath, out vsockCid))
+            {
+                problems.Add($"--vsock: cannot parse \"{vsockText}\" (use PATH or PATH,cid=N with N from 3 to 4294967294)");
+            }
+            if (problems.Count > 0)
+            {
+                throw CliException.Many(problems);
+            }
+
+            var spec = new VmSpec
+            {
+                Kernel = kernelFile,
+                Initrd = initrdFile,
+                Cmdline = parse.GetValue(cmdline) ?? DefaultCmdline,
+                MemoryBytes = memoryBytes,
+                Cpus = cpuCount,
+                Rng = !parse.GetValue(noRng),
+                ConsoleLog = consoleLogFile,
+                Net = netText,
+                Mac = macBytes,
+                NetOptions = gateway!,
+                Accel = accelerator,
+                VsockPath = vsockPath,
+                VsockCid = vsockCid,
+            };
+            spec.Disks.AddRange(diskList);
+            spec.Shares.AddRange(shareList);
             return VmLauncher.Run(spec);
         });
         return new Command("vm", "Lightweight Linux VMs: HyperKit on /dev/kvm, or QEMU's software CPU with Kit's devices where there is no KVM.") { run };
     }
+
+    // HyperKit's limits (MachineBuilder): checked here too so that a bad value is reported with the others, before
+    // the accelerator is chosen.
+    private const ulong MinMemory = 16UL << 20;
+    private const int MaxCpus = 64;
+
+    /// <summary>Why <paramref name="path"/>, given to <paramref name="option"/>, is not a file kit can read, or nothing.</summary>
+    private static IEnumerable<string> FileProblem(string option, string path)
+    {
+        if (Directory.Exists(path))
+        {
+            yield return $"{option} {path}: is a directory, not a file";
+        }
+        else if (!File.Exists(path))
+        {
+            yield return $"{option} {path}: no such file";
+        }
+    }
+
+    /// <summary>The syntax of --net (VmNetwork connects or opens it later, once everything is checked).</summary>
+    private static string? NetProblem(string spec) => spec switch
+    {
+        "none" or "vpnkit" => null,
+        _ when spec.StartsWith("vmnet:", StringComparison.Ordinal) && spec.Length > 6 => null,
+        // IFNAMSIZ is 16 with the NUL.
+        _ when spec.StartsWith("tap:", StringComparison.Ordinal) && spec.Length is > 4 and <= 4 + 15 => null,
+        _ => $"--net wants none, vpnkit, vmnet:PATH or tap:NAME (NAME up to 15 bytes), got '{spec}'",
+    };
 
     /// <summary>Parses 512M / 1G / 65536K / 512 (MiB) into bytes.</summary>
     public static bool TryParseSize(string text, out ulong bytes)

@@ -77,7 +77,9 @@ public sealed class NinePServer : IAsyncDisposable
         {
             if (!address.IsUnix)
             {
-                socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+                // SO_REUSEADDR only: a restarted server rebinds a port with connections in TIME_WAIT, but a port another
+                // server listens on stays taken (.NET's ReuseAddress would add SO_REUSEPORT and share it).
+                ReuseAddress.Enable(socket);
                 socket.Bind(address.EndPoint);
             }
             socket.Listen(128);
