@@ -77,7 +77,9 @@ echo "bench-listening vsock"; wait \$l; echo "bench-received vsock"
 s=\$(ms); head -c $((mib << 20)) /dev/zero | timeout 120 socat -u - VSOCK-CONNECT:2:5000; rc=\$?; e=\$(ms)
 echo "bench-sent vsock rc=\$rc ms=\$((e - s))"
 # host->guest over TCP: the guest connects out (through VPNKit's NAT) and the host sends.
-s=\$(ms); timeout 120 socat -u TCP:192.168.65.2:$TCP_SRC OPEN:/dev/null; rc=\$?; e=\$(ms)
+# readbytes: socat stops at the last byte instead of waiting for EOF, as VPNKit sometimes never passes on the
+# host's FIN that follows the data (see docs/benchmarks.md); no pipe, so the guest does what the vsock sink does.
+s=\$(ms); timeout 120 socat -u TCP:192.168.65.2:$TCP_SRC,readbytes=$((mib << 20)) OPEN:/dev/null; rc=\$?; e=\$(ms)
 echo "bench-got tcp rc=\$rc ms=\$((e - s))"
 s=\$(ms); head -c $((mib << 20)) /dev/zero | timeout 120 socat -u - TCP:192.168.65.2:$TCP_SINK; rc=\$?; e=\$(ms)
 echo "bench-sent tcp rc=\$rc ms=\$((e - s))"
