@@ -45,6 +45,8 @@ internal sealed partial class TcpProxy : IPollHandler
     // from before it can carry data (ET reports readiness present at registration too), so it starts unreadable, and
     // a connection whose peer sends nothing first costs no recv(2) that would only say EAGAIN.
     private bool _canRecv;
+    // The host shut its sending side (EPOLLRDHUP/EPOLLHUP came): after the data, a recv(2) returns 0.
+    private bool _peerShut;
     private bool _canSend = true;
     /// <summary>The last engine write said more host bytes follow (a short last segment is held for them).</summary>
     private bool _holding;
@@ -146,6 +148,10 @@ internal sealed partial class TcpProxy : IPollHandler
         if ((events & (Epoll.In | Epoll.RdHup | Epoll.Hup | Epoll.Err)) != 0)
         {
             _canRecv = true;
+        }
+        if ((events & (Epoll.RdHup | Epoll.Hup)) != 0)
+        {
+            _peerShut = true;
         }
         if ((events & (Epoll.Out | Epoll.Hup | Epoll.Err)) != 0)
         {
@@ -333,11 +339,13 @@ internal sealed partial class TcpProxy : IPollHandler
             }
             // A full read: the socket probably holds more, which the next read takes at once, so a short last
             // segment may wait for it (bulk data leaves in full segments). A short read drained the socket: the
-            // next bytes bring a new edge, so stop here without another recv(2) that would only say EAGAIN.
+            // next bytes bring a new edge, so stop here without another recv(2) that would only say EAGAIN --
+            // unless the host has already shut down: its end came in the same edge as the data and brings no edge
+            // of its own, so read on to the 0 that says so (or the guest never gets its FIN).
             bool more = n == room.Length;
             engine.TcpCommit(_c, n, now, more);
             _holding = more;
-            if (!more)
+            if (!more && !_peerShut)
             {
                 _canRecv = false;
             }
