@@ -121,6 +121,13 @@ public sealed class SoakTests(ITestOutputHelper output)
             WriteCsv(samples);
 
             output.WriteLine(report.ToString());
+            if (problems.Count == 0)
+            {
+                // The runner prints a passing test's output only with -showLiveOutput, which ./test does not pass: the
+                // figures go to the console too, so ./test's log always has them (on failure the message carries them).
+                Console.Out.Write("[soak] " + report.ToString().TrimEnd().Replace("\n", "\n[soak] ", StringComparison.Ordinal) + "\n");
+                Console.Out.Flush();
+            }
             Assert.True(problems.Count == 0,
                 $"soak failed ({problems.Count} problem(s)):\n- {string.Join("\n- ", problems)}\n\n{report}");
         }
