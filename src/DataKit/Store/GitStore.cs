@@ -39,10 +39,13 @@ public sealed class GitStore : IDisposable
     private readonly Lock _gate = new();
     private readonly Dictionary<ObjectId, byte[]> _blobCache = [];
     // Trees and commits never change once written, so their decoded forms are cached: trees in an LRU bounded by
-    // the entries held (about 150 bytes each, so ~150 MB at most), commits by count.
-    private readonly TreeCache _treeCache = new(1_000_000);
+    // the entries held (about 150 bytes each, so ~2.5 MB), commits by count. The bounds are a long-running server's:
+    // the soak (tests/Kit.EndToEnd.Tests/Soak) showed RSS climbing ~10 MiB/min for hours under bounds of a million
+    // tree entries, 50,000 commits and libgit2's own object cache (off below: ours holds the decoded forms).
+    private readonly TreeCache _treeCache = new(16_384);
     private readonly Dictionary<ObjectId, CommitInfo> _commitCache = [];
-    private const int MaxCachedObjects = 50_000;
+    private const int MaxCachedObjects = 4_096;
+    private const long MaxCachedBlobBytes = 32L * 1024 * 1024;
     // Branch heads by name, with the (mtime ticks, size) of the loose ref file they were read from (see GetHead).
     private readonly Dictionary<string, (long, long, ObjectId)> _headCache = new(StringComparer.Ordinal);
     private const int MaxCachedHeads = 10_000;
@@ -97,6 +100,9 @@ public sealed class GitStore : IDisposable
             Directory.CreateDirectory(full);
             Repository.Init(full, isBare: true);
         }
+        // libgit2 keeps up to 256 MiB of parsed trees and commits per process by default, a second copy of what the
+        // caches here hold decoded.
+        GlobalSettings.SetEnableCaching(false);
         return new GitStore(new Repository(full), full);
     }
 
@@ -371,7 +377,7 @@ public sealed class GitStore : IDisposable
             using Stream s = blob.GetContentStream();
             byte[] data = new byte[blob.Size];
             s.ReadExactly(data);
-            if (_blobCacheBytes + data.Length > 256L * 1024 * 1024)
+            if (_blobCacheBytes + data.Length > MaxCachedBlobBytes)
             {
                 _blobCache.Clear();
                 _blobCacheBytes = 0;
