@@ -18,32 +18,6 @@ public sealed class ReachabilityPolicyTests
 {
     private static readonly uint Metadata = Ip4.Parse("169.254.169.254");
 
-    private sealed class MemoryLink : ILink
-    {
-        private readonly BlockingCollection<byte[]> _toGateway = [];
-        public BlockingCollection<byte[]> FromGateway { get; } = [];
-        public string Name => "memory";
-        public int MaxFrame => 1514;
-        public void Inject(byte[] frame) => _toGateway.Add(frame);
-
-        public int Receive(Span<byte> buffer)
-        {
-            try
-            {
-                byte[] f = _toGateway.Take();
-                f.CopyTo(buffer);
-                return f.Length;
-            }
-            catch (InvalidOperationException)
-            {
-                return 0;
-            }
-        }
-
-        public void Send(ReadOnlySpan<byte> frame) => FromGateway.Add(frame.ToArray());
-        public void Dispose() => _toGateway.CompleteAdding();
-    }
-
     private static (VpnKitServer Server, MemoryLink Link) Start(bool blockMetadata = false, bool hostLoopback = true)
     {
         var server = new VpnKitServer(new VpnKitServerOptions

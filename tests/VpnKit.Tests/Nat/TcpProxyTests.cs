@@ -161,36 +161,6 @@ public sealed class TcpProxyTests : IDisposable
         return b;
     }
 
-    /// <summary>An Ethernet link in memory: frames the test injects, frames the gateway sent.</summary>
-    private sealed class MemoryLink : ILink
-    {
-        private readonly BlockingCollection<byte[]> _toGateway = [];
-
-        public BlockingCollection<byte[]> FromGateway { get; } = [];
-        public string Name => "memory";
-        public int MaxFrame => 1514;
-
-        public void Inject(byte[] frame) => _toGateway.Add(frame);
-
-        public int Receive(Span<byte> buffer)
-        {
-            try
-            {
-                byte[] f = _toGateway.Take();
-                f.CopyTo(buffer);
-                return f.Length;
-            }
-            catch (InvalidOperationException)
-            {
-                return 0;
-            }
-        }
-
-        public void Send(ReadOnlySpan<byte> frame) => FromGateway.Add(frame.ToArray());
-
-        public void Dispose() => _toGateway.CompleteAdding();
-    }
-
     /// <summary>One guest connection to the host alias, with just enough TCP to drive the gateway.</summary>
     private sealed class GuestConnection(MemoryLink link, ushort port, ushort hostPort)
     {
