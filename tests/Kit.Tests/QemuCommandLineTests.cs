@@ -17,15 +17,16 @@ public sealed class QemuCommandLineTests
     };
 
     [Fact]
-    public void No_default_devices_and_shared_memfd_ram_of_the_asked_size()
+    public void No_default_devices_and_plain_ram_without_vhost_user_devices()
     {
         List<string> args = QemuCommandLine.Build(Spec(), new QemuCommandLine.Wiring(QmpFd: 7));
 
         Assert.Contains("-nodefaults", args);
         Assert.Equal("tcg", args[args.IndexOf("-accel") + 1]);
         Assert.Equal("2", args[args.IndexOf("-smp") + 1]);
-        Assert.Equal("memory-backend-memfd,id=ram,size=768M,share=on", args[args.IndexOf("-object") + 1]);
-        Assert.Equal("pc,memory-backend=ram", args[args.IndexOf("-machine") + 1]);
+        Assert.Equal("768M", args[args.IndexOf("-m") + 1]);
+        Assert.Equal("pc", args[args.IndexOf("-machine") + 1]);
+        Assert.DoesNotContain(args, a => a.StartsWith("memory-backend-memfd", StringComparison.Ordinal));
         Assert.Equal("console=ttyS0 panic=-1", args[args.IndexOf("-append") + 1]);
         Assert.Contains("socket,id=qmp,fd=7", args);
         Assert.Contains("-no-reboot", args);
@@ -40,6 +41,9 @@ public sealed class QemuCommandLineTests
         VmSpec spec = Spec();
         List<string> args = QemuCommandLine.Build(spec, new QemuCommandLine.Wiring(7, "/run/x/net.sock", "/run/x/v,sock"));
 
+        // vhost-user backends map guest RAM: a shared memfd of the asked size.
+        Assert.Contains("memory-backend-memfd,id=ram,size=768M,share=on", args);
+        Assert.Equal("pc,memory-backend=ram", args[args.IndexOf("-machine") + 1]);
         Assert.Contains("socket,id=net,path=/run/x/net.sock", args);
         Assert.Contains("vhost-user,id=net0,chardev=net", args);
         Assert.Contains(args, a => a.StartsWith("virtio-net-pci,netdev=net0,vectors=0", StringComparison.Ordinal));

@@ -32,9 +32,6 @@ internal static class QemuCommandLine
             "-nodefaults", "-no-user-config", "-display", "none",
             "-accel", "tcg", "-cpu", "max",
             "-smp", spec.Cpus.ToString(CultureInfo.InvariantCulture),
-            // vhost-user needs guest RAM the backend can map: a memfd shared with it (vhost-user.rst, "Memory regions").
-            "-object", $"memory-backend-memfd,id=ram,size={memory},share=on",
-            "-machine", "pc,memory-backend=ram",
             "-m", memory,
             // A reset ends QEMU (as kit's own VMM ends on one), and QMP's SHUTDOWN event says which it was.
             "-no-reboot",
@@ -45,6 +42,16 @@ internal static class QemuCommandLine
             "-chardev", $"socket,id=qmp,fd={wiring.QmpFd}",
             "-mon", "chardev=qmp,mode=control",
         };
+        if (wiring.NetSocket is not null || wiring.VsockSocket is not null)
+        {
+            // vhost-user needs guest RAM the backend can map: a memfd shared with it (vhost-user.rst, "Memory
+            // regions"). Only then: shared RAM costs TCG about 0.2 s of boot (bench/tcg.sh, docs/benchmarks.md).
+            args.AddRange(["-object", $"memory-backend-memfd,id=ram,size={memory},share=on", "-machine", "pc,memory-backend=ram"]);
+        }
+        else
+        {
+            args.AddRange(["-machine", "pc"]);
+        }
         if (spec.Initrd is { } initrd)
         {
             args.AddRange(["-initrd", initrd.FullName]);
