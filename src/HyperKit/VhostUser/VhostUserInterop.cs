@@ -5,8 +5,8 @@ namespace Kit.HyperKit.VhostUser;
 /// <summary>
 /// The system calls vhost-user needs that .NET does not offer: file descriptors passed with SCM_RIGHTS
 /// (vhost-user.rst, "Communication": memory regions and eventfds travel as ancillary data), poll on eventfds,
-/// socketpair and FD_CLOEXEC for a frontend started as a child process. x86-64 Linux layouts only (as the rest of
-/// HyperKit).
+/// a raw socketpair for the tests' own frontend (a child process's pair is Kit.Linux.SocketPair), and FD_CLOEXEC.
+/// x86-64 Linux layouts only (as the rest of HyperKit).
 /// </summary>
 internal static unsafe partial class VhostUserInterop
 {

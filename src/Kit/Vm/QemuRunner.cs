@@ -14,8 +14,9 @@ namespace Kit.Cli.Vm;
 /// <summary>
 /// <c>--accel tcg</c>: the guest runs on QEMU's software CPU, started and supervised by kit as its child, while the
 /// network and vsock devices stay Kit's own (VirtioNet with its VPNKit, VMN3T or TAP backend; VirtioVsock with the
-/// Unix-socket host), served to QEMU over vhost-user on socketpairs. The console passes through kit (for the panic
-/// watcher and --console-log); QMP says how the guest ended.
+/// Unix-socket host), served to QEMU over vhost-user (sockets in a private directory, unlinked once QEMU connects;
+/// QMP on a socketpair). The console passes through kit (for the panic watcher and --console-log); QMP says how the
+/// guest ended.
 /// </summary>
 internal static class QemuRunner
 {
