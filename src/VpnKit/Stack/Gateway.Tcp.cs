@@ -1,3 +1,4 @@
+using Kit.Buffers;
 using Kit.VpnKit.Wire;
 
 namespace Kit.VpnKit.Stack;
@@ -434,7 +435,7 @@ internal sealed partial class Gateway
             {
                 data = 0;
             }
-            c.Send.Discard(data);
+            c.Send.Consume(data);
             c.SendBase += (uint)data;
             c.SndUna = ack;
             if (c.RttTiming && Le(c.RttSeq, ack))
@@ -693,13 +694,13 @@ internal sealed partial class Gateway
     /// Guest bytes waiting for the host, in place (the oldest contiguous run; empty when none): the caller hands them
     /// to its socket and then reports with <see cref="TcpConsume"/> how many it took. Valid until the next engine call.
     /// </summary>
-    public ReadOnlySpan<byte> TcpPeek(TcpConnection c) => c.Receive.FirstSegment();
+    public ReadOnlySpan<byte> TcpPeek(TcpConnection c) => c.Receive.ReadableSpan();
 
     /// <summary>The host took <paramref name="n"/> guest bytes: they leave the buffer and the window may reopen.</summary>
     public void TcpConsume(TcpConnection c, int n, long now)
     {
         _now = now;
-        c.Receive.Discard(n);
+        c.Receive.Consume(n);
         if (n > 0 && !c.Removed && c.State is TcpState.Established or TcpState.FinWait1 or TcpState.FinWait2)
         {
             // RFC 9293 §3.8.6.2.2 receiver SWS avoidance: announce only a useful increase, and only when the
@@ -741,7 +742,7 @@ internal sealed partial class Gateway
     /// Room for host bytes, in place (contiguous; empty when the buffer is full or the connection takes no more): the
     /// caller reads its socket straight into it, then calls <see cref="TcpCommit"/>. Valid until the next engine call.
     /// </summary>
-    public Span<byte> TcpWriteSpace(TcpConnection c) => c.CanWrite ? c.Send.FreeSegment() : default;
+    public Span<byte> TcpWriteSpace(TcpConnection c) => c.CanWrite ? c.Send.WritableSpan() : default;
 
     /// <summary><see cref="TcpWrite"/> for <paramref name="n"/> bytes the caller put into <see cref="TcpWriteSpace"/>.</summary>
     public void TcpCommit(TcpConnection c, int n, long now, bool moreFollows = false)

@@ -1,3 +1,4 @@
+using Kit.Buffers;
 using Kit.VpnKit.Wire;
 
 namespace Kit.VpnKit.Stack;
@@ -43,8 +44,8 @@ internal sealed class TcpConnection
         RemoteIp = remoteIp;
         RemotePort = remotePort;
         GuestMac = guestMac;
-        Send = new ByteRing(bufferSize);
-        Receive = new ByteRing(bufferSize);
+        Send = ByteRing.Pooled(bufferSize);
+        Receive = ByteRing.Pooled(bufferSize);
     }
 
     internal readonly FlowKey Key;

@@ -212,7 +212,7 @@ public sealed class VirtioVsock : VirtioDevice
         {
             finished = !IsOpen(connection) || connection.HostReadFinished;
             int allowance = finished ? 0 : connection.HostReadAllowance;
-            Memory<byte> segment = connection.ToGuest.WritableSegment;
+            Memory<byte> segment = connection.ToGuest.WritableMemory;
             return segment[..Math.Min(allowance, segment.Length)];
         }
     }
@@ -246,7 +246,7 @@ public sealed class VirtioVsock : VirtioDevice
         {
             finished = !IsOpen(connection) || connection.HostWriteFinished;
             shutdownWrite = !finished && connection.HostWriteShutdownDue;
-            return finished || connection.State != VsockConnectionState.Established ? ReadOnlyMemory<byte>.Empty : connection.ToHost.ReadableSegment;
+            return finished || connection.State != VsockConnectionState.Established ? ReadOnlyMemory<byte>.Empty : connection.ToHost.ReadableMemory;
         }
     }
 

@@ -1,3 +1,5 @@
+using Kit.Buffers;
+
 namespace Kit.HyperKit.Devices.Virtio.Vsock;
 
 public enum VsockConnectionState
