@@ -12,7 +12,6 @@ namespace Kit.Linux;
 /// </summary>
 public static partial class PrivateFile
 {
-    private const int O_WRONLY = 0x1, O_CREAT = 0x40, O_TRUNC = 0x200, O_NONBLOCK = 0x800, O_NOFOLLOW = 0x20000, O_CLOEXEC = 0x80000;
     private const int ELOOP = 40, ENXIO = 6;
     private const int S_IFMT = 0xF000, S_IFREG = 0x8000;
 
@@ -25,7 +24,7 @@ public static partial class PrivateFile
     /// <exception cref="IOException">The path is a symlink, not a regular file, or cannot be opened; the message says which.</exception>
     public static SafeFileHandle CreateForWrite(string path)
     {
-        int fd = Open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0x180 /* 0600 */);
+        int fd = Sys.Open(path, Sys.O_WRONLY | Sys.O_CREAT | Sys.O_TRUNC | Sys.O_NOFOLLOW | Sys.O_NONBLOCK | Sys.O_CLOEXEC, 0x180 /* 0600 */);
         if (fd < 0)
         {
             int errno = Marshal.GetLastPInvokeError();
@@ -53,9 +52,6 @@ public static partial class PrivateFile
         }
         return handle;
     }
-
-    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int Open(string path, int flags, int mode);
 
     [LibraryImport("libc", EntryPoint = "fstat", SetLastError = true)]
     private static partial int Fstat(int fd, ref byte stat);

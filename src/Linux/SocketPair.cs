@@ -10,7 +10,7 @@ namespace Kit.Linux;
 /// </summary>
 public sealed partial class SocketPair : IDisposable
 {
-    private const int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000, F_SETFD = 2;
+    private const int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000;
     private int _childFd;
 
     private SocketPair(Socket ours, int childFd)
@@ -37,11 +37,10 @@ public sealed partial class SocketPair : IDisposable
         }
         // Only the child's end loses close-on-exec: a child started by anyone else in this process before it is closed
         // here inherits it too, which is why the window is kept to one start.
-        if (Fcntl(fds[1], F_SETFD, 0) != 0)
+        if (!Sys.ClearCloseOnExec(fds[1]))
         {
-            int errno = Marshal.GetLastPInvokeError();
-            Close(fds[0]);
-            Close(fds[1]);
+            int errno = Sys.LastErrno;
+            Sys.CloseAll(fds);
             throw new IOException($"fcntl(F_SETFD) failed (errno {errno})");
         }
         return new SocketPair(new Socket(new SafeSocketHandle(fds[0], ownsHandle: true)), fds[1]);
@@ -53,7 +52,7 @@ public sealed partial class SocketPair : IDisposable
         int fd = Interlocked.Exchange(ref _childFd, -1);
         if (fd >= 0)
         {
-            Close(fd);
+            Sys.Close(fd);
         }
     }
 
@@ -65,10 +64,4 @@ public sealed partial class SocketPair : IDisposable
 
     [LibraryImport("libc", EntryPoint = "socketpair", SetLastError = true)]
     private static partial int NativeSocketPair(int domain, int type, int protocol, ref int fds);
-
-    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
-    private static partial int Fcntl(int fd, int command, int argument);
-
-    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
-    private static partial int Close(int fd);
 }

@@ -2,6 +2,7 @@ using Kit.HyperKit.Devices.Virtio;
 using Kit.HyperKit.Hypervisor;
 using Kit.HyperKit.Kvm;
 using Kit.HyperKit.Vm;
+using Kit.Linux;
 
 namespace Kit.HyperKit.Tests;
 
@@ -60,7 +61,7 @@ public sealed class MachineSeamTests
         public EventFd CreateEventFd()
         {
             // A real eventfd: the machine's notify thread polls it.
-            FdHandle handle = FdHandle.FromResult(LibC.EventFd(0, LibC.EFD_CLOEXEC | LibC.EFD_NONBLOCK), "eventfd");
+            FdHandle handle = FdHandle.FromResult(Sys.EventFd(0, Sys.EFD_CLOEXEC | Sys.EFD_NONBLOCK), "eventfd");
             _handles.Add(handle);
             return new EventFd(handle);
         }

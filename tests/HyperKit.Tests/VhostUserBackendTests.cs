@@ -4,6 +4,7 @@ using Kit.HyperKit.Devices.Virtio;
 using Kit.HyperKit.Devices.Virtio.Net;
 using Kit.HyperKit.Devices.Virtio.Vsock;
 using Kit.HyperKit.VhostUser;
+using Kit.Linux;
 
 namespace Kit.HyperKit.Tests;
 
@@ -97,7 +98,7 @@ public sealed class VhostUserBackendTests : IDisposable
         long deadline = Environment.TickCount64 + 5000;
         while (Environment.TickCount64 < deadline)
         {
-            if (VhostUserInterop.ReadEventFd(eventFd))
+            if (Sys.ReadEventFd(eventFd) != 0)
             {
                 return true;
             }
@@ -108,7 +109,7 @@ public sealed class VhostUserBackendTests : IDisposable
 
     private sealed class FdBag(params int[] fds) : IDisposable
     {
-        public void Dispose() => VhostUserInterop.CloseAll(fds);
+        public void Dispose() => Sys.CloseAll(fds);
     }
 
     private void AssertDroppedThenServesNext(Task gone, string reasonPart)
@@ -269,7 +270,7 @@ public sealed class VhostUserBackendTests : IDisposable
         byte[] addr = new byte[VringAddress.Length];
         new VringAddress(0, 0, start, VhostUserTestFrontend.UserBase, VhostUserTestFrontend.UserBase + 0x200, 0).Write(addr);
         Assert.Equal(0UL, fe.Acked(VhostUserRequest.SetVringAddr, addr));
-        int kick = VhostUserInterop.EventFd(0, 0x80000);
+        int kick = Sys.EventFd(0, Sys.EFD_CLOEXEC);
         using var bag = new FdBag(kick);
         Assert.NotEqual(0UL, fe.Acked(VhostUserRequest.SetVringKick, VhostUserTestFrontend.U64(0), [kick]) ?? 1);
         AssertDroppedThenServesNext(gone, "do not fit in one memory region");
@@ -433,7 +434,7 @@ public sealed class VhostUserBackendTests : IDisposable
     public void The_socket_pair_leaves_their_end_inheritable_and_ours_close_on_exec()
     {
         using var pair = Kit.Linux.SocketPair.Create();
-        Assert.False(VhostUserInterop.IsCloseOnExec(pair.ChildFd));
-        Assert.True(VhostUserInterop.IsCloseOnExec((int)pair.Ours.SafeHandle.DangerousGetHandle()));
+        Assert.False(Sys.IsCloseOnExec(pair.ChildFd));
+        Assert.True(Sys.IsCloseOnExec((int)pair.Ours.SafeHandle.DangerousGetHandle()));
     }
 }

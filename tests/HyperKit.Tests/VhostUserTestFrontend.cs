@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Kit.HyperKit.VhostUser;
+using Kit.Linux;
 
 namespace Kit.HyperKit.Tests;
 
@@ -168,8 +169,8 @@ internal sealed class VhostUserTestFrontend : IDisposable
         new VringAddress(index, 0, UserAddress(gpa), UserAddress(UsedOf(gpa, size)), UserAddress(AvailOf(gpa, size)), 0).Write(addr);
         Assert.Equal(0UL, Acked(VhostUserRequest.SetVringAddr, addr));
         Assert.Equal(0UL, Acked(VhostUserRequest.SetVringBase, State(index, 0)));
-        int call = VhostUserInterop.EventFd(0, 0x80000 | VhostUserInterop.O_NONBLOCK);
-        int kick = VhostUserInterop.EventFd(0, 0x80000 | VhostUserInterop.O_NONBLOCK);
+        int call = Sys.EventFd(0, Sys.EFD_CLOEXEC | Sys.EFD_NONBLOCK);
+        int kick = Sys.EventFd(0, Sys.EFD_CLOEXEC | Sys.EFD_NONBLOCK);
         Assert.Equal(0UL, Acked(VhostUserRequest.SetVringCall, U64(index), [call]));
         Assert.Equal(0UL, Acked(VhostUserRequest.SetVringKick, U64(index), [kick]));
         Assert.Equal(0UL, Acked(VhostUserRequest.SetVringEnable, State(index, 1)));
@@ -222,7 +223,7 @@ internal sealed class VhostUserTestFrontend : IDisposable
         return false;
     }
 
-    public static void Signal(int eventFd) => Assert.True(VhostUserInterop.SignalEventFd(eventFd));
+    public static void Signal(int eventFd) => Assert.True(Sys.SignalEventFd(eventFd));
 
     public void Close() => _socket.Dispose();
 
@@ -231,7 +232,7 @@ internal sealed class VhostUserTestFrontend : IDisposable
         _socket.Dispose();
         _view.Dispose();
         _ = VhostUserInterop.Munmap(_map, (nuint)FileSize);
-        _ = VhostUserInterop.Close(MemFd);
+        _ = Sys.Close(MemFd);
     }
 
     public static (Socket Backend, Socket Frontend) Pair()

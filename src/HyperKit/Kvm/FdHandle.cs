@@ -1,3 +1,4 @@
+using Kit.Linux;
 using Microsoft.Win32.SafeHandles;
 
 namespace Kit.HyperKit.Kvm;
@@ -9,14 +10,14 @@ internal sealed class FdHandle : SafeHandleZeroOrMinusOneIsInvalid
 
     public int Fd => (int)handle;
 
-    protected override bool ReleaseHandle() => LibC.Close((int)handle) == 0;
+    protected override bool ReleaseHandle() => Sys.Close((int)handle) == 0;
 
     /// <summary>Wraps the result of a call that returns a descriptor, or throws with errno.</summary>
     public static FdHandle FromResult(int fd, string what)
     {
         if (fd < 0)
         {
-            throw new KvmException(what, LibC.LastErrno);
+            throw new KvmException(what, Sys.LastErrno);
         }
         return new FdHandle(fd);
     }

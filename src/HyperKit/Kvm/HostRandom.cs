@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using Kit.Linux;
 
 namespace Kit.HyperKit.Kvm;
 
@@ -29,8 +30,8 @@ public static unsafe class HostRandom
                     done += (int)n;
                     continue;
                 }
-                int errno = LibC.LastErrno;
-                if (n < 0 && errno == LibC.EINTR)
+                int errno = Sys.LastErrno;
+                if (n < 0 && errno == Sys.EINTR)
                 {
                     continue;
                 }
@@ -39,7 +40,7 @@ public static unsafe class HostRandom
                     RandomNumberGenerator.Fill(buffer[done..]);   // kernels before 3.17
                     return;
                 }
-                throw new IOException($"getrandom: {LibC.ErrnoText(errno)}");
+                throw new IOException($"getrandom: {Sys.ErrnoText(errno)}");
             }
         }
     }

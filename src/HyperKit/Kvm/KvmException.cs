@@ -1,4 +1,5 @@
 using Kit.HyperKit.Hypervisor;
+using Kit.Linux;
 
 namespace Kit.HyperKit.Kvm;
 
@@ -9,7 +10,7 @@ public sealed class KvmException : HypervisorException
     {
     }
 
-    public KvmException(string what, int errno) : base($"{what} failed: {LibC.ErrnoText(errno)}")
+    public KvmException(string what, int errno) : base($"{what} failed: {Sys.ErrnoText(errno)}")
     {
         Errno = errno;
     }

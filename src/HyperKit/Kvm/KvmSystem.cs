@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Kit.HyperKit.Hypervisor;
+using Kit.Linux;
 
 namespace Kit.HyperKit.Kvm;
 
@@ -31,11 +32,11 @@ public sealed unsafe class KvmSystem : IHypervisor
     /// <summary>Opens /dev/kvm and checks the stable API version (12) and the extensions this VMM relies on.</summary>
     public static KvmSystem Open()
     {
-        int fd = LibC.Open(DevicePath, LibC.O_RDWR | LibC.O_CLOEXEC);
+        int fd = Sys.Open(DevicePath, Sys.O_RDWR | Sys.O_CLOEXEC);
         if (fd < 0)
         {
-            int errno = LibC.LastErrno;
-            throw new KvmException($"cannot open {DevicePath}: {LibC.ErrnoText(errno)}", errno);
+            int errno = Sys.LastErrno;
+            throw new KvmException($"cannot open {DevicePath}: {Sys.ErrnoText(errno)}", errno);
         }
         var system = new KvmSystem(new FdHandle(fd));
         int version = LibC.Ioctl(fd, KvmIoctl.GetApiVersion, 0);
@@ -101,7 +102,7 @@ public sealed unsafe class KvmSystem : IHypervisor
         get
         {
             int size = LibC.Ioctl(Fd, KvmIoctl.GetVcpuMmapSize, 0);
-            return size > 0 ? size : throw new KvmException("KVM_GET_VCPU_MMAP_SIZE", LibC.LastErrno);
+            return size > 0 ? size : throw new KvmException("KVM_GET_VCPU_MMAP_SIZE", Sys.LastErrno);
         }
     }
 
@@ -119,7 +120,7 @@ public sealed unsafe class KvmSystem : IHypervisor
                 *(uint*)buffer = (uint)n;
                 if (LibC.Ioctl(Fd, KvmIoctl.GetSupportedCpuid, buffer) < 0)
                 {
-                    int errno = LibC.LastErrno;
+                    int errno = Sys.LastErrno;
                     if (errno == LibC.E2BIG)
                     {
                         continue;
@@ -145,7 +146,7 @@ public sealed unsafe class KvmSystem : IHypervisor
         {
             fd = LibC.Ioctl(Fd, KvmIoctl.CreateVm, 0);
         }
-        while (fd < 0 && LibC.LastErrno == LibC.EINTR);
+        while (fd < 0 && Sys.LastErrno == Sys.EINTR);
         return new KvmVm(this, FdHandle.FromResult(fd, "KVM_CREATE_VM"));
     }
 

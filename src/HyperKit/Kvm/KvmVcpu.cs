@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Kit.HyperKit.Hypervisor;
+using Kit.Linux;
 
 namespace Kit.HyperKit.Kvm;
 
@@ -31,7 +32,7 @@ public sealed unsafe class KvmVcpu : IVcpu
         nint map = LibC.Mmap(0, (nuint)mmapSize, LibC.PROT_READ | LibC.PROT_WRITE, LibC.MAP_SHARED, fd.Fd, 0);
         if (map == -1)
         {
-            int errno = LibC.LastErrno;
+            int errno = Sys.LastErrno;
             fd.Dispose();
             throw new KvmException("mmap of kvm_run", errno);
         }
@@ -48,7 +49,7 @@ public sealed unsafe class KvmVcpu : IVcpu
     {
         if (result < 0)
         {
-            throw new KvmException($"{what} (vCPU {Id})", LibC.LastErrno);
+            throw new KvmException($"{what} (vCPU {Id})", Sys.LastErrno);
         }
     }
 
@@ -60,8 +61,8 @@ public sealed unsafe class KvmVcpu : IVcpu
     {
         if (LibC.Ioctl(Fd, KvmIoctl.Run, 0) != 0)
         {
-            int errno = LibC.LastErrno;
-            if (errno == LibC.EINTR || errno == LibC.EAGAIN)
+            int errno = Sys.LastErrno;
+            if (errno == Sys.EINTR || errno == Sys.EAGAIN)
             {
                 return VmExit.Interrupted();
             }

@@ -1,4 +1,5 @@
 using Kit.HyperKit.Hypervisor;
+using Kit.Linux;
 
 namespace Kit.HyperKit.Kvm;
 
@@ -25,7 +26,7 @@ public sealed unsafe class KvmVm : IHypervisorVm
     {
         if (result < 0)
         {
-            throw new KvmException(what, LibC.LastErrno);
+            throw new KvmException(what, Sys.LastErrno);
         }
     }
 
@@ -86,7 +87,7 @@ public sealed unsafe class KvmVm : IHypervisorVm
     /// <summary>Creates an eventfd owned by this VM (closed with it).</summary>
     public EventFd CreateEventFd()
     {
-        var handle = FdHandle.FromResult(LibC.EventFd(0, LibC.EFD_CLOEXEC | LibC.EFD_NONBLOCK), "eventfd");
+        var handle = FdHandle.FromResult(Sys.EventFd(0, Sys.EFD_CLOEXEC | Sys.EFD_NONBLOCK), "eventfd");
         _eventFds.Add(handle);
         return new EventFd(handle);
     }

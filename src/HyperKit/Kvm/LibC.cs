@@ -1,35 +1,26 @@
 using System.Runtime.InteropServices;
+using Kit.Linux;
 
 namespace Kit.HyperKit.Kvm;
 
 /// <summary>
-/// The few libc calls the VMM needs. Every call returns -1 and sets errno on failure
-/// (SetLastPInvokeError = true so Marshal.GetLastPInvokeError reads it).
+/// The libc calls only the VMM needs: KVM's ioctl, guest memory mappings, entropy, signals and thread ids. Every call
+/// returns -1 and sets errno on failure (SetLastError = true, so <see cref="Sys.LastErrno"/> reads it). The
+/// general-purpose descriptor calls (open, close, read, write, poll, eventfd) and errno helpers are Kit.Linux's
+/// <see cref="Sys"/>, shared with VPNKit.
 /// </summary>
 internal static unsafe partial class LibC
 {
-    public const int O_RDWR = 2;
-    public const int O_CLOEXEC = 0x80000;
     public const int PROT_READ = 1;
     public const int PROT_WRITE = 2;
     public const int MAP_SHARED = 1;
     public const int MAP_PRIVATE = 2;
     public const int MAP_ANONYMOUS = 0x20;
     public const int MAP_NORESERVE = 0x4000;
-    public const int EFD_CLOEXEC = 0x80000;
-    public const int EFD_NONBLOCK = 0x800;
-    public const int EINTR = 4;
-    public const int EAGAIN = 11;
     public const int E2BIG = 7;
     public const int FALLOC_FL_KEEP_SIZE = 1;
     public const int FALLOC_FL_PUNCH_HOLE = 2;
     public const int MADV_DONTFORK = 10;
-
-    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int Open(string path, int flags);
-
-    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
-    public static partial int Close(int fd);
 
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     public static partial int Ioctl(int fd, nuint request, nint arg);
@@ -46,17 +37,11 @@ internal static unsafe partial class LibC
     [LibraryImport("libc", EntryPoint = "madvise", SetLastError = true)]
     public static partial int Madvise(nint addr, nuint length, int advice);
 
-    [LibraryImport("libc", EntryPoint = "eventfd", SetLastError = true)]
-    public static partial int EventFd(uint initval, int flags);
+    [LibraryImport("libc", EntryPoint = "mprotect", SetLastError = true)]
+    public static partial int Mprotect(nint addr, nuint len, int prot);
 
     [LibraryImport("libc", EntryPoint = "getrandom", SetLastError = true)]
     public static partial nint GetRandom(void* buf, nuint count, uint flags);
-
-    [LibraryImport("libc", EntryPoint = "read", SetLastError = true)]
-    public static partial nint Read(int fd, void* buf, nuint count);
-
-    [LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
-    public static partial nint Write(int fd, void* buf, nuint count);
 
     [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
     public static partial int Fallocate(nint fd, int mode, long offset, long len);
@@ -86,10 +71,6 @@ internal static unsafe partial class LibC
 
     public static int TgKill(int tgid, int tid, int sig) => (int)Syscall(SYS_tgkill, tgid, tid, sig);
 
-    public static int LastErrno => Marshal.GetLastPInvokeError();
-
-    public static string ErrnoText(int errno) => $"{Marshal.GetPInvokeErrorMessage(errno)} (errno {errno})";
-
     /// <summary>glibc's x86-64 <c>struct sigaction</c>: handler, 1024-bit mask, flags, restorer (152 bytes).</summary>
     [StructLayout(LayoutKind.Sequential)]
     public struct SigActionStruct
@@ -100,23 +81,4 @@ internal static unsafe partial class LibC
         public int Padding;
         public nint Restorer;
     }
-}
-
-internal static unsafe partial class LibCExtra
-{
-    public const short POLLIN = 1;
-
-    [StructLayout(LayoutKind.Sequential)]
-    public struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short Revents;
-    }
-
-    [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
-    public static partial int Poll(PollFd* fds, nuint count, int timeoutMs);
-
-    [LibraryImport("libc", EntryPoint = "mprotect", SetLastError = true)]
-    public static partial int Mprotect(nint addr, nuint len, int prot);
 }

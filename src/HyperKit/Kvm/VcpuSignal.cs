@@ -1,3 +1,5 @@
+using Kit.Linux;
+
 namespace Kit.HyperKit.Kvm;
 
 /// <summary>
@@ -43,20 +45,20 @@ public static unsafe class VcpuSignal
         nint page = LibC.Mmap(0, 4096, LibC.PROT_READ | LibC.PROT_WRITE, LibC.MAP_PRIVATE | LibC.MAP_ANONYMOUS, -1, 0);
         if (page == -1)
         {
-            throw new KvmException("mmap of the kick-signal handler page", LibC.LastErrno);
+            throw new KvmException("mmap of the kick-signal handler page", Sys.LastErrno);
         }
         // SAFETY: page is a fresh private 4 KiB RW mapping; we write one byte (x86 RET) and then make it read+exec.
         // It is never unmapped: the handler must stay valid for the life of the process.
         *(byte*)page = 0xC3;
-        if (LibCExtra.Mprotect(page, 4096, LibC.PROT_READ | 4 /* PROT_EXEC */) != 0)
+        if (LibC.Mprotect(page, 4096, LibC.PROT_READ | 4 /* PROT_EXEC */) != 0)
         {
-            throw new KvmException("mprotect of the kick-signal handler page", LibC.LastErrno);
+            throw new KvmException("mprotect of the kick-signal handler page", Sys.LastErrno);
         }
         var action = new LibC.SigActionStruct { Handler = page, Flags = 0 };
         // SAFETY: action is a stack struct of glibc's struct sigaction layout; glibc fills in its own restorer.
         if (LibC.SigAction(signal, &action, null) != 0)
         {
-            throw new KvmException($"sigaction({signal})", LibC.LastErrno);
+            throw new KvmException($"sigaction({signal})", Sys.LastErrno);
         }
         return signal;
     }

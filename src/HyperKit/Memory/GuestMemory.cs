@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Kit.HyperKit.Kvm;
+using Kit.Linux;
 
 namespace Kit.HyperKit.Memory;
 
@@ -30,7 +31,7 @@ public sealed unsafe class GuestMemory : IDisposable
             LibC.MAP_PRIVATE | LibC.MAP_ANONYMOUS | LibC.MAP_NORESERVE, -1, 0);
         if (map == -1)
         {
-            throw new KvmException($"mmap of {size >> 20} MiB guest memory", LibC.LastErrno);
+            throw new KvmException($"mmap of {size >> 20} MiB guest memory", Sys.LastErrno);
         }
         _base = (byte*)map;
         Size = size;

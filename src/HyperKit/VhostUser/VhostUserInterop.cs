@@ -1,11 +1,13 @@
 using System.Runtime.InteropServices;
+using Kit.Linux;
 
 namespace Kit.HyperKit.VhostUser;
 
 /// <summary>
 /// The system calls vhost-user needs that .NET does not offer: file descriptors passed with SCM_RIGHTS
-/// (vhost-user.rst, "Communication": memory regions and eventfds travel as ancillary data), poll on eventfds,
-/// a raw socketpair for the tests' own frontend (a child process's pair is Kit.Linux.SocketPair), and FD_CLOEXEC.
+/// (vhost-user.rst, "Communication": memory regions and eventfds travel as ancillary data), the frontend's memory
+/// mapped from its fds, and a raw socketpair for the tests' own frontend (a child process's pair is
+/// Kit.Linux.SocketPair). Poll, eventfds, close and fcntl are Kit.Linux's <see cref="Sys"/>.
 /// x86-64 Linux layouts only (as the rest of HyperKit).
 /// </summary>
 internal static unsafe partial class VhostUserInterop
@@ -13,9 +15,6 @@ internal static unsafe partial class VhostUserInterop
     public const int SOL_SOCKET = 1, SCM_RIGHTS = 1;
     public const int MSG_CTRUNC = 0x8, MSG_WAITALL = 0x100, MSG_NOSIGNAL = 0x4000, MSG_CMSG_CLOEXEC = 0x40000000;
     public const int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000;
-    public const int F_GETFD = 1, F_SETFD = 2, F_GETFL = 3, F_SETFL = 4, FD_CLOEXEC = 1, O_NONBLOCK = 0x800;
-    public const short POLLIN = 1, POLLERR = 8, POLLHUP = 0x10, POLLNVAL = 0x20;
-    public const int EINTR = 4, EAGAIN = 11;
     /// <summary>Most descriptors one message may carry (VHOST_MEMORY_BASELINE_NREGIONS is 8); more are refused.</summary>
     public const int MaxFds = 8;
 
@@ -38,14 +37,6 @@ internal static unsafe partial class VhostUserInterop
         public int Flags;
     }
 
-    [StructLayout(LayoutKind.Sequential)]
-    public struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short Revents;
-    }
-
     private const int CmsgHeader = 16; // struct cmsghdr { size_t len; int level; int type; } on LP64
     // Room for twice the descriptors we accept, so that "too many" is seen (and every one closed) rather than cut off.
     private const int ControlBytes = CmsgHeader + 4 * 2 * MaxFds;
@@ -61,24 +52,6 @@ internal static unsafe partial class VhostUserInterop
 
     [LibraryImport("libc", EntryPoint = "socketpair", SetLastError = true)]
     private static partial int SocketPairNative(int domain, int type, int protocol, int* fds);
-
-    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
-    private static partial int Fcntl(int fd, int cmd, int arg);
-
-    [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
-    private static partial int PollNative(PollFd* fds, nuint count, int timeoutMs);
-
-    [LibraryImport("libc", EntryPoint = "read", SetLastError = true)]
-    private static partial nint ReadNative(int fd, void* buffer, nuint count);
-
-    [LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
-    private static partial nint WriteNative(int fd, void* buffer, nuint count);
-
-    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
-    public static partial int Close(int fd);
-
-    [LibraryImport("libc", EntryPoint = "eventfd", SetLastError = true)]
-    public static partial int EventFd(uint initval, int flags);
 
     [LibraryImport("libc", EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int MemfdCreate(string name, uint flags);
@@ -98,8 +71,6 @@ internal static unsafe partial class VhostUserInterop
 
     [LibraryImport("libc", EntryPoint = "ftruncate", SetLastError = true)]
     public static partial int Ftruncate(int fd, long length);
-
-    public static int Errno => Marshal.GetLastPInvokeError();
 
     /// <summary>
     /// Receives up to buffer.Length bytes and any descriptors sent with them (close-on-exec). Returns the byte count
@@ -122,10 +93,10 @@ internal static unsafe partial class VhostUserInterop
                 // live for the call; the kernel writes at most the lengths given.
                 n = RecvMsgNative(socket, &msg, MSG_CMSG_CLOEXEC);
             }
-            while (n < 0 && Errno == EINTR);
+            while (n < 0 && Sys.LastErrno == Sys.EINTR);
             if (n < 0)
             {
-                return -Errno;
+                return -Sys.LastErrno;
             }
             CollectFds(control, (int)msg.ControlLength, fds, out fdCount, ref tooMany);
             if ((msg.Flags & MSG_CTRUNC) != 0)
@@ -134,7 +105,7 @@ internal static unsafe partial class VhostUserInterop
             }
             if (tooMany)
             {
-                CloseAll(fds[..fdCount]);
+                Sys.CloseAll(fds[..fdCount]);
                 fdCount = 0;
             }
         }
@@ -170,7 +141,7 @@ internal static unsafe partial class VhostUserInterop
                     else
                     {
                         tooMany = true;
-                        _ = Close(fd);
+                        _ = Sys.Close(fd);
                     }
                 }
             }
@@ -188,7 +159,7 @@ internal static unsafe partial class VhostUserInterop
             {
                 // SAFETY: p + done .. p + buffer.Length lies in the pinned buffer.
                 nint n = RecvNative(socket, p + done, (nuint)(buffer.Length - done), MSG_WAITALL);
-                if (n < 0 && Errno == EINTR)
+                if (n < 0 && Sys.LastErrno == Sys.EINTR)
                 {
                     continue;
                 }
@@ -232,7 +203,7 @@ internal static unsafe partial class VhostUserInterop
                 }
                 // SAFETY: msg points at stack storage and the pinned data, live for the call.
                 nint n = SendMsgNative(socket, &msg, MSG_NOSIGNAL);
-                if (n < 0 && Errno == EINTR)
+                if (n < 0 && Sys.LastErrno == Sys.EINTR)
                 {
                     continue;
                 }
@@ -246,17 +217,6 @@ internal static unsafe partial class VhostUserInterop
         return true;
     }
 
-    public static void CloseAll(ReadOnlySpan<int> fds)
-    {
-        foreach (int fd in fds)
-        {
-            if (fd >= 0)
-            {
-                _ = Close(fd);
-            }
-        }
-    }
-
     /// <summary>A connected AF_UNIX stream pair, both close-on-exec.</summary>
     public static bool SocketPair(out int a, out int b)
     {
@@ -266,40 +226,5 @@ internal static unsafe partial class VhostUserInterop
         a = fds[0];
         b = fds[1];
         return r == 0;
-    }
-
-    public static bool IsCloseOnExec(int fd) => (Fcntl(fd, F_GETFD, 0) & FD_CLOEXEC) != 0;
-
-    public static bool SetNonBlocking(int fd)
-    {
-        int flags = Fcntl(fd, F_GETFL, 0);
-        return flags >= 0 && Fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0;
-    }
-
-    /// <summary>poll(2), EINTR retried as a zero result.</summary>
-    public static int Poll(Span<PollFd> fds, int timeoutMs)
-    {
-        fixed (PollFd* p = fds)
-        {
-            // SAFETY: p points at fds.Length pinned entries.
-            int r = PollNative(p, (nuint)fds.Length, timeoutMs);
-            return r < 0 && Errno == EINTR ? 0 : r;
-        }
-    }
-
-    /// <summary>Drains an eventfd's counter (non-blocking fd); true if it was signalled.</summary>
-    public static bool ReadEventFd(int fd)
-    {
-        ulong value;
-        // SAFETY: reads 8 bytes into a local.
-        return ReadNative(fd, &value, 8) == 8;
-    }
-
-    /// <summary>Adds 1 to an eventfd (vhost-user's "call": the frontend turns it into the guest interrupt).</summary>
-    public static bool SignalEventFd(int fd)
-    {
-        ulong one = 1;
-        // SAFETY: writes 8 bytes from a local.
-        return WriteNative(fd, &one, 8) == 8;
     }
 }

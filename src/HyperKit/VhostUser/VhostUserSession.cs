@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Net.Sockets;
 using Kit.HyperKit.Devices.Virtio;
 using Kit.HyperKit.Memory;
+using Kit.Linux;
 using Microsoft.Extensions.Logging;
 
 namespace Kit.HyperKit.VhostUser;
@@ -59,7 +60,7 @@ internal sealed partial class VhostUserSession : IDisposable
         {
             _rings[i] = new Ring();
         }
-        _wakeFd = VhostUserInterop.EventFd(0, 0x80000 | VhostUserInterop.O_NONBLOCK);
+        _wakeFd = Sys.EventFd(0, Sys.EFD_CLOEXEC | Sys.EFD_NONBLOCK);
     }
 
     /// <summary>Features offered in GET_FEATURES: the device's, the transport's ring features, PROTOCOL_FEATURES.</summary>
@@ -128,7 +129,7 @@ internal sealed partial class VhostUserSession : IDisposable
             finally
             {
                 // Whatever the handler did not keep is closed here (it sets fdCount to 0 once it owns them).
-                VhostUserInterop.CloseAll(fds[..fdCount]);
+                Sys.CloseAll(fds[..fdCount]);
             }
         }
         return null;
@@ -282,7 +283,7 @@ internal sealed partial class VhostUserSession : IDisposable
                     fdCount = 0;
                     if (fd >= 0 && h.Request == VhostUserRequest.SetVringKick)
                     {
-                        VhostUserInterop.SetNonBlocking(fd);
+                        Sys.SetNonBlocking(fd);
                     }
                     bool started = false;
                     lock (_lock)
@@ -459,7 +460,7 @@ internal sealed partial class VhostUserSession : IDisposable
                         VhostUserInterop.MAP_SHARED, fds[i], 0);
                     if (map == -1)
                     {
-                        return $"SET_MEM_TABLE region {i}: mmap failed (errno {VhostUserInterop.Errno})";
+                        return $"SET_MEM_TABLE region {i}: mmap failed (errno {Sys.LastErrno})";
                     }
                     maps.Add((map, (nuint)length));
                     regions[i] = new GuestRegion(r.GuestPhysAddr, r.MemorySize, map + (nint)r.MmapOffset);
@@ -508,7 +509,7 @@ internal sealed partial class VhostUserSession : IDisposable
         }
         finally
         {
-            VhostUserInterop.CloseAll(fds); // the mappings keep the files; the descriptors are not needed
+            Sys.CloseAll(fds); // the mappings keep the files; the descriptors are not needed
         }
     }
 
@@ -604,26 +605,26 @@ internal sealed partial class VhostUserSession : IDisposable
                     LogBroken(_log, index, q.Broken);
                     if (ring.ErrFd >= 0)
                     {
-                        VhostUserInterop.SignalEventFd(ring.ErrFd);
+                        Sys.SignalEventFd(ring.ErrFd);
                     }
                 }
                 return;
             }
             if (used && q.ShouldInterrupt() && ring.CallFd >= 0)
             {
-                VhostUserInterop.SignalEventFd(ring.CallFd);
+                Sys.SignalEventFd(ring.CallFd);
             }
         }
     }
 
     private void KickLoop()
     {
-        Span<VhostUserInterop.PollFd> polls = stackalloc VhostUserInterop.PollFd[_rings.Length + 1];
+        Span<Sys.PollFd> polls = stackalloc Sys.PollFd[_rings.Length + 1];
         Span<int> ringOf = stackalloc int[_rings.Length + 1];
         while (!_stopping)
         {
             int n = 0;
-            polls[n++] = new VhostUserInterop.PollFd { Fd = _wakeFd, Events = VhostUserInterop.POLLIN };
+            polls[n++] = new Sys.PollFd { Fd = _wakeFd, Events = Sys.POLLIN };
             lock (_lock)
             {
                 for (int i = 0; i < _rings.Length; i++)
@@ -631,19 +632,19 @@ internal sealed partial class VhostUserSession : IDisposable
                     if (_rings[i].KickFd >= 0)
                     {
                         ringOf[n] = i;
-                        polls[n++] = new VhostUserInterop.PollFd { Fd = _rings[i].KickFd, Events = VhostUserInterop.POLLIN };
+                        polls[n++] = new Sys.PollFd { Fd = _rings[i].KickFd, Events = Sys.POLLIN };
                     }
                 }
             }
             // A bounded wait: a descriptor swapped under us is noticed within the timeout even if a wake was missed.
-            int ready = VhostUserInterop.Poll(polls[..n], 500);
+            int ready = Sys.Poll(polls[..n], 500);
             if (ready <= 0 || _stopping)
             {
                 continue;
             }
             if (polls[0].Revents != 0)
             {
-                VhostUserInterop.ReadEventFd(_wakeFd);
+                Sys.ReadEventFd(_wakeFd);
             }
             for (int k = 1; k < n; k++)
             {
@@ -659,7 +660,7 @@ internal sealed partial class VhostUserSession : IDisposable
                     current = _rings[index].KickFd == polls[k].Fd;
                     if (current)
                     {
-                        VhostUserInterop.ReadEventFd(polls[k].Fd);
+                        Sys.ReadEventFd(polls[k].Fd);
                     }
                 }
                 if (current)
@@ -670,7 +671,7 @@ internal sealed partial class VhostUserSession : IDisposable
         }
     }
 
-    private void Wake() => VhostUserInterop.SignalEventFd(_wakeFd);
+    private void Wake() => Sys.SignalEventFd(_wakeFd);
 
     /// <summary>RESET_OWNER / RESET_DEVICE and the end of a session: rings stopped, descriptors closed, device reset.</summary>
     private void ResetDeviceState()
@@ -694,7 +695,7 @@ internal sealed partial class VhostUserSession : IDisposable
     {
         if (fd >= 0)
         {
-            _ = VhostUserInterop.Close(fd);
+            _ = Sys.Close(fd);
             fd = -1;
         }
     }
@@ -770,7 +771,7 @@ internal sealed partial class VhostUserSession : IDisposable
         _socket.Dispose();
         if (_wakeFd >= 0)
         {
-            _ = VhostUserInterop.Close(_wakeFd);
+            _ = Sys.Close(_wakeFd);
         }
     }
 

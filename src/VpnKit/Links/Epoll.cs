@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
+using Kit.Linux;
 using Microsoft.Win32.SafeHandles;
 
 namespace Kit.VpnKit.Links;
@@ -9,7 +10,8 @@ namespace Kit.VpnKit.Links;
 /// The gateway's event loop waits here for the TAP device and every host TCP socket at once, so a frame or a
 /// socket's readiness is handled on the thread that was woken, with no hand-off to another thread.
 /// Each registration carries a 64-bit token the caller chooses; it comes back with the events.
-/// P/Invoke only (no unsafe code): arrays of struct epoll_event are passed as bytes and decoded here.
+/// P/Invoke only (no unsafe code): arrays of struct epoll_event are passed as bytes and decoded here; the eventfd
+/// calls are Kit.Linux's <see cref="Sys"/>.
 /// </summary>
 internal sealed partial class Epoll : IDisposable
 {
@@ -26,9 +28,7 @@ internal sealed partial class Epoll : IDisposable
     private const int CtlAdd = 1;
     private const int CtlDel = 2;
     private const int CtlMod = 3;
-    private const int Cloexec = 0x80000;      // EPOLL_CLOEXEC, EFD_CLOEXEC (= O_CLOEXEC)
-    private const int NonBlock = 0x800;       // EFD_NONBLOCK (= O_NONBLOCK)
-    private const int Eintr = 4;
+    private const int Cloexec = 0x80000;      // EPOLL_CLOEXEC (= O_CLOEXEC)
 
     // struct epoll_event is packed on x86-64 (12 bytes: events, then data at offset 4) and naturally aligned
     // elsewhere (16 bytes, data at offset 8): see <sys/epoll.h>, __EPOLL_PACKED.
@@ -48,7 +48,7 @@ internal sealed partial class Epoll : IDisposable
             throw new IOException($"epoll_create1: {Marshal.GetLastPInvokeErrorMessage()}");
         }
         _ep = new SafeFileHandle(ep, ownsHandle: true);
-        int ev = eventfd(0, Cloexec | NonBlock);
+        int ev = Sys.EventFd(0, Sys.EFD_CLOEXEC | Sys.EFD_NONBLOCK);
         if (ev < 0)
         {
             string err = Marshal.GetLastPInvokeErrorMessage();
@@ -100,7 +100,7 @@ internal sealed partial class Epoll : IDisposable
         if (n < 0)
         {
             int errno = Marshal.GetLastPInvokeError();
-            if (errno == Eintr)
+            if (errno == Sys.EINTR)
             {
                 return 0;
             }
@@ -118,11 +118,9 @@ internal sealed partial class Epoll : IDisposable
     /// <summary>Makes the current or next <see cref="Wait"/> return (the eventfd's counter stays set until cleared).</summary>
     public void Wake()
     {
-        Span<byte> one = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(one, 1);
         try
         {
-            _ = write(_wake, one, 8);
+            _ = Sys.SignalEventFd(_wake);
         }
         catch (ObjectDisposedException)
         {
@@ -131,25 +129,12 @@ internal sealed partial class Epoll : IDisposable
     }
 
     /// <summary>Called by the waiter when the wake token fired: resets the eventfd's counter.</summary>
-    public void ClearWake()
-    {
-        Span<byte> b = stackalloc byte[8];
-        _ = read(_wake, b, 8);
-    }
+    public void ClearWake() => _ = Sys.ReadEventFd(_wake);
 
     public void Dispose()
     {
         _wake.Dispose();
         _ep.Dispose();
-    }
-
-    /// <summary>Sets O_NONBLOCK on a descriptor (fcntl(2) F_GETFL/F_SETFL).</summary>
-    public static bool SetNonBlocking(SafeFileHandle fd)
-    {
-        const int FGetfl = 3;
-        const int FSetfl = 4;
-        int flags = fcntl(fd, FGetfl, 0);
-        return flags >= 0 && fcntl(fd, FSetfl, flags | NonBlock) == 0;
     }
 
     [LibraryImport("libc", SetLastError = true)]
@@ -160,16 +145,4 @@ internal sealed partial class Epoll : IDisposable
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int epoll_wait(SafeFileHandle epfd, byte[] events, int maxEvents, int timeout);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int eventfd(uint initval, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint read(SafeFileHandle fd, Span<byte> buffer, nint count);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint write(SafeFileHandle fd, ReadOnlySpan<byte> buffer, nint count);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int fcntl(SafeFileHandle fd, int cmd, int arg);
 }

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
-using System.Text;
+using Kit.Linux;
 using Microsoft.Win32.SafeHandles;
 
 namespace Kit.VpnKit.Links;
@@ -11,23 +11,12 @@ namespace Kit.VpnKit.Links;
 /// P/Invoke on the device's descriptor; the gateway's event loop polls it (<see cref="IPollableLink"/>).
 /// With offload, IFF_VNET_HDR puts a 10-byte struct virtio_net_hdr (virtio spec §5.1.6) before every frame and
 /// TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4) lets both sides exchange 64 KiB TCP segments with partial checksums:
-/// one read or write then carries what would otherwise be ~44 frames at MTU 1500.
+/// one read or write then carries what would otherwise be ~44 frames at MTU 1500. The device is opened by
+/// <see cref="Tap.Open"/>, shared with HyperKit's TAP backend.
 /// </summary>
 public sealed partial class TapLink : IPollableLink
 {
-    private const uint TunSetIff = 0x400454ca;     // _IOW('T', 202, int)
-    private const uint TunSetOffload = 0x400454d0; // _IOW('T', 208, unsigned int)
-    private const short IffTap = 0x0002;
-    private const short IffNoPi = 0x1000;
-    private const short IffVnetHdr = 0x4000;
-    private const uint TunFCsum = 0x01;
-    private const uint TunFTso4 = 0x02;
-    private const int ORdWr = 2;
-    private const int Eagain = 11;
-    private const int Eintr = 4;
-    private const int Ebadf = 9;
-    private const int OCloexec = 0x80000;
-    private const int VnetHeader = 10;
+    private const int VnetHeader = Tap.LegacyVirtioHeader;
     private const byte NeedsCsum = 1;
     private const byte DataValid = 2;
     private const byte GsoTcpV4 = 1;
@@ -54,36 +43,7 @@ public sealed partial class TapLink : IPollableLink
     /// </summary>
     public static TapLink Open(string name, int mtu, bool offload = false)
     {
-        int fd = open("/dev/net/tun", ORdWr | OCloexec);
-        if (fd < 0)
-        {
-            throw new IOException($"cannot open /dev/net/tun: {Marshal.GetLastPInvokeErrorMessage()}");
-        }
-        var handle = new SafeFileHandle(fd, ownsHandle: true);
-        // struct ifreq: char ifr_name[IFNAMSIZ = 16]; short ifr_flags; padded to 40 bytes.
-        byte[] ifr = new byte[40];
-        byte[] n = Encoding.ASCII.GetBytes(name);
-        if (n.Length > 15)
-        {
-            handle.Dispose();
-            throw new ArgumentException($"interface name too long: {name}");
-        }
-        n.CopyTo(ifr, 0);
-        BinaryPrimitives.WriteInt16LittleEndian(ifr.AsSpan(16), (short)(IffTap | IffNoPi | (offload ? IffVnetHdr : 0)));
-        if (ioctl(fd, TunSetIff, ifr) < 0)
-        {
-            string err = Marshal.GetLastPInvokeErrorMessage();
-            handle.Dispose();
-            throw new IOException($"TUNSETIFF {name}: {err}");
-        }
-        if (offload && ioctl(fd, TunSetOffload, TunFCsum | TunFTso4) < 0)
-        {
-            string err = Marshal.GetLastPInvokeErrorMessage();
-            handle.Dispose();
-            throw new IOException($"TUNSETOFFLOAD {name}: {err}");
-        }
-        int z = Array.IndexOf(ifr, (byte)0);
-        string actual = Encoding.ASCII.GetString(ifr, 0, z is >= 0 and < 16 ? z : 16);
+        SafeFileHandle handle = Tap.Open(name, offload ? VnetHeader : 0, out string actual);
         return new TapLink(handle, actual, mtu, offload);
     }
 
@@ -93,7 +53,7 @@ public sealed partial class TapLink : IPollableLink
         while (true)
         {
             int n = ReadFrame(buffer, out int errno);
-            if (n >= 0 || errno != Eintr)
+            if (n >= 0 || errno != Sys.EINTR)
             {
                 return Math.Max(n, 0);
             }
@@ -102,7 +62,7 @@ public sealed partial class TapLink : IPollableLink
 
     SafeFileHandle IPollableLink.BeginPolling()
     {
-        if (!Epoll.SetNonBlocking(_handle))
+        if (!Sys.SetNonBlocking(_handle))
         {
             throw new IOException($"cannot make {Name} non-blocking: {Marshal.GetLastPInvokeErrorMessage()}");
         }
@@ -118,9 +78,9 @@ public sealed partial class TapLink : IPollableLink
             {
                 return n;
             }
-            if (errno != Eintr)
+            if (errno != Sys.EINTR)
             {
-                return errno == Eagain ? -1 : 0;
+                return errno == Sys.EAGAIN ? -1 : 0;
             }
         }
     }
@@ -140,7 +100,7 @@ public sealed partial class TapLink : IPollableLink
             nint n;
             try
             {
-                n = _vnet ? ReadVector(header, buffer) : read(_handle, buffer, buffer.Length);
+                n = _vnet ? ReadVector(header, buffer) : Sys.Read(_handle, buffer);
             }
             catch (ObjectDisposedException)
             {
@@ -149,7 +109,7 @@ public sealed partial class TapLink : IPollableLink
             if (n < 0)
             {
                 errno = Marshal.GetLastPInvokeError();
-                return errno == Ebadf ? 0 : -1;
+                return errno == Sys.EBADF ? 0 : -1;
             }
             if (n == 0 || !_vnet)
             {
@@ -208,7 +168,7 @@ public sealed partial class TapLink : IPollableLink
     {
         try
         {
-            _ = write(_handle, bytes, bytes.Length);
+            _ = Sys.Write(_handle, bytes);
         }
         catch (ObjectDisposedException)
         {
@@ -263,24 +223,9 @@ public sealed partial class TapLink : IPollableLink
 
     public void Dispose() => _handle.Dispose();
 
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int open(string path, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int ioctl(int fd, nuint request, byte[] arg);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint read(SafeFileHandle fd, Span<byte> buffer, nint count);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint write(SafeFileHandle fd, ReadOnlySpan<byte> buffer, nint count);
-
     [LibraryImport("libc", SetLastError = true)]
     private static unsafe partial nint readv(SafeFileHandle fd, Iovec* iov, int count);
 
     [LibraryImport("libc", SetLastError = true)]
     private static unsafe partial nint writev(SafeFileHandle fd, Iovec* iov, int count);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int ioctl(int fd, nuint request, nuint arg);
 }
