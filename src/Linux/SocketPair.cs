@@ -1,5 +1,4 @@
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
 
 namespace Kit.Linux;
 
@@ -8,9 +7,8 @@ namespace Kit.Linux;
 /// A child reached this way needs no socket file: nothing in the file system for another user to reach, and nothing
 /// left behind if either process is killed.
 /// </summary>
-public sealed partial class SocketPair : IDisposable
+public sealed class SocketPair : IDisposable
 {
-    private const int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000;
     private int _childFd;
 
     private SocketPair(Socket ours, int childFd)
@@ -30,20 +28,19 @@ public sealed partial class SocketPair : IDisposable
 
     public static SocketPair Create()
     {
-        Span<int> fds = stackalloc int[2];
-        if (NativeSocketPair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ref MemoryMarshal.GetReference(fds)) != 0)
+        if (!Sys.CreateSocketPair(out int ours, out int child))
         {
-            throw new IOException($"socketpair failed (errno {Marshal.GetLastPInvokeError()})");
+            throw new IOException($"socketpair failed (errno {Sys.LastErrno})");
         }
         // Only the child's end loses close-on-exec: a child started by anyone else in this process before it is closed
         // here inherits it too, which is why the window is kept to one start.
-        if (!Sys.ClearCloseOnExec(fds[1]))
+        if (!Sys.ClearCloseOnExec(child))
         {
             int errno = Sys.LastErrno;
-            Sys.CloseAll(fds);
+            Sys.CloseAll([ours, child]);
             throw new IOException($"fcntl(F_SETFD) failed (errno {errno})");
         }
-        return new SocketPair(new Socket(new SafeSocketHandle(fds[0], ownsHandle: true)), fds[1]);
+        return new SocketPair(new Socket(new SafeSocketHandle(ours, ownsHandle: true)), child);
     }
 
     /// <summary>Closes this process's copy of the child's end (the child keeps its own).</summary>
@@ -61,7 +58,4 @@ public sealed partial class SocketPair : IDisposable
         CloseChildEnd();
         Ours.Dispose();
     }
-
-    [LibraryImport("libc", EntryPoint = "socketpair", SetLastError = true)]
-    private static partial int NativeSocketPair(int domain, int type, int protocol, ref int fds);
 }

@@ -237,7 +237,7 @@ internal sealed class VhostUserTestFrontend : IDisposable
 
     public static (Socket Backend, Socket Frontend) Pair()
     {
-        Assert.True(VhostUserInterop.SocketPair(out int a, out int b));
+        Assert.True(Sys.CreateSocketPair(out int a, out int b));
         return (new Socket(new SafeSocketHandle(a, true)), new Socket(new SafeSocketHandle(b, true)));
     }
 

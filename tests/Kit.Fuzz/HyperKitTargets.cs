@@ -4,6 +4,7 @@ using Kit.HyperKit.Devices.Virtio;
 using Kit.HyperKit.Devices.Virtio.Net;
 using Kit.HyperKit.Memory;
 using Kit.HyperKit.VhostUser;
+using Kit.Linux;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kit.Fuzz;
@@ -169,7 +170,7 @@ internal static class HyperKitTargets
         {
             messages.Write(r.Span);
         }
-        if (!VhostUserInterop.SocketPair(out int a, out int b))
+        if (!Sys.CreateSocketPair(out int a, out int b))
         {
             throw new IOException("socketpair failed");
         }

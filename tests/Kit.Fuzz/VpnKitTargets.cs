@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
-using Kit.HyperKit.VhostUser;
+using Kit.Linux;
 using Kit.VpnKit.Links;
 using Kit.VpnKit.Services;
 using Kit.VpnKit.Stack;
@@ -266,7 +266,7 @@ internal static class VpnKitTargets
     /// <summary>A connected pair: the peer has written <paramref name="sent"/> and shut its sending side.</summary>
     internal static (Socket Ours, Socket Peer) Pair(ReadOnlySpan<byte> sent)
     {
-        if (!VhostUserInterop.SocketPair(out int a, out int b))
+        if (!Sys.CreateSocketPair(out int a, out int b))
         {
             throw new IOException("socketpair failed");
         }

@@ -6,15 +6,13 @@ namespace Kit.HyperKit.VhostUser;
 /// <summary>
 /// The system calls vhost-user needs that .NET does not offer: file descriptors passed with SCM_RIGHTS
 /// (vhost-user.rst, "Communication": memory regions and eventfds travel as ancillary data), the frontend's memory
-/// mapped from its fds, and a raw socketpair for the tests' own frontend (a child process's pair is
-/// Kit.Linux.SocketPair). Poll, eventfds, close and fcntl are Kit.Linux's <see cref="Sys"/>.
+/// mapped from its fds. Poll, eventfds, close, fcntl and socketpair are Kit.Linux's <see cref="Sys"/>.
 /// x86-64 Linux layouts only (as the rest of HyperKit).
 /// </summary>
 internal static unsafe partial class VhostUserInterop
 {
     public const int SOL_SOCKET = 1, SCM_RIGHTS = 1;
     public const int MSG_CTRUNC = 0x8, MSG_WAITALL = 0x100, MSG_NOSIGNAL = 0x4000, MSG_CMSG_CLOEXEC = 0x40000000;
-    public const int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000;
     /// <summary>Most descriptors one message may carry (VHOST_MEMORY_BASELINE_NREGIONS is 8); more are refused.</summary>
     public const int MaxFds = 8;
 
@@ -49,9 +47,6 @@ internal static unsafe partial class VhostUserInterop
 
     [LibraryImport("libc", EntryPoint = "recv", SetLastError = true)]
     private static partial nint RecvNative(int fd, byte* buffer, nuint length, int flags);
-
-    [LibraryImport("libc", EntryPoint = "socketpair", SetLastError = true)]
-    private static partial int SocketPairNative(int domain, int type, int protocol, int* fds);
 
     [LibraryImport("libc", EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int MemfdCreate(string name, uint flags);
@@ -215,16 +210,5 @@ internal static unsafe partial class VhostUserInterop
             }
         }
         return true;
-    }
-
-    /// <summary>A connected AF_UNIX stream pair, both close-on-exec.</summary>
-    public static bool SocketPair(out int a, out int b)
-    {
-        int* fds = stackalloc int[2];
-        // SAFETY: fds has room for the two descriptors socketpair writes.
-        int r = SocketPairNative(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds);
-        a = fds[0];
-        b = fds[1];
-        return r == 0;
     }
 }
