@@ -20,6 +20,7 @@ internal static class Program
             DataCommand.Create(),
             UpCommand.Create(),
         };
+        KitLogging.AddTo(root);
         return CliRunner.Run(root, args);
     }
 }

@@ -54,11 +54,7 @@ internal static class NetCommand
         return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
     }
 
-    internal static ILoggerFactory Logs() => LoggerFactory.Create(b =>
-    {
-        b.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
-        b.SetMinimumLevel(Environment.GetEnvironmentVariable("KIT_DEBUG") is { Length: > 0 } ? LogLevel.Debug : LogLevel.Warning);
-    });
+    internal static ILoggerFactory Logs() => KitLogging.CreateFactory();
 
     private static int Run(GatewaySettings options, string[] command, string? control)
     {
@@ -199,7 +195,10 @@ internal static class NetCommand
         {
             throw new CliException(e.Message);
         }
-        Console.Error.WriteLine($"kit: vpnkit serving (gateway 192.168.65.1, MTU {options.Mtu}, ICMP: {server.IcmpMode}); Ctrl-C stops");
+        IEnumerable<string> on = qemu.Select(q => $"--qemu {q}").Concat(dgram.Select(d => $"--dgram {d}"))
+            .Concat(vmnet.Select(v => $"--vmnet {v}")).Concat(vhostUser.Select(v => $"--vhost-user {v}"))
+            .Concat(control is null ? [] : [$"control API unix:{control}"]);
+        Console.Error.WriteLine($"kit: vpnkit serving on {string.Join(", ", on)} (gateway 192.168.65.1, MTU {options.Mtu}, ICMP: {server.IcmpMode}); Ctrl-C stops");
         using var done = new ManualResetEventSlim();
         Console.CancelKeyPress += (_, e) =>
         {

@@ -62,7 +62,7 @@ internal static class UpCommand
         // by another local user, who would then own the socket the guest's DataKit goes through.
         string runtime = Directory.CreateTempSubdirectory("kit-up-").FullName;
         string socket = Path.Combine(runtime, "datakit.sock");
-        using ILoggerFactory logs = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning));
+        using ILoggerFactory logs = KitLogging.CreateFactory();
         DataKitServer data;
         try
         {
