@@ -16,10 +16,12 @@ internal static class DataCommand
     {
         var git = new Option<string?>("--git")
         {
+            HelpName = "DIR",
             Description = "Git repository holding the store (created bare if missing or empty). Default: $XDG_DATA_HOME/kit/datakit, else ~/.local/share/kit/datakit.",
         };
         var listen = new Option<string[]>("--listen-9p", "--url")
         {
+            HelpName = "ADDRESS",
             Description = "Where to serve 9P: tcp://HOST:PORT or unix:PATH (repeatable, or comma-separated). Default: tcp://127.0.0.1:5640.",
         };
         var serve = new Command("serve", "Serve the DataKit tree over 9P (9P2000, 9P2000.u, 9P2000.L) until interrupted.")

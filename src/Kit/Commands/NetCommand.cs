@@ -16,11 +16,11 @@ internal static class NetCommand
 {
     public static Command Create()
     {
-        var mtu = new Option<int>("--mtu") { Description = "Link MTU (576-65520).", DefaultValueFactory = _ => 1500 };
-        var dns = new Option<string[]>("--dns-upstream") { Description = "DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
-        var publish = new Option<string[]>("--publish") { Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
-        var pcap = new Option<FileInfo?>("--pcap") { Description = "Write every frame to FILE (libpcap format)." };
-        var control = new Option<string?>("--control") { Description = "Serve the port-forward control API (HTTP+JSON: GET/POST /forwards, DELETE /forwards/PROTO/PORT) on unix:PATH." };
+        var mtu = new Option<int>("--mtu") { HelpName = "BYTES", Description = "Link MTU (576-65520).", DefaultValueFactory = _ => 1500 };
+        var dns = new Option<string[]>("--dns-upstream") { HelpName = "IP:PORT", Description = "DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
+        var publish = new Option<string[]>("--publish") { HelpName = "HOSTPORT:GUESTPORT", Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
+        var pcap = new Option<FileInfo?>("--pcap") { HelpName = "FILE", Description = "Write every frame to FILE (libpcap format)." };
+        var control = new Option<string?>("--control") { HelpName = "PATH", Description = "Serve the port-forward control API (HTTP+JSON: GET/POST /forwards, DELETE /forwards/PROTO/PORT) on unix:PATH." };
         var policy = new GatewayPolicyOptions();
         var command = new Argument<string[]>("command") { Arity = ArgumentArity.OneOrMore, Description = "The command to run inside the namespace (after --)." };
 
@@ -35,10 +35,10 @@ internal static class NetCommand
         run.SetAction(parse => Run(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse), parse.GetValue(command) ?? [],
             ControlPath(parse.GetValue(control))));
 
-        var qemu = new Option<string[]>("--qemu") { Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
-        var dgram = new Option<string[]>("--dgram") { Description = "Serve QEMU -netdev dgram on unix:PATH (repeatable)." };
-        var vmnet = new Option<string[]>("--vmnet") { Description = "Serve hyperkit virtio-vpnkit (VMN3T) on unix:PATH (repeatable)." };
-        var vhostUser = new Option<string[]>("--vhost-user") { Description = "Serve a vhost-user-net backend on unix:PATH for QEMU, cloud-hypervisor or crosvm (repeatable)." };
+        var qemu = new Option<string[]>("--qemu") { HelpName = "unix:PATH", Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
+        var dgram = new Option<string[]>("--dgram") { HelpName = "unix:PATH", Description = "Serve QEMU -netdev dgram on unix:PATH (repeatable)." };
+        var vmnet = new Option<string[]>("--vmnet") { HelpName = "unix:PATH", Description = "Serve hyperkit virtio-vpnkit (VMN3T) on unix:PATH (repeatable)." };
+        var vhostUser = new Option<string[]>("--vhost-user") { HelpName = "unix:PATH", Description = "Serve a vhost-user-net backend on unix:PATH for QEMU, cloud-hypervisor or crosvm (repeatable)." };
         var serve = new Command("serve", "Serve VMs over QEMU stream/dgram sockets, hyperkit's VMN3T protocol or vhost-user until interrupted.")
         {
             qemu, dgram, vmnet, vhostUser, mtu, dns, publish, pcap, control,
