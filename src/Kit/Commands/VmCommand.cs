@@ -23,7 +23,7 @@ internal static class VmCommand
         var cmdline = new Option<string>("--cmdline")
         {
             HelpName = "TEXT",
-            Description = $"Kernel command line (default: \"{DefaultCmdline}\").",
+            Description = "Kernel command line.",
             DefaultValueFactory = _ => DefaultCmdline,
         };
         var memory = new Option<string>("--memory", "-m")
