@@ -32,8 +32,19 @@ internal static class NetCommand
         {
             run.Options.Add(o);
         }
-        run.SetAction(parse => Run(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse), parse.GetValue(command) ?? [],
-            ControlPath(parse.GetValue(control))));
+        run.SetAction(parse =>
+        {
+            // docker run's convention: 125 when kit itself fails, 126/127 when the command cannot run, else its own code.
+            try
+            {
+                return Run(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse),
+                    parse.GetValue(command) ?? [], ControlPath(parse.GetValue(control)));
+            }
+            catch (CliException e) when (e.ExitCode == 1)
+            {
+                throw new CliException(e.Message, RunFailed);
+            }
+        });
 
         var qemu = new Option<string[]>("--qemu") { HelpName = "unix:PATH", Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
         var dgram = new Option<string[]>("--dgram") { HelpName = "unix:PATH", Description = "Serve QEMU -netdev dgram on unix:PATH (repeatable)." };
@@ -56,11 +67,18 @@ internal static class NetCommand
 
     internal static ILoggerFactory Logs() => KitLogging.CreateFactory();
 
+    /// <summary>`kit net run`'s exit code when kit itself fails (docker run's 125).</summary>
+    public const int RunFailed = 125;
+
     private static int Run(GatewaySettings options, string[] command, string? control)
     {
         if (command.Length == 0)
         {
             throw new CliException("kit net run needs a command after --");
+        }
+        if (CommandLookup.Check(command[0], Environment.GetEnvironmentVariable("PATH")) is (int code, string why))
+        {
+            throw new CliException(why, code);
         }
         if (!OperatingSystem.IsLinux())
         {
