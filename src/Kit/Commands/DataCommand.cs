@@ -28,7 +28,8 @@ internal static class DataCommand
         {
             git, listen,
         };
-        serve.SetAction((parse, ct) => ServeAsync(parse.GetValue(git), parse.GetValue(listen) ?? [], ct));
+        Supervision.AddTo(serve);
+        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [], ct));
         return new Command("data", "DataKit: a git-backed store served as a 9P file system.") { serve };
     }
 
@@ -41,7 +42,7 @@ internal static class DataCommand
         return Path.Combine(baseDir, "kit", "datakit");
     }
 
-    private static async Task<int> ServeAsync(string? gitPath, string[] listenArgs, CancellationToken ct)
+    private static async Task<int> ServeAsync(ParseResult parse, string? gitPath, string[] listenArgs, CancellationToken ct)
     {
         var addresses = new List<ListenAddress>();
         foreach (string text in listenArgs.SelectMany(a => a.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)))
@@ -97,6 +98,7 @@ internal static class DataCommand
                 }
             }
             await Console.Error.WriteLineAsync($"kit data: serving {store} on {string.Join(", ", bound)}").ConfigureAwait(false);
+            using Supervision ready = Supervision.Ready(parse);
             try
             {
                 await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false);

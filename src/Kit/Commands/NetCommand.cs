@@ -32,13 +32,14 @@ internal static class NetCommand
         {
             run.Options.Add(o);
         }
+        Supervision.AddTo(run);
         run.SetAction(parse =>
         {
             // docker run's convention: 125 when kit itself fails, 126/127 when the command cannot run, else its own code.
             try
             {
                 return Run(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse),
-                    parse.GetValue(command) ?? [], ControlPath(parse.GetValue(control)));
+                    parse.GetValue(command) ?? [], ControlPath(parse.GetValue(control)), parse);
             }
             catch (CliException e) when (e.ExitCode == 1)
             {
@@ -58,9 +59,10 @@ internal static class NetCommand
         {
             serve.Options.Add(o);
         }
+        Supervision.AddTo(serve);
         serve.SetAction(parse => Serve(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse),
             parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? [], parse.GetValue(vhostUser) ?? [],
-            ControlPath(parse.GetValue(control))));
+            ControlPath(parse.GetValue(control)), parse));
 
         return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
     }
@@ -70,7 +72,7 @@ internal static class NetCommand
     /// <summary>`kit net run`'s exit code when kit itself fails (docker run's 125).</summary>
     public const int RunFailed = 125;
 
-    private static int Run(GatewaySettings options, string[] command, string? control)
+    private static int Run(GatewaySettings options, string[] command, string? control, ParseResult parse)
     {
         if (command.Length == 0)
         {
@@ -140,6 +142,8 @@ internal static class NetCommand
             {
                 return ChildSignals.ExitCode(signals.Received.Result);
             }
+            // The namespace is up: a supervisor waiting on --ready-fd may now use it.
+            using Supervision ready = Supervision.Ready(parse);
             using Process child = Process.Start(start) ?? throw new CliException($"cannot start {command[0]}");
             signals.ChildStarted(child.Id);
             Task exited = child.WaitForExitAsync();
@@ -171,7 +175,7 @@ internal static class NetCommand
         }
     }
 
-    private static int Serve(GatewaySettings options, string[] qemu, string[] dgram, string[] vmnet, string[] vhostUser, string? control)
+    private static int Serve(GatewaySettings options, string[] qemu, string[] dgram, string[] vmnet, string[] vhostUser, string? control, ParseResult parse)
     {
         if (qemu.Length + dgram.Length + vmnet.Length + vhostUser.Length == 0)
         {
@@ -217,6 +221,7 @@ internal static class NetCommand
             .Concat(vmnet.Select(v => $"--vmnet {v}")).Concat(vhostUser.Select(v => $"--vhost-user {v}"))
             .Concat(control is null ? [] : [$"control API unix:{control}"]);
         Console.Error.WriteLine($"kit: vpnkit serving on {string.Join(", ", on)} (gateway 192.168.65.1, MTU {options.Mtu}, ICMP: {server.IcmpMode}); Ctrl-C stops");
+        using Supervision ready = Supervision.Ready(parse);
         using var done = new ManualResetEventSlim();
         Console.CancelKeyPress += (_, e) =>
         {
