@@ -21,6 +21,10 @@ internal static class Program
             UpCommand.Create(),
         };
         KitLogging.AddTo(root);
+        foreach (Command c in CompletionCommand.Create(root))
+        {
+            root.Subcommands.Add(c);
+        }
         return CliRunner.Run(root, args);
     }
 }
