@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 
 namespace Kit.Cli;
 
@@ -13,7 +14,18 @@ internal static class CliRunner
         try
         {
             var config = new InvocationConfiguration { EnableDefaultExceptionHandler = false };
-            return root.Parse(args).Invoke(config);
+            ParseResult parse = root.Parse(args);
+            if (parse.Errors.Count > 0)
+            {
+                // One line per problem, not System.CommandLine's default of the errors followed by the whole help.
+                foreach (ParseError error in parse.Errors)
+                {
+                    Console.Error.WriteLine($"kit: {error.Message}");
+                }
+                return 1;
+            }
+            KitLogging.Configure(parse);
+            return parse.Invoke(config);
         }
         catch (CliException e)
         {

@@ -20,6 +20,11 @@ internal static class Program
             DataCommand.Create(),
             UpCommand.Create(),
         };
+        KitLogging.AddTo(root);
+        foreach (Command c in CompletionCommand.Create(root))
+        {
+            root.Subcommands.Add(c);
+        }
         return CliRunner.Run(root, args);
     }
 }

@@ -159,24 +159,21 @@ internal static class HyperKitTargets
     /// <summary>
     /// vhost-user-session: a whole backend session for a virtio-net device (null backend) on one end of a socket
     /// pair; the other end sent the input's records as messages ([u16 length][message bytes]: a 12-byte header and
-    /// its payload, no descriptors) and hung up; a thread drains the replies. Without SET_MEM_TABLE's descriptors no
-    /// ring can start, so this covers negotiation, ring setup, config space and the error paths. An exception
-    /// escaping Run is a finding (the backend would log it as an internal error and drop the frontend).
+    /// its payload) and hung up; a thread drains the replies. Descriptors go with the messages that carry them, so the
+    /// rings really start: SET_MEM_TABLE carries one memfd of <see cref="GuestBytes"/> per region it lists (at most
+    /// eight), SET_VRING_KICK/CALL/ERR an eventfd unless the payload says NOFD. A record whose request is 0 (NONE) is
+    /// not sent: its payload is the memfds' initial contents (descriptor tables, rings, buffers), so a kick processes
+    /// fuzzer-made chains synchronously (SET_VRING_KICK kicks once). An exception escaping Run is a finding (the
+    /// backend would log it as an internal error and drop the frontend).
     /// </summary>
     public static void VhostUserSession(byte[] input)
     {
-        var messages = new MemoryStream();
-        foreach (ReadOnlyMemory<byte> r in FuzzTargets.Records(input))
-        {
-            messages.Write(r.Span);
-        }
         if (!Sys.CreateSocketPair(out int a, out int b))
         {
             throw new IOException("socketpair failed");
         }
         using var ours = new Socket(new SafeSocketHandle(a, ownsHandle: true));
         using var peer = new Socket(new SafeSocketHandle(b, ownsHandle: true));
-        byte[] sent = messages.ToArray();
         var drain = new Thread(() =>
         {
             byte[] sink = new byte[65536];
@@ -191,10 +188,28 @@ internal static class HyperKitTargets
             }
         }) { IsBackground = true };
         drain.Start();
-        ReadOnlySpan<byte> rest = sent;
-        while (rest.Length > 0)
+        byte[] image = [];
+        foreach (ReadOnlyMemory<byte> r in FuzzTargets.Records(input))
         {
-            rest = rest[peer.Send(rest)..];
+            ReadOnlySpan<byte> m = r.Span;
+            uint request = m.Length >= 4 ? BinaryPrimitives.ReadUInt32LittleEndian(m) : uint.MaxValue;
+            if (request == 0)
+            {
+                image = m[Math.Min(m.Length, VhostUserHeader.Length)..].ToArray();
+                continue;
+            }
+            int[] fds = DescriptorsFor((VhostUserRequest)request, m, image);
+            try
+            {
+                if (!VhostUserInterop.SendWithFds((int)peer.Handle, m, fds))
+                {
+                    break; // the session hung up on us
+                }
+            }
+            finally
+            {
+                Sys.CloseAll(fds);
+            }
         }
         peer.Shutdown(SocketShutdown.Send);
         using var device = new VirtioNet(new NullNetBackend(), [0x02, 0, 0, 0, 0, 1]);
@@ -207,6 +222,53 @@ internal static class HyperKitTargets
         {
             throw new FuzzFindingException("reply drain did not end");
         }
+    }
+
+    /// <summary>Size of each memfd region the vhost-user-session target passes (small: the fuzzer writes its start).</summary>
+    internal const int GuestBytes = 64 * 1024;
+
+    private static int[] DescriptorsFor(VhostUserRequest request, ReadOnlySpan<byte> message, byte[] image)
+    {
+        ReadOnlySpan<byte> payload = message[Math.Min(message.Length, VhostUserHeader.Length)..];
+        switch (request)
+        {
+            case VhostUserRequest.SetMemTable when payload.Length >= 4:
+                {
+                    int count = (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(payload), 8);
+                    int[] fds = new int[count];
+                    for (int i = 0; i < count; i++)
+                    {
+                        fds[i] = Memfd(image);
+                    }
+                    return fds;
+                }
+            case VhostUserRequest.SetVringKick or VhostUserRequest.SetVringCall or VhostUserRequest.SetVringErr
+                when payload.Length >= 8 && (BinaryPrimitives.ReadUInt64LittleEndian(payload) & VringFdPayload.NoFd) == 0:
+                {
+                    int fd = Sys.EventFd(0, 0x80000 /* EFD_CLOEXEC */);
+                    if (fd < 0)
+                    {
+                        throw new IOException($"eventfd failed: errno {Sys.LastErrno}");
+                    }
+                    return [fd];
+                }
+            default:
+                return [];
+        }
+    }
+
+    private static int Memfd(byte[] image)
+    {
+        int fd = VhostUserInterop.MemfdCreate("kit-fuzz-guest", 1 /* MFD_CLOEXEC */);
+        if (fd < 0 || VhostUserInterop.Ftruncate(fd, GuestBytes) != 0)
+        {
+            throw new IOException($"memfd failed: errno {Sys.LastErrno}");
+        }
+        using (var file = File.OpenHandle($"/proc/self/fd/{fd}", FileMode.Open, FileAccess.Write))
+        {
+            RandomAccess.Write(file, image.AsSpan(0, Math.Min(image.Length, GuestBytes)), 0);
+        }
+        return fd;
     }
 
     private sealed class NullNetBackend : INetBackend

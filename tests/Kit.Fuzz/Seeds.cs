@@ -94,6 +94,7 @@ internal static class Seeds
         yield return ("vhost-user-message", "mem-table", [3, .. table]);
         yield return ("vhost-user-message", "config", [4, .. vhost[8].AsSpan(VhostUserHeader.Length)]);
         yield return ("vhost-user-session", "handshake", FuzzTargets.Join(vhost));
+        yield return ("vhost-user-session", "tx-ring", FuzzTargets.Join(VhostTxRing()));
     }
 
     // ---- 9P sessions ----
@@ -332,6 +333,49 @@ internal static class Seeds
             Msg(VhostUserRequest.SetVringEnable, state),
             Msg(VhostUserRequest.GetVringBase, state),
             Msg(VhostUserRequest.ResetOwner, []),
+        ];
+    }
+
+    /// <summary>
+    /// A session whose transmit ring really runs (the vhost-user-session target's memfd mode): a NONE record with the
+    /// guest memory (an 8-entry ring at 0x0/0x100/0x200 holding one 54-byte chain at 0x300: a virtio-net header and an
+    /// ARP request), one memfd region, the ring set up, and SET_VRING_KICK with an eventfd, which starts and kicks it.
+    /// </summary>
+    private static byte[][] VhostTxRing()
+    {
+        const ulong user = 0x7f00_0000_0000;
+        const ushort size = 8;
+        byte[] memory = new byte[0x300 + 12 + 42];
+        Span<byte> m = memory;
+        BinaryPrimitives.WriteUInt64LittleEndian(m, 0x300); // desc[0].addr
+        BinaryPrimitives.WriteUInt32LittleEndian(m[8..], 12 + 42); // desc[0].len, flags 0, next 0
+        BinaryPrimitives.WriteUInt16LittleEndian(m[0x102..], 1); // avail.idx = 1, avail.ring[0] = 0
+        m[(0x300 + 12)..].Fill(0xff); // broadcast destination, then an ARP-looking body
+        BinaryPrimitives.WriteUInt16BigEndian(m[(0x300 + 12 + 12)..], 0x0806);
+        byte[] table = new byte[8 + VhostMemoryRegion.Length];
+        VhostMemoryTable.Write(table, [new(0, HyperKitTargets.GuestBytes, user, 0)]);
+        byte[] state = new byte[VringState.Length];
+        new VringState(1, size).Write(state);
+        byte[] zero = new byte[VringState.Length];
+        new VringState(1, 0).Write(zero);
+        byte[] enable = new byte[VringState.Length];
+        new VringState(1, 1).Write(enable);
+        byte[] address = new byte[VringAddress.Length];
+        new VringAddress(1, 0, user, user + 0x200, user + 0x100, 0).Write(address);
+        return
+        [
+            Msg(0, memory),
+            Msg(VhostUserRequest.GetFeatures, []),
+            Msg(VhostUserRequest.SetFeatures, U64((1UL << 32) | (1UL << 30))),
+            Msg(VhostUserRequest.SetOwner, []),
+            Msg(VhostUserRequest.SetMemTable, table),
+            Msg(VhostUserRequest.SetVringNum, state),
+            Msg(VhostUserRequest.SetVringAddr, address),
+            Msg(VhostUserRequest.SetVringBase, zero),
+            Msg(VhostUserRequest.SetVringCall, U64(1)),
+            Msg(VhostUserRequest.SetVringKick, U64(1)),
+            Msg(VhostUserRequest.SetVringEnable, enable),
+            Msg(VhostUserRequest.GetVringBase, zero),
         ];
     }
 }

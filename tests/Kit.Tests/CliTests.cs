@@ -23,6 +23,18 @@ public sealed class CliTests
         Assert.DoesNotContain("   at ", result.Output, StringComparison.Ordinal);
     }
 
+    /// <summary>A flag System.CommandLine cannot parse is one line too, not the error followed by the whole help.</summary>
+    [Theory]
+    [InlineData("kit: Cannot parse argument 'x' for option '--cpus' as expected type 'System.Int32'.", "up", "--cpus", "x")]
+    [InlineData("kit: Unrecognized command or argument '--bogus'.", "data", "serve", "--bogus")]
+    public void AParseErrorIsOneLine(string expected, params string[] args)
+    {
+        ProcessResult result = KitCli.Run(args);
+        Assert.Equal(1, result.ExitCode);
+        Assert.Equal(expected, result.StandardError.Trim());
+        Assert.Equal("", result.StandardOutput);
+    }
+
     [Fact]
     public void UpRejectsABadMemorySizeInOneLine()
     {

@@ -16,18 +16,20 @@ internal static class DataCommand
     {
         var git = new Option<string?>("--git")
         {
+            HelpName = "DIR",
             Description = "Git repository holding the store (created bare if missing or empty). Default: $XDG_DATA_HOME/kit/datakit, else ~/.local/share/kit/datakit.",
         };
         var listen = new Option<string[]>("--listen-9p", "--url")
         {
+            HelpName = "ADDRESS",
             Description = "Where to serve 9P: tcp://HOST:PORT or unix:PATH (repeatable, or comma-separated). Default: tcp://127.0.0.1:5640.",
         };
-        var verbose = new Option<bool>("--verbose", "-v") { Description = "Log connections and protocol errors." };
         var serve = new Command("serve", "Serve the DataKit tree over 9P (9P2000, 9P2000.u, 9P2000.L) until interrupted.")
         {
-            git, listen, verbose,
+            git, listen,
         };
-        serve.SetAction((parse, ct) => ServeAsync(parse.GetValue(git), parse.GetValue(listen) ?? [], parse.GetValue(verbose), ct));
+        Supervision.AddTo(serve);
+        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [], ct));
         return new Command("data", "DataKit: a git-backed store served as a 9P file system.") { serve };
     }
 
@@ -40,7 +42,7 @@ internal static class DataCommand
         return Path.Combine(baseDir, "kit", "datakit");
     }
 
-    private static async Task<int> ServeAsync(string? gitPath, string[] listenArgs, bool verbose, CancellationToken ct)
+    private static async Task<int> ServeAsync(ParseResult parse, string? gitPath, string[] listenArgs, CancellationToken ct)
     {
         var addresses = new List<ListenAddress>();
         foreach (string text in listenArgs.SelectMany(a => a.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)))
@@ -57,12 +59,10 @@ internal static class DataCommand
             addresses.Add(a!);
         }
         string store = gitPath ?? DefaultStore();
-        // Levels can be changed at run time through /debug/src/<source>/level.
-        var sources = new LogSources(verbose ? LogLevel.Debug : LogLevel.Warning);
-        using ILoggerFactory loggers = LoggerFactory.Create(b => b
-            .AddSimpleConsole(o => o.SingleLine = true)
-            .SetMinimumLevel(LogLevel.Trace)
-            .AddFilter((category, level) => sources.IsEnabled(category, level)));
+        // Levels start at the global --log-level (-v: connections and protocol errors) and can be changed at run time
+        // through /debug/src/<source>/level.
+        var sources = new LogSources(KitLogging.Level);
+        using ILoggerFactory loggers = KitLogging.CreateFactory(sources.IsEnabled);
         ILogger logger = loggers.CreateLogger("datakit");
         DataKitServer server;
         try
@@ -80,11 +80,14 @@ internal static class DataCommand
         }
         await using (server.ConfigureAwait(false))
         {
+            var bound = new List<string>();
             foreach (ListenAddress a in addresses)
             {
                 try
                 {
-                    server.Listen(a);
+                    // The address as bound: tcp://127.0.0.1:0 becomes the port the kernel chose.
+                    System.Net.EndPoint at = server.Listen(a);
+                    bound.Add(a.IsUnix ? a.ToString() : $"tcp://{at}");
                 }
                 catch (Exception e) when (e is SocketException or IOException)
                 {
@@ -94,7 +97,8 @@ internal static class DataCommand
                         : $"cannot listen on {a}: {e.Message}");
                 }
             }
-            await Console.Error.WriteLineAsync($"kit data: serving {store} on {string.Join(", ", addresses)}").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync($"kit data: serving {store} on {string.Join(", ", bound)}").ConfigureAwait(false);
+            using Supervision ready = Supervision.Ready(parse);
             try
             {
                 await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false);

@@ -15,6 +15,7 @@ internal static class GuestCommand
     {
         var cacheOption = new Option<DirectoryInfo?>("--cache")
         {
+            HelpName = "DIR",
             Description = "Cache directory (default: $KIT_GUEST_CACHE, else ~/.cache/kit/guest).",
         };
         var build = new Command("build", "Build (or reuse from cache) the default guest kernel and initramfs; prints their paths.")

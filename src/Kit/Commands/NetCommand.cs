@@ -16,11 +16,11 @@ internal static class NetCommand
 {
     public static Command Create()
     {
-        var mtu = new Option<int>("--mtu") { Description = "Link MTU (576-65520).", DefaultValueFactory = _ => 1500 };
-        var dns = new Option<string[]>("--dns-upstream") { Description = "DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
-        var publish = new Option<string[]>("--publish") { Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
-        var pcap = new Option<FileInfo?>("--pcap") { Description = "Write every frame to FILE (libpcap format)." };
-        var control = new Option<string?>("--control") { Description = "Serve the port-forward control API (HTTP+JSON: GET/POST /forwards, DELETE /forwards/PROTO/PORT) on unix:PATH." };
+        var mtu = new Option<int>("--mtu") { HelpName = "BYTES", Description = "Link MTU (576-65520).", DefaultValueFactory = _ => 1500 };
+        var dns = new Option<string[]>("--dns-upstream") { HelpName = "IP:PORT", Description = "DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
+        var publish = new Option<string[]>("--publish") { HelpName = "HOSTPORT:GUESTPORT", Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
+        var pcap = new Option<FileInfo?>("--pcap") { HelpName = "FILE", Description = "Write every frame to FILE (libpcap format)." };
+        var control = new Option<string?>("--control") { HelpName = "PATH", Description = "Serve the port-forward control API (HTTP+JSON: GET/POST /forwards, DELETE /forwards/PROTO/PORT) on unix:PATH." };
         var policy = new GatewayPolicyOptions();
         var command = new Argument<string[]>("command") { Arity = ArgumentArity.OneOrMore, Description = "The command to run inside the namespace (after --)." };
 
@@ -32,13 +32,25 @@ internal static class NetCommand
         {
             run.Options.Add(o);
         }
-        run.SetAction(parse => Run(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse), parse.GetValue(command) ?? [],
-            ControlPath(parse.GetValue(control))));
+        Supervision.AddTo(run);
+        run.SetAction(parse =>
+        {
+            // docker run's convention: 125 when kit itself fails, 126/127 when the command cannot run, else its own code.
+            try
+            {
+                return Run(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse),
+                    parse.GetValue(command) ?? [], ControlPath(parse.GetValue(control)), parse);
+            }
+            catch (CliException e) when (e.ExitCode == 1)
+            {
+                throw new CliException(e.Message, RunFailed);
+            }
+        });
 
-        var qemu = new Option<string[]>("--qemu") { Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
-        var dgram = new Option<string[]>("--dgram") { Description = "Serve QEMU -netdev dgram on unix:PATH (repeatable)." };
-        var vmnet = new Option<string[]>("--vmnet") { Description = "Serve hyperkit virtio-vpnkit (VMN3T) on unix:PATH (repeatable)." };
-        var vhostUser = new Option<string[]>("--vhost-user") { Description = "Serve a vhost-user-net backend on unix:PATH for QEMU, cloud-hypervisor or crosvm (repeatable)." };
+        var qemu = new Option<string[]>("--qemu") { HelpName = "unix:PATH", Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
+        var dgram = new Option<string[]>("--dgram") { HelpName = "unix:PATH", Description = "Serve QEMU -netdev dgram on unix:PATH (repeatable)." };
+        var vmnet = new Option<string[]>("--vmnet") { HelpName = "unix:PATH", Description = "Serve hyperkit virtio-vpnkit (VMN3T) on unix:PATH (repeatable)." };
+        var vhostUser = new Option<string[]>("--vhost-user") { HelpName = "unix:PATH", Description = "Serve a vhost-user-net backend on unix:PATH for QEMU, cloud-hypervisor or crosvm (repeatable)." };
         var serve = new Command("serve", "Serve VMs over QEMU stream/dgram sockets, hyperkit's VMN3T protocol or vhost-user until interrupted.")
         {
             qemu, dgram, vmnet, vhostUser, mtu, dns, publish, pcap, control,
@@ -47,24 +59,28 @@ internal static class NetCommand
         {
             serve.Options.Add(o);
         }
+        Supervision.AddTo(serve);
         serve.SetAction(parse => Serve(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse),
             parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? [], parse.GetValue(vhostUser) ?? [],
-            ControlPath(parse.GetValue(control))));
+            ControlPath(parse.GetValue(control)), parse));
 
         return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
     }
 
-    internal static ILoggerFactory Logs() => LoggerFactory.Create(b =>
-    {
-        b.AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
-        b.SetMinimumLevel(Environment.GetEnvironmentVariable("KIT_DEBUG") is { Length: > 0 } ? LogLevel.Debug : LogLevel.Warning);
-    });
+    internal static ILoggerFactory Logs() => KitLogging.CreateFactory();
 
-    private static int Run(GatewaySettings options, string[] command, string? control)
+    /// <summary>`kit net run`'s exit code when kit itself fails (docker run's 125).</summary>
+    public const int RunFailed = 125;
+
+    private static int Run(GatewaySettings options, string[] command, string? control, ParseResult parse)
     {
         if (command.Length == 0)
         {
             throw new CliException("kit net run needs a command after --");
+        }
+        if (CommandLookup.Check(command[0], Environment.GetEnvironmentVariable("PATH")) is (int code, string why))
+        {
+            throw new CliException(why, code);
         }
         if (!OperatingSystem.IsLinux())
         {
@@ -126,6 +142,8 @@ internal static class NetCommand
             {
                 return ChildSignals.ExitCode(signals.Received.Result);
             }
+            // The namespace is up: a supervisor waiting on --ready-fd may now use it.
+            using Supervision ready = Supervision.Ready(parse);
             using Process child = Process.Start(start) ?? throw new CliException($"cannot start {command[0]}");
             signals.ChildStarted(child.Id);
             Task exited = child.WaitForExitAsync();
@@ -157,7 +175,7 @@ internal static class NetCommand
         }
     }
 
-    private static int Serve(GatewaySettings options, string[] qemu, string[] dgram, string[] vmnet, string[] vhostUser, string? control)
+    private static int Serve(GatewaySettings options, string[] qemu, string[] dgram, string[] vmnet, string[] vhostUser, string? control, ParseResult parse)
     {
         if (qemu.Length + dgram.Length + vmnet.Length + vhostUser.Length == 0)
         {
@@ -199,7 +217,11 @@ internal static class NetCommand
         {
             throw new CliException(e.Message);
         }
-        Console.Error.WriteLine($"kit: vpnkit serving (gateway 192.168.65.1, MTU {options.Mtu}, ICMP: {server.IcmpMode}); Ctrl-C stops");
+        IEnumerable<string> on = qemu.Select(q => $"--qemu {q}").Concat(dgram.Select(d => $"--dgram {d}"))
+            .Concat(vmnet.Select(v => $"--vmnet {v}")).Concat(vhostUser.Select(v => $"--vhost-user {v}"))
+            .Concat(control is null ? [] : [$"control API unix:{control}"]);
+        Console.Error.WriteLine($"kit: vpnkit serving on {string.Join(", ", on)} (gateway 192.168.65.1, MTU {options.Mtu}, ICMP: {server.IcmpMode}); Ctrl-C stops");
+        using Supervision ready = Supervision.Ready(parse);
         using var done = new ManualResetEventSlim();
         Console.CancelKeyPress += (_, e) =>
         {

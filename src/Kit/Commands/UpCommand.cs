@@ -26,18 +26,20 @@ internal static class UpCommand
     {
         var git = new Option<string?>("--git")
         {
+            HelpName = "DIR",
             Description = "Git repository holding the DataKit store (created if missing). Default: as kit data serve.",
         };
         var listen = new Option<string[]>("--listen-9p")
         {
+            HelpName = "ADDRESS",
             Description = "Also serve DataKit to host tools at tcp://HOST:PORT or unix:PATH (repeatable). Default: unix:$XDG_RUNTIME_DIR/kit/datakit.sock (0600; else /run/kit or ~/.local/share/kit).",
         };
-        var cpus = new Option<int>("--cpus", "-c") { Description = "Number of vCPUs.", DefaultValueFactory = _ => 2 };
-        var memory = new Option<string>("--memory", "-m") { Description = "Guest RAM (K/M/G suffix).", DefaultValueFactory = _ => "512M" };
-        var dnsUpstream = new Option<string[]>("--dns-upstream") { Description = "DNS upstream IP:PORT for the guest's forwarder (repeatable; default: the host's resolv.conf)." };
-        var publish = new Option<string[]>("--publish") { Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
-        var consoleLog = new Option<FileInfo?>("--console-log") { Description = "Also write the serial console to FILE." };
-        var accel = new Option<string>("--accel") { Description = Accelerators.OptionHelp, DefaultValueFactory = _ => "auto" };
+        var cpus = new Option<int>("--cpus", "-c") { HelpName = "N", Description = "Number of vCPUs.", DefaultValueFactory = _ => 2 };
+        var memory = new Option<string>("--memory", "-m") { HelpName = "SIZE", Description = "Guest RAM (K/M/G suffix).", DefaultValueFactory = _ => "512M" };
+        var dnsUpstream = new Option<string[]>("--dns-upstream") { HelpName = "IP:PORT", Description = "DNS upstream IP:PORT for the guest's forwarder (repeatable; default: the host's resolv.conf)." };
+        var publish = new Option<string[]>("--publish") { HelpName = "HOSTPORT:GUESTPORT", Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
+        var consoleLog = new Option<FileInfo?>("--console-log") { HelpName = "FILE", Description = "Also write the serial console to FILE." };
+        var accel = new Option<string>("--accel") { HelpName = "auto|kvm|tcg", Description = Accelerators.OptionHelp, DefaultValueFactory = _ => "auto" };
         var up = new Command("up", "Boot the default guest with VPNKit networking and DataKit mounted at /datakit, and run its demo (then a shell, when stdin is a terminal).")
         {
             git, listen, cpus, memory, dnsUpstream, publish, consoleLog, accel,
@@ -62,7 +64,7 @@ internal static class UpCommand
         // by another local user, who would then own the socket the guest's DataKit goes through.
         string runtime = Directory.CreateTempSubdirectory("kit-up-").FullName;
         string socket = Path.Combine(runtime, "datakit.sock");
-        using ILoggerFactory logs = LoggerFactory.Create(b => b.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning));
+        using ILoggerFactory logs = KitLogging.CreateFactory();
         DataKitServer data;
         try
         {

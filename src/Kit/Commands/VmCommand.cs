@@ -18,49 +18,56 @@ internal static class VmCommand
 
     public static Command Create()
     {
-        var kernel = new Option<FileInfo>("--kernel") { Description = "Linux bzImage to boot (64-bit boot protocol).", Required = true };
-        var initrd = new Option<FileInfo?>("--initrd") { Description = "Initial ramdisk (cpio, optionally compressed)." };
+        var kernel = new Option<FileInfo>("--kernel") { HelpName = "FILE", Description = "Linux bzImage to boot (64-bit boot protocol).", Required = true };
+        var initrd = new Option<FileInfo?>("--initrd") { HelpName = "FILE", Description = "Initial ramdisk (cpio, optionally compressed)." };
         var cmdline = new Option<string>("--cmdline")
         {
-            Description = $"Kernel command line (default: \"{DefaultCmdline}\").",
+            HelpName = "TEXT",
+            Description = "Kernel command line.",
             DefaultValueFactory = _ => DefaultCmdline,
         };
         var memory = new Option<string>("--memory", "-m")
         {
+            HelpName = "SIZE",
             Description = "Guest RAM with a K/M/G suffix (plain numbers are MiB), at most 3G.",
             DefaultValueFactory = _ => "512M",
         };
-        var cpus = new Option<int>("--cpus", "-c") { Description = "Number of vCPUs.", DefaultValueFactory = _ => 1 };
+        var cpus = new Option<int>("--cpus", "-c") { HelpName = "N", Description = "Number of vCPUs.", DefaultValueFactory = _ => 1 };
         var disks = new Option<string[]>("--disk")
         {
+            HelpName = "FILE[,ro]",
             Description = "Raw disk image as virtio-blk, in order /dev/vda, /dev/vdb...; append \",ro\" for read-only.",
             AllowMultipleArgumentsPerToken = false,
         };
         var noRng = new Option<bool>("--no-rng") { Description = "Do not attach a virtio-rng device." };
         var consoleLog = new Option<FileInfo?>("--console-log")
         {
+            HelpName = "FILE",
             Description = "Also write the serial console to FILE (truncated first), as hyperkit's com1 log= does.",
         };
         var net = new Option<string>("--net")
         {
+            HelpName = "none|vpnkit|vmnet:PATH|tap:NAME",
             Description = "virtio-net backend: none, vpnkit (in-process VPNKit: 192.168.65.0/24, host at 192.168.65.2), vmnet:PATH (a VMN3T server such as kit net serve --vmnet or vpnkit), tap:NAME.",
             DefaultValueFactory = _ => "none",
         };
-        var mac = new Option<string?>("--mac") { Description = "Guest MAC address xx:xx:xx:xx:xx:xx (default: random; a VMN3T server assigns its own)." };
-        var netMtu = new Option<int>("--mtu") { Description = "Link MTU for --net vpnkit and tap (576-65520).", DefaultValueFactory = _ => 1500 };
-        var dnsUpstream = new Option<string[]>("--dns-upstream") { Description = "--net vpnkit: DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
-        var publish = new Option<string[]>("--publish") { Description = "--net vpnkit: forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
-        var pcap = new Option<FileInfo?>("--pcap") { Description = "--net vpnkit: write every frame to FILE (libpcap format)." };
+        var mac = new Option<string?>("--mac") { HelpName = "MAC", Description = "Guest MAC address xx:xx:xx:xx:xx:xx (default: random; a VMN3T server assigns its own)." };
+        var netMtu = new Option<int>("--mtu") { HelpName = "BYTES", Description = "Link MTU for --net vpnkit and tap (576-65520).", DefaultValueFactory = _ => 1500 };
+        var dnsUpstream = new Option<string[]>("--dns-upstream") { HelpName = "IP:PORT", Description = "--net vpnkit: DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
+        var publish = new Option<string[]>("--publish") { HelpName = "HOSTPORT:GUESTPORT", Description = "--net vpnkit: forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
+        var pcap = new Option<FileInfo?>("--pcap") { HelpName = "FILE", Description = "--net vpnkit: write every frame to FILE (libpcap format)." };
         var shares = new Option<string[]>("--share")
         {
+            HelpName = "TAG=DIR[,ro][,trusted]",
             Description = "virtio-9p share TAG=DIR (add \",ro\" for read-only, \",trusted\" to apply the guest's chown and setuid/setgid bits: docs/security.md) or TAG=tcp://HOST:PORT / TAG=unix:PATH to relay to a 9P server; the guest mounts it with mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt.",
             AllowMultipleArgumentsPerToken = false,
         };
         var vsock = new Option<string?>("--vsock")
         {
+            HelpName = "PATH[,cid=N]",
             Description = "virtio-vsock on Unix sockets, Firecracker's protocol: host clients connect to PATH and send \"CONNECT <port>\\n\"; guest connections to CID 2 port P go to PATH_P. Guest CID 3 unless \",cid=N\" is appended.",
         };
-        var accel = new Option<string>("--accel") { Description = Accelerators.OptionHelp, DefaultValueFactory = _ => "auto" };
+        var accel = new Option<string>("--accel") { HelpName = "auto|kvm|tcg", Description = Accelerators.OptionHelp, DefaultValueFactory = _ => "auto" };
         var policy = new GatewayPolicyOptions();
         var run = new Command("run", "Boot a Linux kernel with the console on stdio; the exit code says how the guest ended (0 power-off, 1 VMM error, 2 reset, 3 triple fault, 4 panic).")
         {

@@ -66,7 +66,7 @@ internal static class VmLauncher
             };
         // The loader says which kernel path it took and vhost-user logs its sessions at debug level; the console logger
         // starts a thread, so it exists only when asked for.
-        using ILoggerFactory? logs = Environment.GetEnvironmentVariable("KIT_DEBUG") is { Length: > 0 } ? NetCommand.Logs() : null;
+        using ILoggerFactory? logs = KitLogging.Level <= LogLevel.Debug ? KitLogging.CreateFactory() : null;
         var clock = Stopwatch.StartNew();
         MachineExit exit;
         using (VmNetwork network = VmNetwork.Create(spec.Net, spec.NetOptions))

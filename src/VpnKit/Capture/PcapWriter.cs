@@ -4,7 +4,9 @@ namespace Kit.VpnKit.Capture;
 
 /// <summary>
 /// Writes frames in the classic libpcap format (magic 0xa1b2c3d4, version 2.4, LINKTYPE_ETHERNET = 1), which
-/// tshark, tcpdump and Wireshark read. Thread-safe; frames are cut at the snap length.
+/// tshark, tcpdump and Wireshark read. Thread-safe; frames are cut at the snap length. Frames are buffered and the
+/// buffer goes to the file at most <see cref="FlushInterval"/> after a frame arrives, so `tshark -r` and `tail -f`
+/// see the capture while it runs, without a write system call per frame at line rate.
 /// </summary>
 public sealed class PcapWriter : IDisposable
 {
@@ -12,6 +14,11 @@ public sealed class PcapWriter : IDisposable
     private readonly object _gate = new();
     private readonly int _snap;
     private readonly byte[] _record = new byte[16];
+    private readonly Timer _flusher;
+    private bool _dirty;
+
+    /// <summary>Longest time a captured frame stays in the buffer.</summary>
+    public static readonly TimeSpan FlushInterval = TimeSpan.FromMilliseconds(200);
 
     public PcapWriter(Stream output, int snapLength = 65535)
     {
@@ -26,6 +33,8 @@ public sealed class PcapWriter : IDisposable
         BinaryPrimitives.WriteUInt32LittleEndian(h.Slice(16), (uint)snapLength);
         BinaryPrimitives.WriteUInt32LittleEndian(h.Slice(20), 1);
         _out.Write(h);
+        _out.Flush();
+        _flusher = new Timer(_ => FlushIfDirty(), null, FlushInterval, FlushInterval);
     }
 
     public void Write(ReadOnlySpan<byte> frame)
@@ -40,6 +49,7 @@ public sealed class PcapWriter : IDisposable
             BinaryPrimitives.WriteUInt32LittleEndian(_record.AsSpan(12), (uint)frame.Length);
             _out.Write(_record);
             _out.Write(frame.Slice(0, captured));
+            _dirty = true;
         }
     }
 
@@ -51,8 +61,28 @@ public sealed class PcapWriter : IDisposable
         }
     }
 
+    private void FlushIfDirty()
+    {
+        lock (_gate)
+        {
+            if (_dirty && _out.CanWrite)
+            {
+                try
+                {
+                    _out.Flush();
+                    _dirty = false;
+                }
+                catch (IOException)
+                {
+                    // A full disk: the frames stay buffered and the capture path's next write reports it.
+                }
+            }
+        }
+    }
+
     public void Dispose()
     {
+        _flusher.Dispose();
         lock (_gate)
         {
             _out.Dispose();

@@ -53,6 +53,15 @@ public sealed partial class NetRunLifecycleTests
             string line = await kit.WaitForLineAsync(l => l.StartsWith("ns=", StringComparison.Ordinal), TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
             (string ns, int child) = Parse(line);
             Assert.True(Directory.Exists($"/etc/netns/{ns}"));
+            // The capture is readable while the run goes on (frames reach the file within PcapWriter.FlushInterval).
+            int live = 0;
+            string liveProblem = "";
+            for (int i = 0; i < 50 && live < 2; i++)
+            {
+                await Task.Delay(100, TestContext.Current.CancellationToken);
+                live = PcapFrames(File.ReadAllBytes(pcap), out liveProblem);
+            }
+            Assert.True(live >= 2, $"{pcap} while running: {live} frames, {liveProblem}");
 
             // What timeout(1), systemd and docker stop send.
             (await ProcessRunner.RunAsync("kill", ["-TERM", kit.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)],

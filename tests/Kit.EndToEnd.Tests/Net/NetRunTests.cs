@@ -271,4 +271,22 @@ public sealed class NetRunTests
         ProcessResult r = await NetRun.RunAsync([], "exit 7", Timeout);
         Assert.Equal(7, r.ExitCode);
     }
+
+    /// <summary>
+    /// docker run's exit codes (issue 14): 127 for a command that is not found, 126 for one that cannot be executed, 125
+    /// for kit's own failure, each with one line and nothing left behind (no namespace is made for them).
+    /// </summary>
+    [Theory]
+    [InlineData(127, "kit: kit-no-such-command: command not found", "kit-no-such-command")]
+    [InlineData(127, "kit: /nonexistent/tool: no such file", "/nonexistent/tool")]
+    [InlineData(126, "kit: /etc/hostname: permission denied (not an executable file)", "/etc/hostname")]
+    [InlineData(126, "kit: /etc: permission denied (not an executable file)", "/etc")]
+    [InlineData(125, "kit: --mtu must be between 576 and 65520, got 5", "--mtu", "5", "--", "true")]
+    public async Task ExitCodesFollowDockerRun(int code, string message, params string[] args)
+    {
+        string[] argv = args.Contains("--") ? ["net", "run", .. args] : ["net", "run", "--", .. args];
+        ProcessResult r = await ProcessRunner.RunAsync(KitCli.ExecutablePath, argv, Timeout, cancellationToken: TestContext.Current.CancellationToken);
+        Assert.True(r.ExitCode == code, NetRun.Describe(r));
+        Assert.Equal(message, r.StandardError.Trim());
+    }
 }
