@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds Kit's default guest: the stock Debian kernel (linux-image-amd64) and a small busybox initramfs.
-# Everything comes from Debian packages (testing-here.md sections 2 and 3). The result is cached under
+# Everything comes from Debian packages (testing-here.md sections 2 and 3), downloaded with apt from the mirror apt is
+# configured with: the kernel, busybox-static, and iperf3 with its libraries (for tests and benchmarks in the guest;
+# the host needs none of them). The result is cached under
 #   ${KIT_GUEST_CACHE:-$HOME/.cache/kit/guest}/<kernel version>/{vmlinuz,initrd.gz}
 # and a second run only prints the paths. The last two lines of output are always
 #   kernel=<absolute path>
@@ -19,8 +21,8 @@ set -euo pipefail
 
 die() { echo "guest/build.sh: $*" >&2; exit 1; }
 
-for tool in apt-cache apt-get dpkg-deb depmod modprobe cpio gzip busybox iperf3 ldd sha256sum flock; do
-  command -v "$tool" >/dev/null 2>&1 || die "missing tool '$tool' (apt-get install kmod cpio busybox-static iperf3 apt)"
+for tool in apt-cache apt-get dpkg-deb depmod modprobe cpio gzip ldd sha256sum flock; do
+  command -v "$tool" >/dev/null 2>&1 || die "missing tool '$tool' (apt-get install kmod cpio apt)"
 done
 
 home=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
@@ -30,11 +32,11 @@ cache_root=${KIT_GUEST_CACHE:-$home/.cache/kit/guest}
 mkdir -p "$cache_root"
 cache_root=$(cd "$cache_root" && pwd -P)
 
-# The stamp ties a cached guest to the exact script (and busybox/iperf3) that built it, so editing /init or the
-# module list rebuilds instead of silently reusing a stale initramfs.
+# The stamp ties a cached guest to the exact script that built it, so editing /init, the module list or the package
+# list rebuilds instead of silently reusing a stale initramfs (the kernel version names the directory).
 # `kit guest build` passes this script as bash -c's argument (no file), so its text is then BASH_EXECUTION_STRING.
 self_file=${BASH_SOURCE[0]:-}
-self_hash=$( { if [[ -n "$self_file" ]]; then cat "$self_file"; else printf '%s' "$BASH_EXECUTION_STRING"; fi; sha256sum "$(command -v busybox)" "$(command -v iperf3)"; } | sha256sum | cut -c1-16)
+self_hash=$( { if [[ -n "$self_file" ]]; then cat "$self_file"; else printf '%s' "$BASH_EXECUTION_STRING"; fi; } | sha256sum | cut -c1-16)
 
 # Which real kernel package does linux-image-amd64 point at? (e.g. linux-image-6.1.0-56-amd64)
 resolve_kernel_package() {
@@ -84,23 +86,38 @@ started=$SECONDS
 work=$(mktemp -d "$cache_root/.build-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# 1. The kernel package: download, unpack, index its modules.
-echo "guest/build.sh: downloading $kpkg" >&2
+# 1. The packages: say what is downloaded and from where, download, unpack; index the kernel's modules.
+# Lines starting "step: " are the build's steps (kit guest build shows them as progress).
+packages=("$kpkg" busybox-static iperf3 libiperf0 libsctp1 libssl3)
+announce() {
+  local uris
+  uris=$(cd "$work" && apt-get download --print-uris "${packages[@]}" 2>/dev/null) || return 0
+  local bytes hosts
+  bytes=$(awk '{ s += $3 } END { print s + 0 }' <<<"$uris")
+  hosts=$(sed -n "s|^'[a-z]*://\([^/']*\)/.*|\1|p" <<<"$uris" | sort -u | paste -sd, -)
+  echo "step: downloading ${#packages[@]} Debian packages ($((bytes / 1048576)) MiB) from ${hosts:-the apt mirror}: ${packages[*]}" >&2
+}
+announce
 # As root, apt drops to the _apt user for downloads, which cannot enter a cache under /root: stay root.
-download() { (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "$kpkg" >&2); }
+download() { (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "${packages[@]}" >&2); }
 if ! download; then
   if [[ $apt_updated == 0 ]]; then
     echo "guest/build.sh: apt-get download failed; running apt-get update once" >&2
     apt-get update -qq >&2
-    download || die "apt-get download $kpkg failed"
+    download || die "apt-get download ${packages[*]} failed"
   else
-    die "apt-get download $kpkg failed"
+    die "apt-get download ${packages[*]} failed"
   fi
 fi
+echo "step: unpacking" >&2
 deb=$(ls "$work"/"$kpkg"_*.deb | head -n1)
-mkdir "$work/kernel"
+mkdir "$work/kernel" "$work/pkgs"
 dpkg-deb -x "$deb" "$work/kernel"
 rm -f "$deb"
+for deb in "$work"/*.deb; do
+  dpkg-deb -x "$deb" "$work/pkgs"
+  rm -f "$deb"
+done
 depmod -b "$work/kernel" "$kver"
 kmods="$work/kernel/lib/modules/$kver"
 [[ -f "$work/kernel/boot/vmlinuz-$kver" ]] || die "kernel package has no boot/vmlinuz-$kver"
@@ -108,9 +125,11 @@ kmods="$work/kernel/lib/modules/$kver"
 # 2. The initramfs tree.
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/udhcpc,proc,sys,dev,tmp,run,mnt,host,kit,root,lib/modules/"$kver"}
-cp /bin/busybox "$root/bin/busybox"
+echo "step: building the initramfs" >&2
+busybox="$work/pkgs/bin/busybox"
+cp "$busybox" "$root/bin/busybox"
 # Applet links; the applet named "busybox" would make a symlink onto itself (ELOOP, "error -40" at exec).
-for applet in $(busybox --list); do
+for applet in $("$busybox" --list); do
   [[ "$applet" == busybox ]] && continue
   [[ -e "$root/bin/$applet" ]] || ln -s busybox "$root/bin/$applet"
 done
@@ -142,12 +161,16 @@ for f in modules.order modules.builtin modules.builtin.modinfo; do
 done
 depmod -b "$root" "$kver"
 
-# iperf3 and the shared libraries it links, at the paths the dynamic loader expects.
-cp "$(command -v iperf3)" "$root/usr/bin/iperf3"
-for lib in $(ldd "$(command -v iperf3)" | grep -o '/[^ ]*'); do
-  mkdir -p "$root$(dirname "$lib")"
-  cp -L "$lib" "$root$lib"
+# iperf3 and the shared libraries it links, at the paths the dynamic loader expects: its own from the packages just
+# unpacked, libc and the loader from the host (the same Debian release's; every Debian host has libc6).
+cp "$work/pkgs/usr/bin/iperf3" "$root/usr/bin/iperf3"
+for lib in $(LD_LIBRARY_PATH="$work/pkgs/usr/lib/x86_64-linux-gnu" ldd "$work/pkgs/usr/bin/iperf3" | grep -o '/[^ ]*'); do
+  dest=${lib#"$work/pkgs"}
+  mkdir -p "$root$(dirname "$dest")"
+  cp -L "$lib" "$root$dest"
 done
+missing=$(LD_LIBRARY_PATH="$work/pkgs/usr/lib/x86_64-linux-gnu" ldd "$work/pkgs/usr/bin/iperf3" | grep 'not found' || true)
+[[ -z "$missing" ]] || die "iperf3 needs libraries that neither the packages nor the host have: $missing"
 
 cat >"$root/etc/udhcpc/default.script" <<'EOF'
 #!/bin/sh

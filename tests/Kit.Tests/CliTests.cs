@@ -35,6 +35,14 @@ public sealed class CliTests
         Assert.Equal("", result.StandardOutput);
     }
 
+    /// <summary>guest/build.sh's "step: " lines are what `kit guest build` shows as progress; other lines pass through.</summary>
+    [Theory]
+    [InlineData("step: unpacking", "unpacking")]
+    [InlineData("guest/build.sh: built 6.1.0 in 38 s", null)]
+    [InlineData("step:unpacking", null)]
+    public void GuestBuildStepsAreTheScriptsStepLines(string line, string? step) =>
+        Assert.Equal(step, Kit.Cli.Commands.GuestCommand.Step(line));
+
     [Fact]
     public void UpRejectsABadMemorySizeInOneLine()
     {

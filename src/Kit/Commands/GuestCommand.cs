@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Reflection;
+using Spectre.Console;
 
 namespace Kit.Cli.Commands;
 
@@ -34,7 +35,9 @@ internal static class GuestCommand
 
     /// <summary>
     /// Builds the default guest or finds it in the cache; returns the kernel and initramfs paths. The script's
-    /// progress goes to stderr; its result lines (kernel=..., initrd=...) are parsed here. The embedded script is
+    /// steps ("step: ..." lines on its stderr: what it downloads, and from where, before it starts) are shown as a
+    /// Spectre.Console status on a terminal and as plain "kit: ..." lines otherwise; its other stderr passes through;
+    /// its result lines (kernel=..., initrd=...) are parsed here. The embedded script is
     /// handed to bash as its -c argument, never written to a file: a file in a shared directory under a predictable
     /// name is a place where another local user can plant a FIFO or symlink and feed root's bash their own commands.
     /// </summary>
@@ -48,7 +51,7 @@ internal static class GuestCommand
             script = reader.ReadToEnd();
         }
         // bash -c SCRIPT NAME: NAME becomes $0, which the script's messages and BASH_SOURCE use.
-        var start = new ProcessStartInfo("bash") { UseShellExecute = false, RedirectStandardOutput = true };
+        var start = new ProcessStartInfo("bash") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         start.ArgumentList.Add("-c");
         start.ArgumentList.Add(script);
         start.ArgumentList.Add("guest/build.sh");
@@ -57,7 +60,9 @@ internal static class GuestCommand
             start.Environment["KIT_GUEST_CACHE"] = cache.FullName;
         }
         using Process process = Process.Start(start) ?? throw new CliException("cannot start bash");
-        string output = process.StandardOutput.ReadToEnd();
+        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
+        ShowSteps(process.StandardError);
+        string output = stdout.GetAwaiter().GetResult();
         process.WaitForExit();
         string? kernel = null, initrd = null;
         foreach (string line in output.Split('\n', StringSplitOptions.TrimEntries))
@@ -76,5 +81,37 @@ internal static class GuestCommand
             throw new CliException($"building the default guest failed (guest/build.sh exit code {process.ExitCode})");
         }
         return (kernel, initrd);
+    }
+
+    /// <summary>The step a "step: ..." line of guest/build.sh names, or null for any other line.</summary>
+    internal static string? Step(string line) => line.StartsWith("step: ", StringComparison.Ordinal) ? line[6..] : null;
+
+    private static void ShowSteps(StreamReader stderr)
+    {
+        if (Console.IsErrorRedirected)
+        {
+            for (string? line; (line = stderr.ReadLine()) is not null;)
+            {
+                Console.Error.WriteLine(Step(line) is string step ? $"kit: guest: {step}" : line);
+            }
+            return;
+        }
+        IAnsiConsole console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        console.Status().Spinner(Spinner.Known.Dots).Start("default guest: checking the cache", status =>
+        {
+            for (string? line; (line = stderr.ReadLine()) is not null;)
+            {
+                if (Step(line) is string step)
+                {
+                    // Each finished step stays on screen; the spinner names the current one.
+                    console.MarkupLineInterpolated($"[grey]kit: guest:[/] {step}");
+                    status.Status(Markup.Escape($"default guest: {step}"));
+                }
+                else
+                {
+                    console.WriteLine(line);
+                }
+            }
+        });
     }
 }
