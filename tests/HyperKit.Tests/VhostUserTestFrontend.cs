@@ -31,7 +31,7 @@ internal sealed class VhostUserTestFrontend : IDisposable
     {
         _socket = socket;
         _fd = (int)socket.SafeHandle.DangerousGetHandle();
-        MemFd = VhostUserInterop.MemfdCreate("kit-test-guest", 1 /* MFD_CLOEXEC */);
+        MemFd = Sys.MemfdCreate("kit-test-guest", Sys.MFD_CLOEXEC);
         Assert.True(MemFd >= 0);
         Assert.Equal(0, VhostUserInterop.Ftruncate(MemFd, (long)FileSize));
         nint map = VhostUserInterop.Mmap(0, (nuint)FileSize, VhostUserInterop.PROT_READ | VhostUserInterop.PROT_WRITE, VhostUserInterop.MAP_SHARED, MemFd, 0);

@@ -259,7 +259,7 @@ internal static class HyperKitTargets
 
     private static int Memfd(byte[] image)
     {
-        int fd = VhostUserInterop.MemfdCreate("kit-fuzz-guest", 1 /* MFD_CLOEXEC */);
+        int fd = Sys.MemfdCreate("kit-fuzz-guest", Sys.MFD_CLOEXEC);
         if (fd < 0 || VhostUserInterop.Ftruncate(fd, GuestBytes) != 0)
         {
             throw new IOException($"memfd failed: errno {Sys.LastErrno}");

@@ -67,6 +67,7 @@ internal static class DataCommand
         DataKitServer server;
         try
         {
+            NativeGit.Prepare();
             server = new DataKitServer(store, logger, null, sources);
         }
         catch (LibGit2Sharp.LibGit2SharpException e)

@@ -68,6 +68,7 @@ internal static class UpCommand
         DataKitServer data;
         try
         {
+            NativeGit.Prepare();
             data = new DataKitServer(store, logs.CreateLogger("datakit"));
         }
         catch (LibGit2Sharp.LibGit2SharpException e)
