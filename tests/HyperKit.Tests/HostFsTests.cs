@@ -206,6 +206,34 @@ public sealed class HostFsTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_host_name_that_is_not_UTF8_is_listed_walked_read_renamed_and_removed_byte_for_byte()
+    {
+        // Finding 10: Linux names are bytes. "f\xffo" is listed by Treaddir; it must also be walkable, and every
+        // operation must reach the host file of exactly those bytes (NineString carries 0xff as U+DCFF).
+        // The shell makes and checks the names: .NET's own file APIs would re-encode them as UTF-8.
+        Kit.Testing.ProcessRunner.Run("sh", ["-c", @"cd ""$1"" && printf odd > ""$(printf 'f\377o')""", "sh", Root]).EnsureSuccess();
+        bool HostHas(string octal) =>
+            Kit.Testing.ProcessRunner.Run("sh", ["-c", $@"cd ""$1"" && test -f ""$(printf '{octal}')""", "sh", Root]).ExitCode == 0;
+        Assert.True(HostHas(@"f\377o"));
+        const string odd = "f\uDCFFo", renamed = "g\uDCFEo";
+
+        Assert.Contains(odd, await _c.ListAsync(""));
+        uint file = await _c.WalkAsync(_c.RootFid, [odd]);
+        Assert.Equal("odd", Encoding.UTF8.GetString(await ReadFid(file)));
+
+        uint root = await _c.WalkAsync("");
+        await Rpc(new Fcall { Type = MessageType.Trenameat, Fid = root, Name = odd, DFid = root, Name2 = renamed });
+        Assert.False(HostHas(@"f\377o"));
+        Assert.True(HostHas(@"g\376o"));
+        Assert.Contains(renamed, await _c.ListAsync(""));
+
+        uint again = await _c.WalkAsync(_c.RootFid, [renamed]);
+        await Rpc(new Fcall { Type = MessageType.Tremove, Fid = again });
+        Assert.False(HostHas(@"g\376o"));
+        Assert.DoesNotContain(renamed, await _c.ListAsync(""));
+    }
+
+    [Fact]
     public async Task A_read_only_export_refuses_every_change_with_EROFS()
     {
         await using NinePClient ro = await _readOnly.ConnectAsync();

@@ -1,7 +1,8 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
-using System.Text;
 using Kit.NineP.Protocol;
+using Kit.NineP.Server;
+using Kit.NineP.Vfs;
 
 namespace Kit.HyperKit.HostFs;
 
@@ -48,7 +49,6 @@ public sealed record HostFsOptions(string Root, bool ReadOnly = false)
 /// </summary>
 public sealed class HostFsSession : IDisposable
 {
-    private const int MaxNameBytes = 255;
     private const uint EBUSY = 16, ELOOP = 40, ESTALE = 116;
 
     /// <summary>".." steps looked at to decide that a directory is inside the export (PATH_MAX / 2 levels).</summary>
@@ -57,7 +57,7 @@ public sealed class HostFsSession : IDisposable
     /// <summary>Mode bits an untrusted guest may set: permissions and the sticky bit, not S_ISUID/S_ISGID (07777 &amp; ~06000).</summary>
     private const uint UntrustedModeBits = 0x3FF;
     private readonly HostFsOptions _options;
-    private readonly Dictionary<uint, HostFid> _fids = [];
+    private readonly FidTable<HostFid> _fids;
     private readonly byte[] _statx = new byte[HostAttr.StatxSize];
     private readonly Lock _gate = new();
     private readonly DescriptorBudget _budget;
@@ -72,6 +72,7 @@ public sealed class HostFsSession : IDisposable
     {
         _options = options;
         _budget = new DescriptorBudget(options.MaxDescriptors);
+        _fids = new FidTable<HostFid>(options.MaxFids);
         _msize = options.MaxMessageSize;
         string root = Path.GetFullPath(options.Root);
         _rootFd = HostCalls.OpenAt(HostCalls.AT_FDCWD, root, HostCalls.O_PATH | HostCalls.O_DIRECTORY | HostCalls.O_CLOEXEC, 0);
@@ -108,16 +109,7 @@ public sealed class HostFsSession : IDisposable
         }
     }
 
-    public int FidCount
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _fids.Count;
-            }
-        }
-    }
+    public int FidCount => _fids.Count;
 
     /// <summary>
     /// Handles one whole T-message (<paramref name="request"/> is exactly one frame as framed by the transport) and
@@ -137,7 +129,8 @@ public sealed class HostFsSession : IDisposable
             {
                 return Error(reply, tag, Errno.EIO);
             }
-            if (size != request.Length)
+            // The transport framed the message (a virtio chain, a stream reader); the size field must agree with it.
+            if (size != request.Length || !NinePFrameReader.CheckSize(size, Math.Max(_msize, 8192), out _))
             {
                 return Error(reply, tag, Errno.EINVAL);
             }
@@ -165,7 +158,7 @@ public sealed class HostFsSession : IDisposable
                 int n = FcallCodec.Encode(r, Dialect.Linux, reply);
                 return n > 0 ? n : Error(reply, tag, Errno.EMSGSIZE);
             }
-            catch (HostFsException e)
+            catch (VfsException e)
             {
                 return Error(reply, tag, e.Errno);
             }
@@ -191,14 +184,10 @@ public sealed class HostFsSession : IDisposable
         return 11;
     }
 
-    private sealed class HostFsException(uint errno) : Exception
-    {
-        public uint Errno { get; } = errno;
-    }
+    /// <summary>A failed request: its errno goes back in Rlerror (.L carries no text).</summary>
+    private static VfsException Fail(uint errno) => new(errno, "");
 
-    private static HostFsException Fail(uint errno) => new(errno);
-
-    private static HostFsException LastError() => new((uint)HostCalls.Errno);
+    private static VfsException LastError() => Fail((uint)HostCalls.Errno);
 
     private void CheckWritable()
     {
@@ -289,19 +278,13 @@ public sealed class HostFsSession : IDisposable
     {
         // version(5): a Tversion aborts the session: every fid is clunked.
         ClunkAll();
-        if (t.Version != P9.VersionL && !t.Version.StartsWith(P9.VersionL + ".", StringComparison.Ordinal))
+        Negotiated n = VersionNegotiation.Negotiate(t.Version, t.Msize, _options.MaxMessageSize, VersionNegotiation.MinMessageSize, linuxOnly: true);
+        _versioned = n.Accepted;
+        if (n.Accepted)
         {
-            _versioned = false;
-            return new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = Math.Min(t.Msize, _options.MaxMessageSize), Version = P9.VersionUnknown };
+            _msize = n.Msize;
         }
-        if (t.Msize < 4096)
-        {
-            _versioned = false;
-            return new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = t.Msize, Version = P9.VersionUnknown };
-        }
-        _msize = Math.Min(t.Msize, _options.MaxMessageSize);
-        _versioned = true;
-        return new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = _msize, Version = P9.VersionL };
+        return new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = n.Msize, Version = n.Version };
     }
 
     private Fcall Attach(Fcall t)
@@ -316,17 +299,15 @@ public sealed class HostFsSession : IDisposable
 
     private void AddFid(uint fid, HostFid state)
     {
-        if (_fids.ContainsKey(fid) || fid == P9.NoFid)
+        try
+        {
+            _fids.Add(fid, state);
+        }
+        catch
         {
             state.Close();
-            throw Fail(Errno.EBADF);
+            throw;
         }
-        if (_fids.Count >= _options.MaxFids)
-        {
-            state.Close();
-            throw Fail(Errno.EMFILE);
-        }
-        _fids[fid] = state;
     }
 
     /// <summary>EMFILE unless the session may hold <paramref name="n"/> more descriptors (<see cref="HostFsOptions.MaxDescriptors"/>).</summary>
@@ -341,7 +322,7 @@ public sealed class HostFsSession : IDisposable
     /// <summary>A counted handle for a descriptor the session keeps beyond the current request.</summary>
     private HostHandle Adopt(int fd) => new(fd, _budget);
 
-    private HostFid GetFid(uint fid) => _fids.TryGetValue(fid, out HostFid? f) ? f : throw Fail(Errno.EBADF);
+    private HostFid GetFid(uint fid) => _fids.Get(fid);
 
     private static int Dup(int fd)
     {
@@ -381,19 +362,8 @@ public sealed class HostFsSession : IDisposable
     private Qid QidOf(in HostAttr a) =>
         new(HostAttr.QidType(a.Type), (uint)a.MtimeSec ^ a.MtimeNsec, QidPath(a.Ino, a.DevMajor, a.DevMinor));
 
-    /// <summary>A name for one directory entry: not empty, no '/', no NUL, not "." or "..", at most 255 bytes.</summary>
-    private static string CheckName(string name)
-    {
-        if (name.Length == 0 || name == "." || name == ".." || name.Contains('/') || name.Contains('\0'))
-        {
-            throw Fail(Errno.EINVAL);
-        }
-        if (Encoding.UTF8.GetByteCount(name) > MaxNameBytes)
-        {
-            throw Fail(Errno.ENAMETOOLONG);
-        }
-        return name;
-    }
+    /// <summary>The shared rules (<see cref="NameRules.CheckEntry"/>); any bytes are a host name, so no text check.</summary>
+    private static string CheckName(string name) => NameRules.CheckEntry(name);
 
     /// <summary>
     /// The directory that holds directory <paramref name="dirFd"/> now (its real "..", so a directory moved since
@@ -470,9 +440,9 @@ public sealed class HostFsSession : IDisposable
         {
             throw Fail(Errno.EBADF);
         }
-        if (t.NewFid != t.Fid && _fids.ContainsKey(t.NewFid))
+        if (t.NewFid != t.Fid)
         {
-            throw Fail(Errno.EBADF);
+            _fids.EnsureFree(t.NewFid);
         }
         // The walk moves references along: a new descriptor only for each name opened, the directory it was opened
         // from becoming the child's parent (for Tremove/Trename) without one.
@@ -486,55 +456,52 @@ public sealed class HostFsSession : IDisposable
         {
             for (; done < t.Wnames.Length; done++)
             {
-                string name = t.Wnames[done];
-                if (name != ".")
+                // The shared walk rules first ("." and empty names, '/', NUL, length), then the host's confinement.
+                string name = NameRules.CheckWalk(t.Wnames[done]);
+                if (type != HostCalls.S_IFDIR)
                 {
-                    if (type != HostCalls.S_IFDIR)
+                    throw Fail(Errno.ENOTDIR);
+                }
+                HostHandle next;
+                HostHandle? nextParent = null;
+                string? nextEntry = null;
+                if (name == "..")
+                {
+                    // walk(5): ".." of the root is the root. A directory reached by ".." has no name the session
+                    // knows, so Tremove/Trename on it fail (ESTALE) rather than guess one.
+                    if (IsRoot(Stat(node.Fd)))
                     {
-                        throw Fail(Errno.ENOTDIR);
-                    }
-                    HostHandle next;
-                    HostHandle? nextParent = null;
-                    string? nextEntry = null;
-                    if (name == "..")
-                    {
-                        // walk(5): ".." of the root is the root. A directory reached by ".." has no name the session
-                        // knows, so Tremove/Trename on it fail (ESTALE) rather than guess one.
-                        if (IsRoot(Stat(node.Fd)))
-                        {
-                            next = node.AddRef();
-                        }
-                        else
-                        {
-                            Reserve(1);
-                            next = Adopt(OpenParent(node.Fd));
-                        }
+                        next = node.AddRef();
                     }
                     else
                     {
-                        CheckName(name);
                         Reserve(1);
-                        int fd = HostCalls.OpenAt(node.Fd, name, HostCalls.O_PATH | HostCalls.O_NOFOLLOW | HostCalls.O_CLOEXEC, 0);
-                        if (fd < 0)
-                        {
-                            throw LastError();
-                        }
-                        next = Adopt(fd);
-                        nextParent = node.AddRef();
-                        nextEntry = name;
+                        next = Adopt(OpenParent(node.Fd));
                     }
-                    parent?.Release();
-                    node.Release();
-                    node = next;
-                    parent = nextParent;
-                    entry = nextEntry;
                 }
+                else
+                {
+                    Reserve(1);
+                    int fd = HostCalls.OpenAt(node.Fd, name, HostCalls.O_PATH | HostCalls.O_NOFOLLOW | HostCalls.O_CLOEXEC, 0);
+                    if (fd < 0)
+                    {
+                        throw LastError();
+                    }
+                    next = Adopt(fd);
+                    nextParent = node.AddRef();
+                    nextEntry = name;
+                }
+                parent?.Release();
+                node.Release();
+                node = next;
+                parent = nextParent;
+                entry = nextEntry;
                 HostAttr a = Stat(node.Fd);
                 type = a.Type;
                 qids[done] = QidOf(a);
             }
         }
-        catch (HostFsException) when (done > 0)
+        catch (VfsException) when (done > 0)
         {
             // walk(5): a failure after the first name returns the qids that succeeded; newfid is not affected.
             parent?.Release();
@@ -560,20 +527,15 @@ public sealed class HostFsSession : IDisposable
 
     private void Clunk(uint fid)
     {
-        if (!_fids.Remove(fid, out HostFid? f))
-        {
-            throw Fail(Errno.EBADF);
-        }
-        f.Close();
+        _fids.Remove(fid).Close();
     }
 
     private void ClunkAll()
     {
-        foreach (HostFid f in _fids.Values)
+        foreach (HostFid f in _fids.RemoveAll())
         {
             f.Close();
         }
-        _fids.Clear();
     }
 
     private Fcall GetAttr(Fcall t)
@@ -860,7 +822,7 @@ public sealed class HostFsSession : IDisposable
         {
             throw LastError();
         }
-        return new Fcall { Type = MessageType.Rreadlink, Tag = t.Tag, Name2 = Encoding.UTF8.GetString(buffer[..(int)n]) };
+        return new Fcall { Type = MessageType.Rreadlink, Tag = t.Tag, Name2 = NineString.Decode(buffer[..(int)n]) };
     }
 
     private void Link(Fcall t)
@@ -941,7 +903,7 @@ public sealed class HostFsSession : IDisposable
         {
             return;
         }
-        foreach (HostFid g in _fids.Values)
+        foreach (HostFid g in _fids.Snapshot())
         {
             if (g.Name == oldName && g.Parent is { } p && (p == from || (StatFd(p.Fd, out HostAttr pa) == 0 && SameNode(pa, fromAttr))))
             {
@@ -975,8 +937,7 @@ public sealed class HostFsSession : IDisposable
     private void Remove(Fcall t)
     {
         // remove(5): the fid is clunked even when the remove fails.
-        HostFid f = GetFid(t.Fid);
-        _fids.Remove(t.Fid);
+        HostFid f = _fids.Remove(t.Fid);
         try
         {
             CheckWritable();

@@ -20,7 +20,7 @@ public sealed class NinePConnection
     private readonly ILogger _logger;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
     private readonly SemaphoreSlim _slots;
-    private readonly ConcurrentDictionary<uint, FidState> _fids = new();
+    private readonly FidTable<FidState> _fids;
     private readonly ConcurrentDictionary<ushort, Inflight> _inflight = new();
     private readonly CancellationTokenSource _closing = new();
     private Dialect _dialect = Dialect.Legacy;
@@ -35,6 +35,7 @@ public sealed class NinePConnection
         _logger = logger;
         _msize = options.MaxMessageSize;
         _slots = new SemaphoreSlim(options.MaxInflightPerConnection, options.MaxInflightPerConnection);
+        _fids = new FidTable<FidState>(options.MaxFidsPerConnection);
     }
 
     /// <summary>A request between decode and reply. <c>Cts</c> exists only for requests that may wait (see <see cref="MayWait"/>).</summary>
@@ -49,42 +50,27 @@ public sealed class NinePConnection
     {
         using CancellationTokenRegistration reg = ct.Register(() => _closing.Cancel());
         string reason = "end of stream";
-        byte[] header = new byte[4];
+        using var frames = new NinePFrameReader(_stream);
         try
         {
             while (!_closing.IsCancellationRequested)
             {
-                if (!await ReadExactlyAsync(header, _closing.Token).ConfigureAwait(false))
+                FrameStatus status = await frames.ReadAsync(_versioned ? _msize : _options.MaxMessageSize, _closing.Token).ConfigureAwait(false);
+                if (status != FrameStatus.Frame)
                 {
+                    reason = frames.Reason;
+                    if (status == FrameStatus.BadSize)
+                    {
+                        Log.ProtocolViolation(_logger, reason);
+                    }
                     break;
                 }
-                uint size = BinaryPrimitives.ReadUInt32LittleEndian(header);
-                uint limit = _versioned ? _msize : _options.MaxMessageSize;
-                if (size < P9.HeaderSize || size > limit)
+                // The frame is decoded (and its data copied) before DispatchAsync first awaits, so the reader's buffer
+                // may be reused for the next frame.
+                if (!await DispatchAsync(frames.Frame).ConfigureAwait(false))
                 {
-                    reason = $"frame size {size} outside [{P9.HeaderSize}, {limit}]";
-                    Log.ProtocolViolation(_logger, reason);
+                    reason = "protocol violation";
                     break;
-                }
-                // The size was checked against msize before this allocation.
-                byte[] frame = ArrayPool<byte>.Shared.Rent((int)size);
-                try
-                {
-                    header.CopyTo(frame, 0);
-                    if (!await ReadExactlyAsync(frame.AsMemory(4, (int)size - 4), _closing.Token).ConfigureAwait(false))
-                    {
-                        reason = "truncated frame";
-                        break;
-                    }
-                    if (!await DispatchAsync(frame.AsMemory(0, (int)size)).ConfigureAwait(false))
-                    {
-                        reason = "protocol violation";
-                        break;
-                    }
-                }
-                finally
-                {
-                    ArrayPool<byte>.Shared.Return(frame);
                 }
             }
         }
@@ -104,19 +90,6 @@ public sealed class NinePConnection
         {
             await ShutdownAsync().ConfigureAwait(false);
             Log.Closed(_logger, reason);
-        }
-    }
-
-    private async ValueTask<bool> ReadExactlyAsync(Memory<byte> buffer, CancellationToken ct)
-    {
-        try
-        {
-            await _stream.ReadExactlyAsync(buffer, ct).ConfigureAwait(false);
-            return true;
-        }
-        catch (EndOfStreamException)
-        {
-            return false;
         }
     }
 
@@ -151,12 +124,9 @@ public sealed class NinePConnection
 
     private void ClunkAll()
     {
-        foreach (uint fid in _fids.Keys)
+        foreach (FidState state in _fids.RemoveAll())
         {
-            if (_fids.TryRemove(fid, out FidState? state))
-            {
-                state.Close();
-            }
+            state.Close();
         }
     }
 
@@ -340,37 +310,15 @@ public sealed class NinePConnection
     {
         // version(5): a Tversion aborts everything and clunks every fid.
         ClunkAll();
-        string v = t.Version;
-        Dialect dialect;
-        string reply;
-        if (v == P9.VersionL)
+        Negotiated n = VersionNegotiation.Negotiate(t.Version, t.Msize, _options.MaxMessageSize, _options.MinMessageSize, linuxOnly: false);
+        if (n.Accepted)
         {
-            dialect = Dialect.Linux;
-            reply = P9.VersionL;
+            _msize = n.Msize;
+            _dialect = n.Dialect;
+            _versioned = true;
+            Log.Negotiated(_logger, n.Version, _msize);
         }
-        else if (v == P9.VersionU)
-        {
-            dialect = Dialect.Unix;
-            reply = P9.VersionU;
-        }
-        else if (v.StartsWith(P9.Version2000, StringComparison.Ordinal))
-        {
-            dialect = Dialect.Legacy;
-            reply = P9.Version2000;
-        }
-        else
-        {
-            return new Reply(new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = Math.Min(t.Msize, _options.MaxMessageSize), Version = P9.VersionUnknown });
-        }
-        if (t.Msize < _options.MinMessageSize)
-        {
-            return new Reply(new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = t.Msize, Version = P9.VersionUnknown });
-        }
-        _msize = Math.Min(t.Msize, _options.MaxMessageSize);
-        _dialect = dialect;
-        _versioned = true;
-        Log.Negotiated(_logger, reply, _msize);
-        return new Reply(new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = _msize, Version = reply });
+        return new Reply(new Fcall { Type = MessageType.Rversion, Tag = t.Tag, Msize = n.Msize, Version = n.Version });
     }
 
     private async ValueTask<Reply> ExecuteAsync(Fcall t, CancellationToken ct)
@@ -401,11 +349,7 @@ public sealed class NinePConnection
             case MessageType.Twrite:
                 return await WriteAsync(t, ct).ConfigureAwait(false);
             case MessageType.Tclunk:
-                if (!_fids.TryRemove(t.Fid, out FidState? clunked))
-                {
-                    throw UnknownFid(t.Fid);
-                }
-                clunked.Close();
+                _fids.Remove(t.Fid).Close();
                 return Ok(MessageType.Rclunk, t.Tag);
             case MessageType.Tremove:
                 return await RemoveAsync(t, ct).ConfigureAwait(false);
@@ -521,46 +465,20 @@ public sealed class NinePConnection
         return Ok(MessageType.Rflush, t.Tag);
     }
 
-    private static VfsException UnknownFid(uint fid) => new(Errno.EBADF, $"Unknown fid {fid}");
-
-    private FidState GetFid(uint fid) => _fids.TryGetValue(fid, out FidState? f) ? f : throw UnknownFid(fid);
+    private FidState GetFid(uint fid) => _fids.Get(fid);
 
     private static IDirectory GetDirectory(FidState f) =>
         f.Node as IDirectory ?? throw new VfsException(Errno.ENOTDIR, $"\"{f.Node.Name}\" is not a directory");
 
-    private static string CheckName(string name)
-    {
-        if (name.Length == 0 || name == "." || name == ".." || name.Contains('/', StringComparison.Ordinal) || name.Contains('\0', StringComparison.Ordinal))
-        {
-            throw new VfsException(Errno.EINVAL, $"Invalid name \"{name}\"");
-        }
-        return name;
-    }
-
-    private void AddFid(uint fid, FidState state)
-    {
-        if (fid == P9.NoFid)
-        {
-            throw new VfsException(Errno.EBADF, "NOFID is not a valid fid");
-        }
-        if (_fids.Count >= _options.MaxFidsPerConnection)
-        {
-            throw new VfsException(Errno.EMFILE, "Too many fids");
-        }
-        if (!_fids.TryAdd(fid, state))
-        {
-            throw new VfsException(Errno.EBADF, $"Fid {fid} already in use");
-        }
-    }
+    /// <summary>The shared entry-name rules, and text only: the DataKit tree keeps names as (UTF-8) git entry names.</summary>
+    private static string CheckName(string name) =>
+        (NameRules.EntryError(name) ?? NameRules.TextError(name)) is { } e ? throw e : name;
 
     private async ValueTask<Reply> AttachAsync(Fcall t, CancellationToken ct)
     {
-        if (_fids.ContainsKey(t.Fid))
-        {
-            throw new VfsException(Errno.EBADF, $"Fid {t.Fid} already in use");
-        }
+        _fids.EnsureFree(t.Fid);
         IDirectory root = await _session.AttachAsync(t.Uname, t.Aname, ct).ConfigureAwait(false);
-        AddFid(t.Fid, new FidState(root, null));
+        _fids.Add(t.Fid, new FidState(root, null));
         return new Reply(new Fcall { Type = MessageType.Rattach, Tag = t.Tag, Qid = QidOf(root) });
     }
 
@@ -573,9 +491,9 @@ public sealed class NinePConnection
         {
             throw new VfsException(Errno.EBADF, "Can't walk from an open fid");
         }
-        if (t.NewFid != t.Fid && _fids.ContainsKey(t.NewFid))
+        if (t.NewFid != t.Fid)
         {
-            throw new VfsException(Errno.EBADF, $"Fid {t.NewFid} already in use");
+            _fids.EnsureFree(t.NewFid);
         }
         INode node = start.Node;
         Ancestry? parents = start.Parents;
@@ -583,12 +501,9 @@ public sealed class NinePConnection
         for (int i = 0; i < t.Wnames.Length; i++)
         {
             string name = t.Wnames[i];
-            VfsException? failure = null;
-            if (node is not IDirectory dir)
-            {
-                failure = new VfsException(Errno.ENOTDIR, "Can't walk from a file");
-            }
-            else if (name == "..")
+            VfsException? failure = NameRules.WalkError(name) ?? NameRules.TextError(name)
+                ?? (node is IDirectory ? null : new VfsException(Errno.ENOTDIR, "Can't walk from a file"));
+            if (failure is null && name == "..")
             {
                 // walk(5): ".." of the root is the root.
                 if (parents is not null)
@@ -597,12 +512,9 @@ public sealed class NinePConnection
                     parents = parents.Parent;
                 }
             }
-            else if (name.Length == 0 || name == "." || name.Contains('/', StringComparison.Ordinal))
+            else if (failure is null)
             {
-                failure = new VfsException(Errno.EINVAL, $"'{name}' is not valid in 9p");
-            }
-            else
-            {
+                var dir = (IDirectory)node;
                 INode? child = await dir.LookupAsync(name, ct).ConfigureAwait(false);
                 if (child is null)
                 {
@@ -628,11 +540,11 @@ public sealed class NinePConnection
         var state = new FidState(node, parents);
         if (t.NewFid == t.Fid)
         {
-            _fids[t.Fid] = state;
+            _fids.Replace(t.Fid, state);
         }
         else
         {
-            AddFid(t.NewFid, state);
+            _fids.Add(t.NewFid, state);
         }
         return new Reply(new Fcall { Type = MessageType.Rwalk, Tag = t.Tag, Wqids = qids });
     }
@@ -728,7 +640,7 @@ public sealed class NinePConnection
         {
             child.MarkOpen();
         }
-        _fids[fid] = child;
+        _fids.Replace(fid, child);
     }
 
     private async ValueTask<Reply> ReadAsync(Fcall t, CancellationToken ct)
@@ -815,10 +727,7 @@ public sealed class NinePConnection
     private async ValueTask<Reply> RemoveAsync(Fcall t, CancellationToken ct)
     {
         // remove(5): the fid is clunked even if the remove fails.
-        if (!_fids.TryRemove(t.Fid, out FidState? f))
-        {
-            throw UnknownFid(t.Fid);
-        }
+        FidState f = _fids.Remove(t.Fid);
         f.Close();
         if (f.Parents is null)
         {
