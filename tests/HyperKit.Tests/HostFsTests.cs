@@ -270,7 +270,7 @@ public sealed class HostFsTests : IAsyncLifetime
         var version = new Fcall { Type = MessageType.Tversion, Tag = P9.NoTag, Msize = 65536, Version = P9.VersionL };
         byte[] frame = new byte[256];
         int n = FcallCodec.Encode(version, Dialect.Linux, frame);
-        Assert.True(session.Handle(frame.AsSpan(0, n), reply) > 0);
+        Assert.True(session.Handle(frame.AsMemory(0, n), reply) > 0);
         Assert.Equal((byte)MessageType.Rversion, reply[4]);
 
         // A size field that lies about the frame, a truncated Twalk, a Twrite whose count exceeds its data,
@@ -285,9 +285,9 @@ public sealed class HostFsTests : IAsyncLifetime
         write[5] = 9;
         BinaryPrimitives.WriteUInt32LittleEndian(write.AsSpan(19), 1000);
         AssertLerror(session.Handle(write, reply), reply, 9, 22);
-        AssertLerror(session.Handle([7, 0, 0, 0, 250, 10, 0], reply), reply, 10, 95);
-        AssertLerror(session.Handle([11, 0, 0, 0, (byte)MessageType.Rlerror, 11, 0, 0, 0, 0, 0], reply), reply, 11, 22);
-        Assert.Equal(0, session.Handle([3, 0, 0], reply));
+        AssertLerror(session.Handle(new byte[] { 7, 0, 0, 0, 250, 10, 0 }, reply), reply, 10, 95);
+        AssertLerror(session.Handle(new byte[] { 11, 0, 0, 0, (byte)MessageType.Rlerror, 11, 0, 0, 0, 0, 0 }, reply), reply, 11, 22);
+        Assert.Equal(0, session.Handle(new byte[] { 3, 0, 0 }, reply));
 
         var random = new Random(42);
         byte[] junk = new byte[300];
@@ -297,7 +297,7 @@ public sealed class HostFsTests : IAsyncLifetime
             random.NextBytes(junk.AsSpan(0, len));
             BinaryPrimitives.WriteUInt32LittleEndian(junk, (uint)len);
             junk[4] = (byte)(random.Next(6, 128) & ~1);
-            _ = session.Handle(junk.AsSpan(0, len), reply);
+            _ = session.Handle(junk.AsMemory(0, len), reply);
         }
         Assert.True(session.FidCount <= 5000);
     }

@@ -1,5 +1,3 @@
-using System.Buffers;
-using System.Buffers.Binary;
 using Kit.NineP.Protocol;
 using Kit.NineP.Server;
 
@@ -68,47 +66,20 @@ public sealed class HostFsSession : IDisposable
         }
         lock (_gate)
         {
-            if (_disposed || size != request.Length || !NinePFrameReader.CheckSize(size, Math.Max(MessageSize, 8192), out _))
+            uint errno = _disposed ? Errno.EIO : size != request.Length || !NinePFrameReader.CheckSize(size, Math.Max(MessageSize, 8192), out _) ? Errno.EINVAL : 0;
+            if (errno == 0)
             {
-                return Rlerror(reply.Span, tag, _disposed ? Errno.EIO : Errno.EINVAL);
+                ValueTask<int> pending = _dispatcher.HandleAsync(request, reply, CancellationToken.None);
+                // The backend never waits, so neither does the dispatcher: the reply is ready.
+                int n = pending.IsCompletedSuccessfully ? pending.Result : NinePDispatcher.Violation;
+                if (n != NinePDispatcher.Violation)
+                {
+                    return n;
+                }
+                errno = FcallCodec.IsKnown(type) ? Errno.EINVAL : Errno.EOPNOTSUPP;
             }
-            ValueTask<int> pending = _dispatcher.HandleAsync(request, reply, CancellationToken.None);
-            // The backend never waits, so neither does the dispatcher: the reply is ready.
-            int n = pending.IsCompletedSuccessfully ? pending.Result : Rlerror(reply.Span, tag, Errno.EIO);
-            return n == NinePDispatcher.Violation ? Rlerror(reply.Span, tag, FcallCodec.IsKnown(type) ? Errno.EINVAL : Errno.EOPNOTSUPP) : n;
+            return NinePDispatcher.WriteError(reply.Span, Dialect.Linux, tag, errno, "");
         }
-    }
-
-    /// <summary>As <see cref="Handle(ReadOnlyMemory{byte}, Memory{byte})"/>, for callers holding spans (tests): the request is copied.</summary>
-    public int Handle(ReadOnlySpan<byte> request, Span<byte> reply)
-    {
-        byte[] frame = ArrayPool<byte>.Shared.Rent(Math.Max(request.Length, 1));
-        byte[] answer = ArrayPool<byte>.Shared.Rent(Math.Max(reply.Length, 1));
-        try
-        {
-            request.CopyTo(frame);
-            int n = Handle(frame.AsMemory(0, request.Length), answer.AsMemory(0, reply.Length));
-            answer.AsSpan(0, n).CopyTo(reply);
-            return n;
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(frame);
-            ArrayPool<byte>.Shared.Return(answer);
-        }
-    }
-
-    private static int Rlerror(Span<byte> reply, ushort tag, uint errno)
-    {
-        if (reply.Length < 11)
-        {
-            return 0;
-        }
-        BinaryPrimitives.WriteUInt32LittleEndian(reply, 11);
-        reply[4] = (byte)MessageType.Rlerror;
-        BinaryPrimitives.WriteUInt16LittleEndian(reply[5..], tag);
-        BinaryPrimitives.WriteUInt32LittleEndian(reply[7..], errno);
-        return 11;
     }
 
     public void Dispose()

@@ -100,15 +100,6 @@ public sealed class FidTable<T>(int capacity)
         }
     }
 
-    /// <summary>A snapshot of the states (to update fids that name a renamed entry).</summary>
-    public T[] Snapshot()
-    {
-        lock (_gate)
-        {
-            return [.. _fids.Values];
-        }
-    }
-
     private static VfsException Unknown(uint fid) => new(Errno.EBADF, $"Unknown fid {fid}");
 
     private static VfsException InUse(uint fid) => new(Errno.EBADF, $"Fid {fid} already in use");

@@ -72,8 +72,6 @@ public sealed class NinePDispatcher<TFid> : INinePDispatcher
 
     public uint MessageSize => _msize;
 
-    public Dialect Dialect => _dialect;
-
     public int FidCount => _fids.Count;
 
     /// <summary>Told of every exception turned into EIO: a bug of ours, not the client's (the fuzz harness's findings).</summary>
