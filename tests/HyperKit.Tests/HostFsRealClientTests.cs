@@ -55,6 +55,8 @@ public sealed class HostFsRealClientTests : IAsyncLifetime
     public async Task Linux_mounts_the_host_directory_over_tcp_and_changes_it()
     {
         CancellationToken cancel = TestContext.Current.CancellationToken;
+        // A host name that is not UTF-8 (finding 10): the kernel must list, read, rename and remove it by its bytes.
+        ProcessRunner.Run("sh", ["-c", @"printf host-odd > ""$1/sub/$(printf 'h\377o')""", "sh", _root.FullName]).EnsureSuccess();
         string script = $"""
             set -e
             ip link set eth0 up
@@ -64,6 +66,12 @@ public sealed class HostFsRealClientTests : IAsyncLifetime
             mount -t 9p -o trans=tcp,port={_server.Port},version=9p2000.L,msize=262144 10.0.2.2 /mnt/h
             echo "ls=$(ls /mnt/h | tr '\n' ' ')"
             echo "inner=$(cat /mnt/h/sub/inner)"
+            odd="$(printf 'h\377o')"; new="$(printf 'g\376o')"
+            echo "odd-count=$(ls /mnt/h/sub | wc -l)"
+            echo "odd-cat=$(cat "/mnt/h/sub/$odd")"
+            mv "/mnt/h/sub/$odd" "/mnt/h/sub/$new"
+            [ -e "/mnt/h/sub/$new" ] && [ ! -e "/mnt/h/sub/$odd" ] && echo odd-renamed=yes
+            rm "/mnt/h/sub/$new" && echo "odd-left=$(ls /mnt/h/sub | wc -l)"
             echo from-the-kernel > /mnt/h/written
             mkdir /mnt/h/d
             echo a > /mnt/h/d/a
@@ -96,6 +104,10 @@ public sealed class HostFsRealClientTests : IAsyncLifetime
         Assert.True(result.ExitCode == 0, $"guest script failed (exit {result.ExitCode})\n{result.Serial}");
         Assert.Contains("ls=big hello sub", result.Output, StringComparison.Ordinal);
         Assert.Contains("inner=inner text", result.Output, StringComparison.Ordinal);
+        Assert.Contains("odd-count=2", result.Output, StringComparison.Ordinal);
+        Assert.Contains("odd-cat=host-odd", result.Output, StringComparison.Ordinal);
+        Assert.Contains("odd-renamed=yes", result.Output, StringComparison.Ordinal);
+        Assert.Contains("odd-left=1", result.Output, StringComparison.Ordinal);
         Assert.Contains("via-link=a", result.Output, StringComparison.Ordinal);
         Assert.Contains("mode=751", result.Output, StringComparison.Ordinal);
         Assert.Contains("sum-same=yes", result.Output, StringComparison.Ordinal);

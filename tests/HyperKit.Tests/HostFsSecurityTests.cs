@@ -218,7 +218,7 @@ public sealed class HostFsSecurityTests : IAsyncLifetime
         Fcall Call(Fcall t)
         {
             int n = FcallCodec.Encode(t, Dialect.Linux, frame);
-            int r = session.Handle(frame.AsSpan(0, n), reply);
+            int r = session.Handle(frame.AsMemory(0, n), reply);
             Assert.True(FcallCodec.TryDecode(reply.AsSpan(0, r), Dialect.Linux, out Fcall answer, out string why), why);
             return answer;
         }

@@ -206,6 +206,34 @@ public sealed class HostFsTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_host_name_that_is_not_UTF8_is_listed_walked_read_renamed_and_removed_byte_for_byte()
+    {
+        // Finding 10: Linux names are bytes. "f\xffo" is listed by Treaddir; it must also be walkable, and every
+        // operation must reach the host file of exactly those bytes (NineString carries 0xff as U+DCFF).
+        // The shell makes and checks the names: .NET's own file APIs would re-encode them as UTF-8.
+        Kit.Testing.ProcessRunner.Run("sh", ["-c", @"cd ""$1"" && printf odd > ""$(printf 'f\377o')""", "sh", Root]).EnsureSuccess();
+        bool HostHas(string octal) =>
+            Kit.Testing.ProcessRunner.Run("sh", ["-c", $@"cd ""$1"" && test -f ""$(printf '{octal}')""", "sh", Root]).ExitCode == 0;
+        Assert.True(HostHas(@"f\377o"));
+        const string odd = "f\uDCFFo", renamed = "g\uDCFEo";
+
+        Assert.Contains(odd, await _c.ListAsync(""));
+        uint file = await _c.WalkAsync(_c.RootFid, [odd]);
+        Assert.Equal("odd", Encoding.UTF8.GetString(await ReadFid(file)));
+
+        uint root = await _c.WalkAsync("");
+        await Rpc(new Fcall { Type = MessageType.Trenameat, Fid = root, Name = odd, DFid = root, Name2 = renamed });
+        Assert.False(HostHas(@"f\377o"));
+        Assert.True(HostHas(@"g\376o"));
+        Assert.Contains(renamed, await _c.ListAsync(""));
+
+        uint again = await _c.WalkAsync(_c.RootFid, [renamed]);
+        await Rpc(new Fcall { Type = MessageType.Tremove, Fid = again });
+        Assert.False(HostHas(@"g\376o"));
+        Assert.DoesNotContain(renamed, await _c.ListAsync(""));
+    }
+
+    [Fact]
     public async Task A_read_only_export_refuses_every_change_with_EROFS()
     {
         await using NinePClient ro = await _readOnly.ConnectAsync();
@@ -242,7 +270,7 @@ public sealed class HostFsTests : IAsyncLifetime
         var version = new Fcall { Type = MessageType.Tversion, Tag = P9.NoTag, Msize = 65536, Version = P9.VersionL };
         byte[] frame = new byte[256];
         int n = FcallCodec.Encode(version, Dialect.Linux, frame);
-        Assert.True(session.Handle(frame.AsSpan(0, n), reply) > 0);
+        Assert.True(session.Handle(frame.AsMemory(0, n), reply) > 0);
         Assert.Equal((byte)MessageType.Rversion, reply[4]);
 
         // A size field that lies about the frame, a truncated Twalk, a Twrite whose count exceeds its data,
@@ -257,9 +285,9 @@ public sealed class HostFsTests : IAsyncLifetime
         write[5] = 9;
         BinaryPrimitives.WriteUInt32LittleEndian(write.AsSpan(19), 1000);
         AssertLerror(session.Handle(write, reply), reply, 9, 22);
-        AssertLerror(session.Handle([7, 0, 0, 0, 250, 10, 0], reply), reply, 10, 95);
-        AssertLerror(session.Handle([11, 0, 0, 0, (byte)MessageType.Rlerror, 11, 0, 0, 0, 0, 0], reply), reply, 11, 22);
-        Assert.Equal(0, session.Handle([3, 0, 0], reply));
+        AssertLerror(session.Handle(new byte[] { 7, 0, 0, 0, 250, 10, 0 }, reply), reply, 10, 95);
+        AssertLerror(session.Handle(new byte[] { 11, 0, 0, 0, (byte)MessageType.Rlerror, 11, 0, 0, 0, 0, 0 }, reply), reply, 11, 22);
+        Assert.Equal(0, session.Handle(new byte[] { 3, 0, 0 }, reply));
 
         var random = new Random(42);
         byte[] junk = new byte[300];
@@ -269,7 +297,7 @@ public sealed class HostFsTests : IAsyncLifetime
             random.NextBytes(junk.AsSpan(0, len));
             BinaryPrimitives.WriteUInt32LittleEndian(junk, (uint)len);
             junk[4] = (byte)(random.Next(6, 128) & ~1);
-            _ = session.Handle(junk.AsSpan(0, len), reply);
+            _ = session.Handle(junk.AsMemory(0, len), reply);
         }
         Assert.True(session.FidCount <= 5000);
     }

@@ -32,7 +32,7 @@ internal static class NinePTargets
         _ = FcallCodec.IsKnown(type);
         if (FcallCodec.TryDecode(frame, dialect, out Fcall decoded, out _))
         {
-            // Strings decode with replacement characters (3 bytes each), so a re-encoding can be larger than the input.
+            // Strings decode losslessly (NineString), so a re-encoding is as long as the input; the buffer is generous anyway.
             byte[] again = new byte[(frame.Length * 4) + 256];
             int n = FcallCodec.Encode(decoded, dialect, again);
             if (n > 0 && !FcallCodec.TryDecode(again.AsSpan(0, n), dialect, out _, out string reason))
@@ -101,7 +101,7 @@ internal static class NinePTargets
                 byte[] reply = new byte[1024 * 1024 + 8192];
                 foreach (ReadOnlyMemory<byte> frame in Frames(input))
                 {
-                    session.Handle(frame.Span, reply.AsSpan(0, (int)Math.Max(session.MessageSize, 8192)));
+                    session.Handle(frame, reply.AsMemory(0, (int)Math.Max(session.MessageSize, 8192)));
                     if (bug is not null)
                     {
                         throw new FuzzFindingException($"HostFsSession turned an exception into EIO: {bug.GetType().Name}: {bug.Message}", bug);

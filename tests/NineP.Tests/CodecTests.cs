@@ -163,9 +163,32 @@ public sealed class CodecTests
     }
 
     [Fact]
-    public void InvalidUtf8NamesAreRejected()
+    public void NamesThatAreNotUtf8RoundTripByteForByte()
     {
-        byte[] frame = Hex("12000000 6e 0100 01000000 02000000 0100 0100 ff");
-        Assert.False(FcallCodec.TryDecode(frame, Dialect.Unix, out _, out _));
+        // Twalk fid=1 newfid=2 of one name, the three bytes 'f' 0xff 'o' (a legal Linux file name).
+        byte[] frame = Hex("16000000 6e 0100 01000000 02000000 0100 0300 66ff6f");
+        Assert.True(FcallCodec.TryDecode(frame, Dialect.Linux, out Fcall walk, out string why), why);
+        Assert.Equal("f\uDCFFo", Assert.Single(walk.Wnames));
+        byte[] again = new byte[frame.Length];
+        Assert.Equal(frame.Length, FcallCodec.Encode(walk, Dialect.Linux, again));
+        Assert.Equal(frame, again);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("66ff6f")]
+    [InlineData("c3a9")]             // é, valid
+    [InlineData("c3")]               // truncated sequence
+    [InlineData("eda080")]           // an encoded surrogate: not UTF-8
+    [InlineData("f09f9880ff80")]     // a 4-byte rune, then junk
+    [InlineData("efbfbd")]           // U+FFFD itself stays U+FFFD
+    public void NineStringIsLossless(string hex)
+    {
+        byte[] bytes = Convert.FromHexString(hex);
+        string s = NineString.Decode(bytes);
+        byte[] back = new byte[NineString.GetByteCount(s)];
+        NineString.GetBytes(s, back);
+        Assert.Equal(bytes, back);
+        Assert.Equal(System.Text.Unicode.Utf8.IsValid(bytes), NineString.IsText(s));
     }
 }

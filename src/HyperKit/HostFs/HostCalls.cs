@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Kit.NineP.Protocol;
 
 namespace Kit.HyperKit.HostFs;
 
@@ -6,7 +7,8 @@ namespace Kit.HyperKit.HostFs;
 /// The libc calls the host-directory server needs: everything is relative to a directory file descriptor
 /// (openat, mkdirat, unlinkat, renameat, ...) so a name never resolves outside the exported tree. Every call
 /// returns -1 and sets errno on failure; buffers are passed as <c>ref byte</c> (pinned by the marshaller, no
-/// unsafe code here). Linux x86-64 constants.
+/// unsafe code here). Paths are passed as the exact bytes the 9P client sent (<see cref="NineString"/>), never
+/// re-encoded as UTF-8: a host name that is not UTF-8 must reach the host unchanged. Linux x86-64 constants.
 /// </summary>
 internal static partial class HostCalls
 {
@@ -26,14 +28,18 @@ internal static partial class HostCalls
 
     private const long SYS_getdents64 = 217;
 
-    [LibraryImport("libc", EntryPoint = "openat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int OpenAt(int dirfd, string path, int flags, uint mode);
+    public static int OpenAt(int dirfd, string path, int flags, uint mode) => OpenAtBytes(dirfd, ref NineString.ToCString(path)[0], flags, mode);
+
+    [LibraryImport("libc", EntryPoint = "openat", SetLastError = true)]
+    private static partial int OpenAtBytes(int dirfd, ref byte path, int flags, uint mode);
 
     [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
     public static partial int Close(int fd);
 
-    [LibraryImport("libc", EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int Statx(int dirfd, string path, int flags, uint mask, ref byte statx);
+    public static int Statx(int dirfd, string path, int flags, uint mask, ref byte statx) => StatxBytes(dirfd, ref NineString.ToCString(path)[0], flags, mask, ref statx);
+
+    [LibraryImport("libc", EntryPoint = "statx", SetLastError = true)]
+    private static partial int StatxBytes(int dirfd, ref byte path, int flags, uint mask, ref byte statx);
 
     [LibraryImport("libc", EntryPoint = "pread64", SetLastError = true)]
     public static partial nint PRead(int fd, ref byte buffer, nuint count, long offset);
@@ -51,32 +57,50 @@ internal static partial class HostCalls
     public static int GetDents64(int fd, Span<byte> buffer) =>
         (int)Syscall(SYS_getdents64, fd, ref MemoryMarshal.GetReference(buffer), (nuint)buffer.Length);
 
-    [LibraryImport("libc", EntryPoint = "mkdirat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int MkdirAt(int dirfd, string path, uint mode);
+    public static int MkdirAt(int dirfd, string path, uint mode) => MkdirAtBytes(dirfd, ref NineString.ToCString(path)[0], mode);
 
-    [LibraryImport("libc", EntryPoint = "mknodat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int MknodAt(int dirfd, string path, uint mode, ulong dev);
+    [LibraryImport("libc", EntryPoint = "mkdirat", SetLastError = true)]
+    private static partial int MkdirAtBytes(int dirfd, ref byte path, uint mode);
 
-    [LibraryImport("libc", EntryPoint = "symlinkat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int SymlinkAt(string target, int dirfd, string path);
+    public static int MknodAt(int dirfd, string path, uint mode, ulong dev) => MknodAtBytes(dirfd, ref NineString.ToCString(path)[0], mode, dev);
 
-    [LibraryImport("libc", EntryPoint = "readlinkat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial nint ReadlinkAt(int dirfd, string path, ref byte buffer, nuint size);
+    [LibraryImport("libc", EntryPoint = "mknodat", SetLastError = true)]
+    private static partial int MknodAtBytes(int dirfd, ref byte path, uint mode, ulong dev);
 
-    [LibraryImport("libc", EntryPoint = "linkat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int LinkAt(int olddirfd, string oldpath, int newdirfd, string newpath, int flags);
+    public static int SymlinkAt(string target, int dirfd, string path) => SymlinkAtBytes(ref NineString.ToCString(target)[0], dirfd, ref NineString.ToCString(path)[0]);
 
-    [LibraryImport("libc", EntryPoint = "unlinkat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int UnlinkAt(int dirfd, string path, int flags);
+    [LibraryImport("libc", EntryPoint = "symlinkat", SetLastError = true)]
+    private static partial int SymlinkAtBytes(ref byte target, int dirfd, ref byte path);
 
-    [LibraryImport("libc", EntryPoint = "renameat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int RenameAt(int olddirfd, string oldpath, int newdirfd, string newpath);
+    public static nint ReadlinkAt(int dirfd, string path, ref byte buffer, nuint size) => ReadlinkAtBytes(dirfd, ref NineString.ToCString(path)[0], ref buffer, size);
 
-    [LibraryImport("libc", EntryPoint = "fchownat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int FchownAt(int dirfd, string path, uint uid, uint gid, int flags);
+    [LibraryImport("libc", EntryPoint = "readlinkat", SetLastError = true)]
+    private static partial nint ReadlinkAtBytes(int dirfd, ref byte path, ref byte buffer, nuint size);
 
-    [LibraryImport("libc", EntryPoint = "fchmodat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int FchmodAt(int dirfd, string path, uint mode, int flags);
+    public static int LinkAt(int olddirfd, string oldpath, int newdirfd, string newpath, int flags) => LinkAtBytes(olddirfd, ref NineString.ToCString(oldpath)[0], newdirfd, ref NineString.ToCString(newpath)[0], flags);
+
+    [LibraryImport("libc", EntryPoint = "linkat", SetLastError = true)]
+    private static partial int LinkAtBytes(int olddirfd, ref byte oldpath, int newdirfd, ref byte newpath, int flags);
+
+    public static int UnlinkAt(int dirfd, string path, int flags) => UnlinkAtBytes(dirfd, ref NineString.ToCString(path)[0], flags);
+
+    [LibraryImport("libc", EntryPoint = "unlinkat", SetLastError = true)]
+    private static partial int UnlinkAtBytes(int dirfd, ref byte path, int flags);
+
+    public static int RenameAt(int olddirfd, string oldpath, int newdirfd, string newpath) => RenameAtBytes(olddirfd, ref NineString.ToCString(oldpath)[0], newdirfd, ref NineString.ToCString(newpath)[0]);
+
+    [LibraryImport("libc", EntryPoint = "renameat", SetLastError = true)]
+    private static partial int RenameAtBytes(int olddirfd, ref byte oldpath, int newdirfd, ref byte newpath);
+
+    public static int FchownAt(int dirfd, string path, uint uid, uint gid, int flags) => FchownAtBytes(dirfd, ref NineString.ToCString(path)[0], uid, gid, flags);
+
+    [LibraryImport("libc", EntryPoint = "fchownat", SetLastError = true)]
+    private static partial int FchownAtBytes(int dirfd, ref byte path, uint uid, uint gid, int flags);
+
+    public static int FchmodAt(int dirfd, string path, uint mode, int flags) => FchmodAtBytes(dirfd, ref NineString.ToCString(path)[0], mode, flags);
+
+    [LibraryImport("libc", EntryPoint = "fchmodat", SetLastError = true)]
+    private static partial int FchmodAtBytes(int dirfd, ref byte path, uint mode, int flags);
 
     public const int F_DUPFD_CLOEXEC = 1030;
 
@@ -87,8 +111,10 @@ internal static partial class HostCalls
     public static partial int Ftruncate(int fd, long length);
 
     /// <summary>utimensat(2) with two struct timespec {sec s64, nsec s64} in <paramref name="times"/> (32 bytes).</summary>
-    [LibraryImport("libc", EntryPoint = "utimensat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int UtimensAt(int dirfd, string path, ref long times, int flags);
+    public static int UtimensAt(int dirfd, string path, ref long times, int flags) => UtimensAtBytes(dirfd, ref NineString.ToCString(path)[0], ref times, flags);
+
+    [LibraryImport("libc", EntryPoint = "utimensat", SetLastError = true)]
+    private static partial int UtimensAtBytes(int dirfd, ref byte path, ref long times, int flags);
 
     [LibraryImport("libc", EntryPoint = "fstatfs64", SetLastError = true)]
     public static partial int FStatFs(int fd, ref byte statfs);

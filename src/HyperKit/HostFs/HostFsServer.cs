@@ -1,74 +1,19 @@
-using System.Buffers;
-using System.Buffers.Binary;
-using Kit.NineP.Protocol;
+using Kit.NineP.Server;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kit.HyperKit.HostFs;
 
 /// <summary>
-/// Serves a <see cref="HostFsSession"/> over a byte stream (a TCP or Unix socket, a pipe): 9P frames
-/// size[4] type[1] tag[2] body, one request at a time. A frame whose size is below the header or above the
-/// negotiated msize ends the connection (the stream cannot be resynchronised); a frame that is well framed but
-/// malformed gets an Rlerror.
+/// Serves a host directory over a byte stream (a TCP or Unix socket, a pipe) with NineP's own stream transport
+/// (<see cref="NinePConnection"/>): the same framing, tags and protocol-violation rules as every 9P server here. The
+/// host backend's operations complete synchronously, so each request is answered before the next frame is read.
 /// </summary>
 public static class HostFsServer
 {
-    public static async Task ServeStreamAsync(Stream stream, HostFsOptions options, CancellationToken ct = default)
+    public static async Task ServeStreamAsync(Stream stream, HostFsOptions options, CancellationToken ct = default, ILogger? logger = null)
     {
-        using var session = new HostFsSession(options);
-        byte[] header = new byte[4];
-        byte[] request = ArrayPool<byte>.Shared.Rent(8192);
-        byte[] reply = ArrayPool<byte>.Shared.Rent(8192);
-        try
-        {
-            while (!ct.IsCancellationRequested)
-            {
-                try
-                {
-                    await stream.ReadExactlyAsync(header, ct).ConfigureAwait(false);
-                }
-                catch (EndOfStreamException)
-                {
-                    return;
-                }
-                uint size = BinaryPrimitives.ReadUInt32LittleEndian(header);
-                if (size < P9.HeaderSize || size > Math.Max(session.MessageSize, 8192))
-                {
-                    return;
-                }
-                if (request.Length < size)
-                {
-                    ArrayPool<byte>.Shared.Return(request);
-                    request = ArrayPool<byte>.Shared.Rent((int)size);
-                }
-                header.CopyTo(request, 0);
-                try
-                {
-                    await stream.ReadExactlyAsync(request.AsMemory(4, (int)size - 4), ct).ConfigureAwait(false);
-                }
-                catch (EndOfStreamException)
-                {
-                    return; // truncated frame: the peer went away mid-message
-                }
-                int need = (int)Math.Max(session.MessageSize, 8192);
-                if (reply.Length < need)
-                {
-                    ArrayPool<byte>.Shared.Return(reply);
-                    reply = ArrayPool<byte>.Shared.Rent(need);
-                }
-                int n = session.Handle(request.AsSpan(0, (int)size), reply);
-                if (n > 0)
-                {
-                    await stream.WriteAsync(reply.AsMemory(0, n), ct).ConfigureAwait(false);
-                }
-            }
-        }
-        catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException)
-        {
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(request);
-            ArrayPool<byte>.Shared.Return(reply);
-        }
+        var dispatcher = new NinePDispatcher<HostFid>(new HostFsBackend(options), options.MaxMessageSize, VersionNegotiation.MinMessageSize, options.MaxFids, logger);
+        await new NinePConnection(stream, dispatcher, 1024, logger ?? NullLogger.Instance).RunAsync(ct).ConfigureAwait(false);
     }
 }

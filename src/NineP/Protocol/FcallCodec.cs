@@ -761,11 +761,11 @@ public static class StatCodec
     public static int SizeOf(Stat s, Dialect dialect)
     {
         int n = 2 + 2 + 4 + Qid.Size + 4 + 4 + 4 + 8 + 8
-            + System.Text.Encoding.UTF8.GetByteCount(s.Name) + System.Text.Encoding.UTF8.GetByteCount(s.Uid)
-            + System.Text.Encoding.UTF8.GetByteCount(s.Gid) + System.Text.Encoding.UTF8.GetByteCount(s.Muid);
+            + NineString.GetByteCount(s.Name) + NineString.GetByteCount(s.Uid)
+            + NineString.GetByteCount(s.Gid) + NineString.GetByteCount(s.Muid);
         if (dialect != Dialect.Legacy)
         {
-            n += 2 + System.Text.Encoding.UTF8.GetByteCount(s.Extension) + 12;
+            n += 2 + NineString.GetByteCount(s.Extension) + 12;
         }
         return n;
     }
@@ -774,7 +774,7 @@ public static class StatCodec
 /// <summary>9P2000.L Treaddir entries: qid[13] offset[8] type[1] name[s].</summary>
 public static class DirEntryCodec
 {
-    public static int SizeOf(in DirEntry e) => Qid.Size + 8 + 1 + 2 + System.Text.Encoding.UTF8.GetByteCount(e.Name);
+    public static int SizeOf(in DirEntry e) => Qid.Size + 8 + 1 + 2 + NineString.GetByteCount(e.Name);
 
     public static void Write(ref WireWriter w, in DirEntry e)
     {

@@ -1,16 +1,14 @@
 using System.Buffers.Binary;
-using System.Text;
 
 namespace Kit.NineP.Protocol;
 
 /// <summary>
-/// A cursor over untrusted little-endian 9P bytes. It never throws: once a read runs past the end, or a string
-/// is not valid UTF-8, <see cref="Ok"/> turns false and every further read returns a default value, so a decoder
+/// A cursor over untrusted little-endian 9P bytes. It never throws: once a read runs past the end,
+/// <see cref="Ok"/> turns false and every further read returns a default value, so a decoder
 /// reads a whole body and checks once at the end.
 /// </summary>
 public ref struct WireReader
 {
-    private static readonly UTF8Encoding s_strictUtf8 = new(false, true);
     private readonly ReadOnlySpan<byte> _buffer;
     private int _position;
 
@@ -61,7 +59,7 @@ public ref struct WireReader
         return Ok ? BinaryPrimitives.ReadUInt64LittleEndian(s) : 0;
     }
 
-    /// <summary>len[2] + UTF-8. Invalid UTF-8 fails the read (names become file names; no replacement chars).</summary>
+    /// <summary>len[2] + bytes, decoded losslessly (<see cref="NineString"/>): a host file name need not be UTF-8.</summary>
     public string Str()
     {
         ushort length = U16();
@@ -70,19 +68,7 @@ public ref struct WireReader
         {
             return "";
         }
-        if (length == 0)
-        {
-            return "";
-        }
-        try
-        {
-            return s_strictUtf8.GetString(s);
-        }
-        catch (DecoderFallbackException)
-        {
-            Ok = false;
-            return "";
-        }
+        return length == 0 ? "" : NineString.Decode(s);
     }
 
     public Qid Qid()

@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Text;
 
 namespace Kit.NineP.Protocol;
 
@@ -72,7 +71,7 @@ public ref struct WireWriter
 
     public void Str(string v)
     {
-        int length = Encoding.UTF8.GetByteCount(v);
+        int length = NineString.GetByteCount(v);
         if (length > ushort.MaxValue)
         {
             Overflow = true;
@@ -82,7 +81,7 @@ public ref struct WireWriter
         Span<byte> s = Take(length);
         if (!Overflow)
         {
-            Encoding.UTF8.GetBytes(v, s);
+            NineString.GetBytes(v, s);
         }
     }
 

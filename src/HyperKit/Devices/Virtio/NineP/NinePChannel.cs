@@ -44,7 +44,7 @@ public delegate NinePChannel NinePChannelFactory();
 public interface IInlineNinePChannel
 {
     /// <summary>Handles one T-message; returns the R-message (valid until the next call) or an empty span.</summary>
-    ReadOnlySpan<byte> Handle(ReadOnlySpan<byte> request);
+    ReadOnlySpan<byte> Handle(ReadOnlyMemory<byte> request);
 }
 
 /// <summary>
@@ -244,7 +244,10 @@ public sealed class StreamNinePChannel(Func<Socket> connect, int maxMessage) : N
     }
 }
 
-/// <summary>The built-in server for a host directory (<see cref="HostFsSession"/>), in process and inline.</summary>
+/// <summary>
+/// The built-in server for a host directory (<see cref="HostFsSession"/>, NineP's dispatcher over the host backend),
+/// in process and inline: every request completes synchronously on the device's thread, never waiting on a task.
+/// </summary>
 public sealed class HostFsNinePChannel(HostFsOptions options) : NinePChannel, IInlineNinePChannel
 {
     private HostFsSession? _session;
@@ -266,7 +269,7 @@ public sealed class HostFsNinePChannel(HostFsOptions options) : NinePChannel, II
     /// <summary>Why the export could not be opened, if it could not.</summary>
     public string? Error { get; private set; }
 
-    public ReadOnlySpan<byte> Handle(ReadOnlySpan<byte> request)
+    public ReadOnlySpan<byte> Handle(ReadOnlyMemory<byte> request)
     {
         if (_session is null)
         {

@@ -264,7 +264,7 @@ public sealed class VirtioNineP : VirtioDevice, IDisposable
         }
         if (_channel is IInlineNinePChannel inline)
         {
-            ReadOnlySpan<byte> reply = inline.Handle(message.AsSpan(0, (int)size));
+            ReadOnlySpan<byte> reply = inline.Handle(message.AsMemory(0, (int)size));
             ArrayPool<byte>.Shared.Return(message);
             Forwarded++;
             if (reply.Length < P9.HeaderSize || reply.Length > writable)
