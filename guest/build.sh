@@ -89,17 +89,27 @@ trap 'rm -rf "$work"' EXIT
 # 1. The packages: say what is downloaded and from where, download, unpack; index the kernel's modules.
 # Lines starting "step: " are the build's steps (kit guest build shows them as progress).
 packages=("$kpkg" busybox-static iperf3 libiperf0 libsctp1 libssl3)
+bytes=0
 announce() {
   local uris
   uris=$(cd "$work" && apt-get download --print-uris "${packages[@]}" 2>/dev/null) || return 0
-  local bytes hosts
+  local hosts
   bytes=$(awk '{ s += $3 } END { print s + 0 }' <<<"$uris")
   hosts=$(sed -n "s|^'[a-z]*://\([^/']*\)/.*|\1|p" <<<"$uris" | sort -u | paste -sd, -)
   echo "step: downloading ${#packages[@]} Debian packages ($((bytes / 1048576)) MiB) from ${hosts:-the apt mirror}: ${packages[*]}" >&2
 }
 announce
 # As root, apt drops to the _apt user for downloads, which cannot enter a cache under /root: stay root.
-download() { (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "${packages[@]}" >&2); }
+# "progress: BYTES TOTAL" lines every half second while it runs (kit guest build draws them; apt -qq prints none).
+download() {
+  (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "${packages[@]}" >&2) &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    echo "progress: $(du -sb "$work" | cut -f1) $bytes" >&2
+    sleep 0.5
+  done
+  wait "$pid"
+}
 if ! download; then
   if [[ $apt_updated == 0 ]]; then
     echo "guest/build.sh: apt-get download failed; running apt-get update once" >&2

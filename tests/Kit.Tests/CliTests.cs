@@ -43,6 +43,28 @@ public sealed class CliTests
     public void GuestBuildStepsAreTheScriptsStepLines(string line, string? step) =>
         Assert.Equal(step, Kit.Cli.Commands.GuestCommand.Step(line));
 
+    [Theory]
+    [InlineData("progress: 1048576 73400320", 1048576L, 73400320L)]
+    [InlineData("progress: x 1", null, null)]
+    [InlineData("step: unpacking", null, null)]
+    public void GuestBuildProgressLinesParse(string line, long? bytes, long? total)
+    {
+        (long Bytes, long Total)? p = Kit.Cli.Commands.GuestCommand.Progress(line);
+        Assert.Equal(bytes, p?.Bytes);
+        Assert.Equal(total, p?.Total);
+    }
+
+    /// <summary>`kit guest build --json` (from the cache ./test filled): one JSON object naming two existing files.</summary>
+    [Fact]
+    public void GuestBuildJsonNamesTheKernelAndInitrd()
+    {
+        ProcessResult r = KitCli.Run("guest", "build", "--json");
+        Assert.True(r.ExitCode == 0, r.Output);
+        using var doc = System.Text.Json.JsonDocument.Parse(r.StandardOutput);
+        Assert.True(File.Exists(doc.RootElement.GetProperty("kernel").GetString()));
+        Assert.True(File.Exists(doc.RootElement.GetProperty("initrd").GetString()));
+    }
+
     [Fact]
     public void UpRejectsABadMemorySizeInOneLine()
     {

@@ -19,15 +19,15 @@ internal static class GuestCommand
             HelpName = "DIR",
             Description = "Cache directory (default: $KIT_GUEST_CACHE, else ~/.cache/kit/guest).",
         };
+        var json = new Option<bool>("--json") { Description = "Print {\"kernel\": PATH, \"initrd\": PATH} instead of kernel=PATH and initrd=PATH lines." };
         var build = new Command("build", "Build (or reuse from cache) the default guest kernel and initramfs; prints their paths.")
         {
-            cacheOption,
+            cacheOption, json,
         };
         build.SetAction(parse =>
         {
             (string kernel, string initrd) = Ensure(parse.GetValue(cacheOption));
-            Console.WriteLine($"kernel={kernel}");
-            Console.WriteLine($"initrd={initrd}");
+            Console.WriteLine(parse.GetValue(json) ? Json(kernel, initrd) : $"kernel={kernel}\ninitrd={initrd}");
             return 0;
         });
         return new Command("guest", "The default guest: a stock Debian kernel with a busybox initramfs.") { build };
@@ -83,8 +83,31 @@ internal static class GuestCommand
         return (kernel, initrd);
     }
 
+    /// <summary>The paths as one JSON object (Utf8JsonWriter: no reflection, NativeAOT-safe).</summary>
+    internal static string Json(string kernel, string initrd)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>();
+        using (var w = new System.Text.Json.Utf8JsonWriter(buffer))
+        {
+            w.WriteStartObject();
+            w.WriteString("kernel", kernel);
+            w.WriteString("initrd", initrd);
+            w.WriteEndObject();
+        }
+        return System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+
     /// <summary>The step a "step: ..." line of guest/build.sh names, or null for any other line.</summary>
     internal static string? Step(string line) => line.StartsWith("step: ", StringComparison.Ordinal) ? line[6..] : null;
+
+    /// <summary>A "progress: BYTES TOTAL" line of guest/build.sh's download, or null for any other line.</summary>
+    internal static (long Bytes, long Total)? Progress(string line)
+    {
+        string[] f = line.Split(' ');
+        return f.Length == 3 && f[0] == "progress:" && long.TryParse(f[1], out long bytes) && long.TryParse(f[2], out long total)
+            ? (bytes, total)
+            : null;
+    }
 
     private static void ShowSteps(StreamReader stderr)
     {
@@ -92,7 +115,10 @@ internal static class GuestCommand
         {
             for (string? line; (line = stderr.ReadLine()) is not null;)
             {
-                Console.Error.WriteLine(Step(line) is string step ? $"kit: guest: {step}" : line);
+                if (Progress(line) is null)
+                {
+                    Console.Error.WriteLine(Step(line) is string step ? $"kit: guest: {step}" : line);
+                }
             }
             return;
         }
@@ -101,7 +127,13 @@ internal static class GuestCommand
         {
             for (string? line; (line = stderr.ReadLine()) is not null;)
             {
-                if (Step(line) is string step)
+                if (Progress(line) is (long bytes, long total))
+                {
+                    status.Status(total > 0
+                        ? $"default guest: downloading {bytes / 1048576.0:F1} of {total / 1048576.0:F1} MiB ({Math.Min(100, bytes * 100 / total)}%)"
+                        : $"default guest: downloading {bytes / 1048576.0:F1} MiB");
+                }
+                else if (Step(line) is string step)
                 {
                     // Each finished step stays on screen; the spinner names the current one.
                     console.MarkupLineInterpolated($"[grey]kit: guest:[/] {step}");
