@@ -37,7 +37,11 @@ public sealed class GitStore : IDisposable
     public static readonly ObjectId EmptyTree = new("4b825dc642cb6eb9a060e54bf8d69288fbee4904");
     private readonly Repository _repo;
     private readonly Lock _gate = new();
-    private readonly Dictionary<ObjectId, byte[]> _blobCache = [];
+    // Blobs, by bytes held, each charged a fixed overhead for its id, array header and slot: counting content alone
+    // let a store of small files hold ~700,000 of them (hundreds of MB) under a "32 MiB" bound. The cache is for a
+    // file read in chunks (every 9P read asks for the whole blob); a transaction's working copy is read uncached.
+    private readonly LruCache<ObjectId, byte[]> _blobCache = new(MaxCachedBlobBytes, b => b.Length + BlobEntryOverhead);
+    private const int BlobEntryOverhead = 256;
     // Trees and commits never change once written, so their decoded forms are cached, in two tiers each (issue 12,
     // docs/soak.md). What this store has just written goes to a small tier: a commit loop reads each new tree and
     // commit back once or twice (the next transaction starts from them) and then never again, so they must be let go
@@ -57,7 +61,6 @@ public sealed class GitStore : IDisposable
     private readonly Dictionary<string, (long, long, ObjectId)> _headCache = new(StringComparer.Ordinal);
     private const int MaxCachedHeads = 10_000;
     private readonly string _gitDir;
-    private long _blobCacheBytes;
 
     private GitStore(Repository repo, string path)
     {
@@ -278,14 +281,14 @@ public sealed class GitStore : IDisposable
 
     private static long TreeWeight(GitTreeListing tree) => tree.Count + 1;
 
-    /// <summary>Decoded trees and commits held by the long-lived (read) tier, and by the recently-written tier.</summary>
-    internal (long TreeEntries, int Commits, long WrittenTreeEntries, int WrittenCommits) CacheSizes
+    /// <summary>Decoded trees and commits held by the long-lived (read) tier and by the recently-written tier; blobs cached.</summary>
+    internal (long TreeEntries, int Commits, long WrittenTreeEntries, int WrittenCommits, int Blobs) CacheSizes
     {
         get
         {
             lock (_gate)
             {
-                return (_treeCache.Weight, _commitCache.Count, _writtenTrees.Weight, _writtenCommits.Count);
+                return (_treeCache.Weight, _commitCache.Count, _writtenTrees.Weight, _writtenCommits.Count, _blobCache.Count);
             }
         }
     }
@@ -380,12 +383,16 @@ public sealed class GitStore : IDisposable
         return current;
     }
 
-    /// <summary>A blob's bytes. Recently read blobs are cached (bounded) so large files read in chunks stay cheap.</summary>
-    public byte[] ReadBlob(ObjectId id)
+    /// <summary>
+    /// A blob's bytes. Recently read blobs are cached (bounded) so large files read in chunks stay cheap; with
+    /// <paramref name="cache"/> false (a transaction copying the content into its working tree) a blob not already
+    /// cached is read without being kept.
+    /// </summary>
+    public byte[] ReadBlob(ObjectId id, bool cache = true)
     {
         lock (_gate)
         {
-            if (_blobCache.TryGetValue(id, out byte[]? cached))
+            if (_blobCache.TryGet(id, out byte[]? cached))
             {
                 return cached;
             }
@@ -396,13 +403,10 @@ public sealed class GitStore : IDisposable
             using Stream s = blob.GetContentStream();
             byte[] data = new byte[blob.Size];
             s.ReadExactly(data);
-            if (_blobCacheBytes + data.Length > MaxCachedBlobBytes)
+            if (cache)
             {
-                _blobCache.Clear();
-                _blobCacheBytes = 0;
+                _blobCache.Add(id, data);
             }
-            _blobCache[id] = data;
-            _blobCacheBytes += data.Length;
             return data;
         }
     }
@@ -411,7 +415,7 @@ public sealed class GitStore : IDisposable
     {
         lock (_gate)
         {
-            if (_blobCache.TryGetValue(id, out byte[]? cached))
+            if (_blobCache.TryGet(id, out byte[]? cached))
             {
                 return cached.Length;
             }
