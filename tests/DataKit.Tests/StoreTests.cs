@@ -45,6 +45,54 @@ public sealed class StoreTests : DataKitTestBase
     }
 
     [Fact]
+    public void ACommitLoopLeavesTheLongLivedCachesEmpty()
+    {
+        // The soak's commit loop (issue 12, docs/soak.md): each transaction replaces one of 64 files and commits. The
+        // next transaction reads each new root tree and commit back, and nothing reads them again: they must stay in
+        // the small recently-written tier and be let go young. In the long-lived tier (as before) every commit's tree
+        // and commit lived for hundreds to thousands of commits and died in the GC's gen2, which background
+        // collections sweep without compacting: the soak's RSS climbed for minutes at a time.
+        GitStore store = Server.Store;
+        for (int i = 0; i < 300; i++)
+        {
+            var tx = new Transaction(store, "loop", $"t{i}", $"/t{i}");
+            string name = $"file-{i % 64}";
+            lock (tx.Gate)
+            {
+                // As the soak's client does: create the file, or truncate and rewrite it (`echo x > file`).
+                if (tx.Get([name]) is WorkFile)
+                {
+                    tx.File([name], touch: true).Truncate(store, 0);
+                }
+                else
+                {
+                    tx.Dir([], touch: true).Children[name] = new WorkFile(EntryKind.File, null);
+                }
+                tx.File([name], touch: true).Write(store, 0, Encoding.UTF8.GetBytes($"iteration {i}\n"));
+            }
+            tx.Commit();
+        }
+        (long treeEntries, int commits, long writtenTreeEntries, int writtenCommits, int blobs) = store.CacheSizes;
+        Assert.InRange(treeEntries, 0, 1); // the empty tree the first transaction started from
+        Assert.Equal(0, commits);
+        Assert.InRange(writtenTreeEntries, 65, 1_024);
+        Assert.InRange(writtenCommits, 1, 16);
+        // Nor the blob cache: each truncate copied the old blob into the working tree, uncached (it was kept before).
+        Assert.Equal(0, blobs);
+
+        // What the written tier answers is what the repository holds: a second store decodes the same commit and tree.
+        ObjectId head = store.GetHead("loop")!;
+        CommitInfo ours = store.GetCommit(head)!;
+        using GitStore other = GitStore.Open(GitDir);
+        CommitInfo read = other.GetCommit(head)!;
+        Assert.Equal((read.Id, read.Tree, read.Message, read.When), (ours.Id, ours.Tree, ours.Message, ours.When));
+        Assert.Equal(read.Parents, ours.Parents);
+        Assert.Equal(other.ReadTree(read.Tree), store.ReadTree(ours.Tree));
+        Assert.Equal(64, store.ReadTree(ours.Tree).Count);
+        Git("fsck", "--strict", "--no-dangling");
+    }
+
+    [Fact]
     [Trait("Tier", "Real")]
     public void HeadsMovedByAnOutsideGitAreSeenAtOnce()
     {

@@ -37,20 +37,30 @@ public sealed class GitStore : IDisposable
     public static readonly ObjectId EmptyTree = new("4b825dc642cb6eb9a060e54bf8d69288fbee4904");
     private readonly Repository _repo;
     private readonly Lock _gate = new();
-    private readonly Dictionary<ObjectId, byte[]> _blobCache = [];
-    // Trees and commits never change once written, so their decoded forms are cached: trees in an LRU bounded by
-    // the entries held (about 150 bytes each, so ~2.5 MB), commits by count. The bounds are a long-running server's:
-    // the soak (tests/Kit.EndToEnd.Tests/Soak) showed RSS climbing ~10 MiB/min for hours under bounds of a million
-    // tree entries, 50,000 commits and libgit2's own object cache (off below: ours holds the decoded forms).
-    private readonly TreeCache _treeCache = new(16_384);
-    private readonly Dictionary<ObjectId, CommitInfo> _commitCache = [];
-    private const int MaxCachedObjects = 4_096;
+    // Blobs, by bytes held, each charged a fixed overhead for its id, array header and slot: counting content alone
+    // let a store of small files hold ~700,000 of them (hundreds of MB) under a "32 MiB" bound. The cache is for a
+    // file read in chunks (every 9P read asks for the whole blob); a transaction's working copy is read uncached.
+    private readonly LruCache<ObjectId, byte[]> _blobCache = new(MaxCachedBlobBytes, b => b.Length + BlobEntryOverhead);
+    private const int BlobEntryOverhead = 256;
+    // Trees and commits never change once written, so their decoded forms are cached, in two tiers each (issue 12,
+    // docs/soak.md). What this store has just written goes to a small tier: a commit loop reads each new tree and
+    // commit back once or twice (the next transaction starts from them) and then never again, so they must be let go
+    // young. What is read from the repository goes to the large LRU tier (bounded by tree entries, about 150 bytes
+    // each, so ~2.5 MB; and by commit count), which repeated reads (ro/ walks, snapshots/, merges) reuse. With one
+    // tier, every commit's root tree and commit entered the large caches and lived there for hundreds (trees) to
+    // thousands (commits, then cleared all at once) of commits: long enough to be promoted to the GC's oldest
+    // generation and die there, where background collections sweep without compacting. The soak measured the result:
+    // gen2 growing by its fragmentation for minutes between compacting collections, RSS in a sawtooth of ~15 MiB.
+    // libgit2's own object cache is off (Open): these tiers hold the decoded forms.
+    private readonly LruCache<ObjectId, GitTreeListing> _treeCache = new(16_384, TreeWeight);
+    private readonly LruCache<ObjectId, GitTreeListing> _writtenTrees = new(1_024, TreeWeight);
+    private readonly LruCache<ObjectId, CommitInfo> _commitCache = new(4_096, _ => 1);
+    private readonly LruCache<ObjectId, CommitInfo> _writtenCommits = new(16, _ => 1);
     private const long MaxCachedBlobBytes = 32L * 1024 * 1024;
     // Branch heads by name, with the (mtime ticks, size) of the loose ref file they were read from (see GetHead).
     private readonly Dictionary<string, (long, long, ObjectId)> _headCache = new(StringComparer.Ordinal);
     private const int MaxCachedHeads = 10_000;
     private readonly string _gitDir;
-    private long _blobCacheBytes;
 
     private GitStore(Repository repo, string path)
     {
@@ -269,11 +279,25 @@ public sealed class GitStore : IDisposable
         return true;
     }
 
+    private static long TreeWeight(GitTreeListing tree) => tree.Count + 1;
+
+    /// <summary>Decoded trees and commits held by the long-lived (read) tier and by the recently-written tier; blobs cached.</summary>
+    internal (long TreeEntries, int Commits, long WrittenTreeEntries, int WrittenCommits, int Blobs) CacheSizes
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return (_treeCache.Weight, _commitCache.Count, _writtenTrees.Weight, _writtenCommits.Count, _blobCache.Count);
+            }
+        }
+    }
+
     public CommitInfo? GetCommit(ObjectId id)
     {
         lock (_gate)
         {
-            if (_commitCache.TryGetValue(id, out CommitInfo? cached))
+            if (_writtenCommits.TryGet(id, out CommitInfo? cached) || _commitCache.TryGet(id, out cached))
             {
                 return cached;
             }
@@ -281,15 +305,13 @@ public sealed class GitStore : IDisposable
             {
                 return null;
             }
-            var info = new CommitInfo(c.Id, c.Tree.Id, c.Parents.Select(p => p.Id).ToArray(), c.Message, c.Committer.When);
-            if (_commitCache.Count >= MaxCachedObjects)
-            {
-                _commitCache.Clear();
-            }
-            _commitCache[id] = info;
+            CommitInfo info = Decode(c);
+            _commitCache.Add(id, info);
             return info;
         }
     }
+
+    private static CommitInfo Decode(Commit c) => new(c.Id, c.Tree.Id, c.Parents.Select(p => p.Id).ToArray(), c.Message, c.Committer.When);
 
     public bool TreeExists(ObjectId id)
     {
@@ -311,7 +333,7 @@ public sealed class GitStore : IDisposable
     {
         lock (_gate)
         {
-            if (_treeCache.TryGet(treeId, out GitTreeListing cached))
+            if (_writtenTrees.TryGet(treeId, out GitTreeListing? cached) || _treeCache.TryGet(treeId, out cached))
             {
                 return cached;
             }
@@ -361,12 +383,16 @@ public sealed class GitStore : IDisposable
         return current;
     }
 
-    /// <summary>A blob's bytes. Recently read blobs are cached (bounded) so large files read in chunks stay cheap.</summary>
-    public byte[] ReadBlob(ObjectId id)
+    /// <summary>
+    /// A blob's bytes. Recently read blobs are cached (bounded) so large files read in chunks stay cheap; with
+    /// <paramref name="cache"/> false (a transaction copying the content into its working tree) a blob not already
+    /// cached is read without being kept.
+    /// </summary>
+    public byte[] ReadBlob(ObjectId id, bool cache = true)
     {
         lock (_gate)
         {
-            if (_blobCache.TryGetValue(id, out byte[]? cached))
+            if (_blobCache.TryGet(id, out byte[]? cached))
             {
                 return cached;
             }
@@ -377,13 +403,10 @@ public sealed class GitStore : IDisposable
             using Stream s = blob.GetContentStream();
             byte[] data = new byte[blob.Size];
             s.ReadExactly(data);
-            if (_blobCacheBytes + data.Length > MaxCachedBlobBytes)
+            if (cache)
             {
-                _blobCache.Clear();
-                _blobCacheBytes = 0;
+                _blobCache.Add(id, data);
             }
-            _blobCache[id] = data;
-            _blobCacheBytes += data.Length;
             return data;
         }
     }
@@ -392,7 +415,7 @@ public sealed class GitStore : IDisposable
     {
         lock (_gate)
         {
-            if (_blobCache.TryGetValue(id, out byte[]? cached))
+            if (_blobCache.TryGet(id, out byte[]? cached))
             {
                 return cached.Length;
             }
@@ -452,7 +475,7 @@ public sealed class GitStore : IDisposable
         {
             Interlocked.Increment(ref _treesWritten);
             ObjectId id = _repo.ObjectDatabase.Write<Tree>(buffer.ToArray());
-            _treeCache.Add(id, new GitTreeListing([.. list]));
+            _writtenTrees.Add(id, new GitTreeListing([.. list]));
             return id;
         }
     }
@@ -472,7 +495,10 @@ public sealed class GitStore : IDisposable
             var sig = new Signature(Author, DateTimeOffset.Now);
             Tree t = tree == EmptyTree ? _repo.ObjectDatabase.CreateTree(new TreeDefinition()) : _repo.Lookup<Tree>(tree);
             Commit[] ps = parents.Select(p => _repo.Lookup<Commit>(p)).ToArray();
-            return _repo.ObjectDatabase.CreateCommit(sig, sig, message, t, ps, prettifyMessage: false).Id;
+            Commit c = _repo.ObjectDatabase.CreateCommit(sig, sig, message, t, ps, prettifyMessage: false);
+            // Decoded from the stored object, as GetCommit would: the next transaction on the branch starts from it.
+            _writtenCommits.Add(c.Id, Decode(c));
+            return c.Id;
         }
     }
 

@@ -57,42 +57,47 @@ public sealed class GitTreeListing : IReadOnlyList<GitEntry>
 }
 
 /// <summary>
-/// A least-recently-used cache of decoded trees keyed by object id, bounded by the total number of entries held
-/// (a tree's memory is roughly proportional to its width). Trees are content-addressed, so entries never go stale.
-/// Not thread-safe: <see cref="GitStore"/> calls it under its lock.
+/// A least-recently-used cache bounded by a total weight (for trees, the entries held: a tree's memory is roughly
+/// proportional to its width; for commits, 1 each). The newest item always stays, whatever its weight. Keys are
+/// content addresses, so entries never go stale. Not thread-safe: <see cref="GitStore"/> calls it under its lock.
 /// </summary>
-internal sealed class TreeCache(long maxEntries)
+internal sealed class LruCache<TKey, TValue>(long maxWeight, Func<TValue, long> weight)
+    where TKey : notnull
 {
-    private readonly Dictionary<ObjectId, LinkedListNode<(ObjectId Id, GitTreeListing Tree)>> _map = [];
-    private readonly LinkedList<(ObjectId Id, GitTreeListing Tree)> _order = new();
-    private long _entries;
+    private readonly Dictionary<TKey, LinkedListNode<(TKey Key, TValue Value)>> _map = [];
+    private readonly LinkedList<(TKey Key, TValue Value)> _order = new();
 
-    public bool TryGet(ObjectId id, out GitTreeListing tree)
+    /// <summary>The summed weight of the items held.</summary>
+    public long Weight { get; private set; }
+
+    public int Count => _map.Count;
+
+    public bool TryGet(TKey key, [System.Diagnostics.CodeAnalysis.MaybeNullWhen(false)] out TValue value)
     {
-        if (_map.TryGetValue(id, out LinkedListNode<(ObjectId Id, GitTreeListing Tree)>? node))
+        if (_map.TryGetValue(key, out LinkedListNode<(TKey Key, TValue Value)>? node))
         {
             _order.Remove(node);
             _order.AddFirst(node);
-            tree = node.Value.Tree;
+            value = node.Value.Value;
             return true;
         }
-        tree = GitTreeListing.Empty;
+        value = default;
         return false;
     }
 
-    public void Add(ObjectId id, GitTreeListing tree)
+    public void Add(TKey key, TValue value)
     {
-        if (_map.ContainsKey(id))
+        if (_map.ContainsKey(key))
         {
             return;
         }
-        _map[id] = _order.AddFirst((id, tree));
-        _entries += tree.Count + 1;
-        while (_entries > maxEntries && _order.Last is { } last && last != _order.First)
+        _map[key] = _order.AddFirst((key, value));
+        Weight += weight(value);
+        while (Weight > maxWeight && _order.Last is { } last && last != _order.First)
         {
             _order.RemoveLast();
-            _map.Remove(last.Value.Id);
-            _entries -= last.Value.Tree.Count + 1;
+            _map.Remove(last.Value.Key);
+            Weight -= weight(last.Value.Value);
         }
     }
 }

@@ -32,7 +32,7 @@ public sealed class WorkFile
     {
         if (_data is null)
         {
-            _data = Blob is null ? [] : store.ReadBlob(Blob).ToArray();
+            _data = Blob is null ? [] : store.ReadBlob(Blob, cache: false).ToArray();
             _length = _data.Length;
             Blob = null;
         }
