@@ -67,8 +67,6 @@ internal static class NetCommand
         return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
     }
 
-    internal static ILoggerFactory Logs() => KitLogging.CreateFactory();
-
     /// <summary>`kit net run`'s exit code when kit itself fails (docker run's 125).</summary>
     public const int RunFailed = 125;
 
@@ -98,7 +96,7 @@ internal static class NetCommand
         NetRunNamespace.RemoveStale();
         // From here on SIGTERM, SIGHUP and SIGINT end the run through the finally below, as a normal exit does.
         using var signals = new ChildSignals(terminal: !Console.IsInputRedirected);
-        using ILoggerFactory logs = Logs();
+        using ILoggerFactory logs = KitLogging.CreateFactory();
         TapLink? tap = null;
         VpnKitServer? server = null;
         Kit.VpnKit.Services.ControlApi? api = null;
@@ -181,7 +179,7 @@ internal static class NetCommand
         {
             throw new CliException("kit net serve needs at least one of --qemu, --dgram, --vmnet, --vhost-user");
         }
-        using ILoggerFactory logs = Logs();
+        using ILoggerFactory logs = KitLogging.CreateFactory();
         // QEMU stream/dgram and VMN3T peers send whole, checksummed frames: no offload. vhost-user-net carries the
         // virtio-net header, so with only vhost-user links the gateway may send TSO frames and partial checksums
         // (the offload is server-wide, so any other link turns it off).

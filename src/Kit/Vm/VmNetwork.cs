@@ -32,7 +32,7 @@ internal sealed class VmNetwork : IDisposable
         }
         if (spec == "vpnkit")
         {
-            ILoggerFactory logs = NetCommand.Logs();
+            ILoggerFactory logs = KitLogging.CreateFactory();
             bool offload = Environment.GetEnvironmentVariable("KIT_NET_NO_OFFLOAD") is not { Length: > 0 };
             var server = new VpnKitServer(vpnkit.ServerOptions(offload), logs);
             try
