@@ -248,8 +248,13 @@ internal sealed class TextBuffer
     {
         lock (_gate)
         {
+            const long maxSize = 16 * 1024 * 1024;
+            if (offset > maxSize)
+            {
+                throw new VfsException(Errno.EFBIG, "File too large");
+            }
             long end = (long)offset + bytes.Length;
-            if (end > 16 * 1024 * 1024)
+            if (end > maxSize)
             {
                 throw new VfsException(Errno.EFBIG, "File too large");
             }

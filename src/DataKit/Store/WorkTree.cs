@@ -47,7 +47,8 @@ public sealed class WorkFile
     {
         Materialize(store);
         long end = offset + bytes.Length;
-        if (end > MaxSize)
+        // A 9P offset is a u64: one past 2^63 arrives here negative (a fuzzed Twrite found it).
+        if (offset < 0 || end > MaxSize)
         {
             throw new VfsException(Errno.EFBIG, "File too large");
         }
