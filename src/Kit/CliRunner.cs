@@ -9,6 +9,9 @@ namespace Kit.Cli;
 /// </summary>
 internal static class CliRunner
 {
+    /// <summary>Commands whose usage errors exit with another code than 1 (`kit net run`: docker run's 125).</summary>
+    public static readonly Dictionary<Command, int> UsageExitCodes = [];
+
     public static int Run(RootCommand root, string[] args)
     {
         try
@@ -22,7 +25,7 @@ internal static class CliRunner
                 {
                     Console.Error.WriteLine($"kit: {error.Message}");
                 }
-                return 1;
+                return UsageExitCodes.GetValueOrDefault(parse.CommandResult.Command, 1);
             }
             KitLogging.Configure(parse);
             return parse.Invoke(config);

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Diagnostics;
 using System.Globalization;
 using Kit.Cli.Vm;
@@ -33,8 +34,14 @@ internal static class NetCommand
             run.Options.Add(o);
         }
         Supervision.AddTo(run);
+        CliRunner.UsageExitCodes[run] = RunFailed;
         run.SetAction(parse =>
         {
+            // The command goes after "--": an unknown option before it is a usage error, not a program named "--bogus".
+            if (UnknownOptionBeforeTheCommand(parse, parse.GetValue(command) ?? []) is string option)
+            {
+                throw new CliException($"unrecognized option '{option}' (the command goes after --)", RunFailed);
+            }
             // docker run's convention: 125 when kit itself fails, 126/127 when the command cannot run, else its own code.
             try
             {
@@ -65,6 +72,27 @@ internal static class NetCommand
             ControlPath(parse.GetValue(control)), parse));
 
         return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
+    }
+
+    /// <summary>The command's first word when it starts with '-' and came before "--" (so it was an option kit does not know).</summary>
+    private static string? UnknownOptionBeforeTheCommand(ParseResult parse, string[] command)
+    {
+        if (command.Length == 0 || !command[0].StartsWith('-'))
+        {
+            return null;
+        }
+        foreach (Token t in parse.Tokens)
+        {
+            if (t.Type == TokenType.DoubleDash)
+            {
+                return null;
+            }
+            if (t.Value == command[0])
+            {
+                return command[0];
+            }
+        }
+        return null;
     }
 
     /// <summary>`kit net run`'s exit code when kit itself fails (docker run's 125).</summary>

@@ -282,6 +282,8 @@ public sealed class NetRunTests
     [InlineData(126, "kit: /etc/hostname: permission denied (not an executable file)", "/etc/hostname")]
     [InlineData(126, "kit: /etc: permission denied (not an executable file)", "/etc")]
     [InlineData(125, "kit: --mtu must be between 576 and 65520, got 5", "--mtu", "5", "--", "true")]
+    [InlineData(125, "kit: Cannot parse argument 'x' for option '--mtu' as expected type 'System.Int32'.", "--mtu", "x", "--", "true")]
+    [InlineData(125, "kit: unrecognized option '--bogus' (the command goes after --)", "--bogus", "--", "true")]
     public async Task ExitCodesFollowDockerRun(int code, string message, params string[] args)
     {
         string[] argv = args.Contains("--") ? ["net", "run", .. args] : ["net", "run", "--", .. args];
