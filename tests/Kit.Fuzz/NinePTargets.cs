@@ -116,7 +116,17 @@ internal static class NinePTargets
         }
         finally
         {
-            DeleteTree(top);
+            try
+            {
+                DeleteTree(top);
+            }
+            catch (IOException)
+            {
+                // A name that is not UTF-8 (the guest may create one: finding 10) cannot be named through .NET's
+                // file APIs; rm(1) works on bytes and, like DeleteTree, removes a symlink without entering it.
+                using var rm = System.Diagnostics.Process.Start("rm", ["-rf", "--one-file-system", "--", top]);
+                rm.WaitForExit();
+            }
         }
     }
 
