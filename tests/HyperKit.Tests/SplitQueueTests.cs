@@ -129,6 +129,23 @@ public sealed class SplitQueueTests : IDisposable
         Assert.Equal(QueueError.None, _queue.Broken);
     }
 
+    /// <summary>
+    /// A used ring laid over the available ring (or the table) breaks the queue before anything is popped: the device's
+    /// used-ring writes would rewrite avail.idx and its ring, and such a ring kept a vhost-user backend popping forever
+    /// (fuzz reproducer tests/Kit.Fuzz/regressions/vhost-user-session/used-ring-over-avail-ring).
+    /// </summary>
+    [Theory]
+    [InlineData(0)] // exactly on the available ring
+    [InlineData(-2)] // used.ring[0] over avail.idx
+    [InlineData(-0x1000 + 8)] // over the descriptor table (0x1000 below the available ring here)
+    public void OverlappingUsedRingBreaksTheQueue(int usedOffsetFromAvail)
+    {
+        _driver.Post((0x8000, 8, true));
+        _queue.UsedRing = (ulong)((long)_queue.AvailRing + usedOffsetFromAvail);
+        Assert.False(Pop(out _, out _));
+        Assert.Equal(QueueError.RingsOverlap, _queue.Broken);
+    }
+
     [Fact]
     public void IndirectDescriptorsAreRefusedBecauseNotOffered()
     {

@@ -13,6 +13,12 @@ public enum QueueError
     AvailIndexJump,
     /// <summary>A ring address does not lie in guest memory.</summary>
     RingOutsideMemory,
+    /// <summary>
+    /// The used ring overlaps the descriptor table or the available ring (the driver allocates three separate areas,
+    /// virtio 1.2, 2.7): the device's own used-ring writes would then rewrite what it reads, and a ring could make it
+    /// pop forever (found by the vhost-user-session fuzz target).
+    /// </summary>
+    RingsOverlap,
     HeadOutOfRange,
     NextOutOfRange,
     /// <summary>A chain longer than the queue size: it must contain a loop.</summary>
@@ -136,12 +142,24 @@ public sealed class SplitQueue
 
     private bool ValidSize => Size != 0 && Size <= MaxQueueSize && (Size & (Size - 1)) == 0;
 
-    /// <summary>True when the rings fit in guest memory (checked when the driver enables the queue and per access).</summary>
-    public bool RingsValid =>
-        ValidSize
-        && _memory.Contains(DescTable, 16UL * Size)
-        && _memory.Contains(AvailRing, 6UL + 2UL * Size)
-        && _memory.Contains(UsedRing, 6UL + 8UL * Size);
+    /// <summary>
+    /// True when the rings fit in guest memory and the used ring, the only one the device writes, overlaps neither of
+    /// the others (checked when the driver enables the queue and per access).
+    /// </summary>
+    public bool RingsValid => RingProblem == QueueError.None;
+
+    private QueueError RingProblem =>
+        !ValidSize
+        || !_memory.Contains(DescTable, 16UL * Size)
+        || !_memory.Contains(AvailRing, 6UL + 2UL * Size)
+        || !_memory.Contains(UsedRing, 6UL + 8UL * Size)
+            ? QueueError.RingOutsideMemory
+            : Overlap(UsedRing, 6UL + 8UL * Size, DescTable, 16UL * Size) || Overlap(UsedRing, 6UL + 8UL * Size, AvailRing, 6UL + 2UL * Size)
+                ? QueueError.RingsOverlap
+                : QueueError.None;
+
+    // Both ranges lie in guest memory (checked first), so neither end wraps.
+    private static bool Overlap(ulong a, ulong aLength, ulong b, ulong bLength) => a < b + bLength && b < a + aLength;
 
     private void Break(QueueError error) => Broken = error;
 
@@ -163,7 +181,7 @@ public sealed class SplitQueue
             }
             if (!RingsValid)
             {
-                Break(QueueError.RingOutsideMemory);
+                Break(RingProblem);
                 return false;
             }
             _memory.TryReadU16(AvailRing + 2, out ushort availIdx);
@@ -286,7 +304,7 @@ public sealed class SplitQueue
     {
         if (!RingsValid)
         {
-            Break(QueueError.RingOutsideMemory);
+            Break(RingProblem);
             return;
         }
         ulong slot = UsedRing + 4 + 8UL * (ushort)(_usedIdx % Size);
@@ -301,7 +319,7 @@ public sealed class SplitQueue
     {
         if (!RingsValid)
         {
-            Break(QueueError.RingOutsideMemory);
+            Break(RingProblem);
             return;
         }
         Interlocked.MemoryBarrier(); // the entries must be visible before the index (release)
