@@ -9,15 +9,19 @@ namespace Kit.Cli;
 /// </summary>
 internal static class CliRunner
 {
-    /// <summary>Commands whose usage errors exit with another code than 1 (`kit net run`: docker run's 125).</summary>
-    public static readonly Dictionary<Command, int> UsageExitCodes = [];
+    /// <summary>
+    /// Commands whose own failures (usage errors and <see cref="CliException"/>s with the default code 1) exit with
+    /// another code: `kit net run` keeps docker run's 125, so that 1 stays its command's own.
+    /// </summary>
+    public static readonly Dictionary<Command, int> FailureExitCodes = [];
 
     public static int Run(RootCommand root, string[] args)
     {
+        ParseResult? parse = null;
         try
         {
             var config = new InvocationConfiguration { EnableDefaultExceptionHandler = false };
-            ParseResult parse = root.Parse(args);
+            parse = root.Parse(args);
             if (parse.Errors.Count > 0)
             {
                 // One line per problem, not System.CommandLine's default of the errors followed by the whole help.
@@ -25,7 +29,7 @@ internal static class CliRunner
                 {
                     Console.Error.WriteLine($"kit: {error.Message}");
                 }
-                return UsageExitCodes.GetValueOrDefault(parse.CommandResult.Command, 1);
+                return FailureCode(parse, 1);
             }
             KitLogging.Configure(parse);
             return parse.Invoke(config);
@@ -37,14 +41,17 @@ internal static class CliRunner
             {
                 Console.Error.WriteLine($"kit: {line}");
             }
-            return e.ExitCode;
+            return e.ExitCode == 1 ? FailureCode(parse, 1) : e.ExitCode;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
         {
             Console.Error.WriteLine($"kit: {e.Message}");
-            return 1;
+            return FailureCode(parse, 1);
         }
     }
+
+    private static int FailureCode(ParseResult? parse, int code) =>
+        parse is null ? code : FailureExitCodes.GetValueOrDefault(parse.CommandResult.Command, code);
 }
 
 /// <summary>An expected failure with a message meant for the user.</summary>

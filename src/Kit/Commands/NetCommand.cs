@@ -34,24 +34,18 @@ internal static class NetCommand
             run.Options.Add(o);
         }
         Supervision.AddTo(run);
-        CliRunner.UsageExitCodes[run] = RunFailed;
+        CliRunner.FailureExitCodes[run] = RunFailed;
+        // docker run's convention: 125 when kit itself fails (CliRunner.FailureExitCodes), 126/127 when the command
+        // cannot run, else the command's own code.
         run.SetAction(parse =>
         {
             // The command goes after "--": an unknown option before it is a usage error, not a program named "--bogus".
             if (UnknownOptionBeforeTheCommand(parse, parse.GetValue(command) ?? []) is string option)
             {
-                throw new CliException($"unrecognized option '{option}' (the command goes after --)", RunFailed);
+                throw new CliException($"unrecognized option '{option}' (the command goes after --)");
             }
-            // docker run's convention: 125 when kit itself fails, 126/127 when the command cannot run, else its own code.
-            try
-            {
-                return Run(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse),
-                    parse.GetValue(command) ?? [], ControlPath(parse.GetValue(control)), parse);
-            }
-            catch (CliException e) when (e.ExitCode == 1)
-            {
-                throw new CliException(e.Message, RunFailed);
-            }
+            return Run(policy.Apply(GatewaySettings.Parse(parse.GetValue(mtu), parse.GetValue(dns), parse.GetValue(publish), parse.GetValue(pcap)), parse),
+                parse.GetValue(command) ?? [], ControlPath(parse.GetValue(control)), parse);
         });
 
         var qemu = new Option<string[]>("--qemu") { HelpName = "unix:PATH", Description = "Serve QEMU -netdev stream on unix:PATH (repeatable)." };
