@@ -1,6 +1,10 @@
 using System.CommandLine;
 using Kit.Cli.Commands;
 
+// Kit drives /dev/kvm, TAP, network namespaces and Unix sockets: it is a Linux program, and says so once here instead
+// of guarding each Unix-only call.
+[assembly: System.Runtime.Versioning.SupportedOSPlatform("linux")]
+
 namespace Kit.Cli;
 
 /// <summary>
@@ -20,6 +24,10 @@ internal static class Program
             DataCommand.Create(),
             UpCommand.Create(),
         };
+        foreach (Command c in MachineCommands.Create().Concat(ExecCommand.Create()))
+        {
+            root.Subcommands.Add(c);
+        }
         KitLogging.AddTo(root);
         foreach (Command c in CompletionCommand.Create(root))
         {

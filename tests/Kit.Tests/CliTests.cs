@@ -25,7 +25,7 @@ public sealed class CliTests
 
     /// <summary>A flag System.CommandLine cannot parse is one line too, not the error followed by the whole help.</summary>
     [Theory]
-    [InlineData("kit: Cannot parse argument 'x' for option '--cpus' as expected type 'System.Int32'.", "up", "--cpus", "x")]
+    [InlineData("kit: Cannot parse argument 'x' for option '--cpus' as expected type 'System.Int32'.", "demo", "--cpus", "x")]
     [InlineData("kit: Unrecognized command or argument '--bogus'.", "data", "serve", "--bogus")]
     public void AParseErrorIsOneLine(string expected, params string[] args)
     {
@@ -70,7 +70,7 @@ public sealed class CliTests
     {
         ProcessResult result = KitCli.Run("up", "--memory", "lots");
         Assert.Equal(1, result.ExitCode);
-        Assert.Equal("kit: --memory: cannot parse \"lots\" (use e.g. 512M or 1G)", result.StandardError.Trim());
+        Assert.Equal("kit: --memory: cannot use \"lots\" (at least 256M, e.g. 2G)", result.StandardError.Trim());
     }
 
     /// <summary>Security review finding 5: a listen path that holds a file is refused in one line, and the file kept.</summary>

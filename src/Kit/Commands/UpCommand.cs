@@ -10,7 +10,7 @@ using Microsoft.Extensions.Logging;
 namespace Kit.Cli.Commands;
 
 /// <summary>
-/// `kit up`: the three parts together, as in Docker Desktop. The default guest boots under HyperKit (or, without
+/// `kit demo`: the three parts together in one foreground run (what `kit up` was before machines). The default guest boots under HyperKit (or, without
 /// hardware KVM, on QEMU's software CPU with Kit's devices over vhost-user) with VPNKit in the same process as its
 /// network and DataKit (also in this process) mounted at /datakit over virtio-9p (under tcg: 9P over TCP through VPNKit); the demo
 /// in the guest takes a DHCP lease, resolves the host through the DNS forwarder, and commits what it learned into
@@ -40,7 +40,7 @@ internal static class UpCommand
         var publish = new Option<string[]>("--publish") { HelpName = "HOSTPORT:GUESTPORT", Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
         var consoleLog = new Option<FileInfo?>("--console-log") { HelpName = "FILE", Description = "Also write the serial console to FILE." };
         var accel = new Option<string>("--accel") { HelpName = "auto|kvm|tcg", Description = Accelerators.OptionHelp, DefaultValueFactory = _ => "auto" };
-        var up = new Command("up", "Boot the default guest with VPNKit networking and DataKit mounted at /datakit, and run its demo (then a shell, when stdin is a terminal).")
+        var up = new Command("demo", "Boot the busybox guest once with VPNKit networking and DataKit mounted at /datakit, and run the three parts' demo (then a shell, when stdin is a terminal).")
         {
             git, listen, cpus, memory, dnsUpstream, publish, consoleLog, accel,
         };
@@ -92,7 +92,7 @@ internal static class UpCommand
                 datakitMount = $"tcp:{guestPort.Port}";
             }
             ServeHostTools(data, listen);
-            Console.Error.WriteLine($"kit up: DataKit store {store}; booting {Path.GetFileName(kernel)} with {cpus} vCPUs and {memoryText} (VPNKit in-process, --accel {accel.ToString().ToLowerInvariant()})");
+            Console.Error.WriteLine($"kit demo: DataKit store {store}; booting {Path.GetFileName(kernel)} with {cpus} vCPUs and {memoryText} (VPNKit in-process, --accel {accel.ToString().ToLowerInvariant()})");
             bool interactive = !Console.IsInputRedirected;
             var spec = new VmSpec
             {
@@ -137,11 +137,11 @@ internal static class UpCommand
                 {
                     File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite); // 0600, in a 0700 directory
                 }
-                Console.Error.WriteLine($"kit up: host tools reach DataKit at unix:{path}");
+                Console.Error.WriteLine($"kit demo: host tools reach DataKit at unix:{path}");
             }
             catch (Exception e) when (e is SocketException or IOException or UnauthorizedAccessException)
             {
-                Console.Error.WriteLine($"kit up: DataKit not served on unix:{path} ({e.Message}); the guest still has it");
+                Console.Error.WriteLine($"kit demo: DataKit not served on unix:{path} ({e.Message}); the guest still has it");
             }
             return;
         }
@@ -187,7 +187,7 @@ internal static class UpCommand
     /// "kit up:" line; a failing step ends the script with its own exit code, which the VM's exit reports.
     /// </summary>
     private const string DemoScript = """
-        say() { echo "kit up: $*"; }
+        say() { echo "kit demo: $*"; }
         udhcpc -i eth0 -n -q -t 5 -T 2 >/dev/null 2>&1 || { say "no DHCP lease on eth0"; exit 20; }
         say "eth0 $(ip -4 -o addr show eth0 | awk '{print $4}') via $(ip route | awk '/^default/ {print $3}'), MTU $(cat /sys/class/net/eth0/mtu)"
         say "host.docker.internal is $(nslookup host.docker.internal 2>/dev/null | awk '/^Address/ {a=$NF} END {print a}')"
@@ -204,7 +204,7 @@ internal static class UpCommand
         ip -4 -o addr show eth0 | awk '{print $4}' >"$t/rw/vm/address"
         uname -r >"$t/rw/vm/kernel"
         grep -c ^processor /proc/cpuinfo >"$t/rw/vm/cpus"
-        echo -n "kit up: the guest booted and recorded its network" >"$t/msg"
+        echo -n "kit demo: the guest booted and recorded its network" >"$t/msg"
         echo commit >"$t/ctl" || { say "commit failed"; exit 24; }
         say "DataKit is mounted at /datakit; master is now $(cat /datakit/branch/master/head)"
         if grep -q kit.shell=1 /proc/cmdline; then

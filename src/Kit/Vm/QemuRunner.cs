@@ -84,6 +84,7 @@ internal static class QemuRunner
             using Process process = Process.Start(start) ?? throw new CliException($"cannot start {qemu}");
             qmpPair.CloseChildEnd();
             using var qmp = new Qmp(qmpPair.Ours);
+            spec.Control?.Bind(qmp.PowerDown, qmp.Quit);
 
             MachineExit? panicEnd = null;
             var watcher = new PanicWatcher(console, () =>

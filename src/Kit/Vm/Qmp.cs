@@ -7,7 +7,7 @@ namespace Kit.Cli.Vm;
 /// <summary>
 /// The QEMU Machine Protocol on kit's end of a socketpair (QEMU's docs/interop/qmp-spec.rst): newline-separated JSON,
 /// a greeting, <c>qmp_capabilities</c> to leave negotiation, then events. Kit needs only how the guest ended
-/// (SHUTDOWN's reason, GUEST_PANICKED) and a way to end it (quit).
+/// (SHUTDOWN's reason, GUEST_PANICKED) and ways to end it (quit, or the ACPI power button).
 /// </summary>
 internal sealed class Qmp : IDisposable
 {
@@ -34,6 +34,9 @@ internal sealed class Qmp : IDisposable
 
     /// <summary>Asks QEMU to exit now (the guest is not asked).</summary>
     public void Quit() => Send("""{"execute":"quit"}""");
+
+    /// <summary>Presses the ACPI power button (system_powerdown): the guest is asked to shut down.</summary>
+    public void PowerDown() => Send("""{"execute":"system_powerdown"}""");
 
     private void Send(string command)
     {

@@ -42,6 +42,9 @@ internal sealed class VmSpec
 
     /// <summary>--accel: Kit's VMM on KVM, QEMU's software CPU, or whichever this host can run.</summary>
     public Accelerator Accel { get; init; } = Accelerator.Auto;
+
+    /// <summary>Set by a supervisor that needs to power the VM down or end it from outside.</summary>
+    public MachineControl? Control { get; init; }
 }
 
 /// <summary>
@@ -52,7 +55,8 @@ internal sealed class VmSpec
 /// </summary>
 internal static class VmLauncher
 {
-    public static int Run(VmSpec spec)
+    /// <param name="network">A network the caller made (and disposes), to reach its VPNKit; else one from spec.Net.</param>
+    public static int Run(VmSpec spec, VmNetwork? network = null)
     {
         Accelerator accel = Accelerators.Resolve(spec.Accel);
         Stream stdout = Console.OpenStandardOutput();
@@ -69,9 +73,10 @@ internal static class VmLauncher
         using ILoggerFactory? logs = KitLogging.Level <= LogLevel.Debug ? KitLogging.CreateFactory() : null;
         var clock = Stopwatch.StartNew();
         MachineExit exit;
-        using (VmNetwork network = VmNetwork.Create(spec.Net, spec.NetOptions))
+        using (VmNetwork? owned = network is null ? VmNetwork.Create(spec.Net, spec.NetOptions) : null)
         {
-            exit = accel == Accelerator.Kvm ? RunKvm(spec, console, network, logs) : QemuRunner.Run(spec, console, network.Backend, logs);
+            VmNetwork net = network ?? owned!;
+            exit = accel == Accelerator.Kvm ? RunKvm(spec, console, net, logs) : QemuRunner.Run(spec, console, net.Backend, logs);
         }
         stdout.Flush();
         log?.Flush();
@@ -102,6 +107,7 @@ internal static class VmLauncher
         {
             using var machine = new Machine(options);
             machine.LoadLinux(spec.Kernel.FullName, spec.Initrd?.FullName, spec.Cmdline, logs?.CreateLogger("hyperkit"));
+            spec.Control?.Bind(null, () => machine.RequestStop(new MachineExit(MachineExitKind.Error, "stopped from the host")));
             return machine.Run();
         }
         catch (MachineConfigurationException e)

@@ -24,6 +24,9 @@ internal sealed class VmNetwork : IDisposable
     /// <summary>Null for --net none.</summary>
     public INetBackend? Backend { get; }
 
+    /// <summary>The in-process VPNKit of --net vpnkit (for its port publishing); null otherwise.</summary>
+    public VpnKitServer? Server => _server;
+
     public static VmNetwork Create(string spec, GatewaySettings vpnkit)
     {
         if (spec == "none")

@@ -24,8 +24,8 @@ public sealed class KitUpTests(ITestOutputHelper output)
             string console = Path.Combine(work, "up.console");
             // The guest is already built on the host; inside L1 kit up finds it in the same (read-only) cache. The DNS
             // upstream is a closed loopback port: the demo only asks for a built-in name.
-            string command = Text.ShellJoin([KitCli.ExecutablePath, "up", "--git", repo, "--dns-upstream", "127.0.0.1:9"])
-                + $" </dev/null >{console} 2>&1\necho \"up-exit=$?\"";
+            string command = Text.ShellJoin([KitCli.ExecutablePath, "demo", "--git", repo, "--dns-upstream", "127.0.0.1:9"])
+                + $" </dev/null >{console} 2>&1\necho \"demo-exit=$?\"";
             var options = new NestedOptions { ResultsDirectory = work, Timeout = TimeSpan.FromMinutes(10) };
             options.Environment["KIT_GUEST_CACHE"] = Path.GetDirectoryName(Path.GetDirectoryName(image.Kernel))!;
 
@@ -33,13 +33,13 @@ public sealed class KitUpTests(ITestOutputHelper output)
 
             string text = File.Exists(console) ? File.ReadAllText(console) : "(no console file)";
             output.WriteLine($"L1 {l1.Elapsed.TotalSeconds:F1} s\n{l1.Output}\n--- kit up ---\n{Text.Tail(text, 6000)}");
-            Assert.True(l1.Output.Contains("up-exit=0", StringComparison.Ordinal), $"kit up did not exit 0\n{l1.Output}\n{Text.Tail(text, 6000)}");
-            Assert.Matches(@"kit up: eth0 192\.168\.65\.\d+/24 via 192\.168\.65\.1", text);
-            Assert.Contains("kit up: host.docker.internal is 192.168.65.2", text, StringComparison.Ordinal);
-            Assert.Contains("kit up: DataKit is mounted at /datakit", text, StringComparison.Ordinal);
+            Assert.True(l1.Output.Contains("demo-exit=0", StringComparison.Ordinal), $"kit up did not exit 0\n{l1.Output}\n{Text.Tail(text, 6000)}");
+            Assert.Matches(@"kit demo: eth0 192\.168\.65\.\d+/24 via 192\.168\.65\.1", text);
+            Assert.Contains("kit demo: host.docker.internal is 192.168.65.2", text, StringComparison.Ordinal);
+            Assert.Contains("kit demo: DataKit is mounted at /datakit", text, StringComparison.Ordinal);
 
             string log = ProcessRunner.Run("git", ["-C", repo, "log", "--format=%s", "master"]).EnsureSuccess().StandardOutput;
-            Assert.Contains("kit up: the guest booted and recorded its network", log, StringComparison.Ordinal);
+            Assert.Contains("kit demo: the guest booted and recorded its network", log, StringComparison.Ordinal);
             string cpus = ProcessRunner.Run("git", ["-C", repo, "show", "master:vm/cpus"]).EnsureSuccess().StandardOutput;
             Assert.Equal("2", cpus.Trim());
             ProcessRunner.Run("git", ["-C", repo, "fsck", "--strict"]).EnsureSuccess();

@@ -169,16 +169,16 @@ public sealed partial class TcgTests(ITestOutputHelper output) : IDisposable
         await GuestImage.GetDefaultAsync(cancel);
         string repo = Path.Combine(_work.FullName, "store");
 
-        ProcessResult up = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["up", "--git", repo, "--dns-upstream", "127.0.0.1:9", "--listen-9p", $"unix:{Path.Combine(_work.FullName, "9p.sock")}"],
+        ProcessResult up = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["demo", "--git", repo, "--dns-upstream", "127.0.0.1:9", "--listen-9p", $"unix:{Path.Combine(_work.FullName, "9p.sock")}"],
             TimeSpan.FromMinutes(5), cancellationToken: cancel);
 
         output.WriteLine(Text.Tail(up.Output, 6000));
         Assert.True(up.ExitCode == 0, up.Output);
-        Assert.Matches(@"kit up: eth0 192\.168\.65\.\d+/24 via 192\.168\.65\.1", up.StandardOutput);
-        Assert.Contains("kit up: host.docker.internal is 192.168.65.2", up.StandardOutput, StringComparison.Ordinal);
-        Assert.Contains("kit up: DataKit is mounted at /datakit", up.StandardOutput, StringComparison.Ordinal);
+        Assert.Matches(@"kit demo: eth0 192\.168\.65\.\d+/24 via 192\.168\.65\.1", up.StandardOutput);
+        Assert.Contains("kit demo: host.docker.internal is 192.168.65.2", up.StandardOutput, StringComparison.Ordinal);
+        Assert.Contains("kit demo: DataKit is mounted at /datakit", up.StandardOutput, StringComparison.Ordinal);
         string log = ProcessRunner.Run("git", ["-C", repo, "log", "--format=%s", "master"]).EnsureSuccess().StandardOutput;
-        Assert.Contains("kit up: the guest booted and recorded its network", log, StringComparison.Ordinal);
+        Assert.Contains("kit demo: the guest booted and recorded its network", log, StringComparison.Ordinal);
         Assert.Equal("2", ProcessRunner.Run("git", ["-C", repo, "show", "master:vm/cpus"]).EnsureSuccess().StandardOutput.Trim());
         ProcessRunner.Run("git", ["-C", repo, "fsck", "--strict"]).EnsureSuccess();
     }
