@@ -31,6 +31,7 @@ internal static class Connection
             {
                 outcome = $"protocol error: {e.Message}";
                 await TrySendErrorAsync(writer, e.Message).ConfigureAwait(false);
+                await CloseGracefullyAsync(socket).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (!ct.IsCancellationRequested)
             {
@@ -116,6 +117,32 @@ internal static class Connection
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             return "unknown";
+        }
+    }
+
+    /// <summary>
+    /// Half-closes and discards what the peer still sends (bounded in bytes and time) before the close: closing a
+    /// socket with unread input resets the connection, and the peer would see a reset instead of the Error and EOF.
+    /// </summary>
+    private static async Task CloseGracefullyAsync(Socket socket)
+    {
+        try
+        {
+            socket.Shutdown(SocketShutdown.Send);
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+            byte[] sink = new byte[16 * 1024];
+            for (int total = 0; total < Frames.MaxFrame;)
+            {
+                int n = await socket.ReceiveAsync(sink, SocketFlags.None, timeout.Token).ConfigureAwait(false);
+                if (n == 0)
+                {
+                    break;
+                }
+                total += n;
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or OperationCanceledException)
+        {
         }
     }
 

@@ -26,14 +26,17 @@ internal sealed class VsockEndPoint(uint cid, uint port) : EndPoint
 
     public override SocketAddress Serialize()
     {
-        // SocketAddress writes the family into the first two bytes itself.
-        var address = new SocketAddress(Vsock, Size);
+        // SocketAddress refuses families .NET does not know on Linux (PlatformNotSupportedException), so the buffer is
+        // made for AF_UNSPEC and the family written over it; bind, connect and accept pass the bytes through as they are.
+        var address = new SocketAddress(AddressFamily.Unspecified, Size);
         Span<byte> bytes = address.Buffer.Span;
+        BinaryPrimitives.WriteUInt16LittleEndian(bytes, (ushort)Vsock);
         BinaryPrimitives.WriteUInt32LittleEndian(bytes[4..], Port);
         BinaryPrimitives.WriteUInt32LittleEndian(bytes[8..], Cid);
         return address;
     }
 
+    /// <summary>The peer of an accepted connection (its Family property is unusable for AF_VSOCK, so only bytes are read).</summary>
     public override EndPoint Create(SocketAddress socketAddress)
     {
         ReadOnlySpan<byte> bytes = socketAddress.Buffer.Span;

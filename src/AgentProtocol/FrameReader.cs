@@ -36,23 +36,30 @@ public sealed class FrameReader : IDisposable
         {
             throw new AgentProtocolException(reason!);
         }
-        if (_body.Length < bodyLength)
-        {
-            ArrayPool<byte>.Shared.Return(_body);
-            _body = [];
-            _body = ArrayPool<byte>.Shared.Rent(bodyLength);
-        }
-        Memory<byte> body = _body.AsMemory(0, bodyLength);
-        if (await FillAsync(body, ct).ConfigureAwait(false) < bodyLength)
+        // The type byte is read and checked on its own, so a bad type or an oversize data frame is refused before
+        // the reader waits for (or buffers) a payload it would throw away.
+        if (await FillAsync(_prefix.AsMemory(0, 1), ct).ConfigureAwait(false) < 1)
         {
             throw new AgentProtocolException("connection ended inside a frame");
         }
-        byte type = body.Span[0];
-        if (Frames.Validate(type, bodyLength - 1) is { } invalid)
+        byte type = _prefix[0];
+        int payloadLength = bodyLength - 1;
+        if (Frames.Validate(type, payloadLength) is { } invalid)
         {
             throw new AgentProtocolException(invalid);
         }
-        return new Frame((FrameType)type, body[1..]);
+        if (_body.Length < payloadLength)
+        {
+            ArrayPool<byte>.Shared.Return(_body);
+            _body = [];
+            _body = ArrayPool<byte>.Shared.Rent(payloadLength);
+        }
+        Memory<byte> payload = _body.AsMemory(0, payloadLength);
+        if (await FillAsync(payload, ct).ConfigureAwait(false) < payloadLength)
+        {
+            throw new AgentProtocolException("connection ended inside a frame");
+        }
+        return new Frame((FrameType)type, payload);
     }
 
     /// <summary>Reads until <paramref name="buffer"/> is full or the stream ends; the number of bytes read.</summary>
