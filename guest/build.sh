@@ -17,6 +17,9 @@
 #   tmpfs on /host/run and /host/tmp (host directories under them listed in kit.expose=P1,P2 stay visible),
 #   optionally mount the 9p tag "results" read-write at /host<kit.results=PATH>,
 #   then run the command inside `chroot /host`.
+#   kit.root=<block device> (a Kit machine, guest/image.sh): load the disk, filesystem, power-button, network, vsock
+#   and 9p drivers, mount the device read-write (kit.rootfstype=, default ext4) at /newroot, move /dev /proc /sys /run
+#   into it and switch_root to its /sbin/init. A root that cannot be mounted prints KIT-GUEST-ROOT-ERROR and powers off.
 set -euo pipefail
 
 die() { echo "guest/build.sh: $*" >&2; exit 1; }
@@ -154,6 +157,7 @@ modules=(
   9pnet 9pnet_virtio 9pnet_fd 9p netfs fscache
   vsock vmw_vsock_virtio_transport vmw_vsock_virtio_transport_common
   ext4 jbd2 mbcache crc16 crc32c_generic
+  button
   kvm kvm_amd irqbypass ccp
   tun
 )
@@ -240,6 +244,38 @@ arg() { # value of kernel command line parameter $1
 for m in virtio_pci virtio_net virtio_blk virtio_console virtio-rng 9pnet_virtio 9p vmw_vsock_virtio_transport; do
   modprobe -q "$m" 2>/dev/null
 done
+
+# A Kit machine: its root filesystem is on a disk (guest/image.sh), this initramfs only gets it mounted. The drivers
+# are loaded here rather than by the root's own init so that the devices exist from its first line; 9pnet_fd carries
+# the trans=tcp mounts; "button" (a module in Debian's kernel, not in modules.builtin) turns ACPI power-button presses
+# into input events for the machine's acpid.
+if root=$(arg kit.root); then
+  for m in virtio_blk crc32c_generic ext4 button virtio_net vmw_vsock_virtio_transport 9pnet_virtio 9pnet_fd 9p; do
+    modprobe -q "$m" 2>/dev/null || echo "kit: modprobe $m failed" >&2
+  done
+  root_error() {
+    echo "KIT-GUEST-ROOT-ERROR kit.root=$root: $*"
+    sync
+    poweroff -f
+    sleep 10
+  }
+  # The driver probes the disk asynchronously: give the node up to 5 s to appear.
+  n=0
+  while [ ! -b "$root" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+  [ -b "$root" ] || root_error "no such block device"
+  fstype=$(arg kit.rootfstype) || fstype=ext4
+  mkdir -p /newroot
+  # No fsck: the journal recovers an unclean ext4 at mount time, and e2fsck is on the host side (MachineDisk).
+  err=$(mount -t "$fstype" -o rw "$root" /newroot 2>&1) || root_error "cannot mount ($fstype): $err"
+  [ -e /newroot/sbin/init ] || [ -L /newroot/sbin/init ] || { umount /newroot; root_error "no /sbin/init on it"; }
+  # The machine's init finds /dev (with pts and shm), /proc, /sys and /run already mounted; /tmp is its own.
+  umount /tmp 2>/dev/null
+  for d in dev proc sys run; do
+    mkdir -p "/newroot/$d"
+    mount --move "/$d" "/newroot/$d" || echo "kit: cannot move /$d into the root" >&2
+  done
+  exec switch_root /newroot /sbin/init
+fi
 
 if [ -f /kit/run ]; then
   script=/kit/run

@@ -19,6 +19,7 @@ internal static class Program
         var root = new RootCommand("Kit: lightweight Linux VMs (HyperKit), user-space networking (VPNKit) and a git-backed 9P store (DataKit).")
         {
             GuestCommand.Create(),
+            ImageCommand.Create(),
             VmCommand.Create(),
             NetCommand.Create(),
             DataCommand.Create(),

@@ -43,27 +43,12 @@ internal static class GuestCommand
     /// </summary>
     public static (string Kernel, string Initrd) Ensure(DirectoryInfo? cache)
     {
-        string script;
-        using (Stream resource = Assembly.GetExecutingAssembly().GetManifestResourceStream("guest/build.sh")
-            ?? throw new CliException("guest/build.sh is not embedded in this build"))
-        using (var reader = new StreamReader(resource))
-        {
-            script = reader.ReadToEnd();
-        }
-        // bash -c SCRIPT NAME: NAME becomes $0, which the script's messages and BASH_SOURCE use.
-        var start = new ProcessStartInfo("bash") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        start.ArgumentList.Add("-c");
-        start.ArgumentList.Add(script);
-        start.ArgumentList.Add("guest/build.sh");
+        var environment = new Dictionary<string, string>();
         if (cache is not null)
         {
-            start.Environment["KIT_GUEST_CACHE"] = cache.FullName;
+            environment["KIT_GUEST_CACHE"] = cache.FullName;
         }
-        using Process process = Process.Start(start) ?? throw new CliException("cannot start bash");
-        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
-        ShowSteps(process.StandardError);
-        string output = stdout.GetAwaiter().GetResult();
-        process.WaitForExit();
+        (int exitCode, string output) = RunScript("guest/build.sh", [], environment, "guest", "default guest");
         string? kernel = null, initrd = null;
         foreach (string line in output.Split('\n', StringSplitOptions.TrimEntries))
         {
@@ -76,11 +61,47 @@ internal static class GuestCommand
                 initrd = line[7..];
             }
         }
-        if (process.ExitCode != 0 || kernel is null || initrd is null)
+        if (exitCode != 0 || kernel is null || initrd is null)
         {
-            throw new CliException($"building the default guest failed (guest/build.sh exit code {process.ExitCode})");
+            throw new CliException($"building the default guest failed (guest/build.sh exit code {exitCode})");
         }
         return (kernel, initrd);
+    }
+
+    /// <summary>
+    /// Runs one of the embedded guest/*.sh scripts (<paramref name="resource"/>) with <paramref name="arguments"/>,
+    /// showing its steps under <paramref name="label"/> ("kit: LABEL: ..."); returns its exit code and standard output.
+    /// Shared by `kit guest build` and `kit image build` (Machines/MachineImage.cs).
+    /// </summary>
+    internal static (int ExitCode, string Output) RunScript(
+        string resource, IReadOnlyList<string> arguments, IReadOnlyDictionary<string, string> environment, string label, string caption)
+    {
+        string script;
+        using (Stream stream = Assembly.GetExecutingAssembly().GetManifestResourceStream(resource)
+            ?? throw new CliException($"{resource} is not embedded in this build"))
+        using (var reader = new StreamReader(stream))
+        {
+            script = reader.ReadToEnd();
+        }
+        // bash -c SCRIPT NAME ARGS...: NAME becomes $0, which the script's messages and BASH_SOURCE use.
+        var start = new ProcessStartInfo("bash") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        start.ArgumentList.Add("-c");
+        start.ArgumentList.Add(script);
+        start.ArgumentList.Add(resource);
+        foreach (string argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+        foreach ((string key, string value) in environment)
+        {
+            start.Environment[key] = value;
+        }
+        using Process process = Process.Start(start) ?? throw new CliException("cannot start bash");
+        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
+        ShowSteps(process.StandardError, label, caption);
+        string output = stdout.GetAwaiter().GetResult();
+        process.WaitForExit();
+        return (process.ExitCode, output);
     }
 
     /// <summary>The paths as one JSON object (Utf8JsonWriter: no reflection, NativeAOT-safe).</summary>
@@ -109,7 +130,7 @@ internal static class GuestCommand
             : null;
     }
 
-    private static void ShowSteps(StreamReader stderr)
+    private static void ShowSteps(StreamReader stderr, string label, string caption)
     {
         if (Console.IsErrorRedirected)
         {
@@ -117,27 +138,27 @@ internal static class GuestCommand
             {
                 if (Progress(line) is null)
                 {
-                    Console.Error.WriteLine(Step(line) is string step ? $"kit: guest: {step}" : line);
+                    Console.Error.WriteLine(Step(line) is string step ? $"kit: {label}: {step}" : line);
                 }
             }
             return;
         }
         IAnsiConsole console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
-        console.Status().Spinner(Spinner.Known.Dots).Start("default guest: checking the cache", status =>
+        console.Status().Spinner(Spinner.Known.Dots).Start(Markup.Escape($"{caption}: checking the cache"), status =>
         {
             for (string? line; (line = stderr.ReadLine()) is not null;)
             {
                 if (Progress(line) is (long bytes, long total))
                 {
                     status.Status(total > 0
-                        ? $"default guest: downloading {bytes / 1048576.0:F1} of {total / 1048576.0:F1} MiB ({Math.Min(100, bytes * 100 / total)}%)"
-                        : $"default guest: downloading {bytes / 1048576.0:F1} MiB");
+                        ? Markup.Escape($"{caption}: downloading {bytes / 1048576.0:F1} of {total / 1048576.0:F1} MiB ({Math.Min(100, bytes * 100 / total)}%)")
+                        : Markup.Escape($"{caption}: downloading {bytes / 1048576.0:F1} MiB"));
                 }
                 else if (Step(line) is string step)
                 {
                     // Each finished step stays on screen; the spinner names the current one.
-                    console.MarkupLineInterpolated($"[grey]kit: guest:[/] {step}");
-                    status.Status(Markup.Escape($"default guest: {step}"));
+                    console.MarkupLineInterpolated($"[grey]kit: {label}:[/] {step}");
+                    status.Status(Markup.Escape($"{caption}: {step}"));
                 }
                 else
                 {
