@@ -48,9 +48,10 @@ internal sealed class ExecHandler
         {
             child = Child.Start(exec);
         }
-        catch (SpawnException e)
+        catch (Exception e) when (e is SpawnException or IOException)
         {
-            await _writer.WriteJsonAsync(FrameType.Error, new ErrorMessage(e.Message) { NotFound = e.NotFound },
+            // IOException: the agent's own resources (pipes, PTYs) ran out; the host hears it as a refusal (126).
+            await _writer.WriteJsonAsync(FrameType.Error, new ErrorMessage(e.Message) { NotFound = e is SpawnException { NotFound: true } },
                 AgentJsonContext.Default.ErrorMessage, ct).ConfigureAwait(false);
             return $"exec [{command}] refused: {e.Message}";
         }

@@ -28,12 +28,12 @@ for (int i = 0; i < args.Length; i++)
     }
 }
 
-Socket listener;
+Listen listener;
 try
 {
     listener = Listen.Open(listen);
 }
-catch (Exception e) when (e is SocketException or ArgumentException or IOException or PlatformNotSupportedException)
+catch (Exception e) when (e is ArgumentException or IOException)
 {
     Console.Error.WriteLine($"kit-agent: cannot listen on {listen}: {e.Message}");
     return 1;
@@ -44,22 +44,10 @@ if (powerButton)
 }
 Log.Line($"listening on {listen}, protocol {AgentProtocolVersion.Current}");
 
-long connections = 0;
-while (true)
+// The main thread only accepts; each connection is served concurrently on the thread pool.
+for (long id = 1; ; id++)
 {
-    Socket socket;
-    try
-    {
-        socket = await listener.AcceptAsync();
-    }
-    catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionAborted or SocketError.Interrupted
-                                        or SocketError.TooManyOpenSockets or SocketError.NoBufferSpaceAvailable)
-    {
-        // Out of descriptors or an aborted handshake: wait a little rather than spin, and keep serving.
-        Log.Line($"accept: {e.Message}");
-        await Task.Delay(100);
-        continue;
-    }
-    long id = ++connections;
-    _ = Task.Run(() => Connection.HandleAsync(socket, id, CancellationToken.None));
+    Socket socket = listener.Accept();
+    long connection = id;
+    _ = Task.Run(() => Connection.HandleAsync(socket, connection, CancellationToken.None));
 }
