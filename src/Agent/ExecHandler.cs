@@ -56,8 +56,28 @@ internal sealed class ExecHandler
             return $"exec [{command}] refused: {e.Message}";
         }
         _child = child;
-        await _writer.WriteJsonAsync(FrameType.Started, new StartedMessage(child.Pid), AgentJsonContext.Default.StartedMessage, ct)
-            .ConfigureAwait(false);
+        try
+        {
+            await _writer.WriteJsonAsync(FrameType.Started, new StartedMessage(child.Pid), AgentJsonContext.Default.StartedMessage, ct)
+                .ConfigureAwait(false);
+        }
+        catch
+        {
+            // Nobody will see this command: kill it and reap it (a zombie otherwise), and free its descriptors.
+            HostGone();
+            _ = OnThread(() =>
+            {
+                _ = Native.WaitForExit(child.Pid);
+                foreach (int fd in (ReadOnlySpan<int>)[child.Input, child.Output, child.Error])
+                {
+                    if (fd >= 0)
+                    {
+                        _ = Native.Close(fd);
+                    }
+                }
+            }, "reap");
+            throw;
+        }
 
         Task<int> exited = OnThread(() => Native.WaitForExit(child.Pid), "wait");
         Task stdout = OnThread(() => Pump(child.Output, FrameType.Stdout), "stdout");
