@@ -5,6 +5,7 @@ using Kit.Agent.Protocol;
 // kit-agent: the guest agent. Started by the guest's init as a respawned root service; serves the host over vsock.
 string listen = $"vsock:{AgentPort.Vsock}";
 bool powerButton = true;
+string inputDirectory = "/dev/input";
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -19,8 +20,12 @@ for (int i = 0; i < args.Length; i++)
         case "--no-power-button":
             powerButton = false;
             break;
+        case "--input-dir" when i + 1 < args.Length:
+            // For tests: where the power button's event devices are looked for (default /dev/input).
+            inputDirectory = args[++i];
+            break;
         case "--help" or "-h":
-            Console.WriteLine("usage: kit-agent [--listen vsock:PORT|unix:PATH] [--no-power-button] [--dry-run-shutdown]");
+            Console.WriteLine("usage: kit-agent [--listen vsock:PORT|unix:PATH] [--no-power-button] [--input-dir DIR] [--dry-run-shutdown]");
             return 0;
         default:
             Console.Error.WriteLine($"kit-agent: unknown argument {args[i]} (see --help)");
@@ -40,7 +45,7 @@ catch (Exception e) when (e is ArgumentException or IOException)
 }
 if (powerButton)
 {
-    PowerButton.Start();
+    PowerButton.Start(inputDirectory);
 }
 Log.Line($"listening on {listen}, protocol {AgentProtocolVersion.Current}");
 
