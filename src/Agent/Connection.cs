@@ -18,8 +18,7 @@ internal static class Connection
     public static async Task HandleAsync(Socket socket, long id, CancellationToken ct)
     {
         string outcome;
-        using (socket)
-        await using (var stream = new NetworkStream(socket, ownsSocket: false))
+        await using (var stream = new SocketStream(socket))
         using (var reader = new FrameReader(stream))
         {
             var writer = new FrameWriter(stream);

@@ -48,15 +48,36 @@ internal sealed class ExecHandler
         {
             child = Child.Start(exec);
         }
-        catch (SpawnException e)
+        catch (Exception e) when (e is SpawnException or IOException)
         {
-            await _writer.WriteJsonAsync(FrameType.Error, new ErrorMessage(e.Message) { NotFound = e.NotFound },
+            // IOException: the agent's own resources (pipes, PTYs) ran out; the host hears it as a refusal (126).
+            await _writer.WriteJsonAsync(FrameType.Error, new ErrorMessage(e.Message) { NotFound = e is SpawnException { NotFound: true } },
                 AgentJsonContext.Default.ErrorMessage, ct).ConfigureAwait(false);
             return $"exec [{command}] refused: {e.Message}";
         }
         _child = child;
-        await _writer.WriteJsonAsync(FrameType.Started, new StartedMessage(child.Pid), AgentJsonContext.Default.StartedMessage, ct)
-            .ConfigureAwait(false);
+        try
+        {
+            await _writer.WriteJsonAsync(FrameType.Started, new StartedMessage(child.Pid), AgentJsonContext.Default.StartedMessage, ct)
+                .ConfigureAwait(false);
+        }
+        catch
+        {
+            // Nobody will see this command: kill it and reap it (a zombie otherwise), and free its descriptors.
+            HostGone();
+            _ = OnThread(() =>
+            {
+                _ = Native.WaitForExit(child.Pid);
+                foreach (int fd in (ReadOnlySpan<int>)[child.Input, child.Output, child.Error])
+                {
+                    if (fd >= 0)
+                    {
+                        _ = Native.Close(fd);
+                    }
+                }
+            }, "reap");
+            throw;
+        }
 
         Task<int> exited = OnThread(() => Native.WaitForExit(child.Pid), "wait");
         Task stdout = OnThread(() => Pump(child.Output, FrameType.Stdout), "stdout");

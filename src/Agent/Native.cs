@@ -110,6 +110,21 @@ internal static unsafe partial class Native
     [LibraryImport("libc", EntryPoint = "access", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Access(string path, int mode);
 
+    public const int AF_UNIX = 1, AF_VSOCK = 40, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000;
+    public const int ECONNABORTED = 103, EMFILE = 24, ENFILE = 23, ENOBUFS = 105, ENOMEM = 12;
+
+    [LibraryImport("libc", EntryPoint = "socket", SetLastError = true)]
+    public static partial int Socket(int domain, int type, int protocol);
+
+    [LibraryImport("libc", EntryPoint = "bind", SetLastError = true)]
+    public static partial int Bind(int fd, byte* address, int length);
+
+    [LibraryImport("libc", EntryPoint = "listen", SetLastError = true)]
+    public static partial int Listen(int fd, int backlog);
+
+    [LibraryImport("libc", EntryPoint = "accept4", SetLastError = true)]
+    public static partial int Accept4(int fd, void* address, void* length, int flags);
+
     [LibraryImport("libc", EntryPoint = "sync")]
     public static partial void Sync();
 

@@ -13,20 +13,21 @@ internal static class PowerButton
     private const int EventSize = 24, EV_KEY = 1, KEY_POWER = 116, Pressed = 1;
     private static readonly TimeSpan Rescan = TimeSpan.FromSeconds(3);
 
-    public static void Start()
+    /// <summary>Watches the event devices in <paramref name="inputDirectory"/> (/dev/input; tests give a directory of FIFOs).</summary>
+    public static void Start(string inputDirectory)
     {
-        var thread = new Thread(Scan) { IsBackground = true, Name = "power-button" };
+        var thread = new Thread(() => Scan(inputDirectory)) { IsBackground = true, Name = "power-button" };
         thread.Start();
     }
 
-    private static void Scan()
+    private static void Scan(string inputDirectory)
     {
         var watched = new HashSet<string>(StringComparer.Ordinal);
         while (true)
         {
             try
             {
-                foreach (string device in Directory.Exists("/dev/input") ? Directory.GetFiles("/dev/input", "event*") : [])
+                foreach (string device in Directory.Exists(inputDirectory) ? Directory.GetFiles(inputDirectory, "event*") : [])
                 {
                     bool added;
                     lock (watched)
@@ -42,7 +43,7 @@ internal static class PowerButton
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                Log.Line($"power button: scanning /dev/input: {e.Message}");
+                Log.Line($"power button: scanning {inputDirectory}: {e.Message}");
             }
             Thread.Sleep(Rescan);
         }

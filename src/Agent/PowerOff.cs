@@ -5,7 +5,8 @@ namespace Kit.Agent;
 /// <summary>
 /// The clean shutdown behind the Shutdown request and the ACPI power button: `poweroff` when there is one (busybox init
 /// then stops its services, syncs and powers off), else sync and reboot(2) POWER_OFF. With <see cref="DryRun"/> (the
-/// tests run the agent on a real host) it only logs and ends the agent.
+/// tests run the agent on a real host) it only logs and ends the agent. If init has not powered off 10 s after
+/// `poweroff`, the agent powers off itself.
 /// </summary>
 internal static class PowerOff
 {
@@ -13,6 +14,10 @@ internal static class PowerOff
 
     public static bool DryRun { get; set; }
 
+    /// <summary>How long `poweroff` gets to have init power the machine off before the agent does it itself.</summary>
+    private static readonly TimeSpan InitGrace = TimeSpan.FromSeconds(10);
+
+    /// <summary>Starts the shutdown (once; later calls are ignored) on a thread of its own and returns.</summary>
     public static void Start(string reason)
     {
         if (Interlocked.Exchange(ref s_started, 1) != 0)
@@ -24,10 +29,18 @@ internal static class PowerOff
         {
             Environment.Exit(0);
         }
+        new Thread(Run) { IsBackground = true, Name = "poweroff" }.Start();
+    }
+
+    private static void Run()
+    {
         Native.Sync();
         if (TryPoweroffCommand())
         {
-            return;
+            // Busybox poweroff only signals PID 1; an init that ignores it (a plain /init script) leaves us running.
+            Thread.Sleep(InitGrace);
+            Log.Line($"still running {InitGrace.TotalSeconds:F0} s after poweroff; powering off directly");
+            Native.Sync();
         }
         if (Native.Reboot(Native.LINUX_REBOOT_CMD_POWER_OFF) != 0)
         {

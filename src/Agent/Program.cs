@@ -5,6 +5,7 @@ using Kit.Agent.Protocol;
 // kit-agent: the guest agent. Started by the guest's init as a respawned root service; serves the host over vsock.
 string listen = $"vsock:{AgentPort.Vsock}";
 bool powerButton = true;
+string inputDirectory = "/dev/input";
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -19,8 +20,12 @@ for (int i = 0; i < args.Length; i++)
         case "--no-power-button":
             powerButton = false;
             break;
+        case "--input-dir" when i + 1 < args.Length:
+            // For tests: where the power button's event devices are looked for (default /dev/input).
+            inputDirectory = args[++i];
+            break;
         case "--help" or "-h":
-            Console.WriteLine("usage: kit-agent [--listen vsock:PORT|unix:PATH] [--no-power-button] [--dry-run-shutdown]");
+            Console.WriteLine("usage: kit-agent [--listen vsock:PORT|unix:PATH] [--no-power-button] [--input-dir DIR] [--dry-run-shutdown]");
             return 0;
         default:
             Console.Error.WriteLine($"kit-agent: unknown argument {args[i]} (see --help)");
@@ -28,38 +33,26 @@ for (int i = 0; i < args.Length; i++)
     }
 }
 
-Socket listener;
+Listen listener;
 try
 {
     listener = Listen.Open(listen);
 }
-catch (Exception e) when (e is SocketException or ArgumentException or IOException or PlatformNotSupportedException)
+catch (Exception e) when (e is ArgumentException or IOException)
 {
     Console.Error.WriteLine($"kit-agent: cannot listen on {listen}: {e.Message}");
     return 1;
 }
 if (powerButton)
 {
-    PowerButton.Start();
+    PowerButton.Start(inputDirectory);
 }
 Log.Line($"listening on {listen}, protocol {AgentProtocolVersion.Current}");
 
-long connections = 0;
-while (true)
+// The main thread only accepts; each connection is served concurrently on the thread pool.
+for (long id = 1; ; id++)
 {
-    Socket socket;
-    try
-    {
-        socket = await listener.AcceptAsync();
-    }
-    catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionAborted or SocketError.Interrupted
-                                        or SocketError.TooManyOpenSockets or SocketError.NoBufferSpaceAvailable)
-    {
-        // Out of descriptors or an aborted handshake: wait a little rather than spin, and keep serving.
-        Log.Line($"accept: {e.Message}");
-        await Task.Delay(100);
-        continue;
-    }
-    long id = ++connections;
-    _ = Task.Run(() => Connection.HandleAsync(socket, id, CancellationToken.None));
+    Socket socket = listener.Accept();
+    long connection = id;
+    _ = Task.Run(() => Connection.HandleAsync(socket, connection, CancellationToken.None));
 }

@@ -80,12 +80,13 @@ public sealed class RunningAgent : IDisposable
 
     public string SocketPath { get; }
 
-    public static async Task<RunningAgent> StartAsync(string executable)
+    /// <summary>Starts an agent; <paramref name="options"/> replace --no-power-button (the shared agent ignores this host's input devices).</summary>
+    public static async Task<RunningAgent> StartAsync(string executable, IReadOnlyList<string>? options = null)
     {
         DirectoryInfo dir = Directory.CreateTempSubdirectory("kit-agent-"); // 0700 on Unix
         string socket = Path.Combine(dir.FullName, "agent.sock");
         RunningProcess process = ProcessRunner.Start(executable,
-            ["--listen", $"unix:{socket}", "--no-power-button", "--dry-run-shutdown"]);
+            ["--listen", $"unix:{socket}", "--dry-run-shutdown", .. options ?? ["--no-power-button"]]);
         try
         {
             await process.WaitForLineAsync(l => l.Contains("listening on", StringComparison.Ordinal), TimeSpan.FromSeconds(30));
