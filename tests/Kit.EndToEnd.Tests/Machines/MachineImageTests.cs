@@ -40,6 +40,14 @@ public sealed partial class MachineImageTests(ITestOutputHelper output) : IDispo
         sleep 3
         echo "CHECK http=$(python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8000/hostname", timeout=10).read().decode().strip())' 2>&1)"
         echo "CHECK rootsize=$(df -Pk / | awk 'NR == 2 { print $2 }')"
+        if mountpoint -q /datakit; then
+          echo "CHECK datakit=$(cat /datakit/hello)"
+          echo "written by the machine" >/datakit/from-guest
+        fi
+        if mountpoint -q /srv/work; then
+          echo "CHECK work=$(cat /srv/work/hello)"
+          echo "CHECK work-write=$(touch /srv/work/x 2>/dev/null && echo allowed || echo refused)"
+        fi
         poweroff
         """;
 
@@ -75,8 +83,20 @@ public sealed partial class MachineImageTests(ITestOutputHelper output) : IDispo
 
         Assert.Throws<Kit.Cli.CliException>(() => MachineDisk.Grow(disk, 1UL << 30));
         MachineDisk.Grow(disk, 3UL << 30);
-        Dictionary<string, string> second = await BootAsync(kernel, initrd, disk, 2, cancel);
+        // Second boot with DataKit's tag (kit.datakit=virtio) and a read-only share from kit.mounts.
+        string datakit = Directory.CreateDirectory(Path.Combine(_work.FullName, "datakit")).FullName;
+        string work = Directory.CreateDirectory(Path.Combine(_work.FullName, "work")).FullName;
+        File.WriteAllText(Path.Combine(datakit, "hello"), "from datakit");
+        File.WriteAllText(Path.Combine(work, "hello"), "from work");
+        string mounts = Convert.ToBase64String(Encoding.UTF8.GetBytes("tag:work /srv/work ro\n"));
+        Dictionary<string, string> second = await BootAsync(kernel, initrd, disk, 2, cancel,
+            ["--share", $"datakit={datakit}", "--share", $"work={work}"], $" kit.datakit=virtio kit.mounts={mounts}");
         Assert.True(long.Parse(second["rootsize"], System.Globalization.CultureInfo.InvariantCulture) > 2_800_000, $"root is {second["rootsize"]} KiB after growing to 3 GiB");
+        Assert.Equal("from datakit", second.GetValueOrDefault("datakit"));
+        Assert.Equal("written by the machine\n", File.ReadAllText(Path.Combine(datakit, "from-guest")));
+        Assert.Equal("from work", second.GetValueOrDefault("work"));
+        Assert.Equal("refused", second.GetValueOrDefault("work-write"));
+        Assert.False(File.Exists(Path.Combine(work, "x")));
     }
 
     /// <summary>A kit.root that is not there is one clear console line and a poweroff, not a kernel panic.</summary>
@@ -93,14 +113,16 @@ public sealed partial class MachineImageTests(ITestOutputHelper output) : IDispo
         Assert.DoesNotContain("Kernel panic", result.StandardOutput, StringComparison.Ordinal);
     }
 
-    private async Task<Dictionary<string, string>> BootAsync(string kernel, string initrd, string disk, int expectedBoot, CancellationToken cancel)
+    private async Task<Dictionary<string, string>> BootAsync(
+        string kernel, string initrd, string disk, int expectedBoot, CancellationToken cancel, string[]? extraArgs = null, string extraCmdline = "")
     {
         using var dns = new TinyDnsServer();
         string cmd = Convert.ToBase64String(Encoding.UTF8.GetBytes(GuestScript));
         var clock = Stopwatch.StartNew();
-        using RunningProcess kit = KitCli.Start("vm", "run", "--accel", "tcg", "--kernel", kernel, "--initrd", initrd, "--disk", disk,
-            "--memory", "1G", "--net", "vpnkit", "--dns-upstream", dns.EndPoint.ToString(),
-            "--cmdline", $"console=ttyS0 panic=-1 kit.root=/dev/vda kit.hostname=box kit.cmd={cmd}");
+        using RunningProcess kit = KitCli.Start([
+            "vm", "run", "--accel", "tcg", "--kernel", kernel, "--initrd", initrd, "--disk", disk,
+            "--memory", "1G", "--net", "vpnkit", "--dns-upstream", dns.EndPoint.ToString(), .. extraArgs ?? [],
+            "--cmdline", $"console=ttyS0 panic=-1 kit.root=/dev/vda kit.hostname=box kit.cmd={cmd}{extraCmdline}"]);
         await kit.WaitForLineAsync(l => l.Contains("KIT-MACHINE-READY", StringComparison.Ordinal), BootTimeout, cancel);
         TimeSpan ready = clock.Elapsed;
         ProcessResult result = await kit.WaitAsync(TimeSpan.FromMinutes(2), cancel);
