@@ -152,6 +152,6 @@ public sealed partial class MachineImageTests(ITestOutputHelper output) : IDispo
         return checks;
     }
 
-    [GeneratedRegex(@"CHECK (\w+)=(.*)$", RegexOptions.Multiline)]
+    [GeneratedRegex(@"CHECK ([\w-]+)=(.*)$", RegexOptions.Multiline)]
     private static partial Regex CheckLine();
 }
