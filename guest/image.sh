@@ -263,6 +263,9 @@ cat >"$root/etc/kit/agent" <<'EOF'
 # init respawns this: the guest agent, its output appended to /var/log/kit-agent.log. Without an agent in the
 # image, an idle placeholder (init would otherwise restart a missing program every second).
 exec >>/var/log/kit-agent.log 2>&1
+# busybox init passes only a minimal environment.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+cd /
 [ -x /usr/local/bin/kit-agent ] || exec sleep 2147483647
 # A crash loop costs a second per round, not a busy CPU.
 [ -e /run/kit/agent-started ] && sleep 1
