@@ -12,7 +12,9 @@
 #
 # The result is cached under ${KIT_IMAGE_CACHE:-$HOME/.local/share/kit/images}/<variant>-<kernel version>-<key>/
 # where key hashes this script, the agent binary, the variant and the kernel version: a new agent or script makes a new
-# image, never a reuse of an old one. The last three output lines are always
+# image, never a reuse of an old one. The image directory also keeps copies of the kernel and initramfs it is booted
+# with (boot-<hash>/), so a later rebuild of the guest cache does not change what a machine boots. The last three
+# output lines are always
 #   image=<ext4 image>   kernel=<vmlinuz>   initrd=<initrd.gz>
 # Lines on stderr starting "step: " and "progress: BYTES TOTAL" are for the CLI (kit image build draws them).
 # Needs root (mmdebstrap --mode=root; the ext4 image must record files as owned by root, not by the builder).
@@ -46,7 +48,7 @@ fi
 
 [[ "$(id -u)" -eq 0 ]] || die "building a machine image needs root: mmdebstrap --mode=root and an ext4 image whose files \
 belong to root (unprivileged --mode=unshare would record the builder's subordinate uids in the image; not supported)"
-for tool in mmdebstrap mkfs.ext4 apt-get apt-config dpkg-deb depmod sha256sum flock realpath od; do
+for tool in mmdebstrap mkfs.ext4 apt-get apt-config dpkg-deb depmod sha256sum flock realpath od cpio gzip; do
   command -v "$tool" >/dev/null 2>&1 || die "missing tool '$tool' (apt-get install mmdebstrap e2fsprogs kmod)"
 done
 
@@ -90,7 +92,43 @@ agent_hash=none
 key=$(printf '%s\n' "$self_hash" "$agent_hash" "$variant" "$kver" "$suite" | sha256sum | cut -c1-16)
 out="$cache_root/$variant-$kver-$key"
 
+work=
+boot_tmp=$(mktemp -d "$cache_root/.boot-XXXXXX")
+cleanup() {
+  [[ ! -d "$boot_tmp" ]] || rm -rf "$boot_tmp"
+  [[ -n "$work" ]] || return 0
+  # mmdebstrap leaves nothing mounted on success; after a failure it may, and rm must not reach through a mount.
+  if grep -q " $work/" /proc/mounts 2>/dev/null; then
+    echo "guest/image.sh: mounts left under $work; not removing it" >&2
+    return 0
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+cp "$kernel" "$boot_tmp/vmlinuz"
+cp "$initrd" "$boot_tmp/initrd.gz"
+# Checked on the copy, which nobody else replaces (grep -c reads to the end: no SIGPIPE under pipefail). Exit code 3
+# tells the CLI to rebuild the default guest and try once more.
+if [[ $(gzip -dc "$boot_tmp/initrd.gz" | cpio -i --quiet --to-stdout init 2>/dev/null | grep -c 'kit\.root') -eq 0 ]]; then
+  echo "guest/image.sh: the initramfs $initrd has no kit.root= support (built by another guest/build.sh; run kit guest build)" >&2
+  exit 3
+fi
+boot_hash=$(cat "$boot_tmp/vmlinuz" "$boot_tmp/initrd.gz" | sha256sum | cut -c1-16)
+
+# The image keeps its own copy of the kernel and initramfs, taken now and checked, under a name that hashes them: the
+# guest cache is rebuilt in place whenever build.sh changes (or another checkout with another build.sh runs it), and a
+# machine must not boot with an initramfs that cannot mount its root. Published beside the image by renaming.
+pin_boot_files() {
+  local dir="$out/boot-$boot_hash"
+  if [[ ! -f "$dir/initrd.gz" ]]; then
+    chmod 755 "$boot_tmp"
+    mv -T "$boot_tmp" "$dir" 2>/dev/null || true # else another run published the same files first
+  fi
+  kernel="$dir/vmlinuz"
+  initrd="$dir/initrd.gz"
+}
 print_result() {
+  pin_boot_files
   echo "image=$out/rootfs.ext4"
   echo "kernel=$kernel"
   echo "initrd=$initrd"
@@ -112,15 +150,6 @@ fi
 
 started=$SECONDS
 work=$(mktemp -d "$cache_root/.build-XXXXXX")
-cleanup() {
-  # mmdebstrap leaves nothing mounted on success; after a failure it may, and rm must not reach through a mount.
-  if grep -q " $work/" /proc/mounts 2>/dev/null; then
-    echo "guest/image.sh: mounts left under $work; not removing it" >&2
-    return
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 # Sources: the host's Debian sources (the mirror apt is configured with), else deb.debian.org; KIT_IMAGE_MIRROR wins.
 mirrors=()
@@ -234,6 +263,9 @@ cat >"$root/etc/kit/agent" <<'EOF'
 # init respawns this: the guest agent, its output appended to /var/log/kit-agent.log. Without an agent in the
 # image, an idle placeholder (init would otherwise restart a missing program every second).
 exec >>/var/log/kit-agent.log 2>&1
+# busybox init passes only a minimal environment.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+cd /
 [ -x /usr/local/bin/kit-agent ] || exec sleep 2147483647
 # A crash loop costs a second per round, not a busy CPU.
 [ -e /run/kit/agent-started ] && sleep 1
@@ -415,6 +447,7 @@ if [ "$(arg kit.docker)" = 1 ]; then
   fi
 fi
 
+say "ready $(cut -d' ' -f1 /proc/uptime) s after the kernel started"
 echo KIT-MACHINE-READY
 if cmd=$(arg kit.cmd); then
   if echo "$cmd" | base64 -d >/run/kit/cmd 2>/dev/null; then

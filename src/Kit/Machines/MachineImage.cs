@@ -37,9 +37,19 @@ internal static class MachineImage
         }
         // The kernel and initramfs are the default guest's: the image only adds a root filesystem and the modules of
         // that kernel, so the two caches are built in turn (the script reads the kernel version from the bzImage).
-        (string kernel, string initrd) = GuestCommand.Ensure(null);
-        arguments.AddRange(["--kernel", kernel, "--initrd", initrd]);
-        (int exitCode, string output) = GuestCommand.RunScript("guest/image.sh", arguments, new Dictionary<string, string>(), "image", "machine image");
+        (int exitCode, string output) = (0, "");
+        for (int attempt = 0; attempt < 2; attempt++)
+        {
+            (string kernel, string initrd) = GuestCommand.Ensure(null);
+            (exitCode, output) = GuestCommand.RunScript("guest/image.sh", [.. arguments, "--kernel", kernel, "--initrd", initrd],
+                new Dictionary<string, string>(), "image", "machine image");
+            // 3: the guest cache was rebuilt by another guest/build.sh (an older kit, another checkout) between the two
+            // scripts, and its initramfs cannot mount a machine's root; this kit's build.sh puts its own back.
+            if (exitCode != 3)
+            {
+                break;
+            }
+        }
         string? image = null, builtKernel = null, builtInitrd = null;
         foreach (string line in output.Split('\n', StringSplitOptions.TrimEntries))
         {
