@@ -268,6 +268,11 @@ if root=$(arg kit.root); then
   # No fsck: the journal recovers an unclean ext4 at mount time, and e2fsck is on the host side (MachineDisk).
   err=$(mount -t "$fstype" -o rw "$root" /newroot 2>&1) || root_error "cannot mount ($fstype): $err"
   [ -e /newroot/sbin/init ] || [ -L /newroot/sbin/init ] || { umount /newroot; root_error "no /sbin/init on it"; }
+  # The guest agent of the kit that booted the machine rides in the initramfs (kit appends it as /kit/kit-agent), so it
+  # always speaks that kit's protocol whatever the disk was made with; it goes to the new root's /run/kit.
+  if [ -f /kit/kit-agent ]; then
+    mkdir -p /run/kit && cp /kit/kit-agent /run/kit/kit-agent && chmod 755 /run/kit/kit-agent
+  fi
   # The machine's init finds /dev (with pts and shm), /proc, /sys and /run already mounted; /tmp is its own.
   umount /tmp 2>/dev/null
   for d in dev proc sys run; do

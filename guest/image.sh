@@ -26,6 +26,7 @@
 #   kit.mounts=BASE64           newline-separated "SOURCE GUESTPATH ro|rw", SOURCE tag:TAG (virtio-9p) or tcp:PORT
 #   kit.docker=1                start dockerd on unix:///run/docker.sock (image built with --docker)
 #   kit.cmd=BASE64              a sh script run after KIT-MACHINE-READY (tests; output on the console)
+#   kit.console=1               a root shell on ttyS0 (debugging: kit vm run with the console on a terminal)
 # Console markers: KIT-MACHINE-BOOT <count>, KIT-MACHINE-NET <address/prefix>, KIT-MACHINE-READY.
 set -euo pipefail
 
@@ -266,17 +267,23 @@ exec >>/var/log/kit-agent.log 2>&1
 # busybox init passes only a minimal environment.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
 cd /
-[ -x /usr/local/bin/kit-agent ] || exec sleep 2147483647
+# The agent the booting kit put in the initramfs (/run/kit/kit-agent) comes first: it speaks that kit's protocol.
+agent=/run/kit/kit-agent
+[ -x "$agent" ] || agent=/usr/local/bin/kit-agent
+[ -x "$agent" ] || exec sleep 2147483647
 # A crash loop costs a second per round, not a busy CPU.
 [ -e /run/kit/agent-started ] && sleep 1
 mkdir -p /run/kit && : >/run/kit/agent-started
-echo "kit-agent: starting ($(date -u +%FT%TZ))"
-exec /usr/local/bin/kit-agent
+echo "kit-agent: starting $agent ($(date -u +%FT%TZ))"
+exec "$agent"
 EOF
 
 cat >"$root/etc/kit/console" <<'EOF'
 #!/bin/sh
-# A login shell on ttyS0 (init made it the controlling terminal); idle when there is no such port.
+# A login shell on ttyS0 (init made it the controlling terminal), only with kit.console=1 on the kernel command line:
+# a machine's console usually has no one on the other end (kit's daemon reads it into the log), and a shell there
+# that sees end of input would be respawned without end. Idle otherwise.
+grep -qw kit.console=1 /proc/cmdline || exec sleep 2147483647
 [ -c /dev/ttyS0 ] || exec sleep 2147483647
 export HOME=/root TERM=${TERM:-vt100}
 cd /root

@@ -140,13 +140,34 @@ internal static class MachineCommands
         }
         files.Commit(changes, created ? $"kit up {paths.Name}: created" : $"kit up {paths.Name}: configuration");
 
-        ImagePaths image = MachineImage.Ensure(config.Docker, AgentBinary.Find());
-        if (!File.Exists(paths.Disk))
+        // The agent is not in the image: each boot brings this kit's own (AgentInitrd). Checked here so that a kit
+        // without one fails before anything is built.
+        _ = AgentBinary.Find();
+        string? recordedDocker = files.Read("image/docker")?.Trim();
+        if (File.Exists(paths.Disk) && recordedDocker is not null && recordedDocker != (config.Docker ? "true" : "false"))
         {
-            Console.Error.WriteLine($"kit up: making {paths.Name}'s disk ({config.DiskBytes >> 30} GiB, sparse copy of the image)");
-            MachineDisk.Create(image.Image, paths.Disk, config.DiskBytes);
+            throw new CliException($"{paths.Name}'s disk was made {(config.Docker ? "without" : "with")} docker; --docker decides when a machine is created (kit rm {paths.Name} first)");
         }
-        else if ((ulong)new FileInfo(paths.Disk).Length < config.DiskBytes)
+        string? kernel = files.Read("image/kernel")?.Trim(), initrd = files.Read("image/initrd")?.Trim();
+        if (!File.Exists(paths.Disk) || !File.Exists(kernel) || !File.Exists(initrd))
+        {
+            // A machine keeps booting the kernel its disk's modules were installed for: the image's pinned copy, recorded
+            // in DataKit when the disk is made (a newer image with a newer kernel serves new machines).
+            ImagePaths image = MachineImage.Ensure(config.Docker, null);
+            if (!File.Exists(paths.Disk))
+            {
+                Console.Error.WriteLine($"kit up: making {paths.Name}'s disk ({config.DiskBytes >> 30} GiB, sparse copy of the image)");
+                MachineDisk.Create(image.Image, paths.Disk, config.DiskBytes);
+            }
+            files.Commit(new Dictionary<string, string?>
+            {
+                ["image/path"] = image.Image + "\n",
+                ["image/kernel"] = image.Kernel + "\n",
+                ["image/initrd"] = image.Initrd + "\n",
+                ["image/docker"] = config.Docker ? "true\n" : "false\n",
+            }, $"kit up {paths.Name}: boots {Path.GetFileName(Path.GetDirectoryName(image.Kernel))}");
+        }
+        if ((ulong)new FileInfo(paths.Disk).Length < config.DiskBytes)
         {
             Console.Error.WriteLine($"kit up: growing {paths.Name}'s disk to {config.DiskBytes >> 30} GiB");
             MachineDisk.Grow(paths.Disk, config.DiskBytes);

@@ -105,11 +105,14 @@ internal sealed class MachineDaemon
             _config = MachineConfig.Read(_files);
             _accel = Accelerators.Resolve(_config.Accel);
             WritePid();
-            ImagePaths image = MachineImage.Ensure(_config.Docker, AgentBinary.Find());
-            if (!File.Exists(_paths.Disk))
+            string kernel = _files.Read("image/kernel")?.Trim() ?? "", baseInitrd = _files.Read("image/initrd")?.Trim() ?? "";
+            if (!File.Exists(_paths.Disk) || !File.Exists(kernel) || !File.Exists(baseInitrd))
             {
-                throw new CliException($"the machine's disk {_paths.Disk} is missing");
+                throw new CliException($"the machine's disk or kernel is missing ({_paths.Disk}, {kernel}); kit up {_paths.Name} makes them");
             }
+            string initrd = Path.Combine(_paths.Runtime, "initrd.gz");
+            AgentInitrd.Write(baseInitrd, AgentBinary.Find(), initrd);
+            owned.Add(new Deleter(initrd));
 
             // DataKit for host tools (0600 socket in the 0700 runtime directory) and for the guest: through Kit's
             // virtio-9p relaying to that socket under kvm; under tcg QEMU's virtio-9p cannot relay, so the guest mounts
@@ -138,8 +141,8 @@ internal sealed class MachineDaemon
             }
             var spec = new VmSpec
             {
-                Kernel = new FileInfo(image.Kernel),
-                Initrd = new FileInfo(image.Initrd),
+                Kernel = new FileInfo(kernel),
+                Initrd = new FileInfo(initrd),
                 Cmdline = string.Join(' ', new[]
                 {
                     VmCommand.DefaultCmdline, "quiet", "kit.root=/dev/vda", $"kit.hostname={_paths.Name}", $"kit.datakit={datakit}",
