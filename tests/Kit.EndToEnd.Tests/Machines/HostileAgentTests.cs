@@ -14,7 +14,6 @@ namespace Kit.EndToEnd.Tests.Machines;
 /// again afterwards.
 /// </summary>
 [Trait("Tier", "Real")]
-[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class HostileAgentTests(ITestOutputHelper output) : IDisposable
 {
     private const string Name = "hostile";

@@ -10,7 +10,6 @@ namespace Kit.EndToEnd.Tests.Machines;
 /// once), a loopback DNS upstream (never the machine's resolv.conf) and the kit under test. Disposing brings every
 /// machine down by force and removes the directories.
 /// </summary>
-[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class MachineHarness : IDisposable
 {
     private readonly DirectoryInfo _root = Directory.CreateTempSubdirectory("kit-machine-");

@@ -16,7 +16,6 @@ namespace Kit.EndToEnd.Tests.Machines;
 /// seconds under TCG); each says what it checks when it fails.
 /// </summary>
 [Trait("Tier", "Real")]
-[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class MachineLifecycleTests(ITestOutputHelper output) : IDisposable
 {
     private const string Name = "lifecycle";
