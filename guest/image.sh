@@ -262,15 +262,19 @@ EOF
 cat >"$root/etc/kit/agent" <<'EOF'
 #!/bin/sh
 # init respawns this: the guest agent, its output appended to /var/log/kit-agent.log. Without an agent in the
-# image, an idle placeholder (init would otherwise restart a missing program every second).
+# image or the initramfs, it waits for one (init would otherwise restart a missing program every second).
 exec >>/var/log/kit-agent.log 2>&1
 # busybox init passes only a minimal environment.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
 cd /
 # The agent the booting kit put in the initramfs (/run/kit/kit-agent) comes first: it speaks that kit's protocol.
-agent=/run/kit/kit-agent
-[ -x "$agent" ] || agent=/usr/local/bin/kit-agent
-[ -x "$agent" ] || exec sleep 2147483647
+# Without either, wait for one (a test may move the agent aside for a while): a check a second costs nothing.
+while :; do
+  for agent in /run/kit/kit-agent /usr/local/bin/kit-agent; do
+    [ -x "$agent" ] && break 2
+  done
+  sleep 1
+done
 # A crash loop costs a second per round, not a busy CPU.
 [ -e /run/kit/agent-started ] && sleep 1
 mkdir -p /run/kit && : >/run/kit/agent-started

@@ -88,15 +88,10 @@ public sealed class ExecSession : IAsyncDisposable
         }
         finally
         {
-            // The command has ended (or the connection has): input still being read (a terminal) is of no use now.
+            // The command has ended (or the connection has): input still being read is of no use now. It is not awaited:
+            // a read from a terminal does not observe cancellation, and `kit shell` would wait for one more key.
             await stopInput.CancelAsync().ConfigureAwait(false);
-            try
-            {
-                await input.ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is OperationCanceledException or IOException or ObjectDisposedException)
-            {
-            }
+            _ = input.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
         }
     }
 

@@ -36,8 +36,10 @@ public sealed class HostileAgentTests(ITestOutputHelper output) : IDisposable
         def hello():
             return msg(0x01, {"version": 1, "agentVersion": "hostile", "hostname": "hostile", "kernel": "none"})
 
-        # Take the agent's port: move the real agent aside (init's respawn then fails) and stop it.
-        os.rename("/usr/local/bin/kit-agent", "/usr/local/bin/kit-agent.real")
+        # Let the kit exec that started this return first, then take the agent's port: move the real agent aside (init's
+        # respawn then waits for it) and stop it.
+        time.sleep(2)
+        os.rename("/run/kit/kit-agent", "/run/kit/kit-agent.real")
         subprocess.run(["pkill", "-x", "kit-agent"])
         srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         for _ in range(100):
@@ -76,7 +78,7 @@ public sealed class HostileAgentTests(ITestOutputHelper output) : IDisposable
             conn.close()
             print("served one hostile connection", flush=True)
         srv.close()
-        os.rename("/usr/local/bin/kit-agent.real", "/usr/local/bin/kit-agent")
+        os.rename("/run/kit/kit-agent.real", "/run/kit/kit-agent")
         print("hostile agent done", flush=True)
         """;
 

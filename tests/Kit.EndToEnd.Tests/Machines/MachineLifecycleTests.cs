@@ -46,6 +46,15 @@ public sealed class MachineLifecycleTests(ITestOutputHelper output) : IDisposabl
         Assert.True(cat.ExitCode == 0 && cat.StandardOutput == "hi\n", cat.ToString());
         ProcessResult missing = await _h.KitAsync(["exec", Name, "--", "no-such-command-here"], TimeSpan.FromSeconds(60));
         Assert.True(missing.ExitCode == 127, missing.ToString());
+        // Ctrl-C (SIGINT to kit) reaches the command: sleep dies of it, and kit exits as a shell would (128 + 2).
+        using (RunningProcess sleeper = ProcessRunner.Start(KitCli.ExecutablePath, ["exec", Name, "--", "sleep", "100"], _h.Environment))
+        {
+            await Task.Delay(3000, TestContext.Current.CancellationToken);
+            (await ProcessRunner.RunAsync("kill", ["-INT", sleeper.Id.ToString(CultureInfo.InvariantCulture)], TimeSpan.FromSeconds(10),
+                cancellationToken: TestContext.Current.CancellationToken)).EnsureSuccess();
+            ProcessResult interrupted = await sleeper.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+            Assert.True(interrupted.ExitCode == 130, interrupted.ToString());
+        }
         ProcessResult os = await _h.ExecAsync(Name, ". /etc/os-release; echo $VERSION_CODENAME");
         Assert.Equal("bookworm", os.StandardOutput.Trim());
 
