@@ -37,6 +37,14 @@ public sealed class MachineLifecycleTests(ITestOutputHelper output) : IDisposabl
         ProcessResult again = await _h.KitAsync(["up", Name], TimeSpan.FromSeconds(60));
         Assert.True(again.ExitCode == 0 && again.StandardError.Contains("already running", StringComparison.Ordinal), again.ToString());
 
+        // A second machine beside it: its own daemon, network and branch; each answers with its own name.
+        ProcessResult second = await _h.KitAsync(["up", "second", "--accel", "tcg", "--dns-upstream", _h.DnsUpstream, "--memory", "512M"], TimeSpan.FromMinutes(15));
+        Assert.True(second.ExitCode == 0, second.ToString());
+        Assert.Equal("second\n", (await _h.ExecAsync("second", "hostname")).StandardOutput);
+        Assert.Equal($"{Name}\n", (await _h.ExecAsync(Name, "hostname")).StandardOutput);
+        Assert.True((await _h.KitAsync(["down", "second"], TimeSpan.FromMinutes(3))).ExitCode == 0);
+        Assert.True((await _h.KitAsync(["rm", "second"], TimeSpan.FromSeconds(60))).ExitCode == 0);
+
         // exec: output, exit codes, stdin.
         ProcessResult uname = await _h.KitAsync(["exec", Name, "--", "uname", "-a"], TimeSpan.FromSeconds(60));
         Assert.True(uname.ExitCode == 0 && uname.StandardOutput.StartsWith("Linux ", StringComparison.Ordinal), uname.ToString());
