@@ -98,7 +98,7 @@ internal static class UpCommand
             {
                 Kernel = new FileInfo(kernel),
                 Initrd = new FileInfo(initrd),
-                Cmdline = $"{VmCommand.DefaultCmdline} quiet kit.datakit={datakitMount} kit.cmd={Convert.ToBase64String(Encoding.UTF8.GetBytes(DemoScript))}"
+                Cmdline = $"{VmCommand.DefaultCmdline} quiet no_timer_check kit.datakit={datakitMount} kit.cmd={Convert.ToBase64String(Encoding.UTF8.GetBytes(DemoScript))}"
                     + (interactive ? " kit.shell=1" : ""),
                 MemoryBytes = memory,
                 Cpus = cpus,

@@ -145,7 +145,9 @@ internal sealed class MachineDaemon
                 Initrd = new FileInfo(initrd),
                 Cmdline = string.Join(' ', new[]
                 {
-                    VmCommand.DefaultCmdline, "quiet", "kit.root=/dev/vda", $"kit.hostname={_paths.Name}", $"kit.datakit={datakit}",
+                    // no_timer_check: on a software CPU (or nested) the kernel's IO-APIC timer check can miss its window
+                    // when the host is busy and panic ("IO-APIC + timer doesn't work"); the timer works regardless.
+                    VmCommand.DefaultCmdline, "quiet", "no_timer_check", "kit.root=/dev/vda", $"kit.hostname={_paths.Name}", $"kit.datakit={datakit}",
                     mounts.Length > 0 ? "kit.mounts=" + Convert.ToBase64String(Encoding.UTF8.GetBytes(mounts.ToString())) : "",
                     _config.Docker ? "kit.docker=1" : "",
                 }.Where(a => a.Length > 0)),

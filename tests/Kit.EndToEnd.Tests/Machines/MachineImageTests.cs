@@ -106,7 +106,7 @@ public sealed partial class MachineImageTests(ITestOutputHelper output) : IDispo
         CancellationToken cancel = TestContext.Current.CancellationToken;
         GuestImage guest = await GuestImage.GetDefaultAsync(cancel);
         ProcessResult result = await ProcessRunner.RunAsync(KitCli.ExecutablePath,
-            ["vm", "run", "--accel", "tcg", "--kernel", guest.Kernel, "--initrd", guest.Initrd, "--cmdline", "console=ttyS0 panic=-1 kit.root=/dev/vdz"],
+            ["vm", "run", "--accel", "tcg", "--kernel", guest.Kernel, "--initrd", guest.Initrd, "--cmdline", "console=ttyS0 panic=-1 no_timer_check kit.root=/dev/vdz"],
             BootTimeout, cancellationToken: cancel);
         Assert.True(result.ExitCode == 0, result.Output);
         Assert.Contains("KIT-GUEST-ROOT-ERROR kit.root=/dev/vdz: no such block device", result.StandardOutput, StringComparison.Ordinal);
@@ -122,7 +122,7 @@ public sealed partial class MachineImageTests(ITestOutputHelper output) : IDispo
         using RunningProcess kit = KitCli.Start([
             "vm", "run", "--accel", "tcg", "--kernel", kernel, "--initrd", initrd, "--disk", disk,
             "--memory", "1G", "--net", "vpnkit", "--dns-upstream", dns.EndPoint.ToString(), .. extraArgs ?? [],
-            "--cmdline", $"console=ttyS0 panic=-1 kit.root=/dev/vda kit.hostname=box kit.cmd={cmd}{extraCmdline}"]);
+            "--cmdline", $"console=ttyS0 panic=-1 no_timer_check kit.root=/dev/vda kit.hostname=box kit.cmd={cmd}{extraCmdline}"]);
         await kit.WaitForLineAsync(l => l.Contains("KIT-MACHINE-READY", StringComparison.Ordinal), BootTimeout, cancel);
         TimeSpan ready = clock.Elapsed;
         ProcessResult result = await kit.WaitAsync(TimeSpan.FromMinutes(2), cancel);

@@ -61,7 +61,7 @@ public sealed partial class TcgTests(ITestOutputHelper output) : IDisposable
         using var guestToHost = new EchoListener($"{vsock}_5000");
 
         using RunningProcess kit = KitCli.Start("vm", "run", "--accel", "tcg", "--kernel", image.Kernel, "--initrd", initrd, "--cpus", "2",
-            "--cmdline", $"console=ttyS0 reboot=k panic=-1 kit.http={http.Port} kit.iperf={iperfPort}",
+            "--cmdline", $"console=ttyS0 reboot=k panic=-1 no_timer_check kit.http={http.Port} kit.iperf={iperfPort}",
             "--net", "vpnkit", "--dns-upstream", dns.EndPoint.ToString(), "--vsock", vsock, "--share", $"out={share}");
         await kit.WaitForLineAsync(l => l.Contains("VSOCK-LISTENING", StringComparison.Ordinal), TimeSpan.FromMinutes(4), cancel);
         (string okLine, byte[] echoed) = await HostToGuestAsync(vsock, 1234, fromHost, kit, cancel);
