@@ -1,8 +1,9 @@
 namespace Kit.Cli.Machines;
 
 /// <summary>
-/// The guest agent the image is built with: <c>$KIT_AGENT</c>, else <c>kit-agent</c> beside kit (published together:
-/// `dotnet publish src/Kit` publishes the NativeAOT agent into the same directory).
+/// The guest agent machines boot with: <c>$KIT_AGENT</c>, else <c>kit-agent</c> beside kit (published together:
+/// `dotnet publish src/Kit` publishes the NativeAOT agent into the same directory), else <c>../lib/kit/kit-agent</c>
+/// (the Debian package's /usr/bin/kit and /usr/lib/kit/kit-agent).
 /// </summary>
 internal static class AgentBinary
 {
@@ -13,8 +14,9 @@ internal static class AgentBinary
             return File.Exists(env) ? Path.GetFullPath(env) : throw new CliException($"KIT_AGENT={env}: no such file");
         }
         string beside = Path.Combine(AppContext.BaseDirectory, "kit-agent");
-        return File.Exists(beside)
-            ? beside
+        string packaged = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "..", "lib", "kit", "kit-agent"));
+        return File.Exists(beside) ? beside
+            : File.Exists(packaged) ? packaged
             : throw new CliException($"the guest agent is missing: {beside} (build kit with ./kit, which publishes it, or set KIT_AGENT)");
     }
 }

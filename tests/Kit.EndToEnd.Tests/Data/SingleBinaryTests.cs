@@ -66,7 +66,7 @@ public sealed class SingleBinaryTests : IDisposable
             ProcessResult status = ProcessRunner.Run("dpkg", [$"--root={Root}", "-s", "kit"]);
             Assert.Contains("Status: install ok installed", status.StandardOutput, StringComparison.Ordinal);
             Assert.Contains("Depends: libc6 (>= 2.36), libssl3", status.StandardOutput, StringComparison.Ordinal);
-            foreach (string file in new[] { "usr/share/man/man1/kit.1.gz", "usr/share/bash-completion/completions/kit",
+            foreach (string file in new[] { "usr/lib/kit/kit-agent", "usr/share/man/man1/kit.1.gz", "usr/share/bash-completion/completions/kit",
                          "usr/share/fish/vendor_completions.d/kit.fish", "usr/lib/systemd/user/kit-data.service" })
             {
                 Assert.True(File.Exists(Path.Combine(Root, file)), $"the package did not install /{file}");
@@ -83,6 +83,35 @@ public sealed class SingleBinaryTests : IDisposable
         Assert.Equal(ProcessRunner.Run(Published(), ["--version"]).StandardOutput, version.StandardOutput);
 
         await ServeACommitAsync("/usr/bin/kit");
+    }
+
+    /// <summary>
+    /// `apt install ./kit_*.deb` on a fresh Debian 12: a root made by mmdebstrap (variant apt: dpkg and apt, nothing else,
+    /// plus libssl3, the one dependency such a root lacks; the packages come from the mirror apt is configured with, as
+    /// the machine image's do), then apt installs the package with nothing left to download, and its kit runs there.
+    /// </summary>
+    [Fact]
+    public async Task TheDebInstallsWithAptOnAFreshDebian()
+    {
+        string published = Published();
+        string debian = Path.Combine(Root, "debian");
+        ProcessResult strap = await ProcessRunner.RunAsync("mmdebstrap",
+            ["--variant=apt", "--include=libssl3", "--mode=root", "--format=directory", "--quiet", "bookworm", debian], TimeSpan.FromMinutes(15),
+            cancellationToken: TestContext.Current.CancellationToken);
+        Assert.True(strap.ExitCode == 0, strap.Output);
+        ProcessResult build = ProcessRunner.Run("bash", [Path.Combine(RepoPaths.Root, "contrib", "deb", "build.sh"), published, Path.Combine(debian, "tmp")]);
+        Assert.True(build.ExitCode == 0, build.Output);
+        string deb = "/tmp/" + Path.GetFileName(build.StandardOutput.Trim());
+        // apt wants /proc and a pty for its log: both mounted in a mount namespace of the install's own.
+        ProcessResult install = await ProcessRunner.RunAsync("unshare", ["--mount", "--fork", "sh", "-c",
+            $"mount -t proc proc {debian}/proc && mount -t devpts -o newinstance devpts {debian}/dev/pts && chroot {debian} apt-get install -y {deb}"],
+            TimeSpan.FromMinutes(5), cancellationToken: TestContext.Current.CancellationToken);
+        Assert.True(install.ExitCode == 0, install.Output);
+        Assert.Contains("Setting up kit (", install.StandardOutput, StringComparison.Ordinal);
+        ProcessResult version = await ProcessRunner.RunAsync("chroot", [debian, "kit", "--version"], TimeSpan.FromSeconds(60),
+            cancellationToken: TestContext.Current.CancellationToken);
+        Assert.Equal(ProcessRunner.Run(published, ["--version"]).StandardOutput, version.StandardOutput);
+        Assert.True(File.Exists(Path.Combine(debian, "usr/lib/kit/kit-agent")), "the package did not install the guest agent");
     }
 
     private static string Published()
