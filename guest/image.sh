@@ -3,11 +3,13 @@
 # configured with) on an ext4 image, booted by the default guest's kernel and initramfs (guest/build.sh) with
 # kit.root=/dev/vda. No systemd: PID 1 is busybox init, /etc/kit/rc brings the machine up, init respawns kit-agent.
 #
-#   guest/image.sh [--agent PATH] [--docker] [--kernel VMLINUZ --initrd INITRD]
+#   guest/image.sh [--agent PATH] [--docker] [--extra-packages "PKG..."] [--kernel VMLINUZ --initrd INITRD]
 #
 # --agent  the guest agent (NativeAOT kit-agent), installed as /usr/local/bin/kit-agent (0755). Without it the image
 #          has no agent and init keeps an idle placeholder in its place.
 # --docker add Debian's docker.io (with iptables); kit.docker=1 on the command line starts dockerd.
+# --extra-packages "PKG..."  more Debian packages (space-separated; part of the cache key). bench/machine.sh uses it for
+#          an openssh-server image to compare with.
 # --kernel/--initrd  the default guest (`kit guest build`); without them guest/build.sh beside this script is run.
 #
 # The result is cached under ${KIT_IMAGE_CACHE:-$HOME/.local/share/kit/images}/<variant>-<kernel version>-<key>/
@@ -32,14 +34,15 @@ set -euo pipefail
 
 die() { echo "guest/image.sh: $*" >&2; exit 1; }
 
-agent= docker=0 kernel= initrd=
+agent= docker=0 kernel= initrd= extra=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --agent) [[ $# -ge 2 ]] || die "--agent needs a path"; agent=$2; shift 2 ;;
     --docker) docker=1; shift ;;
+    --extra-packages) [[ $# -ge 2 ]] || die "--extra-packages needs a list"; extra=$2; shift 2 ;;
     --kernel) [[ $# -ge 2 ]] || die "--kernel needs a path"; kernel=$2; shift 2 ;;
     --initrd) [[ $# -ge 2 ]] || die "--initrd needs a path"; initrd=$2; shift 2 ;;
-    *) die "unknown argument '$1' (usage: image.sh [--agent PATH] [--docker] [--kernel VMLINUZ --initrd INITRD])" ;;
+    *) die "unknown argument '$1' (usage: image.sh [--agent PATH] [--docker] [--extra-packages \"PKG...\"] [--kernel VMLINUZ --initrd INITRD])" ;;
   esac
 done
 if [[ -n "$agent" ]]; then
@@ -84,13 +87,18 @@ if [[ $docker == 1 ]]; then
   variant=docker
   packages+=(docker.io iptables)
 fi
+read -r -a extra_packages <<<"$extra"
+for p in "${extra_packages[@]}"; do
+  [[ "$p" =~ ^[a-z0-9][a-z0-9+.-]+$ ]] || die "--extra-packages: '$p' is not a Debian package name"
+done
+packages+=("${extra_packages[@]}")
 kpkg="linux-image-$kver"
 
 # `kit image build` hands this script to bash -c (no file): its text is then BASH_EXECUTION_STRING.
 self_hash=$( { if [[ -n "$self_file" ]]; then cat "$self_file"; else printf '%s' "$BASH_EXECUTION_STRING"; fi; } | sha256sum | cut -c1-64)
 agent_hash=none
 [[ -z "$agent" ]] || agent_hash=$(sha256sum "$agent" | cut -c1-64)
-key=$(printf '%s\n' "$self_hash" "$agent_hash" "$variant" "$kver" "$suite" | sha256sum | cut -c1-16)
+key=$(printf '%s\n' "$self_hash" "$agent_hash" "$variant" "$kver" "$suite" ${extra:+"extra=${extra_packages[*]}"} | sha256sum | cut -c1-16)
 out="$cache_root/$variant-$kver-$key"
 
 work=
