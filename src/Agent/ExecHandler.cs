@@ -113,11 +113,17 @@ internal sealed class ExecHandler
         await stopControl.CancelAsync().ConfigureAwait(false);
         broken = await control.ConfigureAwait(false) ?? broken;
         _stdin.Writer.TryComplete();
-        _ = Native.Close(child.Output);
-        if (child.Error >= 0)
+        // The output descriptors close only once their pumps have stopped reading them (at once, unless the host left
+        // while a daemon holds the output open): a descriptor closed under a reader could be reused by another
+        // connection and read by the wrong pump. Resize and Signal use the master too, but the control loop is done.
+        _ = Task.WhenAll(stdout, stderr).ContinueWith(pumped =>
         {
-            _ = Native.Close(child.Error);
-        }
+            _ = Native.Close(child.Output);
+            if (child.Error >= 0)
+            {
+                _ = Native.Close(child.Error);
+            }
+        }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         string ending = signal is { } s ? $"killed by signal {s} ({code})" : $"exit {code}";
         return $"exec [{command}] pid {child.Pid}{(child.Tty ? " tty" : "")}: {ending}{(broken is null ? "" : $"; {broken}")}";
     }

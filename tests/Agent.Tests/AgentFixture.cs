@@ -33,8 +33,12 @@ public sealed class AgentFixture : IAsyncLifetime
         {
             _publishDir = Directory.CreateTempSubdirectory("kit-agent-publish-");
             string project = Path.Combine(RepoPaths.Root, "src", "Agent", "Agent.csproj");
+            // A build tree of its own (kept between runs, so publishing is incremental): the publish must not rewrite
+            // artifacts/bin/AgentProtocol, which this very test process has loaded.
+            string artifacts = Path.Combine(RepoPaths.Root, "artifacts", "agent-tests-publish");
             ProcessResult publish = await ProcessRunner.RunAsync("dotnet",
-                ["publish", project, "-r", "linux-x64", "-c", "Release", "-o", _publishDir.FullName, "-nologo", "-v", "q", "-clp:ErrorsOnly"],
+                ["publish", project, "-r", "linux-x64", "-c", "Release", "-o", _publishDir.FullName, $"-p:ArtifactsPath={artifacts}",
+                 "-nologo", "-v", "q", "-clp:ErrorsOnly"],
                 timeout: TimeSpan.FromMinutes(5), standardInput: null, environment: null, workingDirectory: RepoPaths.Root,
                 cancellationToken: CancellationToken.None);
             if (publish.ExitCode != 0 || publish.TimedOut)
