@@ -35,7 +35,7 @@ public sealed class DockerMachineTests(ITestOutputHelper output) : IDisposable
         var env = new Dictionary<string, string?> { ["DOCKER_HOST"] = $"unix://{socket}", ["DOCKER_CONFIG"] = Path.Combine(_h.Root, "docker-config") };
 
         // dockerd starts in the background after the agent; wait for it to answer.
-        ProcessResult version = await RetryAsync(() => ProcessRunner.RunAsync(docker, ["version", "--format", "{{.Server.Version}}"], TimeSpan.FromSeconds(30), environment: env,
+        ProcessResult version = await MachineHarness.RetryAsync(() => ProcessRunner.RunAsync(docker, ["version", "--format", "{{.Server.Version}}"], TimeSpan.FromSeconds(30), environment: env,
             cancellationToken: TestContext.Current.CancellationToken), TimeSpan.FromMinutes(3));
         output.WriteLine($"dockerd {version.StandardOutput.Trim()} answered after {clock.Elapsed.TotalSeconds:0.0} s");
         Assert.True(version.ExitCode == 0, version.ToString());
@@ -80,23 +80,6 @@ public sealed class DockerMachineTests(ITestOutputHelper output) : IDisposable
         ProcessResult down = await _h.KitAsync(["down", Name], TimeSpan.FromMinutes(3));
         Assert.True(down.ExitCode == 0, down.ToString());
         Assert.Empty(_h.LeftoverProcesses());
-    }
-
-    private static async Task<ProcessResult> RetryAsync(Func<Task<ProcessResult>> attempt, TimeSpan timeout)
-    {
-        var clock = Stopwatch.StartNew();
-        ProcessResult result;
-        do
-        {
-            result = await attempt();
-            if (result.ExitCode == 0)
-            {
-                return result;
-            }
-            await Task.Delay(1000, TestContext.Current.CancellationToken);
-        }
-        while (clock.Elapsed < timeout);
-        return result;
     }
 
     private static string? FindOnPath(string name) =>

@@ -120,7 +120,7 @@ public sealed class HostileAgentTests(ITestOutputHelper output) : IDisposable
         Assert.True(most <= 256, $"the daemon held {most} forwards for a guest that claimed 5,000");
 
         // The real agent comes back (init respawns it once its binary is back) and exec works again.
-        ProcessResult again = await RetryExecAsync("echo back", TimeSpan.FromSeconds(90));
+        ProcessResult again = await MachineHarness.RetryAsync(() => _h.ExecAsync(Name, "echo back"), TimeSpan.FromSeconds(90));
         Assert.Equal("back\n", again.StandardOutput);
         string log = File.ReadAllText(Path.Combine(_h.Data, "kit", "machines", Name, "machine.log"));
         output.WriteLine(Text.Tail(log, 4000));
@@ -128,22 +128,5 @@ public sealed class HostileAgentTests(ITestOutputHelper output) : IDisposable
         ProcessResult down = await _h.KitAsync(["down", Name], TimeSpan.FromMinutes(3));
         Assert.True(down.ExitCode == 0, down.ToString());
         Assert.Empty(_h.LeftoverProcesses());
-    }
-
-    private async Task<ProcessResult> RetryExecAsync(string script, TimeSpan timeout)
-    {
-        var clock = Stopwatch.StartNew();
-        ProcessResult result;
-        do
-        {
-            result = await _h.ExecAsync(Name, script);
-            if (result.ExitCode == 0)
-            {
-                return result;
-            }
-            await Task.Delay(1000, TestContext.Current.CancellationToken);
-        }
-        while (clock.Elapsed < timeout);
-        return result;
     }
 }

@@ -52,6 +52,24 @@ public sealed class MachineHarness : IDisposable
         return JsonDocument.Parse(r.StandardOutput);
     }
 
+    /// <summary>Runs <paramref name="attempt"/> until it exits 0 (once a second) or <paramref name="timeout"/> passes; the last result.</summary>
+    public static async Task<ProcessResult> RetryAsync(Func<Task<ProcessResult>> attempt, TimeSpan timeout)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        ProcessResult result;
+        do
+        {
+            result = await attempt();
+            if (result.ExitCode == 0)
+            {
+                return result;
+            }
+            await Task.Delay(1000, TestContext.Current.CancellationToken);
+        }
+        while (clock.Elapsed < timeout);
+        return result;
+    }
+
     /// <summary>The daemon's pid from the machine's runtime directory, or null.</summary>
     public int? DaemonPid(string machine)
     {
