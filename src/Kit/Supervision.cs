@@ -46,8 +46,7 @@ internal sealed class Supervision : IDisposable
         {
             try
             {
-                using SafeFileHandle file = PrivateFile.CreateForWrite(pidFile);
-                RandomAccess.Write(file, Encoding.ASCII.GetBytes($"{Environment.ProcessId}\n"), 0);
+                WritePidFile(pidFile);
             }
             catch (IOException e)
             {
@@ -72,6 +71,14 @@ internal sealed class Supervision : IDisposable
         }
         NotifySystemd("READY=1");
         return new Supervision(pidFile);
+    }
+
+    /// <summary>This process's id in <paramref name="path"/>: 0600, never through a symlink (PrivateFile).</summary>
+    /// <exception cref="IOException">The path is a symlink, not a regular file, or cannot be written.</exception>
+    public static void WritePidFile(string path)
+    {
+        using SafeFileHandle file = PrivateFile.CreateForWrite(path);
+        RandomAccess.Write(file, Encoding.ASCII.GetBytes($"{Environment.ProcessId}\n"), 0);
     }
 
     /// <summary>sd_notify(3): one datagram to $NOTIFY_SOCKET, a path or (leading '@') an abstract name. Best effort.</summary>

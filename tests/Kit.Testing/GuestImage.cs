@@ -1,3 +1,5 @@
+using Kit.Linux;
+
 namespace Kit.Testing;
 
 /// <summary>The default guest's kernel (bzImage) and initramfs (gzip'd cpio) as built by guest/build.sh.</summary>

@@ -1,6 +1,4 @@
-using System.Globalization;
-using System.IO.Compression;
-using System.Text;
+using Kit.Linux;
 
 namespace Kit.Cli.Machines;
 
@@ -25,31 +23,6 @@ internal static class AgentInitrd
         {
             source.CopyTo(file);
         }
-        using var gzip = new GZipStream(file, CompressionLevel.Fastest);
-        Entry(gzip, "kit", 0x41ED /* dir 0755 */, []);
-        Entry(gzip, "kit/kit-agent", 0x81ED /* file 0755 */, File.ReadAllBytes(agent));
-        Entry(gzip, "TRAILER!!!", 0, []);
-    }
-
-    /// <summary>One entry in the "newc" format (cpio(5), "New ASCII Format"): header, name, data, each padded to 4 bytes.</summary>
-    private static void Entry(Stream output, string name, int mode, byte[] data)
-    {
-        byte[] nameBytes = Encoding.ASCII.GetBytes(name + "\0");
-        var header = new StringBuilder("070701");
-        foreach (long field in (long[])[0, mode, 0, 0, 1, 0, data.Length, 0, 0, 0, 0, nameBytes.Length, 0])
-        {
-            header.Append(field.ToString("X8", CultureInfo.InvariantCulture));
-        }
-        output.Write(Encoding.ASCII.GetBytes(header.ToString()));
-        output.Write(nameBytes);
-        Pad(output, 110 + nameBytes.Length);
-        output.Write(data);
-        Pad(output, data.Length);
-    }
-
-    private static void Pad(Stream output, int length)
-    {
-        int pad = (4 - (length % 4)) % 4;
-        output.Write(new byte[pad]);
+        file.Write(CpioArchive.BuildGzip([new CpioArchive.Entry("kit/kit-agent", File.ReadAllBytes(agent))]));
     }
 }

@@ -104,7 +104,7 @@ internal sealed class MachineDaemon
             _files = new BranchFiles(data.Store, _paths.Branch);
             _config = MachineConfig.Read(_files);
             _accel = Accelerators.Resolve(_config.Accel);
-            WritePid();
+            Supervision.WritePidFile(_paths.Pid);
             string kernel = _files.Read("image/kernel")?.Trim() ?? "", baseInitrd = _files.Read("image/initrd")?.Trim() ?? "";
             if (!File.Exists(_paths.Disk) || !File.Exists(kernel) || !File.Exists(baseInitrd))
             {
@@ -117,7 +117,7 @@ internal sealed class MachineDaemon
             // DataKit for host tools (0600 socket in the 0700 runtime directory) and for the guest: through Kit's
             // virtio-9p relaying to that socket under kvm; under tcg QEMU's virtio-9p cannot relay, so the guest mounts
             // it over TCP through VPNKit (192.168.65.2 is the host's loopback, where it listens on a port of its own).
-            owned.Add(UnixListen(data, _paths.DataKit));
+            UnixListen(data, _paths.DataKit);
             var shares = new List<ShareOptions>();
             string datakit;
             if (_accel == Accelerator.Kvm)
@@ -230,17 +230,11 @@ internal sealed class MachineDaemon
     private static ListenAddress Address(string text) =>
         ListenAddress.TryParse(text, out ListenAddress? a, out string error) ? a! : throw new CliException(error);
 
-    private static IDisposable UnixListen(DataKitServer data, string path)
+    /// <summary>A 0600 Unix listener; the server removes its socket file when it stops (UnixSocketFile).</summary>
+    private static void UnixListen(DataKitServer data, string path)
     {
         data.Listen(Address($"unix:{path}"));
         File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-        return new Deleter(path);
-    }
-
-    private void WritePid()
-    {
-        using Microsoft.Win32.SafeHandles.SafeFileHandle file = PrivateFile.CreateForWrite(_paths.Pid);
-        RandomAccess.Write(file, Encoding.ASCII.GetBytes($"{Environment.ProcessId}\n"), 0);
     }
 
     /// <summary>Removes a file this daemon made, if it is still a regular file or socket (never follows a link).</summary>

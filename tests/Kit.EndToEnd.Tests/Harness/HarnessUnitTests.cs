@@ -1,4 +1,5 @@
 using System.Text;
+using Kit.Linux;
 using Kit.Testing;
 
 namespace Kit.EndToEnd.Tests.Harness;

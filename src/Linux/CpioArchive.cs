@@ -1,12 +1,13 @@
 using System.IO.Compression;
 using System.Text;
 
-namespace Kit.Testing;
+namespace Kit.Linux;
 
 /// <summary>
 /// Writes a gzip-compressed "newc" cpio archive, the initramfs format (Linux
 /// Documentation/driver-api/early-userspace/buffer-format.rst). Linux unpacks concatenated archives in order, so
-/// appending one of these to the default initrd.gz adds or replaces files (the guest's /kit/run script).
+/// appending one of these to an initrd.gz adds or replaces files: a machine's agent (kit's AgentInitrd), a test guest's
+/// /kit/run script.
 /// </summary>
 public static class CpioArchive
 {
