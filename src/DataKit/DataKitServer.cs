@@ -10,13 +10,17 @@ public sealed class DataKitServer : IAsyncDisposable
 {
     private readonly HeadPoller _poller;
 
-    public DataKitServer(string gitPath, ILogger? logger = null, NinePServerOptions? options = null, LogSources? logSources = null)
+    public DataKitServer(string gitPath, ILogger? logger = null, NinePServerOptions? options = null, LogSources? logSources = null,
+        DataKitOptions? settings = null)
     {
+        Settings = settings ?? DataKitOptions.Default;
         Store = GitStore.Open(gitPath);
         LogSources = logSources ?? new LogSources(LogLevel.Warning);
         _poller = new HeadPoller(Store, TimeSpan.FromMilliseconds(200));
-        NineP = new NinePServer(() => new DataKitSession(Store, LogSources), options, logger);
+        NineP = new NinePServer(() => new DataKitSession(Store, LogSources, Settings), options, logger);
     }
+
+    public DataKitOptions Settings { get; }
 
     public LogSources LogSources { get; }
 

@@ -19,9 +19,12 @@ public sealed class DataKitSession : IFileSystemSession
     private readonly Dictionary<string, RemoteState> _remotes = new(StringComparer.Ordinal);
     private readonly IDirectory _root;
 
-    public DataKitSession(GitStore store, LogSources? logSources = null)
+    private readonly DataKitOptions _settings;
+
+    public DataKitSession(GitStore store, LogSources? logSources = null, DataKitOptions? settings = null)
     {
         _store = store;
+        _settings = settings ?? DataKitOptions.Default;
         logSources ??= new LogSources(Microsoft.Extensions.Logging.LogLevel.Warning);
         _root = SyntheticDir.Fixed("", "/",
             BranchesDir(),

@@ -1,0 +1,18 @@
+namespace Kit.DataKit;
+
+/// <summary>
+/// Server-wide settings of a DataKit service, from `kit data serve`'s flags. One record so that the store, every
+/// session and the remotes see the same operator choices.
+/// </summary>
+public sealed record DataKitOptions
+{
+    public static readonly DataKitOptions Default = new();
+
+    // Limits: bytes a transaction, a connection and the server may hold in transaction working trees.
+
+    // Durability: what an acknowledged commit survives.
+
+    // Remotes: which URLs `remotes/*/url` may name, and how long a network operation may take.
+
+    // Commit metadata: the author and committer a transaction gets unless it says otherwise.
+}
