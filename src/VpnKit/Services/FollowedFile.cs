@@ -4,7 +4,9 @@ namespace Kit.VpnKit.Services;
 /// A host file the gateway follows (resolv.conf, hosts): parsed again when its modification time or size changes,
 /// looked at no more than once per <see cref="CheckInterval"/> however many queries arrive. A stat per second costs
 /// nothing, and unlike an inotify watch it survives what resolvconf and NetworkManager do to these files (replace them
-/// by rename, or swap the symlink they are).
+/// by rename, or swap the symlink they are). Two writes of the same size within one tick of the kernel's file clock
+/// (a few ms) leave the same stamp, so a file modified in the last <see cref="SettleTime"/> is read again on every
+/// check and compared by content.
 /// </summary>
 internal sealed class FollowedFile<T>(string path, Func<string, T> parse, T missing)
 {
@@ -15,9 +17,13 @@ internal sealed class FollowedFile<T>(string path, Func<string, T> parse, T miss
     /// <summary>Largest file read: a hosts file of ad-blocking lists is a few MiB; beyond this the rest is ignored.</summary>
     public const int MaxBytes = 8 << 20;
 
+    /// <summary>How long after its last modification a file is compared by content rather than by stamp.</summary>
+    public static readonly TimeSpan SettleTime = TimeSpan.FromSeconds(2);
+
     private readonly Lock _gate = new();
     private long _nextCheck = long.MinValue;
     private (long Ticks, long Length) _seen = (-1, -1);
+    private byte[]? _seenHash;
     private T _value = missing;
 
     public string Path => path;
@@ -53,26 +59,35 @@ internal sealed class FollowedFile<T>(string path, Func<string, T> parse, T miss
     {
         var info = new FileInfo(path);
         (long, long) stamp = info.Exists ? (info.LastWriteTimeUtc.Ticks, info.Length) : (0, -1);
-        if (stamp == _seen)
+        bool settled = !info.Exists || DateTime.UtcNow - info.LastWriteTimeUtc > SettleTime;
+        if (stamp == _seen && settled)
         {
             return false;
         }
         _seen = stamp;
-        _value = info.Exists ? ReadOrMissing() : _missing;
+        string? text = info.Exists ? ReadText() : null;
+        byte[]? hash = text is null ? null : System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text));
+        if (hash is not null && _seenHash is not null ? hash.AsSpan().SequenceEqual(_seenHash) : hash == _seenHash)
+        {
+            return false;
+        }
+        _seenHash = hash;
+        _value = text is null ? _missing : parse(text);
         return true;
     }
 
-    private T ReadOrMissing()
+    /// <summary>The file's text (at most <see cref="MaxBytes"/>), or null when it cannot be read now.</summary>
+    private string? ReadText()
     {
         try
         {
             using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
             using var reader = new StreamReader(new BoundedStream(stream, MaxBytes));
-            return parse(reader.ReadToEnd());
+            return reader.ReadToEnd();
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return _missing; // Unreadable now; the next change of stamp tries again.
+            return null; // Unreadable now: answered as missing; the next change of stamp tries again.
         }
     }
 
