@@ -368,7 +368,7 @@ public sealed partial class VpnKitServer : IDisposable
                 Socket s = await listener.AcceptAsync().ConfigureAwait(false);
                 lock (_gate.Sync)
                 {
-                    TcpConnection? c = _gate.Engine.OpenToGuest(_gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp, EngineGate.Now);
+                    TcpSocket? c = _gate.Engine.OpenToGuest(_gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp, EngineGate.Now);
                     if (c is null)
                     {
                         s.Dispose();
