@@ -341,6 +341,15 @@ public sealed class RemoteRegistry : IAsyncDisposable
         await r.Op.WaitAsync(stop).ConfigureAwait(false);
         try
         {
+            // Read again under Op: a client's fetch or push (which also takes Op) after it changed a list is a barrier,
+            // so no round that began before the change can still push a branch it no longer names.
+            sync = Lines(r.SyncBranches.Text);
+            push = [.. Lines(r.PushBranches.Text).Union(sync, StringComparer.Ordinal)];
+            url = r.Url.Text.Trim();
+            if (url.Length == 0 || _settings.AllowRemotes.Refusal(url) is not null)
+            {
+                return;
+            }
             if (fetchDue)
             {
                 foreach (string b in sync)
@@ -467,7 +476,7 @@ public sealed class RemoteRegistry : IAsyncDisposable
                 await _ops.SetRefAsync(RemoteOps.ConflictRef(r.Name, branch), theirs, stop).ConfigureAwait(false);
                 r.Changed.Poke();
             }
-            throw new IOException($"replication of {branch} from {r.Name}: conflict with remote commit {theirs.Sha}: {conflicts.First().Key}: {conflicts.First().Value}");
+            return; // reported in conflicts (not in error, which says what failed in the last round)
         }
     }
 }
