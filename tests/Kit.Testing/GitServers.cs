@@ -12,14 +12,6 @@ namespace Kit.Testing;
 /// </summary>
 public static class GitServers
 {
-    /// <summary>A free loopback TCP port (bound and released: a server started right after gets it).</summary>
-    public static int FreePort()
-    {
-        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)s.LocalEndPoint!).Port;
-    }
-
     /// <summary>Waits until something accepts TCP connections on 127.0.0.1:<paramref name="port"/>.</summary>
     public static async Task WaitForPortAsync(int port, TimeSpan timeout, RunningProcess? server = null)
     {
@@ -58,7 +50,7 @@ public static class GitServers
     /// <summary>`git daemon` serving <paramref name="root"/> (--base-path, --export-all) with push enabled.</summary>
     public static async Task<GitDaemon> StartDaemonAsync(string root)
     {
-        int port = FreePort();
+        int port = LoopbackPort.Free();
         RunningProcess p = ProcessRunner.Start("git",
         [
             "daemon", "--reuseaddr", "--listen=127.0.0.1", $"--port={port}", $"--base-path={root}", "--export-all",
@@ -77,7 +69,7 @@ public static class GitServers
         (await ProcessRunner.RunAsync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", clientKey])).EnsureSuccess();
         string authorized = Path.Combine(dir, "authorized_keys");
         File.Copy(clientKey + ".pub", authorized);
-        int port = FreePort();
+        int port = LoopbackPort.Free();
         string config = Path.Combine(dir, "sshd_config");
         File.WriteAllText(config, string.Join('\n',
             $"Port {port}",
@@ -143,7 +135,7 @@ public sealed class GitHttpServer : IDisposable
     internal GitHttpServer(string root)
     {
         _root = root;
-        Port = GitServers.FreePort();
+        Port = LoopbackPort.Free();
         _listener.Prefixes.Add($"http://127.0.0.1:{Port}/");
         _listener.Start();
         _loop = Task.Run(ServeAsync);

@@ -469,12 +469,15 @@ public sealed class RemoteRegistry : IAsyncDisposable
             lock (r.Gate)
             {
                 fresh = !r.Conflicts.TryGetValue(branch, out ObjectId? known) || known != theirs;
-                r.Conflicts[branch] = theirs;
             }
             if (fresh)
             {
+                // The ref first: once conflicts lists the commit, it is safe from gc.
                 await _ops.SetRefAsync(RemoteOps.ConflictRef(r.Name, branch), theirs, stop).ConfigureAwait(false);
-                r.Changed.Poke();
+                lock (r.Gate)
+                {
+                    r.Conflicts[branch] = theirs;
+                }
             }
             return; // reported in conflicts (not in error, which says what failed in the last round)
         }

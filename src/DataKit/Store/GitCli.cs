@@ -154,8 +154,13 @@ public sealed class GitCli
             bool cancelled = ct.IsCancellationRequested;
             throw new GitTimeoutException(cancelled ? "cancelled" : $"timed out after {Timeout.TotalSeconds:0.#} s", cancelled);
         }
-        // A child left in the group after git exited (it should not happen) must not keep the pipes open.
-        ProcessSignal.SendToGroup(pgid, (PosixSignal)9);
+        // The pipes close when the last process holding them exits. One that outlives git (it should not) is still a
+        // member of git's group, so the group id is still ours to signal: never a recycled one.
+        Task output = Task.WhenAll(stdout, stderr);
+        if (await Task.WhenAny(output, Task.Delay(TimeSpan.FromSeconds(5), CancellationToken.None)).ConfigureAwait(false) != output)
+        {
+            ProcessSignal.SendToGroup(pgid, (PosixSignal)9);
+        }
         return new GitResult(process.ExitCode, await stdout.ConfigureAwait(false), await stderr.ConfigureAwait(false));
     }
 
