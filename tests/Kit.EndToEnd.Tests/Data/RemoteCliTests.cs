@@ -24,9 +24,9 @@ public sealed class RemoteCliTests : IDisposable
     public void AnUnsafePrefixIsRefusedAtStart()
     {
         ProcessResult r = KitCli.Run("data", "serve", "--git", Path.Combine(Root, "store"), "--listen-9p", "tcp://127.0.0.1:0",
-            "--allow-remote", "ext::sh -c id");
+            "--allow-remote", "ext::id");
         Assert.NotEqual(0, r.ExitCode);
-        Assert.Contains("--allow-remote ext::sh -c id: remote helper URLs", r.StandardError, StringComparison.Ordinal);
+        Assert.Contains("--allow-remote ext::id: remote helper URLs", r.StandardError, StringComparison.Ordinal);
         Assert.DoesNotContain("   at ", r.Output, StringComparison.Ordinal);
         Assert.False(Directory.Exists(Path.Combine(Root, "store")));
     }
