@@ -3,7 +3,7 @@
 
   auto ADDR REMOTE URL REFFILE N     remotes/REMOTE/push-branches names master; N commits; each one is timed from the
                                      return of its ctl "commit" write to REFFILE (the remote's loose ref file, read by
-                                     polling every 0.2 ms) holding the new head
+                                     polling every 1 ms) holding the new head
   cmd ADDR REMOTE URL REFFILE N      N commits, each pushed by writing "master" to remotes/REMOTE/push; timed from that
                                      write's start to its return (the ref is checked to be there)
 
@@ -72,7 +72,7 @@ def main() -> None:
             while ref(reffile) != want:
                 if time.perf_counter() > deadline:
                     raise SystemExit(f"the remote did not get {want} within 30 s")
-                time.sleep(0.0002)
+                time.sleep(0.001)
             dt = time.perf_counter() - t0
         else:
             commit(c, i, tag)
