@@ -188,9 +188,17 @@ public sealed class RemoteRegistry : IAsyncDisposable
             }));
     }
 
+    /// <summary>Branches one list may name: each is looked up after every commit, so a client cannot make that unbounded.</summary>
+    private const int MaxListedBranches = 256;
+
     private static void CheckBranchList(string text)
     {
-        foreach (string line in Lines(text))
+        string[] lines = Lines(text);
+        if (lines.Length > MaxListedBranches)
+        {
+            throw DkErrors.Invalid($"at most {MaxListedBranches} branches per list");
+        }
+        foreach (string line in lines)
         {
             GitStore.CheckBranchName(line);
         }
@@ -301,8 +309,10 @@ public sealed class RemoteRegistry : IAsyncDisposable
             {
                 return;
             }
-            catch (Exception e) when (e is IOException or GitTimeoutException or VfsException or LibGit2SharpException or System.ComponentModel.Win32Exception)
+            catch (Exception e)
             {
+                // The loop's top: whatever one round met (a remote's failure, git missing, the store closing under
+                // it) is reported in error and the next round tries again; nothing escapes a background task unseen.
                 SetError(r, $"{DateTimeOffset.UtcNow:yyyy-MM-ddTHH:mm:ssZ} {e.Message}");
             }
             if (fetchDue)
