@@ -201,6 +201,13 @@ public sealed class RemoteTests : IAsyncLifetime
         Assert.Contains("rejected", e.Message, StringComparison.Ordinal);
         Assert.Equal(elsewhere, GitServers.Git("--git-dir=" + bare, "rev-parse", "master"));
         Assert.NotEqual(diverged, elsewhere);
+
+        // Auto-push meets the same refusal: reported in error, which idle rounds after it do not clear; not forced.
+        await c.WriteTextAsync("remotes/origin/push-branches", "master");
+        Assert.Contains("rejected", await WaitForText(c, "remotes/origin/error", t => t.Contains("rejected", StringComparison.Ordinal), TimeSpan.FromSeconds(20)), StringComparison.Ordinal);
+        await Task.Delay(600); // the head poller's rounds come and go
+        Assert.Contains("rejected", await c.ReadTextAsync("remotes/origin/error"), StringComparison.Ordinal);
+        Assert.Equal(elsewhere, GitServers.Git("--git-dir=" + bare, "rev-parse", "master"));
     }
 
     // ---------- the operator's allow-list ----------

@@ -302,8 +302,12 @@ public sealed class RemoteRegistry : IAsyncDisposable
             bool fetchDue = Environment.TickCount64 >= nextFetch;
             try
             {
-                await RoundAsync(r, fetchDue, stop).ConfigureAwait(false);
-                SetError(r, "");
+                // error clears only when a round reached the remote and all went well: a rejected push-only branch
+                // (not retried until its head moves) stays reported through the idle rounds after it.
+                if (await RoundAsync(r, fetchDue, stop).ConfigureAwait(false))
+                {
+                    SetError(r, "");
+                }
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -339,14 +343,15 @@ public sealed class RemoteRegistry : IAsyncDisposable
         }
     }
 
-    private async Task RoundAsync(Remote r, bool fetchDue, CancellationToken stop)
+    /// <summary>One round; true if it fetched or pushed anything (and all of that succeeded).</summary>
+    private async Task<bool> RoundAsync(Remote r, bool fetchDue, CancellationToken stop)
     {
         string[] sync = Lines(r.SyncBranches.Text);
         string[] push = [.. Lines(r.PushBranches.Text).Union(sync, StringComparer.Ordinal)];
         string url = r.Url.Text.Trim();
         if (push.Length == 0 || url.Length == 0 || _settings.AllowRemotes.Refusal(url) is not null)
         {
-            return;
+            return false;
         }
         await r.Op.WaitAsync(stop).ConfigureAwait(false);
         try
@@ -358,8 +363,9 @@ public sealed class RemoteRegistry : IAsyncDisposable
             url = r.Url.Text.Trim();
             if (url.Length == 0 || _settings.AllowRemotes.Refusal(url) is not null)
             {
-                return;
+                return false;
             }
+            bool worked = fetchDue && sync.Length > 0;
             if (fetchDue)
             {
                 foreach (string b in sync)
@@ -369,8 +375,9 @@ public sealed class RemoteRegistry : IAsyncDisposable
             }
             foreach (string b in push)
             {
-                await PushIfMovedAsync(r, url, b, sync.Contains(b, StringComparer.Ordinal), stop).ConfigureAwait(false);
+                worked |= await PushIfMovedAsync(r, url, b, sync.Contains(b, StringComparer.Ordinal), stop).ConfigureAwait(false);
             }
+            return worked;
         }
         finally
         {
@@ -378,12 +385,13 @@ public sealed class RemoteRegistry : IAsyncDisposable
         }
     }
 
-    private async Task PushIfMovedAsync(Remote r, string url, string branch, bool replicated, CancellationToken stop)
+    /// <summary>Pushes the branch if its head moved since it was last pushed or seen on the remote; true if it pushed.</summary>
+    private async Task<bool> PushIfMovedAsync(Remote r, string url, string branch, bool replicated, CancellationToken stop)
     {
         ObjectId? head = _store.GetHead(branch);
         if (head is null || (r.Settled.TryGetValue(branch, out ObjectId? settled) && settled == head) || StillInConflict(r, branch, head))
         {
-            return;
+            return false;
         }
         PushOutcome outcome = await _ops.PushAsync(url, branch, stop).ConfigureAwait(false);
         if (outcome == PushOutcome.Rejected && replicated)
@@ -393,7 +401,7 @@ public sealed class RemoteRegistry : IAsyncDisposable
             head = _store.GetHead(branch);
             if (head is null || (r.Settled.TryGetValue(branch, out settled) && settled == head) || StillInConflict(r, branch, head))
             {
-                return;
+                return true;
             }
             outcome = await _ops.PushAsync(url, branch, stop).ConfigureAwait(false);
         }
@@ -404,6 +412,7 @@ public sealed class RemoteRegistry : IAsyncDisposable
         {
             throw new IOException($"push of {branch} to {url} rejected: the remote branch has commits this one lacks");
         }
+        return true;
     }
 
     /// <summary>True while the branch's recorded conflict commit is not yet merged into <paramref name="head"/>; clears it once it is.</summary>
