@@ -127,7 +127,7 @@ public static class CommitMetadata
     {
         date = default;
         // full-date: 2026-12-07 (10), "T"/"t"/" " (RFC 3339 §5.6's NOTE allows a space), partial-time: 11:45:00 (8).
-        if (t.Length < 20 || t[4] != '-' || t[7] != '-' || t[10] is not ('T' or 't' or ' ') || t[13] != ':' || t[16] != ':'
+        if (t.Length < 19 || t[4] != '-' || t[7] != '-' || t[10] is not ('T' or 't' or ' ') || t[13] != ':' || t[16] != ':'
             || !AllDigits(t.AsSpan(0, 4)) || !AllDigits(t.AsSpan(5, 2)) || !AllDigits(t.AsSpan(8, 2))
             || !AllDigits(t.AsSpan(11, 2)) || !AllDigits(t.AsSpan(14, 2)) || !AllDigits(t.AsSpan(17, 2)))
         {
@@ -135,7 +135,7 @@ public static class CommitMetadata
             return false;
         }
         int i = 19;
-        if (t[i] == '.')
+        if (i < t.Length && t[i] == '.')
         {
             int start = ++i;
             while (i < t.Length && char.IsAsciiDigit(t[i]))
