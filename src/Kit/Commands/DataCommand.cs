@@ -24,13 +24,32 @@ internal static class DataCommand
             HelpName = "ADDRESS",
             Description = "Where to serve 9P: tcp://HOST:PORT or unix:PATH (repeatable, or comma-separated). Default: tcp://127.0.0.1:5640.",
         };
+        // Commit metadata (issue 16): defaults for transactions whose author/committer files are empty.
+        var author = new Option<string?>("--author") { HelpName = "\"NAME <EMAIL>\"", Description = "Default commit author (and committer). Default: \"datakit <datakit@mobyproject.org>\"." };
+        var committer = new Option<string?>("--committer") { HelpName = "\"NAME <EMAIL>\"", Description = "Default committer. Default: the --author." };
         var serve = new Command("serve", "Serve the DataKit tree over 9P (9P2000, 9P2000.u, 9P2000.L) until interrupted.")
         {
-            git, listen,
+            git, listen, author, committer,
         };
         Supervision.AddTo(serve);
-        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [], ct));
-        return new Command("data", "DataKit: a git-backed store served as a 9P file system.") { serve };
+        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [],
+            CommitDefaults(DataKitOptions.Default, parse.GetValue(author), parse.GetValue(committer)), ct));
+        var data = new Command("data", "DataKit: a git-backed store served as a 9P file system, and small clients for scripts.") { serve };
+        foreach (Command c in DataClientCommands.Create())
+        {
+            data.Subcommands.Add(c);
+        }
+        return data;
+    }
+
+    /// <summary>--author and --committer into the settings, checked as the server will check a transaction's files.</summary>
+    private static DataKitOptions CommitDefaults(DataKitOptions settings, string? author, string? committer)
+    {
+        LibGit2Sharp.Identity? Parse(string flag, string? value) =>
+            value is null ? null
+            : Kit.DataKit.Store.CommitMetadata.TryParseIdentity(value, out LibGit2Sharp.Identity? id, out string error) ? id
+            : throw new CliException($"{flag}: {error}");
+        return settings with { Author = Parse("--author", author), Committer = Parse("--committer", committer) };
     }
 
     public static string DefaultStore()
@@ -42,7 +61,7 @@ internal static class DataCommand
         return Path.Combine(baseDir, "kit", "datakit");
     }
 
-    private static async Task<int> ServeAsync(ParseResult parse, string? gitPath, string[] listenArgs, CancellationToken ct)
+    private static async Task<int> ServeAsync(ParseResult parse, string? gitPath, string[] listenArgs, DataKitOptions settings, CancellationToken ct)
     {
         var addresses = new List<ListenAddress>();
         foreach (string text in listenArgs.SelectMany(a => a.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)))
@@ -68,7 +87,7 @@ internal static class DataCommand
         try
         {
             NativeGit.Prepare();
-            server = new DataKitServer(store, logger, null, sources);
+            server = new DataKitServer(store, logger, null, sources, settings);
         }
         catch (LibGit2Sharp.LibGit2SharpException e)
         {
