@@ -226,6 +226,10 @@ internal static class DataClientCommands
                 bool exec = Executable || (File.GetUnixFileMode(stream.SafeFileHandle) & UnixFileMode.UserExecute) != 0;
                 return (stream, exec);
             }
+            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+            {
+                throw new CliException($"{Source}: no such file");
+            }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 throw new CliException($"{Source}: {e.Message}");
