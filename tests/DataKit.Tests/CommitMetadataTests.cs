@@ -54,6 +54,7 @@ public sealed class CommitMetadataTests : DataKitTestBase
     [Theory]
     [InlineData("author", "nobody", "author: expected \"Name <email>\" (got \"nobody\")")]
     [InlineData("author", " <a@b>", "author: the name is empty")]
+    [InlineData("author", "Ada <>", "author: the email is empty")]
     [InlineData("committer", "A <b<c>", "committer: a name or email may not contain '<', '>' or control characters")]
     [InlineData("date", "2026-12-07T11:45:00", "date: the zone \"\" is not Z or +HH:MM")]
     [InlineData("date", "2026-02-30T11:45:00Z", "is not a real date and time")]
@@ -130,6 +131,42 @@ public sealed class CommitMetadataTests : DataKitTestBase
                 Directory.Delete(git, true);
             }
         }
+    }
+
+    /// <summary>
+    /// The parsers take client bytes: whatever the text, they answer true or false with a reason and never throw.
+    /// Mutations of valid values (and random text over the characters that matter) reach every branch of both.
+    /// </summary>
+    [Fact]
+    public void TheParsersNeverThrowOnArbitraryText()
+    {
+        const string alphabet = "0123456789-:Tt Zz+@<>.\n\tAa\u00e9\0";
+        string[] seeds = ["2026-12-07T11:45:00Z", "2026-12-07 11:45:00.123+01:00", "1700000000 +0100", "@0 -1400", "Ada <ada@example.com>"];
+        var random = new Random(5);
+        int accepted = 0;
+        for (int i = 0; i < 50_000; i++)
+        {
+            char[] text = i % 2 == 0 ? seeds[random.Next(seeds.Length)].ToCharArray() : new char[random.Next(0, 40)];
+            int edits = i % 2 == 0 ? random.Next(1, 4) : text.Length;
+            for (int e = 0; e < edits && text.Length > 0; e++)
+            {
+                text[random.Next(text.Length)] = alphabet[random.Next(alphabet.Length)];
+            }
+            string value = new(text[..random.Next(text.Length + 1)]);
+            if (CommitMetadata.TryParseDate(value, out _, out string dateError))
+            {
+                accepted++;
+            }
+            else
+            {
+                Assert.NotEqual("", dateError);
+            }
+            if (!CommitMetadata.TryParseIdentity(value, out _, out string idError))
+            {
+                Assert.NotEqual("", idError);
+            }
+        }
+        Assert.True(accepted > 100, $"only {accepted} mutated dates parsed: the mutations do not reach the success paths");
     }
 
     private static Task<NinePClient> ConnectTo(DataKitServer server)

@@ -18,8 +18,8 @@ public static class CommitMetadata
     public const int MaxLength = 1024;
 
     /// <summary>
-    /// "Name &lt;email&gt;" as git writes it. The name must be non-empty; the email may be empty ("Name &lt;&gt;", which
-    /// git accepts). Neither may hold '&lt;', '&gt;' or a control character: those would break the header line
+    /// "Name &lt;email&gt;" as git writes it. Neither part may be empty (git accepts "Name &lt;&gt;", LibGit2Sharp's
+    /// Identity does not). Neither may hold '&lt;', '&gt;' or a control character: those would break the header line
     /// (libgit2 refuses angle brackets too, and a newline would end the header early).
     /// </summary>
     public static bool TryParseIdentity(string text, out Identity? identity, out string error)
@@ -42,6 +42,11 @@ public static class CommitMetadata
         if (name.Length == 0)
         {
             error = "the name is empty (expected \"Name <email>\")";
+            return false;
+        }
+        if (email.Length == 0)
+        {
+            error = "the email is empty (expected \"Name <email>\")";
             return false;
         }
         if (HasForbidden(name) || HasForbidden(email))
