@@ -28,7 +28,7 @@ internal static class DataClientCommands
     private static Option<string> UrlOption() => new("--url")
     {
         HelpName = "URL",
-        Description = $"The DataKit server: tcp://HOST:PORT or unix:PATH (default {DefaultUrl}, as `kit data serve`).",
+        Description = "The DataKit server: tcp://HOST:PORT or unix:PATH (the default is where `kit data serve` listens by default).",
         DefaultValueFactory = _ => DefaultUrl,
     };
 
