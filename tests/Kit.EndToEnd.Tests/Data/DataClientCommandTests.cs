@@ -19,14 +19,18 @@ public sealed class DataClientCommandTests : IAsyncLifetime
 
     private string Store => Path.Combine(_dir.FullName, "store");
 
+    private string Socket => Path.Combine(_dir.FullName, "dk.sock");
+
     private static CancellationToken Cancel => TestContext.Current.CancellationToken;
 
     public async ValueTask InitializeAsync()
     {
         // Port 0: the kernel picks a free port, and serve prints the address as bound.
-        _server = KitCli.Start("data", "serve", "--git", Store, "--listen-9p", "tcp://127.0.0.1:0", "--author", "Ops Team <ops@example.com>");
+        // Also a Unix socket in the private directory, for --url unix:PATH.
+        _server = KitCli.Start("data", "serve", "--git", Store, "--listen-9p", "tcp://127.0.0.1:0", "--listen-9p", $"unix:{Socket}",
+            "--author", "Ops Team <ops@example.com>");
         string line = await _server.WaitForLineAsync(l => l.Contains(" on tcp://127.0.0.1:", StringComparison.Ordinal), TimeSpan.FromSeconds(30), Cancel);
-        _url = line[(line.IndexOf(" on ", StringComparison.Ordinal) + 4)..].Trim();
+        _url = line[(line.IndexOf(" on ", StringComparison.Ordinal) + 4)..].Split(", ")[0].Trim();
     }
 
     public ValueTask DisposeAsync()
@@ -165,6 +169,17 @@ public sealed class DataClientCommandTests : IAsyncLifetime
         FailedWith(closed, "cannot connect to DataKit at tcp://127.0.0.1:1: Connection refused (is `kit data serve` running there?)");
         ProcessResult badUrl = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["data", "ls", "master", "--url", "http://x"], TimeSpan.FromSeconds(30), cancellationToken: Cancel);
         FailedWith(badUrl, "--url: 'http://x' is not tcp://HOST:PORT or unix:PATH");
+    }
+
+    [Fact]
+    public async Task A_unix_socket_url_reaches_the_same_store()
+    {
+        ProcessResult write = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["data", "write", "main:over/unix", "--url", $"unix:{Socket}"], TimeSpan.FromSeconds(60), "via the socket\n", cancellationToken: Cancel);
+        Succeeded(write);
+        Assert.Equal((await Git("rev-parse", "main")).Trim(), write.StandardOutput.Trim());
+        ProcessResult cat = await Kit(["cat", "main:over/unix"]);
+        Succeeded(cat);
+        Assert.Equal("via the socket\n", cat.StandardOutput);
     }
 
     [Fact]
