@@ -447,6 +447,12 @@ internal static class DataClientCommands
             {
                 throw new CliException(BranchName.Message(branch, problem));
             }
+            // git allows "feature/x", but the server's branch/ directory holds one 9P name per branch and a 9P name
+            // is one path component (the server answers "Invalid name"): say so rather than "does not exist".
+            if (branch.Contains('/', StringComparison.Ordinal))
+            {
+                throw new CliException($"branch {branch}: names with '/' cannot be reached over 9P yet (branch/ holds one path component per branch)");
+            }
         }
 
         /// <summary>Slashes collapsed; "." and ".." refused, since 9P walks would leave the tree with them.</summary>

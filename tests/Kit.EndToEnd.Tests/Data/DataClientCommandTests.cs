@@ -153,6 +153,7 @@ public sealed class DataClientCommandTests : IAsyncLifetime
         FailedWith(await Kit(["cat", "master:a"]), "master:a: is a directory (use kit data ls)");
         FailedWith(await Kit(["cat", "master"]), "master: expected BRANCH:PATH");
         FailedWith(await Kit(["cat", "bad..name:x"]), "Invalid branch name \"bad..name\": it contains \"..\"");
+        FailedWith(await Kit(["cat", "feature/x:f"]), "branch feature/x: names with '/' cannot be reached over 9P yet (branch/ holds one path component per branch)");
         FailedWith(await Kit(["ls", "master:../x"]), "master:../x: a path may not contain '.' or '..' components");
         FailedWith(await Kit(["commit", "master", "-m", "m", "--delete", "nothere"]), "master:nothere: no such file or directory");
         FailedWith(await Kit(["write", "master:a/file/below"], "x"), "master:a/file/below: \"file\" is not a directory");
