@@ -27,4 +27,13 @@ public sealed record DataKitOptions
     public IReadOnlyDictionary<string, string> RemoteEnvironment { get; init; } = new Dictionary<string, string>();
 
     // Commit metadata: the author and committer a transaction gets unless it says otherwise.
+
+    /// <summary>
+    /// Default author of commits whose transaction leaves <c>author</c> empty (`--author`); also the default committer
+    /// when <see cref="Committer"/> is unset. Null: "datakit &lt;datakit@mobyproject.org&gt;", as the original wrote.
+    /// </summary>
+    public LibGit2Sharp.Identity? Author { get; init; }
+
+    /// <summary>Default committer (`--committer`); null: <see cref="Author"/>.</summary>
+    public LibGit2Sharp.Identity? Committer { get; init; }
 }

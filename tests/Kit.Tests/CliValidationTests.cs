@@ -60,6 +60,19 @@ public sealed class CliValidationTests : IDisposable
         Assert.Equal("root:x:0:0::/root:/bin/sh\n", File.ReadAllText(file));
     }
 
+    /// <summary>A bad default identity stops `kit data serve` before it creates the store or listens.</summary>
+    [Fact]
+    public void DataServeRefusesABadAuthorBeforeCreatingAnything()
+    {
+        string store = Path.Combine(_dir.FullName, "store");
+
+        ProcessResult result = KitCli.Run("data", "serve", "--git", store, "--listen-9p", "tcp://127.0.0.1:0", "--author", "nobody");
+
+        Assert.Equal(1, result.ExitCode);
+        Assert.Equal("kit: --author: expected \"Name <email>\"", result.StandardError.Trim());
+        Assert.False(Directory.Exists(store));
+    }
+
     /// <summary>A directory with things in it that is not a repository is left as it is: no `git init` inside.</summary>
     [Fact]
     public void DataServeRefusesANonEmptyDirectoryThatIsNotARepository()

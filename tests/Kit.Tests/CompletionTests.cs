@@ -27,6 +27,8 @@ public sealed class CompletionTests
         Assert.Equal(["run"], BashCandidates("kit", "vm", "r"));
         Assert.Equal(["--kernel"], BashCandidates("kit", "vm", "run", "--ker"));
         Assert.Contains("--ready-fd", BashCandidates("kit", "-v", "data", "serve", "--re"));
+        Assert.Equal(["watch", "write"], BashCandidates("kit", "data", "w").Order());
+        Assert.Equal(["--set"], BashCandidates("kit", "data", "commit", "--se"));
         Assert.Empty(BashCandidates("kit", "net", "run", "--", "ech"));
     }
 
@@ -47,7 +49,7 @@ public sealed class CompletionTests
         ProcessResult man = KitCli.Run("man");
         Assert.Equal(0, man.ExitCode);
         string page = man.StandardOutput;
-        foreach (string command in new[] { "guest build", "vm run", "net run", "net serve", "data serve", "up", "completion", "man" })
+        foreach (string command in new[] { "guest build", "vm run", "net run", "net serve", "data serve", "data ls", "data cat", "data write", "data commit", "data watch", "up", "completion", "man" })
         {
             Assert.Contains($".SS \"kit {command}", page, StringComparison.Ordinal);
         }

@@ -55,6 +55,9 @@ public enum ValueKind
 /// <summary>A path's kind and size.</summary>
 public sealed record DkStat(ValueKind Kind, long Size);
 
+/// <summary>One directory entry: name, kind and size, from the directory read itself (no stat per entry).</summary>
+public sealed record DkEntry(string Name, ValueKind Kind, long Size);
+
 public enum DiffKind
 {
     Added,
@@ -103,6 +106,96 @@ public sealed class DataKitClient : IAsyncDisposable
         catch (NinePException e)
         {
             throw DataKitException.From(e);
+        }
+    }
+
+    /// <summary>A branch if it exists in the store (or this connection made it), else null; creates nothing.</summary>
+    public async Task<Branch?> ExistingBranchAsync(string name, CancellationToken ct = default)
+    {
+        CheckBranchName(name);
+        try
+        {
+            await NineP.StatPathAsync($"branch/{name}", ct).ConfigureAwait(false);
+            return new Branch(this, name);
+        }
+        catch (NinePException e) when (e.Errno == Errno.ENOENT)
+        {
+            return null;
+        }
+        catch (NinePException e)
+        {
+            throw DataKitException.From(e);
+        }
+    }
+
+    internal static ValueKind KindOf(Stat s) =>
+        (s.Mode & P9.DmDir) != 0 ? ValueKind.Dir
+        : (s.Mode & P9.DmSymlink) != 0 ? ValueKind.Link
+        : (s.Mode & 0x40) != 0 ? ValueKind.Exec
+        : ValueKind.File;
+
+    /// <summary>A directory's entries from its 9P2000.u stat records (one read per msize, not one Tstat per entry).</summary>
+    internal async Task<IReadOnlyList<DkEntry>> ListEntriesAsync(string path, CancellationToken ct)
+    {
+        uint fid = await NineP.WalkAsync(path, ct).ConfigureAwait(false);
+        try
+        {
+            await NineP.OpenAsync(fid, P9.OREAD, ct).ConfigureAwait(false);
+            var stats = new List<Stat>();
+            ulong offset = 0;
+            while (true)
+            {
+                byte[] data = await NineP.ReadAsync(fid, offset, NineP.MaxPayload, ct).ConfigureAwait(false);
+                if (data.Length == 0)
+                {
+                    break;
+                }
+                if (!DirEntryCodec.TryParseStats(data, NineP.Dialect, stats))
+                {
+                    throw new DataKitException(DataKitErrorKind.Protocol, $"malformed directory read of {path}");
+                }
+                offset += (ulong)data.Length;
+            }
+            var entries = new DkEntry[stats.Count];
+            for (int i = 0; i < stats.Count; i++)
+            {
+                entries[i] = new DkEntry(stats[i].Name, KindOf(stats[i]), (long)stats[i].Length);
+            }
+            return entries;
+        }
+        finally
+        {
+            await NineP.ClunkAsync(fid).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Copies a file to <paramref name="destination"/> one msize at a time, never holding it whole.</summary>
+    internal async Task CopyFileToAsync(string path, Stream destination, CancellationToken ct)
+    {
+        uint fid = await NineP.WalkAsync(path, ct).ConfigureAwait(false);
+        try
+        {
+            // A directory's read returns stat records, not content: refuse it as cat(1) does.
+            if (KindOf(await NineP.StatAsync(fid, ct).ConfigureAwait(false)) == ValueKind.Dir)
+            {
+                throw new DataKitException(DataKitErrorKind.IsDirectory, "Is a directory");
+            }
+            await NineP.OpenAsync(fid, P9.OREAD, ct).ConfigureAwait(false);
+            ulong offset = 0;
+            while (true)
+            {
+                byte[] chunk = await NineP.ReadAsync(fid, offset, NineP.MaxPayload, ct).ConfigureAwait(false);
+                if (chunk.Length == 0)
+                {
+                    break;
+                }
+                await destination.WriteAsync(chunk, ct).ConfigureAwait(false);
+                offset += (ulong)chunk.Length;
+            }
+        }
+        finally
+        {
+            await NineP.ClunkAsync(fid).ConfigureAwait(false);
         }
     }
 
@@ -239,11 +332,7 @@ public class Tree
         try
         {
             Stat s = await Client.NineP.StatPathAsync(Full(path), ct).ConfigureAwait(false);
-            ValueKind kind = (s.Mode & P9.DmDir) != 0 ? ValueKind.Dir
-                : (s.Mode & P9.DmSymlink) != 0 ? ValueKind.Link
-                : (s.Mode & 0x40) != 0 ? ValueKind.Exec
-                : ValueKind.File;
-            return new DkStat(kind, (long)s.Length);
+            return new DkStat(DataKitClient.KindOf(s), (long)s.Length);
         }
         catch (NinePException e) when (e.Errno == Errno.ENOENT)
         {
@@ -252,6 +341,13 @@ public class Tree
     }
 
     public async Task<bool> ExistsAsync(string path, CancellationToken ct = default) => await StatAsync(path, ct).ConfigureAwait(false) is not null;
+
+    /// <summary>A directory's entries with their kinds and sizes.</summary>
+    public Task<IReadOnlyList<DkEntry>> ListAsync(string path, CancellationToken ct = default) => DataKitClient.Wrap(() => Client.ListEntriesAsync(Full(path), ct));
+
+    /// <summary>Streams a file's content to <paramref name="destination"/> (IsDirectory for a directory).</summary>
+    public Task CopyFileToAsync(string path, Stream destination, CancellationToken ct = default) =>
+        DataKitClient.Wrap(() => Client.CopyFileToAsync(Full(path), destination, ct));
 
     public async Task<bool> ExistsFileAsync(string path, CancellationToken ct = default) =>
         await StatAsync(path, ct).ConfigureAwait(false) is { Kind: ValueKind.File or ValueKind.Exec };
@@ -473,6 +569,50 @@ public sealed class Transaction : Tree, IAsyncDisposable
     {
         CheckOpen();
         return DataKitClient.Wrap(() => P.WriteFileAsync(Full(path), content, true, ct));
+    }
+
+    /// <summary>
+    /// Creates or replaces a file with the bytes of <paramref name="source"/>, streamed one msize at a time (the
+    /// server's create replaces an existing file, so this is one walk and one create whatever was there).
+    /// </summary>
+    public async Task WriteFileAsync(string path, Stream source, bool executable = false, CancellationToken ct = default)
+    {
+        CheckOpen();
+        (string dir, string name) = Split(path);
+        uint fid = await DataKitClient.Wrap(() => P.WalkAsync(Full(dir), ct)).ConfigureAwait(false);
+        try
+        {
+            await DataKitClient.Wrap(() => P.CreateAsync(fid, name, executable ? 0x1EDu : 0x1A4u, P9.OWRITE, "", ct)).ConfigureAwait(false);
+            byte[] buffer = new byte[P.MaxPayload];
+            ulong offset = 0;
+            int n;
+            while ((n = await source.ReadAsync(buffer, ct).ConfigureAwait(false)) > 0)
+            {
+                ReadOnlyMemory<byte> chunk = buffer.AsMemory(0, n);
+                await DataKitClient.Wrap(() => P.WriteAsync(fid, offset, chunk, ct)).ConfigureAwait(false);
+                offset += (ulong)n;
+            }
+        }
+        finally
+        {
+            await P.ClunkAsync(fid).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Sets the commit's author and committer ("Name &lt;email&gt;") and author date (RFC 3339 or "SECONDS +HHMM");
+    /// null leaves the server's default. The server checks them at commit time (EINVAL with a reason).
+    /// </summary>
+    public async Task SetMetadataAsync(string? author = null, string? committer = null, string? date = null, CancellationToken ct = default)
+    {
+        CheckOpen();
+        foreach ((string file, string? value) in new[] { ("author", author), ("committer", committer), ("date", date) })
+        {
+            if (value is not null)
+            {
+                await DataKitClient.Wrap(() => P.WriteTextAsync($"{_dir}/{file}", value, ct)).ConfigureAwait(false);
+            }
+        }
     }
 
     public async Task CreateOrReplaceFileAsync(string path, ReadOnlyMemory<byte> content, CancellationToken ct = default)

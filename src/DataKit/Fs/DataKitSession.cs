@@ -323,7 +323,7 @@ public sealed class DataKitSession : IFileSystemSession
                     {
                         throw DkErrors.Exists();
                     }
-                    var t = new Transaction(_store, state.Name, n, $"{key}/{n}");
+                    var t = new Transaction(_store, state.Name, n, $"{key}/{n}", _settings);
                     state.Transactions[n] = t;
                     return TransactionDir(state, t);
                 }
@@ -350,6 +350,10 @@ public sealed class DataKitSession : IFileSystemSession
             new RwDir(t, []),
             new BufferFile("msg", key + "/msg", t.Msg),
             new BufferFile("parents", key + "/parents", t.Parents),
+            // Commit metadata beside msg (issue 16): checked at commit time, like parents.
+            new BufferFile("author", key + "/author", t.Author),
+            new BufferFile("committer", key + "/committer", t.Committer),
+            new BufferFile("date", key + "/date", t.Date),
             new CommandFile("ctl", key + "/ctl", t.CtlResult, (text, _) =>
             {
                 switch (text)

@@ -15,9 +15,10 @@ internal sealed class Transaction
 {
     public const string NoMessage = "(no commit message)";
 
-    public Transaction(GitStore store, string branch, string name, string qidKey)
+    public Transaction(GitStore store, string branch, string name, string qidKey, DataKitOptions? settings = null)
     {
         Store = store;
+        _settings = settings ?? DataKitOptions.Default;
         Branch = branch;
         Name = name;
         QidKey = qidKey;
@@ -27,6 +28,8 @@ internal sealed class Transaction
         Parents = new TextBuffer(head is null ? "" : head.Sha + "\n");
     }
 
+    private readonly DataKitOptions _settings;
+
     public GitStore Store { get; }
     public string Branch { get; }
     public string Name { get; }
@@ -35,6 +38,15 @@ internal sealed class Transaction
     public WorkDir Root { get; private set; }
     public TextBuffer Msg { get; } = new();
     public TextBuffer Parents { get; }
+
+    /// <summary>"Name &lt;email&gt;" of the author; empty: the server's default (`kit data serve --author`).</summary>
+    public TextBuffer Author { get; } = new();
+
+    /// <summary>"Name &lt;email&gt;" of the committer; empty: the server's default (`--committer`, else `--author`).</summary>
+    public TextBuffer Committer { get; } = new();
+
+    /// <summary>The author date (RFC 3339 or git's "SECONDS +HHMM"); empty: the time of the commit, as git does.</summary>
+    public TextBuffer Date { get; } = new();
     public CommandResult CtlResult { get; } = new();
     public CommandResult MergeResult { get; } = new();
     public SortedDictionary<string, string>? Conflicts { get; private set; }
@@ -155,9 +167,10 @@ internal sealed class Transaction
             }
             CheckNoConflicts();
             List<ObjectId> parents = ParseParents();
+            (Signature author, Signature committer) = Signatures();
             string message = Msg.Text.Length == 0 ? NoMessage : Msg.Text;
             ObjectId tree = Root.Save();
-            ObjectId commit = Store.WriteCommit(tree, parents, message);
+            ObjectId commit = Store.WriteCommit(tree, parents, message, author, committer);
             for (int attempt = 0; attempt < 20; attempt++)
             {
                 ObjectId? head = Store.GetHead(Branch);
@@ -178,7 +191,7 @@ internal sealed class Transaction
                         KeyValuePair<string, string> first = conflicts.First();
                         throw new VfsException(Errno.EAGAIN, $"Merge conflict: {first.Key}: {first.Value}");
                     }
-                    target = Store.WriteCommit(merged.Save(), [head, commit], message);
+                    target = Store.WriteCommit(merged.Save(), [head, commit], message, author, committer);
                 }
                 if (Store.TrySetHead(Branch, target, head, $"datakit: commit {Name}"))
                 {
@@ -188,6 +201,45 @@ internal sealed class Transaction
             }
             throw new VfsException(Errno.EAGAIN, "Merge conflict: branch kept moving");
         }
+    }
+
+    /// <summary>
+    /// The author and committer of this commit: the transaction's <c>author</c>, <c>committer</c> and <c>date</c> files
+    /// where set, else the server's defaults and now. Checked before anything is written, so a bad value leaves the
+    /// transaction open to be fixed (as bad <c>parents</c> do): EINVAL with the file's name and what was expected.
+    /// </summary>
+    private (Signature Author, Signature Committer) Signatures()
+    {
+        DateTimeOffset now = DateTimeOffset.Now;
+        Identity defaultAuthor = _settings.Author ?? Store.Author;
+        Identity committer = ParseIdentity("committer", Committer) ?? _settings.Committer ?? defaultAuthor;
+        Identity author = ParseIdentity("author", Author) ?? defaultAuthor;
+        DateTimeOffset when = now;
+        string date = Date.Text;
+        if (date.Trim().Length > 0 && !CommitMetadata.TryParseDate(date, out when, out string error))
+        {
+            throw DkErrors.Invalid($"date: {error} (got {Quote(date)})");
+        }
+        return (new Signature(author, when), new Signature(committer, now));
+    }
+
+    private static Identity? ParseIdentity(string file, TextBuffer buffer)
+    {
+        string text = buffer.Text;
+        if (text.Trim().Length == 0)
+        {
+            return null;
+        }
+        return CommitMetadata.TryParseIdentity(text, out Identity? identity, out string error)
+            ? identity
+            : throw DkErrors.Invalid($"{file}: {error} (got {Quote(text)})");
+    }
+
+    /// <summary>The offending value, cut short: it came from a client and may be long.</summary>
+    private static string Quote(string text)
+    {
+        string t = text.Trim();
+        return "\"" + (t.Length > 80 ? t[..80] + "..." : t) + "\"";
     }
 
     // ---------- merge mode (§2.3) ----------

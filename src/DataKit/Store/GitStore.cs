@@ -488,14 +488,16 @@ public sealed class GitStore : IDisposable
         public int Compare(byte[]? x, byte[]? y) => x.AsSpan().SequenceCompareTo(y);
     }
 
-    public ObjectId WriteCommit(ObjectId tree, IReadOnlyList<ObjectId> parents, string message)
+    /// <param name="author">Who wrote the change and when; default: <paramref name="committer"/>.</param>
+    /// <param name="committer">Who made the commit and when; default: <see cref="Author"/>, now.</param>
+    public ObjectId WriteCommit(ObjectId tree, IReadOnlyList<ObjectId> parents, string message, Signature? author = null, Signature? committer = null)
     {
         lock (_gate)
         {
-            var sig = new Signature(Author, DateTimeOffset.Now);
+            Signature sig = committer ?? new Signature(Author, DateTimeOffset.Now);
             Tree t = tree == EmptyTree ? _repo.ObjectDatabase.CreateTree(new TreeDefinition()) : _repo.Lookup<Tree>(tree);
             Commit[] ps = parents.Select(p => _repo.Lookup<Commit>(p)).ToArray();
-            Commit c = _repo.ObjectDatabase.CreateCommit(sig, sig, message, t, ps, prettifyMessage: false);
+            Commit c = _repo.ObjectDatabase.CreateCommit(author ?? sig, sig, message, t, ps, prettifyMessage: false);
             // Decoded from the stored object, as GetCommit would: the next transaction on the branch starts from it.
             _writtenCommits.Add(c.Id, Decode(c));
             return c.Id;

@@ -42,14 +42,41 @@ internal static class DataCommand
             Description = "How often branches in remotes/*/sync-branches are fetched and brought in step. Default: 2.",
             DefaultValueFactory = _ => 2,
         };
+        // Commit metadata (issue 16): defaults for transactions whose author/committer files are empty.
+        var author = new Option<string?>("--author") { HelpName = "\"NAME <EMAIL>\"", Description = "Default commit author (and committer). Default: \"datakit <datakit@mobyproject.org>\"." };
+        var committer = new Option<string?>("--committer") { HelpName = "\"NAME <EMAIL>\"", Description = "Default committer. Default: the --author." };
         var serve = new Command("serve", "Serve the DataKit tree over 9P (9P2000, 9P2000.u, 9P2000.L) until interrupted.")
         {
-            git, listen, allowRemote, remoteTimeout, replicateInterval,
+            git, listen, allowRemote, remoteTimeout, replicateInterval, author, committer,
         };
         Supervision.AddTo(serve);
-        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [],
-            RemoteSettings(parse.GetValue(allowRemote) ?? [], parse.GetValue(remoteTimeout), parse.GetValue(replicateInterval)), ct));
-        return new Command("data", "DataKit: a git-backed store served as a 9P file system.") { serve };
+
+        // The server-wide settings, each group checked with a one-line error before the store is opened.
+        DataKitOptions Settings(ParseResult parse)
+        {
+            DataKitOptions settings = DataKitOptions.Default;
+            settings = RemoteSettings(settings, parse.GetValue(allowRemote) ?? [], parse.GetValue(remoteTimeout), parse.GetValue(replicateInterval));
+            settings = CommitDefaults(settings, parse.GetValue(author), parse.GetValue(committer));
+            return settings;
+        }
+
+        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [], Settings(parse), ct));
+        var data = new Command("data", "DataKit: a git-backed store served as a 9P file system, and small clients for scripts.") { serve };
+        foreach (Command c in DataClientCommands.Create())
+        {
+            data.Subcommands.Add(c);
+        }
+        return data;
+    }
+
+    /// <summary>--author and --committer into the settings, checked as the server will check a transaction's files.</summary>
+    private static DataKitOptions CommitDefaults(DataKitOptions settings, string? author, string? committer)
+    {
+        LibGit2Sharp.Identity? Parse(string flag, string? value) =>
+            value is null ? null
+            : Kit.DataKit.Store.CommitMetadata.TryParseIdentity(value, out LibGit2Sharp.Identity? id, out string error) ? id
+            : throw new CliException($"{flag}: {error}");
+        return settings with { Author = Parse("--author", author), Committer = Parse("--committer", committer) };
     }
 
     public static string DefaultStore()
@@ -61,7 +88,7 @@ internal static class DataCommand
         return Path.Combine(baseDir, "kit", "datakit");
     }
 
-    private static DataKitOptions RemoteSettings(string[] allow, int timeoutSeconds, double intervalSeconds)
+    private static DataKitOptions RemoteSettings(DataKitOptions settings, string[] allow, int timeoutSeconds, double intervalSeconds)
     {
         if (timeoutSeconds is < 1 or > 86_400)
         {
@@ -73,7 +100,7 @@ internal static class DataCommand
         }
         try
         {
-            return DataKitOptions.Default with
+            return settings with
             {
                 AllowRemotes = new Kit.DataKit.Store.RemotePolicy(allow),
                 RemoteTimeout = TimeSpan.FromSeconds(timeoutSeconds),
