@@ -17,7 +17,8 @@ public sealed class DataKitServer : IAsyncDisposable
         Store = GitStore.Open(gitPath);
         LogSources = logSources ?? new LogSources(LogLevel.Warning);
         _poller = new HeadPoller(Store, TimeSpan.FromMilliseconds(200));
-        NineP = new NinePServer(() => new DataKitSession(Store, LogSources, Settings), options, logger);
+        var serverBytes = new ByteBudget(Settings.MaxServerBytes, null, "server");
+        NineP = new NinePServer(() => new DataKitSession(Store, LogSources, Settings, serverBytes), options, logger);
     }
 
     public DataKitOptions Settings { get; }

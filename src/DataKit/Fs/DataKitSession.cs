@@ -20,11 +20,15 @@ public sealed class DataKitSession : IFileSystemSession
     private readonly IDirectory _root;
 
     private readonly DataKitOptions _settings;
+    private readonly ByteBudget _connectionBytes;
 
-    public DataKitSession(GitStore store, LogSources? logSources = null, DataKitOptions? settings = null)
+    /// <param name="serverBytes">The server-wide budget all sessions share; a session alone gets one of its own.</param>
+    public DataKitSession(GitStore store, LogSources? logSources = null, DataKitOptions? settings = null, ByteBudget? serverBytes = null)
     {
         _store = store;
         _settings = settings ?? DataKitOptions.Default;
+        _connectionBytes = new ByteBudget(_settings.MaxConnectionBytes,
+            serverBytes ?? new ByteBudget(_settings.MaxServerBytes, null, "server"), "connection");
         logSources ??= new LogSources(Microsoft.Extensions.Logging.LogLevel.Warning);
         _root = SyntheticDir.Fixed("", "/",
             BranchesDir(),
@@ -38,7 +42,22 @@ public sealed class DataKitSession : IFileSystemSession
     public ValueTask<IDirectory> AttachAsync(string uname, string aname, CancellationToken ct) =>
         aname is "" or "/" ? ValueTask.FromResult(_root) : throw DkErrors.NotFound();
 
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    /// <summary>The connection went: its transactions end, closing their spill files and giving back their bytes.</summary>
+    public ValueTask DisposeAsync()
+    {
+        lock (_gate)
+        {
+            foreach (BranchState b in _branches.Values)
+            {
+                foreach (Transaction t in b.Transactions.Values)
+                {
+                    t.Dispose();
+                }
+                b.Transactions.Clear();
+            }
+        }
+        return ValueTask.CompletedTask;
+    }
 
     private sealed class BranchState(string name)
     {
@@ -133,7 +152,13 @@ public sealed class DataKitSession : IFileSystemSession
             _store.DeleteBranch(name);
             lock (_gate)
             {
-                _branches.Remove(name);
+                if (_branches.Remove(name, out BranchState? gone))
+                {
+                    foreach (Transaction t in gone.Transactions.Values)
+                    {
+                        t.Dispose();
+                    }
+                }
             }
         },
         Rename = (from, to) =>
@@ -327,7 +352,8 @@ public sealed class DataKitSession : IFileSystemSession
                     {
                         throw DkErrors.Exists();
                     }
-                    var t = new Transaction(_store, state.Name, n, $"{key}/{n}");
+                    var t = new Transaction(_store, state.Name, n, $"{key}/{n}",
+                        new WorkArea(_store, new ByteBudget(_settings.MaxTransactionBytes, _connectionBytes, "transaction")));
                     state.Transactions[n] = t;
                     return TransactionDir(state, t);
                 }
@@ -343,6 +369,7 @@ public sealed class DataKitSession : IFileSystemSession
             {
                 state.Transactions.Remove(t.Name);
             }
+            t.Dispose();
         }
     }
 
