@@ -34,7 +34,7 @@ public sealed class StoreTests : DataKitTestBase
         long before = store.TreesWritten;
         lock (tx.Gate)
         {
-            tx.File(["d123", "deep", "f2"], touch: true).Write(store, 0, "changed"u8);
+            tx.File(["d123", "deep", "f2"], touch: true).Write(tx.Area, 0, "changed"u8);
         }
         ObjectId head = tx.Commit();
         // Root, d123 and d123/deep: three trees, whatever the width of the tree.
@@ -62,13 +62,13 @@ public sealed class StoreTests : DataKitTestBase
                 // As the soak's client does: create the file, or truncate and rewrite it (`echo x > file`).
                 if (tx.Get([name]) is WorkFile)
                 {
-                    tx.File([name], touch: true).Truncate(store, 0);
+                    tx.File([name], touch: true).Truncate(tx.Area, 0);
                 }
                 else
                 {
                     tx.Dir([], touch: true).Children[name] = new WorkFile(EntryKind.File, null);
                 }
-                tx.File([name], touch: true).Write(store, 0, Encoding.UTF8.GetBytes($"iteration {i}\n"));
+                tx.File([name], touch: true).Write(tx.Area, 0, Encoding.UTF8.GetBytes($"iteration {i}\n"));
             }
             tx.Commit();
         }

@@ -35,7 +35,7 @@ public static class LooseObjectWriter
         byte[] id;
         try
         {
-            var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, BufferSize = 0 };
+            var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, BufferSize = ChunkSize };
             if (!OperatingSystem.IsWindows())
             {
                 // git's loose objects are read-only (0444, before the umask).
@@ -44,8 +44,7 @@ public static class LooseObjectWriter
             using (var file = new FileStream(tmp, options))
             {
                 using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA1);
-                using (var buffered = new BufferedStream(file, ChunkSize))
-                using (var z = new ZLibStream(buffered, CompressionLevel.Fastest, leaveOpen: true))
+                using (var z = new ZLibStream(file, CompressionLevel.Fastest, leaveOpen: true))
                 {
                     byte[] header = Encoding.ASCII.GetBytes($"blob {length}\0");
                     hash.AppendData(header);
