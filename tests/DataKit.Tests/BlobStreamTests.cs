@@ -6,6 +6,7 @@ using Kit.DataKit.Store;
 using Kit.NineP.Client;
 using Kit.NineP.Protocol;
 using Kit.NineP.Vfs;
+using Kit.Testing;
 using LibGit2Sharp;
 
 namespace Kit.DataKit.Tests;
@@ -263,5 +264,66 @@ public sealed class BlobLimitTests : DataKitTestBase
         await Commit(C, t2, "after close");
         Assert.Equal($"{Tx}\n", Git("cat-file", "-s", "master:c"));
         Git("fsck", "--strict");
+    }
+}
+
+/// <summary>diod's own client reads a large blob that plain git wrote, from a server that has never read it.</summary>
+[Trait("Tier", "Real")]
+public sealed class ColdBlobReadTests : DataKitTestBase
+{
+    [Fact]
+    public async Task DiodcatReadsA64MiBBlobWrittenByPlainGitFromAFreshlyStartedServer()
+    {
+        byte[] content = new byte[64 << 20];
+        new Random(64).NextBytes(content);
+        string file = Path.Combine(GitDir, "big.bin");
+        await File.WriteAllBytesAsync(file, content, TestContext.Current.CancellationToken);
+        // Plumbing only, as a user with plain git would: hash-object, mktree, commit-tree, update-ref.
+        string blob = Git("hash-object", "-w", file).Trim();
+        File.Delete(file);
+        ProcessResult mktree = await ProcessRunner.RunAsync("git", ["-C", GitDir, "mktree"], standardInput: $"100644 blob {blob}\tbig\n");
+        string tree = mktree.EnsureSuccess().StandardOutput.Trim();
+        string commit = Git("commit-tree", tree, "-m", "big from git").Trim();
+        Git("update-ref", "refs/heads/master", commit);
+
+        // A separate, freshly started server process: nothing of the blob is in its memory.
+        var psi = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, UseShellExecute = false };
+        psi.Environment[ChildServer.Variable] = GitDir;
+        using Process child = Process.Start(psi)!;
+        try
+        {
+            string line = (await child.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60)))!;
+            Assert.StartsWith("port ", line, StringComparison.Ordinal);
+            string server = $"127.0.0.1:{line[5..]}";
+            var watch = Stopwatch.StartNew();
+            var (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync(
+                "diodcat", ["-s", server, "-a", "/", "-m", "1048576", "branch/master/ro/big"], TimeSpan.FromSeconds(120));
+            watch.Stop();
+            Assert.True(code == 0, stderr);
+            Assert.Equal(content.Length, stdout.Length);
+            Assert.True(content.AsSpan().SequenceEqual(stdout), "diodcat's bytes differ from the blob");
+            TestContext.Current.SendDiagnosticMessage($"cold 64 MiB read: {watch.ElapsedMilliseconds} ms");
+            // The server streamed: its peak RSS stays well under the blob's size plus the runtime's own.
+            long peakKiB = PeakRssKiB(child.Id);
+            Assert.InRange(peakKiB, 1, 60 * 1024);
+        }
+        finally
+        {
+            child.Kill();
+            await child.WaitForExitAsync(TestContext.Current.CancellationToken);
+        }
+    }
+
+    /// <summary>VmHWM of /proc/PID/status: the process's peak resident set, in KiB.</summary>
+    internal static long PeakRssKiB(int pid)
+    {
+        foreach (string l in File.ReadLines($"/proc/{pid}/status"))
+        {
+            if (l.StartsWith("VmHWM:", StringComparison.Ordinal))
+            {
+                return long.Parse(l["VmHWM:".Length..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            }
+        }
+        return -1;
     }
 }

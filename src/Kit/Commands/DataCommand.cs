@@ -24,14 +24,44 @@ internal static class DataCommand
             HelpName = "ADDRESS",
             Description = "Where to serve 9P: tcp://HOST:PORT or unix:PATH (repeatable, or comma-separated). Default: tcp://127.0.0.1:5640.",
         };
+        // Limits (issue 16): bytes of edited files that transactions may hold, ENOSPC beyond; EFBIG for one file past a transaction's.
+        var maxTx = SizeOption("--max-transaction-bytes", "one transaction's edited files", DataKitOptions.Default.MaxTransactionBytes);
+        var maxConn = SizeOption("--max-connection-bytes", "all transactions of one connection", DataKitOptions.Default.MaxConnectionBytes);
+        var maxServer = SizeOption("--max-server-bytes", "all transactions of the server", DataKitOptions.Default.MaxServerBytes);
         var serve = new Command("serve", "Serve the DataKit tree over 9P (9P2000, 9P2000.u, 9P2000.L) until interrupted.")
         {
-            git, listen,
+            git, listen, maxTx, maxConn, maxServer,
         };
         Supervision.AddTo(serve);
-        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [], ct));
+        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [], new DataKitOptions
+        {
+            MaxTransactionBytes = parse.GetValue(maxTx),
+            MaxConnectionBytes = parse.GetValue(maxConn),
+            MaxServerBytes = parse.GetValue(maxServer),
+        }, ct));
         return new Command("data", "DataKit: a git-backed store served as a 9P file system.") { serve };
     }
+
+    /// <summary>A byte count flag: a number with an optional K, M, G or T suffix (powers of 1024).</summary>
+    private static Option<long> SizeOption(string name, string what, long fallback) => new(name)
+    {
+        HelpName = "BYTES",
+        Description = $"Most bytes {what} may hold (suffix K, M, G, T). Default: {fallback >> 30}G.",
+        DefaultValueFactory = _ => fallback,
+        CustomParser = r =>
+        {
+            string text = r.Tokens.Count == 1 ? r.Tokens[0].Value.Trim() : "";
+            int shift = text.Length == 0 ? 0 : char.ToUpperInvariant(text[^1]) switch { 'K' => 10, 'M' => 20, 'G' => 30, 'T' => 40, _ => 0 };
+            string digits = shift == 0 ? text : text[..^1];
+            if (!long.TryParse(digits, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long n)
+                || n > (long.MaxValue >> shift))
+            {
+                r.AddError($"{name}: expected a byte count such as 8G, got \"{text}\"");
+                return 0;
+            }
+            return n << shift;
+        },
+    };
 
     public static string DefaultStore()
     {
@@ -42,7 +72,7 @@ internal static class DataCommand
         return Path.Combine(baseDir, "kit", "datakit");
     }
 
-    private static async Task<int> ServeAsync(ParseResult parse, string? gitPath, string[] listenArgs, CancellationToken ct)
+    private static async Task<int> ServeAsync(ParseResult parse, string? gitPath, string[] listenArgs, DataKitOptions settings, CancellationToken ct)
     {
         var addresses = new List<ListenAddress>();
         foreach (string text in listenArgs.SelectMany(a => a.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)))
@@ -68,7 +98,7 @@ internal static class DataCommand
         try
         {
             NativeGit.Prepare();
-            server = new DataKitServer(store, logger, null, sources);
+            server = new DataKitServer(store, logger, null, sources, settings);
         }
         catch (LibGit2Sharp.LibGit2SharpException e)
         {
