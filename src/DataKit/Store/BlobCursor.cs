@@ -27,11 +27,15 @@ public sealed class BlobCursor : IDisposable
 
     /// <param name="length">The blob's size from its header, checked against what the source yields.</param>
     /// <param name="open">Opens a fresh source positioned at the content's first byte.</param>
-    public BlobCursor(long length, Func<Stream> open)
+    /// <param name="first">A source already open at the content's first byte (the one whose header gave the length), used by the first read.</param>
+    public BlobCursor(long length, Func<Stream> open, Stream? first = null)
     {
         Length = length;
         _open = open;
+        _first = first;
     }
+
+    private Stream? _first;
 
     public long Length { get; }
 
@@ -69,7 +73,8 @@ public sealed class BlobCursor : IDisposable
     {
         _source?.Dispose();
         _source = null;
-        _source = _open();
+        _source = _first ?? _open();
+        _first = null;
         Opens++;
         _window ??= new byte[(int)Math.Min(WindowSize, Math.Max(Length, 1))];
         _windowStart = 0;
@@ -103,6 +108,8 @@ public sealed class BlobCursor : IDisposable
 
     public void Dispose()
     {
+        _first?.Dispose();
+        _first = null;
         _source?.Dispose();
         _source = null;
         _window = null;

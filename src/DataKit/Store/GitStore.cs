@@ -461,9 +461,9 @@ public sealed class GitStore : IDisposable
         Stream? loose = BlobSources.OpenLoose(_gitDir, id, out long size);
         if (loose is not null)
         {
-            loose.Dispose();
             string gitDir = _gitDir;
-            return new BlobCursor(size, () => BlobSources.OpenLoose(gitDir, id, out _) ?? BlobSources.OpenWithGit(gitDir, id));
+            // A restart reopens the loose file, or asks git if a repack moved the object into a pack meanwhile.
+            return new BlobCursor(size, () => BlobSources.OpenLoose(gitDir, id, out _) ?? BlobSources.OpenWithGit(gitDir, id), loose);
         }
         long length;
         lock (_gate)

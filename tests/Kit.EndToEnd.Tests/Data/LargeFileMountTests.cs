@@ -17,8 +17,9 @@ public sealed class LargeFileMountTests(ITestOutputHelper output)
     private const int Chunk = 1 << 20;
     // Where the guest writes a MiB of text (in MiB): the start, the middle, past 512 MiB, and the last MiB.
     private static readonly int[] ChunkAt = [0, 100, 513, 1023];
-    // The bound on the server's peak RSS: the file is 1 GiB, the server holds a 4 MiB read window and 256 KiB buffers.
-    private const long MaxPeakRssMiB = 160;
+    // The bound on the server's peak RSS (28 MiB measured on 2026-12-07): the file is 1 GiB; the server holds a 4 MiB read
+    // window and 256 KiB buffers.
+    private const long MaxPeakRssMiB = 100;
 
     private static byte[] ChunkBytes(int i)
     {
