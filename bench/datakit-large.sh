@@ -24,7 +24,7 @@ cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 echo "# date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "# machine: nproc=$(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# versions: diod $(dpkg-query -W -f='${Version}' diod 2>/dev/null), $(git --version), kit $(git rev-parse --short HEAD)"
+echo "# versions: diod $(dpkg-query -W -f='${Version}' diod 2>/dev/null), $(git --version), kit $("$KIT" --version)"
 
 mkdir -p "$W/export"
 head -c $((64 * 1024 * 1024)) /dev/urandom > "$W/export/big"

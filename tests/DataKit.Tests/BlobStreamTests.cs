@@ -163,7 +163,7 @@ public sealed class BlobStreamTests : DataKitTestBase
             Assert.Equal(Offset + 1, f.Length(Server.Store));
             Assert.Equal(1, tx.Area.OpenFiles);
             byte[] back = new byte[8];
-            Assert.Equal(8, f.ReadAt(Server.Store, 998, back));
+            Assert.Equal(8, f.ReadAt(tx.Area, 998, back));
             Assert.Equal("\0\0head\0\0"u8.ToArray(), back);
         }
         self.Refresh();

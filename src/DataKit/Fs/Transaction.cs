@@ -431,7 +431,7 @@ internal sealed class RwFile(Transaction tx, string[] path, bool symlink) : IFil
     {
         lock (tx.Gate)
         {
-            return ValueTask.FromResult(Encoding.UTF8.GetString(tx.File(path, touch: false).SmallContent(tx.Store)));
+            return ValueTask.FromResult(Encoding.UTF8.GetString(tx.File(path, touch: false).SmallContent(tx.Area)));
         }
     }
 
@@ -441,7 +441,7 @@ internal sealed class RwFile(Transaction tx, string[] path, bool symlink) : IFil
         {
             lock (tx.Gate)
             {
-                return ValueTask.FromResult(tx.File(path, touch: false).ReadAt(tx.Store, offset > long.MaxValue ? -1 : (long)offset, buffer.Span));
+                return ValueTask.FromResult(tx.File(path, touch: false).ReadAt(tx.Area, offset > long.MaxValue ? -1 : (long)offset, buffer.Span));
             }
         }
 

@@ -21,6 +21,7 @@ public sealed class WorkArea : IDisposable
     public const int InMemoryMax = 64 * 1024;
 
     private readonly List<SafeFileHandle> _open = [];
+    private readonly List<IDisposable> _cursors = [];
     private readonly Lock _gate = new();
     private bool _disposed;
 
@@ -86,6 +87,20 @@ public sealed class WorkArea : IDisposable
         return h;
     }
 
+    /// <summary>Disposes <paramref name="cursor"/> when the transaction ends (a read cursor over a stored blob).</summary>
+    public void Track(IDisposable cursor)
+    {
+        lock (_gate)
+        {
+            if (_disposed)
+            {
+                cursor.Dispose();
+                throw new VfsException(Errno.ENOENT, "transaction closed");
+            }
+            _cursors.Add(cursor);
+        }
+    }
+
     /// <summary>Closes a spill file the working tree no longer uses.</summary>
     public void Close(SafeFileHandle h)
     {
@@ -108,15 +123,22 @@ public sealed class WorkArea : IDisposable
     public void Dispose()
     {
         SafeFileHandle[] open;
+        IDisposable[] cursors;
         lock (_gate)
         {
             _disposed = true;
             open = [.. _open];
             _open.Clear();
+            cursors = [.. _cursors];
+            _cursors.Clear();
         }
         foreach (SafeFileHandle h in open)
         {
             h.Dispose();
+        }
+        foreach (IDisposable c in cursors)
+        {
+            c.Dispose();
         }
         // Charges are released by the files themselves only while the transaction lives; the rest goes back here.
         Budget.Release(Budget.Used);

@@ -38,8 +38,9 @@ public sealed class WorkFile
     public long Length(GitStore store) => Edited ? _length : (Blob is null ? 0 : store.BlobSize(Blob));
 
     /// <summary>Reads at <paramref name="offset"/> (EINVAL beyond the end, 0 at it), without loading the file whole.</summary>
-    public int ReadAt(GitStore store, long offset, Span<byte> buffer)
+    public int ReadAt(WorkArea area, long offset, Span<byte> buffer)
     {
+        GitStore store = area.Store;
         if (!Edited)
         {
             if (Blob is null)
@@ -51,7 +52,11 @@ public sealed class WorkFile
             {
                 return ReadSpan(store.ReadBlob(Blob), offset, buffer);
             }
-            _cursor ??= store.OpenBlob(Blob);
+            if (_cursor is null)
+            {
+                _cursor = store.OpenBlob(Blob);
+                area.Track(_cursor); // its file or git child goes when the transaction does, if not before
+            }
             return _cursor.Read(offset, buffer);
         }
         if (offset < 0 || offset > _length)
@@ -79,9 +84,9 @@ public sealed class WorkFile
     }
 
     /// <summary>The whole content, for what is small by nature (a symlink's target). EFBIG past 1 MiB.</summary>
-    public byte[] SmallContent(GitStore store)
+    public byte[] SmallContent(WorkArea area)
     {
-        long length = Length(store);
+        long length = Length(area.Store);
         if (length > GitStore.SmallBlob)
         {
             throw new VfsException(Errno.EFBIG, "File too large to read whole");
@@ -90,7 +95,7 @@ public sealed class WorkFile
         int done = 0;
         while (done < all.Length)
         {
-            int n = ReadAt(store, done, all.AsSpan(done));
+            int n = ReadAt(area, done, all.AsSpan(done));
             if (n == 0)
             {
                 throw new VfsException(Errno.EIO, "short read");
