@@ -46,7 +46,7 @@ internal static class DataCommand
     private static Option<long> SizeOption(string name, string what, long fallback) => new(name)
     {
         HelpName = "BYTES",
-        Description = $"Most bytes {what} may hold (suffix K, M, G, T). Default: {fallback >> 30}G.",
+        Description = $"Most bytes {what} may hold (suffix K, M, G, T; ENOSPC beyond).",
         DefaultValueFactory = _ => fallback,
         CustomParser = r =>
         {
