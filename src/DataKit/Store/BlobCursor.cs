@@ -9,7 +9,8 @@ namespace Kit.DataKit.Store;
 
 /// <summary>
 /// Reads one blob's content forward from a source that inflates it as it goes, keeping only a bounded window of
-/// recent bytes: memory per open file is <see cref="WindowSize"/> plus the inflater's state, whatever the blob's size.
+/// recent bytes: memory per open file is <see cref="WindowSize"/>, a 256 KiB file buffer and the inflater's state,
+/// whatever the blob's size.
 /// A read inside the window is served from it (a client's out-of-order readahead); a read further back restarts the
 /// source from the blob's first byte; a read further ahead inflates and drops the bytes in between.
 /// </summary>
@@ -119,6 +120,10 @@ public sealed class BlobCursor : IDisposable
 /// <summary>Opens a blob's content as a forward stream without loading it, from a loose object or through git.</summary>
 public static class BlobSources
 {
+    // Reads of the object file: SequentialScan widens the kernel's readahead. 1 MiB requests showed no gain over
+    // 256 KiB (docs/benchmarks.md, issue 16) and cost 768 KiB more per open file.
+    private const int ReadBuffer = 256 * 1024;
+
     /// <summary>
     /// A loose object (objects/xx/rest: zlib of "blob SIZE\0" + content), inflated forward; null when the object is
     /// not loose (packed, or in an alternate).
@@ -130,7 +135,7 @@ public static class BlobSources
         FileStream file;
         try
         {
-            file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 256 * 1024, FileOptions.SequentialScan);
+            file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, ReadBuffer, FileOptions.SequentialScan);
         }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
         {
