@@ -17,8 +17,10 @@ public sealed class DataKitServer : IAsyncDisposable
         Store = GitStore.Open(gitPath);
         LogSources = logSources ?? new LogSources(LogLevel.Warning);
         _poller = new HeadPoller(Store, TimeSpan.FromMilliseconds(200));
+        // Server-wide, unlike the original's per-connection remotes: auto-push and replication follow every session's commits.
+        Remotes = new RemoteRegistry(Store, Settings);
         var serverBytes = new ByteBudget(Settings.MaxServerBytes, null, "server");
-        NineP = new NinePServer(() => new DataKitSession(Store, LogSources, Settings, serverBytes), options, logger);
+        NineP = new NinePServer(() => new DataKitSession(Store, LogSources, Settings, Remotes, serverBytes), options, logger);
     }
 
     public DataKitOptions Settings { get; }
@@ -26,6 +28,8 @@ public sealed class DataKitServer : IAsyncDisposable
     public LogSources LogSources { get; }
 
     public GitStore Store { get; }
+
+    public RemoteRegistry Remotes { get; }
     public NinePServer NineP { get; }
 
     public System.Net.EndPoint Listen(ListenAddress address) => NineP.Listen(address);
@@ -33,6 +37,7 @@ public sealed class DataKitServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await NineP.DisposeAsync().ConfigureAwait(false);
+        await Remotes.DisposeAsync().ConfigureAwait(false);
         await _poller.DisposeAsync().ConfigureAwait(false);
         Store.Dispose();
     }
