@@ -8,7 +8,11 @@ public sealed record DataKitOptions
 {
     public static readonly DataKitOptions Default = new();
 
-    // Limits: bytes a transaction, a connection and the server may hold in transaction working trees.
+    // Limits: bytes a transaction, a connection and the server may hold in transaction working trees (the logical
+    // size of edited files; spill files are sparse). ENOSPC when one is full; EFBIG for a file larger than a transaction.
+    public long MaxTransactionBytes { get; init; } = 8L << 30;
+    public long MaxConnectionBytes { get; init; } = 16L << 30;
+    public long MaxServerBytes { get; init; } = 32L << 30;
 
     // Durability: what an acknowledged commit survives.
 

@@ -19,7 +19,8 @@ public sealed class DataKitServer : IAsyncDisposable
         _poller = new HeadPoller(Store, TimeSpan.FromMilliseconds(200));
         // Server-wide, unlike the original's per-connection remotes: auto-push and replication follow every session's commits.
         Remotes = new RemoteRegistry(Store, Settings);
-        NineP = new NinePServer(() => new DataKitSession(Store, LogSources, Settings, Remotes), options, logger);
+        var serverBytes = new ByteBudget(Settings.MaxServerBytes, null, "server");
+        NineP = new NinePServer(() => new DataKitSession(Store, LogSources, Settings, Remotes, serverBytes), options, logger);
     }
 
     public DataKitOptions Settings { get; }

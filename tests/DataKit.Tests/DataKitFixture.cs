@@ -15,9 +15,12 @@ public class DataKitTestBase : IAsyncLifetime
     protected ListenAddress Address { get; private set; } = null!;
     protected NinePClient C { get; private set; } = null!;
 
+    /// <summary>The server's settings; a test class overrides this to try small limits.</summary>
+    protected virtual DataKitOptions Options => DataKitOptions.Default;
+
     public virtual async ValueTask InitializeAsync()
     {
-        Server = new DataKitServer(GitDir);
+        Server = new DataKitServer(GitDir, settings: Options);
         ListenAddress.TryParse("tcp://127.0.0.1:0", out ListenAddress? any, out _);
         var ep = (IPEndPoint)Server.Listen(any!);
         Address = new ListenAddress(ep, $"tcp://127.0.0.1:{ep.Port}");

@@ -88,4 +88,23 @@ public sealed class CliValidationTests : IDisposable
             result.StandardError.Trim());
         Assert.Equal(["notes.txt"], Directory.EnumerateFileSystemEntries(dir).Select(Path.GetFileName));
     }
+
+    /// <summary>Issue 16's limits: byte counts with K/M/G/T, and a bad one is refused before any store is made.</summary>
+    [Fact]
+    public void DataServeRefusesBadByteLimits()
+    {
+        string store = Path.Combine(_dir.FullName, "store");
+
+        ProcessResult result = KitCli.Run("data", "serve", "--git", store, "--listen-9p", "tcp://127.0.0.1:0",
+            "--max-transaction-bytes", "12X", "--max-connection-bytes", "1G", "--max-server-bytes", "99999999999T");
+
+        Assert.Equal(1, result.ExitCode);
+        Assert.Equal(
+            [
+                "kit: --max-transaction-bytes: expected a byte count such as 8G, got \"12X\"",
+                "kit: --max-server-bytes: expected a byte count such as 8G, got \"99999999999T\"",
+            ],
+            result.StandardError.Trim().Split('\n'));
+        Assert.False(Directory.Exists(store));
+    }
 }

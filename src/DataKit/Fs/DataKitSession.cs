@@ -21,15 +21,20 @@ public sealed class DataKitSession : IFileSystemSession
     private readonly IDirectory _root;
 
     private readonly DataKitOptions _settings;
+    private readonly ByteBudget _connectionBytes;
 
     /// <param name="remotes">The server's remotes (Remotes.cs), shared by all its sessions; a session made without a
     /// server gets its own, which goes with it.</param>
-    public DataKitSession(GitStore store, LogSources? logSources = null, DataKitOptions? settings = null, RemoteRegistry? remotes = null)
+    /// <param name="serverBytes">The server-wide budget all sessions share; a session alone gets one of its own.</param>
+    public DataKitSession(GitStore store, LogSources? logSources = null, DataKitOptions? settings = null, RemoteRegistry? remotes = null,
+        ByteBudget? serverBytes = null)
     {
         _store = store;
         _settings = settings ?? DataKitOptions.Default;
         _ownsRemotes = remotes is null;
         _remotes = remotes ?? new RemoteRegistry(store, _settings);
+        _connectionBytes = new ByteBudget(_settings.MaxConnectionBytes,
+            serverBytes ?? new ByteBudget(_settings.MaxServerBytes, null, "server"), "connection");
         logSources ??= new LogSources(Microsoft.Extensions.Logging.LogLevel.Warning);
         _root = SyntheticDir.Fixed("", "/",
             BranchesDir(),
@@ -43,7 +48,22 @@ public sealed class DataKitSession : IFileSystemSession
     public ValueTask<IDirectory> AttachAsync(string uname, string aname, CancellationToken ct) =>
         aname is "" or "/" ? ValueTask.FromResult(_root) : throw DkErrors.NotFound();
 
-    public ValueTask DisposeAsync() => _ownsRemotes ? _remotes.DisposeAsync() : ValueTask.CompletedTask;
+    /// <summary>The connection went: its transactions end, closing their spill files and giving back their bytes.</summary>
+    public ValueTask DisposeAsync()
+    {
+        lock (_gate)
+        {
+            foreach (BranchState b in _branches.Values)
+            {
+                foreach (Transaction t in b.Transactions.Values)
+                {
+                    t.Dispose();
+                }
+                b.Transactions.Clear();
+            }
+        }
+        return _ownsRemotes ? _remotes.DisposeAsync() : ValueTask.CompletedTask;
+    }
 
     private sealed class BranchState(string name)
     {
@@ -129,7 +149,13 @@ public sealed class DataKitSession : IFileSystemSession
             _store.DeleteBranch(name);
             lock (_gate)
             {
-                _branches.Remove(name);
+                if (_branches.Remove(name, out BranchState? gone))
+                {
+                    foreach (Transaction t in gone.Transactions.Values)
+                    {
+                        t.Dispose();
+                    }
+                }
             }
         },
         Rename = (from, to) =>
@@ -323,7 +349,8 @@ public sealed class DataKitSession : IFileSystemSession
                     {
                         throw DkErrors.Exists();
                     }
-                    var t = new Transaction(_store, state.Name, n, $"{key}/{n}", _settings);
+                    var t = new Transaction(_store, state.Name, n, $"{key}/{n}", _settings,
+                        new WorkArea(_store, new ByteBudget(_settings.MaxTransactionBytes, _connectionBytes, "transaction")));
                     state.Transactions[n] = t;
                     return TransactionDir(state, t);
                 }
@@ -339,6 +366,7 @@ public sealed class DataKitSession : IFileSystemSession
             {
                 state.Transactions.Remove(t.Name);
             }
+            t.Dispose();
         }
     }
 

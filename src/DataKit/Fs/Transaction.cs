@@ -11,14 +11,15 @@ namespace Kit.DataKit.Fs;
 /// and after a merge the ours/theirs/base trees and the conflict list. Per connection; not persisted.
 /// All edits take <see cref="Gate"/>, since the working tree is not thread-safe.
 /// </summary>
-internal sealed class Transaction
+internal sealed class Transaction : IDisposable
 {
     public const string NoMessage = "(no commit message)";
 
-    public Transaction(GitStore store, string branch, string name, string qidKey, DataKitOptions? settings = null)
+    public Transaction(GitStore store, string branch, string name, string qidKey, DataKitOptions? settings = null, WorkArea? area = null)
     {
         Store = store;
         _settings = settings ?? DataKitOptions.Default;
+        Area = area ?? new WorkArea(store, new ByteBudget(_settings.MaxTransactionBytes, null, "transaction"));
         Branch = branch;
         Name = name;
         QidKey = qidKey;
@@ -31,6 +32,13 @@ internal sealed class Transaction
     private readonly DataKitOptions _settings;
 
     public GitStore Store { get; }
+
+    /// <summary>Where edited files live (memory or spill files) and the byte budget they draw on.</summary>
+    public WorkArea Area { get; }
+
+    /// <summary>The transaction ended (committed, closed, or its connection went): its files and bytes go back.</summary>
+    public void Dispose() => Area.Dispose();
+
     public string Branch { get; }
     public string Name { get; }
     public string QidKey { get; }
@@ -342,6 +350,7 @@ internal sealed class RwDir(Transaction tx, string[] path) : IDirectory
                 throw DkErrors.IsDir();
             }
             // Creating over an existing file replaces it (the original's create-or-truncate, which shell tools rely on).
+            WorkDir.Discard(existing);
             d.Children[name] = file;
             tx.Resolved([.. path, name]);
             return new RwFile(tx, [.. path, name], file.Kind == EntryKind.Link);
@@ -379,10 +388,11 @@ internal sealed class RwDir(Transaction tx, string[] path) : IDirectory
         {
             WorkDir d = tx.Dir(path, touch: true);
             // Whole subtrees go, empty or not (the original's rm semantics; and empty dirs really leave, fixing #147).
-            if (!d.Children.Remove(name))
+            if (!d.Children.Remove(name, out object? gone))
             {
                 throw DkErrors.NotFound();
             }
+            WorkDir.Discard(gone);
             tx.Resolved([.. path, name]);
             return ValueTask.CompletedTask;
         }
@@ -402,6 +412,10 @@ internal sealed class RwDir(Transaction tx, string[] path) : IDirectory
                 throw DkErrors.IsDir();
             }
             d.Children.Remove(oldName);
+            if (!ReferenceEquals(target, node))
+            {
+                WorkDir.Discard(target);
+            }
             d.Children[newName] = node;
             tx.Resolved([.. path, oldName]);
             tx.Resolved([.. path, newName]);
@@ -439,7 +453,7 @@ internal sealed class RwFile(Transaction tx, string[] path, bool symlink) : IFil
     {
         lock (tx.Gate)
         {
-            tx.File(path, touch: true).Truncate(tx.Store, (long)length);
+            tx.File(path, touch: true).Truncate(tx.Area, length > long.MaxValue ? -1 : (long)length);
             tx.Resolved(path);
         }
         return ValueTask.CompletedTask;
@@ -470,7 +484,7 @@ internal sealed class RwFile(Transaction tx, string[] path, bool symlink) : IFil
     {
         lock (tx.Gate)
         {
-            return ValueTask.FromResult(Encoding.UTF8.GetString(tx.File(path, touch: false).Content(tx.Store).Span));
+            return ValueTask.FromResult(Encoding.UTF8.GetString(tx.File(path, touch: false).SmallContent(tx.Area)));
         }
     }
 
@@ -480,7 +494,7 @@ internal sealed class RwFile(Transaction tx, string[] path, bool symlink) : IFil
         {
             lock (tx.Gate)
             {
-                return ValueTask.FromResult(DkErrors.ReadAt(tx.File(path, touch: false).Content(tx.Store).Span, offset, buffer.Span));
+                return ValueTask.FromResult(tx.File(path, touch: false).ReadAt(tx.Area, offset > long.MaxValue ? -1 : (long)offset, buffer.Span));
             }
         }
 
@@ -488,7 +502,7 @@ internal sealed class RwFile(Transaction tx, string[] path, bool symlink) : IFil
         {
             lock (tx.Gate)
             {
-                tx.File(path, touch: true).Write(tx.Store, (long)offset, data.Span);
+                tx.File(path, touch: true).Write(tx.Area, offset > long.MaxValue ? -1 : (long)offset, data.Span);
                 tx.Resolved(path);
             }
             return ValueTask.FromResult(data.Length);

@@ -141,7 +141,12 @@ internal sealed class GitBlobFile : IFile
         {
             throw DkErrors.ReadOnlyFile();
         }
-        return ValueTask.FromResult<IOpenFile>(new Open(_store.ReadBlob(Entry().Id)));
+        ObjectId blob = Entry().Id;
+        // Small blobs are read whole and shared through the store's cache; a large one gets its own streaming cursor,
+        // so memory per open file is bounded whatever the blob's size.
+        return ValueTask.FromResult<IOpenFile>(_store.BlobSize(blob) <= GitStore.SmallBlob
+            ? new Open(_store.ReadBlob(blob))
+            : new StreamingOpen(_store.OpenBlob(blob)));
     }
 
     public ValueTask<string> ReadLinkAsync(CancellationToken ct) => ValueTask.FromResult(Encoding.UTF8.GetString(_store.ReadBlob(Entry().Id)));
@@ -154,5 +159,27 @@ internal sealed class GitBlobFile : IFile
     {
         public ValueTask<int> ReadAsync(ulong offset, Memory<byte> buffer, CancellationToken ct) =>
             ValueTask.FromResult(DkErrors.ReadAt(data, offset, buffer.Span));
+    }
+
+    /// <summary>A large blob's open file: reads go through one cursor, one at a time (9P may send them concurrently).</summary>
+    private sealed class StreamingOpen(BlobCursor cursor) : IOpenFile
+    {
+        private readonly Lock _gate = new();
+
+        public ValueTask<int> ReadAsync(ulong offset, Memory<byte> buffer, CancellationToken ct)
+        {
+            lock (_gate)
+            {
+                return ValueTask.FromResult(cursor.Read(offset > long.MaxValue ? -1 : (long)offset, buffer.Span));
+            }
+        }
+
+        public void Close()
+        {
+            lock (_gate)
+            {
+                cursor.Dispose();
+            }
+        }
     }
 }

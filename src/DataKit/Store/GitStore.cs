@@ -76,6 +76,7 @@ public sealed class GitStore : IDisposable
     public ChangeSignal Changes { get; }
 
     public Identity Author { get; init; } = new("datakit", "datakit@mobyproject.org");
+    public bool SyncWrites { get; init; }
 
     private long _treesWritten;
 
@@ -384,9 +385,15 @@ public sealed class GitStore : IDisposable
     }
 
     /// <summary>
-    /// A blob's bytes. Recently read blobs are cached (bounded) so large files read in chunks stay cheap; with
-    /// <paramref name="cache"/> false (a transaction copying the content into its working tree) a blob not already
-    /// cached is read without being kept.
+    /// Blobs up to this size are read whole (and cached); larger ones only through <see cref="OpenBlob"/>, which
+    /// streams them: a 9P read of a big file never makes the server hold the file.
+    /// </summary>
+    public const long SmallBlob = 1024 * 1024;
+
+    /// <summary>
+    /// A small blob's bytes (at most <see cref="SmallBlob"/>: EFBIG beyond). Recently read blobs are cached (bounded)
+    /// so a file read in chunks stays cheap; with <paramref name="cache"/> false a blob not already cached is read
+    /// without being kept.
     /// </summary>
     public byte[] ReadBlob(ObjectId id, bool cache = true)
     {
@@ -395,6 +402,10 @@ public sealed class GitStore : IDisposable
             if (_blobCache.TryGet(id, out byte[]? cached))
             {
                 return cached;
+            }
+            if (HeaderSize(id) > SmallBlob)
+            {
+                throw new VfsException(Errno.EFBIG, "File too large to read whole");
             }
             if (_repo.Lookup(id, ObjectType.Blob) is not Blob blob)
             {
@@ -411,6 +422,7 @@ public sealed class GitStore : IDisposable
         }
     }
 
+    /// <summary>A blob's size from its header alone (libgit2's odb read_header): no blob is loaded to learn it.</summary>
     public long BlobSize(ObjectId id)
     {
         lock (_gate)
@@ -419,18 +431,63 @@ public sealed class GitStore : IDisposable
             {
                 return cached.Length;
             }
-            return _repo.Lookup(id, ObjectType.Blob) is Blob b ? b.Size : 0;
+            return HeaderSize(id);
         }
+    }
+
+    private long HeaderSize(ObjectId id)
+    {
+        try
+        {
+            GitObjectMetadata? meta = _repo.ObjectDatabase.RetrieveObjectMetadata(id);
+            return meta is { Type: ObjectType.Blob } ? meta.Size : 0;
+        }
+        catch (NotFoundException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>
+    /// A cursor over a blob of any size that inflates it as it is read: from the loose object file when there is one,
+    /// else through <c>git cat-file</c> (packed objects; see <see cref="BlobSources.OpenWithGit"/>).
+    /// </summary>
+    /// <exception cref="VfsException">ENOENT: no such blob.</exception>
+    public BlobCursor OpenBlob(ObjectId id)
+    {
+        Stream? loose = BlobSources.OpenLoose(_gitDir, id, out long size);
+        if (loose is not null)
+        {
+            string gitDir = _gitDir;
+            // A restart reopens the loose file, or asks git if a repack moved the object into a pack meanwhile.
+            return new BlobCursor(size, () => BlobSources.OpenLoose(gitDir, id, out _) ?? BlobSources.OpenWithGit(gitDir, id), loose);
+        }
+        long length;
+        lock (_gate)
+        {
+            GitObjectMetadata? meta = _repo.ObjectDatabase.Contains(id) ? _repo.ObjectDatabase.RetrieveObjectMetadata(id) : null;
+            if (meta is not { Type: ObjectType.Blob })
+            {
+                throw VfsErrors.NotFound();
+            }
+            length = meta.Size;
+        }
+        string dir = _gitDir;
+        return new BlobCursor(length, () => BlobSources.OpenWithGit(dir, id));
     }
 
     public ObjectId WriteBlob(ReadOnlyMemory<byte> data)
     {
-        lock (_gate)
-        {
-            using var s = new ReadOnlyMemoryStream(data);
-            return _repo.ObjectDatabase.CreateBlob(s).Id;
-        }
+        using var s = new ReadOnlyMemoryStream(data);
+        return WriteBlob(s, data.Length);
     }
+
+    /// <summary>
+    /// Writes <paramref name="length"/> bytes read from <paramref name="content"/> as a loose blob, streaming
+    /// (<see cref="LooseObjectWriter"/>), fsync'd when <see cref="SyncWrites"/> is set. Needs no lock: the object
+    /// appears by an atomic rename and libgit2 finds loose objects on disk at each lookup.
+    /// </summary>
+    public ObjectId WriteBlob(Stream content, long length) => LooseObjectWriter.WriteBlob(_gitDir, content, length, SyncWrites);
 
     /// <summary>
     /// Writes a tree object. The bytes are laid out here (Git's tree format: "mode name\0" + 20-byte id, sorted with

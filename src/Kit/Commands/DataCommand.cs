@@ -24,6 +24,10 @@ internal static class DataCommand
             HelpName = "ADDRESS",
             Description = "Where to serve 9P: tcp://HOST:PORT or unix:PATH (repeatable, or comma-separated). Default: tcp://127.0.0.1:5640.",
         };
+        // Limits (issue 16): bytes of edited files that transactions may hold, ENOSPC beyond; EFBIG for one file past a transaction's.
+        var maxTx = SizeOption("--max-transaction-bytes", "one transaction's edited files", DataKitOptions.Default.MaxTransactionBytes);
+        var maxConn = SizeOption("--max-connection-bytes", "all transactions of one connection", DataKitOptions.Default.MaxConnectionBytes);
+        var maxServer = SizeOption("--max-server-bytes", "all transactions of the server", DataKitOptions.Default.MaxServerBytes);
         // Remotes (docs/datakit.md): none allowed unless the operator says which URL prefixes.
         var allowRemote = new Option<string[]>("--allow-remote")
         {
@@ -47,14 +51,19 @@ internal static class DataCommand
         var committer = new Option<string?>("--committer") { HelpName = "\"NAME <EMAIL>\"", Description = "Default committer. Default: the --author." };
         var serve = new Command("serve", "Serve the DataKit tree over 9P (9P2000, 9P2000.u, 9P2000.L) until interrupted.")
         {
-            git, listen, allowRemote, remoteTimeout, replicateInterval, author, committer,
+            git, listen, maxTx, maxConn, maxServer, allowRemote, remoteTimeout, replicateInterval, author, committer,
         };
         Supervision.AddTo(serve);
 
         // The server-wide settings, each group checked with a one-line error before the store is opened.
         DataKitOptions Settings(ParseResult parse)
         {
-            DataKitOptions settings = DataKitOptions.Default;
+            DataKitOptions settings = DataKitOptions.Default with
+            {
+                MaxTransactionBytes = parse.GetValue(maxTx),
+                MaxConnectionBytes = parse.GetValue(maxConn),
+                MaxServerBytes = parse.GetValue(maxServer),
+            };
             settings = RemoteSettings(settings, parse.GetValue(allowRemote) ?? [], parse.GetValue(remoteTimeout), parse.GetValue(replicateInterval));
             settings = CommitDefaults(settings, parse.GetValue(author), parse.GetValue(committer));
             return settings;
@@ -78,6 +87,27 @@ internal static class DataCommand
             : throw new CliException($"{flag}: {error}");
         return settings with { Author = Parse("--author", author), Committer = Parse("--committer", committer) };
     }
+
+    /// <summary>A byte count flag: a number with an optional K, M, G or T suffix (powers of 1024).</summary>
+    private static Option<long> SizeOption(string name, string what, long fallback) => new(name)
+    {
+        HelpName = "BYTES",
+        Description = $"Most bytes {what} may hold (suffix K, M, G, T; ENOSPC beyond).",
+        DefaultValueFactory = _ => fallback,
+        CustomParser = r =>
+        {
+            string text = r.Tokens.Count == 1 ? r.Tokens[0].Value.Trim() : "";
+            int shift = text.Length == 0 ? 0 : char.ToUpperInvariant(text[^1]) switch { 'K' => 10, 'M' => 20, 'G' => 30, 'T' => 40, _ => 0 };
+            string digits = shift == 0 ? text : text[..^1];
+            if (!long.TryParse(digits, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long n)
+                || n > (long.MaxValue >> shift))
+            {
+                r.AddError($"{name}: expected a byte count such as 8G, got \"{text}\"");
+                return 0;
+            }
+            return n << shift;
+        },
+    };
 
     public static string DefaultStore()
     {

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# DataKit large-blob reads (issue 16, "Blobs stream"), side by side in one run: a 64 MiB blob written by plain git,
+# read with diodcat (msize 1 MiB) from `kit data serve`, against diod serving the same bytes from a directory and
+# against `git cat-file blob`. Cold = a freshly started server after `echo 3 > /proc/sys/vm/drop_caches` (root);
+# warm = the next read from the same server. Loopback only. Usage: bench/datakit-large.sh [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KIT=${KIT:-artifacts/kit/kit}
+ROUNDS=${1:-3}
+KPORT=15650
+DPORT=15651
+W=$(mktemp -d /tmp/kit-bench-large.XXXXXX)
+KPID=""
+DPID=""
+stop() { for p in $KPID $DPID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; KPID=""; DPID=""; }
+cleanup() { stop; rm -rf "$W"; }
+trap cleanup EXIT
+[ -x "$KIT" ] || { echo "build first: ./kit --version" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "cold reads need root (drop_caches)" >&2; exit 1; }
+now() { date +%s%N; }
+ms() { echo $(( ($(now) - $1) / 1000000 )); }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+echo "# date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "# machine: nproc=$(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# versions: diod $(dpkg-query -W -f='${Version}' diod 2>/dev/null), $(git --version), kit $("$KIT" --version)"
+
+mkdir -p "$W/export"
+head -c $((64 * 1024 * 1024)) /dev/urandom > "$W/export/big"
+git init -q --bare "$W/store"
+BLOB=$(git --git-dir="$W/store" hash-object -w "$W/export/big")
+TREE=$(printf '100644 blob %s\tbig\n' "$BLOB" | git --git-dir="$W/store" mktree)
+COMMIT=$(GIT_AUTHOR_NAME=b GIT_AUTHOR_EMAIL=b@l GIT_COMMITTER_NAME=b GIT_COMMITTER_EMAIL=b@l git --git-dir="$W/store" commit-tree "$TREE" -m big)
+git --git-dir="$W/store" update-ref refs/heads/master "$COMMIT"
+
+start_kit() { "$KIT" data serve --git "$W/store" --listen-9p "tcp://127.0.0.1:$KPORT" >"$W/kit.log" 2>&1 & KPID=$!; wait_port $KPORT; }
+start_diod() { diod -f -n -l "127.0.0.1:$DPORT" -e "$W/export" >"$W/diod.log" 2>&1 & DPID=$!; wait_port $DPORT; }
+read_kit() { diodcat -s 127.0.0.1:$KPORT -a / -m 1048576 branch/master/ro/big | cmp - "$W/export/big"; }
+read_diod() { diodcat -s 127.0.0.1:$DPORT -a "$W/export" -m 1048576 big | cmp - "$W/export/big"; }
+read_git() { git --git-dir="$W/store" cat-file blob "$BLOB" | cmp - "$W/export/big"; }
+
+printf '%-6s %-5s %10s %10s %14s\n' round mode "kit (ms)" "diod (ms)" "git cat-file"
+for r in $(seq "$ROUNDS"); do
+  # Cold: each server freshly started, the page cache dropped just before its one read. cmp reads the reference
+  # file too, so every column pays the same for it.
+  stop; start_kit; cold; t=$(now); read_kit; k=$(ms "$t")
+  start_diod; cold; t=$(now); read_diod; d=$(ms "$t")
+  cold; t=$(now); read_git; g=$(ms "$t")
+  printf '%-6s %-5s %10s %10s %14s\n' "$r" cold "$k" "$d" "$g"
+  # Warm: the same servers again, everything in the page cache.
+  t=$(now); read_kit; k=$(ms "$t")
+  t=$(now); read_diod; d=$(ms "$t")
+  t=$(now); read_git; g=$(ms "$t")
+  printf '%-6s %-5s %10s %10s %14s\n' "$r" warm "$k" "$d" "$g"
+  echo "# kit peak RSS after round $r: $(grep VmHWM /proc/$KPID/status | awk '{print $2, $3}')"
+done

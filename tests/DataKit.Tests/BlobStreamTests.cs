@@ -1,0 +1,329 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
+using Kit.DataKit.Fs;
+using Kit.DataKit.Store;
+using Kit.NineP.Client;
+using Kit.NineP.Protocol;
+using Kit.NineP.Vfs;
+using Kit.Testing;
+using LibGit2Sharp;
+
+namespace Kit.DataKit.Tests;
+
+/// <summary>
+/// Issue 16, "Blobs stream": the cursor that reads a blob without loading it (loose and packed), the streaming
+/// loose-object writer checked by git itself, and transaction files that live in sparse spill files.
+/// </summary>
+public sealed class BlobStreamTests : DataKitTestBase
+{
+    private string WriteWithGit(byte[] content)
+    {
+        string file = Path.Combine(GitDir, "content-" + Guid.NewGuid().ToString("N"));
+        File.WriteAllBytes(file, content);
+        try
+        {
+            return Git("hash-object", "-w", file).Trim();
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    private static byte[] RandomBytes(int n, int seed)
+    {
+        byte[] b = new byte[n];
+        new Random(seed).NextBytes(b);
+        return b;
+    }
+
+    /// <summary>Reads the whole blob through the cursor in <paramref name="chunk"/>-byte reads.</summary>
+    private static byte[] ReadAll(BlobCursor cursor, int chunk)
+    {
+        var all = new MemoryStream();
+        byte[] buffer = new byte[chunk];
+        for (long at = 0; ;)
+        {
+            int n = cursor.Read(at, buffer);
+            if (n == 0)
+            {
+                break;
+            }
+            all.Write(buffer, 0, n);
+            at += n;
+        }
+        return all.ToArray();
+    }
+
+    // Sizes at the window's edges: exactly a window, a read's cap (half a window) and one past, and the small-blob line.
+    [Theory]
+    [InlineData(BlobCursor.WindowSize, 1024 * 1024)]
+    [InlineData(BlobCursor.WindowSize + 1, 1024 * 1024)]
+    [InlineData(BlobCursor.WindowSize / 2, BlobCursor.WindowSize)]
+    [InlineData(3 * BlobCursor.WindowSize + 7, 65536 - 24)]
+    [InlineData((int)GitStore.SmallBlob + 1, 8192)]
+    public void ALooseBlobReadsForwardInAnyChunkSizeAndMatches(int size, int chunk)
+    {
+        byte[] content = RandomBytes(size, size);
+        var id = new ObjectId(WriteWithGit(content));
+        Assert.Equal(size, Server.Store.BlobSize(id));
+        using BlobCursor cursor = Server.Store.OpenBlob(id);
+        Assert.Equal(size, cursor.Length);
+        Assert.Equal(content, ReadAll(cursor, chunk));
+        Assert.Equal(1, cursor.Opens);
+    }
+
+    [Fact]
+    public void SeekingBackInsideTheWindowReusesItAndFurtherBackRestarts()
+    {
+        byte[] content = RandomBytes(3 * BlobCursor.WindowSize, 7);
+        var id = new ObjectId(WriteWithGit(content));
+        using BlobCursor cursor = Server.Store.OpenBlob(id);
+        byte[] buffer = new byte[100_000];
+        // Readahead out of order: the second chunk, then the first.
+        Assert.Equal(buffer.Length, cursor.Read(100_000, buffer));
+        Assert.Equal(content.AsSpan(100_000, 100_000).ToArray(), buffer.ToArray());
+        Assert.Equal(buffer.Length, cursor.Read(0, buffer));
+        Assert.Equal(content.AsSpan(0, 100_000).ToArray(), buffer.ToArray());
+        Assert.Equal(1, cursor.Opens);
+        // Far ahead skips; then far back restarts from the first byte.
+        long far = (2 * BlobCursor.WindowSize) + 12345;
+        Assert.Equal(buffer.Length, cursor.Read(far, buffer));
+        Assert.Equal(content.AsSpan((int)far, 100_000).ToArray(), buffer);
+        Assert.Equal(10, cursor.Read(5, buffer.AsSpan(0, 10)));
+        Assert.Equal(content.AsSpan(5, 10).ToArray(), buffer.AsSpan(0, 10).ToArray());
+        Assert.Equal(2, cursor.Opens);
+        // The end reads empty; past the end is EINVAL (the original's rule for normal files).
+        Assert.Equal(0, cursor.Read(content.Length, buffer));
+        Assert.Equal(Errno.EINVAL, Assert.Throws<VfsException>(() => cursor.Read(content.Length + 1L, buffer)).Errno);
+        Assert.Equal(1, cursor.Read(content.Length - 1L, buffer));
+        Assert.Equal(content[^1], buffer[0]);
+    }
+
+    [Fact]
+    public void APackedBlobStreamsThroughGitAndSeeksBack()
+    {
+        byte[] content = RandomBytes((2 * BlobCursor.WindowSize) + 3, 11);
+        string sha = WriteWithGit(content);
+        // Into a pack, and the loose copy gone: the cursor must take git's path.
+        string tree = Git("mktree").Trim(); // satisfy nothing; the blob is made reachable below
+        Assert.NotEmpty(tree);
+        Git("update-ref", "refs/test/blob", sha);
+        Git("repack", "-a", "-d", "-q");
+        Git("prune-packed");
+        Assert.False(File.Exists(Path.Combine(Server.Store.GitDir, "objects", sha[..2], sha[2..])));
+        var id = new ObjectId(sha);
+        Assert.Equal(content.Length, Server.Store.BlobSize(id));
+        using BlobCursor cursor = Server.Store.OpenBlob(id);
+        Assert.Equal(content, ReadAll(cursor, 1024 * 1024));
+        byte[] buffer = new byte[4096];
+        Assert.Equal(4096, cursor.Read(1, buffer));
+        Assert.Equal(content.AsSpan(1, 4096).ToArray(), buffer.ToArray());
+        Assert.Equal(2, cursor.Opens);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(256 * 1024)]
+    [InlineData((256 * 1024) + 1)]
+    [InlineData(3_000_001)]
+    public void TheLooseObjectWriterMatchesGitHashObjectAndPassesFsck(int size)
+    {
+        byte[] content = RandomBytes(size, size + 1);
+        foreach (bool sync in (bool[])[false, true])
+        {
+            ObjectId id = LooseObjectWriter.WriteBlob(Server.Store.GitDir, new MemoryStream(content), content.Length, sync);
+            string file = Path.Combine(GitDir, "check");
+            File.WriteAllBytes(file, content);
+            Assert.Equal(Git("hash-object", file).Trim(), id.Sha);
+            File.Delete(file);
+            Assert.Equal($"{size}\n", Git("cat-file", "-s", id.Sha));
+        }
+        Git("fsck", "--strict");
+        Assert.Empty(Directory.GetFiles(Path.Combine(Server.Store.GitDir, "objects"), "tmp_obj_*"));
+    }
+
+    [Fact]
+    public void AWriteAtHalfAGibibyteStaysSparseAndCommitsTheRightBlob()
+    {
+        // The issue's case: one byte at 512 MiB - 1 made the server allocate 512 MiB.
+        const long Offset = (512L << 20) - 1;
+        var tx = new Transaction(Server.Store, "sparse", "t", "/t");
+        using Process self = Process.GetCurrentProcess();
+        self.Refresh();
+        long rssBefore = self.WorkingSet64;
+        lock (tx.Gate)
+        {
+            tx.Dir([], touch: true).Children["big"] = new WorkFile(EntryKind.File, null);
+            WorkFile f = tx.File(["big"], touch: true);
+            f.Write(tx.Area, 1000, "head"u8);
+            f.Write(tx.Area, Offset, "!"u8);
+            Assert.Equal(Offset + 1, f.Length(Server.Store));
+            Assert.Equal(1, tx.Area.OpenFiles);
+            byte[] back = new byte[8];
+            Assert.Equal(8, f.ReadAt(tx.Area, 998, back));
+            Assert.Equal("\0\0head\0\0"u8.ToArray(), back);
+        }
+        self.Refresh();
+        Assert.InRange(self.WorkingSet64 - rssBefore, long.MinValue, 64L << 20);
+        ObjectId head = tx.Commit();
+        tx.Dispose();
+        Assert.Equal(0, tx.Area.OpenFiles);
+        Assert.Equal(0, tx.Area.Budget.Used);
+        Assert.Equal($"{Offset + 1}\n", Git("cat-file", "-s", "sparse:big"));
+        // The expected bytes' git id, computed here without building them: zeros, "head", zeros, "!".
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA1);
+        sha.AppendData(Encoding.ASCII.GetBytes($"blob {Offset + 1}\0"));
+        byte[] zeros = new byte[1 << 20];
+        sha.AppendData(zeros, 0, 1000);
+        sha.AppendData("head"u8);
+        for (long left = Offset - 1004; left > 0; left -= zeros.Length)
+        {
+            sha.AppendData(zeros, 0, (int)Math.Min(left, zeros.Length));
+        }
+        sha.AppendData("!"u8);
+        Assert.Equal(Convert.ToHexStringLower(sha.GetHashAndReset()), Git("rev-parse", "sparse:big").Trim());
+        Assert.NotNull(head);
+        Git("fsck", "--strict");
+    }
+
+    [Fact]
+    public async Task AnEditedCopyOfALargeBlobKeepsTheRestAndSpillsNotLoads()
+    {
+        byte[] content = RandomBytes(3 * 1024 * 1024, 5);
+        string tx = await Begin(C, "master");
+        await C.CreateFileAsync($"{tx}/rw", "f", content);
+        await Commit(C, tx, "one");
+        tx = await Begin(C, "master", "t2");
+        uint fid = await C.WalkAsync($"{tx}/rw/f");
+        await C.OpenAsync(fid, P9.ORDWR);
+        Assert.Equal(content.AsSpan(2_000_000, 1000).ToArray(), await C.ReadAsync(fid, 2_000_000, 1000));
+        await C.WriteAsync(fid, 1_000_000, "patch"u8.ToArray());
+        Assert.Equal("patch"u8.ToArray(), await C.ReadAsync(fid, 1_000_000, 5));
+        await C.ClunkAsync(fid);
+        await Commit(C, tx, "two");
+        "patch"u8.CopyTo(content.AsSpan(1_000_000));
+        Assert.Equal(content, await C.ReadAllAsync("branch/master/ro/f"));
+        Git("fsck", "--strict");
+    }
+}
+
+/// <summary>Byte limits per transaction, connection and server: EFBIG/ENOSPC at the limit, and service goes on.</summary>
+public sealed class BlobLimitTests : DataKitTestBase
+{
+    private const long Tx = 1L << 20, Conn = (3L << 20) / 2, Srv = 2L << 20;
+
+    protected override DataKitOptions Options => new() { MaxTransactionBytes = Tx, MaxConnectionBytes = Conn, MaxServerBytes = Srv };
+
+    private static async Task<uint> OpenRw(NinePClient c, string tx, string name)
+    {
+        await c.CreateFileAsync($"{tx}/rw", name, Array.Empty<byte>());
+        uint fid = await c.WalkAsync($"{tx}/rw/{name}");
+        await c.OpenAsync(fid, P9.ORDWR);
+        return fid;
+    }
+
+    [Fact]
+    public async Task LimitsAnswerEfbigAndEnospcAndTheServerKeepsServing()
+    {
+        string t1 = await Begin(C, "master", "t1");
+        uint f1 = await OpenRw(C, t1, "a");
+        // One file past the transaction's limit: EFBIG, whatever the offset (even one that is negative as an i64).
+        Assert.Equal(Errno.EFBIG, (await Assert.ThrowsAsync<NinePException>(() => C.WriteAsync(f1, (ulong)Tx, "x"u8.ToArray()))).Errno);
+        Assert.Equal(Errno.EFBIG, (await Assert.ThrowsAsync<NinePException>(() => C.WriteAsync(f1, ulong.MaxValue - 3, "x"u8.ToArray()))).Errno);
+        // Up to the limit is fine (sparse: one byte at the end), and a second file in the same transaction is over it.
+        await C.WriteAsync(f1, (ulong)Tx - 1, "x"u8.ToArray());
+        uint f2 = await OpenRw(C, t1, "b");
+        Assert.Equal(Errno.ENOSPC, (await Assert.ThrowsAsync<NinePException>(() => C.WriteAsync(f2, 0, "y"u8.ToArray()))).Errno);
+        // A second transaction on the connection: its own room, but the connection's limit stops it halfway.
+        string t2 = await Begin(C, "master", "t2");
+        uint g1 = await OpenRw(C, t2, "c");
+        await C.WriteAsync(g1, (ulong)(Conn - Tx) - 1, "z"u8.ToArray());
+        Assert.Equal(Errno.ENOSPC, (await Assert.ThrowsAsync<NinePException>(() => C.WriteAsync(g1, (ulong)(Conn - Tx), "z"u8.ToArray()))).Errno);
+        // Another connection: the server's limit (2 MiB, 1.5 used) leaves it half a MiB.
+        await using NinePClient other = await Connect();
+        string t3 = await Begin(other, "other", "t3");
+        uint h1 = await OpenRw(other, t3, "d");
+        await other.WriteAsync(h1, (ulong)(Srv - Conn) - 1, "w"u8.ToArray());
+        Assert.Equal(Errno.ENOSPC, (await Assert.ThrowsAsync<NinePException>(() => other.WriteAsync(h1, (ulong)(Srv - Conn), "w"u8.ToArray()))).Errno);
+        // Service goes on: reads, and a commit that frees its transaction's bytes.
+        await other.ClunkAsync(h1);
+        string head = await Commit(other, t3, "fits");
+        Assert.Equal((Srv - Conn).ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n", Git("cat-file", "-s", $"{head}:d"));
+        Assert.Equal(0, Server.Store.BlobSize(new ObjectId(GitStore.EmptyTree.Sha)));
+        // Closing t1 gives its megabyte back to the connection: t2 can now grow.
+        foreach (uint fid in (uint[])[f1, f2])
+        {
+            await C.ClunkAsync(fid);
+        }
+        await Echo(C, $"{t1}/ctl", "close");
+        await C.WriteAsync(g1, (ulong)Tx - 1, "z"u8.ToArray());
+        await C.ClunkAsync(g1);
+        await Commit(C, t2, "after close");
+        Assert.Equal($"{Tx}\n", Git("cat-file", "-s", "master:c"));
+        Git("fsck", "--strict");
+    }
+}
+
+/// <summary>diod's own client reads a large blob that plain git wrote, from a server that has never read it.</summary>
+[Trait("Tier", "Real")]
+public sealed class ColdBlobReadTests : DataKitTestBase
+{
+    [Fact]
+    public async Task DiodcatReadsA64MiBBlobWrittenByPlainGitFromAFreshlyStartedServer()
+    {
+        byte[] content = new byte[64 << 20];
+        new Random(64).NextBytes(content);
+        string file = Path.Combine(GitDir, "big.bin");
+        await File.WriteAllBytesAsync(file, content, TestContext.Current.CancellationToken);
+        // Plumbing only, as a user with plain git would: hash-object, mktree, commit-tree, update-ref.
+        string blob = Git("hash-object", "-w", file).Trim();
+        File.Delete(file);
+        ProcessResult mktree = await ProcessRunner.RunAsync("git", ["-C", GitDir, "mktree"], standardInput: $"100644 blob {blob}\tbig\n");
+        string tree = mktree.EnsureSuccess().StandardOutput.Trim();
+        string commit = Git("commit-tree", tree, "-m", "big from git").Trim();
+        Git("update-ref", "refs/heads/master", commit);
+
+        // A separate, freshly started server process: nothing of the blob is in its memory.
+        var psi = new ProcessStartInfo(Environment.ProcessPath!) { RedirectStandardOutput = true, UseShellExecute = false };
+        psi.Environment[ChildServer.Variable] = GitDir;
+        using Process child = Process.Start(psi)!;
+        try
+        {
+            string line = (await child.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60)))!;
+            Assert.StartsWith("port ", line, StringComparison.Ordinal);
+            string server = $"127.0.0.1:{line[5..]}";
+            var watch = Stopwatch.StartNew();
+            var (code, stdout, stderr) = await ProcessRunner.RunBinaryAsync(
+                "diodcat", ["-s", server, "-a", "/", "-m", "1048576", "branch/master/ro/big"], TimeSpan.FromSeconds(120));
+            watch.Stop();
+            Assert.True(code == 0, stderr);
+            Assert.Equal(content.Length, stdout.Length);
+            Assert.True(content.AsSpan().SequenceEqual(stdout), "diodcat's bytes differ from the blob");
+            TestContext.Current.SendDiagnosticMessage($"cold 64 MiB read: {watch.ElapsedMilliseconds} ms");
+            // The server streamed: its peak RSS stays well under the blob's size plus the runtime's own.
+            long peakKiB = PeakRssKiB(child.Id);
+            Assert.InRange(peakKiB, 1, 60 * 1024);
+        }
+        finally
+        {
+            child.Kill();
+            await child.WaitForExitAsync(TestContext.Current.CancellationToken);
+        }
+    }
+
+    /// <summary>VmHWM of /proc/PID/status: the process's peak resident set, in KiB.</summary>
+    internal static long PeakRssKiB(int pid)
+    {
+        foreach (string l in File.ReadLines($"/proc/{pid}/status"))
+        {
+            if (l.StartsWith("VmHWM:", StringComparison.Ordinal))
+            {
+                return long.Parse(l["VmHWM:".Length..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            }
+        }
+        return -1;
+    }
+}
