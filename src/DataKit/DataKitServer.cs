@@ -14,7 +14,7 @@ public sealed class DataKitServer : IAsyncDisposable
         DataKitOptions? settings = null)
     {
         Settings = settings ?? DataKitOptions.Default;
-        Store = GitStore.Open(gitPath);
+        Store = GitStore.Open(gitPath, syncWrites: Settings.Durability == Durability.Full);
         LogSources = logSources ?? new LogSources(LogLevel.Warning);
         _poller = new HeadPoller(Store, TimeSpan.FromMilliseconds(200));
         NineP = new NinePServer(() => new DataKitSession(Store, LogSources, Settings), options, logger);

@@ -77,6 +77,14 @@ public sealed class GitStore : IDisposable
 
     public Identity Author { get; init; } = new("datakit", "datakit@mobyproject.org");
 
+    /// <summary>
+    /// Durable writes: every object and ref is on stable storage, in that order, before the call that wrote it returns
+    /// (<see cref="DurableWrites"/>), so an acknowledged commit survives a power cut. Off, a commit is as durable as the
+    /// file system's own writeback makes it (seconds), though still never a ref to a missing object after a crash of
+    /// this process alone.
+    /// </summary>
+    public bool SyncWrites { get; init; }
+
     private long _treesWritten;
 
     /// <summary>Trees written so far: lets tests check that a commit rewrites only the changed path.</summary>
@@ -94,7 +102,8 @@ public sealed class GitStore : IDisposable
     /// rather than having <c>git init</c> run inside it.
     /// </remarks>
     /// <exception cref="IOException">The path is a file, or a non-empty directory that is not a git repository.</exception>
-    public static GitStore Open(string path)
+    /// <param name="syncWrites">Sets <see cref="SyncWrites"/>.</param>
+    public static GitStore Open(string path, bool syncWrites = false)
     {
         string full = System.IO.Path.GetFullPath(path);
         if (!Repository.IsValid(full))
@@ -113,7 +122,13 @@ public sealed class GitStore : IDisposable
         // libgit2 keeps up to 256 MiB of parsed trees and commits per process by default, a second copy of what the
         // caches here hold decoded.
         GlobalSettings.SetEnableCaching(false);
-        return new GitStore(new Repository(full), full);
+        var store = new GitStore(new Repository(full), full) { SyncWrites = syncWrites };
+        if (syncWrites)
+        {
+            DurableWrites.EnableLibGit2Fsync();
+            DurableWrites.PrepareObjectDirectories(store._gitDir);
+        }
+        return store;
     }
 
     public void Dispose()
@@ -203,6 +218,9 @@ public sealed class GitStore : IDisposable
         }
     }
 
+    /// <summary>The loose ref file of <paramref name="branch"/> (refs/heads itself for "").</summary>
+    private string RefFile(string branch) => System.IO.Path.Combine(_gitDir, "refs", "heads", branch).TrimEnd('/');
+
     public bool BranchExists(string branch) => GetHead(branch) is not null;
 
     /// <summary>Moves a branch if its head is still <paramref name="expected"/>; false if it moved meanwhile.</summary>
@@ -218,8 +236,14 @@ public sealed class GitStore : IDisposable
             {
                 return false;
             }
+            // With SyncWrites, libgit2 has synced every object this commit wrote as it wrote it, and now syncs the
+            // ref file and refs/heads (DurableWrites); only new subdirectories of a nested name are left to us.
             _repo.Refs.Add(name, commit, logMessage, allowOverwrite: true);
             _headCache.Remove(branch);
+            if (SyncWrites && branch.Contains('/', StringComparison.Ordinal))
+            {
+                DurableWrites.SyncRefDirectories(RefFile(branch), RefFile(""));
+            }
         }
         Changes.Poke();
         return true;
@@ -233,6 +257,11 @@ public sealed class GitStore : IDisposable
             if (_repo.Refs[$"refs/heads/{branch}"] is Reference r)
             {
                 _repo.Refs.Remove(r);
+                // libgit2 unlinks the loose ref without syncing its directory: a deletion that returned must stay done.
+                if (SyncWrites)
+                {
+                    DurableWrites.SyncRefDirectories(RefFile(branch), RefFile(""));
+                }
             }
             _headCache.Remove(branch);
         }
@@ -249,6 +278,12 @@ public sealed class GitStore : IDisposable
             if (_repo.Refs[$"refs/heads/{from}"] is Reference r)
             {
                 _repo.Refs.Rename(r, $"refs/heads/{to}");
+                // The new name is synced by libgit2; the old one's removal is not.
+                if (SyncWrites)
+                {
+                    DurableWrites.SyncRefDirectories(RefFile(from), RefFile(""));
+                    DurableWrites.SyncRefDirectories(RefFile(to), RefFile(""));
+                }
             }
             _headCache.Remove(from);
             _headCache.Remove(to);

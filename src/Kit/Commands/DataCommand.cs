@@ -24,14 +24,28 @@ internal static class DataCommand
             HelpName = "ADDRESS",
             Description = "Where to serve 9P: tcp://HOST:PORT or unix:PATH (repeatable, or comma-separated). Default: tcp://127.0.0.1:5640.",
         };
+        // Durability (issue 16 item 2): what an acknowledged commit survives; docs/datakit.md gives the cost.
+        var durability = new Option<string>("--durability")
+        {
+            HelpName = "full|none",
+            Description = "full (default): commits are fsync'd before they are acknowledged and survive a power cut; none: the OS writes them back later (faster, a power cut can lose the last seconds).",
+            DefaultValueFactory = _ => "full",
+        };
+        durability.AcceptOnlyFromAmong("full", "none");
         var serve = new Command("serve", "Serve the DataKit tree over 9P (9P2000, 9P2000.u, 9P2000.L) until interrupted.")
         {
-            git, listen,
+            git, listen, durability,
         };
         Supervision.AddTo(serve);
-        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [], ct));
+        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [], Settings(parse, durability), ct));
         return new Command("data", "DataKit: a git-backed store served as a 9P file system.") { serve };
     }
+
+    /// <summary>The server-wide settings from the flags.</summary>
+    private static DataKitOptions Settings(ParseResult parse, Option<string> durability) => new()
+    {
+        Durability = parse.GetValue(durability) == "none" ? Durability.None : Durability.Full,
+    };
 
     public static string DefaultStore()
     {
@@ -42,7 +56,7 @@ internal static class DataCommand
         return Path.Combine(baseDir, "kit", "datakit");
     }
 
-    private static async Task<int> ServeAsync(ParseResult parse, string? gitPath, string[] listenArgs, CancellationToken ct)
+    private static async Task<int> ServeAsync(ParseResult parse, string? gitPath, string[] listenArgs, DataKitOptions settings, CancellationToken ct)
     {
         var addresses = new List<ListenAddress>();
         foreach (string text in listenArgs.SelectMany(a => a.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)))
@@ -68,7 +82,7 @@ internal static class DataCommand
         try
         {
             NativeGit.Prepare();
-            server = new DataKitServer(store, logger, null, sources);
+            server = new DataKitServer(store, logger, null, sources, settings);
         }
         catch (LibGit2Sharp.LibGit2SharpException e)
         {
