@@ -27,7 +27,7 @@ namespace Kit.DataKit.Store;
 /// </para>
 /// <para>
 /// What libgit2 leaves out, done here: the fan-out directories (objects/00 .. objects/ff) are made once when the store
-/// opens and objects/ is synced, so no commit ever depends on an unsynced mkdir; a ref in a new subdirectory
+/// opens and objects/ is synced, so no commit ever depends on an unsynced mkdir (likewise what git init made); a ref in a new subdirectory
 /// (refs/heads/a/b) gets its new directories synced; a deleted or renamed ref gets refs/heads synced, as libgit2
 /// unlinks without a sync.
 /// </para>
@@ -64,23 +64,25 @@ internal static class DurableWrites
         }
     }
 
-    /// <summary>Creates the 256 fan-out directories a loose object may go to and makes their names durable.</summary>
-    public static void PrepareObjectDirectories(string gitDir)
+    /// <summary>
+    /// Makes the store's skeleton durable once, when it opens: the 256 fan-out directories a loose object may go to
+    /// (created here if missing, so no commit ever depends on an unsynced mkdir), and the directories
+    /// <c>git init</c> may just have made (refs/heads, refs, the git directory and its parent's entry for it).
+    /// </summary>
+    public static void PrepareStore(string gitDir)
     {
         string objects = Path.Combine(gitDir, "objects");
-        bool created = false;
         for (int i = 0; i < 256; i++)
         {
-            string dir = Path.Combine(objects, i.ToString("x2", System.Globalization.CultureInfo.InvariantCulture));
-            if (!Directory.Exists(dir))
-            {
-                Directory.CreateDirectory(dir);
-                created = true;
-            }
+            Directory.CreateDirectory(Path.Combine(objects, i.ToString("x2", System.Globalization.CultureInfo.InvariantCulture)));
         }
-        if (created)
+        string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(gitDir));
+        foreach (string dir in (string[])[objects, Path.Combine(full, "refs", "heads"), Path.Combine(full, "refs"), full, Path.GetDirectoryName(full) ?? "/"])
         {
-            Sys.FsyncDirectory(objects);
+            if (Directory.Exists(dir))
+            {
+                Sys.FsyncDirectory(dir);
+            }
         }
     }
 

@@ -122,11 +122,15 @@ public sealed class GitStore : IDisposable
         // libgit2 keeps up to 256 MiB of parsed trees and commits per process by default, a second copy of what the
         // caches here hold decoded.
         GlobalSettings.SetEnableCaching(false);
+        if (syncWrites)
+        {
+            // Before the repository is opened: libgit2's ref backend reads the option once, when it is created.
+            DurableWrites.EnableLibGit2Fsync();
+        }
         var store = new GitStore(new Repository(full), full) { SyncWrites = syncWrites };
         if (syncWrites)
         {
-            DurableWrites.EnableLibGit2Fsync();
-            DurableWrites.PrepareObjectDirectories(store._gitDir);
+            DurableWrites.PrepareStore(store._gitDir);
         }
         return store;
     }
