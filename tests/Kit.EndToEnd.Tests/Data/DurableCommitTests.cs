@@ -21,6 +21,89 @@ public sealed class DurableCommitTests(ITestOutputHelper output)
     /// <summary>Kill points of the power-cut test (issue 16 asks for 20 or more).</summary>
     private const int PowerCuts = 20;
 
+    /// <summary>
+    /// The order of the system calls themselves, as strace sees the published kit make them for one commit: each new
+    /// object's temporary file is fsync'd, renamed into place and its directory fsync'd, all before the ref's lock file
+    /// is fsync'd and renamed and refs/heads fsync'd. With --durability none there is no fsync at all.
+    /// </summary>
+    [Theory]
+    [InlineData("full")]
+    [InlineData("none")]
+    public async Task A_commit_syncs_its_objects_then_the_ref_in_order(string durability)
+    {
+        CancellationToken cancel = TestContext.Current.CancellationToken;
+        DirectoryInfo dir = Directory.CreateTempSubdirectory("kit-dk-strace-");
+        try
+        {
+            string store = Path.Combine(dir.FullName, "store");
+            string trace = Path.Combine(dir.FullName, "trace");
+            // A first server makes the branch, so the traced commit below is a plain one on an existing branch.
+            using (RunningProcess first = KitCli.Start("data", "serve", "--git", store, "--listen-9p", "tcp://127.0.0.1:0"))
+            {
+                var acked = new AcknowledgedCommits();
+                using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+                Task stream = CommitStream.RunAsync(await ServingAddressAsync(first, cancel), "first-", acked, stop.Token);
+                await acked.WaitForAsync(1, TimeSpan.FromSeconds(30), cancel);
+                await stop.CancelAsync();
+                await stream;
+            }
+            using RunningProcess server = ProcessRunner.Start("strace", ["-f", "-y", "-qq", "-o", trace, "-e", "trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat",
+                KitCli.ExecutablePath, "data", "serve", "--git", store, "--listen-9p", "tcp://127.0.0.1:0", "--durability", durability]);
+            ListenAddress address = await ServingAddressAsync(server, cancel);
+            await using (DataKitClient client = await DataKitClient.ConnectAsync(address, cancel))
+            {
+                Branch master = await client.BranchAsync("master", cancel);
+                await using Transaction t = await master.TransactionAsync(cancel);
+                await t.MakeDirsAsync("a/b", cancel);
+                await t.CreateFileAsync("a/b/traced", "traced\n"u8.ToArray(), ct: cancel);
+                await t.CommitAsync("traced", cancel);
+            }
+            server.Kill();
+            string[] calls = [.. File.ReadAllLines(trace).Select(l => l.Contains(' ', StringComparison.Ordinal) ? l[(l.IndexOf(' ', StringComparison.Ordinal) + 1)..] : l)];
+            output.WriteLine(string.Join('\n', calls));
+            int refRename = Array.FindIndex(calls, c => c.StartsWith("rename", StringComparison.Ordinal) && c.Contains("refs/heads/master.lock", StringComparison.Ordinal));
+            Assert.True(refRename >= 0, "no rename of refs/heads/master.lock in the trace");
+            // libgit2 moves a loose object into place with link(2) (then unlinks the temporary name), falling back to
+            // rename(2) (src/util/posix.c, p_rename); a ref's rename over the old file takes the fallback.
+            var objectRenames = calls.Select((c, i) => (c, i)).Where(x => (x.c.StartsWith("link", StringComparison.Ordinal) || x.c.StartsWith("rename", StringComparison.Ordinal))
+                && x.c.Contains("tmp_object", StringComparison.Ordinal) && x.c.EndsWith("= 0", StringComparison.Ordinal)).ToList();
+            // blob, trees a/b, a and the root, and the commit.
+            Assert.True(objectRenames.Count >= 5, $"expected at least 5 new objects, saw {objectRenames.Count} renames");
+            if (durability == "none")
+            {
+                Assert.DoesNotContain(calls, c => c.StartsWith("fsync", StringComparison.Ordinal) || c.StartsWith("fdatasync", StringComparison.Ordinal));
+                return;
+            }
+            foreach ((string rename, int i) in objectRenames)
+            {
+                string temp = Quoted(rename, 0);
+                string final = Quoted(rename, 1);
+                Assert.True(i < refRename, $"object {final} moved into place after the ref");
+                Assert.True(calls.Take(i).Any(c => c.StartsWith("fsync(", StringComparison.Ordinal) && c.Contains($"<{temp}>", StringComparison.Ordinal)),
+                    $"{temp} was not fsync'd before it was moved into place");
+                string objectDir = Path.GetDirectoryName(final)!;
+                Assert.True(calls.Skip(i + 1).Take(refRename - i - 1).Any(c => c.StartsWith("fsync(", StringComparison.Ordinal) && c.Contains($"<{objectDir}>", StringComparison.Ordinal)),
+                    $"{objectDir} was not fsync'd between the object's move into place and the ref's");
+            }
+            string lockFile = Quoted(calls[refRename], 0);
+            Assert.Contains(calls.Take(refRename), c => c.StartsWith("fsync(", StringComparison.Ordinal) && c.Contains($"<{lockFile}>", StringComparison.Ordinal));
+            string heads = Path.GetDirectoryName(lockFile)!;
+            Assert.Contains(calls.Skip(refRename + 1), c => c.StartsWith("fsync(", StringComparison.Ordinal) && c.Contains($"<{heads}>", StringComparison.Ordinal));
+            output.WriteLine($"{calls.Count(c => c.StartsWith("fsync", StringComparison.Ordinal))} fsyncs for {objectRenames.Count} objects and the ref");
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    /// <summary>The <paramref name="index"/>-th double-quoted string of an strace line.</summary>
+    private static string Quoted(string line, int index)
+    {
+        string[] parts = line.Split('"');
+        return parts.Length > 2 * index + 1 ? parts[2 * index + 1] : "";
+    }
+
     [Fact]
     public async Task A_killed_host_server_leaves_a_valid_store_with_every_acknowledged_commit()
     {
