@@ -120,9 +120,12 @@ internal static class DurableWrites
         {
             return IntPtr.Zero;
         }
-        // LibGit2Sharp's own resolver (registered for its assembly) knows where its libgit2 is: beside the program,
-        // under runtimes/, or the copy kit loads from memory (src/Kit/NativeGit.cs). Its library name is
-        // "git2-" and the libgit2 commit it was built from.
+        if (GitStore.LibGit2Handle != IntPtr.Zero)
+        {
+            return GitStore.LibGit2Handle;
+        }
+        // LibGit2Sharp's own resolver (registered for its assembly) knows where its libgit2 is: beside the program or
+        // under runtimes/. Its library name is "git2-" and the libgit2 commit it was built from.
         return NativeLibrary.Load("git2-" + GlobalSettings.Version.LibGit2CommitSha, typeof(Repository).Assembly, searchPath);
     }
 }

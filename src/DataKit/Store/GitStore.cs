@@ -85,6 +85,13 @@ public sealed class GitStore : IDisposable
     /// </summary>
     public bool SyncWrites { get; init; }
 
+    /// <summary>
+    /// The libgit2 that LibGit2Sharp loaded, for a host that loaded it where LibGit2Sharp's own resolver cannot find it
+    /// again (kit's copy loaded from memory, src/Kit/NativeGit.cs); zero to ask LibGit2Sharp. Used to set the libgit2
+    /// options LibGit2Sharp does not expose (<see cref="DurableWrites"/>).
+    /// </summary>
+    public static IntPtr LibGit2Handle { get; set; }
+
     private long _treesWritten;
 
     /// <summary>Trees written so far: lets tests check that a commit rewrites only the changed path.</summary>
