@@ -222,6 +222,9 @@ internal sealed class AcknowledgedCommits
         changed.TrySetResult();
     }
 
+    /// <summary>Why the commit stream stopped (the server's death, normally), once it has.</summary>
+    public string? EndReason { get; set; }
+
     public void AddHead(string head)
     {
         lock (_gate)
@@ -246,11 +249,18 @@ internal sealed class AcknowledgedCommits
                 next = _changed.Task;
             }
             TimeSpan left = timeout - deadline.Elapsed;
-            if (left <= TimeSpan.Zero)
+            if (left <= TimeSpan.Zero || EndReason is not null)
             {
-                throw new TimeoutException($"only {Count} of {count} commits acknowledged within {timeout.TotalSeconds:F0} s");
+                throw new TimeoutException($"only {Count} of {count} commits acknowledged within {timeout.TotalSeconds:F0} s; the stream: {EndReason ?? "still running"}");
             }
-            await next.WaitAsync(left, cancel).ConfigureAwait(false);
+            try
+            {
+                await next.WaitAsync(TimeSpan.FromMilliseconds(Math.Min(left.TotalMilliseconds, 500)), cancel).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                // Look at the deadline and the stream's end again.
+            }
         }
     }
 }
@@ -262,16 +272,29 @@ internal sealed class AcknowledgedCommits
 /// </summary>
 internal static class CommitStream
 {
-    public static async Task RunAsync(ListenAddress address, string prefix, AcknowledgedCommits acked, CancellationToken cancel)
+    /// <param name="connectFor">How long to retry connecting (a guest's port forward may not be up yet).</param>
+    public static async Task RunAsync(ListenAddress address, string prefix, AcknowledgedCommits acked, CancellationToken cancel, TimeSpan connectFor = default)
     {
-        DataKitClient client;
-        try
+        DataKitClient? client = null;
+        var clock = Stopwatch.StartNew();
+        while (client is null)
         {
-            client = await DataKitClient.ConnectAsync(address, cancel).ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or OperationCanceledException or DataKitException)
-        {
-            return;
+            try
+            {
+                using var attempt = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+                attempt.CancelAfter(TimeSpan.FromSeconds(20));
+                client = await DataKitClient.ConnectAsync(address, attempt.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException or OperationCanceledException or DataKitException
+                                          or Kit.NineP.Client.NinePException)
+            {
+                if (clock.Elapsed >= connectFor || cancel.IsCancellationRequested)
+                {
+                    acked.EndReason = $"cannot connect to {address}: {e.GetType().Name}: {e.Message}";
+                    return;
+                }
+                await Task.Delay(200, CancellationToken.None).ConfigureAwait(false);
+            }
         }
         await using (client.ConfigureAwait(false))
         {
@@ -295,6 +318,7 @@ internal static class CommitStream
                                           or Kit.NineP.Client.NinePException or ObjectDisposedException or TimeoutException)
             {
                 // The server died mid-stream: what was acknowledged so far is what must have survived.
+                acked.EndReason = $"{e.GetType().Name}: {e.Message}";
             }
         }
     }
@@ -405,18 +429,22 @@ internal sealed class PowerCutGuest
         ProcessRunner.Run("cp", ["--sparse=always", BaseDisk, disk]).EnsureSuccess();
         int port = LoopbackPort.Free();
         var acked = new AcknowledgedCommits();
-        await using (QemuGuest vm = await QemuGuest.StartAsync(_script, Options(disk, port, Path.Combine(pointDir, "qmp.sock"), incoming: true), cancel).ConfigureAwait(false))
+        string qmp = Path.Combine(pointDir, "qmp.sock");
+        await using (QemuGuest vm = await QemuGuest.StartAsync(_script, Options(disk, port, qmp, incoming: true), cancel).ConfigureAwait(false))
         {
+            // Connect only once the state is loaded and the guest runs: loading it replaces user-net's connection
+            // table, so a connection forwarded before would hang.
+            await Qmp.WaitRunningAsync(qmp, cancel).ConfigureAwait(false);
             ListenAddress.TryParse($"tcp://127.0.0.1:{port}", out ListenAddress? address, out _);
             using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
-            Task stream = CommitStream.RunAsync(address!, $"p{point}-", acked, stop.Token);
+            Task stream = CommitStream.RunAsync(address!, $"p{point}-", acked, stop.Token, connectFor: TimeSpan.FromSeconds(30));
             try
             {
                 await acked.WaitForAsync(1, TimeSpan.FromSeconds(60), cancel).ConfigureAwait(false);
             }
             catch (TimeoutException e)
             {
-                throw new TimeoutException($"{e.Message}\n{Text.Tail(vm.Serial, 3000)}", e);
+                throw new TimeoutException($"{e.Message}\n--- guest console (tail) ---\n{Text.Tail(vm.Serial, 3000)}", e);
             }
             await Task.Delay(killAfter, cancel).ConfigureAwait(false);
             // The power cut: SIGKILL to QEMU, so the guest's RAM (page cache, unwritten journal) is gone at once.
@@ -494,6 +522,36 @@ internal static class Qmp
             await Task.Delay(100, timeout.Token).ConfigureAwait(false);
         }
         throw new TimeoutException("QEMU migration to a file did not complete");
+    }
+
+    /// <summary>Waits until an incoming migration has loaded and the guest runs (query-status "running").</summary>
+    public static async Task WaitRunningAsync(string socketPath, CancellationToken cancel)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        timeout.CancelAfter(TimeSpan.FromSeconds(60));
+        for (int i = 0; !File.Exists(socketPath); i++)
+        {
+            // QEMU creates its QMP socket as it starts.
+            await Task.Delay(50, timeout.Token).ConfigureAwait(false);
+        }
+        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath), timeout.Token).ConfigureAwait(false);
+        await using var stream = new System.Net.Sockets.NetworkStream(socket);
+        using var reader = new StreamReader(stream);
+        await using var writer = new StreamWriter(stream) { AutoFlush = true, NewLine = "\n" };
+        await ReadReplyAsync(reader, "QMP", timeout.Token).ConfigureAwait(false);
+        await CommandAsync(reader, writer, """{"execute":"qmp_capabilities"}""", timeout.Token).ConfigureAwait(false);
+        for (int i = 0; i < 1200; i++)
+        {
+            string reply = await CommandAsync(reader, writer, """{"execute":"query-status"}""", timeout.Token).ConfigureAwait(false);
+            using var json = System.Text.Json.JsonDocument.Parse(reply);
+            if (json.RootElement.GetProperty("return").GetProperty("status").GetString() == "running")
+            {
+                return;
+            }
+            await Task.Delay(50, timeout.Token).ConfigureAwait(false);
+        }
+        throw new TimeoutException("the restored guest never ran");
     }
 
     private static async Task<string> CommandAsync(StreamReader reader, StreamWriter writer, string command, CancellationToken cancel)
