@@ -434,7 +434,24 @@ internal sealed class PowerCutGuest
         {
             // Connect only once the state is loaded and the guest runs: loading it replaces user-net's connection
             // table, so a connection forwarded before would hang.
-            await Qmp.WaitRunningAsync(qmp, cancel).ConfigureAwait(false);
+            try
+            {
+                await Qmp.ContinueIncomingAsync(qmp, cancel).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is OperationCanceledException or TimeoutException or IOException or InvalidOperationException && !cancel.IsCancellationRequested)
+            {
+                // The console and QEMU's stderr say why (QemuGuest's failure text).
+                string why = "";
+                try
+                {
+                    await vm.WaitForSerialAsync("kit-powercut-never-printed", TimeSpan.FromMilliseconds(100), cancel).ConfigureAwait(false);
+                }
+                catch (GuestFailedException failed)
+                {
+                    why = failed.Message;
+                }
+                throw new InvalidOperationException($"the restored guest did not run: {e.Message}\n{why}", e);
+            }
             ListenAddress.TryParse($"tcp://127.0.0.1:{port}", out ListenAddress? address, out _);
             using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
             Task stream = CommitStream.RunAsync(address!, $"p{point}-", acked, stop.Token, connectFor: TimeSpan.FromSeconds(30));
@@ -524,14 +541,17 @@ internal static class Qmp
         throw new TimeoutException("QEMU migration to a file did not complete");
     }
 
-    /// <summary>Waits until an incoming migration has loaded and the guest runs (query-status "running").</summary>
-    public static async Task WaitRunningAsync(string socketPath, CancellationToken cancel)
+    /// <summary>
+    /// Waits until an incoming migration has loaded, then resumes the guest: it was saved stopped, and QEMU restores
+    /// that run state (query-status "paused") rather than starting it.
+    /// </summary>
+    public static async Task ContinueIncomingAsync(string socketPath, CancellationToken cancel)
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         timeout.CancelAfter(TimeSpan.FromSeconds(60));
-        for (int i = 0; !File.Exists(socketPath); i++)
+        while (!File.Exists(socketPath) && !Directory.Exists(socketPath))
         {
-            // QEMU creates its QMP socket as it starts.
+            // QEMU creates its QMP socket as it starts (bounded by the timeout above).
             await Task.Delay(50, timeout.Token).ConfigureAwait(false);
         }
         using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
@@ -545,9 +565,14 @@ internal static class Qmp
         {
             string reply = await CommandAsync(reader, writer, """{"execute":"query-status"}""", timeout.Token).ConfigureAwait(false);
             using var json = System.Text.Json.JsonDocument.Parse(reply);
-            if (json.RootElement.GetProperty("return").GetProperty("status").GetString() == "running")
+            string? status = json.RootElement.GetProperty("return").GetProperty("status").GetString();
+            if (status == "running")
             {
                 return;
+            }
+            if (status == "paused")
+            {
+                await CommandAsync(reader, writer, """{"execute":"cont"}""", timeout.Token).ConfigureAwait(false);
             }
             await Task.Delay(50, timeout.Token).ConfigureAwait(false);
         }
