@@ -55,6 +55,8 @@ internal static class DurableWrites
             {
                 return;
             }
+            // LibGit2Sharp loads libgit2 (and registers its resolver, which Resolve asks) on its first native call.
+            _ = GlobalSettings.Version.Features;
             NativeLibrary.SetDllImportResolver(typeof(DurableWrites).Assembly, Resolve);
             if (SetOption(GIT_OPT_ENABLE_FSYNC_GITDIR, 1) != 0)
             {
@@ -66,11 +68,17 @@ internal static class DurableWrites
 
     /// <summary>
     /// Makes the store's skeleton durable once, when it opens: the 256 fan-out directories a loose object may go to
-    /// (created here if missing, so no commit ever depends on an unsynced mkdir), and the directories
-    /// <c>git init</c> may just have made (refs/heads, refs, the git directory and its parent's entry for it).
+    /// (created here if missing, so no commit ever depends on an unsynced mkdir), the files at the top of the git
+    /// directory (HEAD and config: the power-cut test found a store whose HEAD was left empty, which git no longer
+    /// takes for a repository), and the directories <c>git init</c> may just have made (refs/heads, refs, the git
+    /// directory and its parent's entry for it).
     /// </summary>
     public static void PrepareStore(string gitDir)
     {
+        foreach (string file in Directory.EnumerateFiles(gitDir))
+        {
+            Sys.FsyncFile(file);
+        }
         string objects = Path.Combine(gitDir, "objects");
         for (int i = 0; i < 256; i++)
         {

@@ -113,6 +113,12 @@ public sealed class GitStore : IDisposable
     public static GitStore Open(string path, bool syncWrites = false)
     {
         string full = System.IO.Path.GetFullPath(path);
+        if (syncWrites)
+        {
+            // Before the repository is created or opened: libgit2's ref backend reads the option once, when it is
+            // created, and git init's HEAD is a ref.
+            DurableWrites.EnableLibGit2Fsync();
+        }
         if (!Repository.IsValid(full))
         {
             if (File.Exists(full))
@@ -129,11 +135,6 @@ public sealed class GitStore : IDisposable
         // libgit2 keeps up to 256 MiB of parsed trees and commits per process by default, a second copy of what the
         // caches here hold decoded.
         GlobalSettings.SetEnableCaching(false);
-        if (syncWrites)
-        {
-            // Before the repository is opened: libgit2's ref backend reads the option once, when it is created.
-            DurableWrites.EnableLibGit2Fsync();
-        }
         var store = new GitStore(new Repository(full), full) { SyncWrites = syncWrites };
         if (syncWrites)
         {

@@ -14,12 +14,17 @@ public static partial class Sys
     /// fsync(2) on a directory: makes its entries (a file created, renamed into it or removed) durable. A file's own
     /// fsync does not cover the name that points at it (fsync(2), NOTES). Throws <see cref="IOException"/> with errno.
     /// </summary>
-    public static void FsyncDirectory(string path)
+    public static void FsyncDirectory(string path) => FsyncPath(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    /// <summary>fsync(2) on a file by path (opened read-only: Linux syncs through any descriptor). Throws <see cref="IOException"/>.</summary>
+    public static void FsyncFile(string path) => FsyncPath(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+    private static void FsyncPath(string path, int flags)
     {
-        int fd = Open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int fd = Open(path, flags);
         if (fd < 0)
         {
-            throw new IOException($"cannot open directory {path} to sync it: {ErrnoText(LastErrno)}");
+            throw new IOException($"cannot open {path} to sync it: {ErrnoText(LastErrno)}");
         }
         try
         {
@@ -32,7 +37,7 @@ public static partial class Sys
             while (rc < 0 && LastErrno == EINTR);
             if (rc < 0)
             {
-                throw new IOException($"cannot sync directory {path}: {ErrnoText(LastErrno)}");
+                throw new IOException($"cannot sync {path}: {ErrnoText(LastErrno)}");
             }
         }
         finally
