@@ -13,8 +13,8 @@ namespace Kit.DataKit.Store;
 /// <para>
 /// Objects and refs are synced by libgit2 itself, through its process-wide <c>GIT_OPT_ENABLE_FSYNC_GITDIR</c>
 /// (include/git2/common.h; LibGit2Sharp 0.32 does not expose it). With it on, every loose object and every ref goes
-/// through git_filebuf_commit: write a temporary file, fsync it, rename it into place, fsync the directory
-/// (src/util/filebuf.c). So the bytes are durable before the name that points at them: a power cut leaves either no
+/// through git_filebuf_commit: write a temporary file, fsync it, move it into place (p_rename: link(2), else
+/// rename(2)), fsync the directory (src/util/filebuf.c; DurableCommitTests checks the order under strace). So the bytes are durable before the name that points at them: a power cut leaves either no
 /// object file or a whole one, never the empty file that an unsynced write renamed into place leaves on ext4
 /// (delayed allocation), which git fsck reports as corrupt and which libgit2 would later take as "already written"
 /// (git_odb_write skips objects that exist) and so reference from new commits.
