@@ -59,7 +59,8 @@ public sealed class DurableCommitTests(ITestOutputHelper output)
                 await t.CommitAsync("traced", cancel);
             }
             server.Kill();
-            string[] calls = [.. File.ReadAllLines(trace).Select(l => l.Contains(' ', StringComparison.Ordinal) ? l[(l.IndexOf(' ', StringComparison.Ordinal) + 1)..] : l)];
+            // strace -f starts each line with the thread id, padded: "1234  fsync(...)".
+            string[] calls = [.. File.ReadAllLines(trace).Select(l => l.Contains(' ', StringComparison.Ordinal) ? l[(l.IndexOf(' ', StringComparison.Ordinal) + 1)..].TrimStart() : l)];
             output.WriteLine(string.Join('\n', calls));
             int refRename = Array.FindIndex(calls, c => c.StartsWith("rename", StringComparison.Ordinal) && c.Contains("refs/heads/master.lock", StringComparison.Ordinal));
             Assert.True(refRename >= 0, "no rename of refs/heads/master.lock in the trace");
