@@ -20,6 +20,18 @@ public sealed record DataKitOptions
 
     // Remotes: which URLs `remotes/*/url` may name, and how long a network operation may take.
 
+    /// <summary>URL prefixes remotes may use (`--allow-remote`); none by default. See <see cref="Store.RemotePolicy"/>.</summary>
+    public Store.RemotePolicy AllowRemotes { get; init; } = Store.RemotePolicy.None;
+
+    /// <summary>How long one fetch or push may run before git is killed (`--remote-timeout`).</summary>
+    public TimeSpan RemoteTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>How often a replicated branch (`remotes/NAME/sync-branches`) is fetched (`--replicate-interval`).</summary>
+    public TimeSpan ReplicateInterval { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>Variables added to git's clean environment for remotes (GIT_SSH_COMMAND with a test's key, for one).</summary>
+    public IReadOnlyDictionary<string, string> RemoteEnvironment { get; init; } = new Dictionary<string, string>();
+
     // Commit metadata: the author and committer a transaction gets unless it says otherwise.
 }
 

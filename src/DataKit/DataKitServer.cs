@@ -17,7 +17,9 @@ public sealed class DataKitServer : IAsyncDisposable
         Store = GitStore.Open(gitPath, syncWrites: Settings.Durability == Durability.Full);
         LogSources = logSources ?? new LogSources(LogLevel.Warning);
         _poller = new HeadPoller(Store, TimeSpan.FromMilliseconds(200));
-        NineP = new NinePServer(() => new DataKitSession(Store, LogSources, Settings), options, logger);
+        // Server-wide, unlike the original's per-connection remotes: auto-push and replication follow every session's commits.
+        Remotes = new RemoteRegistry(Store, Settings);
+        NineP = new NinePServer(() => new DataKitSession(Store, LogSources, Settings, Remotes), options, logger);
     }
 
     public DataKitOptions Settings { get; }
@@ -25,6 +27,8 @@ public sealed class DataKitServer : IAsyncDisposable
     public LogSources LogSources { get; }
 
     public GitStore Store { get; }
+
+    public RemoteRegistry Remotes { get; }
     public NinePServer NineP { get; }
 
     public System.Net.EndPoint Listen(ListenAddress address) => NineP.Listen(address);
@@ -32,6 +36,7 @@ public sealed class DataKitServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await NineP.DisposeAsync().ConfigureAwait(false);
+        await Remotes.DisposeAsync().ConfigureAwait(false);
         await _poller.DisposeAsync().ConfigureAwait(false);
         Store.Dispose();
     }

@@ -11,6 +11,12 @@ public static partial class ProcessSignal
     /// <summary>Sends <paramref name="signal"/> to process <paramref name="pid"/>; false if it is gone (ESRCH) or not ours.</summary>
     public static bool Send(int pid, PosixSignal signal) => pid > 0 && Kill(pid, Number(signal)) == 0;
 
+    /// <summary>
+    /// Sends <paramref name="signal"/> to every process of group <paramref name="pgid"/> (kill(2) with a negative pid),
+    /// so a child's own children (git's ssh or remote helper) go with it; false if the group is gone.
+    /// </summary>
+    public static bool SendToGroup(int pgid, PosixSignal signal) => pgid > 1 && Kill(-pgid, Number(signal)) == 0;
+
     /// <summary>The Linux number of <paramref name="signal"/> (signal(7)); 128 plus it is a shell's exit code for it.</summary>
     /// <remarks>
     /// .NET's <see cref="PosixSignal"/> values are its own (negative) codes, not the kernel's; the stop signals are

@@ -41,8 +41,16 @@ public readonly record struct PortPublish(int HostPort, int GuestPort, bool Udp)
 public sealed class VpnKitServerOptions
 {
     public int Mtu { get; init; } = 1500;
-    /// <summary>DNS upstreams; empty means the host's /etc/resolv.conf.</summary>
+    /// <summary>DNS upstreams; empty means the nameservers of <see cref="ResolvConfPath"/>, followed as it changes.</summary>
     public IReadOnlyList<IPEndPoint> DnsUpstreams { get; init; } = [];
+    /// <summary>The resolv.conf whose nameservers are the upstreams when <see cref="DnsUpstreams"/> is empty.</summary>
+    public string ResolvConfPath { get; init; } = "/etc/resolv.conf";
+    /// <summary>A hosts file whose names the forwarder answers (followed as it changes); null: none.</summary>
+    public string? HostsPath { get; init; } = "/etc/hosts";
+    /// <summary>Names the forwarder answers itself (exact, or *.ZONE), before the hosts file and the upstreams.</summary>
+    public IReadOnlyList<DnsRecord> DnsRecords { get; init; } = [];
+    /// <summary>DHCP's domain search list (option 119) and domain name (option 15, the first); empty: "localdomain".</summary>
+    public IReadOnlyList<string> DnsSearch { get; init; } = [];
     public IReadOnlyList<PortPublish> Publishes { get; init; } = [];
     public string? PcapPath { get; init; }
     public IReadOnlyList<string> HostNames { get; init; } = ["host.internal", "host.docker.internal"];
@@ -86,9 +94,16 @@ public sealed partial class VpnKitServer : IDisposable
         }
         _options = options;
         _log = logs.CreateLogger("vpnkit");
-        _gw = new GatewayOptions { Mtu = options.Mtu, IsnSecret = (ulong)Random.Shared.NextInt64(), SegmentationOffload = options.SegmentationOffload };
-        IReadOnlyList<IPEndPoint> upstreams = options.DnsUpstreams.Count > 0 ? options.DnsUpstreams : DnsForwarder.ReadResolvConf();
-        _dns = new DnsForwarder(upstreams, _gw.HostIp, options.HostNames, _log);
+        _gw = new GatewayOptions
+        {
+            Mtu = options.Mtu,
+            IsnSecret = (ulong)Random.Shared.NextInt64(),
+            SegmentationOffload = options.SegmentationOffload,
+            DomainName = options.DnsSearch.Count > 0 ? options.DnsSearch[0] : "localdomain",
+            SearchDomains = options.DnsSearch,
+        };
+        var names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback);
+        _dns = new DnsForwarder(options.DnsUpstreams, options.ResolvConfPath, names, _log);
         var dns = _dns;
         _nat = new NatHost(_gate, _gw, dns, _log) { BlockMetadata = options.BlockMetadata, HostLoopback = options.HostLoopback };
         _gate.Engine = new Gateway(_gw, _switch, _nat);
@@ -353,7 +368,7 @@ public sealed partial class VpnKitServer : IDisposable
                 Socket s = await listener.AcceptAsync().ConfigureAwait(false);
                 lock (_gate.Sync)
                 {
-                    TcpConnection? c = _gate.Engine.OpenToGuest(_gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp, EngineGate.Now);
+                    TcpSocket? c = _gate.Engine.OpenToGuest(_gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp, EngineGate.Now);
                     if (c is null)
                     {
                         s.Dispose();

@@ -40,31 +40,31 @@ internal static class VpnKitTargets
             byte flags = r.Span[0];
             now += r.Span[1] * 16;
             gw.Receive(r.Span[2..], now, checksumsTrusted: (flags & 1) != 0);
-            foreach (TcpConnection c in nat.TakeConnects())
+            foreach (TcpSocket c in nat.TakeConnects())
             {
-                gw.CompleteConnect(c, connected: (flags & 2) == 0, now);
+                c.CompleteConnect(connected: (flags & 2) == 0, now);
             }
-            foreach (TcpConnection c in nat.Live())
+            foreach (TcpSocket c in nat.Live())
             {
-                while (gw.TcpRead(c, read, now) > 0)
+                while (c.Read(read, now) > 0)
                 {
                 }
                 if ((flags & 4) != 0)
                 {
-                    gw.TcpWrite(c, host.AsSpan(0, 100 + (flags * 7)), now);
+                    c.Write(host.AsSpan(0, 100 + (flags * 7)), now);
                 }
                 if ((flags & 8) != 0)
                 {
-                    gw.TcpShutdown(c, now);
+                    c.Shutdown(now);
                 }
                 if ((flags & 16) != 0)
                 {
-                    gw.TcpAbort(c, now);
+                    c.Abort(now);
                 }
             }
             if ((flags & 32) != 0)
             {
-                TcpConnection? c = gw.OpenToGuest(options.FirstGuestIp, 80, options.HostIp, now);
+                TcpSocket? c = gw.OpenToGuest(options.FirstGuestIp, 80, options.HostIp, now);
                 if (c is not null)
                 {
                     nat.Add(c);
@@ -106,43 +106,43 @@ internal static class VpnKitTargets
     /// <summary>The NAT's side, with no sockets: connects are completed after the frame that asked for them.</summary>
     private sealed class FakeNat : IFlowHandler
     {
-        private readonly List<TcpConnection> _connecting = [];
-        private readonly List<TcpConnection> _live = [];
+        private readonly List<TcpSocket> _connecting = [];
+        private readonly List<TcpSocket> _live = [];
 
-        public void Add(TcpConnection c) => _live.Add(c);
+        public void Add(TcpSocket c) => _live.Add(c);
 
-        public List<TcpConnection> TakeConnects()
+        public List<TcpSocket> TakeConnects()
         {
-            var list = new List<TcpConnection>(_connecting);
+            var list = new List<TcpSocket>(_connecting);
             _connecting.Clear();
             return list;
         }
 
-        public List<TcpConnection> Live()
+        public List<TcpSocket> Live()
         {
             _live.RemoveAll(c => c.Removed || c.IsReset);
             return [.. _live];
         }
 
-        public void TcpConnectRequested(TcpConnection connection)
+        public void TcpConnectRequested(TcpSocket connection)
         {
             _connecting.Add(connection);
             _live.Add(connection);
         }
 
-        public void TcpEstablished(TcpConnection connection)
+        public void TcpEstablished(TcpSocket connection)
         {
         }
 
-        public void TcpReadable(TcpConnection connection)
+        public void TcpReadable(TcpSocket connection)
         {
         }
 
-        public void TcpWritable(TcpConnection connection)
+        public void TcpWritable(TcpSocket connection)
         {
         }
 
-        public void TcpReset(TcpConnection connection) => _live.Remove(connection);
+        public void TcpReset(TcpSocket connection) => _live.Remove(connection);
 
         public void UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload)
         {

@@ -20,10 +20,18 @@ public sealed class TinyDnsServer : IDisposable
     private readonly Socket _socket = new(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
     private readonly CancellationTokenSource _stop = new();
     private readonly ConcurrentQueue<string> _queries = new();
+    private readonly IPAddress _answer;
 
     public TinyDnsServer()
+        : this(new IPEndPoint(IPAddress.Loopback, 0), Address)
     {
-        _socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+    }
+
+    /// <summary>A server at <paramref name="bind"/> (e.g. 127.0.0.2:53, as a resolv.conf names it) answering <see cref="Name"/> with <paramref name="answer"/>.</summary>
+    public TinyDnsServer(IPEndPoint bind, IPAddress answer)
+    {
+        _answer = answer;
+        _socket.Bind(bind);
         _ = ServeAsync();
     }
 
@@ -103,7 +111,7 @@ public sealed class TinyDnsServer : IDisposable
             BinaryPrimitives.WriteUInt16BigEndian(rr[4..], 1);  // IN
             BinaryPrimitives.WriteUInt32BigEndian(rr[6..], 60); // TTL
             BinaryPrimitives.WriteUInt16BigEndian(rr[10..], 4);
-            Address.GetAddressBytes().CopyTo(rr[12..]);
+            _answer.GetAddressBytes().CopyTo(rr[12..]);
         }
         return reply;
     }

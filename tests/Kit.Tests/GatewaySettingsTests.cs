@@ -71,7 +71,15 @@ public sealed class GatewaySettingsTests
     public void No_server_option_is_forgotten()
     {
         VpnKitServerOptions mapped = (GatewaySettings.Parse(9000, ["127.0.0.1:5353"], ["8080:80"], new FileInfo("cap.pcap"))
-            with { BlockMetadata = true, HostLoopback = false }).ServerOptions(true);
+            with
+            {
+                BlockMetadata = true,
+                HostLoopback = false,
+                DnsRecords = [Kit.VpnKit.Services.DnsRecord.Parse("a.test=10.0.0.1")],
+                DnsSearch = ["corp.test"],
+                ResolvConfPath = "/run/other/resolv.conf",
+                HostsPath = null,
+            }).ServerOptions(true);
         var defaults = new VpnKitServerOptions();
         foreach (PropertyInfo p in typeof(VpnKitServerOptions).GetProperties(BindingFlags.Public | BindingFlags.Instance))
         {
@@ -110,5 +118,26 @@ public sealed class GatewaySettingsTests
         Assert.Equal(hostLoopback, s.HostLoopback);
         Assert.Equal(blockMetadata, s.ServerOptions(false).BlockMetadata);
         Assert.Equal(hostLoopback, s.ServerOptions(false).HostLoopback);
+    }
+
+    [Fact]
+    public void DnsSwitchesParse()
+    {
+        var policy = new GatewayPolicyOptions();
+        var command = new System.CommandLine.RootCommand();
+        foreach (System.CommandLine.Option o in policy.All)
+        {
+            command.Options.Add(o);
+        }
+        GatewaySettings s = policy.Apply(GatewaySettings.Default, command.Parse(
+            ["--dns-record", "*.Zone.Test=10.0.0.1", "--dns-search", "a.test,B.test.", "--dns-search", "c.test", "--resolv-conf", "/x/resolv.conf", "--no-hosts-file"]));
+        Assert.Equal("*.zone.test", s.DnsRecords.Single().Name);
+        Assert.Equal(["a.test", "b.test", "c.test"], s.DnsSearch);
+        Assert.Equal("/x/resolv.conf", s.ResolvConfPath);
+        Assert.Null(s.HostsPath);
+        GatewaySettings d = policy.Apply(GatewaySettings.Default, command.Parse([]));
+        Assert.Equal("/etc/resolv.conf", d.ResolvConfPath);
+        Assert.Equal("/etc/hosts", d.HostsPath);
+        Assert.Throws<CliException>(() => policy.Apply(GatewaySettings.Default, command.Parse(["--dns-search", "a,b,c,d,e,f,g"])));
     }
 }

@@ -16,15 +16,20 @@ public sealed class DataKitSession : IFileSystemSession
     private readonly GitStore _store;
     private readonly Lock _gate = new();
     private readonly Dictionary<string, BranchState> _branches = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, RemoteState> _remotes = new(StringComparer.Ordinal);
+    private readonly RemoteRegistry _remotes;
+    private readonly bool _ownsRemotes;
     private readonly IDirectory _root;
 
     private readonly DataKitOptions _settings;
 
-    public DataKitSession(GitStore store, LogSources? logSources = null, DataKitOptions? settings = null)
+    /// <param name="remotes">The server's remotes (Remotes.cs), shared by all its sessions; a session made without a
+    /// server gets its own, which goes with it.</param>
+    public DataKitSession(GitStore store, LogSources? logSources = null, DataKitOptions? settings = null, RemoteRegistry? remotes = null)
     {
         _store = store;
         _settings = settings ?? DataKitOptions.Default;
+        _ownsRemotes = remotes is null;
+        _remotes = remotes ?? new RemoteRegistry(store, _settings);
         logSources ??= new LogSources(Microsoft.Extensions.Logging.LogLevel.Warning);
         _root = SyntheticDir.Fixed("", "/",
             BranchesDir(),
@@ -32,28 +37,19 @@ public sealed class DataKitSession : IFileSystemSession
             SnapshotsDir(),
             TreesDir(),
             CommitsDir(),
-            RemotesDir());
+            _remotes.Directory());
     }
 
     public ValueTask<IDirectory> AttachAsync(string uname, string aname, CancellationToken ct) =>
         aname is "" or "/" ? ValueTask.FromResult(_root) : throw DkErrors.NotFound();
 
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    public ValueTask DisposeAsync() => _ownsRemotes ? _remotes.DisposeAsync() : ValueTask.CompletedTask;
 
     private sealed class BranchState(string name)
     {
         public string Name { get; set; } = name;
         public CommandResult FastForward { get; } = new();
         public Dictionary<string, Transaction> Transactions { get; } = new(StringComparer.Ordinal);
-    }
-
-    private sealed class RemoteState(string name)
-    {
-        public string Name { get; set; } = name;
-        public TextBuffer Url { get; } = new();
-        public CommandResult Fetch { get; } = new();
-        public string Head { get; set; } = "";
-        public ChangeSignal Changed { get; } = new();
     }
 
     // ---------- /debug (§1.8) ----------
@@ -476,93 +472,4 @@ public sealed class DataKitSession : IFileSystemSession
             DataKitJson.Default.CommitJson);
         return ReadOnlyFile.OfText(n, "/commits/" + n, () => json);
     });
-
-    // ---------- remotes/ (§1.7) ----------
-
-    private SyntheticDir RemotesDir() => new("remotes", "/remotes", () =>
-    {
-        lock (_gate)
-        {
-            return _remotes.Values.Select(r => (INode)RemoteDir(r)).ToArray();
-        }
-    }, n =>
-    {
-        lock (_gate)
-        {
-            return _remotes.TryGetValue(n, out RemoteState? r) ? RemoteDir(r) : null;
-        }
-    })
-    {
-        DirsOnly = true,
-        Mkdir = n =>
-        {
-            lock (_gate)
-            {
-                if (_remotes.ContainsKey(n))
-                {
-                    throw DkErrors.Exists();
-                }
-                var r = new RemoteState(n);
-                _remotes[n] = r;
-                return RemoteDir(r);
-            }
-        },
-        // Removable, unlike the original (quirk #16).
-        Remove = n =>
-        {
-            lock (_gate)
-            {
-                if (!_remotes.Remove(n))
-                {
-                    throw DkErrors.NotFound();
-                }
-            }
-        },
-        Rename = (from, to) =>
-        {
-            lock (_gate)
-            {
-                if (_remotes.ContainsKey(to))
-                {
-                    throw DkErrors.Exists();
-                }
-                if (!_remotes.Remove(from, out RemoteState? r))
-                {
-                    throw DkErrors.NotFound();
-                }
-                r.Name = to;
-                _remotes[to] = r;
-            }
-        },
-    };
-
-    private SyntheticDir RemoteDir(RemoteState r)
-    {
-        string key = $"/remotes/{r.Name}";
-        return SyntheticDir.Fixed(r.Name, key,
-            new BufferFile("url", key + "/url", r.Url),
-            new CommandFile("fetch", key + "/fetch", r.Fetch, (branch, ct) =>
-            {
-                string url = r.Url.Text.Trim();
-                if (url.Length == 0)
-                {
-                    throw new VfsException(Errno.EINVAL, "error: remote url is not defined");
-                }
-                if (branch.Length == 0)
-                {
-                    throw new VfsException(Errno.EINVAL, "error: no head to fetch");
-                }
-                try
-                {
-                    r.Head = _store.Fetch(url, branch).Sha;
-                }
-                catch (LibGit2SharpException e)
-                {
-                    throw new VfsException(Errno.EIO, $"error: cannot fetch {url}", e);
-                }
-                r.Changed.Poke();
-                return ValueTask.FromResult("");
-            }),
-            new StreamFile("head", key + "/head", () => new StreamSession(() => r.Head, r.Changed.NextAsync, v => v.Length == 0 ? "" : v + "\n")));
-    }
 }

@@ -566,29 +566,11 @@ public sealed class GitStore : IDisposable
     /// <summary>True if <paramref name="ancestor"/> is <paramref name="descendant"/> or one of its ancestors.</summary>
     public bool IsAncestor(ObjectId ancestor, ObjectId descendant) => ancestor == descendant || MergeBase(ancestor, descendant) == ancestor;
 
-    /// <summary>Fetches <paramref name="branch"/> from <paramref name="url"/> into a private ref; returns its head.</summary>
-    public ObjectId Fetch(string url, string branch)
-    {
-        // The name goes into a refspec: a ':' or '*' in it would fetch into, or from, refs the caller did not name.
-        CheckBranchName(branch);
-        lock (_gate)
-        {
-            string local = $"refs/datakit/fetch/{Convert.ToHexString(System.Security.Cryptography.SHA1.HashData(Encoding.UTF8.GetBytes(url)))[..12]}/{branch}";
-            // LibGit2Sharp fetches by remote name, so a short-lived named remote stands for the URL.
-            string remoteName = "datakit-fetch-" + Guid.NewGuid().ToString("N")[..8];
-            _repo.Network.Remotes.Add(remoteName, url);
-            try
-            {
-                Commands.Fetch(_repo, remoteName, [$"+refs/heads/{branch}:{local}"], new FetchOptions(), null);
-            }
-            finally
-            {
-                _repo.Network.Remotes.Remove(remoteName);
-            }
-            string? sha = _repo.Refs[local]?.ResolveToDirectReference()?.TargetIdentifier;
-            return sha is null ? throw new VfsException(Errno.ENOENT, "error: no head to fetch") : new ObjectId(sha);
-        }
-    }
+    /// <summary>
+    /// The repository's git directory (the store itself when bare, its .git otherwise): where the git CLI runs for
+    /// remotes (<see cref="RemoteOps"/>), outside the store lock.
+    /// </summary>
+    public string GitDir => _gitDir;
 
     private sealed class ReadOnlyMemoryStream(ReadOnlyMemory<byte> data) : Stream
     {

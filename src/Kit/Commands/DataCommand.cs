@@ -32,20 +32,36 @@ internal static class DataCommand
             DefaultValueFactory = _ => "full",
         };
         durability.AcceptOnlyFromAmong("full", "none");
+        // Remotes (docs/datakit.md): none allowed unless the operator says which URL prefixes.
+        var allowRemote = new Option<string[]>("--allow-remote")
+        {
+            HelpName = "PREFIX",
+            Description = "Let remotes/*/url name URLs under PREFIX (a path, file://, git://, http(s)://, ssh:// or host: prefix; repeatable). Default: none.",
+        };
+        var remoteTimeout = new Option<int>("--remote-timeout")
+        {
+            HelpName = "SECONDS",
+            Description = "Time limit of one fetch or push; git is killed after it. Default: 60.",
+            DefaultValueFactory = _ => 60,
+        };
+        var replicateInterval = new Option<double>("--replicate-interval")
+        {
+            HelpName = "SECONDS",
+            Description = "How often branches in remotes/*/sync-branches are fetched and brought in step. Default: 2.",
+            DefaultValueFactory = _ => 2,
+        };
         var serve = new Command("serve", "Serve the DataKit tree over 9P (9P2000, 9P2000.u, 9P2000.L) until interrupted.")
         {
-            git, listen, durability,
+            git, listen, durability, allowRemote, remoteTimeout, replicateInterval,
         };
         Supervision.AddTo(serve);
-        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [], Settings(parse, durability), ct));
+        serve.SetAction((parse, ct) => ServeAsync(parse, parse.GetValue(git), parse.GetValue(listen) ?? [],
+            RemoteSettings(parse.GetValue(allowRemote) ?? [], parse.GetValue(remoteTimeout), parse.GetValue(replicateInterval)) with
+            {
+                Durability = parse.GetValue(durability) == "none" ? Durability.None : Durability.Full,
+            }, ct));
         return new Command("data", "DataKit: a git-backed store served as a 9P file system.") { serve };
     }
-
-    /// <summary>The server-wide settings from the flags.</summary>
-    private static DataKitOptions Settings(ParseResult parse, Option<string> durability) => new()
-    {
-        Durability = parse.GetValue(durability) == "none" ? Durability.None : Durability.Full,
-    };
 
     public static string DefaultStore()
     {
@@ -54,6 +70,31 @@ internal static class DataCommand
             ? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".local", "share")
             : xdg;
         return Path.Combine(baseDir, "kit", "datakit");
+    }
+
+    private static DataKitOptions RemoteSettings(string[] allow, int timeoutSeconds, double intervalSeconds)
+    {
+        if (timeoutSeconds is < 1 or > 86_400)
+        {
+            throw new CliException("--remote-timeout: give 1 to 86400 seconds");
+        }
+        if (intervalSeconds is < 0.1 or > 86_400 || double.IsNaN(intervalSeconds))
+        {
+            throw new CliException("--replicate-interval: give 0.1 to 86400 seconds");
+        }
+        try
+        {
+            return DataKitOptions.Default with
+            {
+                AllowRemotes = new Kit.DataKit.Store.RemotePolicy(allow),
+                RemoteTimeout = TimeSpan.FromSeconds(timeoutSeconds),
+                ReplicateInterval = TimeSpan.FromSeconds(intervalSeconds),
+            };
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException(e.Message);
+        }
     }
 
     private static async Task<int> ServeAsync(ParseResult parse, string? gitPath, string[] listenArgs, DataKitOptions settings, CancellationToken ct)

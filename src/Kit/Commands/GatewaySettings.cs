@@ -18,6 +18,18 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
     /// <summary><c>--host-loopback</c> (default) / <c>--no-host-loopback</c>: 192.168.65.2 reaches the host's 127.0.0.1.</summary>
     public bool HostLoopback { get; init; } = true;
 
+    /// <summary><c>--dns-record NAME=IP</c>: names the forwarder answers itself.</summary>
+    public IReadOnlyList<Kit.VpnKit.Services.DnsRecord> DnsRecords { get; init; } = [];
+
+    /// <summary><c>--dns-search DOMAIN</c>: DHCP's domain search list, and the namespace's resolv.conf search line.</summary>
+    public IReadOnlyList<string> DnsSearch { get; init; } = [];
+
+    /// <summary><c>--resolv-conf FILE</c>: the upstreams when none are given, followed as the file changes.</summary>
+    public string ResolvConfPath { get; init; } = "/etc/resolv.conf";
+
+    /// <summary><c>--hosts-file FILE</c> / <c>--no-hosts-file</c>: the hosts file the forwarder answers from.</summary>
+    public string? HostsPath { get; init; } = "/etc/hosts";
+
     /// <summary>The defaults: MTU 1500, the host's resolvers, nothing published, no capture.</summary>
     public static GatewaySettings Default { get; } = new(1500, [], [], null);
 
@@ -70,12 +82,17 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
         SegmentationOffload = segmentationOffload,
         BlockMetadata = BlockMetadata,
         HostLoopback = HostLoopback,
+        DnsRecords = DnsRecords,
+        DnsSearch = DnsSearch,
+        ResolvConfPath = ResolvConfPath,
+        HostsPath = HostsPath,
     };
 }
 
 /// <summary>
-/// The reachability switches of a gateway (docs/security.md, "What the guest can reach"), one set of options shared by
-/// <c>kit net run</c>, <c>kit net serve</c> and <c>kit vm run</c>.
+/// The gateway's switches beyond <see cref="GatewaySettings.Parse"/>'s: what the guest can reach (docs/security.md,
+/// "What the guest can reach") and how its DNS follows the host (docs/networking.md, "DNS"). One set of options shared
+/// by <c>kit net run</c>, <c>kit net serve</c> and <c>kit vm run</c>.
 /// </summary>
 internal sealed class GatewayPolicyOptions
 {
@@ -95,12 +112,77 @@ internal sealed class GatewayPolicyOptions
         Description = "Same as --host-loopback=false: 192.168.65.2 reaches nothing on the host.",
     };
 
-    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback];
+    public Option<string[]> DnsRecord { get; } = new("--dns-record")
+    {
+        HelpName = "NAME=IP",
+        Description = "Answer NAME (or every name under ZONE, with *.ZONE) with IP in the gateway's DNS (repeatable; before the hosts file and the upstreams).",
+    };
+
+    public Option<string[]> DnsSearch { get; } = new("--dns-search")
+    {
+        HelpName = "DOMAIN",
+        Description = "Domain search list the guest gets by DHCP (option 119; the first is the domain name, option 15). Repeatable or comma-separated.",
+    };
+
+    public Option<FileInfo> ResolvConf { get; } = new("--resolv-conf")
+    {
+        HelpName = "FILE",
+        Description = "Where the upstreams come from without --dns-upstream; re-read when it changes (a VPN connecting). Default: /etc/resolv.conf.",
+        DefaultValueFactory = _ => new FileInfo("/etc/resolv.conf"),
+    };
+
+    public Option<FileInfo> HostsFile { get; } = new("--hosts-file")
+    {
+        HelpName = "FILE",
+        Description = "Answer the names of this hosts file (re-read when it changes; names on the host's loopback answer with the host alias). Default: /etc/hosts.",
+        DefaultValueFactory = _ => new FileInfo("/etc/hosts"),
+    };
+
+    public Option<bool> NoHostsFile { get; } = new("--no-hosts-file")
+    {
+        Description = "Answer no names from a hosts file.",
+    };
+
+    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback, DnsRecord, DnsSearch, ResolvConf, HostsFile, NoHostsFile];
 
     /// <summary><paramref name="settings"/> with the switches as the command line set them.</summary>
-    public GatewaySettings Apply(GatewaySettings settings, ParseResult parse) => settings with
+    public GatewaySettings Apply(GatewaySettings settings, ParseResult parse)
     {
-        BlockMetadata = parse.GetValue(BlockMetadata),
-        HostLoopback = parse.GetValue(HostLoopback) && !parse.GetValue(NoHostLoopback),
-    };
+        var records = new List<Kit.VpnKit.Services.DnsRecord>();
+        foreach (string r in parse.GetValue(DnsRecord) ?? [])
+        {
+            try
+            {
+                records.Add(Kit.VpnKit.Services.DnsRecord.Parse(r));
+            }
+            catch (FormatException e)
+            {
+                throw new CliException($"--dns-record: {e.Message}");
+            }
+        }
+        var search = new List<string>();
+        foreach (string d in (parse.GetValue(DnsSearch) ?? []).SelectMany(d => d.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)))
+        {
+            // RFC 3397's list and resolv.conf's search line both hold host names only.
+            string name = d.TrimEnd('.').ToLowerInvariant();
+            if (!Kit.VpnKit.Services.DnsRecord.IsDomainName(name))
+            {
+                throw new CliException($"--dns-search: '{d}' is not a domain name");
+            }
+            search.Add(name);
+        }
+        if (search.Count > 6)
+        {
+            throw new CliException("--dns-search: at most 6 domains (resolv.conf(5))");
+        }
+        return settings with
+        {
+            BlockMetadata = parse.GetValue(BlockMetadata),
+            HostLoopback = parse.GetValue(HostLoopback) && !parse.GetValue(NoHostLoopback),
+            DnsRecords = records,
+            DnsSearch = search,
+            ResolvConfPath = parse.GetValue(ResolvConf)!.FullName,
+            HostsPath = parse.GetValue(NoHostsFile) ? null : parse.GetValue(HostsFile)!.FullName,
+        };
+    }
 }

@@ -146,7 +146,8 @@ internal static class NetCommand
             Ip("-n", ns, "route", "add", "default", "via", "192.168.65.1");
             // `ip netns exec` bind-mounts /etc/netns/NAME/* over /etc/*: the namespace's resolver is the gateway.
             Directory.CreateDirectory(etc);
-            File.WriteAllText(Path.Combine(etc, "resolv.conf"), "nameserver 192.168.65.1\n");
+            File.WriteAllText(Path.Combine(etc, "resolv.conf"),
+                "nameserver 192.168.65.1\n" + (options.DnsSearch.Count > 0 ? $"search {string.Join(' ', options.DnsSearch)}\n" : ""));
             server.AddLink(tap);
 
             // setpriv sets PR_SET_PDEATHSIG before it execs `ip netns exec`, which execs the command: when kit dies, even

@@ -88,7 +88,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     /// <summary>Host-side source → what the guest sees (the host's loopback appears as the host alias).</summary>
     private uint TranslateIn(uint ip) => (ip >> 24) == 127 ? _o.HostIp : ip;
 
-    public void TcpConnectRequested(TcpConnection c)
+    public void TcpConnectRequested(TcpSocket c)
     {
         uint address = 0;
         ushort port = c.RemotePort;
@@ -109,7 +109,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         TcpProxy? proxy = address == 0 || Loop is null ? null : TcpProxy.Connect(_gate, this, Loop, c, address, port, now + ConnectTimeoutMs, _log);
         if (proxy is null)
         {
-            _gate.Engine.CompleteConnect(c, connected: false, now);
+            c.CompleteConnect(connected: false, now);
             return;
         }
         _proxies.Add(proxy);
@@ -117,13 +117,13 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     }
 
     /// <summary>Adopts an accepted host socket for an engine-opened (published port) connection.</summary>
-    public void Adopt(TcpConnection c, Socket accepted)
+    public void Adopt(TcpSocket c, Socket accepted)
     {
         TcpProxy? proxy = Loop is null ? null : TcpProxy.Adopt(_gate, this, Loop, c, accepted, _log);
         if (proxy is null)
         {
             accepted.Dispose();
-            _gate.Engine.TcpAbort(c, EngineGate.Now);
+            c.Abort(EngineGate.Now);
             return;
         }
         _proxies.Add(proxy);
@@ -169,7 +169,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         return address.TryWriteBytes(b, out int n) && n == 4 ? System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(b) : 0;
     }
 
-    public void TcpEstablished(TcpConnection c)
+    public void TcpEstablished(TcpSocket c)
     {
         if (c.Tag is TcpProxy p)
         {
@@ -178,9 +178,9 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         }
     }
 
-    public void TcpReadable(TcpConnection c) => Queue(c.Tag as TcpProxy);
+    public void TcpReadable(TcpSocket c) => Queue(c.Tag as TcpProxy);
 
-    public void TcpWritable(TcpConnection c) => Queue(c.Tag as TcpProxy);
+    public void TcpWritable(TcpSocket c) => Queue(c.Tag as TcpProxy);
 
     /// <summary>Under the engine lock, inside an engine call: run the proxy once the call has returned.</summary>
     internal void Queue(TcpProxy? p)
@@ -211,7 +211,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         _runList.Clear();
     }
 
-    public void TcpReset(TcpConnection c) => (c.Tag as TcpProxy)?.OnReset();
+    public void TcpReset(TcpSocket c) => (c.Tag as TcpProxy)?.OnReset();
 
     public void UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload)
     {

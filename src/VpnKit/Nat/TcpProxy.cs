@@ -33,7 +33,7 @@ internal sealed partial class TcpProxy : IPollHandler
 
     private readonly EngineGate _gate;
     private readonly NatHost _nat;
-    private readonly TcpConnection _c;
+    private readonly TcpSocket _c;
     private readonly Socket _socket;
     private readonly ILogger _log;
     private Phase _phase;
@@ -57,7 +57,7 @@ internal sealed partial class TcpProxy : IPollHandler
     internal bool Queued;
     internal long ConnectDeadline;
 
-    private TcpProxy(EngineGate gate, NatHost nat, TcpConnection connection, Socket socket, ILogger log, Phase phase)
+    private TcpProxy(EngineGate gate, NatHost nat, TcpSocket connection, Socket socket, ILogger log, Phase phase)
     {
         _gate = gate;
         _nat = nat;
@@ -68,7 +68,7 @@ internal sealed partial class TcpProxy : IPollHandler
         connection.Tag = this;
     }
 
-    public TcpConnection Connection => _c;
+    public TcpSocket Connection => _c;
 
     public bool Connecting => _phase == Phase.Connecting;
 
@@ -76,7 +76,7 @@ internal sealed partial class TcpProxy : IPollHandler
     /// Outbound (guest-initiated): starts a non-blocking connect; the guest sees SYN-ACK only once it succeeds.
     /// Returns null when the socket cannot even be created or watched (the caller refuses the guest's SYN).
     /// </summary>
-    public static TcpProxy? Connect(EngineGate gate, NatHost nat, EventLoop loop, TcpConnection c, uint address, ushort port, long deadline, ILogger log)
+    public static TcpProxy? Connect(EngineGate gate, NatHost nat, EventLoop loop, TcpSocket c, uint address, ushort port, long deadline, ILogger log)
     {
         Socket socket;
         try
@@ -113,7 +113,7 @@ internal sealed partial class TcpProxy : IPollHandler
     private string? _failure;
 
     /// <summary>Inbound (published port): an accepted host socket for an engine-opened connection.</summary>
-    public static TcpProxy? Adopt(EngineGate gate, NatHost nat, EventLoop loop, TcpConnection c, Socket accepted, ILogger log)
+    public static TcpProxy? Adopt(EngineGate gate, NatHost nat, EventLoop loop, TcpSocket c, Socket accepted, ILogger log)
     {
         accepted.Blocking = false;
         accepted.NoDelay = true;
@@ -198,7 +198,7 @@ internal sealed partial class TcpProxy : IPollHandler
             LogConnectFailed(_log, NatHost.ToAddress(_address), _port, failure ?? "failed");
         }
         _nat.ConnectDone(this);
-        if (!_gate.Engine.CompleteConnect(_c, ok, now))
+        if (!_c.CompleteConnect(ok, now))
         {
             Close(abortive: false);
             return;
@@ -256,7 +256,7 @@ internal sealed partial class TcpProxy : IPollHandler
                 }
                 // Sent straight from the engine's buffer; what the socket does not take stays there (the guest's
                 // window stays shut meanwhile) until EPOLLOUT.
-                ReadOnlySpan<byte> data = engine.TcpPeek(_c);
+                ReadOnlySpan<byte> data = _c.Peek();
                 if (data.IsEmpty)
                 {
                     if (_c.GuestFinished && _c.Readable == 0)
@@ -277,7 +277,7 @@ internal sealed partial class TcpProxy : IPollHandler
                     Abort(now);
                     return;
                 }
-                engine.TcpConsume(_c, sent, now);
+                _c.Consume(sent, now);
             }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
@@ -310,7 +310,7 @@ internal sealed partial class TcpProxy : IPollHandler
             }
             // Read straight into the engine's send buffer, only as far as it has room: the rest waits in the socket
             // (the host's window shrinks) until the guest's ACKs drain it and the engine says so (TcpWritable).
-            Span<byte> room = engine.TcpWriteSpace(_c);
+            Span<byte> room = _c.WriteSpace();
             if (room.IsEmpty)
             {
                 Release(now);
@@ -321,7 +321,7 @@ internal sealed partial class TcpProxy : IPollHandler
             {
                 _canRecv = false;
                 _holding = false;
-                engine.TcpCommit(_c, 0, now); // Sends a held segment; gives back storage a ring did not need.
+                _c.Commit(0, now); // Sends a held segment; gives back storage a ring did not need.
                 return;
             }
             if (err != SocketError.Success)
@@ -332,8 +332,8 @@ internal sealed partial class TcpProxy : IPollHandler
             if (n == 0)
             {
                 _holding = false;
-                engine.TcpCommit(_c, 0, now);
-                engine.TcpShutdown(_c, now);
+                _c.Commit(0, now);
+                _c.Shutdown(now);
                 _hostDone = true;
                 return;
             }
@@ -343,7 +343,7 @@ internal sealed partial class TcpProxy : IPollHandler
             // unless the host has already shut down: its end came in the same edge as the data and brings no edge
             // of its own, so read on to the 0 that says so (or the guest never gets its FIN).
             bool more = n == room.Length;
-            engine.TcpCommit(_c, n, now, more);
+            _c.Commit(n, now, more);
             _holding = more;
             if (!more && !_peerShut)
             {
@@ -358,7 +358,7 @@ internal sealed partial class TcpProxy : IPollHandler
         if (_holding)
         {
             _holding = false;
-            _gate.Engine.TcpCommit(_c, 0, now);
+            _c.Commit(0, now);
         }
     }
 
@@ -369,7 +369,7 @@ internal sealed partial class TcpProxy : IPollHandler
         {
             return;
         }
-        _gate.Engine.TcpAbort(_c, now);
+        _c.Abort(now);
         Close(abortive: true);
     }
 

@@ -20,6 +20,8 @@ internal sealed partial class DnsForwarder
 {
     private const int MaxCacheEntries = 1024;
     private const uint MaxCacheTtl = 300;
+    /// <summary>TTL of local answers: short, since the hosts file and the records can change under them.</summary>
+    private const uint LocalTtl = 60;
     private static readonly TimeSpan AttemptTimeout = TimeSpan.FromSeconds(2);
     /// <summary>
     /// Upstream queries one guest (source address) may have in flight. A busy resolver (a container host starting
@@ -31,9 +33,9 @@ internal sealed partial class DnsForwarder
     /// <summary>Largest UDP DNS message (RFC 6891 §6.2.5 allows EDNS payloads up to 65,535 bytes).</summary>
     private const int MaxUdpMessage = 65535;
 
-    private readonly IReadOnlyList<IPEndPoint> _upstreams;
-    private readonly uint _hostIp;
-    private readonly string[] _hostNames;
+    private readonly IReadOnlyList<IPEndPoint> _fixedUpstreams;
+    private readonly FollowedFile<List<IPEndPoint>>? _resolvConf;
+    private readonly LocalNames _names;
     private readonly ILogger _log;
     private readonly object _cacheGate = new();
     private readonly Dictionary<string, (byte[] Response, long Expires)> _cache = [];
@@ -41,15 +43,32 @@ internal sealed partial class DnsForwarder
     private readonly Dictionary<uint, int> _inFlight = [];
     private int _inFlightTotal;
 
-    public DnsForwarder(IReadOnlyList<IPEndPoint> upstreams, uint hostIp, IReadOnlyList<string> hostNames, ILogger log)
+    /// <summary>
+    /// Forwards to <paramref name="upstreams"/>, or when there are none to the nameservers of
+    /// <paramref name="resolvConf"/>, followed as it changes: a VPN that connects on the host rewrites it, and the
+    /// guests' lookups move with the host's at once, with the cache dropped (answers from the old view may differ).
+    /// </summary>
+    public DnsForwarder(IReadOnlyList<IPEndPoint> upstreams, string? resolvConf, LocalNames names, ILogger log)
     {
-        _upstreams = upstreams;
-        _hostIp = hostIp;
-        _hostNames = [.. hostNames];
+        _fixedUpstreams = upstreams;
+        _names = names;
         _log = log;
+        if (upstreams.Count == 0 && resolvConf is not null)
+        {
+            _resolvConf = new(resolvConf, ParseResolvConf, []);
+            _resolvConf.Changed += now =>
+            {
+                lock (_cacheGate)
+                {
+                    _cache.Clear();
+                }
+                LogUpstreamsChanged(_log, _resolvConf.Path, now.Count == 0 ? "none" : string.Join(", ", now));
+            };
+        }
     }
 
-    public IReadOnlyList<IPEndPoint> Upstreams => _upstreams;
+    /// <summary>The upstreams now: the fixed ones, or resolv.conf's as last read.</summary>
+    public IReadOnlyList<IPEndPoint> Upstreams => _resolvConf?.Current ?? _fixedUpstreams;
 
     /// <summary>Queries answered with SERVFAIL because the in-flight bound was reached.</summary>
     public long Refused { get; private set; }
@@ -112,15 +131,14 @@ internal sealed partial class DnsForwarder
             return null;
         }
         ushort id = q.Id;
+        // Before the cache: a changed resolv.conf drops the cache as it is noticed, so no answer from the old view is served.
+        IReadOnlyList<IPEndPoint> upstreams = Upstreams;
         string? cacheKey = null;
         if (q.TryReadQuestion(out ReadOnlySpan<byte> name, out ushort type, out ushort @class, out int end))
         {
-            foreach (string h in _hostNames)
+            if (DnsMessage.TryGetDottedName(name, out string dotted) && _names.TryFind(dotted, out IPAddress[] local))
             {
-                if (DnsMessage.NameEquals(name, h))
-                {
-                    return BuiltIn(query, end, type, @class);
-                }
+                return LocalAnswer(query, end, type, @class, local);
             }
             cacheKey = CacheKey(name, type, @class);
             lock (_cacheGate)
@@ -133,7 +151,7 @@ internal sealed partial class DnsForwarder
                 }
             }
         }
-        if (_upstreams.Count == 0)
+        if (upstreams.Count == 0)
         {
             return null;
         }
@@ -143,7 +161,7 @@ internal sealed partial class DnsForwarder
         }
         try
         {
-            return await AskUpstreamsAsync(query, id, cacheKey, overTcp, cancel).ConfigureAwait(false);
+            return await AskUpstreamsAsync(upstreams, query, id, cacheKey, overTcp, cancel).ConfigureAwait(false);
         }
         finally
         {
@@ -151,9 +169,10 @@ internal sealed partial class DnsForwarder
         }
     }
 
-    private async Task<byte[]?> AskUpstreamsAsync(byte[] query, ushort id, string? cacheKey, bool overTcp, CancellationToken cancel)
+    private async Task<byte[]?> AskUpstreamsAsync(IReadOnlyList<IPEndPoint> upstreams, byte[] query, ushort id, string? cacheKey, bool overTcp,
+        CancellationToken cancel)
     {
-        foreach (IPEndPoint upstream in _upstreams)
+        foreach (IPEndPoint upstream in upstreams)
         {
             byte[]? reply = overTcp ? await AskTcpAsync(upstream, query, id, cancel).ConfigureAwait(false) : null;
             reply ??= await AskAsync(upstream, query, id, cancel).ConfigureAwait(false);
@@ -279,28 +298,35 @@ internal sealed partial class DnsForwarder
         return r;
     }
 
-    /// <summary>An authoritative answer for a built-in name: A → the host alias; other types → no data (NOERROR).</summary>
-    private byte[] BuiltIn(byte[] query, int questionEnd, ushort type, ushort @class)
+    /// <summary>
+    /// An authoritative answer for a name the gateway knows (<see cref="LocalNames"/>): its IPv4 addresses for A, its
+    /// IPv6 ones for AAAA (RFC 3596 §2.1), and for any other type, or a family the name has no address in, an empty
+    /// NOERROR (no data: the name exists).
+    /// </summary>
+    private static byte[] LocalAnswer(byte[] query, int questionEnd, ushort type, ushort @class, IPAddress[] addresses)
     {
-        bool answer = type == 1 && @class == 1;
-        byte[] r = new byte[questionEnd + (answer ? 16 : 0)];
+        AddressFamily family = type == 28 ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork;
+        IPAddress[] answers = @class == 1 && type is 1 or 28 ? [.. addresses.Where(a => a.AddressFamily == family).Take(32)] : [];
+        int rdLength = family == AddressFamily.InterNetwork ? 4 : 16;
+        byte[] r = new byte[questionEnd + (answers.Length * (12 + rdLength))];
         query.AsSpan(0, questionEnd).CopyTo(r);
         // QR=1, AA=1, keep RD, RA=1, RCODE=0.
         r[2] = (byte)(0x84 | (query[2] & 0x01));
         r[3] = 0x80;
         BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(4), 1);
-        BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(6), (ushort)(answer ? 1 : 0));
+        BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(6), (ushort)answers.Length);
         BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(8), 0);
         BinaryPrimitives.WriteUInt16BigEndian(r.AsSpan(10), 0);
-        if (answer)
+        Span<byte> a = r.AsSpan(questionEnd);
+        foreach (IPAddress address in answers)
         {
-            Span<byte> a = r.AsSpan(questionEnd);
             BinaryPrimitives.WriteUInt16BigEndian(a, 0xC00C); // Pointer to the question's name.
-            BinaryPrimitives.WriteUInt16BigEndian(a.Slice(2), 1);
+            BinaryPrimitives.WriteUInt16BigEndian(a.Slice(2), type);
             BinaryPrimitives.WriteUInt16BigEndian(a.Slice(4), 1);
-            BinaryPrimitives.WriteUInt32BigEndian(a.Slice(6), 60);
-            BinaryPrimitives.WriteUInt16BigEndian(a.Slice(10), 4);
-            BinaryPrimitives.WriteUInt32BigEndian(a.Slice(12), _hostIp);
+            BinaryPrimitives.WriteUInt32BigEndian(a.Slice(6), LocalTtl);
+            BinaryPrimitives.WriteUInt16BigEndian(a.Slice(10), (ushort)rdLength);
+            address.TryWriteBytes(a.Slice(12, rdLength), out _);
+            a = a.Slice(12 + rdLength);
         }
         return r;
     }
@@ -344,24 +370,24 @@ internal sealed partial class DnsForwarder
         return string.Concat(chars, $"/{type}/{@class}");
     }
 
-    /// <summary>Upstreams from resolv.conf's nameserver lines, port 53.</summary>
-    public static List<IPEndPoint> ReadResolvConf(string path = "/etc/resolv.conf")
+    /// <summary>Upstreams from resolv.conf's nameserver lines (resolv.conf(5): at most three are used), port 53.</summary>
+    internal static List<IPEndPoint> ParseResolvConf(string text)
     {
         var list = new List<IPEndPoint>();
-        if (!File.Exists(path))
-        {
-            return list;
-        }
-        foreach (string line in File.ReadLines(path))
+        foreach (string line in text.Split('\n'))
         {
             string[] parts = line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
-            if (parts.Length >= 2 && parts[0] == "nameserver" && IPAddress.TryParse(parts[1], out IPAddress? ip) && ip.AddressFamily == AddressFamily.InterNetwork)
+            if (list.Count < 3 && parts.Length >= 2 && parts[0] == "nameserver" && IPAddress.TryParse(parts[1], out IPAddress? ip)
+                && ip.AddressFamily == AddressFamily.InterNetwork)
             {
                 list.Add(new IPEndPoint(ip, 53));
             }
         }
         return list;
     }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "DNS upstreams from {Path}: {Upstreams}")]
+    private static partial void LogUpstreamsChanged(ILogger log, string path, string upstreams);
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "DNS upstream {Upstream} failed: {Reason}")]
     private static partial void LogUpstreamFailed(ILogger log, IPEndPoint upstream, string reason);

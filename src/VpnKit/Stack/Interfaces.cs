@@ -1,3 +1,5 @@
+using Kit.VpnKit.Wire;
+
 namespace Kit.VpnKit.Stack;
 
 /// <summary>Where the engine puts frames for guests. Called synchronously; the span is only valid during the call.</summary>
@@ -20,20 +22,20 @@ internal interface IFrameSink
 /// </summary>
 internal interface IFlowHandler
 {
-    /// <summary>A guest SYN for a new flow: connect on the host, then call <see cref="Gateway.CompleteConnect"/>.</summary>
-    void TcpConnectRequested(TcpConnection connection);
+    /// <summary>A guest SYN for a new flow: connect on the host, then call <see cref="TcpSocket.CompleteConnect"/>.</summary>
+    void TcpConnectRequested(TcpSocket connection);
 
     /// <summary>An engine-opened (inbound) connection reached ESTABLISHED.</summary>
-    void TcpEstablished(TcpConnection connection);
+    void TcpEstablished(TcpSocket connection);
 
     /// <summary>Guest data (or its FIN) is waiting in the connection's receive buffer.</summary>
-    void TcpReadable(TcpConnection connection);
+    void TcpReadable(TcpSocket connection);
 
     /// <summary>Space opened in the connection's send buffer after the host found it full.</summary>
-    void TcpWritable(TcpConnection connection);
+    void TcpWritable(TcpSocket connection);
 
     /// <summary>The connection was reset (by the guest, by retransmission give-up, or refused); drop the host socket.</summary>
-    void TcpReset(TcpConnection connection);
+    void TcpReset(TcpSocket connection);
 
     /// <summary>A UDP datagram from a guest to anything but the DHCP server.</summary>
     void UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload);
@@ -44,3 +46,41 @@ internal interface IFlowHandler
 
 /// <summary>A UDP 4-tuple as the guest sees it.</summary>
 internal readonly record struct UdpFlow(uint GuestIp, ushort GuestPort, uint RemoteIp, ushort RemotePort);
+
+/// <summary>
+/// What a <see cref="TcpSocket"/> needs from the interface that owns it (smoltcp's socket/interface split): the wire,
+/// the MAC of its guest, a wake-up for its timers, the flow events, and its removal from the table. The gateway
+/// implements it; every call is on the engine's thread.
+/// </summary>
+internal interface ITcpSocketHost
+{
+    /// <summary>Our MSS: the MTU less 40 bytes of IPv4 and TCP headers.</summary>
+    int Mss { get; }
+
+    /// <summary>Largest payload per dispatched segment when the link segments (TSO); 0 = the MSS.</summary>
+    int MaxSegment { get; }
+
+    GatewayCounters Counters { get; }
+
+    IFlowHandler Flows { get; }
+
+    /// <summary>Puts a segment on the wire: the socket's header fields, payload bytes from its send buffer.</summary>
+    void Transmit(TcpSocket socket, in TcpHeaderFields header, int sendOffset, int length);
+
+    /// <summary>A bare segment without options or window (a RST the state machine owes the guest).</summary>
+    void SendBareSegment(TcpSocket socket, uint seq, uint ack, TcpFlags flags);
+
+    bool TryResolve(uint guestIp, out MacAddress mac);
+
+    /// <summary>Asks for the guest's MAC (ARP); the socket retries from its retransmission timer.</summary>
+    void RequestAddress(uint guestIp);
+
+    /// <summary>The socket has a timer due at <paramref name="deadline"/> (absolute ms).</summary>
+    void WakeAt(long deadline);
+
+    /// <summary>A passive open's host connect reported: it no longer counts against the connects-in-flight bound.</summary>
+    void ConnectFinished(TcpSocket socket);
+
+    /// <summary>The socket closed: out of the table (and of the connects in flight).</summary>
+    void Detach(TcpSocket socket);
+}

@@ -58,6 +58,20 @@ internal static class Checksum
     public static ulong PseudoHeader(uint source, uint destination, byte protocol, int length)
         => Add(Add(0, source), destination) + protocol + (uint)length;
 
+    /// <summary>
+    /// The IPv6 pseudo-header of RFC 8200 §8.1 (TCP, UDP and ICMPv6 over IPv6): source, destination, upper-layer length
+    /// (32 bits), three zero bytes and the next header.
+    /// </summary>
+    public static ulong PseudoHeader6(UInt128 source, UInt128 destination, byte nextHeader, int length)
+    {
+        ulong sum = 0;
+        foreach (UInt128 a in (ReadOnlySpan<UInt128>)[source, destination])
+        {
+            sum = Add(Add(Add(Add(sum, (uint)(a >> 96)), (uint)(a >> 64)), (uint)(a >> 32)), (uint)a);
+        }
+        return Add(sum, (uint)length) + nextHeader;
+    }
+
     /// <summary>Folds a running sum to 16 bits and complements it: the value that goes on the wire.</summary>
     public static ushort Finish(ulong sum)
     {

@@ -171,5 +171,44 @@ internal readonly ref struct DnsMessage
         return false;
     }
 
+    /// <summary>
+    /// Wire-format labels as a dotted lower-case name without the trailing dot; false for a name no host name can equal
+    /// (a label holding a dot or a byte outside printable ASCII), which is then never answered locally.
+    /// </summary>
+    public static bool TryGetDottedName(ReadOnlySpan<byte> wireName, out string dotted)
+    {
+        dotted = "";
+        Span<char> chars = stackalloc char[255];
+        int j = 0;
+        int i = 0;
+        while (i < wireName.Length)
+        {
+            int len = wireName[i++];
+            if (len == 0)
+            {
+                dotted = new string(chars[..j]);
+                return true;
+            }
+            if (i + len > wireName.Length || j + len + 1 > chars.Length)
+            {
+                return false;
+            }
+            if (j > 0)
+            {
+                chars[j++] = '.';
+            }
+            foreach (byte b in wireName.Slice(i, len))
+            {
+                if (b is <= 0x20 or >= 0x7F or (byte)'.')
+                {
+                    return false;
+                }
+                chars[j++] = (char)ToLower(b);
+            }
+            i += len;
+        }
+        return false;
+    }
+
     private static byte ToLower(byte c) => c is >= (byte)'A' and <= (byte)'Z' ? (byte)(c | 0x20) : c;
 }

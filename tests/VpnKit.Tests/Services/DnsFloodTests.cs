@@ -26,7 +26,7 @@ public sealed class DnsFloodTests : IDisposable
     public void Dispose() => _silent.Dispose();
 
     private DnsForwarder Forwarder() =>
-        new([(IPEndPoint)_silent.LocalEndPoint!], 0xC0A84102, [], NullLogger.Instance);
+        new([(IPEndPoint)_silent.LocalEndPoint!], null, new LocalNames(IPAddress.Parse("192.168.65.2"), [], [], null, hostLoopback: true), NullLogger.Instance);
 
     private static byte[] Query(int i)
     {

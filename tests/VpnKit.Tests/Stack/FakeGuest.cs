@@ -30,19 +30,19 @@ internal sealed class CapturingSink : IFrameSink
 /// <summary>A NAT stand-in: records requests; connects succeed or fail as told.</summary>
 internal sealed class RecordingFlows : IFlowHandler
 {
-    public List<TcpConnection> ConnectRequests { get; } = [];
-    public List<TcpConnection> Established { get; } = [];
-    public List<TcpConnection> Resets { get; } = [];
+    public List<TcpSocket> ConnectRequests { get; } = [];
+    public List<TcpSocket> Established { get; } = [];
+    public List<TcpSocket> Resets { get; } = [];
     public int Readable;
     public int Writable;
     public List<(UdpFlow Flow, byte[] Payload)> Udp { get; } = [];
     public List<(uint Dst, ushort Id, ushort Seq)> Pings { get; } = [];
 
-    public void TcpConnectRequested(TcpConnection connection) => ConnectRequests.Add(connection);
-    public void TcpEstablished(TcpConnection connection) => Established.Add(connection);
-    public void TcpReadable(TcpConnection connection) => Readable++;
-    public void TcpWritable(TcpConnection connection) => Writable++;
-    public void TcpReset(TcpConnection connection) => Resets.Add(connection);
+    public void TcpConnectRequested(TcpSocket connection) => ConnectRequests.Add(connection);
+    public void TcpEstablished(TcpSocket connection) => Established.Add(connection);
+    public void TcpReadable(TcpSocket connection) => Readable++;
+    public void TcpWritable(TcpSocket connection) => Writable++;
+    public void TcpReset(TcpSocket connection) => Resets.Add(connection);
     public void UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload) => Udp.Add((flow, payload.ToArray()));
     public void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload) => Pings.Add((destination, id, sequence));
 }

@@ -115,13 +115,13 @@ public sealed class GatewayTests
     private static TcpOptions LinuxSyn => new() { Mss = 1460, WindowScale = 7, SackPermitted = true };
 
     /// <summary>Opens a connection through the whole handshake; returns it and the gateway's ISN.</summary>
-    private (TcpConnection C, uint Iss) Open(ushort port = 40000, uint guestIsn = 1000, ushort guestWindow = 1000, TcpOptions? opts = null)
+    private (TcpSocket C, uint Iss) Open(ushort port = 40000, uint guestIsn = 1000, ushort guestWindow = 1000, TcpOptions? opts = null)
     {
         _gw.Receive(G.Tcp(G.Remote, port, 80, guestIsn, 0, TcpFlags.Syn, 65535, options: opts ?? LinuxSyn), _now);
         Assert.Empty(_sink.Frames); // Connect before accept: nothing until the host connect completes.
-        TcpConnection c = _flows.ConnectRequests[^1];
+        TcpSocket c = _flows.ConnectRequests[^1];
         Assert.Equal(TcpState.Connecting, c.State);
-        Assert.True(_gw.CompleteConnect(c, connected: true, _now));
+        Assert.True(c.CompleteConnect(connected: true, _now));
         Seg synAck = Assert.Single(G.Segments(_sink));
         Assert.Equal(TcpFlags.Syn | TcpFlags.Ack, synAck.Flags);
         Assert.Equal(guestIsn + 1, synAck.Ack);
@@ -135,8 +135,8 @@ public sealed class GatewayTests
     public void HandshakeNegotiatesMssAndWindowScale()
     {
         _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1000, 0, TcpFlags.Syn, 65535, options: LinuxSyn), _now);
-        TcpConnection c = Assert.Single(_flows.ConnectRequests);
-        _gw.CompleteConnect(c, true, _now);
+        TcpSocket c = Assert.Single(_flows.ConnectRequests);
+        c.CompleteConnect(true, _now);
         Seg synAck = Assert.Single(G.Segments(_sink));
         Assert.Equal(1460, synAck.Options.Mss);
         Assert.True(synAck.Options.WindowScale > 0);
@@ -149,7 +149,7 @@ public sealed class GatewayTests
     public void NoScalingWhenGuestDoesNotOfferIt()
     {
         var (c, _) = Open(opts: new TcpOptions { Mss = 1460, WindowScale = -1 });
-        _gw.TcpWrite(c, new byte[100], _now);
+        c.Write(new byte[100], _now);
         Seg s = Assert.Single(G.Segments(_sink));
         Assert.Equal(65535, s.Window);
     }
@@ -158,8 +158,8 @@ public sealed class GatewayTests
     public void RefusedConnectGetsRst()
     {
         _gw.Receive(G.Tcp(G.Remote, 40001, 81, 5000, 0, TcpFlags.Syn, options: LinuxSyn), _now);
-        TcpConnection c = Assert.Single(_flows.ConnectRequests);
-        Assert.False(_gw.CompleteConnect(c, false, _now));
+        TcpSocket c = Assert.Single(_flows.ConnectRequests);
+        Assert.False(c.CompleteConnect(false, _now));
         Seg rst = Assert.Single(G.Segments(_sink));
         Assert.Equal(TcpFlags.Rst | TcpFlags.Ack, rst.Flags);
         Assert.Equal(5001u, rst.Ack);
@@ -188,7 +188,7 @@ public sealed class GatewayTests
         Assert.Equal(1006u, ack.Ack);
         Assert.Equal(5, c.Readable);
         byte[] buf = new byte[64];
-        Assert.Equal(5, _gw.TcpRead(c, buf, _now));
+        Assert.Equal(5, c.Read(buf, _now));
         Assert.Equal("hello", System.Text.Encoding.ASCII.GetString(buf, 0, 5));
         // A duplicate is acked again and not delivered twice.
         _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Psh, payload: "hello"u8.ToArray()), _now);
@@ -209,10 +209,10 @@ public sealed class GatewayTests
             _gw.Receive(G.Tcp(G.Remote, 40000, 80, guestSeq, ourSeq, TcpFlags.Ack | TcpFlags.Psh, payload: "ping"u8.ToArray()), _now);
             guestSeq += 4;
             Assert.Empty(G.Segments(_sink));
-            Assert.Equal(4, _gw.TcpRead(c, new byte[16], _now));
+            Assert.Equal(4, c.Read(new byte[16], _now));
             List<Seg> afterRead = G.Segments(_sink);
             Assert.True(round == 0 || afterRead.Count == 0);
-            Assert.Equal(4, _gw.TcpWrite(c, "pong"u8, _now));
+            Assert.Equal(4, c.Write("pong"u8, _now));
             Seg answer = Assert.Single(G.Segments(_sink));
             Assert.Equal(guestSeq, answer.Ack);
             Assert.Equal("pong", System.Text.Encoding.ASCII.GetString(answer.Payload));
@@ -227,14 +227,14 @@ public sealed class GatewayTests
     public void AShortTailIsHeldWhileTheHostHasMoreAndSentWithTheNextWriteOrShutdown()
     {
         var (c, _) = Open(guestWindow: 65535);
-        Assert.Equal(3000, _gw.TcpWrite(c, new byte[3000], _now, moreFollows: true));
+        Assert.Equal(3000, c.Write(new byte[3000], _now, moreFollows: true));
         Assert.Equal(new[] { 1460, 1460 }, G.Segments(_sink).Select(s => s.Payload.Length));
-        Assert.Equal(100, _gw.TcpWrite(c, new byte[100], _now));
+        Assert.Equal(100, c.Write(new byte[100], _now));
         Assert.Equal(new[] { 180 }, G.Segments(_sink).Select(s => s.Payload.Length));
 
-        Assert.Equal(50, _gw.TcpWrite(c, new byte[50], _now, moreFollows: true));
+        Assert.Equal(50, c.Write(new byte[50], _now, moreFollows: true));
         Assert.Empty(G.Segments(_sink));
-        _gw.TcpShutdown(c, _now);
+        c.Shutdown(_now);
         List<Seg> last = G.Segments(_sink);
         Assert.Equal(50, last[0].Payload.Length);
         Assert.True(last[^1].Flags.HasFlag(TcpFlags.Fin));
@@ -245,8 +245,8 @@ public sealed class GatewayTests
     {
         var gw = new Gateway(new GatewayOptions { TcpBufferSize = 4096 }, _sink, _flows);
         gw.Receive(G.Tcp(G.Remote, 40000, 80, 0, 0, TcpFlags.Syn, options: new TcpOptions { Mss = 1000, WindowScale = -1 }), _now);
-        TcpConnection c = _flows.ConnectRequests[^1];
-        gw.CompleteConnect(c, true, _now);
+        TcpSocket c = _flows.ConnectRequests[^1];
+        c.CompleteConnect(true, _now);
         Seg synAck = Assert.Single(G.Segments(_sink));
         Assert.Equal(4096, synAck.Window);
         uint seq = 1;
@@ -261,7 +261,7 @@ public sealed class GatewayTests
         Assert.Equal(4097u, last.Ack);
         Assert.Equal(0, last.Window);
         byte[] buf = new byte[4096];
-        Assert.Equal(4096, gw.TcpRead(c, buf, _now));
+        Assert.Equal(4096, c.Read(buf, _now));
         Seg update = Assert.Single(G.Segments(_sink));
         Assert.Equal(4096, update.Window);
         Assert.Equal(4097u, update.Ack);
@@ -271,7 +271,7 @@ public sealed class GatewayTests
     public void HostDataIsSegmentedByMssAndWindow()
     {
         var (c, iss) = Open(guestWindow: 3000, opts: new TcpOptions { Mss = 1000, WindowScale = 0 });
-        Assert.Equal(10_000, _gw.TcpWrite(c, new byte[10_000], _now));
+        Assert.Equal(10_000, c.Write(new byte[10_000], _now));
         List<Seg> segs = G.Segments(_sink);
         Assert.Equal(3, segs.Count);
         Assert.All(segs, s => Assert.Equal(1000, s.Payload.Length));
@@ -288,12 +288,12 @@ public sealed class GatewayTests
     {
         var gw = new Gateway(new GatewayOptions { TcpBufferSize = 4096 }, _sink, _flows);
         gw.Receive(G.Tcp(G.Remote, 40000, 80, 0, 0, TcpFlags.Syn, options: new TcpOptions { Mss = 1000, WindowScale = 0 }), _now);
-        TcpConnection c = _flows.ConnectRequests[^1];
-        gw.CompleteConnect(c, true, _now);
+        TcpSocket c = _flows.ConnectRequests[^1];
+        c.CompleteConnect(true, _now);
         uint iss = Assert.Single(G.Segments(_sink)).Seq;
         gw.Receive(G.Tcp(G.Remote, 40000, 80, 1, iss + 1, TcpFlags.Ack, 0), _now);
-        Assert.Equal(4096, gw.TcpWrite(c, new byte[10_000], _now));
-        Assert.Equal(0, gw.TcpWrite(c, new byte[1], _now));
+        Assert.Equal(4096, c.Write(new byte[10_000], _now));
+        Assert.Equal(0, c.Write(new byte[1], _now));
         Assert.Empty(G.Segments(_sink)); // Zero window: nothing sent yet.
         gw.Receive(G.Tcp(G.Remote, 40000, 80, 1, iss + 1, TcpFlags.Ack, 4000), _now);
         Assert.Equal(4, G.Segments(_sink).Count);
@@ -306,7 +306,7 @@ public sealed class GatewayTests
     public void RetransmitsAfterRtoWithBackoff()
     {
         var (c, iss) = Open();
-        _gw.TcpWrite(c, new byte[500], _now);
+        c.Write(new byte[500], _now);
         Seg first = Assert.Single(G.Segments(_sink));
         long due = _gw.NextDeadline;
         Assert.Equal(_now + 1000, due);
@@ -327,7 +327,7 @@ public sealed class GatewayTests
     public void FastRetransmitOnThreeDuplicateAcks()
     {
         var (c, iss) = Open(guestWindow: 60000, opts: new TcpOptions { Mss = 1000, WindowScale = 0 });
-        _gw.TcpWrite(c, new byte[5000], _now);
+        c.Write(new byte[5000], _now);
         Assert.Equal(5, G.Segments(_sink).Count);
         for (int i = 0; i < 4; i++) // One new ACK, then three duplicates.
         {
@@ -341,7 +341,7 @@ public sealed class GatewayTests
     public void ZeroWindowIsProbed()
     {
         var (c, iss) = Open(guestWindow: 0);
-        _gw.TcpWrite(c, new byte[100], _now);
+        c.Write(new byte[100], _now);
         Assert.Empty(G.Segments(_sink));
         _gw.OnTimer(_gw.NextDeadline);
         Seg probe = Assert.Single(G.Segments(_sink));
@@ -374,10 +374,10 @@ public sealed class GatewayTests
         Assert.True(c.GuestFinished);
         Assert.Equal(TcpState.CloseWait, c.State);
         // The host still talks after the guest's FIN (half-close).
-        Assert.Equal(3, _gw.TcpWrite(c, "bye"u8, _now));
+        Assert.Equal(3, c.Write("bye"u8, _now));
         Seg data = Assert.Single(G.Segments(_sink));
         Assert.Equal("bye", System.Text.Encoding.ASCII.GetString(data.Payload));
-        _gw.TcpShutdown(c, _now);
+        c.Shutdown(_now);
         Seg fin = Assert.Single(G.Segments(_sink));
         Assert.True((fin.Flags & TcpFlags.Fin) != 0);
         Assert.Equal(TcpState.LastAck, c.State);
@@ -390,7 +390,7 @@ public sealed class GatewayTests
     public void HostHalfCloseThenGuestKeepsSending()
     {
         var (c, iss) = Open();
-        _gw.TcpShutdown(c, _now);
+        c.Shutdown(_now);
         Seg fin = Assert.Single(G.Segments(_sink));
         Assert.Equal(TcpFlags.Fin | TcpFlags.Ack, fin.Flags);
         _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 2, TcpFlags.Ack), _now);
@@ -423,7 +423,7 @@ public sealed class GatewayTests
     public void HostAbortSendsRst()
     {
         var (c, iss) = Open();
-        _gw.TcpAbort(c, _now);
+        c.Abort(_now);
         Seg rst = Assert.Single(G.Segments(_sink));
         Assert.Equal(TcpFlags.Rst | TcpFlags.Ack, rst.Flags);
         Assert.Equal(iss + 1, rst.Seq);
@@ -434,8 +434,8 @@ public sealed class GatewayTests
     public void SynAckIsRetransmittedThenGivenUp()
     {
         _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1000, 0, TcpFlags.Syn, options: LinuxSyn), _now);
-        TcpConnection c = Assert.Single(_flows.ConnectRequests);
-        _gw.CompleteConnect(c, true, _now);
+        TcpSocket c = Assert.Single(_flows.ConnectRequests);
+        c.CompleteConnect(true, _now);
         _sink.Take();
         int synAcks = 0;
         for (int i = 0; i < 20 && !c.Removed; i++)
@@ -451,7 +451,7 @@ public sealed class GatewayTests
     [Fact]
     public void OpenToGuestArpsThenConnects()
     {
-        TcpConnection? c = _gw.OpenToGuest(G.Guest, 8080, G.Host, _now);
+        TcpSocket? c = _gw.OpenToGuest(G.Guest, 8080, G.Host, _now);
         Assert.NotNull(c);
         byte[] arp = Assert.Single(_sink.Take());
         Assert.True(EthernetFrame.TryParse(arp, out EthernetFrame e));

@@ -36,9 +36,9 @@ public sealed class HostileInputTests
             gw.Receive(f, now);
             gw.Receive(noise, now);
             // Let the NAT side answer some connects, both ways, so established paths are exercised too.
-            foreach (TcpConnection c in flows.ConnectRequests)
+            foreach (TcpSocket c in flows.ConnectRequests)
             {
-                gw.CompleteConnect(c, (c.GuestPort & 1) == 0, now);
+                c.CompleteConnect((c.GuestPort & 1) == 0, now);
             }
             flows.ConnectRequests.Clear();
             now += 7;
@@ -62,9 +62,9 @@ public sealed class HostileInputTests
         for (int i = 0; i < 10_000; i++)
         {
             gw.Receive(G.Tcp(G.Remote, (ushort)(10_000 + i), (ushort)(1 + (i % 60_000)), (uint)i, 0, TcpFlags.Syn), i);
-            foreach (TcpConnection c in flows.ConnectRequests)
+            foreach (TcpSocket c in flows.ConnectRequests)
             {
-                gw.CompleteConnect(c, false, i); // Closed ports: the host connect fails.
+                c.CompleteConnect(false, i); // Closed ports: the host connect fails.
             }
             flows.ConnectRequests.Clear();
         }
@@ -92,9 +92,9 @@ public sealed class HostileInputTests
         gw.Receive(G.ArpRequest(G.Gateway), 10_001);
         Assert.Single(sink.Take());
         // Finishing them frees the slots again.
-        foreach (TcpConnection c in flows.ConnectRequests)
+        foreach (TcpSocket c in flows.ConnectRequests)
         {
-            gw.CompleteConnect(c, false, 10_002);
+            c.CompleteConnect(false, 10_002);
         }
         Assert.Equal(0, gw.TcpConnectionCount);
         Assert.Equal(0, gw.PendingConnects);

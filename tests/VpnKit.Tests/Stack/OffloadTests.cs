@@ -10,12 +10,12 @@ public sealed class OffloadTests
     private readonly CapturingSink _sink = new();
     private readonly RecordingFlows _flows = new();
 
-    private (Gateway Gw, TcpConnection C, uint Iss) Open(int mtu, ushort guestMss, int window = 60000)
+    private (Gateway Gw, TcpSocket C, uint Iss) Open(int mtu, ushort guestMss, int window = 60000)
     {
         var gw = new Gateway(new GatewayOptions { Mtu = mtu, SegmentationOffload = true, TcpBufferSize = 1 << 20 }, _sink, _flows);
         gw.Receive(G.Tcp(G.Remote, 40000, 80, 0, 0, TcpFlags.Syn, options: new TcpOptions { Mss = guestMss, WindowScale = 7 }), 0);
-        TcpConnection c = _flows.ConnectRequests[^1];
-        gw.CompleteConnect(c, true, 0);
+        TcpSocket c = _flows.ConnectRequests[^1];
+        c.CompleteConnect(true, 0);
         uint iss = BinaryPrimitives.ReadUInt32BigEndian(_sink.Take()[0].AsSpan(14 + 20 + 4));
         gw.Receive(G.Tcp(G.Remote, 40000, 80, 1, iss + 1, TcpFlags.Ack, (ushort)(window >> 7)), 0);
         _sink.SegmentSizes.Clear();
@@ -26,7 +26,7 @@ public sealed class OffloadTests
     public void LargeSegmentsCarryPartialChecksumAndSegmentSize()
     {
         var (gw, c, _) = Open(1500, 1460, window: 1 << 20);
-        gw.TcpWrite(c, new byte[100_000], 1);
+        c.Write(new byte[100_000], 1);
         List<byte[]> frames = _sink.Take();
         // One segment of the whole initial window (RFC 6928: 10 MSS), for the kernel to cut into ten.
         Assert.Single(frames);
@@ -43,7 +43,7 @@ public sealed class OffloadTests
     {
         // MTU 65520: the MSS (65480) exceeds the largest IPv4 segment the engine builds, which must not stall it.
         var (gw, c, _) = Open(65520, 65480, window: 1 << 20);
-        gw.TcpWrite(c, new byte[300_000], 1);
+        c.Write(new byte[300_000], 1);
         Assert.True(_sink.Take().Count >= 4);
         Assert.All(_sink.SegmentSizes, s => Assert.Equal(0, s));
     }

@@ -1,0 +1,1010 @@
+using Kit.Buffers;
+using Kit.VpnKit.Wire;
+
+namespace Kit.VpnKit.Stack;
+
+/// <summary>RFC 9293 §3.3.2 states, plus Connecting: a SYN seen, the host connect still in flight.</summary>
+internal enum TcpState
+{
+    Connecting,
+    SynSent,
+    SynReceived,
+    Established,
+    FinWait1,
+    FinWait2,
+    CloseWait,
+    Closing,
+    LastAck,
+    TimeWait,
+    Closed,
+}
+
+/// <summary>A TCP 4-tuple as the guest sees it, packed into two words for a cheap dictionary key.</summary>
+internal readonly struct FlowKey(uint guestIp, ushort guestPort, uint remoteIp, ushort remotePort) : IEquatable<FlowKey>
+{
+    public readonly ulong A = ((ulong)guestIp << 32) | remoteIp;
+    public readonly uint B = ((uint)guestPort << 16) | remotePort;
+
+    public bool Equals(FlowKey other) => A == other.A && B == other.B;
+    public override bool Equals(object? obj) => obj is FlowKey k && Equals(k);
+    public override int GetHashCode() => HashCode.Combine(A, B);
+}
+
+/// <summary>
+/// One guest TCP connection terminated by the gateway (RFC 9293), in the shape of smoltcp's <c>socket/tcp.rs</c>: the
+/// socket owns its transmission control block (§3.3.1), its two bounded buffers, its state machine and its timers.
+/// The gateway (<see cref="ITcpSocketHost"/>) only finds the socket for a segment, puts the segments it dispatches on
+/// the wire, and keeps the table. Connect-before-accept: a passive open waits in <see cref="TcpState.Connecting"/>
+/// until the NAT reports the host connect (<see cref="CompleteConnect"/>); only then does the SYN-ACK go out.
+/// Not implemented on purpose: SACK and timestamps (the link is a virtual wire: loss is rare, RTT is tiny),
+/// out-of-order queueing (an out-of-order segment is dropped and a duplicate ACK asks for a retransmit), urgent data.
+/// Congestion control is NewReno-lite: slow start, halving on fast retransmit, one MSS after a timeout.
+/// Only the engine's thread touches it, under the driver's lock; the NAT reads its public properties and calls its
+/// host-side methods (<see cref="Peek"/>, <see cref="Write"/> ...) under the same lock.
+/// </summary>
+internal sealed class TcpSocket
+{
+    private const int MinRto = 200;      // Linux's floor; RFC 6298 §2.4 says 1 s but the link is a local wire.
+    private const int MaxRto = 60_000;   // RFC 6298 §2.5.
+    private const int InitialRto = 1000; // RFC 6298 §2.1.
+    private const int MaxRetries = 12;
+    private const int MaxSynRetries = 6;
+    private const int DelayedAckMs = 20;
+    private const int TimeWaitMs = 2000; // 2*MSL on a virtual wire; segments cannot linger in a network.
+
+    private readonly ITcpSocketHost _host;
+    private readonly ByteRing _send;
+    private readonly ByteRing _receive;
+    private long _now;
+
+    // Send sequence space (RFC 9293 §3.3.1).
+    private uint _iss;
+    private uint _sndUna;
+    private uint _sndNxt;
+    /// <summary>Sequence number of the first byte in the send buffer.</summary>
+    private uint _sendBase;
+    private uint _sndWnd;
+    private uint _sndWl1;
+    private uint _sndWl2;
+    private uint _maxSndWnd;
+    private int _sndShift;
+    private bool _scaling;
+    private uint _cwnd;
+    private uint _ssthresh = uint.MaxValue;
+    private int _dupAcks;
+    private bool _finQueued;
+    private bool _finSent;
+    private uint _finSeq;
+
+    // Receive sequence space.
+    private uint _irs;
+    private uint _rcvNxt;
+    private int _rcvShift;
+    private uint _lastAdvertisedEdge;
+    private uint _lastAckSent;
+    private int _segmentsSinceAck;
+    private bool _wantWritable;
+    /// <summary>The host said more bytes follow at once: a short last segment waits for them.</summary>
+    private bool _holdTail;
+    /// <summary>A zero-window probe is outstanding.</summary>
+    private bool _probing;
+
+    // Timers (absolute ms, 0 = off) and RFC 6298 state.
+    private long _rtoDeadline;
+    private long _persistDeadline;
+    private long _delayedAckDeadline;
+    private long _timeWaitDeadline;
+    private int _rto = InitialRto;
+    private int _backoff;
+    private int _srtt;
+    private int _rttVar;
+    private uint _rttSeq;
+    private long _rttStart;
+    private bool _rttTiming;
+    private int _retries;
+
+    private TcpSocket(ITcpSocketHost host, FlowKey key, uint guestIp, ushort guestPort, uint remoteIp, ushort remotePort, MacAddress guestMac, int bufferSize)
+    {
+        _host = host;
+        Key = key;
+        GuestIp = guestIp;
+        GuestPort = guestPort;
+        RemoteIp = remoteIp;
+        RemotePort = remotePort;
+        GuestMac = guestMac;
+        _send = ByteRing.Pooled(bufferSize);
+        _receive = ByteRing.Pooled(bufferSize);
+    }
+
+    internal readonly FlowKey Key;
+    public uint GuestIp { get; }
+    public ushort GuestPort { get; }
+    public uint RemoteIp { get; }
+    public ushort RemotePort { get; }
+    internal MacAddress GuestMac;
+
+    public TcpState State { get; private set; }
+    /// <summary>Set for the NAT's own use (its socket and pumps).</summary>
+    public object? Tag { get; set; }
+    public bool GuestFinished { get; private set; }
+    public bool IsReset { get; private set; }
+    /// <summary>Out of the gateway's table: no segment reaches it any more.</summary>
+    public bool Removed { get; private set; }
+    /// <summary>A passive open whose host connect has not reported yet (the gateway's connects-in-flight bound).</summary>
+    internal bool ConnectPending { get; set; }
+    /// <summary>The MSS the guest accepts (RFC 9293 §3.7.1): the gateway cuts offloaded segments at it.</summary>
+    internal int SendMss { get; private set; }
+
+    /// <summary>Bytes the guest has sent that the host has not read yet.</summary>
+    public int Readable => _receive.Count;
+
+    /// <summary>Room for host data right now.</summary>
+    public int Writable => _finQueued || IsReset ? 0 : _send.Free;
+
+    /// <summary>
+    /// Host data may be queued now. False once the host closed its writing side, or the engine may no longer carry
+    /// data for it. In SYN-RECEIVED (the host connect succeeded, the guest's ACK is not in yet) data is queued and
+    /// leaves when the handshake completes, so a server that speaks first (a banner) loses nothing.
+    /// </summary>
+    public bool CanWrite => !_finQueued && !IsReset && !Removed && State is TcpState.Established or TcpState.CloseWait or TcpState.SynReceived;
+
+    /// <summary>The earliest of the socket's timers (absolute ms), or long.MaxValue when none runs.</summary>
+    internal long NextDeadline => Min(long.MaxValue, _delayedAckDeadline, _rtoDeadline, _persistDeadline, _timeWaitDeadline);
+
+    internal bool HasTimers => _delayedAckDeadline != 0 || _rtoDeadline != 0 || _persistDeadline != 0 || _timeWaitDeadline != 0;
+
+    private static bool Lt(uint a, uint b) => (int)(a - b) < 0;
+    private static bool Le(uint a, uint b) => (int)(a - b) <= 0;
+
+    // ---- Opening ----
+
+    /// <summary>A guest SYN (RFC 9293 §3.10.7.2) for a new flow: the socket waits for the host connect.</summary>
+    internal static TcpSocket Listen(ITcpSocketHost host, FlowKey key, MacAddress mac, uint src, uint dst, TcpSegment syn, uint iss, int bufferSize)
+    {
+        var c = new TcpSocket(host, key, src, syn.SourcePort, dst, syn.DestinationPort, mac, bufferSize)
+        {
+            _irs = syn.Sequence,
+            _iss = iss,
+            _sndUna = iss,
+            _sndNxt = iss,
+            _sendBase = iss + 1,
+            // RFC 7323 §2.2: the window in a SYN is never scaled.
+            _sndWnd = syn.Window,
+            _sndWl1 = syn.Sequence,
+            State = TcpState.Connecting,
+        };
+        c._rcvNxt = c._irs + 1;
+        c._lastAckSent = c._rcvNxt;
+        c._lastAdvertisedEdge = c._rcvNxt;
+        c.NegotiateOptions(syn.Options);
+        return c;
+    }
+
+    /// <summary>An active open to a guest (port publishing): the SYN goes out now, or once the guest answers ARP.</summary>
+    internal static TcpSocket Connect(ITcpSocketHost host, FlowKey key, MacAddress mac, uint guestIp, ushort guestPort, uint sourceIp, ushort sourcePort,
+        uint iss, int bufferSize, long now)
+    {
+        var c = new TcpSocket(host, key, guestIp, guestPort, sourceIp, sourcePort, mac, bufferSize)
+        {
+            _now = now,
+            _iss = iss,
+            _sndUna = iss,
+            _sndNxt = iss,
+            _sendBase = iss + 1,
+            _rcvShift = ShiftFor(bufferSize),
+            SendMss = 536,
+            State = TcpState.SynSent,
+        };
+        return c;
+    }
+
+    /// <summary>Sends the first SYN of an active open, or waits for the guest's address (the RTO retries both).</summary>
+    internal void SendFirstSyn(long now)
+    {
+        _now = now;
+        if (GuestMac == MacAddress.Zero)
+        {
+            _host.RequestAddress(GuestIp);
+            _sndNxt = _iss + 1;
+            ArmRto();
+        }
+        else
+        {
+            SendSyn(TcpFlags.Syn);
+        }
+    }
+
+    private void NegotiateOptions(TcpOptions opts)
+    {
+        // RFC 9293 §3.7.1: 536 when the peer sent no MSS; never more than our MTU allows.
+        SendMss = Math.Max(Math.Min(opts.Mss == 0 ? 536 : opts.Mss, _host.Mss), 64);
+        // RFC 7323 §2.2: scaling is on only if both sides send the option.
+        _scaling = opts.WindowScale >= 0;
+        _sndShift = _scaling ? opts.WindowScale : 0;
+        _rcvShift = _scaling ? ShiftFor(_receive.Capacity) : 0;
+        _cwnd = (uint)(10 * SendMss); // RFC 6928 initial window.
+    }
+
+    private static int ShiftFor(int buffer)
+    {
+        int s = 0;
+        while ((buffer >> s) > 65535 && s < 14)
+        {
+            s++;
+        }
+        return s;
+    }
+
+    /// <summary>The NAT reports the host connect's outcome: SYN-ACK on success, RST on failure.</summary>
+    public bool CompleteConnect(bool connected, long now)
+    {
+        _now = now;
+        if (State != TcpState.Connecting || Removed)
+        {
+            return false;
+        }
+        _host.ConnectFinished(this);
+        if (!connected)
+        {
+            // Refused: RST+ACK for the SYN, so the guest's connect fails with ECONNREFUSED.
+            _host.SendBareSegment(this, 0, _rcvNxt, TcpFlags.Rst | TcpFlags.Ack);
+            IsReset = true;
+            Close();
+            return false;
+        }
+        State = TcpState.SynReceived;
+        SendSyn(TcpFlags.Syn | TcpFlags.Ack);
+        return true;
+    }
+
+    private void SendSyn(TcpFlags flags)
+    {
+        _sndNxt = _iss + 1;
+        Dispatch(_iss, flags, 0, 0, synOptions: true);
+        ArmRto();
+    }
+
+    // ---- Segment arrival (RFC 9293 §3.10.7) ----
+
+    internal void Process(TcpSegment seg, long now)
+    {
+        _now = now;
+        TcpFlags f = seg.Flags;
+        uint seq = seg.Sequence;
+        ReadOnlySpan<byte> payload = seg.Payload;
+        switch (State)
+        {
+            case TcpState.Connecting:
+                if ((f & TcpFlags.Rst) != 0 && seq == _rcvNxt)
+                {
+                    Reset(sendRst: false);
+                }
+                return; // A retransmitted SYN while the host connect is pending is ignored (vpnkit does the same).
+            case TcpState.SynSent:
+                ProcessSynSent(seg);
+                return;
+            case TcpState.Closed:
+                return;
+        }
+
+        // §3.10.7.4, first: is the segment acceptable?
+        uint segLen = (uint)payload.Length + ((f & TcpFlags.Fin) != 0 ? 1u : 0);
+        uint edge = Lt(_lastAdvertisedEdge, _rcvNxt) ? _rcvNxt : _lastAdvertisedEdge;
+        bool acceptable = seq == _rcvNxt
+            || (Lt(_rcvNxt, seq) && Lt(seq, edge))
+            || (Lt(seq, _rcvNxt) && Lt(_rcvNxt, seq + segLen));
+        if (!acceptable)
+        {
+            if ((f & TcpFlags.Rst) == 0)
+            {
+                SendAck();
+            }
+            return;
+        }
+
+        // Second: RST. RFC 5961 §3.2: only an exact match resets; an in-window one gets a challenge ACK.
+        if ((f & TcpFlags.Rst) != 0)
+        {
+            if (seq == _rcvNxt)
+            {
+                Reset(sendRst: false);
+            }
+            else
+            {
+                SendAck();
+            }
+            return;
+        }
+
+        // Fourth: SYN. A retransmitted SYN in SYN-RECEIVED means our SYN-ACK was lost; otherwise challenge (RFC 5961 §4).
+        if ((f & TcpFlags.Syn) != 0)
+        {
+            if (State == TcpState.SynReceived && seq == _irs)
+            {
+                SendSyn(TcpFlags.Syn | TcpFlags.Ack);
+            }
+            else
+            {
+                SendAck();
+            }
+            return;
+        }
+
+        // Fifth: ACK.
+        if ((f & TcpFlags.Ack) == 0)
+        {
+            return;
+        }
+        uint ack = seg.Acknowledgment;
+        if (State == TcpState.SynReceived)
+        {
+            if (Lt(_sndUna, ack) && Le(ack, _sndNxt))
+            {
+                State = TcpState.Established;
+                _sndUna = ack;
+                _sndWnd = (uint)seg.Window << _sndShift;
+                _maxSndWnd = _sndWnd;
+                _sndWl1 = seq;
+                _sndWl2 = ack;
+                _rtoDeadline = 0;
+                _retries = 0;
+                _rto = InitialRto;
+            }
+            else
+            {
+                _host.SendBareSegment(this, ack, 0, TcpFlags.Rst);
+                return;
+            }
+        }
+        if (Lt(_sndNxt, ack))
+        {
+            SendAck(); // Acknowledges something not yet sent.
+            return;
+        }
+        if (!ProcessAck(seg, seq, ack, payload.Length, f))
+        {
+            return; // Connection finished.
+        }
+
+        // Seventh: segment text.
+        bool ackNow = false;
+        bool allTaken = true;
+        if (payload.Length > 0 && State is TcpState.Established or TcpState.FinWait1 or TcpState.FinWait2)
+        {
+            if (Lt(seq, _rcvNxt))
+            {
+                int skip = (int)(_rcvNxt - seq);
+                payload = skip >= payload.Length ? default : payload.Slice(skip);
+                seq = _rcvNxt;
+            }
+            if (seq != _rcvNxt)
+            {
+                // Out of order: dropped; the duplicate ACK lets the guest's fast retransmit fill the hole.
+                _host.Counters.TcpOutOfOrder++;
+                SendAck();
+                return;
+            }
+            int n = _receive.Write(payload);
+            _rcvNxt += (uint)n;
+            allTaken = n == payload.Length;
+            if (n > 0)
+            {
+                _host.Flows.TcpReadable(this);
+                _segmentsSinceAck++;
+            }
+            // RFC 9293 §3.8.6.3 / RFC 1122 §4.2.3.2: ACK at least every second full segment, a full buffer at once,
+            // otherwise within DelayedAckMs. PSH does not force an ACK: a request's answer usually comes from the host
+            // well within the delay and carries the ACK, which saves a frame (and a wake-up of the guest) per round trip.
+            ackNow = !allTaken || _segmentsSinceAck >= 2;
+            if (!ackNow && _delayedAckDeadline == 0)
+            {
+                _delayedAckDeadline = _now + DelayedAckMs;
+                _host.WakeAt(_delayedAckDeadline);
+            }
+        }
+
+        // Eighth: FIN, once everything before it has been taken.
+        if ((f & TcpFlags.Fin) != 0 && allTaken && seq + (uint)payload.Length == _rcvNxt && !GuestFinished)
+        {
+            _rcvNxt++;
+            GuestFinished = true;
+            ackNow = true;
+            switch (State)
+            {
+                case TcpState.Established:
+                case TcpState.SynReceived:
+                    State = TcpState.CloseWait;
+                    break;
+                case TcpState.FinWait1:
+                    State = TcpState.Closing;
+                    break;
+                case TcpState.FinWait2:
+                    EnterTimeWait();
+                    break;
+            }
+            _host.Flows.TcpReadable(this);
+        }
+        else if ((f & TcpFlags.Fin) != 0 && GuestFinished)
+        {
+            ackNow = true; // A retransmitted FIN: our ACK was lost.
+            if (State == TcpState.TimeWait)
+            {
+                EnterTimeWait();
+            }
+        }
+
+        TrySend();
+        if (ackNow && (_lastAckSent != _rcvNxt || (f & TcpFlags.Fin) != 0))
+        {
+            SendAck();
+        }
+    }
+
+    /// <summary>ACK processing (RFC 9293 §3.10.7.4 fifth check). Returns false if the connection is gone.</summary>
+    private bool ProcessAck(TcpSegment seg, uint seq, uint ack, int payloadLength, TcpFlags f)
+    {
+        uint window = (uint)seg.Window << _sndShift;
+        if (Lt(_sndUna, ack))
+        {
+            uint acked = ack - _sndUna;
+            int data = Lt(ack, _sendBase) ? 0 : (int)Math.Min(ack - _sendBase, (uint)_send.Count);
+            _send.Consume(data);
+            _sendBase += (uint)data;
+            _sndUna = ack;
+            if (_rttTiming && Le(_rttSeq, ack))
+            {
+                SampleRtt((int)(_now - _rttStart));
+                _rttTiming = false;
+            }
+            if (_cwnd < _ssthresh)
+            {
+                _cwnd += Math.Min(acked, (uint)SendMss);
+            }
+            else
+            {
+                _cwnd += Math.Max(1u, (uint)(SendMss * SendMss) / Math.Max(_cwnd, 1u));
+            }
+            _dupAcks = 0;
+            _backoff = 0;
+            _retries = 0;
+            if (_sndUna == _sndNxt)
+            {
+                _rtoDeadline = 0;
+            }
+            else
+            {
+                ArmRto();
+            }
+            if (_wantWritable && _send.Free >= _send.Capacity / 4)
+            {
+                _wantWritable = false;
+                _host.Flows.TcpWritable(this);
+            }
+        }
+        else if (ack == _sndUna)
+        {
+            _retries = 0;
+            if (payloadLength == 0 && (f & TcpFlags.Fin) == 0 && window == _sndWnd && _sndNxt != _sndUna)
+            {
+                // RFC 5681 §3.2: the third duplicate ACK triggers fast retransmit.
+                if (++_dupAcks == 3)
+                {
+                    uint flight = _sndNxt - _sndUna;
+                    _ssthresh = Math.Max(flight / 2, (uint)(2 * SendMss));
+                    _cwnd = _ssthresh + (uint)(3 * SendMss);
+                    RetransmitFirst();
+                }
+            }
+        }
+
+        // Window update, guarded by SND.WL1/WL2 against old segments.
+        if (Lt(_sndWl1, seq) || (_sndWl1 == seq && Le(_sndWl2, ack)))
+        {
+            _sndWnd = window;
+            _sndWl1 = seq;
+            _sndWl2 = ack;
+            if (window > _maxSndWnd)
+            {
+                _maxSndWnd = window;
+            }
+            if (window > 0)
+            {
+                _persistDeadline = 0;
+                if (_probing)
+                {
+                    // The window opened: resend from the first unacknowledged byte (the probe may have been dropped).
+                    _probing = false;
+                    _sndNxt = _sndUna;
+                    _rtoDeadline = 0;
+                }
+            }
+        }
+
+        if (_finSent && Lt(_finSeq, _sndUna))
+        {
+            switch (State)
+            {
+                case TcpState.FinWait1:
+                    State = TcpState.FinWait2;
+                    break;
+                case TcpState.Closing:
+                    EnterTimeWait();
+                    break;
+                case TcpState.LastAck:
+                    Close();
+                    return false;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>RFC 6298 §2.2-2.3 smoothed RTT and variance; RTO floored at <see cref="MinRto"/>.</summary>
+    private void SampleRtt(int r)
+    {
+        r = Math.Max(r, 1);
+        if (_srtt == 0)
+        {
+            _srtt = r;
+            _rttVar = r / 2;
+        }
+        else
+        {
+            _rttVar = (3 * _rttVar + Math.Abs(_srtt - r)) / 4;
+            _srtt = (7 * _srtt + r) / 8;
+        }
+        _rto = Math.Clamp(_srtt + Math.Max(1, 4 * _rttVar), MinRto, MaxRto);
+    }
+
+    /// <summary>Smoothed round-trip time in ms (RFC 6298 §2), 0 before the first sample.</summary>
+    public int SmoothedRtt => _srtt;
+
+    private void ProcessSynSent(TcpSegment seg)
+    {
+        TcpFlags f = seg.Flags;
+        uint ack = seg.Acknowledgment;
+        bool hasAck = (f & TcpFlags.Ack) != 0;
+        // RFC 9293 §3.10.7.3.
+        if (hasAck && ack != _iss + 1)
+        {
+            if ((f & TcpFlags.Rst) == 0)
+            {
+                _host.SendBareSegment(this, ack, 0, TcpFlags.Rst);
+            }
+            return;
+        }
+        if ((f & TcpFlags.Rst) != 0)
+        {
+            if (hasAck)
+            {
+                Reset(sendRst: false);
+            }
+            return;
+        }
+        if ((f & TcpFlags.Syn) == 0 || !hasAck)
+        {
+            return; // Simultaneous open is not supported: the guest never connects to its own ephemeral port.
+        }
+        _irs = seg.Sequence;
+        _rcvNxt = _irs + 1;
+        NegotiateOptions(seg.Options);
+        _sndUna = ack;
+        _sndWnd = seg.Window; // Unscaled in a SYN (RFC 7323 §2.2).
+        _maxSndWnd = _sndWnd;
+        _sndWl1 = seg.Sequence;
+        _sndWl2 = ack;
+        _rtoDeadline = 0;
+        _retries = 0;
+        _rto = InitialRto;
+        State = TcpState.Established;
+        SendAck();
+        _host.Flows.TcpEstablished(this);
+    }
+
+    // ---- Sending ----
+
+    /// <summary>Sends what the windows allow: new data up to min(peer window, cwnd), then a queued FIN.</summary>
+    private void TrySend()
+    {
+        if (State is not (TcpState.Established or TcpState.CloseWait or TcpState.FinWait1 or TcpState.Closing or TcpState.LastAck))
+        {
+            return;
+        }
+        while (true)
+        {
+            uint inFlight = _sndNxt - _sndUna;
+            int offset = Lt(_sndNxt, _sendBase) ? 0 : (int)Math.Min(_sndNxt - _sendBase, (uint)_send.Count);
+            int unsent = _finSent && !Lt(_sndNxt, _finSeq) ? 0 : _send.Count - offset;
+            uint window = Math.Min(_sndWnd, _cwnd);
+            if (unsent > 0)
+            {
+                if (inFlight >= window)
+                {
+                    if (_sndWnd == 0 && inFlight == 0)
+                    {
+                        ArmPersist();
+                    }
+                    return;
+                }
+                int full = _host.MaxSegment == 0 ? SendMss : _host.MaxSegment;
+                int n = (int)Math.Min((uint)Math.Min(unsent, full), window - inFlight);
+                // RFC 9293 §3.8.6.2.1 sender SWS avoidance: no small segment while more data waits and the window is
+                // what limits us, unless nothing is in flight.
+                if (n < Math.Min(full, SendMss) && n < unsent && inFlight > 0 && n < _maxSndWnd / 2)
+                {
+                    return;
+                }
+                if (_holdTail && n == unsent && n < full)
+                {
+                    return;
+                }
+                TcpFlags flags = TcpFlags.Ack | (n == unsent ? TcpFlags.Psh : 0);
+                Dispatch(_sndNxt, flags, offset, n, synOptions: false);
+                if (!_rttTiming)
+                {
+                    _rttTiming = true;
+                    _rttSeq = _sndNxt + (uint)n;
+                    _rttStart = _now;
+                }
+                _sndNxt += (uint)n;
+                if (_rtoDeadline == 0)
+                {
+                    ArmRto();
+                }
+                continue;
+            }
+            if (_finQueued && (!_finSent || _sndNxt == _finSeq))
+            {
+                _finSeq = _sndNxt;
+                _finSent = true;
+                Dispatch(_sndNxt, TcpFlags.Fin | TcpFlags.Ack, 0, 0, synOptions: false);
+                _sndNxt++;
+                if (State == TcpState.Established)
+                {
+                    State = TcpState.FinWait1;
+                }
+                else if (State == TcpState.CloseWait)
+                {
+                    State = TcpState.LastAck;
+                }
+                ArmRto();
+            }
+            return;
+        }
+    }
+
+    private void RetransmitFirst()
+    {
+        _host.Counters.TcpRetransmits++;
+        _rttTiming = false; // Karn: no sample from a retransmitted segment.
+        int avail = _send.Count;
+        if (avail > 0 && !Lt(_sndUna, _sendBase))
+        {
+            int n = Math.Min(Math.Min(avail, SendMss), (int)Math.Min(_sndNxt - _sndUna, int.MaxValue));
+            if (n > 0)
+            {
+                Dispatch(_sndUna, TcpFlags.Ack, 0, n, synOptions: false);
+            }
+        }
+        else if (_finSent && _sndUna == _finSeq)
+        {
+            Dispatch(_finSeq, TcpFlags.Fin | TcpFlags.Ack, 0, 0, synOptions: false);
+        }
+        ArmRto();
+    }
+
+    private void SendAck() => Dispatch(_sndNxt, TcpFlags.Ack, 0, 0, synOptions: false);
+
+    /// <summary>
+    /// Hands one segment to the gateway: the header fields are the socket's (what it acknowledges, the window it
+    /// advertises, its SYN options), the payload comes from its send buffer at <paramref name="sendOffset"/>.
+    /// Nothing is sent (or recorded as sent) while the guest's MAC is unknown.
+    /// </summary>
+    private void Dispatch(uint seq, TcpFlags flags, int sendOffset, int length, bool synOptions)
+    {
+        if (GuestMac == MacAddress.Zero && !_host.TryResolve(GuestIp, out GuestMac))
+        {
+            return;
+        }
+        TcpOptions options = synOptions
+            ? new TcpOptions { Mss = (ushort)Math.Min(_host.Mss, 65535), WindowScale = (sbyte)(State == TcpState.SynSent || _scaling ? _rcvShift : -1) }
+            : TcpOptions.None;
+        // The window we advertise is the free space in the receive buffer: a slow host reader shrinks it.
+        ushort win;
+        if ((flags & TcpFlags.Syn) != 0)
+        {
+            win = (ushort)Math.Min(_receive.Free, 65535);
+            _lastAdvertisedEdge = _rcvNxt + win;
+        }
+        else
+        {
+            // Advertise exactly what the buffer can take, rounded down to the scale unit. Rounding may pull the edge
+            // back by less than one unit, which RFC 7323 §2.4 tells senders to expect; rounding up instead would
+            // promise bytes we cannot store, and that error would accumulate from ACK to ACK.
+            uint scaled = (uint)Math.Min(_receive.Free >> _rcvShift, 65535);
+            win = (ushort)scaled;
+            _lastAdvertisedEdge = _rcvNxt + (scaled << _rcvShift);
+        }
+        uint ack = (flags & TcpFlags.Ack) != 0 ? _rcvNxt : 0;
+        if ((flags & TcpFlags.Ack) != 0)
+        {
+            _lastAckSent = _rcvNxt;
+            _delayedAckDeadline = 0;
+            _segmentsSinceAck = 0;
+        }
+        _host.Transmit(this, new TcpHeaderFields(seq, ack, flags, win, synOptions, options), sendOffset, length);
+    }
+
+    /// <summary>Copies bytes of the send buffer (for <see cref="ITcpSocketHost.Transmit"/>).</summary>
+    internal void CopySendBytes(int offset, Span<byte> destination) => _send.Peek(offset, destination);
+
+    // ---- Host (NAT) side ----
+
+    /// <summary>Moves guest bytes to the host; opens the window when it has grown enough to be worth announcing.</summary>
+    public int Read(Span<byte> destination, long now)
+    {
+        int n = _receive.Peek(0, destination);
+        Consume(n, now);
+        return n;
+    }
+
+    /// <summary>
+    /// Guest bytes waiting for the host, in place (the oldest contiguous run; empty when none): the caller hands them
+    /// to its socket and then reports with <see cref="Consume"/> how many it took. Valid until the next engine call.
+    /// </summary>
+    public ReadOnlySpan<byte> Peek() => _receive.ReadableSpan();
+
+    /// <summary>The host took <paramref name="n"/> guest bytes: they leave the buffer and the window may reopen.</summary>
+    public void Consume(int n, long now)
+    {
+        _now = now;
+        _receive.Consume(n);
+        if (n > 0 && !Removed && State is TcpState.Established or TcpState.FinWait1 or TcpState.FinWait2)
+        {
+            // RFC 9293 §3.8.6.2.2 receiver SWS avoidance: announce only a useful increase, and only when the
+            // guest's view of the window has got small (a slow host reader shrank it).
+            uint guestView = _lastAdvertisedEdge - _rcvNxt;
+            uint open = (uint)((_receive.Free >> _rcvShift) << _rcvShift);
+            if (guestView < (uint)_receive.Capacity / 2 && open - guestView >= (uint)Math.Min(_receive.Capacity / 2, 2 * _host.Mss))
+            {
+                SendAck();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Queues host bytes for the guest; returns how many fit (the rest is back-pressure: wait for TcpWritable).
+    /// <paramref name="moreFollows"/>: the host socket already holds more bytes that the caller writes next, so a
+    /// short last segment is held back for them (one full segment instead of a full one and a sliver per read).
+    /// Only a caller that will write again promptly may say so; any write without it sends what is held.
+    /// </summary>
+    public int Write(ReadOnlySpan<byte> data, long now, bool moreFollows = false)
+    {
+        _now = now;
+        if (!CanWrite)
+        {
+            return 0;
+        }
+        _holdTail = moreFollows;
+        int n = _send.Write(data);
+        if (n < data.Length || _send.Free == 0)
+        {
+            // Full (a caller that reads the host only as far as there is room fills it exactly): say when it drains.
+            _wantWritable = true;
+        }
+        TrySend();
+        return n;
+    }
+
+    /// <summary>
+    /// Room for host bytes, in place (contiguous; empty when the buffer is full or the connection takes no more): the
+    /// caller reads its socket straight into it, then calls <see cref="Commit"/>. Valid until the next engine call.
+    /// </summary>
+    public Span<byte> WriteSpace() => CanWrite ? _send.WritableSpan() : default;
+
+    /// <summary><see cref="Write"/> for <paramref name="n"/> bytes the caller put into <see cref="WriteSpace"/>.</summary>
+    public void Commit(int n, long now, bool moreFollows = false)
+    {
+        _now = now;
+        if (!CanWrite)
+        {
+            return;
+        }
+        _holdTail = moreFollows;
+        _send.Commit(n);
+        if (_send.Free == 0)
+        {
+            _wantWritable = true;
+        }
+        TrySend();
+    }
+
+    /// <summary>The host closed its side: send FIN after the queued data (half-close).</summary>
+    public void Shutdown(long now)
+    {
+        _now = now;
+        if (Removed || _finQueued || State is not (TcpState.Established or TcpState.CloseWait or TcpState.SynReceived))
+        {
+            return;
+        }
+        _finQueued = true;
+        _holdTail = false;
+        TrySend();
+    }
+
+    /// <summary>The host socket failed or was reset: reset the guest side too.</summary>
+    public void Abort(long now)
+    {
+        _now = now;
+        if (Removed)
+        {
+            return;
+        }
+        if (State == TcpState.Connecting)
+        {
+            CompleteConnect(connected: false, now);
+            return;
+        }
+        if (State is not (TcpState.SynSent or TcpState.TimeWait))
+        {
+            Dispatch(_sndNxt, TcpFlags.Rst | TcpFlags.Ack, 0, 0, synOptions: false);
+        }
+        IsReset = true;
+        Close();
+    }
+
+    // ---- Ending ----
+
+    private void Reset(bool sendRst)
+    {
+        if (sendRst)
+        {
+            Dispatch(_sndNxt, TcpFlags.Rst | TcpFlags.Ack, 0, 0, synOptions: false);
+        }
+        IsReset = true;
+        Close();
+        _host.Flows.TcpReset(this);
+    }
+
+    /// <summary>Leaves the gateway's table for good: timers off, unsent data dropped (and unread data, after a reset).</summary>
+    private void Close()
+    {
+        if (Removed)
+        {
+            return;
+        }
+        _host.Detach(this);
+        Removed = true;
+        State = TcpState.Closed;
+        _rtoDeadline = _persistDeadline = _delayedAckDeadline = _timeWaitDeadline = 0;
+        _send.Clear();
+        if (IsReset)
+        {
+            _receive.Clear();
+        }
+    }
+
+    private void EnterTimeWait()
+    {
+        State = TcpState.TimeWait;
+        _rtoDeadline = 0;
+        _persistDeadline = 0;
+        _timeWaitDeadline = _now + TimeWaitMs;
+        _host.WakeAt(_timeWaitDeadline);
+    }
+
+    // ---- Timers ----
+
+    private void ArmRto()
+    {
+        _rtoDeadline = _now + _rto;
+        _host.WakeAt(_rtoDeadline);
+    }
+
+    private void ArmPersist()
+    {
+        if (_persistDeadline == 0)
+        {
+            _persistDeadline = _now + Math.Min(_rto << Math.Min(_backoff, 6), MaxRto);
+            _host.WakeAt(_persistDeadline);
+        }
+    }
+
+    /// <summary>Runs the socket's timers that are due: TIME-WAIT expiry, the delayed ACK, retransmission, the persist probe.</summary>
+    internal void OnTimer(long now)
+    {
+        _now = now;
+        if (_timeWaitDeadline != 0 && now >= _timeWaitDeadline)
+        {
+            Close();
+            return;
+        }
+        if (_delayedAckDeadline != 0 && now >= _delayedAckDeadline)
+        {
+            SendAck();
+        }
+        if (_rtoDeadline != 0 && now >= _rtoDeadline)
+        {
+            OnRetransmitTimeout();
+            if (Removed)
+            {
+                return;
+            }
+        }
+        if (_persistDeadline != 0 && now >= _persistDeadline)
+        {
+            OnPersist();
+        }
+    }
+
+    private static long Min(long m, long a, long b, long c, long d)
+    {
+        foreach (long x in (ReadOnlySpan<long>)[a, b, c, d])
+        {
+            if (x != 0 && x < m)
+            {
+                m = x;
+            }
+        }
+        return m;
+    }
+
+    private void OnRetransmitTimeout()
+    {
+        _rtoDeadline = 0;
+        _retries++;
+        int limit = State is TcpState.SynReceived or TcpState.SynSent ? MaxSynRetries : MaxRetries;
+        if (_retries > limit)
+        {
+            Reset(sendRst: State != TcpState.SynSent);
+            return;
+        }
+        // RFC 6298 §5.5: back off the timer; RFC 5681 §3.1: one segment after a timeout.
+        _backoff++;
+        _rto = Math.Min(_rto * 2, MaxRto);
+        _rttTiming = false;
+        _host.Counters.TcpRetransmits++;
+        switch (State)
+        {
+            case TcpState.SynReceived:
+                SendSyn(TcpFlags.Syn | TcpFlags.Ack);
+                return;
+            case TcpState.SynSent:
+                if (GuestMac == MacAddress.Zero && !_host.TryResolve(GuestIp, out GuestMac))
+                {
+                    _host.RequestAddress(GuestIp);
+                    ArmRto();
+                    return;
+                }
+                SendSyn(TcpFlags.Syn);
+                return;
+        }
+        uint flight = _sndNxt - _sndUna;
+        _ssthresh = Math.Max(flight / 2, (uint)(2 * SendMss));
+        _cwnd = (uint)SendMss;
+        _sndNxt = _sndUna; // Go back N: resend from the first unacknowledged byte.
+        TrySend();
+    }
+
+    /// <summary>
+    /// RFC 9293 §3.8.6.1 zero-window probe: one byte past the window. It is counted as sent, so if the guest
+    /// accepts it the ACK is ordinary; if not, the retransmission timer repeats the probe with back-off.
+    /// </summary>
+    private void OnPersist()
+    {
+        _persistDeadline = 0;
+        int offset = (int)(_sndNxt - _sendBase);
+        if (_sndWnd != 0 || offset < 0 || offset >= _send.Count)
+        {
+            TrySend();
+            return;
+        }
+        Dispatch(_sndNxt, TcpFlags.Ack, offset, 1, synOptions: false);
+        _sndNxt++;
+        _probing = true;
+        _backoff++;
+        ArmRto();
+    }
+}
+
+/// <summary>The header of one segment a socket dispatches; the gateway adds the addresses, ports and checksum.</summary>
+internal readonly record struct TcpHeaderFields(uint Sequence, uint Acknowledgment, TcpFlags Flags, ushort Window, bool HasOptions, TcpOptions Options);
