@@ -16,6 +16,12 @@ public sealed record DataKitOptions
 
     // Durability: what an acknowledged commit survives.
 
+    /// <summary>
+    /// Full (the default): objects and the ref are fsync'd, in that order, before a commit, merge or fast-forward is
+    /// acknowledged, so it survives a power cut. None: the file system's writeback decides (seconds to lose).
+    /// </summary>
+    public Durability Durability { get; init; } = Durability.Full;
+
     // Remotes: which URLs `remotes/*/url` may name, and how long a network operation may take.
 
     /// <summary>URL prefixes remotes may use (`--allow-remote`); none by default. See <see cref="Store.RemotePolicy"/>.</summary>
@@ -40,4 +46,14 @@ public sealed record DataKitOptions
 
     /// <summary>Default committer (`--committer`); null: <see cref="Author"/>.</summary>
     public LibGit2Sharp.Identity? Committer { get; init; }
+}
+
+/// <summary>What an acknowledged commit survives (`kit data serve --durability`).</summary>
+public enum Durability
+{
+    /// <summary>A power cut: every write is fsync'd before it is acknowledged.</summary>
+    Full,
+
+    /// <summary>A crash of the server process only: the kernel's page cache is trusted to reach the disk.</summary>
+    None,
 }

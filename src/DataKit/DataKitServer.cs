@@ -14,7 +14,7 @@ public sealed class DataKitServer : IAsyncDisposable
         DataKitOptions? settings = null)
     {
         Settings = settings ?? DataKitOptions.Default;
-        Store = GitStore.Open(gitPath);
+        Store = GitStore.Open(gitPath, syncWrites: Settings.Durability == Durability.Full);
         LogSources = logSources ?? new LogSources(LogLevel.Warning);
         _poller = new HeadPoller(Store, TimeSpan.FromMilliseconds(200));
         // Server-wide, unlike the original's per-connection remotes: auto-push and replication follow every session's commits.

@@ -72,6 +72,9 @@ internal static class NativeGit
             LibGit2Sharp.GlobalSettings.NativeLibraryPath = link.FullName;
             // The first call into libgit2 loads it (LibGit2Sharp's NativeMethods), while the link is there.
             _ = LibGit2Sharp.GlobalSettings.Version.Features;
+            // The same library again (dlopen finds it loaded), for DataKit's libgit2 options: once the link is gone,
+            // LibGit2Sharp's resolver could not find it a second time.
+            Kit.DataKit.Store.GitStore.LibGit2Handle = NativeLibrary.Load(Path.Combine(link.FullName, name));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or DllNotFoundException or TypeInitializationException)
         {

@@ -34,7 +34,7 @@ public sealed class RemoteRegistry : IAsyncDisposable
     {
         _store = store;
         _settings = settings;
-        _ops = new RemoteOps(new GitCli(store.GitDir, settings.RemoteTimeout, settings.RemoteEnvironment));
+        _ops = new RemoteOps(new GitCli(store.GitDir, settings.RemoteTimeout, settings.RemoteEnvironment, store.SyncWrites));
     }
 
     public async ValueTask DisposeAsync()

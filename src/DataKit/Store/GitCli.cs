@@ -57,13 +57,20 @@ public sealed class GitCli
 
     private const int MaxCaptured = 64 * 1024;
     private readonly string _gitDir;
+    private readonly bool _syncWrites;
     private readonly IReadOnlyDictionary<string, string> _environment;
 
     /// <param name="gitDir">The store's git directory.</param>
     /// <param name="timeout">How long one command may run before its process group is killed.</param>
     /// <param name="environment">Variables set for every command on top of the clean environment (GIT_SSH_COMMAND in tests).</param>
-    public GitCli(string gitDir, TimeSpan timeout, IReadOnlyDictionary<string, string>? environment = null)
+    /// <param name="syncWrites">
+    /// The store's <see cref="GitStore.SyncWrites"/>: git then fsyncs what it fetches (packs, refs) before it exits, as
+    /// libgit2 does for DataKit's own writes, so a branch later moved to a fetched commit never names objects a power
+    /// cut could take (git-config(1) core.fsync, git 2.36+).
+    /// </param>
+    public GitCli(string gitDir, TimeSpan timeout, IReadOnlyDictionary<string, string>? environment = null, bool syncWrites = false)
     {
+        _syncWrites = syncWrites;
         _gitDir = gitDir;
         Timeout = timeout;
         _environment = environment ?? new Dictionary<string, string>();
@@ -99,6 +106,13 @@ public sealed class GitCli
         {
             psi.ArgumentList.Add("-c");
             psi.ArgumentList.Add(c);
+        }
+        if (_syncWrites)
+        {
+            psi.ArgumentList.Add("-c");
+            psi.ArgumentList.Add("core.fsync=all");
+            psi.ArgumentList.Add("-c");
+            psi.ArgumentList.Add("core.fsyncMethod=fsync");
         }
         foreach (string a in args)
         {

@@ -76,7 +76,21 @@ public sealed class GitStore : IDisposable
     public ChangeSignal Changes { get; }
 
     public Identity Author { get; init; } = new("datakit", "datakit@mobyproject.org");
+
+    /// <summary>
+    /// Durable writes: every object and ref is on stable storage, in that order, before the call that wrote it returns
+    /// (<see cref="DurableWrites"/>), so an acknowledged commit survives a power cut. Off, a commit is as durable as the
+    /// file system's own writeback makes it (seconds), though still never a ref to a missing object after a crash of
+    /// this process alone.
+    /// </summary>
     public bool SyncWrites { get; init; }
+
+    /// <summary>
+    /// The libgit2 that LibGit2Sharp loaded, for a host that loaded it where LibGit2Sharp's own resolver cannot find it
+    /// again (kit's copy loaded from memory, src/Kit/NativeGit.cs); zero to ask LibGit2Sharp. Used to set the libgit2
+    /// options LibGit2Sharp does not expose (<see cref="DurableWrites"/>).
+    /// </summary>
+    public static IntPtr LibGit2Handle { get; set; }
 
     private long _treesWritten;
 
@@ -95,9 +109,16 @@ public sealed class GitStore : IDisposable
     /// rather than having <c>git init</c> run inside it.
     /// </remarks>
     /// <exception cref="IOException">The path is a file, or a non-empty directory that is not a git repository.</exception>
-    public static GitStore Open(string path)
+    /// <param name="syncWrites">Sets <see cref="SyncWrites"/>.</param>
+    public static GitStore Open(string path, bool syncWrites = false)
     {
         string full = System.IO.Path.GetFullPath(path);
+        if (syncWrites)
+        {
+            // Before the repository is created or opened: libgit2's ref backend reads the option once, when it is
+            // created, and git init's HEAD is a ref.
+            DurableWrites.EnableLibGit2Fsync();
+        }
         if (!Repository.IsValid(full))
         {
             if (File.Exists(full))
@@ -114,7 +135,12 @@ public sealed class GitStore : IDisposable
         // libgit2 keeps up to 256 MiB of parsed trees and commits per process by default, a second copy of what the
         // caches here hold decoded.
         GlobalSettings.SetEnableCaching(false);
-        return new GitStore(new Repository(full), full);
+        var store = new GitStore(new Repository(full), full) { SyncWrites = syncWrites };
+        if (syncWrites)
+        {
+            DurableWrites.PrepareStore(store._gitDir);
+        }
+        return store;
     }
 
     public void Dispose()
@@ -204,6 +230,9 @@ public sealed class GitStore : IDisposable
         }
     }
 
+    /// <summary>The loose ref file of <paramref name="branch"/> (refs/heads itself for "").</summary>
+    private string RefFile(string branch) => System.IO.Path.Combine(_gitDir, "refs", "heads", branch).TrimEnd('/');
+
     public bool BranchExists(string branch) => GetHead(branch) is not null;
 
     /// <summary>Moves a branch if its head is still <paramref name="expected"/>; false if it moved meanwhile.</summary>
@@ -219,8 +248,14 @@ public sealed class GitStore : IDisposable
             {
                 return false;
             }
+            // With SyncWrites, libgit2 has synced every object this commit wrote as it wrote it, and now syncs the
+            // ref file and refs/heads (DurableWrites); only new subdirectories of a nested name are left to us.
             _repo.Refs.Add(name, commit, logMessage, allowOverwrite: true);
             _headCache.Remove(branch);
+            if (SyncWrites && branch.Contains('/', StringComparison.Ordinal))
+            {
+                DurableWrites.SyncRefDirectories(RefFile(branch), RefFile(""));
+            }
         }
         Changes.Poke();
         return true;
@@ -234,6 +269,11 @@ public sealed class GitStore : IDisposable
             if (_repo.Refs[$"refs/heads/{branch}"] is Reference r)
             {
                 _repo.Refs.Remove(r);
+                // libgit2 unlinks the loose ref without syncing its directory: a deletion that returned must stay done.
+                if (SyncWrites)
+                {
+                    DurableWrites.SyncRefDirectories(RefFile(branch), RefFile(""));
+                }
             }
             _headCache.Remove(branch);
         }
@@ -250,6 +290,12 @@ public sealed class GitStore : IDisposable
             if (_repo.Refs[$"refs/heads/{from}"] is Reference r)
             {
                 _repo.Refs.Rename(r, $"refs/heads/{to}");
+                // The new name is synced by libgit2; the old one's removal is not.
+                if (SyncWrites)
+                {
+                    DurableWrites.SyncRefDirectories(RefFile(from), RefFile(""));
+                    DurableWrites.SyncRefDirectories(RefFile(to), RefFile(""));
+                }
             }
             _headCache.Remove(from);
             _headCache.Remove(to);

@@ -100,7 +100,7 @@ public static class LooseObjectWriter
     {
         if (!OperatingSystem.IsWindows())
         {
-            Kit.Linux.Sys.SyncDirectory(dir);
+            Kit.Linux.Sys.FsyncDirectory(dir);
         }
     }
 }

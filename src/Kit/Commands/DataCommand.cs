@@ -28,6 +28,14 @@ internal static class DataCommand
         var maxTx = SizeOption("--max-transaction-bytes", "one transaction's edited files", DataKitOptions.Default.MaxTransactionBytes);
         var maxConn = SizeOption("--max-connection-bytes", "all transactions of one connection", DataKitOptions.Default.MaxConnectionBytes);
         var maxServer = SizeOption("--max-server-bytes", "all transactions of the server", DataKitOptions.Default.MaxServerBytes);
+        // Durability (issue 16 item 2): what an acknowledged commit survives; docs/datakit.md gives the cost.
+        var durability = new Option<string>("--durability")
+        {
+            HelpName = "full|none",
+            Description = "full (default): commits are fsync'd before they are acknowledged and survive a power cut; none: the OS writes them back later (faster, a power cut can lose the last seconds).",
+            DefaultValueFactory = _ => "full",
+        };
+        durability.AcceptOnlyFromAmong("full", "none");
         // Remotes (docs/datakit.md): none allowed unless the operator says which URL prefixes.
         var allowRemote = new Option<string[]>("--allow-remote")
         {
@@ -51,7 +59,7 @@ internal static class DataCommand
         var committer = new Option<string?>("--committer") { HelpName = "\"NAME <EMAIL>\"", Description = "Default committer. Default: the --author." };
         var serve = new Command("serve", "Serve the DataKit tree over 9P (9P2000, 9P2000.u, 9P2000.L) until interrupted.")
         {
-            git, listen, maxTx, maxConn, maxServer, allowRemote, remoteTimeout, replicateInterval, author, committer,
+            git, listen, durability, maxTx, maxConn, maxServer, allowRemote, remoteTimeout, replicateInterval, author, committer,
         };
         Supervision.AddTo(serve);
 
@@ -63,6 +71,7 @@ internal static class DataCommand
                 MaxTransactionBytes = parse.GetValue(maxTx),
                 MaxConnectionBytes = parse.GetValue(maxConn),
                 MaxServerBytes = parse.GetValue(maxServer),
+                Durability = parse.GetValue(durability) == "none" ? Durability.None : Durability.Full,
             };
             settings = RemoteSettings(settings, parse.GetValue(allowRemote) ?? [], parse.GetValue(remoteTimeout), parse.GetValue(replicateInterval));
             settings = CommitDefaults(settings, parse.GetValue(author), parse.GetValue(committer));

@@ -264,7 +264,8 @@ internal static class MachineCommands
         string path = DataCommand.DefaultStore();
         try
         {
-            return GitStore.Open(path);
+            // Durable as the machine daemon's DataKit is (DataKitOptions.Default): a machine's configuration survives a power cut.
+            return GitStore.Open(path, syncWrites: true);
         }
         catch (Exception e) when (e is LibGit2Sharp.LibGit2SharpException or IOException)
         {

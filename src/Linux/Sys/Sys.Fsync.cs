@@ -4,31 +4,40 @@ namespace Kit.Linux;
 
 public static partial class Sys
 {
-    /// <summary>asm-generic/fcntl.h: fail unless the path is a directory.</summary>
     public const int O_DIRECTORY = 0x10000;
 
-    /// <summary>fsync(2): 0, or -1 with errno.</summary>
+    /// <summary>fsync(2): the file's data and metadata reach stable storage. 0, or -1 with errno.</summary>
     [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
     public static partial int Fsync(int fd);
 
     /// <summary>
-    /// fsync(2) on a directory, which makes the entries created or renamed in it durable (fsync(2): "Calling fsync()
-    /// does not necessarily ensure that the entry in the directory containing the file has also reached disk. For
-    /// that an explicit fsync() on a file descriptor for the directory is also needed"). .NET cannot open a directory.
+    /// fsync(2) on a directory: makes its entries (a file created, renamed into it or removed) durable. A file's own
+    /// fsync does not cover the name that points at it (fsync(2), NOTES). Throws <see cref="IOException"/> with errno.
     /// </summary>
-    /// <exception cref="IOException">open or fsync failed.</exception>
-    public static void SyncDirectory(string path)
+    public static void FsyncDirectory(string path) => FsyncPath(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    /// <summary>fsync(2) on a file by path (opened read-only: Linux syncs through any descriptor). Throws <see cref="IOException"/>.</summary>
+    public static void FsyncFile(string path) => FsyncPath(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+    private static void FsyncPath(string path, int flags)
     {
-        int fd = Open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int fd = Open(path, flags);
         if (fd < 0)
         {
-            throw new IOException($"open {path}: {ErrnoText(LastErrno)}");
+            throw new IOException($"cannot open {path} to sync it: {ErrnoText(LastErrno)}");
         }
         try
         {
-            if (Fsync(fd) != 0)
+            // EINTR is not returned by fsync on Linux file systems, but a retry costs nothing if it were.
+            int rc;
+            do
             {
-                throw new IOException($"fsync {path}: {ErrnoText(LastErrno)}");
+                rc = Fsync(fd);
+            }
+            while (rc < 0 && LastErrno == EINTR);
+            if (rc < 0)
+            {
+                throw new IOException($"cannot sync {path}: {ErrnoText(LastErrno)}");
             }
         }
         finally
