@@ -88,8 +88,8 @@ for name, data in cases.items():
             string page = await api.GetStringAsync("/", TestContext.Current.CancellationToken);
             JsonElement dnsLog = await GetAsync(api, "/api/dns");
             JsonElement har = await GetAsync(api, "/api/http.har");
-            ProcessResult flowsCli = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["net", "flows", "--api", $"http://127.0.0.1:{ui}", "--json"], TimeSpan.FromSeconds(30));
-            ProcessResult table = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["net", "flows", "--api", $"http://127.0.0.1:{ui}"], TimeSpan.FromSeconds(30));
+            ProcessResult flowsCli = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["net", "flows", "--api", $"http://127.0.0.1:{ui}", "--json"], TimeSpan.FromSeconds(30), cancellationToken: TestContext.Current.CancellationToken);
+            ProcessResult table = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["net", "flows", "--api", $"http://127.0.0.1:{ui}"], TimeSpan.FromSeconds(30), cancellationToken: TestContext.Current.CancellationToken);
             File.WriteAllText(go, "");
             ProcessResult r = await run;
             Assert.True(r.ExitCode == 0, NetRun.Describe(r));
