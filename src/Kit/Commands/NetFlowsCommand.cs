@@ -64,6 +64,11 @@ internal static class NetFlowsCommand
                 Cell(f.Name ?? f.Sni ?? f.HttpHost ?? ""), Cell(f.App ?? ""), Cell($"{f.BytesOut} B/{f.PacketsOut}"), Cell($"{f.BytesIn} B/{f.PacketsIn}"),
                 Cell(f.RttMs > 0 ? $"{f.RttMs} ms" : ""), Cell(f.Ended ?? "open"));
         }
+        if (Console.IsOutputRedirected)
+        {
+            // Into a pipe or file: rows whole, not wrapped to the 80 columns Spectre assumes without a terminal.
+            AnsiConsole.Profile.Width = 400;
+        }
         AnsiConsole.Write(table);
         return 0;
     }

@@ -18,7 +18,9 @@ internal enum ResponseKind
 internal interface IHttpSink
 {
     void MessageStart(bool request);
-    void RequestHead(string method, string target, string version, string? host, long headerBytes);
+    /// <summary>A request line was read (before its header fields, so a request whose fields are bad still has a path).</summary>
+    void RequestLine(string method, string target, string version);
+    void RequestHead(string? host, long headerBytes);
     ResponseKind ResponseHead(int status, string? reason, string version, long headerBytes);
     void MessageDone(bool request, long bodyBytes);
     /// <summary>Parsing of this direction stopped: <paramref name="state"/> is "malformed" or "oversized".</summary>
@@ -156,6 +158,12 @@ internal sealed class HttpParser(bool request, IHttpSink sink)
         {
             if (_len >= MaxHeaderBytes)
             {
+                // The request line is still worth recording when it came whole.
+                int eol = _buf.AsSpan(0, _len).IndexOf((byte)'\n');
+                if (request && eol > 0)
+                {
+                    ReadRequestLine(TrimCr(_buf.AsSpan(0, eol)));
+                }
                 Fail("oversized", $"header block over {MaxHeaderBytes} bytes");
             }
             return data[n..];
@@ -205,6 +213,11 @@ internal sealed class HttpParser(bool request, IHttpSink sink)
         int eol = head.IndexOf((byte)'\n');
         ReadOnlySpan<byte> first = TrimCr(head[..eol]);
         ReadOnlySpan<byte> fields = head[(eol + 1)..];
+        if (request && !ReadRequestLine(first))
+        {
+            Fail("malformed", "malformed request line");
+            return;
+        }
         string? host = null;
         long contentLength = -1;
         bool chunked = false;
@@ -253,7 +266,14 @@ internal sealed class HttpParser(bool request, IHttpSink sink)
         }
         if (request)
         {
-            RequestLine(first, host, transferEncoding, chunked, contentLength);
+            sink.RequestHead(host, _headBytes);
+            // §6.3: a request with a Transfer-Encoding that is not chunked last cannot be framed (400).
+            if (transferEncoding && !chunked)
+            {
+                Fail("malformed", "Transfer-Encoding without chunked");
+                return;
+            }
+            Framing(chunked, contentLength, untilClose: false);
         }
         else
         {
@@ -261,24 +281,17 @@ internal sealed class HttpParser(bool request, IHttpSink sink)
         }
     }
 
-    private void RequestLine(ReadOnlySpan<byte> line, string? host, bool transferEncoding, bool chunked, long contentLength)
+    /// <summary>request-line = method SP request-target SP HTTP-version (§3); false when it is not one.</summary>
+    private bool ReadRequestLine(ReadOnlySpan<byte> line)
     {
-        // request-line = method SP request-target SP HTTP-version (§3).
         int sp1 = line.IndexOf((byte)' ');
         int sp2 = line.LastIndexOf((byte)' ');
         if (sp1 <= 0 || sp2 <= sp1 + 1 || !IsToken(line[..sp1]) || !IsVersion(line[(sp2 + 1)..]) || line[(sp1 + 1)..sp2].IndexOfAny(" \t"u8) >= 0)
         {
-            Fail("malformed", "malformed request line");
-            return;
+            return false;
         }
-        sink.RequestHead(Text(line[..sp1], 32)!, Text(line[(sp1 + 1)..sp2], 2048) ?? "", Text(line[(sp2 + 1)..], 16)!, host, _headBytes);
-        // §6.3: a request with a Transfer-Encoding that is not chunked last cannot be framed (400).
-        if (transferEncoding && !chunked)
-        {
-            Fail("malformed", "Transfer-Encoding without chunked");
-            return;
-        }
-        Framing(chunked, contentLength, untilClose: false);
+        sink.RequestLine(Text(line[..sp1], 32)!, Text(line[(sp1 + 1)..sp2], 2048) ?? "", Text(line[(sp2 + 1)..], 16)!);
+        return true;
     }
 
     private void StatusLine(ReadOnlySpan<byte> line, bool transferEncoding, bool chunked, long contentLength)

@@ -256,7 +256,7 @@ public sealed class StreamTap : IHttpSink
         }
     }
 
-    void IHttpSink.RequestHead(string method, string target, string version, string? host, long headerBytes)
+    void IHttpSink.RequestLine(string method, string target, string version)
     {
         if (_mode == Mode.Off || _current is not { } x)
         {
@@ -265,6 +265,14 @@ public sealed class StreamTap : IHttpSink
         x.Method = method;
         x.Target = target;
         x.Version = version;
+    }
+
+    void IHttpSink.RequestHead(string? host, long headerBytes)
+    {
+        if (_mode == Mode.Off || _current is not { } x)
+        {
+            return;
+        }
         x.Host = host;
         x.RequestHeaderBytes = headerBytes;
         _flow.HttpHost ??= host;

@@ -113,7 +113,7 @@ for name, data in cases.items():
             Assert.Contains(exchanges.EnumerateArray(), x => x.GetProperty("path").GetString() == "/p2");
 
             // DNS: the query and its answer from the test's upstream.
-            JsonElement q = dnsLog.EnumerateArray().First(d => d.GetProperty("name").GetString() == TinyDnsServer.Name);
+            JsonElement q = dnsLog.EnumerateArray().First(d => d.GetProperty("name").GetString() == TinyDnsServer.Name && d.GetProperty("type").GetString() == "A");
             Assert.Contains(TinyDnsServer.Address.ToString(), q.GetProperty("answer").GetString());
             Assert.Equal($"127.0.0.1:{dns.EndPoint.Port}", q.GetProperty("source").GetString());
 

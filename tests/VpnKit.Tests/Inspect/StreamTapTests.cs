@@ -85,6 +85,7 @@ public sealed class StreamTapTests
         HttpView x = Assert.Single(i.Exchanges().Select(HttpView.Of));
         Assert.Equal("malformed", x.State);
         Assert.Equal(reason, x.Note);
+        Assert.Equal(reason == "malformed request line" ? "" : "/x", x.Path);
         Assert.Contains(reason, f.Note);
         Assert.Equal(0, i.Faults);
     }
@@ -113,7 +114,7 @@ public sealed class StreamTapTests
         }
         tap.FromGuest(A("\r\n"));
         HttpView x = Assert.Single(i.Exchanges().Select(HttpView.Of));
-        Assert.Equal("oversized", x.State);
+        Assert.Equal(("oversized", "GET", "/big"), (x.State, x.Method, x.Path));
         Assert.Contains("header block over", f.Note);
         Assert.True(maxHeld <= 32 * 1024 + 64, $"held {maxHeld} bytes");
         Assert.Equal(0, tap.Buffered);
