@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using Kit.Linux;
 using Kit.VpnKit.Capture;
+using Kit.VpnKit.Inspect;
 using Kit.VpnKit.Links;
 using Kit.VpnKit.Nat;
 using Kit.VpnKit.Services;
@@ -64,6 +65,8 @@ public sealed class VpnKitServerOptions
     public bool BlockMetadata { get; init; }
     /// <summary>Connections to the host alias (192.168.65.2) reach the host's 127.0.0.1. Off: the alias reaches nothing.</summary>
     public bool HostLoopback { get; init; } = true;
+    /// <summary>Record flows, DNS and HTTP (docs/vpnkit.md, "Inspector"); null: off, and nothing is looked at.</summary>
+    public InspectorOptions? Inspect { get; init; }
 }
 
 /// <summary>
@@ -103,9 +106,10 @@ public sealed partial class VpnKitServer : IDisposable
             SearchDomains = options.DnsSearch,
         };
         var names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback);
-        _dns = new DnsForwarder(options.DnsUpstreams, options.ResolvConfPath, names, _log);
+        Inspector = options.Inspect is null ? null : new Inspector(options.Inspect);
+        _dns = new DnsForwarder(options.DnsUpstreams, options.ResolvConfPath, names, _log) { Inspector = Inspector };
         var dns = _dns;
-        _nat = new NatHost(_gate, _gw, dns, _log) { BlockMetadata = options.BlockMetadata, HostLoopback = options.HostLoopback };
+        _nat = new NatHost(_gate, _gw, dns, _log) { BlockMetadata = options.BlockMetadata, HostLoopback = options.HostLoopback, Inspector = Inspector };
         _gate.Engine = new Gateway(_gw, _switch, _nat);
         _loop = new EventLoop(_gate, _nat, _switch, _gw.GatewayMac, LinkClosed);
         _nat.Loop = _loop;
@@ -117,6 +121,9 @@ public sealed partial class VpnKitServer : IDisposable
             _switch.Tap = _pcap.Write;
         }
     }
+
+    /// <summary>What the gateway has seen (flows, DNS, HTTP), when <see cref="VpnKitServerOptions.Inspect"/> asked for it.</summary>
+    public Inspector? Inspector { get; }
 
     /// <summary>Guest packets refused by --block-metadata or --no-host-loopback.</summary>
     public long PolicyBlocked => _nat.Blocked;
@@ -130,6 +137,10 @@ public sealed partial class VpnKitServer : IDisposable
     public void Start()
     {
         IcmpForwarder? icmp = IcmpForwarder.TryCreate(_gate, _log);
+        if (icmp is not null)
+        {
+            icmp.Inspector = Inspector;
+        }
         _nat.Icmp = icmp;
         IcmpMode = icmp?.Mode ?? "unavailable";
         if (icmp is not null)

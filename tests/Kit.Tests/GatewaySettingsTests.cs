@@ -79,6 +79,7 @@ public sealed class GatewaySettingsTests
                 DnsSearch = ["corp.test"],
                 ResolvConfPath = "/run/other/resolv.conf",
                 HostsPath = null,
+                Ui = IPEndPoint.Parse("127.0.0.1:9"),
             }).ServerOptions(true);
         var defaults = new VpnKitServerOptions();
         foreach (PropertyInfo p in typeof(VpnKitServerOptions).GetProperties(BindingFlags.Public | BindingFlags.Instance))
@@ -118,6 +119,47 @@ public sealed class GatewaySettingsTests
         Assert.Equal(hostLoopback, s.HostLoopback);
         Assert.Equal(blockMetadata, s.ServerOptions(false).BlockMetadata);
         Assert.Equal(hostLoopback, s.ServerOptions(false).HostLoopback);
+    }
+
+    [Theory]
+    [InlineData(new string[0], null, true)]
+    [InlineData(new[] { "--ui", "tcp://127.0.0.1:8080" }, "127.0.0.1:8080", true)]
+    [InlineData(new[] { "--ui", "tcp://localhost:8080", "--ui-http=false" }, "127.0.0.1:8080", false)]
+    [InlineData(new[] { "--ui", "tcp://127.0.0.2:81" }, "127.0.0.2:81", true)]
+    [InlineData(new[] { "--ui", "tcp://0.0.0.0:8080", "--ui-any-address" }, "0.0.0.0:8080", true)]
+    public void UiSwitchesParse(string[] args, string? endPoint, bool http)
+    {
+        GatewaySettings s = Apply(args);
+        Assert.Equal(endPoint, s.Ui?.ToString());
+        Assert.Equal(endPoint is not null, s.ServerOptions(false).Inspect is not null);
+        Assert.Equal(http, s.ServerOptions(false).Inspect?.Http ?? true);
+    }
+
+    [Theory]
+    [InlineData("tcp://0.0.0.0:8080", "not a loopback address")]
+    [InlineData("tcp://192.168.1.5:8080", "not a loopback address")]
+    [InlineData("http://127.0.0.1:8080", "--ui wants tcp://127.0.0.1:PORT")]
+    [InlineData("tcp://127.0.0.1", "--ui wants tcp://127.0.0.1:PORT")]
+    [InlineData("tcp://127.0.0.1:0", "--ui wants tcp://127.0.0.1:PORT")]
+    [InlineData("tcp://nowhere:80", "--ui wants tcp://127.0.0.1:PORT")]
+    public void UiOffLoopbackOrMalformedIsRefused(string spec, string mentions)
+    {
+        CliException e = Assert.Throws<CliException>(() => Apply(["--ui", spec]));
+        Assert.Contains(mentions, e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
+    private static GatewaySettings Apply(string[] args)
+    {
+        var policy = new GatewayPolicyOptions();
+        var command = new System.CommandLine.RootCommand();
+        foreach (System.CommandLine.Option o in policy.All)
+        {
+            command.Options.Add(o);
+        }
+        System.CommandLine.ParseResult parse = command.Parse(args);
+        Assert.Empty(parse.Errors);
+        return policy.Apply(GatewaySettings.Default, parse);
     }
 
     [Fact]

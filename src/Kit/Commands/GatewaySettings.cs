@@ -30,6 +30,12 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
     /// <summary><c>--hosts-file FILE</c> / <c>--no-hosts-file</c>: the hosts file the forwarder answers from.</summary>
     public string? HostsPath { get; init; } = "/etc/hosts";
 
+    /// <summary><c>--ui tcp://HOST:PORT</c>: where the inspector's page and API are served; null: the inspector is off.</summary>
+    public IPEndPoint? Ui { get; init; }
+
+    /// <summary><c>--ui-http</c> (default true): the inspector also frames HTTP/1.x and reads TLS ClientHellos.</summary>
+    public bool UiHttp { get; init; } = true;
+
     /// <summary>The defaults: MTU 1500, the host's resolvers, nothing published, no capture.</summary>
     public static GatewaySettings Default { get; } = new(1500, [], [], null);
 
@@ -86,7 +92,43 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
         DnsSearch = DnsSearch,
         ResolvConfPath = ResolvConfPath,
         HostsPath = HostsPath,
+        Inspect = Ui is null ? null : new Kit.VpnKit.Inspect.InspectorOptions { Http = UiHttp },
     };
+
+    /// <summary>Serves the inspector of a started gateway when <c>--ui</c> asked for it (IOException when it cannot listen).</summary>
+    public IDisposable? StartUi(VpnKitServer server)
+    {
+        if (Ui is null || server.Inspector is null)
+        {
+            return null;
+        }
+        var web = Kit.Cli.Net.InspectorWeb.Start(server.Inspector, Ui);
+        Console.Error.WriteLine($"kit: inspector on http://{Ui}/");
+        return web;
+    }
+
+    /// <summary>
+    /// Reads <c>--ui tcp://HOST:PORT</c>. The inspector shows every flow, name and URL of the guest and has no
+    /// authentication, so only a loopback address is taken unless <paramref name="anyAddress"/> (docs/security.md).
+    /// </summary>
+    public static IPEndPoint ParseUi(string spec, bool anyAddress)
+    {
+        const string Scheme = "tcp://";
+        string rest = spec.StartsWith(Scheme, StringComparison.Ordinal) ? spec[Scheme.Length..] : "";
+        if (rest.StartsWith("localhost:", StringComparison.OrdinalIgnoreCase))
+        {
+            rest = "127.0.0.1" + rest[9..];
+        }
+        if (!IPEndPoint.TryParse(rest, out IPEndPoint? ep) || !rest.Contains(':', StringComparison.Ordinal) || ep.Port == 0)
+        {
+            throw new CliException($"--ui wants tcp://127.0.0.1:PORT, got '{spec}'");
+        }
+        if (!IPAddress.IsLoopback(ep.Address) && !anyAddress)
+        {
+            throw new CliException($"--ui: {ep} is not a loopback address; the inspector shows all of the guest's traffic to whoever connects and has no authentication (add --ui-any-address to serve it there anyway)");
+        }
+        return ep;
+    }
 }
 
 /// <summary>
@@ -143,7 +185,24 @@ internal sealed class GatewayPolicyOptions
         Description = "Answer no names from a hosts file.",
     };
 
-    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback, DnsRecord, DnsSearch, ResolvConf, HostsFile, NoHostsFile];
+    public Option<string?> Ui { get; } = new("--ui")
+    {
+        HelpName = "tcp://127.0.0.1:PORT",
+        Description = "Record flows, DNS and HTTP, and serve the inspector's web page and JSON API (/api/flows, /api/dns, /api/http, /api/http.har, /api/events) there. Loopback only unless --ui-any-address.",
+    };
+
+    public Option<bool> UiAnyAddress { get; } = new("--ui-any-address")
+    {
+        Description = "Let --ui listen on an address other than loopback (anyone who reaches it sees the guest's traffic).",
+    };
+
+    public Option<bool> UiHttp { get; } = new("--ui-http")
+    {
+        Description = "Frame HTTP/1.x and read TLS ClientHellos for the inspector (default true; --ui-http=false records flows and DNS only).",
+        DefaultValueFactory = _ => true,
+    };
+
+    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback, DnsRecord, DnsSearch, ResolvConf, HostsFile, NoHostsFile, Ui, UiAnyAddress, UiHttp];
 
     /// <summary><paramref name="settings"/> with the switches as the command line set them.</summary>
     public GatewaySettings Apply(GatewaySettings settings, ParseResult parse)
@@ -183,6 +242,8 @@ internal sealed class GatewayPolicyOptions
             DnsSearch = search,
             ResolvConfPath = parse.GetValue(ResolvConf)!.FullName,
             HostsPath = parse.GetValue(NoHostsFile) ? null : parse.GetValue(HostsFile)!.FullName,
+            Ui = parse.GetValue(Ui) is string ui ? GatewaySettings.ParseUi(ui, parse.GetValue(UiAnyAddress)) : null,
+            UiHttp = parse.GetValue(UiHttp),
         };
     }
 }

@@ -65,7 +65,7 @@ internal static class NetCommand
             parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? [], parse.GetValue(vhostUser) ?? [],
             ControlPath(parse.GetValue(control)), parse));
 
-        return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve };
+        return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve, NetFlowsCommand.Create(), NetFlowsCommand.CreateTop() };
     }
 
     /// <summary>The command's first word when it starts with '-' and came before "--" (so it was an option kit does not know).</summary>
@@ -122,6 +122,7 @@ internal static class NetCommand
         TapLink? tap = null;
         VpnKitServer? server = null;
         Kit.VpnKit.Services.ControlApi? api = null;
+        IDisposable? ui = null;
         try
         {
             // The gateway first (it binds --publish ports and creates the --pcap file): a busy port or an unwritable
@@ -130,6 +131,7 @@ internal static class NetCommand
             tap = TapLink.Open(tapName, options.Mtu, offload: Environment.GetEnvironmentVariable("KIT_NET_NO_OFFLOAD") is not { Length: > 0 });
             server = new VpnKitServer(options.ServerOptions(tap.Offload), logs);
             server.Start();
+            ui = options.StartUi(server);
             api = control is null ? null : new Kit.VpnKit.Services.ControlApi(server, control);
             if (signals.Received.IsCompleted)
             {
@@ -188,6 +190,7 @@ internal static class NetCommand
         finally
         {
             api?.Dispose();
+            ui?.Dispose();
             // Disposing the gateway flushes and closes the pcap.
             server?.Dispose();
             // Whatever the command left running in the namespace goes with it.
@@ -213,6 +216,10 @@ internal static class NetCommand
         try
         {
             server.Start();
+            if (options.StartUi(server) is { } ui)
+            {
+                vhostBackends.Add(ui);
+            }
             foreach (string v in vhostUser)
             {
                 vhostBackends.Add(VhostUserNet.Listen(server, UnixPath(v, "--vhost-user"), offload, logs));

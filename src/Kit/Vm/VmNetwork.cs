@@ -13,6 +13,7 @@ internal sealed class VmNetwork : IDisposable
 {
     private readonly ILoggerFactory? _logs;
     private readonly VpnKitServer? _server;
+    private IDisposable? _ui;
 
     private VmNetwork(INetBackend? backend, VpnKitServer? server, ILoggerFactory? logs)
     {
@@ -38,9 +39,11 @@ internal sealed class VmNetwork : IDisposable
             ILoggerFactory logs = KitLogging.CreateFactory();
             bool offload = Environment.GetEnvironmentVariable("KIT_NET_NO_OFFLOAD") is not { Length: > 0 };
             var server = new VpnKitServer(vpnkit.ServerOptions(offload), logs);
+            IDisposable? ui;
             try
             {
                 server.Start();
+                ui = vpnkit.StartUi(server);
             }
             catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException)
             {
@@ -48,7 +51,7 @@ internal sealed class VmNetwork : IDisposable
                 logs.Dispose();
                 throw new CliException($"--net vpnkit: {e.Message}");
             }
-            return new VmNetwork(new VpnKitNetBackend(server, offload), server, logs);
+            return new VmNetwork(new VpnKitNetBackend(server, offload), server, logs) { _ui = ui };
         }
         if (spec.StartsWith("vmnet:", StringComparison.Ordinal) && spec.Length > 6)
         {
@@ -82,6 +85,7 @@ internal sealed class VmNetwork : IDisposable
 
     public void Dispose()
     {
+        _ui?.Dispose();
         Backend?.Dispose();
         _server?.Dispose();
         _logs?.Dispose();

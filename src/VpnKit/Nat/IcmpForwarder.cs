@@ -34,6 +34,9 @@ internal sealed partial class IcmpForwarder : IDisposable
         _ = ReceiveLoopAsync();
     }
 
+    /// <summary>Told of every reply delivered (null: the inspector is off).</summary>
+    public Kit.VpnKit.Inspect.Inspector? Inspector { get; set; }
+
     public string Mode => _raw ? "raw ICMP socket (root)" : "unprivileged ICMP datagram socket";
 
     /// <summary>Opens the best available socket, or returns null with the reason logged.</summary>
@@ -137,6 +140,7 @@ internal sealed partial class IcmpForwarder : IDisposable
             if (_map.TryTake(icmp.Sequence, from, out IcmpEchoMap.Entry e))
             {
                 _gate.Engine.SendIcmpEchoReply(e.GuestVisibleDestination, e.Guest, e.Id, e.Sequence, icmp.Payload);
+                Inspector?.IcmpEcho(e.Guest, e.GuestVisibleDestination, icmp.Payload.Length, reply: true);
             }
         }
     }

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Kit.VpnKit.Inspect;
 using Kit.VpnKit.Services;
 using Kit.VpnKit.Stack;
 using Microsoft.Extensions.Logging;
@@ -35,6 +36,19 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     }
 
     public UdpNat Udp { get; }
+
+    /// <summary>The inspector (<c>--ui</c>), told of every flow; null when off.</summary>
+    public Inspector? Inspector
+    {
+        get => _inspector;
+        init
+        {
+            _inspector = value;
+            Udp.Inspector = value;
+        }
+    }
+
+    private readonly Inspector? _inspector;
 
     /// <summary>The event loop that watches the TCP proxies' sockets; set before the first connection.</summary>
     public EventLoop? Loop { get; set; }
@@ -92,6 +106,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     {
         uint address = 0;
         ushort port = c.RemotePort;
+        bool refused = false;
         if (c.RemoteIp == _o.GatewayIp)
         {
             if (c.RemotePort == 53 && DnsTcp is { } dns)
@@ -101,16 +116,27 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
                 port = (ushort)dns.Port;
             }
         }
-        else if (!(_o.InSubnet(c.RemoteIp) && c.RemoteIp != _o.HostIp) && !Refused(c.RemoteIp))
+        else if (!(_o.InSubnet(c.RemoteIp) && c.RemoteIp != _o.HostIp) && !(refused = Refused(c.RemoteIp)))
         {
             address = TranslateOut(c.RemoteIp);
         }
         long now = EngineGate.Now;
+        // The flow is known (with the name the guest resolved for its address) before the host connect starts: the
+        // place a policy decision would be made.
+        FlowRecord? flow = _inspector?.OpenFlow("tcp", c.GuestIp, c.GuestPort, c.RemoteIp, c.RemotePort);
         TcpProxy? proxy = address == 0 || Loop is null ? null : TcpProxy.Connect(_gate, this, Loop, c, address, port, now + ConnectTimeoutMs, _log);
         if (proxy is null)
         {
+            if (flow is not null)
+            {
+                _inspector!.CloseFlow(flow, refused ? FlowEnd.Policy : FlowEnd.Refused);
+            }
             c.CompleteConnect(connected: false, now);
             return;
+        }
+        if (flow is not null)
+        {
+            proxy.Observe(_inspector!, flow);
         }
         _proxies.Add(proxy);
         _connecting.Enqueue(proxy);
@@ -125,6 +151,10 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
             accepted.Dispose();
             c.Abort(EngineGate.Now);
             return;
+        }
+        if (_inspector is not null)
+        {
+            proxy.Observe(_inspector, _inspector.OpenFlow("tcp", c.GuestIp, c.GuestPort, c.RemoteIp, c.RemotePort, inbound: true));
         }
         _proxies.Add(proxy);
     }
@@ -152,7 +182,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     {
         while (NextDeadline <= now)
         {
-            _connecting.Dequeue().FinishConnect(false, now, "timed out");
+            _connecting.Dequeue().FinishConnect(false, now, TcpProxy.TimedOut);
         }
     }
 
@@ -261,6 +291,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     {
         if (!Refused(destination))
         {
+            _inspector?.IcmpEcho(guestIp, destination, payload.Length, reply: false);
             Icmp?.Send(guestIp, TranslateOut(destination), destination, id, sequence, payload);
         }
     }
@@ -272,7 +303,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             foreach (TcpProxy p in _proxies.ToArray())
             {
-                p.OnReset();
+                p.Stop();
             }
         }
         Udp.Dispose();

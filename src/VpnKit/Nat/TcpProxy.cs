@@ -1,5 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Diagnostics;
+using Kit.VpnKit.Inspect;
 using Kit.VpnKit.Links;
 using Kit.VpnKit.Stack;
 using Microsoft.Extensions.Logging;
@@ -53,6 +55,12 @@ internal sealed partial class TcpProxy : IPollHandler
     private bool _guestDone;
     private bool _hostDone;
 
+    // The inspector's record of this flow and its stream tap (null when the inspector is off): told what moved after it
+    // moved, read-only (docs/vpnkit.md, "Inspector").
+    private Inspector? _inspector;
+    private FlowRecord? _flow;
+    private StreamTap? _tap;
+
     /// <summary>Queued in the NAT's run list (engine callbacks asked for a pump).</summary>
     internal bool Queued;
     internal long ConnectDeadline;
@@ -71,6 +79,18 @@ internal sealed partial class TcpProxy : IPollHandler
     public TcpSocket Connection => _c;
 
     public bool Connecting => _phase == Phase.Connecting;
+
+    /// <summary>Records this flow in the inspector (before any byte moves).</summary>
+    public void Observe(Inspector inspector, FlowRecord flow)
+    {
+        _inspector = inspector;
+        _flow = flow;
+        _tap = inspector.TapFor(flow);
+        if (_phase == Phase.Opening)
+        {
+            flow.ConnectedTicks = flow.StartTicks; // An accepted host socket is connected already.
+        }
+    }
 
     /// <summary>
     /// Outbound (guest-initiated): starts a non-blocking connect; the guest sees SYN-ACK only once it succeeds.
@@ -196,6 +216,14 @@ internal sealed partial class TcpProxy : IPollHandler
         if (!ok)
         {
             LogConnectFailed(_log, NatHost.ToAddress(_address), _port, failure ?? "failed");
+            if (_flow is not null)
+            {
+                _inspector!.CloseFlow(_flow, failure == TimedOut ? FlowEnd.Timeout : FlowEnd.Refused);
+            }
+        }
+        else if (_flow is not null)
+        {
+            _flow.ConnectedTicks = Stopwatch.GetTimestamp();
         }
         _nat.ConnectDone(this);
         if (!_c.CompleteConnect(ok, now))
@@ -240,6 +268,29 @@ internal sealed partial class TcpProxy : IPollHandler
         {
             Close(abortive: false);
         }
+        else if (_flow is not null)
+        {
+            Counters(_flow);
+        }
+    }
+
+    private void Counters(FlowRecord f)
+    {
+        f.PacketsOut = _c.SegmentsReceived;
+        f.PacketsIn = _c.SegmentsSent;
+        f.RttMs = _c.SmoothedRtt;
+    }
+
+    internal const string TimedOut = "timed out";
+
+    /// <summary>The gateway is stopping: reset the host socket, recorded as closed rather than reset.</summary>
+    public void Stop()
+    {
+        if (_flow is not null)
+        {
+            _inspector!.CloseFlow(_flow, FlowEnd.Closed);
+        }
+        OnReset();
     }
 
     private void GuestToHost(long now)
@@ -276,6 +327,12 @@ internal sealed partial class TcpProxy : IPollHandler
                 {
                     Abort(now);
                     return;
+                }
+                if (_flow is not null)
+                {
+                    // What the host socket took, before the engine lets go of it.
+                    _flow.BytesOut += sent;
+                    _tap?.FromGuest(data[..sent]);
                 }
                 _c.Consume(sent, now);
             }
@@ -337,6 +394,11 @@ internal sealed partial class TcpProxy : IPollHandler
                 _hostDone = true;
                 return;
             }
+            if (_flow is not null)
+            {
+                _flow.BytesIn += n;
+                _tap?.FromHost(room[..n]);
+            }
             // A full read: the socket probably holds more, which the next read takes at once, so a short last
             // segment may wait for it (bulk data leaves in full segments). A short read drained the socket: the
             // next bytes bring a new edge, so stop here without another recv(2) that would only say EAGAIN --
@@ -390,6 +452,12 @@ internal sealed partial class TcpProxy : IPollHandler
             return;
         }
         _phase = Phase.Closed;
+        if (_flow is not null)
+        {
+            Counters(_flow);
+            _tap?.Closed();
+            _inspector!.CloseFlow(_flow, abortive ? FlowEnd.Rst : FlowEnd.Fin);
+        }
         if (abortive)
         {
             try

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
+using Kit.VpnKit.Inspect;
 using Kit.VpnKit.Stack;
 using Microsoft.Extensions.Logging;
 
@@ -33,6 +34,9 @@ internal sealed partial class UdpNat : IDisposable
         _idleMs = (long)(idle ?? TimeSpan.FromSeconds(60)).TotalMilliseconds;
     }
 
+    /// <summary>Told of every flow and datagram (null: the inspector is off).</summary>
+    public Inspector? Inspector { get; set; }
+
     public int FlowCount
     {
         get
@@ -51,6 +55,15 @@ internal sealed partial class UdpNat : IDisposable
         public readonly Socket Socket = socket;
         public long LastUsed;
         public readonly SocketAddress Target = new(AddressFamily.InterNetwork);
+        public FlowRecord? Record;
+    }
+
+    private void End(Flow f, FlowEnd how)
+    {
+        if (f.Record is not null)
+        {
+            Inspector?.CloseFlow(f.Record, how);
+        }
     }
 
     /// <summary>Called under the engine lock with a guest datagram; sends it from the flow's host socket.</summary>
@@ -77,11 +90,16 @@ internal sealed partial class UdpNat : IDisposable
                     LogSocketFailed(_log, e.Message);
                     return;
                 }
-                f = new Flow(flow.GuestIp, flow.GuestPort, s);
+                f = new Flow(flow.GuestIp, flow.GuestPort, s) { Record = Inspector?.OpenFlow("udp", flow.GuestIp, flow.GuestPort, flow.RemoteIp, flow.RemotePort) };
                 _flows[key] = f;
                 _ = ReceiveLoopAsync(f);
             }
             f.LastUsed = EngineGate.Now;
+        }
+        if (f.Record is { } r)
+        {
+            r.PacketsOut++;
+            r.BytesOut += payload.Length;
         }
         uint dst = _translateOut(flow.RemoteIp);
         WriteAddress(f.Target, dst, flow.RemotePort);
@@ -109,6 +127,11 @@ internal sealed partial class UdpNat : IDisposable
                 lock (_gate.Sync)
                 {
                     _gate.Engine.SendUdp(back, buffer.AsSpan(0, n), EngineGate.Now);
+                    if (f.Record is { } r)
+                    {
+                        r.PacketsIn++;
+                        r.BytesIn += n;
+                    }
                 }
                 f.LastUsed = EngineGate.Now;
             }
@@ -143,7 +166,11 @@ internal sealed partial class UdpNat : IDisposable
             foreach (ulong k in dead)
             {
                 _flows.Remove(k, out Flow? f);
-                f?.Socket.Dispose();
+                if (f is not null)
+                {
+                    End(f, FlowEnd.Timeout);
+                    f.Socket.Dispose();
+                }
             }
         }
     }
@@ -155,6 +182,7 @@ internal sealed partial class UdpNat : IDisposable
         for (int i = 0; i < count && i < all.Count; i++)
         {
             _flows.Remove(all[i].Key);
+            End(all[i].Value, FlowEnd.Timeout);
             all[i].Value.Socket.Dispose();
         }
     }
@@ -179,6 +207,7 @@ internal sealed partial class UdpNat : IDisposable
         {
             foreach (Flow f in _flows.Values)
             {
+                End(f, FlowEnd.Closed);
                 f.Socket.Dispose();
             }
             _flows.Clear();

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Kit.VpnKit.Wire;
@@ -67,6 +68,9 @@ internal sealed partial class DnsForwarder
         }
     }
 
+    /// <summary>The inspector's DNS log and address → name view (null: off).</summary>
+    public Kit.VpnKit.Inspect.Inspector? Inspector { get; set; }
+
     /// <summary>The upstreams now: the fixed ones, or resolv.conf's as last read.</summary>
     public IReadOnlyList<IPEndPoint> Upstreams => _resolvConf?.Current ?? _fixedUpstreams;
 
@@ -131,14 +135,20 @@ internal sealed partial class DnsForwarder
             return null;
         }
         ushort id = q.Id;
+        long started = Stopwatch.GetTimestamp();
         // Before the cache: a changed resolv.conf drops the cache as it is noticed, so no answer from the old view is served.
         IReadOnlyList<IPEndPoint> upstreams = Upstreams;
         string? cacheKey = null;
+        string? questionName = null;
+        ushort questionType = 0;
         if (q.TryReadQuestion(out ReadOnlySpan<byte> name, out ushort type, out ushort @class, out int end))
         {
-            if (DnsMessage.TryGetDottedName(name, out string dotted) && _names.TryFind(dotted, out IPAddress[] local))
+            bool printable = DnsMessage.TryGetDottedName(name, out string dotted);
+            questionName = printable ? dotted : "(unprintable name)";
+            questionType = type;
+            if (printable && _names.TryFind(dotted, out IPAddress[] local))
             {
-                return LocalAnswer(query, end, type, @class, local);
+                return Logged(LocalAnswer(query, end, type, @class, local), "local", cacheHit: false);
             }
             cacheKey = CacheKey(name, type, @class);
             lock (_cacheGate)
@@ -147,29 +157,40 @@ internal sealed partial class DnsForwarder
                 {
                     byte[] copy = (byte[])hit.Response.Clone();
                     BinaryPrimitives.WriteUInt16BigEndian(copy, id);
-                    return copy;
+                    return Logged(copy, "cache", cacheHit: true);
                 }
             }
         }
         if (upstreams.Count == 0)
         {
-            return null;
+            return Logged(null, "no upstream", cacheHit: false);
         }
         if (!TryEnter(client))
         {
-            return ServerFailure(query);
+            return Logged(ServerFailure(query), "refused (queries in flight)", cacheHit: false);
         }
         try
         {
-            return await AskUpstreamsAsync(upstreams, query, id, cacheKey, overTcp, cancel).ConfigureAwait(false);
+            (byte[]? reply, IPEndPoint? from) = await AskUpstreamsAsync(upstreams, query, id, cacheKey, overTcp, cancel).ConfigureAwait(false);
+            return Logged(reply, from is null ? "no answer" : (overTcp ? "tcp:" : "") + from.ToString(), cacheHit: false);
         }
         finally
         {
             Leave(client);
         }
+
+        // The inspector's DNS log: what was asked, what came back, from where, how long it took.
+        byte[]? Logged(byte[]? reply, string source, bool cacheHit)
+        {
+            if (Inspector is { } inspector && questionName is not null)
+            {
+                inspector.Dns(client, questionName, questionType, reply, source, Stopwatch.GetElapsedTime(started).TotalMilliseconds, cacheHit);
+            }
+            return reply;
+        }
     }
 
-    private async Task<byte[]?> AskUpstreamsAsync(IReadOnlyList<IPEndPoint> upstreams, byte[] query, ushort id, string? cacheKey, bool overTcp,
+    private async Task<(byte[]? Reply, IPEndPoint? From)> AskUpstreamsAsync(IReadOnlyList<IPEndPoint> upstreams, byte[] query, ushort id, string? cacheKey, bool overTcp,
         CancellationToken cancel)
     {
         foreach (IPEndPoint upstream in upstreams)
@@ -188,9 +209,9 @@ internal sealed partial class DnsForwarder
                     Store(cacheKey, reply, Math.Min(ttl, MaxCacheTtl));
                 }
             }
-            return reply;
+            return (reply, upstream);
         }
-        return null;
+        return (null, null);
     }
 
     private async Task<byte[]?> AskAsync(IPEndPoint upstream, byte[] query, ushort id, CancellationToken cancel)

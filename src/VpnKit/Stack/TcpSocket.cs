@@ -247,7 +247,7 @@ internal sealed class TcpSocket
         if (!connected)
         {
             // Refused: RST+ACK for the SYN, so the guest's connect fails with ECONNREFUSED.
-            _host.SendBareSegment(this, 0, _rcvNxt, TcpFlags.Rst | TcpFlags.Ack);
+            SendBare(this, 0, _rcvNxt, TcpFlags.Rst | TcpFlags.Ack);
             IsReset = true;
             Close();
             return false;
@@ -269,6 +269,7 @@ internal sealed class TcpSocket
     internal void Process(TcpSegment seg, long now)
     {
         _now = now;
+        SegmentsReceived++;
         TcpFlags f = seg.Flags;
         uint seq = seg.Sequence;
         ReadOnlySpan<byte> payload = seg.Payload;
@@ -352,7 +353,7 @@ internal sealed class TcpSocket
             }
             else
             {
-                _host.SendBareSegment(this, ack, 0, TcpFlags.Rst);
+                SendBare(this, ack, 0, TcpFlags.Rst);
                 return;
             }
         }
@@ -558,6 +559,17 @@ internal sealed class TcpSocket
     /// <summary>Smoothed round-trip time in ms (RFC 6298 §2), 0 before the first sample.</summary>
     public int SmoothedRtt => _srtt;
 
+    /// <summary>Segments from the guest dispatched to this socket, and segments it sent (the inspector's packet counts).</summary>
+    public long SegmentsReceived { get; private set; }
+
+    public long SegmentsSent { get; private set; }
+
+    private void SendBare(TcpSocket s, uint seq, uint ack, TcpFlags flags)
+    {
+        SegmentsSent++;
+        _host.SendBareSegment(s, seq, ack, flags);
+    }
+
     private void ProcessSynSent(TcpSegment seg)
     {
         TcpFlags f = seg.Flags;
@@ -568,7 +580,7 @@ internal sealed class TcpSocket
         {
             if ((f & TcpFlags.Rst) == 0)
             {
-                _host.SendBareSegment(this, ack, 0, TcpFlags.Rst);
+                SendBare(this, ack, 0, TcpFlags.Rst);
             }
             return;
         }
@@ -731,6 +743,7 @@ internal sealed class TcpSocket
             _delayedAckDeadline = 0;
             _segmentsSinceAck = 0;
         }
+        SegmentsSent++;
         _host.Transmit(this, new TcpHeaderFields(seq, ack, flags, win, synOptions, options), sendOffset, length);
     }
 

@@ -1,0 +1,160 @@
+using System.Net;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using System.Threading.Channels;
+using Kit.VpnKit.Inspect;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Kit.Cli.Net;
+
+/// <summary>
+/// The inspector's web page and JSON API (<c>--ui tcp://127.0.0.1:PORT</c>) on Kestrel: <c>/api/flows</c>,
+/// <c>/api/dns</c>, <c>/api/http</c>, <c>/api/http.har</c> (HAR 1.2), <c>/api/events</c> (server-sent events) and the page
+/// at <c>/</c>, which has no external assets. Handlers are plain <see cref="RequestDelegate"/>s writing source-generated
+/// JSON (<see cref="InspectJson"/>), so the NativeAOT kit needs no reflection. Kit's own signal handling stays in charge:
+/// the host gets a lifetime that listens to no signal.
+/// </summary>
+internal sealed class InspectorWeb : IDisposable
+{
+    private readonly WebApplication _app;
+
+    private InspectorWeb(WebApplication app, IPEndPoint endPoint)
+    {
+        _app = app;
+        EndPoint = endPoint;
+    }
+
+    public IPEndPoint EndPoint { get; }
+
+    /// <summary>Binds and starts serving; throws IOException with a one-line reason when the address cannot be had.</summary>
+    public static InspectorWeb Start(Inspector inspector, IPEndPoint endPoint)
+    {
+        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
+        builder.Logging.ClearProviders();
+        builder.Services.AddSingleton<IHostLifetime, QuietLifetime>();
+        builder.WebHost.UseKestrel(o =>
+        {
+            o.Listen(endPoint);
+            o.AddServerHeader = false;
+        });
+        WebApplication app = builder.Build();
+        app.MapGet("/", (RequestDelegate)(ctx =>
+        {
+            ctx.Response.ContentType = "text/html; charset=utf-8";
+            ctx.Response.Headers.CacheControl = "no-store";
+            return ctx.Response.WriteAsync(InspectorPage.Html, ctx.RequestAborted);
+        }));
+        app.MapGet("/api/flows", (RequestDelegate)(ctx => Json(ctx, inspector.Flows(), InspectJson.Default.ListFlowView)));
+        app.MapGet("/api/dns", (RequestDelegate)(ctx => Json(ctx, inspector.DnsLog(), InspectJson.Default.ListDnsEntry)));
+        app.MapGet("/api/http", (RequestDelegate)(ctx =>
+        {
+            var views = new List<HttpView>();
+            foreach (HttpExchange x in inspector.Exchanges())
+            {
+                views.Add(HttpView.Of(x));
+            }
+            return Json(ctx, views, InspectJson.Default.ListHttpView);
+        }));
+        app.MapGet("/api/http.har", (RequestDelegate)(ctx =>
+        {
+            ctx.Response.Headers.ContentDisposition = "inline; filename=\"kit.har\"";
+            return Json(ctx, HarBuilder.Build(inspector.Exchanges(), CliVersion()), InspectJson.Default.Har);
+        }));
+        app.MapGet("/api/events", (RequestDelegate)(ctx => Events(ctx, inspector)));
+        try
+        {
+            app.StartAsync().GetAwaiter().GetResult();
+        }
+        catch (IOException e)
+        {
+            ((IDisposable)app).Dispose();
+            throw new IOException($"--ui: cannot listen on tcp://{endPoint}: {Unwrap(e)}", e);
+        }
+        return new InspectorWeb(app, endPoint);
+    }
+
+    private static string Unwrap(Exception e) => e.InnerException is System.Net.Sockets.SocketException s
+        ? (s.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse ? "address in use (another process listens there)" : s.Message)
+        : e.Message;
+
+    private static string CliVersion() =>
+        typeof(InspectorWeb).Assembly.GetName().Version?.ToString() ?? "0";
+
+    private static async Task Json<T>(HttpContext ctx, T value, JsonTypeInfo<T> type)
+    {
+        ctx.Response.ContentType = "application/json";
+        ctx.Response.Headers.CacheControl = "no-store";
+        await JsonSerializer.SerializeAsync(ctx.Response.Body, value, type, ctx.RequestAborted).ConfigureAwait(false);
+    }
+
+    /// <summary>Server-sent events (HTML Living Standard §9.2): one <c>event:</c>/<c>data:</c> block per record, a comment every 15 s.</summary>
+    private static async Task Events(HttpContext ctx, Inspector inspector)
+    {
+        ctx.Response.ContentType = "text/event-stream";
+        ctx.Response.Headers.CacheControl = "no-store";
+        ChannelReader<InspectEvent> events = inspector.Subscribe(out IDisposable lease);
+        using (lease)
+        {
+            CancellationToken stop = ctx.RequestAborted;
+            await ctx.Response.WriteAsync(": kit inspector\n\n", stop).ConfigureAwait(false);
+            await ctx.Response.Body.FlushAsync(stop).ConfigureAwait(false);
+            try
+            {
+                while (!stop.IsCancellationRequested)
+                {
+                    using var wait = CancellationTokenSource.CreateLinkedTokenSource(stop);
+                    wait.CancelAfter(TimeSpan.FromSeconds(15));
+                    bool more;
+                    try
+                    {
+                        more = await events.WaitToReadAsync(wait.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException) when (!stop.IsCancellationRequested)
+                    {
+                        await ctx.Response.WriteAsync(": keep-alive\n\n", stop).ConfigureAwait(false);
+                        await ctx.Response.Body.FlushAsync(stop).ConfigureAwait(false);
+                        continue;
+                    }
+                    if (!more)
+                    {
+                        return;
+                    }
+                    while (events.TryRead(out InspectEvent? e))
+                    {
+                        string data = JsonSerializer.Serialize(e, InspectJson.Default.InspectEvent);
+                        await ctx.Response.WriteAsync($"event: {e.Kind}\ndata: {data}\n\n", stop).ConfigureAwait(false);
+                    }
+                    await ctx.Response.Body.FlushAsync(stop).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            _app.StopAsync(TimeSpan.FromSeconds(2)).GetAwaiter().GetResult();
+        }
+        catch (Exception e) when (e is OperationCanceledException or IOException)
+        {
+        }
+        ((IDisposable)_app).Dispose();
+    }
+
+    /// <summary>No Ctrl-C or SIGTERM handling: the command that owns the gateway decides when it stops.</summary>
+    private sealed class QuietLifetime : IHostLifetime
+    {
+        public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    }
+}
