@@ -65,9 +65,10 @@ public sealed class DurableCommitTests(ITestOutputHelper output)
             int refRename = Array.FindIndex(calls, c => c.StartsWith("rename", StringComparison.Ordinal) && c.Contains("refs/heads/master.lock", StringComparison.Ordinal));
             Assert.True(refRename >= 0, "no rename of refs/heads/master.lock in the trace");
             // libgit2 moves a loose object into place with link(2) (then unlinks the temporary name), falling back to
-            // rename(2) (src/util/posix.c, p_rename); a ref's rename over the old file takes the fallback.
+            // rename(2) (src/util/posix.c, p_rename); a ref's rename over the old file takes the fallback. Blobs are
+            // written by DataKit's own streaming writer (LooseObjectWriter: objects/tmp_obj_*, then rename(2)).
             var objectRenames = calls.Select((c, i) => (c, i)).Where(x => (x.c.StartsWith("link", StringComparison.Ordinal) || x.c.StartsWith("rename", StringComparison.Ordinal))
-                && x.c.Contains("tmp_object", StringComparison.Ordinal) && x.c.EndsWith("= 0", StringComparison.Ordinal)).ToList();
+                && x.c.Contains("/objects/tmp_obj", StringComparison.Ordinal) && x.c.EndsWith("= 0", StringComparison.Ordinal)).ToList();
             // blob, trees a/b, a and the root, and the commit.
             Assert.True(objectRenames.Count >= 5, $"expected at least 5 new objects, saw {objectRenames.Count} renames");
             if (durability == "none")
