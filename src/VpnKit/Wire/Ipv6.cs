@@ -11,9 +11,9 @@ internal static class Ip6
 
     public static UInt128 Parse(string text)
     {
-        var ip = System.Net.IPAddress.Parse(text);
         Span<byte> b = stackalloc byte[16];
-        return ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 && ip.TryWriteBytes(b, out _)
+        // An IPv4 address writes 4 bytes: only a 16-byte address is IPv6.
+        return System.Net.IPAddress.TryParse(text, out System.Net.IPAddress? ip) && ip.TryWriteBytes(b, out int n) && n == 16
             ? Read(b)
             : throw new FormatException($"'{text}' is not an IPv6 address");
     }
