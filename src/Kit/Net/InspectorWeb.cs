@@ -31,6 +31,10 @@ internal sealed class InspectorWeb : IDisposable
 
     public IPEndPoint EndPoint { get; }
 
+    /// <summary>A Host header naming an IP literal or localhost (what a browser sends for the address it was given).</summary>
+    internal static bool IsAddressOrLocalhost(string host) =>
+        string.Equals(host, "localhost", StringComparison.OrdinalIgnoreCase) || IPAddress.TryParse(host.Trim('[', ']'), out _);
+
     /// <summary>Binds and starts serving; throws IOException with a one-line reason when the address cannot be had.</summary>
     public static InspectorWeb Start(Inspector inspector, IPEndPoint endPoint)
     {
@@ -43,6 +47,17 @@ internal sealed class InspectorWeb : IDisposable
             o.AddServerHeader = false;
         });
         WebApplication app = builder.Build();
+        // DNS rebinding: a web page the user visits can point a name of its own at 127.0.0.1 and read the guest's traffic
+        // from its script. Such a request carries that name in Host, so only an address or "localhost" is served.
+        app.Use(next => ctx =>
+        {
+            if (!IsAddressOrLocalhost(ctx.Request.Host.Host))
+            {
+                ctx.Response.StatusCode = StatusCodes.Status421MisdirectedRequest;
+                return Task.CompletedTask;
+            }
+            return next(ctx);
+        });
         app.MapGet("/", (RequestDelegate)(ctx =>
         {
             ctx.Response.ContentType = "text/html; charset=utf-8";

@@ -88,6 +88,11 @@ for name, data in cases.items():
             string page = await api.GetStringAsync("/", TestContext.Current.CancellationToken);
             JsonElement dnsLog = await GetAsync(api, "/api/dns");
             JsonElement har = await GetAsync(api, "/api/http.har");
+            // A DNS-rebinding page reaches the same socket under a name of its own: refused (docs/security.md).
+            using var rebound = new HttpRequestMessage(HttpMethod.Get, "/api/flows");
+            rebound.Headers.Host = $"rebind.example:{ui}";
+            using HttpResponseMessage refused = await api.SendAsync(rebound, TestContext.Current.CancellationToken);
+            Assert.Equal(System.Net.HttpStatusCode.MisdirectedRequest, refused.StatusCode);
             ProcessResult flowsCli = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["net", "flows", "--api", $"http://127.0.0.1:{ui}", "--json"], TimeSpan.FromSeconds(30), cancellationToken: TestContext.Current.CancellationToken);
             ProcessResult table = await ProcessRunner.RunAsync(KitCli.ExecutablePath, ["net", "flows", "--api", $"http://127.0.0.1:{ui}"], TimeSpan.FromSeconds(30), cancellationToken: TestContext.Current.CancellationToken);
             File.WriteAllText(go, "");
