@@ -65,58 +65,30 @@ internal sealed class FollowedFile<T>(string path, Func<string, T> parse, T miss
             return false;
         }
         _seen = stamp;
-        string? text = info.Exists ? ReadText() : null;
-        byte[]? hash = text is null ? null : System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text));
+        byte[]? bytes = info.Exists ? ReadBytes() : null;
+        byte[]? hash = bytes is null ? null : System.Security.Cryptography.SHA256.HashData(bytes);
         if (hash is not null && _seenHash is not null ? hash.AsSpan().SequenceEqual(_seenHash) : hash == _seenHash)
         {
             return false;
         }
         _seenHash = hash;
-        _value = text is null ? _missing : parse(text);
+        _value = bytes is null ? _missing : parse(System.Text.Encoding.UTF8.GetString(bytes));
         return true;
     }
 
-    /// <summary>The file's text (at most <see cref="MaxBytes"/>), or null when it cannot be read now.</summary>
-    private string? ReadText()
+    /// <summary>The file's first <see cref="MaxBytes"/> bytes, or null when it cannot be read now.</summary>
+    private byte[]? ReadBytes()
     {
         try
         {
             using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-            using var reader = new StreamReader(new BoundedStream(stream, MaxBytes));
-            return reader.ReadToEnd();
+            byte[] bytes = new byte[(int)Math.Min(stream.Length, MaxBytes)];
+            int n = stream.ReadAtLeast(bytes, bytes.Length, throwOnEndOfStream: false);
+            return n == bytes.Length ? bytes : bytes[..n];
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             return null; // Unreadable now: answered as missing; the next change of stamp tries again.
         }
-    }
-
-    /// <summary>Reads at most a fixed number of bytes of the inner stream.</summary>
-    private sealed class BoundedStream(Stream inner, long limit) : Stream
-    {
-        private long _left = limit;
-
-        public override bool CanRead => true;
-        public override bool CanSeek => false;
-        public override bool CanWrite => false;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override void Flush() { }
-        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
-
-        public override int Read(Span<byte> buffer)
-        {
-            if (_left <= 0)
-            {
-                return 0;
-            }
-            int n = inner.Read(buffer[..(int)Math.Min(buffer.Length, _left)]);
-            _left -= n;
-            return n;
-        }
-
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
-        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 }

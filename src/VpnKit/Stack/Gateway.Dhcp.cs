@@ -276,6 +276,7 @@ internal sealed partial class Gateway
     internal static byte[] EncodeSearchList(IReadOnlyList<string> domains)
     {
         var bytes = new List<byte>();
+        Span<byte> name = stackalloc byte[256]; // a name is at most 255 bytes (RFC 1035 §3.1), checked below
         foreach (string d in domains)
         {
             string[] labels = d.Trim('.').Split('.');
@@ -290,12 +291,7 @@ internal sealed partial class Gateway
             {
                 continue;
             }
-            foreach (string label in labels)
-            {
-                bytes.Add((byte)label.Length);
-                bytes.AddRange(Encoding.ASCII.GetBytes(label));
-            }
-            bytes.Add(0);
+            bytes.AddRange(name[..DnsName.Write(name, d)]);
         }
         return [.. bytes];
     }
