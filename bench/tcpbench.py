@@ -14,6 +14,12 @@ Client modes (run inside the namespace):
                        connect, send 1 byte, read the echo, close; prints connections/s (and, with a gateway pid,
                        its CPU time and context switches per connection, as rr does)
   hold HOST PORT N SECS READYFILE   write READYFILE.0, wait 3 s, open N idle connections, write READYFILE, sleep SECS, close them
+HTTP/1.1 (for the inspector's HTTP recording cost, bench/inspector-http.sh):
+  httpserver PORT      answers every request on a keep-alive connection with 200 and a 64-byte body (127.0.0.1 only)
+  http HOST PORT SECS [GWPID|ppid]
+                       GET requests on one keep-alive connection, one at a time; prints requests/s
+  httpconn HOST PORT SECS [GWPID|ppid]
+                       one GET per connection (as wget or curl do); prints requests/s
 """
 import os, socket, sys, threading, time
 
@@ -43,6 +49,82 @@ def serve(port: int) -> None:
         c, _ = ls.accept()
         t = threading.Thread(target=handle, args=(c,), daemon=True, name="h")
         t.start()
+
+
+HTTP_BODY = b"k" * 64
+HTTP_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(HTTP_BODY) + HTTP_BODY
+HTTP_REQUEST = b"GET /bench/item?id=1 HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: tcpbench\r\nAccept: */*\r\n\r\n"
+
+
+def http_serve(port: int) -> None:
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(4096)
+
+    def handle(c: socket.socket) -> None:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        try:
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break
+                buf += b
+                if len(buf) > 1 << 20:
+                    break  # not a request this server understands: drop the connection
+                # Requests without bodies (GET): one response per blank line, pipelined ones included.
+                while (i := buf.find(b"\r\n\r\n")) >= 0:
+                    buf = buf[i + 4:]
+                    c.sendall(HTTP_RESPONSE)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    while True:
+        c, _ = ls.accept()
+        threading.Thread(target=handle, args=(c,), daemon=True, name="h").start()
+
+
+def http_exchange(s: socket.socket) -> None:
+    """One GET and its whole response (head, then Content-Length bytes of body)."""
+    s.sendall(HTTP_REQUEST)
+    buf = b""
+    while (i := buf.find(b"\r\n\r\n")) < 0:
+        b = s.recv(65536)
+        if not b:
+            raise OSError("peer closed")
+        buf += b
+    length = 0
+    for line in buf[:i].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    recv_exact(s, length - (len(buf) - i - 4))
+
+
+def http(host: str, port: int, secs: float, gw: int, per_connection: bool) -> None:
+    s = None
+    n = 0
+    c0 = gateway_cost(gw) if gw else (0.0, 0)
+    t0 = time.perf_counter(); end = t0 + secs
+    while n < MAX_ITER:
+        if s is None:
+            s = socket.create_connection((host, port), timeout=10)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        http_exchange(s)
+        n += 1
+        if per_connection:
+            s.close(); s = None
+        if time.perf_counter() >= end:
+            break
+    dt = time.perf_counter() - t0
+    c1 = gateway_cost(gw) if gw else (0.0, 0)
+    if s is not None:
+        s.close()
+    extra = f" {(c1[0] - c0[0]) / n * 1e6:.1f} gw_cpu_us_per_request" if gw else ""
+    print(f"{n / dt:.0f} requests_per_s{extra}")
 
 
 def recv_exact(s: socket.socket, n: int) -> None:
@@ -133,6 +215,11 @@ if __name__ == "__main__":
     elif m == "conn":
         gw = sys.argv[5] if len(sys.argv) > 5 else "0"
         conn(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), os.getppid() if gw == "ppid" else int(gw))
+    elif m == "httpserver":
+        http_serve(int(sys.argv[2]))
+    elif m in ("http", "httpconn"):
+        gw = sys.argv[5] if len(sys.argv) > 5 else "0"
+        http(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), os.getppid() if gw == "ppid" else int(gw), m == "httpconn")
     elif m == "hold":
         hold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
     else:
