@@ -2,6 +2,7 @@ using System.Net;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
 using System.Threading.Channels;
+using Kit.VpnKit.Capture;
 using Kit.VpnKit.Inspect;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
@@ -10,7 +11,7 @@ namespace Kit.Cli.Net;
 
 /// <summary>
 /// The inspector's web page and JSON API (<c>--ui tcp://127.0.0.1:PORT</c>) on Kestrel: <c>/api/flows</c>,
-/// <c>/api/dns</c>, <c>/api/http</c>, <c>/api/http.har</c> (HAR 1.2), <c>/api/events</c> (server-sent events) and the page
+/// <c>/api/dns</c>, <c>/api/http</c>, <c>/api/http.har</c> (HAR 1.2), <c>/api/events</c> (server-sent events), <c>/api/pcap</c> (<see cref="PcapApi"/>) and the page
 /// at <c>/</c>, which has no external assets. Handlers are plain <see cref="RequestDelegate"/>s writing source-generated
 /// JSON (<see cref="InspectJson"/>), so the NativeAOT kit needs no reflection.
 /// </summary>
@@ -31,7 +32,7 @@ internal sealed class InspectorWeb : IDisposable
         string.Equals(host, "localhost", StringComparison.OrdinalIgnoreCase) || IPAddress.TryParse(host.Trim('[', ']'), out _);
 
     /// <summary>Binds and starts serving; throws IOException with a one-line reason when the address cannot be had.</summary>
-    public static InspectorWeb Start(Inspector inspector, IPEndPoint endPoint)
+    public static InspectorWeb Start(Inspector inspector, LiveCaptures? captures, IPEndPoint endPoint)
     {
         WebApplication app = KitWebApp.Build(o => o.Listen(endPoint));
         // DNS rebinding: a web page the user visits can point a name of its own at 127.0.0.1 and read the guest's traffic
@@ -68,6 +69,10 @@ internal sealed class InspectorWeb : IDisposable
             return Json(ctx, HarBuilder.Build(inspector.Exchanges(), CliVersion()), InspectJson.Default.Har);
         }));
         app.MapGet("/api/events", (RequestDelegate)(ctx => Events(ctx, inspector)));
+        if (captures is not null)
+        {
+            PcapApi.Map(app, inspector, captures);
+        }
         try
         {
             app.StartAsync().GetAwaiter().GetResult();
