@@ -120,7 +120,21 @@ public sealed partial class VpnKitServer : IDisposable
             _pcap = new PcapWriter(new FileStream(PrivateFile.CreateForWrite(options.PcapPath), FileAccess.Write, 1 << 16));
             _switch.Tap = _pcap.Write;
         }
+        // Live captures come with the inspector, whose API starts and stops them (docs/vpnkit.md, "pcap of one flow").
+        if (Inspector is not null)
+        {
+            LiveCaptures live = Captures = new LiveCaptures();
+            PcapWriter? file = _pcap;
+            _switch.Tap = file is null ? live.Offer : frame =>
+            {
+                file.Write(frame);
+                live.Offer(frame);
+            };
+        }
     }
+
+    /// <summary>Captures of chosen flows, started and stopped at run time; there when the inspector is.</summary>
+    public LiveCaptures? Captures { get; }
 
     /// <summary>What the gateway has seen (flows, DNS, HTTP), when <see cref="VpnKitServerOptions.Inspect"/> asked for it.</summary>
     public Inspector? Inspector { get; }

@@ -102,7 +102,7 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
         {
             return null;
         }
-        var web = Kit.Cli.Net.InspectorWeb.Start(server.Inspector, Ui);
+        var web = Kit.Cli.Net.InspectorWeb.Start(server.Inspector, server.Captures, Ui);
         Console.Error.WriteLine($"kit: inspector on http://{Ui}/");
         return web;
     }

@@ -121,7 +121,7 @@ internal static class NetCommand
         using ILoggerFactory logs = KitLogging.CreateFactory();
         TapLink? tap = null;
         VpnKitServer? server = null;
-        Kit.VpnKit.Services.ControlApi? api = null;
+        Net.ControlApi? api = null;
         IDisposable? ui = null;
         try
         {
@@ -132,7 +132,7 @@ internal static class NetCommand
             server = new VpnKitServer(options.ServerOptions(tap.Offload), logs);
             server.Start();
             ui = options.StartUi(server);
-            api = control is null ? null : new Kit.VpnKit.Services.ControlApi(server, control);
+            api = control is null ? null : new Net.ControlApi(server, control);
             if (signals.Received.IsCompleted)
             {
                 return ChildSignals.ExitCode(signals.Received.Result);
@@ -238,7 +238,7 @@ internal static class NetCommand
             }
             if (control is not null)
             {
-                _ = new Kit.VpnKit.Services.ControlApi(server, control);
+                vhostBackends.Add(new Net.ControlApi(server, control));
             }
         }
         catch (Exception e) when (e is IOException or ArgumentException or System.Net.Sockets.SocketException)

@@ -2,22 +2,18 @@ using System.Net;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
 using System.Threading.Channels;
+using Kit.VpnKit.Capture;
 using Kit.VpnKit.Inspect;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Hosting;
-using Microsoft.Extensions.Logging;
 
 namespace Kit.Cli.Net;
 
 /// <summary>
 /// The inspector's web page and JSON API (<c>--ui tcp://127.0.0.1:PORT</c>) on Kestrel: <c>/api/flows</c>,
-/// <c>/api/dns</c>, <c>/api/http</c>, <c>/api/http.har</c> (HAR 1.2), <c>/api/events</c> (server-sent events) and the page
+/// <c>/api/dns</c>, <c>/api/http</c>, <c>/api/http.har</c> (HAR 1.2), <c>/api/events</c> (server-sent events), <c>/api/pcap</c> (<see cref="PcapApi"/>) and the page
 /// at <c>/</c>, which has no external assets. Handlers are plain <see cref="RequestDelegate"/>s writing source-generated
-/// JSON (<see cref="InspectJson"/>), so the NativeAOT kit needs no reflection. Kit's own signal handling stays in charge:
-/// the host gets a lifetime that listens to no signal.
+/// JSON (<see cref="InspectJson"/>), so the NativeAOT kit needs no reflection.
 /// </summary>
 internal sealed class InspectorWeb : IDisposable
 {
@@ -36,17 +32,9 @@ internal sealed class InspectorWeb : IDisposable
         string.Equals(host, "localhost", StringComparison.OrdinalIgnoreCase) || IPAddress.TryParse(host.Trim('[', ']'), out _);
 
     /// <summary>Binds and starts serving; throws IOException with a one-line reason when the address cannot be had.</summary>
-    public static InspectorWeb Start(Inspector inspector, IPEndPoint endPoint)
+    public static InspectorWeb Start(Inspector inspector, LiveCaptures? captures, IPEndPoint endPoint)
     {
-        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
-        builder.Logging.ClearProviders();
-        builder.Services.AddSingleton<IHostLifetime, QuietLifetime>();
-        builder.WebHost.UseKestrel(o =>
-        {
-            o.Listen(endPoint);
-            o.AddServerHeader = false;
-        });
-        WebApplication app = builder.Build();
+        WebApplication app = KitWebApp.Build(o => o.Listen(endPoint));
         // DNS rebinding: a web page the user visits can point a name of its own at 127.0.0.1 and read the guest's traffic
         // from its script. Such a request carries that name in Host, so only an address or "localhost" is served.
         app.Use(next => ctx =>
@@ -81,6 +69,10 @@ internal sealed class InspectorWeb : IDisposable
             return Json(ctx, HarBuilder.Build(inspector.Exchanges(), CliVersion()), InspectJson.Default.Har);
         }));
         app.MapGet("/api/events", (RequestDelegate)(ctx => Events(ctx, inspector)));
+        if (captures is not null)
+        {
+            PcapApi.Map(app, inspector, captures);
+        }
         try
         {
             app.StartAsync().GetAwaiter().GetResult();
@@ -153,23 +145,5 @@ internal sealed class InspectorWeb : IDisposable
         }
     }
 
-    public void Dispose()
-    {
-        try
-        {
-            _app.StopAsync(TimeSpan.FromSeconds(2)).GetAwaiter().GetResult();
-        }
-        catch (Exception e) when (e is OperationCanceledException or IOException)
-        {
-        }
-        ((IDisposable)_app).Dispose();
-    }
-
-    /// <summary>No Ctrl-C or SIGTERM handling: the command that owns the gateway decides when it stops.</summary>
-    private sealed class QuietLifetime : IHostLifetime
-    {
-        public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
-
-        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
-    }
+    public void Dispose() => KitWebApp.Stop(_app);
 }

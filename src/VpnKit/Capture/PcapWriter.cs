@@ -13,7 +13,7 @@ public sealed class PcapWriter : IDisposable
     private readonly Stream _out;
     private readonly object _gate = new();
     private readonly int _snap;
-    private readonly byte[] _record = new byte[16];
+    private readonly byte[] _record = new byte[RecordHeaderLength];
     private readonly Timer _flusher;
     private bool _dirty;
 
@@ -24,7 +24,19 @@ public sealed class PcapWriter : IDisposable
     {
         _out = output;
         _snap = snapLength;
-        Span<byte> h = stackalloc byte[24];
+        Span<byte> h = stackalloc byte[FileHeaderLength];
+        WriteFileHeader(h, snapLength);
+        _out.Write(h);
+        _out.Flush();
+        _flusher = new Timer(_ => FlushIfDirty(), null, FlushInterval, FlushInterval);
+    }
+
+    public const int FileHeaderLength = 24;
+    public const int RecordHeaderLength = 16;
+
+    /// <summary>The global header: magic, version 2.4, zone 0, sigfigs 0, snap length, LINKTYPE_ETHERNET.</summary>
+    public static void WriteFileHeader(Span<byte> h, int snapLength)
+    {
         BinaryPrimitives.WriteUInt32LittleEndian(h, 0xa1b2c3d4);
         BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(4), 2);
         BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(6), 4);
@@ -32,21 +44,24 @@ public sealed class PcapWriter : IDisposable
         BinaryPrimitives.WriteUInt32LittleEndian(h.Slice(12), 0);
         BinaryPrimitives.WriteUInt32LittleEndian(h.Slice(16), (uint)snapLength);
         BinaryPrimitives.WriteUInt32LittleEndian(h.Slice(20), 1);
-        _out.Write(h);
-        _out.Flush();
-        _flusher = new Timer(_ => FlushIfDirty(), null, FlushInterval, FlushInterval);
+    }
+
+    /// <summary>A record header stamped now: seconds, microseconds, bytes captured, bytes on the wire.</summary>
+    public static void WriteRecordHeader(Span<byte> r, int captured, int original)
+    {
+        long micros = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
+        BinaryPrimitives.WriteUInt32LittleEndian(r, (uint)(micros / 1_000_000));
+        BinaryPrimitives.WriteUInt32LittleEndian(r.Slice(4), (uint)(micros % 1_000_000));
+        BinaryPrimitives.WriteUInt32LittleEndian(r.Slice(8), (uint)captured);
+        BinaryPrimitives.WriteUInt32LittleEndian(r.Slice(12), (uint)original);
     }
 
     public void Write(ReadOnlySpan<byte> frame)
     {
-        long micros = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
         int captured = Math.Min(frame.Length, _snap);
         lock (_gate)
         {
-            BinaryPrimitives.WriteUInt32LittleEndian(_record, (uint)(micros / 1_000_000));
-            BinaryPrimitives.WriteUInt32LittleEndian(_record.AsSpan(4), (uint)(micros % 1_000_000));
-            BinaryPrimitives.WriteUInt32LittleEndian(_record.AsSpan(8), (uint)captured);
-            BinaryPrimitives.WriteUInt32LittleEndian(_record.AsSpan(12), (uint)frame.Length);
+            WriteRecordHeader(_record, captured, frame.Length);
             _out.Write(_record);
             _out.Write(frame.Slice(0, captured));
             _dirty = true;

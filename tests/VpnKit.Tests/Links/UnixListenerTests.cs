@@ -1,11 +1,10 @@
 using System.Net;
-using Kit.VpnKit.Services;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kit.VpnKit.Tests.Links;
 
 /// <summary>
-/// Security review finding 5: VPNKit's Unix listeners (QEMU stream, dgram, VMN3T, the control API) refuse to
+/// Security review finding 5: VPNKit's Unix listeners (QEMU stream, dgram, VMN3T; the control API in Kit.Tests) refuse to
 /// replace anything at their path that is not a stale socket, and leave the file as it was.
 /// </summary>
 public sealed class UnixListenerTests : IDisposable
@@ -21,7 +20,7 @@ public sealed class UnixListenerTests : IDisposable
         Directory.Delete(_dir, recursive: true);
     }
 
-    public static TheoryData<string> Listeners => new("qemu", "dgram", "vmnet", "control");
+    public static TheoryData<string> Listeners => new("qemu", "dgram", "vmnet");
 
     [Theory]
     [MemberData(nameof(Listeners))]
@@ -42,28 +41,15 @@ public sealed class UnixListenerTests : IDisposable
         string path = Path.Combine(_dir, $"{listener}.sock");
         var server = new VpnKitServer(new VpnKitServerOptions { DnsUpstreams = [new IPEndPoint(IPAddress.Loopback, 9)] }, NullLoggerFactory.Instance);
         server.Start();
-        IDisposable? api = listener == "control" ? new ControlApi(server, path) : null;
-        if (api is null)
-        {
-            Listen(server, listener, path);
-        }
+        Listen(server, listener, path);
         Assert.True(File.Exists(path));
 
-        api?.Dispose();
         server.Dispose();
 
         Assert.False(File.Exists(path));
     }
 
-    private void Listen(string listener, string path)
-    {
-        if (listener == "control")
-        {
-            new ControlApi(_server, path).Dispose();
-            return;
-        }
-        Listen(_server, listener, path);
-    }
+    private void Listen(string listener, string path) => Listen(_server, listener, path);
 
     private static void Listen(VpnKitServer server, string listener, string path)
     {

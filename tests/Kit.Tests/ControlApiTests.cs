@@ -1,13 +1,14 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
-using Kit.VpnKit.Services;
+using Kit.Cli.Net;
 using Kit.Testing;
+using Kit.VpnKit;
 using Microsoft.Extensions.Logging.Abstractions;
 
-namespace Kit.VpnKit.Tests.Links;
+namespace Kit.Tests;
 
-/// <summary>The port-forward control API, spoken to by .NET's own HTTP client over the Unix socket.</summary>
+/// <summary>The port-forward control API on Kestrel, spoken to by .NET's own HTTP client over its Unix socket.</summary>
 public sealed class ControlApiTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("kit-api-").FullName;
@@ -73,5 +74,35 @@ public sealed class ControlApiTests : IDisposable
         Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
         Assert.Contains("\"message\"", await r.Content.ReadAsStringAsync(ct));
         Assert.Equal(HttpStatusCode.NotFound, (await _http.GetAsync("/nothing", ct)).StatusCode);
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, (await _http.PutAsync("/forwards", new StringContent("{}"), ct)).StatusCode);
+        Assert.Equal(HttpStatusCode.BadRequest, (await _http.DeleteAsync("/forwards/sctp/80", ct)).StatusCode);
+        HttpResponseMessage big = await _http.PostAsync("/forwards", new StringContent(new string(' ', 64 * 1024) + "{}"), ct);
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, big.StatusCode);
+        // The API goes on after all of that.
+        Assert.Equal("[]", await _http.GetStringAsync("/forwards", ct));
+    }
+
+    [Fact]
+    public void The_socket_is_0600_and_a_file_in_its_place_is_refused_and_kept()
+    {
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(_dir, "api.sock")));
+        string precious = Path.Combine(_dir, "precious");
+        File.WriteAllText(precious, "keep me");
+
+        Assert.Throws<IOException>(() => new ControlApi(_server, precious).Dispose());
+
+        Assert.Equal("keep me", File.ReadAllText(precious));
+    }
+
+    [Fact]
+    public void The_api_removes_its_own_socket_when_it_stops()
+    {
+        string path = Path.Combine(_dir, "own.sock");
+        var api = new ControlApi(_server, path);
+        Assert.True(File.Exists(path));
+
+        api.Dispose();
+
+        Assert.False(File.Exists(path));
     }
 }

@@ -1,0 +1,148 @@
+using System.Net;
+using System.Text;
+using System.Text.Json;
+
+namespace Kit.EndToEnd.Tests.Net;
+
+/// <summary>
+/// A capture of one flow started and stopped at run time through <c>/api/pcap</c>: busybox wget fetches from two loopback
+/// servers while the capture of the first runs; tshark reads the streamed file and finds that flow's packets only, with
+/// its handshake and its HTTP request.
+/// </summary>
+[Trait("Tier", "Real")]
+public sealed class InspectorPcapTests
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(90);
+
+    public InspectorPcapTests()
+    {
+        NetRun.RequirePrerequisites();
+        Assert.True(File.Exists("/usr/bin/tshark"), "tshark is missing (./test installs it)");
+    }
+
+    [Fact]
+    public async Task A_capture_of_one_flow_holds_that_flow_only()
+    {
+        CancellationToken ct = TestContext.Current.CancellationToken;
+        using var wanted = new TinyHttpServer(size: 4096);
+        using var other = new TinyHttpServer(size: 4096);
+        int ui = LoopbackPort.Free();
+        string dir = Directory.CreateTempSubdirectory("kit-pcap-flow-").FullName;
+        string go = Path.Combine(dir, "go"), done = Path.Combine(dir, "done"), end = Path.Combine(dir, "end");
+        string pcap = Path.Combine(dir, "flow.pcap");
+        try
+        {
+            string script = $"i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; "
+                + $"busybox wget -q -O /dev/null http://192.168.65.2:{wanted.Port}/wanted-path; busybox wget -q -O /dev/null http://192.168.65.2:{other.Port}/other-path; "
+                + $"touch {done}; i=0; while [ ! -e {end} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done";
+            Task<ProcessResult> run = NetRun.RunAsync(["--ui", $"tcp://127.0.0.1:{ui}", "--dns-upstream", "127.0.0.1:9"], script, Timeout);
+            using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(30) };
+            await WaitForApi(api, run);
+
+            // Refusals first: a form-style POST (what another site's page can send unasked), an unknown flow, a bad filter.
+            using (HttpResponseMessage r = await api.PostAsync("/api/pcap", new StringContent("{\"remotePort\":1}", Encoding.UTF8, "text/plain"), ct))
+            {
+                Assert.Equal(HttpStatusCode.UnsupportedMediaType, r.StatusCode);
+            }
+            using (HttpResponseMessage r = await Post(api, "{\"flow\":999999}"))
+            {
+                Assert.Equal(HttpStatusCode.NotFound, r.StatusCode);
+            }
+            using (HttpResponseMessage r = await Post(api, "{\"proto\":\"sctp\"}"))
+            {
+                Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
+            }
+
+            HttpResponseMessage created = await Post(api, $"{{\"proto\":\"tcp\",\"remote\":\"192.168.65.2\",\"remotePort\":{wanted.Port}}}");
+            Assert.Equal(HttpStatusCode.Created, created.StatusCode);
+            long id;
+            using (JsonDocument c = JsonDocument.Parse(await created.Content.ReadAsStringAsync(ct)))
+            {
+                id = c.RootElement.GetProperty("id").GetInt64();
+            }
+            Task streamed = Task.Run(async () =>
+            {
+                await using FileStream file = File.Create(pcap);
+                await using Stream body = await api.GetStreamAsync($"/api/pcap/{id}", ct);
+                await body.CopyToAsync(file, ct);
+            }, ct);
+
+            File.WriteAllText(go, "");
+            for (int i = 0; i < 300 && !File.Exists(done) && !run.IsCompleted; i++)
+            {
+                await Task.Delay(100, ct);
+            }
+            Assert.True(File.Exists(done), run.IsCompleted ? NetRun.Describe(await run) : "wget did not finish in 30 s");
+            // The flow's last packets (FIN, ACK) pass the switch as the guest closes: wait until the inspector saw the end.
+            long flowId = 0;
+            for (int i = 0; i < 50; i++)
+            {
+                using JsonDocument flows = JsonDocument.Parse(await api.GetStringAsync("/api/flows", ct));
+                JsonElement? f = flows.RootElement.EnumerateArray().Cast<JsonElement?>()
+                    .FirstOrDefault(x => x!.Value.GetProperty("remotePort").GetInt32() == wanted.Port && x.Value.GetProperty("ended").ValueKind == JsonValueKind.String);
+                if (f is JsonElement ended)
+                {
+                    flowId = ended.GetProperty("id").GetInt64();
+                    break;
+                }
+                await Task.Delay(100, ct);
+            }
+            Assert.NotEqual(0, flowId);
+            // A capture by flow id takes that flow's 5-tuple; two are held now.
+            using (HttpResponseMessage r = await Post(api, $"{{\"flow\":{flowId}}}"))
+            {
+                Assert.Equal(HttpStatusCode.Created, r.StatusCode);
+            }
+            Assert.Equal(2, JsonDocument.Parse(await api.GetStringAsync("/api/pcap", ct)).RootElement.GetArrayLength());
+
+            Assert.Equal(HttpStatusCode.NoContent, (await api.DeleteAsync($"/api/pcap/{id}", ct)).StatusCode);
+            await streamed.WaitAsync(TimeSpan.FromSeconds(10), ct);
+            Assert.Equal(HttpStatusCode.NotFound, (await api.DeleteAsync($"/api/pcap/{id}", ct)).StatusCode);
+            File.WriteAllText(end, "");
+            ProcessResult finished = await run;
+            Assert.True(finished.ExitCode == 0, NetRun.Describe(finished));
+
+            ProcessResult tshark = await ProcessRunner.RunAsync("tshark", ["-r", pcap, "-T", "fields", "-E", "separator=,",
+                "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "tcp.flags.syn", "-e", "http.request.uri"], TimeSpan.FromSeconds(60), cancellationToken: ct);
+            Assert.True(tshark.ExitCode == 0, tshark.ToString());
+            string[] packets = tshark.StandardOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            string all = tshark.StandardOutput;
+            Assert.True(packets.Length >= 8, all);
+            string port = wanted.Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            Assert.All(packets, p => Assert.Contains(port, p.Split(',')[..2]));
+            Assert.Contains(packets, p => p.Split(',')[2] is "1" or "True");
+            Assert.Contains(packets, p => p.EndsWith(",/wanted-path", StringComparison.Ordinal));
+            Assert.DoesNotContain("/other-path", all);
+        }
+        finally
+        {
+            File.WriteAllText(end, "");
+            File.WriteAllText(go, "");
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static Task<HttpResponseMessage> Post(HttpClient api, string json) =>
+        api.PostAsync("/api/pcap", new StringContent(json, Encoding.UTF8, "application/json"), TestContext.Current.CancellationToken);
+
+    /// <summary>Waits until the inspector answers (kit has made the namespace and started Kestrel).</summary>
+    internal static async Task WaitForApi(HttpClient api, Task<ProcessResult> run)
+    {
+        for (int i = 0; i < 300 && !run.IsCompleted; i++)
+        {
+            try
+            {
+                using HttpResponseMessage r = await api.GetAsync("/api/flows", TestContext.Current.CancellationToken);
+                if (r.IsSuccessStatusCode)
+                {
+                    return;
+                }
+            }
+            catch (HttpRequestException)
+            {
+            }
+            await Task.Delay(100, TestContext.Current.CancellationToken);
+        }
+        Assert.Fail(run.IsCompleted ? NetRun.Describe(await run) : "the inspector did not answer in 30 s");
+    }
+}
