@@ -81,6 +81,7 @@ internal sealed class InspectorWeb : IDisposable
             return Json(ctx, HarBuilder.Build(inspector.Exchanges(), CliVersion()), InspectJson.Default.Har);
         }));
         app.MapGet("/api/events", (RequestDelegate)(ctx => Events(ctx, inspector)));
+        RulesApi.Map(app, inspector);
         try
         {
             app.StartAsync().GetAwaiter().GetResult();
