@@ -217,7 +217,7 @@ internal sealed class GatewayPolicyOptions
     public Option<string?> Ui { get; } = new("--ui")
     {
         HelpName = "tcp://127.0.0.1:PORT",
-        Description = "Record flows, DNS and HTTP, and serve the inspector's web page and JSON API (/api/flows, /api/dns, /api/http, /api/http.har, /api/events) there. Loopback only unless --ui-any-address.",
+        Description = "Record flows, DNS and HTTP, and serve the inspector's web page and JSON API (/api/flows, /api/dns, /api/http, /api/http.har, /api/events, /api/rules) there. Loopback only unless --ui-any-address.",
     };
 
     public Option<bool> UiAnyAddress { get; } = new("--ui-any-address")
