@@ -6,6 +6,7 @@ using Kit.VpnKit.Capture;
 using Kit.VpnKit.Inspect;
 using Kit.VpnKit.Links;
 using Kit.VpnKit.Nat;
+using Kit.VpnKit.Policy;
 using Kit.VpnKit.Services;
 using Kit.VpnKit.Stack;
 using Kit.VpnKit.Wire;
@@ -67,6 +68,8 @@ public sealed class VpnKitServerOptions
     public bool HostLoopback { get; init; } = true;
     /// <summary>Record flows, DNS and HTTP (docs/vpnkit.md, "Inspector"); null: off, and nothing is looked at.</summary>
     public InspectorOptions? Inspect { get; init; }
+    /// <summary>The rules new flows are checked against, in order (<c>--policy FILE</c>; docs/vpnkit.md, "Policy").</summary>
+    public IReadOnlyList<PolicyRule> PolicyRules { get; init; } = [];
 }
 
 /// <summary>
@@ -106,10 +109,19 @@ public sealed partial class VpnKitServer : IDisposable
             SearchDomains = options.DnsSearch,
         };
         var names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback);
-        Inspector = options.Inspect is null ? null : new Inspector(options.Inspect);
-        _dns = new DnsForwarder(options.DnsUpstreams, options.ResolvConfPath, names, _log) { Inspector = Inspector };
+        // One view of which name gave which address, taught by the forwarder's answers: flows are named from it and the
+        // policy's dns rules match through it, with or without the inspector.
+        var addressNames = new AddressNames();
+        Inspector = options.Inspect is null ? null : new Inspector(options.Inspect, addressNames);
+        _dns = new DnsForwarder(options.DnsUpstreams, options.ResolvConfPath, names, _log) { Inspector = Inspector, Names = addressNames };
         var dns = _dns;
-        _nat = new NatHost(_gate, _gw, dns, _log) { BlockMetadata = options.BlockMetadata, HostLoopback = options.HostLoopback, Inspector = Inspector };
+        Policy = new PolicyTable(addressNames.Find);
+        Policy.ReplaceAll(options.PolicyRules);
+        if (Inspector is not null)
+        {
+            Inspector.Policy = Policy;
+        }
+        _nat = new NatHost(_gate, _gw, dns, _log) { BlockMetadata = options.BlockMetadata, HostLoopback = options.HostLoopback, Inspector = Inspector, Policy = Policy };
         _gate.Engine = new Gateway(_gw, _switch, _nat);
         _loop = new EventLoop(_gate, _nat, _switch, _gw.GatewayMac, LinkClosed);
         _nat.Loop = _loop;
@@ -138,6 +150,9 @@ public sealed partial class VpnKitServer : IDisposable
 
     /// <summary>What the gateway has seen (flows, DNS, HTTP), when <see cref="VpnKitServerOptions.Inspect"/> asked for it.</summary>
     public Inspector? Inspector { get; }
+
+    /// <summary>The rules (<c>--policy</c>; changed at run time through <c>/api/rules</c>), checked for every new flow.</summary>
+    public PolicyTable Policy { get; }
 
     /// <summary>Guest packets refused by --block-metadata or --no-host-loopback.</summary>
     public long PolicyBlocked => _nat.Blocked;

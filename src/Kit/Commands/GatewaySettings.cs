@@ -36,6 +36,9 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
     /// <summary><c>--ui-http</c> (default true): the inspector also frames HTTP/1.x and reads TLS ClientHellos.</summary>
     public bool UiHttp { get; init; } = true;
 
+    /// <summary><c>--policy FILE</c>: the rules new flows are checked against (docs/vpnkit.md, "Policy").</summary>
+    public IReadOnlyList<Kit.VpnKit.Policy.PolicyRule> PolicyRules { get; init; } = [];
+
     /// <summary>The defaults: MTU 1500, the host's resolvers, nothing published, no capture.</summary>
     public static GatewaySettings Default { get; } = new(1500, [], [], null);
 
@@ -93,7 +96,33 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
         ResolvConfPath = ResolvConfPath,
         HostsPath = HostsPath,
         Inspect = Ui is null ? null : new Kit.VpnKit.Inspect.InspectorOptions { Http = UiHttp },
+        PolicyRules = PolicyRules,
     };
+
+    /// <summary>Reads <c>--policy FILE</c> (CliException naming the file, and the line or field, on a bad one).</summary>
+    public static IReadOnlyList<Kit.VpnKit.Policy.PolicyRule> ReadPolicy(FileInfo? file)
+    {
+        if (file is null)
+        {
+            return [];
+        }
+        try
+        {
+            if (file.Length > Kit.VpnKit.Policy.PolicyJson.MaxBytes)
+            {
+                throw new CliException($"--policy {file.FullName}: larger than {Kit.VpnKit.Policy.PolicyJson.MaxBytes} bytes");
+            }
+            return Kit.VpnKit.Policy.PolicyJson.ParseRules(File.ReadAllBytes(file.FullName));
+        }
+        catch (Kit.VpnKit.Policy.PolicyException e)
+        {
+            throw new CliException($"--policy {file.FullName}: {e.Message}");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CliException($"--policy {file.FullName}: {e.Message}");
+        }
+    }
 
     /// <summary>Serves the inspector of a started gateway when <c>--ui</c> asked for it (IOException when it cannot listen).</summary>
     public IDisposable? StartUi(VpnKitServer server)
@@ -188,7 +217,7 @@ internal sealed class GatewayPolicyOptions
     public Option<string?> Ui { get; } = new("--ui")
     {
         HelpName = "tcp://127.0.0.1:PORT",
-        Description = "Record flows, DNS and HTTP, and serve the inspector's web page and JSON API (/api/flows, /api/dns, /api/http, /api/http.har, /api/events) there. Loopback only unless --ui-any-address.",
+        Description = "Record flows, DNS and HTTP, and serve the inspector's web page and JSON API (/api/flows, /api/dns, /api/http, /api/http.har, /api/events, /api/rules) there. Loopback only unless --ui-any-address.",
     };
 
     public Option<bool> UiAnyAddress { get; } = new("--ui-any-address")
@@ -202,7 +231,13 @@ internal sealed class GatewayPolicyOptions
         DefaultValueFactory = _ => true,
     };
 
-    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback, DnsRecord, DnsSearch, ResolvConf, HostsFile, NoHostsFile, Ui, UiAnyAddress, UiHttp];
+    public Option<FileInfo?> Policy { get; } = new("--policy")
+    {
+        HelpName = "FILE",
+        Description = "Policy rules (JSON: allow, deny, reject, impairment) checked in order for every new flow; changed at run time through --ui's /api/rules (docs/vpnkit.md, \"Policy\").",
+    };
+
+    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback, DnsRecord, DnsSearch, ResolvConf, HostsFile, NoHostsFile, Ui, UiAnyAddress, UiHttp, Policy];
 
     /// <summary><paramref name="settings"/> with the switches as the command line set them.</summary>
     public GatewaySettings Apply(GatewaySettings settings, ParseResult parse)
@@ -244,6 +279,7 @@ internal sealed class GatewayPolicyOptions
             HostsPath = parse.GetValue(NoHostsFile) ? null : parse.GetValue(HostsFile)!.FullName,
             Ui = parse.GetValue(Ui) is string ui ? GatewaySettings.ParseUi(ui, parse.GetValue(UiAnyAddress)) : null,
             UiHttp = parse.GetValue(UiHttp),
+            PolicyRules = GatewaySettings.ReadPolicy(parse.GetValue(Policy)),
         };
     }
 }

@@ -73,6 +73,7 @@ internal sealed class InspectorWeb : IDisposable
         {
             PcapApi.Map(app, inspector, captures);
         }
+        RulesApi.Map(app, inspector);
         try
         {
             app.StartAsync().GetAwaiter().GetResult();

@@ -32,7 +32,7 @@ public sealed class Inspector
     private readonly RecordRing<FlowRecord> _flows;
     private readonly RecordRing<DnsEntry> _dns;
     private readonly RecordRing<HttpExchange> _http;
-    private readonly AddressNames _names = new();
+    private readonly AddressNames _names;
     private readonly Dictionary<ulong, FlowRecord> _icmp = [];
     private readonly List<Channel<InspectEvent>> _subscribers = [];
     private long _nextId;
@@ -42,14 +42,24 @@ public sealed class Inspector
     private const int MaxIcmpFlows = 1024;
 
     public Inspector(InspectorOptions options)
+        : this(options, new AddressNames())
+    {
+    }
+
+    /// <summary>With the gateway's shared address → name view (the policy's dns rules read the same one).</summary>
+    internal Inspector(InspectorOptions options, AddressNames names)
     {
         Options = options;
+        _names = names;
         _flows = new(options.MaxFlows);
         _dns = new(options.MaxDns);
         _http = new(options.MaxHttp);
     }
 
     public InspectorOptions Options { get; }
+
+    /// <summary>The gateway's rules, served beside the inspector's API (<c>/api/rules</c>).</summary>
+    public Policy.PolicyTable? Policy { get; set; }
 
     /// <summary>Observations lost to a fault in a parser (the flow itself went on).</summary>
     public long Faults => Interlocked.Read(ref _faults);
@@ -340,6 +350,17 @@ internal sealed class AddressNames
                 _map.Clear();
             }
             _map[address] = name;
+        }
+    }
+
+    /// <summary>Learns the A records of a forwarder's <paramref name="reply"/> to a query for <paramref name="name"/>.</summary>
+    public void Learn(string name, ReadOnlySpan<byte> reply)
+    {
+        Span<uint> addresses = stackalloc uint[16];
+        int n = DnsAnswers.ReadA(reply, addresses, out _);
+        for (int i = 0; i < n; i++)
+        {
+            Add(addresses[i], name);
         }
     }
 

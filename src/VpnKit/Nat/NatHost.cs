@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using Kit.VpnKit.Inspect;
+using Kit.VpnKit.Policy;
 using Kit.VpnKit.Services;
 using Kit.VpnKit.Stack;
 using Microsoft.Extensions.Logging;
@@ -49,6 +50,45 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     }
 
     private readonly Inspector? _inspector;
+
+    /// <summary>The rules (<c>--policy</c>, <c>/api/rules</c>); null: none, ever.</summary>
+    public PolicyTable? Policy { get; init; }
+
+    /// <summary>Proxies waiting for a time (rate refill, delay line), earliest first; stale entries are skipped.</summary>
+    private readonly PriorityQueue<TcpProxy, long> _wakes = new();
+
+    /// <summary>Runs <paramref name="p"/> again at <paramref name="when"/> (under the engine lock).</summary>
+    internal void WakeAt(TcpProxy p, long when)
+    {
+        if (p.WakeAt != 0 && p.WakeAt <= when)
+        {
+            return;
+        }
+        p.WakeAt = when;
+        _wakes.Enqueue(p, when);
+    }
+
+    /// <summary>The rule for a new flow (counted), or null: allowed as is. Traffic to the gateway's own services is not a flow.</summary>
+    private PolicyRule? Decide(RuleProto proto, uint remoteIp, ushort remotePort, out bool needStream)
+    {
+        needStream = false;
+        return Policy is { IsEmpty: false } table ? table.Decide(new FlowFacts(proto, remoteIp, remotePort), out needStream) : null;
+    }
+
+    /// <summary>Whether a datagram or echo request from the guest goes on: its rule allows it and loss_pct spares it.</summary>
+    private bool Passes(RuleProto proto, uint remoteIp, ushort remotePort, int bytes)
+    {
+        if (Decide(proto, remoteIp, remotePort, out _) is not { } rule)
+        {
+            return true;
+        }
+        if (rule.Action != RuleAction.Allow || (rule.Impair.LossPct > 0 && Random.Shared.NextDouble() * 100 < rule.Impair.LossPct))
+        {
+            return false;
+        }
+        rule.AddBytes(bytes);
+        return true;
+    }
 
     /// <summary>The event loop that watches the TCP proxies' sockets; set before the first connection.</summary>
     public EventLoop? Loop { get; set; }
@@ -122,8 +162,16 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         }
         long now = EngineGate.Now;
         // The flow is known (with the name the guest resolved for its address) before the host connect starts: the
-        // place a policy decision would be made.
+        // policy decides here, unless a rule on sni/host needs the guest's first bytes (then the proxy decides).
         FlowRecord? flow = _inspector?.OpenFlow("tcp", c.GuestIp, c.GuestPort, c.RemoteIp, c.RemotePort);
+        bool needStream = false;
+        PolicyRule? rule = address == 0 || c.RemoteIp == _o.GatewayIp ? null : Decide(RuleProto.Tcp, c.RemoteIp, c.RemotePort, out needStream);
+        bool silent = rule?.Action == RuleAction.Deny;
+        if (rule is { Action: not RuleAction.Allow })
+        {
+            address = 0;
+            refused = true;
+        }
         TcpProxy? proxy = address == 0 || Loop is null ? null : TcpProxy.Connect(_gate, this, Loop, c, address, port, now + ConnectTimeoutMs, _log);
         if (proxy is null)
         {
@@ -131,8 +179,16 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
             {
                 _inspector!.CloseFlow(flow, refused ? FlowEnd.Policy : FlowEnd.Refused);
             }
-            c.CompleteConnect(connected: false, now);
+            c.CompleteConnect(connected: false, now, silent);
             return;
+        }
+        if (needStream)
+        {
+            proxy.DecideOnStream(Policy!);
+        }
+        else if (rule is { Impair.ShapesStreams: true })
+        {
+            proxy.Apply(rule, now);
         }
         if (flow is not null)
         {
@@ -173,16 +229,30 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
             {
                 _connecting.Dequeue();
             }
-            return _connecting.TryPeek(out TcpProxy? head) ? head.ConnectDeadline : long.MaxValue;
+            while (_wakes.TryPeek(out TcpProxy? p, out long when) && p.WakeAt != when)
+            {
+                _wakes.Dequeue();
+            }
+            long wake = _wakes.TryPeek(out _, out long next) ? next : long.MaxValue;
+            return Math.Min(wake, _connecting.TryPeek(out TcpProxy? head) ? head.ConnectDeadline : long.MaxValue);
         }
     }
 
-    /// <summary>Fails connects that took longer than the timeout (the guest gets RST).</summary>
+    /// <summary>Fails connects that took longer than the timeout (the guest gets RST); runs proxies whose wake-up is due.</summary>
     public void OnTimer(long now)
     {
         while (NextDeadline <= now)
         {
-            _connecting.Dequeue().FinishConnect(false, now, TcpProxy.TimedOut);
+            if (_wakes.TryPeek(out TcpProxy? p, out long when) && when <= now)
+            {
+                _wakes.Dequeue();
+                p.WakeAt = 0;
+                p.Run(now);
+            }
+            else
+            {
+                _connecting.Dequeue().FinishConnect(false, now, TcpProxy.TimedOut);
+            }
         }
     }
 
@@ -260,7 +330,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
             }
             return;
         }
-        if ((_o.InSubnet(flow.RemoteIp) && flow.RemoteIp != _o.HostIp) || Refused(flow.RemoteIp))
+        if ((_o.InSubnet(flow.RemoteIp) && flow.RemoteIp != _o.HostIp) || Refused(flow.RemoteIp) || !Passes(RuleProto.Udp, flow.RemoteIp, flow.RemotePort, payload.Length))
         {
             return;
         }
@@ -289,7 +359,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
 
     public void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
     {
-        if (!Refused(destination))
+        if (!Refused(destination) && Passes(RuleProto.Icmp, destination, 0, payload.Length))
         {
             _inspector?.IcmpEcho(guestIp, destination, payload.Length, reply: false);
             Icmp?.Send(guestIp, TranslateOut(destination), destination, id, sequence, payload);

@@ -317,7 +317,13 @@ internal sealed partial class TcpProxy : IPollHandler
                     }
                     return; // Until the engine has more (TcpReadable).
                 }
-                int sent = _socket.Send(data, SocketFlags.None, out SocketError err);
+                // A flow with a policy still to decide (sni/host) or a rule's impairment may send less, or nothing yet.
+                int allowed = _pendingPolicy is null && _shape is null ? data.Length : OutboundAllowance(data, now);
+                if (allowed == 0)
+                {
+                    return;
+                }
+                int sent = _socket.Send(data[..allowed], SocketFlags.None, out SocketError err);
                 if (err == SocketError.WouldBlock)
                 {
                     _canSend = false;
@@ -335,6 +341,10 @@ internal sealed partial class TcpProxy : IPollHandler
                     _tap?.FromGuest(data[..sent]);
                 }
                 _c.Consume(sent, now);
+                if (_shape is { } shape)
+                {
+                    Sent(shape, sent, now);
+                }
             }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
@@ -347,7 +357,14 @@ internal sealed partial class TcpProxy : IPollHandler
     {
         try
         {
-            HostToGuestTurn(now);
+            if (_shape is { } shape)
+            {
+                ShapedHostToGuest(shape, now);
+            }
+            else
+            {
+                HostToGuestTurn(now);
+            }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
@@ -456,8 +473,9 @@ internal sealed partial class TcpProxy : IPollHandler
         {
             Counters(_flow);
             _tap?.Closed();
-            _inspector!.CloseFlow(_flow, abortive ? FlowEnd.Rst : FlowEnd.Fin);
+            _inspector!.CloseFlow(_flow, Ended(abortive));
         }
+        DisposeShape();
         if (abortive)
         {
             try

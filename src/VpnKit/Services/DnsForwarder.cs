@@ -71,6 +71,12 @@ internal sealed partial class DnsForwarder
     /// <summary>The inspector's DNS log and address → name view (null: off).</summary>
     public Kit.VpnKit.Inspect.Inspector? Inspector { get; set; }
 
+    /// <summary>
+    /// Which name gave which address (the policy's dns rules), taught by every answer; with an inspector, it learns them
+    /// into the same view as it logs the answer.
+    /// </summary>
+    public Kit.VpnKit.Inspect.AddressNames? Names { get; set; }
+
     /// <summary>The upstreams now: the fixed ones, or resolv.conf's as last read.</summary>
     public IReadOnlyList<IPEndPoint> Upstreams => _resolvConf?.Current ?? _fixedUpstreams;
 
@@ -185,6 +191,10 @@ internal sealed partial class DnsForwarder
             if (Inspector is { } inspector && questionName is not null)
             {
                 inspector.Dns(client, questionName, questionType, reply, source, Stopwatch.GetElapsedTime(started).TotalMilliseconds, cacheHit);
+            }
+            else if (Names is { } names && questionName is not null && reply is not null)
+            {
+                names.Learn(questionName, reply);
             }
             return reply;
         }

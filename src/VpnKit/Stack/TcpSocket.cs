@@ -235,8 +235,12 @@ internal sealed class TcpSocket
         return s;
     }
 
-    /// <summary>The NAT reports the host connect's outcome: SYN-ACK on success, RST on failure.</summary>
-    public bool CompleteConnect(bool connected, long now)
+    /// <summary>
+    /// The NAT reports the host connect's outcome: SYN-ACK on success, RST on failure. <paramref name="silent"/>: no
+    /// answer at all (a policy's deny: the guest's SYN is dropped, as a firewall drops it, and its retransmission is a
+    /// new request).
+    /// </summary>
+    public bool CompleteConnect(bool connected, long now, bool silent = false)
     {
         _now = now;
         if (State != TcpState.Connecting || Removed)
@@ -247,7 +251,10 @@ internal sealed class TcpSocket
         if (!connected)
         {
             // Refused: RST+ACK for the SYN, so the guest's connect fails with ECONNREFUSED.
-            SendBare(this, 0, _rcvNxt, TcpFlags.Rst | TcpFlags.Ack);
+            if (!silent)
+            {
+                SendBare(this, 0, _rcvNxt, TcpFlags.Rst | TcpFlags.Ack);
+            }
             IsReset = true;
             Close();
             return false;

@@ -1,0 +1,363 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Kit.Testing;
+
+namespace Kit.EndToEnd.Tests.Net;
+
+/// <summary>
+/// Policy rules and impairment (issue 17, items 3 and 4) under `kit net run --policy FILE` with real clients in the
+/// namespace: busybox wget, iperf3 and Python sockets. Names come from `--dns-record` (answered at the gateway; the
+/// upstream is a server this test runs on loopback), so every connection goes to the host alias 192.168.65.2, which is
+/// the host's 127.0.0.1, where this test's servers listen.
+/// </summary>
+[Trait("Tier", "Real")]
+public sealed partial class PolicyTests : IDisposable
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(90);
+    private readonly string _dir = Directory.CreateTempSubdirectory("kit-policy-").FullName;
+
+    public PolicyTests() => NetRun.RequirePrerequisites();
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    /// <summary>Runs a command, prints "LABEL rc=N ms=M" (its exit code and wall time).</summary>
+    private const string Timer = """
+import subprocess, sys, time
+t = time.monotonic()
+r = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print("%s rc=%d ms=%d" % (sys.argv[1], r.returncode, (time.monotonic() - t) * 1000), flush=True)
+""";
+
+    /// <summary>GET over one connection, reads until the end or a reset: "LABEL bytes=N end=eof|reset".</summary>
+    private const string Reader = """
+import socket, sys
+s = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=20)
+s.sendall(b"GET /kit-page HTTP/1.0\r\nHost: cut.test\r\n\r\n")
+n, end = 0, "eof"
+try:
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        n += len(c)
+except ConnectionResetError:
+    end = "reset"
+print("%s bytes=%d end=%s" % (sys.argv[1], n, end), flush=True)
+""";
+
+    /// <summary>ROUNDS request/response round trips of 64 bytes on one connection: "LABEL median_ms=X".</summary>
+    private const string RoundTrips = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=20)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+times = []
+for i in range(int(sys.argv[4])):
+    t = time.monotonic()
+    s.sendall(b"x" * 64)
+    got = 0
+    while got < 64:
+        c = s.recv(64 - got)
+        if not c:
+            raise SystemExit("closed")
+        got += len(c)
+    times.append((time.monotonic() - t) * 1000)
+times.sort()
+print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
+""";
+
+    private string Write(string name, string text)
+    {
+        string path = Path.Combine(_dir, name);
+        File.WriteAllText(path, text);
+        return path;
+    }
+
+    [Fact]
+    public async Task RejectDenyAllowHostAndResetRulesWithCountersAndRunTimeChanges()
+    {
+        using var http = new TinyHttpServer();
+        using var upstream = new TinyDnsServer();
+        int ui = LoopbackPort.Free();
+        string policy = Write("policy.json", """
+            {"rules":[
+              {"name":"ads","match":{"dns":"*.blocked.test"},"action":"reject"},
+              {"name":"quiet","match":{"dns":"*.quiet.test"},"action":"deny"},
+              {"name":"web","match":{"host":"*.web.test"},"action":"reject"},
+              {"name":"cut","match":{"dns":"cut.test"},"action":"allow","reset_after_bytes":100000},
+              {"name":"ok","match":{"dns":"ok.test"},"action":"allow"}
+            ]}
+            """);
+        string timer = Write("timer.py", Timer);
+        string reader = Write("reader.py", Reader);
+        string ready = Path.Combine(_dir, "ready");
+        string go = Path.Combine(_dir, "go");
+        string url = $":{http.Port}{TinyHttpServer.Path}";
+        string script = $"python3 {timer} reject busybox wget -q -O /dev/null http://a.blocked.test{url}; "
+            + $"python3 {timer} deny timeout 3 busybox wget -q -O /dev/null http://b.quiet.test{url}; "
+            + $"python3 {timer} web busybox wget -q -O /dev/null http://x.web.test{url}; "
+            + $"python3 {timer} cutwget busybox wget -q -O /dev/null http://cut.test{url}; "
+            + $"python3 {reader} cutread cut.test {http.Port}; "
+            + $"busybox wget -q -O - http://ok.test{url} | md5sum; "
+            + $"touch {ready}; i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; "
+            + $"python3 {timer} late busybox wget -q -O /dev/null http://ok.test{url}";
+        string[] records = ["*.blocked.test", "*.quiet.test", "*.web.test", "cut.test", "ok.test"];
+        Task<ProcessResult> run = NetRun.RunAsync(
+            ["--policy", policy, "--ui", $"tcp://127.0.0.1:{ui}", "--dns-upstream", upstream.EndPoint.ToString(), .. records.SelectMany(r => (string[])["--dns-record", r + "=192.168.65.2"])],
+            script, Timeout);
+        try
+        {
+            for (int i = 0; i < 600 && !File.Exists(ready) && !run.IsCompleted; i++)
+            {
+                await Task.Delay(100, TestContext.Current.CancellationToken);
+            }
+            Assert.True(File.Exists(ready), run.IsCompleted ? NetRun.Describe(await run) : "the namespace's command did not get ready in 60 s");
+            using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(10) };
+            JsonElement before = await RulesAsync(api);
+            int servedBefore = http.Requests.Count;
+
+            // Hostile and wrong bodies: 400 with a message naming the field or line, 415 for a non-JSON type; nothing changes.
+            foreach (string bad in (string[])[
+                new string('[', 10_000) + new string(']', 10_000),
+                """{"name":"x","match":{"cidr":"10.0.0.0/40"},"action":"reject"}""",
+                """{"name":"x","latency_ms":1e999}""",
+                """{"name":"x","rate_kbps":123456789012345678901234567890}""",
+                """{"rules":[{"name":"x","match":{"dns":{"a":{"b":{"c":[1]}}}}}]}""",
+                """{"name":"x","match":{"ports":"9-1"}}""",
+                "not json at all",
+            ])
+            {
+                using HttpResponseMessage r400 = await PostAsync(api, bad);
+                string message = await r400.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+                Assert.True(r400.StatusCode == HttpStatusCode.BadRequest, $"{bad[..Math.Min(bad.Length, 60)]} -> {r400.StatusCode} {message}");
+                Assert.Contains("\"message\"", message);
+            }
+            using (var plain = new StringContent("""{"name":"x"}""", Encoding.UTF8, "text/plain"))
+            using (HttpResponseMessage r415 = await api.PostAsync("/api/rules", plain, TestContext.Current.CancellationToken))
+            {
+                Assert.Equal(HttpStatusCode.UnsupportedMediaType, r415.StatusCode);
+            }
+            using (HttpResponseMessage gone = await api.DeleteAsync("/api/rules/quiet", TestContext.Current.CancellationToken))
+            using (HttpResponseMessage again = await api.DeleteAsync("/api/rules/quiet", TestContext.Current.CancellationToken))
+            {
+                Assert.Equal((HttpStatusCode.NoContent, HttpStatusCode.NotFound), (gone.StatusCode, again.StatusCode));
+            }
+            // A rule replaced at run time takes effect for the next flow.
+            using (HttpResponseMessage replaced = await PostAsync(api, """{"name":"ok","match":{"dns":"ok.test"},"action":"reject"}"""))
+            {
+                Assert.Equal(HttpStatusCode.OK, replaced.StatusCode);
+            }
+            JsonElement after = await RulesAsync(api);
+            File.WriteAllText(go, "");
+            ProcessResult r = await run;
+            string details = $"{NetRun.Describe(r)}\n--- rules before\n{before}\n--- after\n{after}";
+            Assert.True(r.ExitCode == 0, details);
+
+            // reject: refused at once; deny: no answer at all (timeout's 124 after 3 s); the host rule: reset before the
+            // request reached the server; ok: the whole page; after the change, refused.
+            (int Rc, int Ms) reject = Timed(r.StandardOutput, "reject");
+            Assert.True(reject.Rc != 0 && reject.Ms < 500, details);
+            Assert.Equal(124, Timed(r.StandardOutput, "deny").Rc);
+            Assert.True(Timed(r.StandardOutput, "web").Rc != 0, details);
+            Assert.True(Timed(r.StandardOutput, "cutwget").Rc != 0, details);
+            Assert.Contains(http.Md5, r.StandardOutput);
+            (int lateRc, int lateMs) = Timed(r.StandardOutput, "late");
+            Assert.True(lateRc != 0 && lateMs < 500, details);
+            // Served: cut's two requests and ok's; never the blocked ones, the web.test request or the late one.
+            Assert.Equal(3, servedBefore);
+            Assert.Equal(3, http.Requests.Count);
+
+            // reset_after_bytes: the guest saw at most 100,000 bytes, then a reset; the rule carried exactly that much.
+            Match read = Regex.Match(r.StandardOutput, @"cutread bytes=(\d+) end=(\w+)");
+            Assert.True(read.Success && read.Groups[2].Value == "reset" && int.Parse(read.Groups[1].Value) <= 100_000, details);
+
+            Assert.Equal(1, Counter(before, "ads", "matches"));
+            Assert.InRange(Counter(before, "quiet", "matches"), 2, 4); // the SYN and its retransmissions within 3 s
+            Assert.Equal(1, Counter(before, "web", "matches"));
+            Assert.Equal(2, Counter(before, "cut", "matches"));
+            Assert.Equal(200_000, Counter(before, "cut", "bytes"));
+            Assert.Equal(1, Counter(before, "ok", "matches"));
+            Assert.Equal(["ads", "web", "cut", "ok"], after.GetProperty("rules").EnumerateArray().Select(x => x.GetProperty("name").GetString()));
+            Assert.Equal("reject", after.GetProperty("rules")[3].GetProperty("action").GetString());
+        }
+        finally
+        {
+            File.WriteAllText(go, "");
+            await run;
+        }
+    }
+
+    [Fact]
+    public async Task LatencyAddsToRoundTripsWithoutTheInspector()
+    {
+        using var slow = new EchoServer();
+        using var fast = new EchoServer();
+        using var upstream = new TinyDnsServer();
+        string policy = Write("policy.json", $$"""{"rules":[{"name":"slow","match":{"dns":"slow.test","port":{{slow.Port}}},"action":"allow","latency_ms":200}]}""");
+        string rr = Write("rr.py", RoundTrips);
+        string script = $"python3 {rr} fast 192.168.65.2 {fast.Port} 20; python3 {rr} slow slow.test {slow.Port} 20";
+        ProcessResult r = await NetRun.RunAsync(["--policy", policy, "--dns-upstream", upstream.EndPoint.ToString(), "--dns-record", "slow.test=192.168.65.2"], script, Timeout);
+        Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+        double baseline = Median(r.StandardOutput, "fast");
+        double delayed = Median(r.StandardOutput, "slow");
+        // The rule's 200 ms, within 10%, on top of the unimpaired round trip.
+        Assert.True(delayed - baseline is >= 180 and <= 220, $"fast {baseline} ms, slow {delayed} ms\n{NetRun.Describe(r)}");
+    }
+
+    [Fact]
+    public async Task RateCapsIperf3AndLossDropsItsDatagrams()
+    {
+        int tcpPort = LoopbackPort.Free();
+        int udpPort = LoopbackPort.Free();
+        string policy = Write("policy.json", $$"""
+            {"rules":[
+              {"name":"rate","match":{"cidr":"192.168.65.2/32","port":{{tcpPort}},"proto":"tcp"},"action":"allow","rate_kbps":8000},
+              {"name":"loss","match":{"cidr":"192.168.65.2/32","port":{{udpPort}},"proto":"udp"},"action":"allow","loss_pct":20}
+            ]}
+            """);
+        using Process tcpServer = await StartIperf3ServerAsync(tcpPort);
+        using Process udpServer = await StartIperf3ServerAsync(udpPort);
+        try
+        {
+            string tcpJson = Path.Combine(_dir, "tcp.json");
+            string udpJson = Path.Combine(_dir, "udp.json");
+            // UDP: 5,000 datagrams of 1,000 bytes, so 20% is measured to about ±0.6% (one standard deviation).
+            string script = $"iperf3 -c 192.168.65.2 -p {tcpPort} -t 5 -J > {tcpJson}; iperf3 -c 192.168.65.2 -p {udpPort} -u -b 10M -l 1000 -t 4 -J > {udpJson}";
+            ProcessResult r = await NetRun.RunAsync(["--policy", policy], script, Timeout);
+            Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+            using JsonDocument tcp = JsonDocument.Parse(File.ReadAllText(tcpJson));
+            double bps = tcp.RootElement.GetProperty("end").GetProperty("sum_received").GetProperty("bits_per_second").GetDouble();
+            Assert.True(bps is >= 7_200_000 and <= 8_800_000, $"{bps:N0} bit/s received under an 8,000 kbps rule\n{NetRun.Describe(r)}");
+            using JsonDocument udp = JsonDocument.Parse(File.ReadAllText(udpJson));
+            JsonElement sum = udp.RootElement.GetProperty("end").GetProperty("sum");
+            double lost = sum.GetProperty("lost_percent").GetDouble();
+            Assert.True(sum.GetProperty("packets").GetInt64() >= 4000, udp.RootElement.ToString());
+            Assert.True(lost is >= 18 and <= 22, $"{lost}% lost under a 20% rule\n{sum}");
+        }
+        finally
+        {
+            foreach (Process p in (Process[])[tcpServer, udpServer])
+            {
+                if (!p.HasExited)
+                {
+                    p.Kill();
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public async Task ABadPolicyFileIsRefusedWithItsFieldOrLine()
+    {
+        string field = Write("field.json", """{"rules":[{"name":"a","match":{"cidr":"10.0.0.0/99"},"action":"reject"}]}""");
+        ProcessResult r = await NetRun.RunAsync(["--policy", field], "true", Timeout);
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains("rules[0].match.cidr", r.StandardError);
+        string syntax = Write("syntax.json", "{\"rules\":[\n\n{\"name\":\"a\" \"action\":\"deny\"}]}");
+        r = await NetRun.RunAsync(["--policy", syntax], "true", Timeout);
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains("line 3", r.StandardError);
+        Assert.DoesNotContain("   at ", r.StandardError); // one line, no stack trace
+    }
+
+    private static async Task<Process> StartIperf3ServerAsync(int port)
+    {
+        Process server = Process.Start(new ProcessStartInfo("iperf3", $"-s -1 --forceflush -B 127.0.0.1 -p {port}")
+        {
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        })!;
+        string? line;
+        while ((line = await server.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken).AsTask().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken)) is not null
+            && !line.Contains("listening", StringComparison.Ordinal))
+        {
+        }
+        Assert.NotNull(line);
+        // Drain the rest so the server never blocks on a full pipe.
+        _ = server.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
+        _ = server.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        return server;
+    }
+
+    private static (int Rc, int Ms) Timed(string output, string label)
+    {
+        Match m = Regex.Match(output, $@"^{label} rc=(\d+) ms=(\d+)$", RegexOptions.Multiline);
+        Assert.True(m.Success, $"no '{label}' line in\n{output}");
+        return (int.Parse(m.Groups[1].Value), int.Parse(m.Groups[2].Value));
+    }
+
+    private static double Median(string output, string label)
+    {
+        Match m = Regex.Match(output, $@"^{label} median_ms=([\d.]+)$", RegexOptions.Multiline);
+        Assert.True(m.Success, $"no '{label}' line in\n{output}");
+        return double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    private static long Counter(JsonElement rules, string name, string counter) =>
+        rules.GetProperty("rules").EnumerateArray().Single(r => r.GetProperty("name").GetString() == name).GetProperty(counter).GetInt64();
+
+    private static async Task<JsonElement> RulesAsync(HttpClient api)
+    {
+        string text = await api.GetStringAsync("/api/rules", TestContext.Current.CancellationToken);
+        using JsonDocument doc = JsonDocument.Parse(text);
+        return doc.RootElement.Clone();
+    }
+
+    private static Task<HttpResponseMessage> PostAsync(HttpClient api, string body) =>
+        api.PostAsync("/api/rules", new StringContent(body, Encoding.UTF8, "application/json"), TestContext.Current.CancellationToken);
+
+    /// <summary>Echoes every connection's bytes back on the host's loopback.</summary>
+    private sealed class EchoServer : IDisposable
+    {
+        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+
+        public EchoServer()
+        {
+            _listener.Start();
+            _ = ServeAsync();
+        }
+
+        public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+
+        private async Task ServeAsync()
+        {
+            try
+            {
+                while (true)
+                {
+                    Socket s = await _listener.AcceptSocketAsync();
+                    _ = EchoAsync(s);
+                }
+            }
+            catch (Exception e) when (e is ObjectDisposedException or SocketException)
+            {
+            }
+        }
+
+        private static async Task EchoAsync(Socket s)
+        {
+            using (s)
+            {
+                s.NoDelay = true;
+                byte[] buffer = new byte[4096];
+                try
+                {
+                    int n;
+                    while ((n = await s.ReceiveAsync(buffer, SocketFlags.None)) > 0)
+                    {
+                        await s.SendAsync(buffer.AsMemory(0, n), SocketFlags.None);
+                    }
+                }
+                catch (SocketException)
+                {
+                }
+            }
+        }
+
+        public void Dispose() => _listener.Stop();
+    }
+}
