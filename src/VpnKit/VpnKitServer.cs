@@ -67,6 +67,9 @@ public sealed class VpnKitServerOptions
     public bool HostLoopback { get; init; } = true;
     /// <summary>Record flows, DNS and HTTP (docs/vpnkit.md, "Inspector"); null: off, and nothing is looked at.</summary>
     public InspectorOptions? Inspect { get; init; }
+    /// <summary>Upstream HTTP(S) proxies and --no-proxy (docs/vpnkit.md, "Upstream proxies"); null: none (the gateway's
+    /// own proxy on 192.168.65.1:3128 then goes direct).</summary>
+    public UpstreamProxyOptions? Proxy { get; init; }
 }
 
 /// <summary>
@@ -87,6 +90,7 @@ public sealed partial class VpnKitServer : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly List<IDisposable> _owned = [];
     private readonly DnsForwarder _dns;
+    private readonly LocalNames _names;
     private readonly EventLoop _loop;
 
     public VpnKitServer(VpnKitServerOptions options, ILoggerFactory logs)
@@ -105,7 +109,7 @@ public sealed partial class VpnKitServer : IDisposable
             DomainName = options.DnsSearch.Count > 0 ? options.DnsSearch[0] : "localdomain",
             SearchDomains = options.DnsSearch,
         };
-        var names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback);
+        var names = _names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback);
         Inspector = options.Inspect is null ? null : new Inspector(options.Inspect);
         _dns = new DnsForwarder(options.DnsUpstreams, options.ResolvConfPath, names, _log) { Inspector = Inspector };
         var dns = _dns;
@@ -150,6 +154,9 @@ public sealed partial class VpnKitServer : IDisposable
         var dnsTcp = new DnsTcpServer(_dns, _log);
         _owned.Add(dnsTcp);
         _nat.DnsTcp = dnsTcp.EndPoint;
+        var relay = new ProxyRelay(_gate, _options.Proxy ?? new UpstreamProxyOptions(), _dns, _names, _gw.HostIp, _nat.HostAddressFor, _log);
+        _owned.Add(relay);
+        _nat.Relay = relay;
         foreach (PortPublish p in _options.Publishes)
         {
             if (AddPublish(p) is string error)
