@@ -70,6 +70,9 @@ public sealed class VpnKitServerOptions
     public InspectorOptions? Inspect { get; init; }
     /// <summary>The rules new flows are checked against, in order (<c>--policy FILE</c>; docs/vpnkit.md, "Policy").</summary>
     public IReadOnlyList<PolicyRule> PolicyRules { get; init; } = [];
+    /// <summary>Upstream HTTP(S) proxies and --no-proxy (docs/vpnkit.md, "Upstream proxies"); null: none (the gateway's
+    /// own proxy on 192.168.65.1:3128 then goes direct).</summary>
+    public UpstreamProxyOptions? Proxy { get; init; }
 }
 
 /// <summary>
@@ -90,6 +93,7 @@ public sealed partial class VpnKitServer : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly List<IDisposable> _owned = [];
     private readonly DnsForwarder _dns;
+    private readonly LocalNames _names;
     private readonly EventLoop _loop;
 
     public VpnKitServer(VpnKitServerOptions options, ILoggerFactory logs)
@@ -108,7 +112,7 @@ public sealed partial class VpnKitServer : IDisposable
             DomainName = options.DnsSearch.Count > 0 ? options.DnsSearch[0] : "localdomain",
             SearchDomains = options.DnsSearch,
         };
-        var names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback);
+        var names = _names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback);
         // One view of which name gave which address, taught by the forwarder's answers: flows are named from it and the
         // policy's dns rules match through it, with or without the inspector.
         var addressNames = new AddressNames();
@@ -179,6 +183,9 @@ public sealed partial class VpnKitServer : IDisposable
         var dnsTcp = new DnsTcpServer(_dns, _log);
         _owned.Add(dnsTcp);
         _nat.DnsTcp = dnsTcp.EndPoint;
+        var relay = new ProxyRelay(_gate, _options.Proxy ?? new UpstreamProxyOptions(), _dns, _names, _gw.HostIp, _nat.HostAddressFor, _log);
+        _owned.Add(relay);
+        _nat.Relay = relay;
         foreach (PortPublish p in _options.Publishes)
         {
             if (AddPublish(p) is string error)

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Net;
 using Kit.VpnKit;
+using Kit.VpnKit.Nat;
 
 namespace Kit.Cli.Commands;
 
@@ -38,6 +39,8 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
 
     /// <summary><c>--policy FILE</c>: the rules new flows are checked against (docs/vpnkit.md, "Policy").</summary>
     public IReadOnlyList<Kit.VpnKit.Policy.PolicyRule> PolicyRules { get; init; } = [];
+    /// <summary><c>--http-proxy</c>, <c>--https-proxy</c>, <c>--no-proxy</c>, <c>--proxy-from-env</c>: upstream proxies; null: none.</summary>
+    public UpstreamProxyOptions? Proxy { get; init; }
 
     /// <summary>The defaults: MTU 1500, the host's resolvers, nothing published, no capture.</summary>
     public static GatewaySettings Default { get; } = new(1500, [], [], null);
@@ -97,6 +100,7 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
         HostsPath = HostsPath,
         Inspect = Ui is null ? null : new Kit.VpnKit.Inspect.InspectorOptions { Http = UiHttp },
         PolicyRules = PolicyRules,
+        Proxy = Proxy,
     };
 
     /// <summary>Reads <c>--policy FILE</c> (CliException naming the file, and the line or field, on a bad one).</summary>
@@ -237,7 +241,57 @@ internal sealed class GatewayPolicyOptions
         Description = "Policy rules (JSON: allow, deny, reject, impairment) checked in order for every new flow; changed at run time through --ui's /api/rules (docs/vpnkit.md, \"Policy\").",
     };
 
-    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback, DnsRecord, DnsSearch, ResolvConf, HostsFile, NoHostsFile, Ui, UiAnyAddress, UiHttp, Policy];
+    public Option<string?> HttpProxy { get; } = new("--http-proxy")
+    {
+        HelpName = "http://[USER:PASSWORD@]HOST:PORT",
+        Description = "Send the guest's HTTP (TCP port 80, and plain requests to the gateway's proxy 192.168.65.1:3128) through this proxy; USER:PASSWORD becomes Basic Proxy-Authorization.",
+    };
+
+    public Option<string?> HttpsProxy { get; } = new("--https-proxy")
+    {
+        HelpName = "http://[USER:PASSWORD@]HOST:PORT",
+        Description = "Tunnel the guest's TCP port 443 (and CONNECT to 192.168.65.1:3128) through this proxy with CONNECT to the TLS server name or the address.",
+    };
+
+    public Option<string?> NoProxy { get; } = new("--no-proxy")
+    {
+        HelpName = "LIST",
+        Description = "Destinations that go direct, as curl's NO_PROXY: names (matching their subdomains too), .suffix or *.suffix, IPv4 addresses, CIDR blocks, or *. The host alias and loopback always go direct.",
+    };
+
+    public Option<bool> ProxyFromEnv { get; } = new("--proxy-from-env")
+    {
+        Description = "Take the upstream proxies from http_proxy, https_proxy and no_proxy (or their upper-case names); the flags above win.",
+    };
+
+    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback, DnsRecord, DnsSearch, ResolvConf, HostsFile, NoHostsFile, Ui, UiAnyAddress, UiHttp, Policy, HttpProxy, HttpsProxy, NoProxy, ProxyFromEnv];
+
+    /// <summary>The upstream proxies the command line (and with --proxy-from-env the environment) names; null: none.</summary>
+    private UpstreamProxyOptions? Proxies(ParseResult parse)
+    {
+        string? http = parse.GetValue(HttpProxy);
+        string? https = parse.GetValue(HttpsProxy);
+        string? noProxy = parse.GetValue(NoProxy);
+        bool env = parse.GetValue(ProxyFromEnv);
+        if (!env && http is null && https is null && noProxy is null)
+        {
+            return null;
+        }
+        try
+        {
+            UpstreamProxyOptions fromEnv = env ? UpstreamProxyOptions.FromEnvironment(Environment.GetEnvironmentVariable) : new();
+            return new UpstreamProxyOptions
+            {
+                Http = http is null ? fromEnv.Http : ProxyServer.Parse(http, "--http-proxy"),
+                Https = https is null ? fromEnv.Https : ProxyServer.Parse(https, "--https-proxy"),
+                NoProxy = noProxy is null ? fromEnv.NoProxy : NoProxyList.Parse(noProxy, "--no-proxy"),
+            };
+        }
+        catch (FormatException e)
+        {
+            throw new CliException(e.Message);
+        }
+    }
 
     /// <summary><paramref name="settings"/> with the switches as the command line set them.</summary>
     public GatewaySettings Apply(GatewaySettings settings, ParseResult parse)
@@ -280,6 +334,7 @@ internal sealed class GatewayPolicyOptions
             Ui = parse.GetValue(Ui) is string ui ? GatewaySettings.ParseUi(ui, parse.GetValue(UiAnyAddress)) : null,
             UiHttp = parse.GetValue(UiHttp),
             PolicyRules = GatewaySettings.ReadPolicy(parse.GetValue(Policy)),
+            Proxy = Proxies(parse),
         };
     }
 }

@@ -57,6 +57,18 @@ internal static partial class HostSocket
         }
     }
 
+    /// <summary>The local port of a bound or connecting IPv4 socket (getsockname(2)), 0 when it has none.</summary>
+    public static int LocalPort(Socket socket)
+    {
+        // .NET's Socket.LocalEndPoint is null for a socket that was connected by the P/Invoke above.
+        Span<byte> sa = stackalloc byte[16];
+        int length = sa.Length;
+        return getsockname(socket.SafeHandle, sa, ref length) == 0 && length >= 4 ? BinaryPrimitives.ReadUInt16BigEndian(sa.Slice(2)) : 0;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int getsockname(SafeSocketHandle fd, Span<byte> address, ref int length);
+
     [LibraryImport("libc", SetLastError = true)]
     private static partial int connect(SafeSocketHandle fd, ReadOnlySpan<byte> address, int length);
 }

@@ -100,6 +100,18 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     /// <summary>The loopback listener that answers DNS over TCP for the gateway; null until started.</summary>
     public IPEndPoint? DnsTcp { get; set; }
 
+    /// <summary>The proxy relay (explicit 192.168.65.1:3128, transparent 80/443 through upstream proxies); null until started.</summary>
+    public ProxyRelay? Relay { get; set; }
+
+    /// <summary>
+    /// What the proxy relay dials for a guest-visible address when it goes direct, by the rules a guest's own
+    /// connection meets (host alias and 127/8 → the host's loopback when allowed, never the gateway or guest subnet,
+    /// refused addresses refused, counted); 0 when refused.
+    /// </summary>
+    internal uint HostAddressFor(uint ip) => (ip >> 24) == 127
+        ? Refused(_o.HostIp) ? 0 : ip
+        : ip == 0 || ip == _o.GatewayIp || (_o.InSubnet(ip) && ip != _o.HostIp) || Refused(ip) ? 0 : TranslateOut(ip);
+
     /// <summary>Refuse the cloud metadata address (<see cref="VpnKitServerOptions.BlockMetadata"/>).</summary>
     public bool BlockMetadata { get; init; }
 
@@ -160,6 +172,17 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             address = TranslateOut(c.RemoteIp);
         }
+        // Upstream proxies: the gateway's 3128, and ports 80/443 of addresses dialled as they are (never the host alias
+        // or a refused one), go to the proxy relay on loopback, which learns the flow by this socket's local port.
+        RelayKind? relay = Relay?.Intercepts(c.RemoteIp == _o.GatewayIp, c.RemoteIp, c.RemotePort);
+        if (relay is not null && (c.RemoteIp == _o.GatewayIp || (address != 0 && address == c.RemoteIp)))
+        {
+            (address, port) = (FromAddress(Relay!.EndPoint.Address), (ushort)Relay.EndPoint.Port);
+        }
+        else
+        {
+            relay = null;
+        }
         long now = EngineGate.Now;
         // The flow is known (with the name the guest resolved for its address) before the host connect starts: the
         // policy decides here, unless a rule on sni/host needs the guest's first bytes (then the proxy decides).
@@ -193,6 +216,10 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         if (flow is not null)
         {
             proxy.Observe(_inspector!, flow);
+        }
+        if (relay is RelayKind kind)
+        {
+            Relay!.Expect(proxy.LocalPort, kind, c.RemoteIp, c.RemotePort);
         }
         _proxies.Add(proxy);
         _connecting.Enqueue(proxy);

@@ -80,6 +80,9 @@ internal sealed partial class TcpProxy : IPollHandler
 
     public bool Connecting => _phase == Phase.Connecting;
 
+    /// <summary>The host socket's local port (the gateway's own relays tell their flows apart by it).</summary>
+    internal int LocalPort => HostSocket.LocalPort(_socket);
+
     /// <summary>Records this flow in the inspector (before any byte moves).</summary>
     public void Observe(Inspector inspector, FlowRecord flow)
     {
