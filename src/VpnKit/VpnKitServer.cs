@@ -66,6 +66,10 @@ public sealed class VpnKitServerOptions
     public bool BlockMetadata { get; init; }
     /// <summary>Connections to the host alias (192.168.65.2) reach the host's 127.0.0.1. Off: the alias reaches nothing.</summary>
     public bool HostLoopback { get; init; } = true;
+    /// <summary>IPv6 on the guest link (docs/vpnkit.md, "IPv6"); false: IPv6 frames are dropped and no RA is sent.</summary>
+    public bool Ipv6 { get; init; } = true;
+    /// <summary>The guest /64 (its first 64 bits count); null: fd00:6b69:7400::/64 (<see cref="GatewayOptions.Ipv6Prefix"/>).</summary>
+    public IPAddress? Ipv6Prefix { get; init; }
     /// <summary>Record flows, DNS and HTTP (docs/vpnkit.md, "Inspector"); null: off, and nothing is looked at.</summary>
     public InspectorOptions? Inspect { get; init; }
     /// <summary>The rules new flows are checked against, in order (<c>--policy FILE</c>; docs/vpnkit.md, "Policy").</summary>
@@ -111,8 +115,12 @@ public sealed partial class VpnKitServer : IDisposable
             SegmentationOffload = options.SegmentationOffload,
             DomainName = options.DnsSearch.Count > 0 ? options.DnsSearch[0] : "localdomain",
             SearchDomains = options.DnsSearch,
+            Ipv6 = options.Ipv6,
+            Ipv6Prefix = options.Ipv6Prefix is { } prefix ? Ip6.Parse(prefix.ToString()) & ~(UInt128)ulong.MaxValue : GatewayOptions.DefaultIpv6Prefix,
         };
-        var names = _names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback);
+        IPAddress? hostAlias6 = options.Ipv6 ? IPAddress.Parse(Ip6.Format(_gw.HostIp6)) : null;
+        var names = _names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback,
+            hostAlias6);
         // One view of which name gave which address, taught by the forwarder's answers: flows are named from it and the
         // policy's dns rules match through it, with or without the inspector.
         var addressNames = new AddressNames();
@@ -126,7 +134,7 @@ public sealed partial class VpnKitServer : IDisposable
             Inspector.Policy = Policy;
         }
         _nat = new NatHost(_gate, _gw, dns, _log) { BlockMetadata = options.BlockMetadata, HostLoopback = options.HostLoopback, Inspector = Inspector, Policy = Policy };
-        _gate.Engine = new Gateway(_gw, _switch, _nat);
+        _gate.Engine = new Gateway(_gw, _switch, _nat) { Dns = new Dns6Relay(_gate, dns) };
         _loop = new EventLoop(_gate, _nat, _switch, _gw.GatewayMac, LinkClosed);
         _nat.Loop = _loop;
         _gate.Nat = _nat;

@@ -42,6 +42,12 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
     /// <summary><c>--http-proxy</c>, <c>--https-proxy</c>, <c>--no-proxy</c>, <c>--proxy-from-env</c>: upstream proxies; null: none.</summary>
     public UpstreamProxyOptions? Proxy { get; init; }
 
+    /// <summary><c>--no-ipv6</c>: no IPv6 on the guest link (no RA; IPv6 frames dropped).</summary>
+    public bool Ipv6 { get; init; } = true;
+
+    /// <summary><c>--ipv6-prefix PREFIX/64</c>: the guest prefix; null: the default fd00:6b69:7400::/64.</summary>
+    public IPAddress? Ipv6Prefix { get; init; }
+
     /// <summary>The defaults: MTU 1500, the host's resolvers, nothing published, no capture.</summary>
     public static GatewaySettings Default { get; } = new(1500, [], [], null);
 
@@ -98,6 +104,8 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
         DnsSearch = DnsSearch,
         ResolvConfPath = ResolvConfPath,
         HostsPath = HostsPath,
+        Ipv6 = Ipv6,
+        Ipv6Prefix = Ipv6Prefix,
         Inspect = Ui is null ? null : new Kit.VpnKit.Inspect.InspectorOptions { Http = UiHttp },
         PolicyRules = PolicyRules,
         Proxy = Proxy,
@@ -264,7 +272,6 @@ internal sealed class GatewayPolicyOptions
         Description = "Take the upstream proxies from http_proxy, https_proxy and no_proxy (or their upper-case names); the flags above win.",
     };
 
-    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback, DnsRecord, DnsSearch, ResolvConf, HostsFile, NoHostsFile, Ui, UiAnyAddress, UiHttp, Policy, HttpProxy, HttpsProxy, NoProxy, ProxyFromEnv];
 
     /// <summary>The upstream proxies the command line (and with --proxy-from-env the environment) names; null: none.</summary>
     private UpstreamProxyOptions? Proxies(ParseResult parse)
@@ -291,6 +298,43 @@ internal sealed class GatewayPolicyOptions
         {
             throw new CliException(e.Message);
         }
+    }
+
+    public Option<string?> Ipv6Prefix { get; } = new("--ipv6-prefix")
+    {
+        HelpName = "PREFIX/64",
+        Description = "The guests' IPv6 prefix (SLAAC); the gateway is ::1 in it, the host alias ::2. Default: fd00:6b69:7400::/64.",
+    };
+
+    public Option<bool> NoIpv6 { get; } = new("--no-ipv6")
+    {
+        Description = "No IPv6 on the guest link: no router advertisements, IPv6 frames dropped.",
+    };
+
+    public IEnumerable<Option> All => [BlockMetadata, HostLoopback, NoHostLoopback, DnsRecord, DnsSearch, ResolvConf, HostsFile, NoHostsFile, Ui, UiAnyAddress, UiHttp, Policy, HttpProxy, HttpsProxy, NoProxy, ProxyFromEnv, Ipv6Prefix, NoIpv6];
+
+    /// <summary>
+    /// Reads <c>--ipv6-prefix</c>: a /64 (SLAAC needs 64-bit interface identifiers, RFC 4862 §5.5.3) of unicast space
+    /// other than link-local, loopback and the unspecified address, with no bits set past the 64th.
+    /// </summary>
+    public static IPAddress ParseIpv6Prefix(string spec)
+    {
+        int slash = spec.IndexOf('/', StringComparison.Ordinal);
+        if (slash < 0 || spec[(slash + 1)..] != "64" || !IPAddress.TryParse(spec.AsSpan(0, slash), out IPAddress? a)
+            || a.AddressFamily != System.Net.Sockets.AddressFamily.InterNetworkV6 || a.IsIPv4MappedToIPv6)
+        {
+            throw new CliException($"--ipv6-prefix wants an IPv6 PREFIX/64 (e.g. fd00:6b69:7400::/64), got '{spec}'");
+        }
+        byte[] b = a.GetAddressBytes();
+        if (b[0] == 0xFF || (b[0] == 0xFE && (b[1] & 0xC0) == 0x80) || b.AsSpan(0, 8).IndexOfAnyExcept((byte)0) < 0)
+        {
+            throw new CliException($"--ipv6-prefix: {spec} is not a unicast prefix guests can use (multicast, link-local or ::/64)");
+        }
+        if (b.AsSpan(8).IndexOfAnyExcept((byte)0) >= 0)
+        {
+            throw new CliException($"--ipv6-prefix: {spec} has bits set past the /64");
+        }
+        return a;
     }
 
     /// <summary><paramref name="settings"/> with the switches as the command line set them.</summary>
@@ -335,6 +379,8 @@ internal sealed class GatewayPolicyOptions
             UiHttp = parse.GetValue(UiHttp),
             PolicyRules = GatewaySettings.ReadPolicy(parse.GetValue(Policy)),
             Proxy = Proxies(parse),
+            Ipv6 = !parse.GetValue(NoIpv6),
+            Ipv6Prefix = parse.GetValue(Ipv6Prefix) is string prefix ? ParseIpv6Prefix(prefix) : null,
         };
     }
 }

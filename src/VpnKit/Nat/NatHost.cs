@@ -374,11 +374,8 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         lock (_gate.Sync)
         {
             // Over UDP, a reply too big for the link is cut to the header with TC set so the client retries over TCP.
-            if (!_gate.Engine.SendUdp(flow, answer, EngineGate.Now) && answer.Length > 12)
+            if (!_gate.Engine.SendUdp(flow, answer, EngineGate.Now) && DnsForwarder.Truncated(answer) is { } truncated)
             {
-                byte[] truncated = answer.AsSpan(0, 12).ToArray();
-                truncated[2] |= 0x02;
-                truncated[4] = truncated[5] = truncated[6] = truncated[7] = truncated[8] = truncated[9] = truncated[10] = truncated[11] = 0;
                 _gate.Engine.SendUdp(flow, truncated, EngineGate.Now);
             }
         }

@@ -313,6 +313,22 @@ internal sealed partial class DnsForwarder
         return true;
     }
 
+    /// <summary>
+    /// An answer too big for the link, cut to its header with TC set and no records, so the client retries over TCP
+    /// (RFC 1035 §4.2.1, RFC 7766 §5); null if there is nothing to cut.
+    /// </summary>
+    public static byte[]? Truncated(byte[] answer)
+    {
+        if (answer.Length <= DnsMessage.HeaderLength)
+        {
+            return null;
+        }
+        byte[] truncated = answer.AsSpan(0, DnsMessage.HeaderLength).ToArray();
+        truncated[2] |= 0x02;
+        truncated.AsSpan(4).Clear();
+        return truncated;
+    }
+
     /// <summary>A SERVFAIL reply carrying the query's header and question (RFC 1035 §4.1.1, RCODE 2).</summary>
     public static byte[]? ServerFailure(byte[] query)
     {

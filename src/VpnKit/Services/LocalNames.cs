@@ -43,11 +43,13 @@ internal sealed class LocalNames
     private readonly List<(string Suffix, IPAddress[] Addresses)> _zones = [];
     private readonly FollowedFile<Dictionary<string, IPAddress[]>>? _hosts;
 
-    public LocalNames(IPAddress hostAlias, IEnumerable<string> hostNames, IEnumerable<DnsRecord> records, string? hostsPath, bool hostLoopback)
+    /// <param name="hostAlias6">The host alias's IPv6 address, which the host names answer for AAAA; null: IPv6 is off.</param>
+    public LocalNames(IPAddress hostAlias, IEnumerable<string> hostNames, IEnumerable<DnsRecord> records, string? hostsPath, bool hostLoopback,
+        IPAddress? hostAlias6 = null)
     {
         foreach (string h in hostNames)
         {
-            _fixed[Normalize(h)] = [hostAlias];
+            _fixed[Normalize(h)] = hostAlias6 is null ? [hostAlias] : [hostAlias, hostAlias6];
         }
         foreach (IGrouping<string, DnsRecord> g in records.GroupBy(r => r.Name))
         {

@@ -22,4 +22,19 @@ internal sealed class GatewayCounters
     public long DhcpRefused;
     /// <summary>Expired leases taken back for a new client.</summary>
     public long DhcpReclaimed;
+    /// <summary>IPv6 packets refused by the header or extension-chain checks (RFC 8200 §4), or a bad ICMPv6/UDP/TCP view.</summary>
+    public long Ipv6Malformed;
+    /// <summary>IPv6 from a source a guest may not use: not link-local or in the prefix, multicast, or the gateway's own.</summary>
+    public long Ipv6Spoofed;
+    /// <summary>IPv6 fragments: not reassembled yet (issue 18, item 6), dropped.</summary>
+    public long Ipv6Fragments;
+    /// <summary>Neighbor Discovery messages that fail RFC 4861's validity checks (hop limit 255, code, options).</summary>
+    public long NdpInvalid;
+    /// <summary>Router Advertisements and Redirects sent by a guest: a guest is never a router for the others.</summary>
+    public long NdpFromGuestRouter;
+    public long NdpReplies;
+    /// <summary>ICMPv6 errors and RSTs not sent because of the rate limit (RFC 4443 §2.4(f)).</summary>
+    public long Icmpv6ErrorsLimited;
+    /// <summary>ICMPv6 destination unreachables and TCP RSTs sent for IPv6 traffic the gateway does not carry yet.</summary>
+    public long Ipv6Refused;
 }

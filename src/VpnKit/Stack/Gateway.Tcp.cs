@@ -143,7 +143,10 @@ internal sealed partial class Gateway : ITcpSocketHost
         return null;
     }
 
-    /// <summary>Runs every socket timer that is due: delayed ACKs, retransmissions, zero-window probes, TIME-WAIT expiry.</summary>
+    /// <summary>
+    /// Runs every socket timer that is due (delayed ACKs, retransmissions, zero-window probes, TIME-WAIT expiry) and
+    /// the unsolicited Router Advertisements.
+    /// </summary>
     public void OnTimer(long now)
     {
         _now = now;
@@ -176,7 +179,7 @@ internal sealed partial class Gateway : ITcpSocketHost
             }
         }
         _due.Clear();
-        _nextDeadline = next;
+        _nextDeadline = Math.Min(next, OnIpv6Timer(now));
     }
 
     // ---- ITcpSocketHost: what sockets ask of the gateway ----

@@ -32,6 +32,7 @@ internal sealed partial class Gateway
         _flows = flows;
         _tx = new byte[EthernetFrame.HeaderLength + (options.SegmentationOffload ? 65535 : Math.Max(options.Mtu, 576)) + 64];
         _dhcpReply = new byte[576];
+        InitIpv6();
     }
 
     public GatewayOptions Options => _o;
@@ -66,6 +67,9 @@ internal sealed partial class Gateway
                 break;
             case EtherType.Ipv4:
                 HandleIpv4(eth.Source, dst, eth.Payload);
+                break;
+            case EtherType.Ipv6:
+                HandleIpv6(eth.Source, eth.Payload);
                 break;
             default:
                 Counters.NotForUs++;

@@ -8,6 +8,8 @@ namespace Kit.VpnKit.Stack;
 /// </summary>
 internal sealed class GatewayOptions
 {
+    public static readonly UInt128 DefaultIpv6Prefix = Ip6.Parse("fd00:6b69:7400::");
+
     public uint GatewayIp { get; init; } = Ip4.FromBytes(192, 168, 65, 1);
     public uint HostIp { get; init; } = Ip4.FromBytes(192, 168, 65, 2);
     public uint FirstGuestIp { get; init; } = Ip4.FromBytes(192, 168, 65, 3);
@@ -50,6 +52,27 @@ internal sealed class GatewayOptions
     public bool InSubnet(uint ip) => (ip & SubnetMask) == (GatewayIp & SubnetMask);
 
     public uint Broadcast => (GatewayIp & SubnetMask) | ~SubnetMask;
+
+    /// <summary>IPv6 on the guest link (NDP, SLAAC, ICMPv6 echo, DHCPv6, DNS); off: every IPv6 frame is dropped.</summary>
+    public bool Ipv6 { get; init; } = true;
+
+    /// <summary>
+    /// The guest /64 (RFC 4193 ULA). RFC 4193 §3.2.2 wants a random Global ID; a fixed, documented one is what users
+    /// script against (as they do 192.168.65.0/24), and one guest network per gateway never meets another site's.
+    /// 6b:69:74 is "kit" in ASCII.
+    /// </summary>
+    public UInt128 Ipv6Prefix { get; init; } = DefaultIpv6Prefix;
+
+    /// <summary>The gateway in the prefix (::1): DNS, echo, the address guests query.</summary>
+    public UInt128 GatewayIp6 => Ipv6Prefix | 1;
+
+    /// <summary>The host alias in the prefix (::2), as 192.168.65.2 is in IPv4.</summary>
+    public UInt128 HostIp6 => Ipv6Prefix | 2;
+
+    /// <summary>The gateway's link-local address: fe80::/64 and the modified EUI-64 of its MAC (RFC 4291 §2.5.1, App. A).</summary>
+    public UInt128 GatewayLinkLocal6 => Ip6.LinkLocalFromMac(GatewayMac);
+
+    public bool InPrefix6(UInt128 a) => (a >> 64) == (Ipv6Prefix >> 64);
 
     /// <summary>MSS for a 20-byte IPv4 and 20-byte TCP header without options (RFC 9293 §3.7.1).</summary>
     public int Mss => Mtu - 40;

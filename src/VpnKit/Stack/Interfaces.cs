@@ -44,6 +44,18 @@ internal interface IFlowHandler
     void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload);
 }
 
+/// <summary>
+/// Where the engine hands a DNS query a guest sent to the gateway's IPv6 address (port 53). Called synchronously under
+/// the engine lock: implementations answer later, through <see cref="Gateway.SendUdp6"/>.
+/// </summary>
+internal interface IDnsQueries
+{
+    void QueryReceived(in Udp6Flow flow, ReadOnlySpan<byte> query);
+}
+
+/// <summary>A UDP 4-tuple over IPv6 as the guest sees it.</summary>
+internal readonly record struct Udp6Flow(UInt128 GuestIp, ushort GuestPort, UInt128 RemoteIp, ushort RemotePort);
+
 /// <summary>A UDP 4-tuple as the guest sees it.</summary>
 internal readonly record struct UdpFlow(uint GuestIp, ushort GuestPort, uint RemoteIp, ushort RemotePort);
 

@@ -36,6 +36,23 @@ internal static class Ip6
     /// <summary>The solicited-node multicast address ff02::1:ffXX:XXXX of a unicast address (RFC 4291 §2.7.1).</summary>
     public static UInt128 SolicitedNode(UInt128 a) => (new UInt128(0xFF02_0000_0000_0000UL, 0x0000_0001_FF00_0000UL)) | (a & 0xFF_FFFF);
 
+    /// <summary>
+    /// fe80::/64 with the modified EUI-64 interface identifier of <paramref name="mac"/> (RFC 4291 §2.5.1, App. A):
+    /// ff:fe in the middle, the universal/local bit inverted.
+    /// </summary>
+    public static UInt128 LinkLocalFromMac(MacAddress mac)
+    {
+        ulong m = mac.Value;
+        ulong iid = ((m >> 24) << 40) | (0xFFFEUL << 24) | (m & 0xFF_FFFF);
+        return new UInt128(0xFE80_0000_0000_0000UL, iid ^ 0x0200_0000_0000_0000UL);
+    }
+
+    /// <summary>ff02::1, all nodes on the link (RFC 4291 §2.7.1).</summary>
+    public static readonly UInt128 AllNodes = new(0xFF02_0000_0000_0000UL, 1);
+
+    /// <summary>ff02::2, all routers on the link (RFC 4291 §2.7.1).</summary>
+    public static readonly UInt128 AllRouters = new(0xFF02_0000_0000_0000UL, 2);
+
     /// <summary>The Ethernet multicast MAC of an IPv6 multicast address: 33:33 and its low 32 bits (RFC 2464 §7).</summary>
     public static MacAddress MulticastMac(UInt128 a) => new(0x3333_0000_0000UL | (ulong)(uint)a);
 }

@@ -123,4 +123,14 @@ public sealed class LocalNamesTests : IDisposable
             Assert.Equal(want, r.AsSpan(r.Length - want.Length).ToArray());
         }
     }
+
+    [Fact]
+    public void HostNamesAnswerBothFamiliesWhenTheGatewayHasIpv6()
+    {
+        IPAddress alias6 = IPAddress.Parse("fd00:6b69:7400::2");
+        Assert.True(new LocalNames(Alias, ["host.internal"], [], null, true, alias6).TryFind("host.internal", out IPAddress[] both));
+        Assert.Equal([Alias, alias6], both);
+        Assert.True(new LocalNames(Alias, ["host.internal"], [], null, true).TryFind("host.internal", out IPAddress[] v4));
+        Assert.Equal([Alias], v4);
+    }
 }

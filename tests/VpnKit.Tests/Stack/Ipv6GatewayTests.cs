@@ -1,0 +1,482 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using CsCheck;
+using Kit.VpnKit.Stack;
+using Kit.VpnKit.Wire;
+
+namespace Kit.VpnKit.Tests.Stack;
+
+/// <summary>
+/// The engine's IPv6 slice (issue 18, items 2 and 4): NDP as a router, SLAAC's RA, echo, DHCPv6, DNS, the fast refusal
+/// of everything else, and hostile input (deep chains, guest routers, spoofed sources, truncated options, floods).
+/// </summary>
+public sealed class Ipv6GatewayTests
+{
+    private static readonly UInt128 Prefix = Ip6.Parse("fd00:6b69:7400::");
+    private static readonly UInt128 Gw6 = Ip6.Parse("fd00:6b69:7400::1");
+    private static readonly UInt128 Host6 = Ip6.Parse("fd00:6b69:7400::2");
+    private static readonly UInt128 GwLl = Ip6.Parse("fe80::f416:36ff:febc:f9c6");
+    private static readonly UInt128 GuestLl = Ip6.Parse("fe80::ff:fe00:3");
+    private static readonly UInt128 Guest6 = Ip6.Parse("fd00:6b69:7400::1234");
+    private static readonly UInt128 Outside = Ip6.Parse("2001:db8::1");
+
+    private sealed class RecordingDns : IDnsQueries
+    {
+        public List<(Udp6Flow Flow, byte[] Query)> Queries { get; } = [];
+
+        public void QueryReceived(in Udp6Flow flow, ReadOnlySpan<byte> query) => Queries.Add((flow, query.ToArray()));
+    }
+
+    private readonly CapturingSink _sink = new();
+    private readonly RecordingDns _dns = new();
+    private Gateway _gw;
+
+    public Ipv6GatewayTests() => _gw = NewGateway(new GatewayOptions());
+
+    private Gateway NewGateway(GatewayOptions o) => new(o, _sink, new RecordingFlows()) { Dns = _dns };
+
+    // ---- building guest frames ----
+
+    private static byte[] Frame(UInt128 src, UInt128 dst, byte nextHeader, ReadOnlySpan<byte> payload, byte hopLimit = 64, MacAddress? dstMac = null)
+    {
+        byte[] f = new byte[14 + 40 + payload.Length];
+        EthernetFrame.Write(f, dstMac ?? (Ip6.IsMulticast(dst) ? Ip6.MulticastMac(dst) : G.GatewayMac), G.GuestMac, EtherType.Ipv6);
+        Ipv6Packet.Write(f.AsSpan(14), payload.Length, nextHeader, hopLimit, src, dst);
+        payload.CopyTo(f.AsSpan(54));
+        return f;
+    }
+
+    private static byte[] Icmp(UInt128 src, UInt128 dst, byte[] message, byte hopLimit = 255)
+    {
+        Icmpv6Message.WriteChecksum(message, src, dst);
+        return Frame(src, dst, Ipv6ExtensionChain.Icmpv6, message, hopLimit);
+    }
+
+    private static byte[] Rs(UInt128 src, byte hopLimit = 255, bool sll = true)
+    {
+        byte[] m = new byte[sll ? 16 : 8];
+        m[0] = Icmpv6Type.RouterSolicitation;
+        if (sll)
+        {
+            Ndp.WriteLinkLayerOption(m.AsSpan(8), NdpOption.SourceLinkLayerAddress, G.GuestMac);
+        }
+        return Icmp(src, Ip6.AllRouters, m, hopLimit);
+    }
+
+    private static byte[] Ns(UInt128 src, UInt128 target, bool unspecified = false)
+    {
+        byte[] m = new byte[32];
+        Ndp.WriteNeighborSolicitation(m, target, G.GuestMac);
+        return unspecified ? Icmp(UInt128.Zero, Ip6.SolicitedNode(target), m[..24]) : Icmp(src, Ip6.SolicitedNode(target), m);
+    }
+
+    private static byte[] Echo(UInt128 src, UInt128 dst, ushort id, ushort seq, byte[] data)
+    {
+        byte[] m = new byte[8 + data.Length];
+        m[0] = Icmpv6Type.EchoRequest;
+        BinaryPrimitives.WriteUInt16BigEndian(m.AsSpan(4), id);
+        BinaryPrimitives.WriteUInt16BigEndian(m.AsSpan(6), seq);
+        data.CopyTo(m, 8);
+        return Icmp(src, dst, m, 64);
+    }
+
+    private static byte[] Udp(UInt128 src, UInt128 dst, ushort srcPort, ushort dstPort, byte[] payload)
+    {
+        byte[] d = new byte[8 + payload.Length];
+        payload.CopyTo(d, 8);
+        UdpDatagram.Write(d, srcPort, dstPort, 0, 0);
+        d[6] = d[7] = 0;
+        ushort sum = Checksum.Finish(Checksum.Add(Checksum.PseudoHeader6(src, dst, IpProtocol.Udp, d.Length), d));
+        BinaryPrimitives.WriteUInt16BigEndian(d.AsSpan(6), sum == 0 ? (ushort)0xFFFF : sum);
+        return Frame(src, dst, IpProtocol.Udp, d);
+    }
+
+    private static byte[] Syn(UInt128 src, UInt128 dst, ushort dstPort, uint seq)
+    {
+        byte[] t = new byte[20];
+        TcpSegment.Write(t, 20, 40000, dstPort, seq, 0, TcpFlags.Syn, 65535, 0, 0);
+        t[16] = t[17] = 0;
+        BinaryPrimitives.WriteUInt16BigEndian(t.AsSpan(16), Checksum.Finish(Checksum.Add(Checksum.PseudoHeader6(src, dst, IpProtocol.Tcp, 20), t)));
+        return Frame(src, dst, IpProtocol.Tcp, t);
+    }
+
+    // ---- reading what the gateway sent ----
+
+    private sealed record Out(MacAddress DstMac, UInt128 Src, UInt128 Dst, byte HopLimit, byte NextHeader, byte[] Upper);
+
+    private static Out Decode(byte[] frame)
+    {
+        Assert.True(EthernetFrame.TryParse(frame, out EthernetFrame e));
+        Assert.Equal(EtherType.Ipv6, e.EtherType);
+        Assert.Equal(G.GatewayMac, e.Source);
+        Assert.Equal(Ipv6Error.None, Ipv6Packet.TryParse(e.Payload, out Ipv6Packet ip));
+        byte[] upper = ip.Payload.ToArray();
+        // Every upper layer the gateway sends carries a checksum over the IPv6 pseudo-header (RFC 8200 §8.1).
+        Assert.Equal(0, Checksum.Finish(Checksum.Add(Checksum.PseudoHeader6(ip.Source, ip.Destination, ip.NextHeader, upper.Length), upper)));
+        return new Out(e.Destination, ip.Source, ip.Destination, ip.HopLimit, ip.NextHeader, upper);
+    }
+
+    private Out Single()
+    {
+        byte[] f = Assert.Single(_sink.Take());
+        return Decode(f);
+    }
+
+    private static Dictionary<byte, byte[]> Options(byte[] icmp, int at)
+    {
+        var found = new Dictionary<byte, byte[]>();
+        var r = new NdpOptionReader(icmp.AsSpan(at));
+        while (r.TryNext(out byte type, out ReadOnlySpan<byte> body))
+        {
+            found[type] = body.ToArray();
+        }
+        Assert.False(r.Malformed);
+        return found;
+    }
+
+    [Fact]
+    public void RouterSolicitationGetsAnAdvertisementForSlaacWithMtuRdnssAndSearchList()
+    {
+        _gw = NewGateway(new GatewayOptions { SearchDomains = ["corp.test"] });
+        _gw.Receive(Rs(GuestLl), 0);
+        Out ra = Single();
+        Assert.Equal(G.GuestMac, ra.DstMac);
+        Assert.Equal(GwLl, ra.Src); // RFC 4861 §4.2: from the link-local address
+        Assert.Equal(GuestLl, ra.Dst);
+        Assert.Equal(255, ra.HopLimit);
+        Assert.Equal(Icmpv6Type.RouterAdvertisement, ra.Upper[0]);
+        Assert.Equal(0x40, ra.Upper[5]); // O: other configuration by stateless DHCPv6; not M
+        Assert.Equal(1800, BinaryPrimitives.ReadUInt16BigEndian(ra.Upper.AsSpan(6)));
+        Dictionary<byte, byte[]> o = Options(ra.Upper, 16);
+        Assert.Equal(G.GatewayMac, MacAddress.Read(o[NdpOption.SourceLinkLayerAddress]));
+        Assert.Equal(1500u, BinaryPrimitives.ReadUInt32BigEndian(o[NdpOption.Mtu].AsSpan(2)));
+        byte[] prefix = o[NdpOption.PrefixInformation];
+        Assert.Equal(64, prefix[0]);
+        Assert.Equal(0xC0, prefix[1]); // on-link and autonomous
+        Assert.Equal(Prefix, Ip6.Read(prefix.AsSpan(14)));
+        Assert.Equal(Gw6, Ip6.Read(o[NdpOption.RecursiveDnsServer].AsSpan(6)));
+        Assert.Equal([4, .. "corp"u8, 4, .. "test"u8, 0], o[NdpOption.DnsSearchList].AsSpan(6, 11).ToArray());
+        Assert.Equal(1, _gw.NeighbourCount); // learned from the source link-layer option
+    }
+
+    [Fact]
+    public void NeighborDiscoveryThatCouldHaveBeenForwardedOrIsTruncatedIsIgnored()
+    {
+        _gw.Receive(Rs(GuestLl, hopLimit: 64), 0); // RFC 4861 §6.1.1: hop limit 255 only
+        byte[] ns = Ns(GuestLl, Gw6);
+        ns[^7] = 3; // the option claims 24 bytes, past the end
+        Icmpv6Message.WriteChecksum(ns.AsSpan(54), GuestLl, Ip6.SolicitedNode(Gw6));
+        _gw.Receive(ns, 0);
+        byte[] zero = Ns(GuestLl, Gw6);
+        zero[^7] = 0; // a zero-length option (§4.6)
+        Icmpv6Message.WriteChecksum(zero.AsSpan(54), GuestLl, Ip6.SolicitedNode(Gw6));
+        _gw.Receive(zero, 0);
+        _gw.Receive(Icmp(GuestLl, Ip6.SolicitedNode(Gw6), [Icmpv6Type.NeighborSolicitation, 0, 0, 0, 0, 0, 0, 0]), 0); // no target
+        Assert.Empty(_sink.Take());
+        Assert.Equal(4, _gw.Counters.NdpInvalid);
+    }
+
+    [Theory]
+    [InlineData("fd00:6b69:7400::1", true)]
+    [InlineData("fe80::f416:36ff:febc:f9c6", true)]
+    [InlineData("fd00:6b69:7400::2", false)]
+    public void NeighborSolicitationsForTheGatewaysAddressesAreAnswered(string target, bool router)
+    {
+        UInt128 t = Ip6.Parse(target);
+        _gw.Receive(Ns(Guest6, t), 0);
+        Out na = Single();
+        Assert.Equal(G.GuestMac, na.DstMac);
+        Assert.Equal(t, na.Src);
+        Assert.Equal(Guest6, na.Dst);
+        Assert.Equal(255, na.HopLimit);
+        Assert.Equal(Icmpv6Type.NeighborAdvertisement, na.Upper[0]);
+        Assert.Equal((router ? 0x80 : 0) | 0x60, na.Upper[4]); // R for the gateway only, S, O
+        Assert.Equal(t, Ip6.Read(na.Upper.AsSpan(8)));
+        Assert.Equal(G.GatewayMac, MacAddress.Read(Options(na.Upper, 24)[NdpOption.TargetLinkLayerAddress]));
+    }
+
+    [Fact]
+    public void DuplicateAddressDetectionOfAGatewayAddressIsDefendedAndOthersAreLeftAlone()
+    {
+        _gw.Receive(Ns(UInt128.Zero, Gw6, unspecified: true), 0);
+        Out na = Single();
+        Assert.Equal(Ip6.AllNodes, na.Dst); // RFC 4861 §7.2.4: to all nodes, not solicited
+        Assert.Equal(0xA0, na.Upper[4]);
+        _gw.Receive(Ns(UInt128.Zero, Guest6, unspecified: true), 0); // a guest's own DAD
+        _gw.Receive(Ns(GuestLl, Ip6.Parse("fd00:6b69:7400::99")), 0); // another guest's address
+        Assert.Empty(_sink.Take());
+    }
+
+    [Theory]
+    [InlineData("fd00:6b69:7400::1")]
+    [InlineData("fe80::f416:36ff:febc:f9c6")]
+    [InlineData("fd00:6b69:7400::2")]
+    public void EchoToTheGatewayAndTheHostAliasIsAnsweredFromTheAddressAsked(string address)
+    {
+        UInt128 to = Ip6.Parse(address);
+        byte[] data = [1, 2, 3, 4, 5];
+        _gw.Receive(Echo(Guest6, to, 0x1234, 7, data), 0);
+        Out reply = Single();
+        Assert.Equal(to, reply.Src);
+        Assert.Equal(Guest6, reply.Dst);
+        Assert.Equal(Icmpv6Type.EchoReply, reply.Upper[0]);
+        Assert.Equal(0x1234, BinaryPrimitives.ReadUInt16BigEndian(reply.Upper.AsSpan(4)));
+        Assert.Equal(7, BinaryPrimitives.ReadUInt16BigEndian(reply.Upper.AsSpan(6)));
+        Assert.Equal(data, reply.Upper[8..]);
+    }
+
+    [Fact]
+    public void RoutersAdvertisementsRedirectsAndClaimsOfGatewayAddressesFromAGuestChangeNothing()
+    {
+        byte[] ra = new byte[16];
+        Ndp.WriteRouterAdvertisement(ra, 64, false, false, 9000);
+        _gw.Receive(Icmp(GuestLl, Ip6.AllNodes, ra), 0);
+        byte[] redirect = new byte[40];
+        redirect[0] = Icmpv6Type.Redirect;
+        _gw.Receive(Icmp(GuestLl, GwLl, redirect), 0);
+        byte[] na = new byte[32];
+        Ndp.WriteNeighborAdvertisement(na, Gw6, MacAddress.Parse("02:66:66:66:66:66"), router: true, solicited: false, @override: true);
+        _gw.Receive(Icmp(GuestLl, Ip6.AllNodes, na), 0);
+        Assert.Empty(_sink.Take());
+        Assert.Equal(2, _gw.Counters.NdpFromGuestRouter);
+        Assert.Equal(1, _gw.Counters.Ipv6Spoofed);
+        // The gateway still answers for its address with its own MAC.
+        _gw.Receive(Ns(Guest6, Gw6), 1);
+        Assert.Equal(G.GatewayMac, MacAddress.Read(Options(Single().Upper, 24)[NdpOption.TargetLinkLayerAddress]));
+    }
+
+    [Theory]
+    [InlineData("2001:db8::5")] // outside the prefix: not a source a guest has
+    [InlineData("fd00:6b69:7400::1")] // the gateway's own
+    [InlineData("fd00:6b69:7400::2")] // the host alias's
+    [InlineData("ff02::1")] // a group
+    public void SpoofedSourcesAreDroppedAndCounted(string source)
+    {
+        UInt128 src = Ip6.Parse(source);
+        _gw.Receive(Echo(src, Gw6, 1, 1, []), 0);
+        _gw.Receive(Udp(src, Gw6, 5353, 53, new byte[20]), 0);
+        Assert.Empty(_sink.Take());
+        Assert.Empty(_dns.Queries);
+        Assert.Equal(2, _gw.Counters.Ipv6Spoofed);
+        Assert.Equal(0, _gw.NeighbourCount);
+    }
+
+    [Fact]
+    public void ATenThousandDeepExtensionChainIsRefusedCheaply()
+    {
+        // 10,000 empty Destination Options headers, then ICMPv6 echo: the walk stops after eight (RFC 8200 §4.1).
+        byte[] chain = new byte[10_000 * 8 + 8];
+        for (int i = 0; i < 10_000; i++)
+        {
+            chain[i * 8] = i == 9_999 ? Ipv6ExtensionChain.Icmpv6 : Ipv6ExtensionChain.DestinationOptions;
+        }
+        chain[80_000] = Icmpv6Type.EchoRequest;
+        byte[] f = new byte[14 + 40 + chain.Length];
+        EthernetFrame.Write(f, G.GatewayMac, G.GuestMac, EtherType.Ipv6);
+        Ipv6Packet.Write(f.AsSpan(14), chain.Length & 0xFFFF, Ipv6ExtensionChain.DestinationOptions, 64, Guest6, Gw6);
+        BinaryPrimitives.WriteUInt16BigEndian(f.AsSpan(18), 65535); // as long as the field allows; the rest is excess
+        var clock = Stopwatch.StartNew();
+        for (int i = 0; i < 1000; i++)
+        {
+            _gw.Receive(f, i);
+        }
+        Assert.True(clock.ElapsedMilliseconds < 2000, $"1000 deep chains took {clock.ElapsedMilliseconds} ms");
+        Assert.Equal(1000, _gw.Counters.Ipv6Malformed);
+        Assert.Empty(_sink.Take());
+        _gw.Receive(Echo(Guest6, Gw6, 1, 1, []), 2000);
+        Assert.Equal(Icmpv6Type.EchoReply, Single().Upper[0]);
+    }
+
+    [Fact]
+    public void ZeroLengthJumboTruncatedAndFragmentedPacketsAreDroppedWithoutAnswer()
+    {
+        _gw.Receive(Frame(Guest6, Gw6, Ipv6ExtensionChain.NoNextHeader, []), 0); // zero-length payload: nothing to do
+        _gw.Receive(Frame(Guest6, Gw6, Ipv6ExtensionChain.Icmpv6, []), 0); // zero-length ICMPv6
+        _gw.Receive(Frame(Guest6, Gw6, IpProtocol.Udp, []), 0);
+        _gw.Receive(Frame(Guest6, Gw6, IpProtocol.Tcp, new byte[7]), 0);
+        // A Hop-by-Hop header with a Jumbo Payload option (RFC 2675) and payload length 0.
+        byte[] jumbo = [Ipv6ExtensionChain.Icmpv6, 0, 0xC2, 4, 0, 1, 0, 0, .. new byte[100]];
+        byte[] jf = Frame(Guest6, Gw6, Ipv6ExtensionChain.HopByHop, jumbo);
+        jf[18] = jf[19] = 0;
+        _gw.Receive(jf, 0);
+        byte[] fragment = [Ipv6ExtensionChain.Icmpv6, 0, 0, 1, 0, 0, 0, 9, 128, 0, 0, 0, 0, 0, 0, 0];
+        _gw.Receive(Frame(Guest6, Gw6, Ipv6ExtensionChain.Fragment, fragment), 0);
+        _gw.Receive(Frame(Guest6, Gw6, 6, new byte[3])[..50], 0); // cut inside the fixed header
+        Assert.Empty(_sink.Take());
+        Assert.Equal(1, _gw.Counters.Ipv6Fragments);
+        Assert.True(_gw.Counters.Ipv6Malformed >= 5, $"{_gw.Counters.Ipv6Malformed}");
+    }
+
+    [Fact]
+    public void DnsQueriesToTheGatewayGoToTheForwarderAndTheAnswerComesBack()
+    {
+        byte[] query = [0xAB, 0xCD, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, (byte)'x', 0, 0, 28, 0, 1];
+        _gw.Receive(Udp(Guest6, Gw6, 33333, 53, query), 0);
+        (Udp6Flow flow, byte[] q) = Assert.Single(_dns.Queries);
+        Assert.Equal(new Udp6Flow(Guest6, 33333, Gw6, 53), flow);
+        Assert.Equal(query, q);
+        Assert.Empty(_sink.Take());
+        byte[] answer = [.. query];
+        answer[2] |= 0x80;
+        Assert.True(_gw.SendUdp6(flow, answer, 1));
+        Out reply = Single();
+        Assert.Equal(G.GuestMac, reply.DstMac);
+        Assert.Equal(Gw6, reply.Src);
+        Assert.Equal(Guest6, reply.Dst);
+        Assert.Equal(53, BinaryPrimitives.ReadUInt16BigEndian(reply.Upper));
+        Assert.Equal(33333, BinaryPrimitives.ReadUInt16BigEndian(reply.Upper.AsSpan(2)));
+        Assert.Equal(answer, reply.Upper[8..]);
+        // A guest whose MAC is not known is asked for it (to its solicited-node group); the answer is lost.
+        UInt128 stranger = Prefix | 0x77;
+        Assert.False(_gw.SendUdp6(new Udp6Flow(stranger, 1, Gw6, 53), answer, 2));
+        Out ns = Single();
+        Assert.Equal(Ip6.SolicitedNode(stranger), ns.Dst);
+        Assert.Equal(Icmpv6Type.NeighborSolicitation, ns.Upper[0]);
+    }
+
+    [Fact]
+    public void StatelessDhcpv6InformationRequestGetsTheDnsServerAndTheSearchList()
+    {
+        byte[] clientId = [0, 3, 0, 1, 2, 0, 0, 0, 0, 3];
+        byte[] req = [Dhcpv6.InformationRequest, 1, 2, 3, 0, 1, 0, (byte)clientId.Length, .. clientId, 0, 6, 0, 4, 0, 23, 0, 24];
+        _gw.Receive(Udp(GuestLl, Dhcpv6.AllServers, 546, 547, req), 0);
+        Out reply = Single();
+        Assert.Equal(GwLl, reply.Src);
+        Assert.Equal(GuestLl, reply.Dst);
+        Assert.Equal(547, BinaryPrimitives.ReadUInt16BigEndian(reply.Upper));
+        Assert.Equal(546, BinaryPrimitives.ReadUInt16BigEndian(reply.Upper.AsSpan(2)));
+        Assert.True(Dhcpv6Message.TryParse(reply.Upper.AsSpan(8), out Dhcpv6Message m));
+        Assert.Equal(Dhcpv6.Reply, m.Type);
+        Assert.Equal(0x010203u, m.TransactionId);
+        Assert.True(m.TryGetOption(Dhcpv6.OptionClientId, out ReadOnlySpan<byte> echoed));
+        Assert.Equal(clientId, echoed.ToArray());
+        Assert.True(m.TryGetOption(Dhcpv6.OptionDnsServers, out ReadOnlySpan<byte> servers));
+        Assert.Equal(Gw6, Ip6.Read(servers));
+        Assert.True(m.TryGetOption(Dhcpv6.OptionDomainList, out _));
+        // Solicit (stateful addresses) is not served.
+        _gw.Receive(Udp(GuestLl, Dhcpv6.AllServers, 546, 547, [Dhcpv6.Solicit, 1, 2, 3]), 1);
+        Assert.Empty(_sink.Take());
+    }
+
+    [Fact]
+    public void TrafficTheGatewayDoesNotCarryIsRefusedAtOnce()
+    {
+        _gw.Receive(Syn(Guest6, Outside, 443, 1000), 0);
+        Out rst = Single();
+        Assert.Equal(Outside, rst.Src);
+        Assert.Equal(IpProtocol.Tcp, rst.NextHeader);
+        Assert.Equal((byte)(TcpFlags.Rst | TcpFlags.Ack), rst.Upper[13]);
+        Assert.Equal(1001u, BinaryPrimitives.ReadUInt32BigEndian(rst.Upper.AsSpan(8)));
+        _gw.Receive(Syn(Guest6, Host6, 8080, 5), 0); // the host alias: not forwarded to the host's ::1 yet
+        Assert.Equal((byte)(TcpFlags.Rst | TcpFlags.Ack), Single().Upper[13]);
+
+        _gw.Receive(Udp(Guest6, Outside, 1000, 9, new byte[10]), 0);
+        Out unreachable = Single();
+        Assert.Equal(Gw6, unreachable.Src);
+        Assert.Equal([Icmpv6Type.DestinationUnreachable, 1], unreachable.Upper[..2]); // administratively prohibited
+        Assert.Equal(Outside, Ip6.Read(unreachable.Upper.AsSpan(8 + 24))); // the offending packet is quoted
+        _gw.Receive(Udp(Guest6, Gw6, 1000, 9, new byte[10]), 0);
+        Assert.Equal([Icmpv6Type.DestinationUnreachable, 4], Single().Upper[..2]); // port unreachable
+        _gw.Receive(Echo(Guest6, Outside, 1, 1, []), 0);
+        Assert.Equal(Icmpv6Type.DestinationUnreachable, Single().Upper[0]);
+        Assert.Equal(5, _gw.Counters.Ipv6Refused);
+    }
+
+    [Fact]
+    public void ErrorsAreRateLimited()
+    {
+        for (int i = 0; i < 1000; i++)
+        {
+            _gw.Receive(Udp(Guest6, Outside, (ushort)(1000 + i), 9, []), 5);
+            _gw.Receive(Syn(Guest6, Outside, 80, (uint)i), 5);
+        }
+        int sent = _sink.Take().Count;
+        Assert.InRange(sent, 1, 20);
+        Assert.Equal(2000 - sent, _gw.Counters.Icmpv6ErrorsLimited);
+        _gw.Receive(Udp(Guest6, Outside, 1, 9, []), 1005); // a second later the bucket has refilled
+        Assert.Single(_sink.Take());
+    }
+
+    [Fact]
+    public void AGuestAppearingGetsThreeInitialAdvertisementsThenPeriodicOnes()
+    {
+        _gw.Receive(Echo(GuestLl, GwLl, 1, 1, []), 1000);
+        _sink.Take();
+        Assert.Equal(1000, _gw.NextDeadline);
+        var sent = new List<long>();
+        for (long now = 1000; now < 1_300_000; now += 500)
+        {
+            _gw.OnTimer(now);
+            foreach (byte[] f in _sink.Take())
+            {
+                Out ra = Decode(f);
+                Assert.Equal(Ip6.AllNodes, ra.Dst);
+                Assert.Equal(Ip6.MulticastMac(Ip6.AllNodes), ra.DstMac);
+                Assert.Equal(Icmpv6Type.RouterAdvertisement, ra.Upper[0]);
+                sent.Add(now);
+            }
+        }
+        Assert.Equal([1000, 17_000, 33_000, 633_000, 1_233_000], sent);
+    }
+
+    [Fact]
+    public void WithIpv6OffNothingIsAnsweredOrAdvertised()
+    {
+        _gw = NewGateway(new GatewayOptions { Ipv6 = false });
+        _gw.Receive(Rs(GuestLl), 0);
+        _gw.Receive(Ns(Guest6, Gw6), 0);
+        _gw.Receive(Echo(Guest6, Gw6, 1, 1, []), 0);
+        _gw.Receive(Udp(Guest6, Gw6, 1, 53, new byte[12]), 0);
+        _gw.OnTimer(100_000);
+        Assert.Empty(_sink.Take());
+        Assert.Empty(_dns.Queries);
+        Assert.Equal(long.MaxValue, _gw.NextDeadline);
+        Assert.Equal(4, _gw.Counters.NotForUs);
+    }
+
+    [Fact]
+    public void ANeighbourFloodIsBounded()
+    {
+        for (int i = 0; i < 10_000; i++)
+        {
+            _gw.Receive(Ns(Prefix | (UInt128)(0x1000 + i), Gw6), i);
+        }
+        Assert.Equal(10_000, _sink.Take().Count);
+        Assert.Equal(Gateway.MaxNeighbours, _gw.NeighbourCount);
+        // The most recent guests are the ones kept.
+        Assert.True(_gw.SendUdp6(new Udp6Flow(Prefix | (UInt128)(0x1000 + 9_999), 1, Gw6, 53), [1], 10_000));
+    }
+
+    [Fact]
+    public void RandomAndMutatedIpv6FramesNeverThrowAndTheGatewayKeepsAnswering()
+    {
+        byte[][] seeds =
+        [
+            Rs(GuestLl), Ns(Guest6, Gw6), Ns(UInt128.Zero, Gw6, unspecified: true), Echo(Guest6, Host6, 1, 2, new byte[16]),
+            Udp(Guest6, Gw6, 1000, 53, new byte[30]), Udp(GuestLl, Dhcpv6.AllServers, 546, 547, [Dhcpv6.InformationRequest, 1, 2, 3]),
+            Syn(Guest6, Outside, 80, 1),
+        ];
+        long now = 0;
+        Gen.Select(Gen.Int[0, seeds.Length - 1], Gen.Int[0, 200], Gen.Byte, Gen.Int[0, 100], Gen.Byte.Array[0, 120]).Sample((s, pos, val, cut, noise) =>
+        {
+            byte[] f = (byte[])seeds[s].Clone();
+            f[pos % f.Length] = val;
+            if (cut % 3 == 0)
+            {
+                f = f.AsSpan(0, Math.Max(0, f.Length - cut)).ToArray();
+            }
+            _gw.Receive(f, now);
+            byte[] n = new byte[15 + noise.Length];
+            EthernetFrame.Write(n, G.GatewayMac, G.GuestMac, EtherType.Ipv6);
+            n[14] = 0x60;
+            noise.CopyTo(n, 15);
+            _gw.Receive(n, now);
+            now += 13;
+            _gw.OnTimer(now);
+            _sink.Frames.Clear();
+            Assert.True(_gw.NeighbourCount <= Gateway.MaxNeighbours);
+        }, iter: 20_000, threads: 1);
+        _gw.Receive(Ns(Guest6, Gw6), now + 10_000);
+        Assert.Equal(Icmpv6Type.NeighborAdvertisement, Single().Upper[0]);
+    }
+}
