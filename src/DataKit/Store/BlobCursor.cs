@@ -285,7 +285,14 @@ public static class BlobSources
 {
     // Reads of the object file: SequentialScan widens the kernel's readahead. 1 MiB requests showed no gain over
     // 256 KiB (docs/benchmarks.md, issue 16) and cost 768 KiB more per open file.
-    private const int ReadBuffer = 256 * 1024;
+    internal const int ReadBuffer = 256 * 1024;
+
+    /// <summary>
+    /// The content from wherever it is: a loose object, else a pack entry stored whole, else through git (deltas,
+    /// alternates). A restart uses this too, so a repack between two reads only changes where the bytes come from.
+    /// </summary>
+    public static Stream Open(string gitDir, ObjectId id) =>
+        OpenLoose(gitDir, id, out _) ?? PackedBlob.Open(gitDir, id, out _) ?? OpenWithGit(gitDir, id);
 
     /// <summary>
     /// A loose object (objects/xx/rest: zlib of "blob SIZE\0" + content), inflated forward; null when the object is
