@@ -8,23 +8,45 @@ using LibGit2Sharp;
 namespace Kit.DataKit.Store;
 
 /// <summary>
-/// Reads one blob's content forward from a source that inflates it as it goes, keeping only a bounded window of
-/// recent bytes: memory per open file is <see cref="WindowSize"/>, a 256 KiB file buffer and the inflater's state,
+/// Reads one blob's content forward from a source that inflates it as it goes, keeping a bounded ring of
+/// <see cref="WindowSize"/> bytes: a quarter window of recent history (a client's out-of-order readahead) and the rest
+/// inflated ahead of the reader. Memory per open file is the ring, the source's file buffer and the inflater's state,
 /// whatever the blob's size.
-/// A read inside the window is served from it (a client's out-of-order readahead); a read further back restarts the
-/// source from the blob's first byte; a read further ahead inflates and drops the bytes in between.
+/// A read inside the ring is served from it; a read further back restarts the source from the blob's first byte; a
+/// read further ahead inflates and drops the bytes in between.
 /// </summary>
-/// <remarks>Not thread-safe: the open file that owns a cursor serialises its reads.</remarks>
+/// <remarks>
+/// Why read ahead: a 9P client such as diodcat (or the kernel without readahead) sends one Tread at a time and
+/// consumes the reply before the next. Inflating on demand puts the inflate of every chunk in series with the client;
+/// after each read a pump on the thread pool inflates the next chunks while the client is busy, so the next Tread
+/// finds its bytes ready, as a file server's page cache would have them (issue 16, docs/benchmarks.md). The ring
+/// needs no compaction copies: offset o lives at o % ring length.
+/// Reads must be serialised by the caller (the open file that owns a cursor does); the pump is the only other thread.
+/// One "producer" at a time inflates: the pump, or a read that finds the pump idle and its bytes missing.
+/// </remarks>
 public sealed class BlobCursor : IDisposable
 {
-    /// <summary>Bytes of recent content kept: four 1 MiB 9P reads (diodcat -m 1048576, Linux msize up to 512 KiB).</summary>
+    /// <summary>Bytes kept: four 1 MiB 9P reads (diodcat -m 1048576, Linux msize up to 512 KiB).</summary>
     public const int WindowSize = 4 * 1024 * 1024;
 
+    // Recent bytes kept behind a read, for readahead that arrives slightly out of order.
+    private const int History = WindowSize / 4;
+
+    // Bytes inflated per step before they are published: a waiting read sees progress at least this often.
+    private const int StepSize = 256 * 1024;
+
     private readonly Func<Stream> _open;
+    private readonly object _gate = new(); // Monitor, for Wait/PulseAll
+    private Stream? _first;
     private Stream? _source;
-    private byte[]? _window;
-    private long _windowStart; // blob offset of _window[0]
-    private int _windowLength;
+    private byte[]? _ring;
+    private long _lo;        // the lowest offset still in the ring
+    private long _hi;        // the end of what was inflated
+    private long _keepFrom;  // a producer never overwrites this offset or any after it
+    private bool _producing; // someone holds the producer role
+    private bool _pumpQueued;
+    private bool _disposed;
+    private VfsException? _failure;
 
     /// <param name="length">The blob's size from its header, checked against what the source yields.</param>
     /// <param name="open">Opens a fresh source positioned at the content's first byte.</param>
@@ -36,12 +58,22 @@ public sealed class BlobCursor : IDisposable
         _first = first;
     }
 
-    private Stream? _first;
-
     public long Length { get; }
 
     /// <summary>Times the source was (re)opened: tests check that readahead inside the window does not restart it.</summary>
     public int Opens { get; private set; }
+
+    /// <summary>How far the source has been inflated: tests check that the pump reads ahead of the reader.</summary>
+    public long Inflated
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _hi;
+            }
+        }
+    }
 
     /// <summary>
     /// Copies content from <paramref name="offset"/> into <paramref name="buffer"/>; returns the count, 0 at the end.
@@ -58,62 +90,193 @@ public sealed class BlobCursor : IDisposable
         {
             return 0;
         }
-        if (_source is null || offset < _windowStart)
+        long end = offset + want;
+        bool produce = false;
+        lock (_gate)
         {
-            Restart();
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_source is null || offset < _lo)
+            {
+                Restart();
+            }
+            // Checked and set under one lock with the producer's reservations: bytes from here on stay put until the
+            // next read, so the copy below needs no lock.
+            _keepFrom = Math.Max(_lo, offset - History);
+            while (_hi < end && _failure is null && !produce)
+            {
+                if (_producing)
+                {
+                    Monitor.Wait(_gate);
+                }
+                else
+                {
+                    _producing = produce = true;
+                }
+            }
         }
-        while (_windowStart + _windowLength < offset + want)
+        if (produce)
         {
-            Fill(offset);
+            try
+            {
+                while (_hi < end && Step())
+                {
+                }
+            }
+            finally
+            {
+                EndProducing();
+            }
         }
-        _window.AsSpan((int)(offset - _windowStart), want).CopyTo(buffer);
+        if (_hi < end)
+        {
+            throw _failure ?? new VfsException(Errno.EIO, "blob read failed");
+        }
+        byte[] ring = _ring!;
+        int at = (int)(offset % ring.Length);
+        int first = Math.Min(want, ring.Length - at);
+        ring.AsSpan(at, first).CopyTo(buffer);
+        ring.AsSpan(0, want - first).CopyTo(buffer[first..]);
+        Kick();
         return want;
     }
 
+    /// <summary>Reopens the source at the first byte. Under the lock; waits for a running producer step to end.</summary>
     private void Restart()
     {
+        while (_producing)
+        {
+            Monitor.Wait(_gate);
+        }
         _source?.Dispose();
         _source = null;
         _source = _first ?? _open();
         _first = null;
         Opens++;
-        _window ??= new byte[(int)Math.Min(WindowSize, Math.Max(Length, 1))];
-        _windowStart = 0;
-        _windowLength = 0;
+        _ring ??= GC.AllocateUninitializedArray<byte>((int)Math.Min(WindowSize, Math.Max(Length, 1)));
+        _lo = _hi = _keepFrom = 0;
+        _failure = null;
     }
 
-    /// <summary>Inflates more into the window, first dropping what lies well before <paramref name="offset"/>.</summary>
-    private void Fill(long offset)
+    /// <summary>Starts the pump when the ring has room ahead and nobody is producing.</summary>
+    private void Kick()
     {
-        byte[] window = _window!;
-        if (_windowLength == window.Length)
+        lock (_gate)
         {
-            // Keep a quarter window of history before the read (readahead arrives slightly out of order). A read
-            // asks for at most half a window, so a full window that still lacks its end always has this much to drop.
-            long drop = Math.Clamp(offset - _windowStart - (window.Length / 4), 0, _windowLength);
-            if (drop == 0)
+            if (_producing || _pumpQueued || _disposed || _failure is not null || _hi >= Math.Min(Length, _keepFrom + _ring!.Length))
             {
-                drop = _windowLength; // unreachable by the argument above; never loop without room
+                return;
             }
-            window.AsSpan((int)drop, _windowLength - (int)drop).CopyTo(window);
-            _windowStart += drop;
-            _windowLength -= (int)drop;
+            _pumpQueued = true;
         }
-        int n = _source!.Read(window.AsSpan(_windowLength));
-        if (n == 0)
-        {
-            throw new VfsException(Errno.EIO, $"blob ended at {_windowStart + _windowLength} of {Length} bytes");
-        }
-        _windowLength += n;
+        ThreadPool.UnsafeQueueUserWorkItem(static c => c.Pump(), this, preferLocal: false);
     }
 
-    public void Dispose()
+    private void Pump()
+    {
+        lock (_gate)
+        {
+            _pumpQueued = false;
+            if (_producing || _disposed)
+            {
+                return;
+            }
+            _producing = true;
+        }
+        try
+        {
+            while (Step())
+            {
+            }
+        }
+        finally
+        {
+            EndProducing();
+        }
+    }
+
+    /// <summary>
+    /// One inflate into the ring, by the producer: reserves room under the lock, inflates outside it, publishes.
+    /// False when there is nothing to do (the end, a full ring, a failure, disposal). Never throws: a failure is kept
+    /// for the read that needs the bytes (the pump runs on the thread pool, where an exception would end the process).
+    /// </summary>
+    private bool Step()
+    {
+        Stream source;
+        byte[] ring;
+        int at, room;
+        lock (_gate)
+        {
+            if (_disposed || _failure is not null)
+            {
+                return false;
+            }
+            ring = _ring!;
+            long start = _hi;
+            at = (int)(start % ring.Length);
+            room = (int)Math.Min(Math.Min(StepSize, ring.Length - at), Math.Min(_keepFrom + ring.Length, Length) - start);
+            if (room <= 0)
+            {
+                return false;
+            }
+            // The bytes about to be overwritten leave the ring now, before any reader can look at them.
+            _lo = Math.Max(_lo, start + room - ring.Length);
+            source = _source!;
+        }
+        int n = 0;
+        VfsException? failure = null;
+        try
+        {
+            n = source.Read(ring.AsSpan(at, room));
+            if (n == 0)
+            {
+                failure = new VfsException(Errno.EIO, $"blob ended at {_hi} of {Length} bytes");
+            }
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            failure = e as VfsException ?? new VfsException(Errno.EIO, $"blob read failed at {_hi}: {e.Message}");
+        }
+        lock (_gate)
+        {
+            _hi += n;
+            _failure ??= failure;
+            Monitor.PulseAll(_gate);
+        }
+        return n > 0;
+    }
+
+    private void EndProducing()
+    {
+        lock (_gate)
+        {
+            _producing = false;
+            if (_disposed)
+            {
+                DisposeSources();
+            }
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    private void DisposeSources()
     {
         _first?.Dispose();
         _first = null;
         _source?.Dispose();
         _source = null;
-        _window = null;
+    }
+
+    /// <summary>Releases the source at once, or when the running producer step ends (a source is never closed under a read).</summary>
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            _disposed = true;
+            if (!_producing)
+            {
+                DisposeSources();
+            }
+        }
     }
 }
 
@@ -122,7 +285,14 @@ public static class BlobSources
 {
     // Reads of the object file: SequentialScan widens the kernel's readahead. 1 MiB requests showed no gain over
     // 256 KiB (docs/benchmarks.md, issue 16) and cost 768 KiB more per open file.
-    private const int ReadBuffer = 256 * 1024;
+    internal const int ReadBuffer = 256 * 1024;
+
+    /// <summary>
+    /// The content from wherever it is: a loose object, else a pack entry stored whole, else through git (deltas,
+    /// alternates). A restart uses this too, so a repack between two reads only changes where the bytes come from.
+    /// </summary>
+    public static Stream Open(string gitDir, ObjectId id) =>
+        OpenLoose(gitDir, id, out _) ?? PackedBlob.Open(gitDir, id, out _) ?? OpenWithGit(gitDir, id);
 
     /// <summary>
     /// A loose object (objects/xx/rest: zlib of "blob SIZE\0" + content), inflated forward; null when the object is

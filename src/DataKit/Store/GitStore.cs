@@ -495,31 +495,27 @@ public sealed class GitStore : IDisposable
     }
 
     /// <summary>
-    /// A cursor over a blob of any size that inflates it as it is read: from the loose object file when there is one,
-    /// else through <c>git cat-file</c> (packed objects; see <see cref="BlobSources.OpenWithGit"/>).
+    /// A cursor over a blob of any size that inflates it as it is read: from the loose object file, or the pack entry,
+    /// when the blob is stored whole; else through <c>git cat-file</c> (deltas; see <see cref="BlobSources.OpenWithGit"/>).
     /// </summary>
     /// <exception cref="VfsException">ENOENT: no such blob.</exception>
     public BlobCursor OpenBlob(ObjectId id)
     {
-        Stream? loose = BlobSources.OpenLoose(_gitDir, id, out long size);
-        if (loose is not null)
+        string gitDir = _gitDir;
+        Stream? first = BlobSources.OpenLoose(gitDir, id, out long size) ?? PackedBlob.Open(gitDir, id, out size);
+        if (first is null)
         {
-            string gitDir = _gitDir;
-            // A restart reopens the loose file, or asks git if a repack moved the object into a pack meanwhile.
-            return new BlobCursor(size, () => BlobSources.OpenLoose(gitDir, id, out _) ?? BlobSources.OpenWithGit(gitDir, id), loose);
-        }
-        long length;
-        lock (_gate)
-        {
-            GitObjectMetadata? meta = _repo.ObjectDatabase.Contains(id) ? _repo.ObjectDatabase.RetrieveObjectMetadata(id) : null;
-            if (meta is not { Type: ObjectType.Blob })
+            lock (_gate)
             {
-                throw VfsErrors.NotFound();
+                GitObjectMetadata? meta = _repo.ObjectDatabase.Contains(id) ? _repo.ObjectDatabase.RetrieveObjectMetadata(id) : null;
+                if (meta is not { Type: ObjectType.Blob })
+                {
+                    throw VfsErrors.NotFound();
+                }
+                size = meta.Size;
             }
-            length = meta.Size;
         }
-        string dir = _gitDir;
-        return new BlobCursor(length, () => BlobSources.OpenWithGit(dir, id));
+        return new BlobCursor(size, () => BlobSources.Open(gitDir, id), first);
     }
 
     public ObjectId WriteBlob(ReadOnlyMemory<byte> data)
