@@ -63,8 +63,8 @@ public sealed record RuleMatch
 
 /// <summary>
 /// Test traffic on a rule (issue 17 item 4), each 0 when off. <see cref="LatencyMs"/> and <see cref="JitterMs"/> delay
-/// what goes to the guest (a round trip grows by the latency); <see cref="RateKbps"/> caps each direction of a TCP
-/// flow (kilobits, 1000 bits, per second); <see cref="LossPct"/> drops the guest's UDP datagrams and echo requests;
+/// what goes to the guest on a TCP flow (a round trip grows by the latency; datagrams are not delayed);
+/// <see cref="RateKbps"/> caps each direction of a TCP flow (kilobits, 1000 bits, per second); <see cref="LossPct"/> drops the guest's UDP datagrams and echo requests;
 /// <see cref="ResetAfterBytes"/> resets a TCP flow (both ways) once that many bytes moved, both directions counted.
 /// </summary>
 public sealed record Impairment
@@ -93,7 +93,7 @@ public sealed class PolicyRule(string name, RuleMatch match, RuleAction action, 
     public long Matches => Interlocked.Read(ref _matches);
     private long _matches;
 
-    /// <summary>Payload bytes carried by flows this rule allowed (both directions).</summary>
+    /// <summary>Payload bytes this rule allowed: both directions of its TCP flows with impairment, the datagrams and echoes it let out.</summary>
     public long Bytes => Interlocked.Read(ref _bytes);
     private long _bytes;
 

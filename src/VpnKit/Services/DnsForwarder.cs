@@ -72,8 +72,8 @@ internal sealed partial class DnsForwarder
     public Kit.VpnKit.Inspect.Inspector? Inspector { get; set; }
 
     /// <summary>
-    /// Which name gave which address (the policy's dns rules), taught by every answer; with an inspector, it learns them
-    /// into the same view as it logs the answer.
+    /// Which name gave which address (flow names, the policy's dns rules): each answer is learned here, by the inspector
+    /// as it logs the answer when it is on (it holds this same view), else directly.
     /// </summary>
     public Kit.VpnKit.Inspect.AddressNames? Names { get; set; }
 

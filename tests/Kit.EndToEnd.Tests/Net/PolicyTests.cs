@@ -49,6 +49,21 @@ except ConnectionResetError:
 print("%s bytes=%d end=%s" % (sys.argv[1], n, end), flush=True)
 """;
 
+    /// <summary>A real TLS ClientHello (Python's ssl) naming SNI: "LABEL reset" when the gateway reset the flow, else what ended it.</summary>
+    private const string Tls = """
+import socket, ssl, sys
+s = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=2)
+ctx = ssl.create_default_context()
+try:
+    ctx.wrap_socket(s, server_hostname=sys.argv[4])
+    end = "handshake"
+except ConnectionResetError:
+    end = "reset"
+except Exception as e:
+    end = type(e).__name__
+print("%s %s" % (sys.argv[1], end), flush=True)
+""";
+
     /// <summary>ROUNDS request/response round trips of 64 bytes on one connection: "LABEL median_ms=X".</summary>
     private const string RoundTrips = """
 import socket, sys, time
@@ -87,16 +102,21 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
               {"name":"ads","match":{"dns":"*.blocked.test"},"action":"reject"},
               {"name":"quiet","match":{"dns":"*.quiet.test"},"action":"deny"},
               {"name":"web","match":{"host":"*.web.test"},"action":"reject"},
+              {"name":"tls","match":{"sni":"*.tls.test"},"action":"reject"},
               {"name":"cut","match":{"dns":"cut.test"},"action":"allow","reset_after_bytes":100000},
               {"name":"ok","match":{"dns":"ok.test"},"action":"allow"}
             ]}
             """);
         string timer = Write("timer.py", Timer);
         string reader = Write("reader.py", Reader);
+        string tls = Write("tls.py", Tls);
         string ready = Path.Combine(_dir, "ready");
         string go = Path.Combine(_dir, "go");
         string url = $":{http.Port}{TinyHttpServer.Path}";
-        string script = $"python3 {timer} reject busybox wget -q -O /dev/null http://a.blocked.test{url}; "
+        // The TLS clients first, while 192.168.65.2 has no name yet: only the sni rule can match them. The test's HTTP
+        // server waits for a request head that a ClientHello never completes, so an allowed one times out there.
+        string script = $"python3 {tls} tlsbad 192.168.65.2 {http.Port} api.tls.test; python3 {tls} tlsgood 192.168.65.2 {http.Port} fine.test; "
+            + $"python3 {timer} reject busybox wget -q -O /dev/null http://a.blocked.test{url}; "
             + $"python3 {timer} deny timeout 3 busybox wget -q -O /dev/null http://b.quiet.test{url}; "
             + $"python3 {timer} web busybox wget -q -O /dev/null http://x.web.test{url}; "
             + $"python3 {timer} cutwget busybox wget -q -O /dev/null http://cut.test{url}; "
@@ -162,6 +182,8 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
             Assert.True(reject.Rc != 0 && reject.Ms < 500, details);
             Assert.Equal(124, Timed(r.StandardOutput, "deny").Rc);
             Assert.True(Timed(r.StandardOutput, "web").Rc != 0, details);
+            Assert.Contains("tlsbad reset", r.StandardOutput);
+            Assert.Contains("tlsgood TimeoutError", r.StandardOutput);
             Assert.True(Timed(r.StandardOutput, "cutwget").Rc != 0, details);
             Assert.Contains(http.Md5, r.StandardOutput);
             (int lateRc, int lateMs) = Timed(r.StandardOutput, "late");
@@ -177,11 +199,12 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
             Assert.Equal(1, Counter(before, "ads", "matches"));
             Assert.InRange(Counter(before, "quiet", "matches"), 2, 4); // the SYN and its retransmissions within 3 s
             Assert.Equal(1, Counter(before, "web", "matches"));
+            Assert.Equal(1, Counter(before, "tls", "matches"));
             Assert.Equal(2, Counter(before, "cut", "matches"));
             Assert.Equal(200_000, Counter(before, "cut", "bytes"));
             Assert.Equal(1, Counter(before, "ok", "matches"));
-            Assert.Equal(["ads", "web", "cut", "ok"], after.GetProperty("rules").EnumerateArray().Select(x => x.GetProperty("name").GetString()));
-            Assert.Equal("reject", after.GetProperty("rules")[3].GetProperty("action").GetString());
+            Assert.Equal(["ads", "web", "tls", "cut", "ok"], after.GetProperty("rules").EnumerateArray().Select(x => x.GetProperty("name").GetString()));
+            Assert.Equal("reject", after.GetProperty("rules")[4].GetProperty("action").GetString());
         }
         finally
         {
