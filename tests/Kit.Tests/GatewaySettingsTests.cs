@@ -80,6 +80,8 @@ public sealed class GatewaySettingsTests
                 ResolvConfPath = "/run/other/resolv.conf",
                 HostsPath = null,
                 Ui = IPEndPoint.Parse("127.0.0.1:9"),
+                Ipv6 = false,
+                Ipv6Prefix = IPAddress.Parse("fd12::"),
             }).ServerOptions(true);
         var defaults = new VpnKitServerOptions();
         foreach (PropertyInfo p in typeof(VpnKitServerOptions).GetProperties(BindingFlags.Public | BindingFlags.Instance))
@@ -181,5 +183,32 @@ public sealed class GatewaySettingsTests
         Assert.Equal("/etc/resolv.conf", d.ResolvConfPath);
         Assert.Equal("/etc/hosts", d.HostsPath);
         Assert.Throws<CliException>(() => policy.Apply(GatewaySettings.Default, command.Parse(["--dns-search", "a,b,c,d,e,f,g"])));
+    }
+
+    [Fact]
+    public void Ipv6SwitchesParse()
+    {
+        GatewaySettings d = Apply([]);
+        Assert.True(d.ServerOptions(false).Ipv6);
+        Assert.Null(d.ServerOptions(false).Ipv6Prefix);
+        Assert.False(Apply(["--no-ipv6"]).ServerOptions(false).Ipv6);
+        Assert.Equal(IPAddress.Parse("fd12:3456:789a:1::"), Apply(["--ipv6-prefix", "fd12:3456:789a:1::/64"]).ServerOptions(false).Ipv6Prefix);
+        Assert.Equal(IPAddress.Parse("2001:db8:1:2::"), Apply(["--ipv6-prefix", "2001:db8:1:2::/64"]).Ipv6Prefix);
+    }
+
+    [Theory]
+    [InlineData("fd00::/48", "PREFIX/64")]
+    [InlineData("fd00::", "PREFIX/64")]
+    [InlineData("10.0.0.0/64", "PREFIX/64")]
+    [InlineData("::ffff:10.0.0.0/64", "PREFIX/64")]
+    [InlineData("fe80::/64", "not a unicast prefix")]
+    [InlineData("ff02::/64", "not a unicast prefix")]
+    [InlineData("::/64", "not a unicast prefix")]
+    [InlineData("fd00::1/64", "bits set past the /64")]
+    public void BadIpv6PrefixesAreOneLineErrors(string spec, string mentions)
+    {
+        CliException e = Assert.Throws<CliException>(() => Apply(["--ipv6-prefix", spec]));
+        Assert.Contains(mentions, e.Message);
+        Assert.DoesNotContain('\n', e.Message);
     }
 }

@@ -81,6 +81,10 @@ internal static class GuestNetScript
         timeout 30 wget -q -O /tmp/none http://192.168.65.2:{closedPort}/ 2>&1; echo "rc=$?"
         echo "== ping =="
         ping -c 2 -W 5 192.168.65.1 2>&1; echo "rc=$?"
+        echo "== ipv6 =="
+        for i in $(seq 1 50); do ip -6 addr show dev eth0 | grep -q 'inet6 fd00:6b69:7400:' && ! ip -6 addr show dev eth0 | grep -q tentative && break; sleep 0.2; done
+        ip -6 addr show dev eth0; ip -6 route
+        ping -c 2 -W 5 fd00:6b69:7400::1 2>&1; echo "rc=$?"
         echo "== end =="
         """;
 

@@ -29,6 +29,16 @@ public abstract class QemuGuestNetworkTests<TRun>(TRun run, ITestOutputHelper ou
     }
 
     [Fact]
+    public void Slaac_gives_an_address_in_the_prefix_and_ping6_reaches_the_gateway()
+    {
+        string v6 = Run.Section("ipv6");
+        output.WriteLine(v6);
+        Assert.Matches(@"inet6 fd00:6b69:7400:[0-9a-f:]+/64 scope global", v6);
+        Assert.Contains("default via fe80::f416:36ff:febc:f9c6 dev eth0", v6, StringComparison.Ordinal);
+        Assert.True(v6.EndsWith("rc=0", StringComparison.Ordinal), Explain("ping6 of the gateway failed"));
+    }
+
+    [Fact]
     public void Nslookup_resolves_through_the_forwarder_to_the_test_upstream()
     {
         string a = Run.Section("dns-a");
