@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # DataKit large-blob reads (issue 16, "Blobs stream"), side by side in one run: a 64 MiB blob written by plain git,
 # read with diodcat (msize 1 MiB) from `kit data serve`, against diod serving the same bytes from a directory and
-# against `git cat-file blob`. Cold = a freshly started server after `echo 3 > /proc/sys/vm/drop_caches` (root);
+# against `git cat-file blob`; then the same blob repacked (git repack -a -d: a pack entry stored whole) read through
+# kit and through `git cat-file blob`. Cold = a freshly started server after `echo 3 > /proc/sys/vm/drop_caches` (root);
 # warm = the next read from the same server. Loopback only. Usage: bench/datakit-large.sh [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,10 +10,12 @@ KIT=${KIT:-artifacts/kit/kit}
 ROUNDS=${1:-3}
 KPORT=15650
 DPORT=15651
+PPORT=15652
 W=$(mktemp -d /tmp/kit-bench-large.XXXXXX)
 KPID=""
 DPID=""
-stop() { for p in $KPID $DPID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; KPID=""; DPID=""; }
+PPID_=""
+stop() { for p in $KPID $DPID $PPID_; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; KPID=""; DPID=""; PPID_=""; }
 cleanup() { stop; rm -rf "$W"; }
 trap cleanup EXIT
 [ -x "$KIT" ] || { echo "build first: ./kit --version" >&2; exit 1; }
@@ -33,25 +36,35 @@ BLOB=$(git --git-dir="$W/store" hash-object -w "$W/export/big")
 TREE=$(printf '100644 blob %s\tbig\n' "$BLOB" | git --git-dir="$W/store" mktree)
 COMMIT=$(GIT_AUTHOR_NAME=b GIT_AUTHOR_EMAIL=b@l GIT_COMMITTER_NAME=b GIT_COMMITTER_EMAIL=b@l git --git-dir="$W/store" commit-tree "$TREE" -m big)
 git --git-dir="$W/store" update-ref refs/heads/master "$COMMIT"
+cp -a "$W/store" "$W/packed"
+git --git-dir="$W/packed" repack -a -d -q
+[ -z "$(find "$W/packed/objects" -path '*/pack' -prune -o -type f -print | grep -v info/)" ] || { echo "packed store still has loose objects" >&2; exit 1; }
 
 start_kit() { "$KIT" data serve --git "$W/store" --listen-9p "tcp://127.0.0.1:$KPORT" >"$W/kit.log" 2>&1 & KPID=$!; wait_port $KPORT; }
+start_packed() { "$KIT" data serve --git "$W/packed" --listen-9p "tcp://127.0.0.1:$PPORT" >"$W/kitp.log" 2>&1 & PPID_=$!; wait_port $PPORT; }
 start_diod() { diod -f -n -l "127.0.0.1:$DPORT" -e "$W/export" >"$W/diod.log" 2>&1 & DPID=$!; wait_port $DPORT; }
 read_kit() { diodcat -s 127.0.0.1:$KPORT -a / -m 1048576 branch/master/ro/big | cmp - "$W/export/big"; }
 read_diod() { diodcat -s 127.0.0.1:$DPORT -a "$W/export" -m 1048576 big | cmp - "$W/export/big"; }
 read_git() { git --git-dir="$W/store" cat-file blob "$BLOB" | cmp - "$W/export/big"; }
+read_packed() { diodcat -s 127.0.0.1:$PPORT -a / -m 1048576 branch/master/ro/big | cmp - "$W/export/big"; }
+read_gitp() { git --git-dir="$W/packed" cat-file blob "$BLOB" | cmp - "$W/export/big"; }
 
-printf '%-6s %-5s %10s %10s %14s\n' round mode "kit (ms)" "diod (ms)" "git cat-file"
+printf '%-6s %-5s %10s %10s %14s %12s %14s\n' round mode "kit (ms)" "diod (ms)" "git cat-file" "kit packed" "git packed"
 for r in $(seq "$ROUNDS"); do
   # Cold: each server freshly started, the page cache dropped just before its one read. cmp reads the reference
   # file too, so every column pays the same for it.
   stop; start_kit; cold; t=$(now); read_kit; k=$(ms "$t")
   start_diod; cold; t=$(now); read_diod; d=$(ms "$t")
   cold; t=$(now); read_git; g=$(ms "$t")
-  printf '%-6s %-5s %10s %10s %14s\n' "$r" cold "$k" "$d" "$g"
+  start_packed; cold; t=$(now); read_packed; kp=$(ms "$t")
+  cold; t=$(now); read_gitp; gp=$(ms "$t")
+  printf '%-6s %-5s %10s %10s %14s %12s %14s\n' "$r" cold "$k" "$d" "$g" "$kp" "$gp"
   # Warm: the same servers again, everything in the page cache.
   t=$(now); read_kit; k=$(ms "$t")
   t=$(now); read_diod; d=$(ms "$t")
   t=$(now); read_git; g=$(ms "$t")
-  printf '%-6s %-5s %10s %10s %14s\n' "$r" warm "$k" "$d" "$g"
-  echo "# kit peak RSS after round $r: $(grep VmHWM /proc/$KPID/status | awk '{print $2, $3}')"
+  t=$(now); read_packed; kp=$(ms "$t")
+  t=$(now); read_gitp; gp=$(ms "$t")
+  printf '%-6s %-5s %10s %10s %14s %12s %14s\n' "$r" warm "$k" "$d" "$g" "$kp" "$gp"
+  echo "# kit peak RSS after round $r: $(grep VmHWM /proc/$KPID/status | awk '{print $2, $3}') (packed: $(grep VmHWM /proc/$PPID_/status | awk '{print $2, $3}'))"
 done

@@ -19,8 +19,9 @@ namespace Kit.DataKit.Store;
 /// Why read ahead: a 9P client such as diodcat (or the kernel without readahead) sends one Tread at a time and
 /// consumes the reply before the next. Inflating on demand puts the inflate of every chunk in series with the client;
 /// after each read a pump on the thread pool inflates the next chunks while the client is busy, so the next Tread
-/// finds its bytes ready, as a file server's page cache would have them (issue 16, docs/benchmarks.md). The ring
-/// needs no compaction copies: offset o lives at o % ring length.
+/// finds its bytes ready, as a file server's page cache would have them (measured: 0.45 ms from a 1 MiB Tread to its
+/// reply instead of 1.45 ms; issue 16, docs/benchmarks.md). The ring needs no compaction copies: offset o lives at
+/// o % ring length.
 /// Reads must be serialised by the caller (the open file that owns a cursor does); the pump is the only other thread.
 /// One "producer" at a time inflates: the pump, or a read that finds the pump idle and its bytes missing.
 /// </remarks>
