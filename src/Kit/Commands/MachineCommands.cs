@@ -40,22 +40,23 @@ internal static class MachineCommands
         var mounts = new Option<string[]>("--mount") { HelpName = "DIR[:ro]", Description = "Share a host directory at the same path in the guest (repeatable; replaces the machine's list)." };
         var docker = new Option<bool?>("--docker") { Description = "Put Debian's docker.io in the machine; its socket is forwarded to the host (kit status shows where)." };
         var dns = new Option<string[]>("--dns-upstream") { HelpName = "IP:PORT", Description = "DNS upstream for the guest's forwarder (repeatable; default: the host's resolv.conf)." };
+        var ui = new Option<string?>("--ui") { HelpName = "tcp://127.0.0.1:PORT|none", Description = "Serve the inspector (flows, DNS, HTTP, pcap) of the machine's VPNKit on loopback; kept for later starts (none: stop serving it)." };
         var timeout = new Option<int>("--timeout") { HelpName = "SECONDS", Description = "How long to wait for the guest agent.", DefaultValueFactory = _ => 900 };
         var up = new Command("up", "Create or start a machine in the background (Debian 12 with VPNKit networking, DataKit at /datakit); returns when its agent answers.")
         {
-            name, accel, cpus, memory, disk, mounts, docker, dns, timeout,
+            name, accel, cpus, memory, disk, mounts, docker, dns, ui, timeout,
         };
         up.SetAction(parse => RunUp(parse.GetValue(name)!, parse.GetValue(accel), parse.GetValue(cpus), parse.GetValue(memory), parse.GetValue(disk),
             parse.GetResult(mounts) is null ? null : parse.GetValue(mounts) ?? [], parse.GetValue(docker), parse.GetResult(dns) is null ? null : parse.GetValue(dns) ?? [],
-            parse.GetValue(timeout)));
+            parse.GetValue(ui), parse.GetValue(timeout)));
         return up;
     }
 
-    private static int RunUp(string name, string? accel, int? cpus, string? memory, string? diskSize, string[]? mounts, bool? docker, string[]? dns, int timeout)
+    private static int RunUp(string name, string? accel, int? cpus, string? memory, string? diskSize, string[]? mounts, bool? docker, string[]? dns, string? ui, int timeout)
     {
         var clock = Stopwatch.StartNew();
         MachinePaths paths = MachinePaths.For(name);
-        Func<MachineConfig, MachineConfig> flags = ParseFlags(accel, cpus, memory, diskSize, mounts, docker);
+        Func<MachineConfig, MachineConfig> flags = ParseFlags(accel, cpus, memory, diskSize, mounts, docker, ui);
         foreach (string d in dns ?? [])
         {
             _ = GatewaySettings.Parse(1500, [d], [], null); // the same check kit net run makes
@@ -81,12 +82,17 @@ internal static class MachineCommands
         {
             Console.Error.WriteLine($"kit up: docker: export DOCKER_HOST=unix://{socket}");
         }
+        if (status.Ui is { } page)
+        {
+            Console.Error.WriteLine($"kit up: inspector on {page}");
+        }
         return 0;
     }
 
     /// <summary>What the flags change in a configuration, checked before anything is touched.</summary>
-    private static Func<MachineConfig, MachineConfig> ParseFlags(string? accel, int? cpus, string? memory, string? diskSize, string[]? mounts, bool? docker)
+    private static Func<MachineConfig, MachineConfig> ParseFlags(string? accel, int? cpus, string? memory, string? diskSize, string[]? mounts, bool? docker, string? ui)
     {
+        System.Net.IPEndPoint? inspector = ui is null or "none" ? null : GatewaySettings.ParseUi(ui, anyAddress: false);
         Accelerator? a = accel is null ? null : Accelerators.Parse(accel);
         if (cpus is int c && c is < 1 or > 64)
         {
@@ -110,6 +116,7 @@ internal static class MachineCommands
             DiskBytes = d is ulong size ? Math.Max(size, config.DiskBytes) : config.DiskBytes,
             Mounts = shares ?? config.Mounts,
             Docker = docker ?? config.Docker,
+            Ui = ui is null ? config.Ui : inspector,
         };
     }
 
@@ -341,6 +348,7 @@ internal static class MachineCommands
             ("address", s.Address ?? "-"),
             ("uptime", s.UptimeSeconds is double u ? $"{u:0} s" : "-"),
             ("docker", s.DockerSocket is { } d ? $"unix://{d}" : "-"),
+            ("ui", s.Ui ?? "-"),
             ("datakit", s.DataKitSocket is { } k ? $"unix:{k}" : "-"),
             ("mounts", s.Mounts.Count == 0 ? "-" : string.Join(", ", s.Mounts)),
             ("log", s.Log ?? "-"),

@@ -65,7 +65,7 @@ internal static class NetCommand
             parse.GetValue(qemu) ?? [], parse.GetValue(dgram) ?? [], parse.GetValue(vmnet) ?? [], parse.GetValue(vhostUser) ?? [],
             ControlPath(parse.GetValue(control)), parse));
 
-        return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve, NetFlowsCommand.Create(), NetFlowsCommand.CreateTop() };
+        return new Command("net", "VPNKit: user-space networking for network namespaces and VMs.") { run, serve, NetFlowsCommand.Create(), NetFlowsCommand.CreateTop(), NetPcapCommand.Create() };
     }
 
     /// <summary>The command's first word when it starts with '-' and came before "--" (so it was an option kit does not know).</summary>

@@ -42,6 +42,9 @@ internal sealed record MachineStatus
 
     public string? DataKitSocket { get; init; }
 
+    /// <summary>The inspector's page (<c>kit up --ui</c>), or null.</summary>
+    public string? Ui { get; init; }
+
     public int? Pid { get; init; }
 
     public string? Log { get; init; }

@@ -58,6 +58,9 @@ internal sealed record MachineConfig
 
     public IReadOnlyList<MachineMount> Mounts { get; init; } = [];
 
+    /// <summary>The inspector's address (<c>--ui tcp://127.0.0.1:PORT</c>, config/ui), or null: no inspector.</summary>
+    public System.Net.IPEndPoint? Ui { get; init; }
+
     /// <summary>Forwards that stay whether or not anything in the guest listens (HOSTPORT:GUESTPORT[/udp]).</summary>
     public IReadOnlyList<PortPublish> Ports { get; init; } = [];
 
@@ -83,6 +86,17 @@ internal sealed record MachineConfig
         if (files.Read("config/docker") is { } docker)
         {
             config = config with { Docker = docker.Trim() == "true" };
+        }
+        if (files.Read("config/ui") is { } ui && ui.Trim() is { Length: > 0 } address)
+        {
+            // Loopback only, as the flag: a config/ui edited by hand to a public address is not served.
+            try
+            {
+                config = config with { Ui = GatewaySettings.ParseUi(address, anyAddress: false) };
+            }
+            catch (CliException)
+            {
+            }
         }
         if (files.Read("config/mounts") is { } mounts)
         {
@@ -122,5 +136,6 @@ internal sealed record MachineConfig
         ["config/accel"] = Accel.ToString().ToLowerInvariant() + "\n",
         ["config/docker"] = Docker ? "true\n" : "false\n",
         ["config/mounts"] = string.Concat(Mounts.Select(m => m.Line + "\n")),
+        ["config/ui"] = Ui is null ? "" : $"tcp://{Ui}\n",
     };
 }

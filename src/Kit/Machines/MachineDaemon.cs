@@ -73,12 +73,38 @@ internal sealed class MachineDaemon
         {
             throw new CliException($"cannot open the machine log {log}: {Sys.ErrnoText(Sys.LastErrno)}");
         }
+        // .NET's Console reads and writes through duplicates it made of 0 and 1 when they were first used (the CLI
+        // parser's output, before this), and those would keep the caller's pipes open after 0-2 move: a caller waiting
+        // for end of file would wait for the machine's whole life. So every other descriptor that is the same pipe or
+        // socket as 0, 1 or 2 is pointed at the replacement too.
+        string?[] original = [FdTarget(0), FdTarget(1), FdTarget(2)];
+        foreach (string entry in Directory.GetFiles("/proc/self/fd"))
+        {
+            if (int.TryParse(Path.GetFileName(entry), CultureInfo.InvariantCulture, out int fd) && fd > 2 && fd != nul && fd != file
+                && FdTarget(fd) is string target && (target.StartsWith("pipe:", StringComparison.Ordinal) || target.StartsWith("socket:", StringComparison.Ordinal))
+                && Array.IndexOf(original, target) is int which && which >= 0)
+            {
+                Sys.Dup2(which == 0 ? nul : file, fd);
+            }
+        }
         Sys.Dup2(nul, 0);
         Sys.Dup2(file, 1);
         Sys.Dup2(file, 2);
         Sys.CloseAll([nul, file]);
         Console.SetOut(new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = true });
         Console.SetError(new StreamWriter(Console.OpenStandardError()) { AutoFlush = true });
+    }
+
+    private static string? FdTarget(int fd)
+    {
+        try
+        {
+            return new FileInfo($"/proc/self/fd/{fd}").LinkTarget;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
     }
 
     private void Say(string line) => Console.Error.WriteLine($"{DateTime.UtcNow:yyyy-MM-ddTHH:mm:ss.fffZ} kit machine {_paths.Name}: {line}");
@@ -161,7 +187,7 @@ internal sealed class MachineDaemon
             spec.Disks.Add(new DiskOptions(_paths.Disk));
             spec.Shares.AddRange(shares);
 
-            GatewaySettings gateway = GatewaySettings.Parse(1500, [.. DnsUpstreams()], [], null) with { BlockMetadata = true };
+            GatewaySettings gateway = GatewaySettings.Parse(1500, [.. DnsUpstreams()], [], null) with { BlockMetadata = true, Ui = _config.Ui };
             using VmNetwork network = VmNetwork.Create("vpnkit", gateway);
             _forwards = new PortForwards(network.Server!, Environment.UserName == "root" || Environment.IsPrivilegedProcess);
             _forwards.Changed += () => Commit(new() { ["state/ports"] = PortLines() }, "ports changed");
@@ -466,6 +492,7 @@ internal sealed class MachineDaemon
         UptimeSeconds = Math.Round(_clock.Elapsed.TotalSeconds, 1),
         BootSeconds = _bootSeconds is double b ? Math.Round(b, 1) : null,
         DockerSocket = _config.Docker ? _paths.Docker : null,
+        Ui = _config.Ui is null ? null : $"http://{_config.Ui}/",
         DataKitSocket = _paths.DataKit,
         Pid = Environment.ProcessId,
         Log = _paths.Log,

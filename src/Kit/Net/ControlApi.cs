@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net.Sockets;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using System.Text.Json.Serialization.Metadata;
 using Kit.Linux;
 using Kit.VpnKit;
 using Microsoft.AspNetCore.Builder;
@@ -115,7 +116,7 @@ internal sealed class ControlApi : IDisposable
     private static Task Message(HttpContext ctx, int status, string message) =>
         Reply(ctx, status, new ControlMessage(message), ControlApiJson.Default.ControlMessage);
 
-    private static Task Reply<T>(HttpContext ctx, int status, T value, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> type)
+    private static Task Reply<T>(HttpContext ctx, int status, T value, JsonTypeInfo<T> type)
     {
         ctx.Response.StatusCode = status;
         ctx.Response.ContentType = "application/json";

@@ -55,22 +55,16 @@ public sealed record FlowFilter(byte? Protocol, uint? AddressA, ushort? PortA, u
             "icmp" => IpProtocol.Icmp,
             _ => 0,
         };
+        uint? a = Address(addressA, ref error), b = Address(addressB, ref error);
         if (protocol == 0)
         {
             error = $"proto must be tcp, udp or icmp, got '{proto}'";
         }
-        else if (Address(addressA, ref error) is var a && Address(addressB, ref error) is var b && error is null)
+        else if (portA is < 1 or > 65535 || portB is < 1 or > 65535)
         {
-            if (portA is < 1 or > 65535 || portB is < 1 or > 65535)
-            {
-                error = "ports must be 1-65535";
-            }
-            else
-            {
-                return new FlowFilter(protocol, a, (ushort?)portA, b, (ushort?)portB);
-            }
+            error ??= "ports must be 1-65535";
         }
-        return null;
+        return error is null ? new FlowFilter(protocol, a, (ushort?)portA, b, (ushort?)portB) : null;
     }
 
     private static uint? Address(string? text, ref string? error)

@@ -88,12 +88,26 @@ public sealed class InspectorPcapTests
                 await Task.Delay(100, ct);
             }
             Assert.NotEqual(0, flowId);
-            // A capture by flow id takes that flow's 5-tuple; two are held now.
-            using (HttpResponseMessage r = await Post(api, $"{{\"flow\":{flowId}}}"))
+            // kit net pcap --flow: a capture by flow id (that flow's 5-tuple) is held beside the first while it runs;
+            // SIGINT deletes it, and the file it wrote is a whole libpcap file.
+            string cliFile = Path.Combine(dir, "cli.pcap");
+            using (RunningProcess cli = ProcessRunner.Start(KitCli.ExecutablePath, ["net", "pcap", "--api", $"http://127.0.0.1:{ui}", "--flow", $"{flowId}", "-w", cliFile]))
             {
-                Assert.Equal(HttpStatusCode.Created, r.StatusCode);
+                int held = 0;
+                for (int i = 0; i < 100 && held < 2; i++)
+                {
+                    await Task.Delay(100, ct);
+                    held = JsonDocument.Parse(await api.GetStringAsync("/api/pcap", ct)).RootElement.GetArrayLength();
+                }
+                Assert.Equal(2, held);
+                (await ProcessRunner.RunAsync("kill", ["-INT", $"{cli.Id}"], TimeSpan.FromSeconds(10), cancellationToken: ct)).EnsureSuccess();
+                ProcessResult stopped = await cli.WaitAsync(TimeSpan.FromSeconds(30), ct);
+                Assert.True(stopped.ExitCode == 0, stopped.ToString());
             }
-            Assert.Equal(2, JsonDocument.Parse(await api.GetStringAsync("/api/pcap", ct)).RootElement.GetArrayLength());
+            Assert.Equal(1, JsonDocument.Parse(await api.GetStringAsync("/api/pcap", ct)).RootElement.GetArrayLength());
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(cliFile));
+            ProcessResult empty = await ProcessRunner.RunAsync("tshark", ["-r", cliFile], TimeSpan.FromSeconds(60), cancellationToken: ct);
+            Assert.True(empty.ExitCode == 0, empty.ToString());
 
             Assert.Equal(HttpStatusCode.NoContent, (await api.DeleteAsync($"/api/pcap/{id}", ct)).StatusCode);
             await streamed.WaitAsync(TimeSpan.FromSeconds(10), ct);

@@ -1,0 +1,87 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json;
+using Kit.Linux;
+
+namespace Kit.Cli.Commands;
+
+/// <summary>
+/// `kit net pcap --api URL --flow ID -w FILE`: a live capture of one flow through the inspector's <c>/api/pcap</c>,
+/// written to FILE (0600, never through a symlink, as <c>--pcap</c>) until Ctrl-C or SIGTERM, or until the capture is
+/// full; then the capture is deleted on the gateway.
+/// </summary>
+internal static class NetPcapCommand
+{
+    public static Command Create()
+    {
+        var api = new Option<string>("--api") { HelpName = "URL", Description = "The inspector's address, as given to --ui (http://127.0.0.1:PORT).", Required = true };
+        var flow = new Option<long>("--flow") { HelpName = "ID", Description = "The flow to capture (its id in kit net flows --json or /api/flows).", Required = true };
+        var write = new Option<FileInfo>("--write", "-w") { HelpName = "FILE", Description = "Write the capture to FILE (libpcap).", Required = true };
+        var pcap = new Command("pcap", "Capture one flow of a gateway started with --ui, until Ctrl-C.") { api, flow, write };
+        pcap.SetAction(parse => Run(parse.GetValue(api)!, parse.GetValue(flow), parse.GetValue(write)!.FullName));
+        return pcap;
+    }
+
+    private static int Run(string api, long flow, string path)
+    {
+        Uri start = NetFlowsCommand.ApiUri(api, "/api/pcap");
+        using var client = new HttpClient { Timeout = Timeout.InfiniteTimeSpan };
+        using var stop = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) =>
+        {
+            e.Cancel = true;
+            stop.Cancel();
+        };
+        using PosixSignalRegistration term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c =>
+        {
+            c.Cancel = true;
+            stop.Cancel();
+        });
+        string id;
+        try
+        {
+            using var body = new StringContent(string.Create(CultureInfo.InvariantCulture, $"{{\"flow\":{flow}}}"), Encoding.UTF8, "application/json");
+            using HttpResponseMessage created = client.PostAsync(start, body).GetAwaiter().GetResult();
+            string text = created.Content.ReadAsStringAsync().GetAwaiter().GetResult();
+            using JsonDocument reply = JsonDocument.Parse(text);
+            if (!created.IsSuccessStatusCode)
+            {
+                throw new CliException($"{start}: {(int)created.StatusCode}: {(reply.RootElement.TryGetProperty("message", out JsonElement m) ? m.GetString() : text)}");
+            }
+            id = reply.RootElement.GetProperty("id").GetInt64().ToString(CultureInfo.InvariantCulture);
+        }
+        catch (Exception e) when (e is HttpRequestException or JsonException or KeyNotFoundException or InvalidOperationException)
+        {
+            throw new CliException($"cannot start a capture at {start}: {e.Message}");
+        }
+        Uri capture = NetFlowsCommand.ApiUri(api, $"/api/pcap/{id}");
+        // Ctrl-C deletes the capture rather than cutting the stream: the gateway then ends it after a whole record,
+        // so the file is always a complete libpcap file.
+        using CancellationTokenRegistration onStop = stop.Token.Register(() => _ = client.DeleteAsync(capture));
+        try
+        {
+            using var file = new FileStream(PrivateFile.CreateForWrite(path), FileAccess.Write, 1 << 16);
+            Console.Error.WriteLine($"kit: capturing flow {flow} to {path} (capture {id}); Ctrl-C stops");
+            using Stream stream = client.GetStreamAsync(capture).GetAwaiter().GetResult();
+            stream.CopyTo(file);
+        }
+        catch (Exception e) when (e is HttpRequestException or IOException or UnauthorizedAccessException)
+        {
+            throw new CliException($"capture {id}: {e.Message}");
+        }
+        finally
+        {
+            try
+            {
+                client.DeleteAsync(capture).GetAwaiter().GetResult().Dispose();
+            }
+            catch (HttpRequestException)
+            {
+                // The gateway is gone, and its captures with it.
+            }
+        }
+        return 0;
+    }
+}
