@@ -292,7 +292,7 @@ internal sealed partial class ProxyRelay
             // Read on (bounded) before closing, so the close is a FIN after the answer rather than a reset that could
             // overtake it while the guest is still sending the rest of a huge head.
             using var wait = CancellationTokenSource.CreateLinkedTokenSource(relay._stop.Token);
-            wait.CancelAfter(TimeSpan.FromSeconds(2));
+            wait.CancelAfter(TimeSpan.FromSeconds(10));
             try
             {
                 for (int drained = 0; drained < 4 << 20 && await _in.FillAsync(wait.Token).ConfigureAwait(false);)
