@@ -295,10 +295,15 @@ internal sealed partial class ProxyRelay
             wait.CancelAfter(TimeSpan.FromSeconds(10));
             try
             {
-                for (int drained = 0; drained < 4 << 20 && await _in.FillAsync(wait.Token).ConfigureAwait(false);)
+                // What is held goes first: a head read that stopped at its bound may have left the buffer full.
+                for (int drained = 0; drained < 4 << 20;)
                 {
                     drained += _in.Buffered.Length;
                     _in.Skip(_in.Buffered.Length);
+                    if (!await _in.FillAsync(wait.Token).ConfigureAwait(false))
+                    {
+                        break;
+                    }
                 }
             }
             catch (OperationCanceledException)
