@@ -21,7 +21,9 @@ python3 -m http.server -b 127.0.0.1 -d "$dir" "$web" >/dev/null 2>&1 & PIDS+=($!
 chmod 755 "$dir"
 printf 'User nobody\nGroup nogroup\nPort %s\nListen 127.0.0.1\nLogLevel Critical\nMaxClients 8\nAllow 127.0.0.1\n' "$proxy" > "$dir/tinyproxy.conf"
 tinyproxy -d -c "$dir/tinyproxy.conf" >/dev/null 2>&1 & PIDS+=($!)
-sleep 1
+for port in "$web" "$proxy"; do # both listening before the first fetch
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
 url="http://host.internal:$web/big"
 fetch() { # ENV FLAGS... : seconds for one wget, measured inside the namespace
   local env=$1; shift
