@@ -82,6 +82,7 @@ public sealed class GatewaySettingsTests
                 Ui = IPEndPoint.Parse("127.0.0.1:9"),
                 Ipv6 = false,
                 Ipv6Prefix = IPAddress.Parse("fd12::"),
+                Proxy = new Kit.VpnKit.Nat.UpstreamProxyOptions(),
             }).ServerOptions(true);
         var defaults = new VpnKitServerOptions();
         foreach (PropertyInfo p in typeof(VpnKitServerOptions).GetProperties(BindingFlags.Public | BindingFlags.Instance))
@@ -148,6 +149,30 @@ public sealed class GatewaySettingsTests
     {
         CliException e = Assert.Throws<CliException>(() => Apply(["--ui", spec]));
         Assert.Contains(mentions, e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
+    [Fact]
+    public void ProxySwitchesParse()
+    {
+        Assert.Null(Apply([]).Proxy);
+        GatewaySettings s = Apply(["--http-proxy", "http://u:p@127.0.0.1:3128", "--https-proxy", "proxy.test:8080", "--no-proxy", ".corp.test,10.0.0.0/8"]);
+        Kit.VpnKit.Nat.UpstreamProxyOptions o = s.ServerOptions(false).Proxy!;
+        Assert.Equal(("http://127.0.0.1:3128", "http://proxy.test:8080"), (o.Http!.ToString(), o.Https!.ToString()));
+        Assert.True(o.NoProxy.Matches("a.corp.test") && o.NoProxy.Matches("10.1.1.1") && !o.NoProxy.Matches("example.test"));
+    }
+
+    [Theory]
+    [InlineData("--http-proxy", "https://u:secret@proxy.test", "only http:// proxies")]
+    [InlineData("--https-proxy", "socks5://proxy.test:1080", "only http:// proxies")]
+    [InlineData("--http-proxy", "http://proxy.test:http", "is not a port")]
+    [InlineData("--no-proxy", "10.0.0.0/99", "not an IPv4 CIDR")]
+    public void BadProxySwitchesAreOneLineErrors(string flag, string value, string mentions)
+    {
+        CliException e = Assert.Throws<CliException>(() => Apply([flag, value]));
+        Assert.Contains(mentions, e.Message, StringComparison.Ordinal);
+        Assert.StartsWith(flag, e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("secret", e.Message, StringComparison.Ordinal);
         Assert.DoesNotContain('\n', e.Message);
     }
 

@@ -292,13 +292,18 @@ internal sealed partial class ProxyRelay
             // Read on (bounded) before closing, so the close is a FIN after the answer rather than a reset that could
             // overtake it while the guest is still sending the rest of a huge head.
             using var wait = CancellationTokenSource.CreateLinkedTokenSource(relay._stop.Token);
-            wait.CancelAfter(TimeSpan.FromSeconds(2));
+            wait.CancelAfter(TimeSpan.FromSeconds(10));
             try
             {
-                for (int drained = 0; drained < 4 << 20 && await _in.FillAsync(wait.Token).ConfigureAwait(false);)
+                // What is held goes first: a head read that stopped at its bound may have left the buffer full.
+                for (int drained = 0; drained < 4 << 20;)
                 {
                     drained += _in.Buffered.Length;
                     _in.Skip(_in.Buffered.Length);
+                    if (!await _in.FillAsync(wait.Token).ConfigureAwait(false))
+                    {
+                        break;
+                    }
                 }
             }
             catch (OperationCanceledException)

@@ -122,12 +122,9 @@ public sealed class NoProxyList
 
     public static NoProxyList Empty { get; } = new();
 
-    /// <summary>The list as given (for messages).</summary>
-    public string Text { get; private init; } = "";
-
     public static NoProxyList Parse(string? list, string flag)
     {
-        var result = new NoProxyList { Text = list ?? "" };
+        var result = new NoProxyList();
         foreach (string raw in (list ?? "").Split([',', ' ', '\t'], StringSplitOptions.RemoveEmptyEntries))
         {
             string entry = raw.Trim().ToLowerInvariant();
