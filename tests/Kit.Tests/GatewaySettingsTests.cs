@@ -83,6 +83,7 @@ public sealed class GatewaySettingsTests
                 Ipv6 = false,
                 Ipv6Prefix = IPAddress.Parse("fd12::"),
                 Proxy = new Kit.VpnKit.Nat.UpstreamProxyOptions(),
+                PolicyRules = Kit.VpnKit.Policy.PolicyJson.ParseRules("""{"rules":[{"name":"r","match":{"port":80},"action":"deny"}]}"""u8),
             }).ServerOptions(true);
         var defaults = new VpnKitServerOptions();
         foreach (PropertyInfo p in typeof(VpnKitServerOptions).GetProperties(BindingFlags.Public | BindingFlags.Instance))

@@ -82,7 +82,11 @@ internal sealed partial class ProxyRelay
         {
             return ip == _hostAlias || (ip >> 24) == 127;
         }
-        return _names.TryFind(host, out IPAddress[] addresses) && addresses.Length > 0 && Array.TrueForAll(addresses, a => a.Equals(NatHost.ToAddress(_hostAlias)));
+        // Its IPv4 answers are all the host alias (the relay carries IPv4 only: the alias's IPv6 address beside it does not count).
+        IPAddress alias = NatHost.ToAddress(_hostAlias);
+        return _names.TryFind(host, out IPAddress[] addresses)
+            && Array.Exists(addresses, a => a.Equals(alias))
+            && Array.TrueForAll(addresses, a => a.Equals(alias) || a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6);
     }
 
     /// <summary>One guest connection to the explicit proxy or transparent port 80: request heads one at a time, each on its route.</summary>
