@@ -190,7 +190,7 @@ internal static class UpCommand
         say() { echo "kit demo: $*"; }
         udhcpc -i eth0 -n -q -t 5 -T 2 >/dev/null 2>&1 || { say "no DHCP lease on eth0"; exit 20; }
         say "eth0 $(ip -4 -o addr show eth0 | awk '{print $4}') via $(ip route | awk '/^default/ {print $3}'), MTU $(cat /sys/class/net/eth0/mtu)"
-        say "host.docker.internal is $(nslookup host.docker.internal 2>/dev/null | awk '/^Address/ {a=$NF} END {print a}')"
+        say "host.docker.internal is $(nslookup host.docker.internal 2>/dev/null | awk '/^Address/ && $NF !~ /:53$/ { if ($NF ~ /:/) six = six ", " $NF; else four = four ? four ", " $NF : $NF } END { print four six }')"
         mkdir -p /datakit
         port=$(sed -n 's/.*kit\.datakit=tcp:\([0-9]*\).*/\1/p' /proc/cmdline)
         if [ -n "$port" ]; then

@@ -247,8 +247,11 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
         {
             string tcpJson = Path.Combine(_dir, "tcp.json");
             string udpJson = Path.Combine(_dir, "udp.json");
-            // UDP: 5,000 datagrams of 1,000 bytes, so 20% is measured to about ±0.6% (one standard deviation).
-            string script = $"iperf3 -c 192.168.65.2 -p {tcpPort} -t 5 -J > {tcpJson}; iperf3 -c 192.168.65.2 -p {udpPort} -u -b 10M -l 1000 -t 4 -J > {udpJson}";
+            // UDP: 5,000 datagrams of 1,000 bytes, so 20% is measured to about ±0.6% (one standard deviation). The rule drops
+            // iperf3's own set-up datagram one time in five too (the client's JSON then holds an "error", and it still exits 0):
+            // up to five tries, so chance alone fails the test about once in three thousand runs.
+            string script = $"iperf3 -c 192.168.65.2 -p {tcpPort} -t 5 -J > {tcpJson}; "
+                + $"for try in 1 2 3 4 5; do iperf3 -c 192.168.65.2 -p {udpPort} -u -b 10M -l 1000 -t 4 -J > {udpJson}; grep -q '\"error\"' {udpJson} || break; done";
             ProcessResult r = await NetRun.RunAsync(["--policy", policy], script, Timeout);
             Assert.True(r.ExitCode == 0, NetRun.Describe(r));
             using JsonDocument tcp = JsonDocument.Parse(File.ReadAllText(tcpJson));
@@ -288,7 +291,7 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
 
     private static async Task<Process> StartIperf3ServerAsync(int port)
     {
-        Process server = Process.Start(new ProcessStartInfo("iperf3", $"-s -1 --forceflush -B 127.0.0.1 -p {port}")
+        Process server = Process.Start(new ProcessStartInfo("iperf3", $"-s --forceflush -B 127.0.0.1 -p {port}")
         {
             UseShellExecute = false,
             RedirectStandardOutput = true,
