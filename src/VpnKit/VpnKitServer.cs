@@ -118,9 +118,10 @@ public sealed partial class VpnKitServer : IDisposable
             Ipv6 = options.Ipv6,
             Ipv6Prefix = options.Ipv6Prefix is { } prefix ? Ip6.Parse(prefix.ToString()) & ~(UInt128)ulong.MaxValue : GatewayOptions.DefaultIpv6Prefix,
         };
-        IPAddress? hostAlias6 = options.Ipv6 ? IPAddress.Parse(Ip6.Format(_gw.HostIp6)) : null;
-        var names = _names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback,
-            hostAlias6);
+        // The host names answer no AAAA yet: the host alias's IPv6 address does not reach the host's ::1 until NAT66 is
+        // built, and glibc's default order (RFC 3484's table) tries a ULA before IPv4, so a client that takes the first
+        // address (busybox wget in a kit machine) was refused. LocalNames takes the IPv6 address once it leads somewhere.
+        var names = _names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback);
         // One view of which name gave which address, taught by the forwarder's answers: flows are named from it and the
         // policy's dns rules match through it, with or without the inspector.
         var addressNames = new AddressNames();

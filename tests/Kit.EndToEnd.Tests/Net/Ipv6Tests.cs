@@ -54,7 +54,8 @@ public sealed class Ipv6Tests : IDisposable
         Assert.Contains("default via fe80::f416:36ff:febc:f9c6 dev eth0", parts[1]);
         Assert.Contains("3 packets received", parts[2]);
         Assert.Contains("3 packets received", parts[3]);
-        Assert.Contains($"Address: {Host6}", parts[4]);
+        // No AAAA for the host names until the host alias's IPv6 address reaches the host (NAT66).
+        Assert.DoesNotContain(Host6, parts[4]);
         Assert.Contains(TinyDnsServer.Address.ToString(), parts[5]);
         Assert.Contains($"{TinyDnsServer.Name}/1", dns.Queries);
         Assert.Contains($"Recursive DNS server     : {Gateway6}", parts[6]);
@@ -65,12 +66,12 @@ public sealed class Ipv6Tests : IDisposable
         Assert.True(seconds < 1, $"the refused connect took {seconds} s\n{NetRun.Describe(r)}");
         // The exchange as captured decodes in tshark: the RA, the echoes and the DNS over IPv6.
         ProcessResult t = await ProcessRunner.RunAsync("tshark", ["-r", pcap, "-Y", "icmpv6.type == 134 || icmpv6.type == 129 || (dns && ipv6)", "-T", "fields",
-            "-e", "icmpv6.type", "-e", "icmpv6.opt.rdnss", "-e", "dns.aaaa"], TimeSpan.FromSeconds(60),
+            "-e", "icmpv6.type", "-e", "icmpv6.opt.rdnss", "-e", "dns.qry.name"], TimeSpan.FromSeconds(60),
             cancellationToken: TestContext.Current.CancellationToken);
         Assert.True(t.ExitCode == 0, t.ToString());
         Assert.Contains($"134\t{Gateway6}", t.StandardOutput);
         Assert.Contains("129\t", t.StandardOutput);
-        Assert.Contains(Host6, t.StandardOutput);
+        Assert.Contains("host.internal", t.StandardOutput);
     }
 
     [Fact]
