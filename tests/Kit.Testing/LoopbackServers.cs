@@ -125,47 +125,43 @@ public sealed class TinyDnsServer : IDisposable
 }
 
 /// <summary>
-/// A one-page HTTP/1.0 server on 127.0.0.1 (what the guest reaches as 192.168.65.2). The page is large enough to
-/// take many TCP segments and its MD5 is known, so the guest's checksum proves every byte crossed the gateway.
+/// A TCP server on a loopback address for tests: it accepts until disposed and runs the handler on each connection,
+/// which is closed when the handler returns. Cancellation and the I/O errors of a peer that went away end a handler
+/// quietly; any other exception ends that connection only, and the test sees what its client received.
 /// </summary>
-public sealed class TinyHttpServer : IDisposable
+public sealed class LoopbackTcpServer : IDisposable
 {
-    public const string Path = "/kit-page";
-
-    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly TcpListener _listener;
     private readonly CancellationTokenSource _stop = new();
-    private readonly ConcurrentQueue<string> _requests = new();
+    private readonly Func<TcpClient, CancellationToken, Task> _handler;
 
-    public TinyHttpServer(int size = 256 * 1024)
+    /// <param name="handler">Serves one connection; the token fires when the server is disposed.</param>
+    /// <param name="address">The loopback address to bind (127.0.0.1 unless given, e.g. ::1).</param>
+    public LoopbackTcpServer(Func<TcpClient, CancellationToken, Task> handler, IPAddress? address = null)
     {
-        Body = new byte[size];
-        // Printable, position-dependent content: a lost or reordered segment changes the digest.
-        for (int i = 0; i < size; i++)
+        address ??= IPAddress.Loopback;
+        if (!IPAddress.IsLoopback(address))
         {
-            Body[i] = (byte)('a' + ((i * 7 + i / 251) % 26));
+            throw new ArgumentException($"{address} is not a loopback address: tests listen on loopback only", nameof(address));
         }
-        Md5 = Convert.ToHexStringLower(MD5.HashData(Body));
+        _handler = handler;
+        _listener = new TcpListener(address, 0);
         _listener.Start();
-        _ = ServeAsync();
+        _ = AcceptAsync();
     }
 
-    public byte[] Body { get; }
+    public IPEndPoint EndPoint => (IPEndPoint)_listener.LocalEndpoint;
 
-    public string Md5 { get; }
+    public int Port => EndPoint.Port;
 
-    public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
-
-    /// <summary>The request line of every request served.</summary>
-    public IReadOnlyCollection<string> Requests => _requests;
-
-    private async Task ServeAsync()
+    private async Task AcceptAsync()
     {
         try
         {
             while (true)
             {
                 TcpClient client = await _listener.AcceptTcpClientAsync(_stop.Token);
-                _ = HandleAsync(client);
+                _ = ServeAsync(client);
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
@@ -173,39 +169,13 @@ public sealed class TinyHttpServer : IDisposable
         }
     }
 
-    private async Task HandleAsync(TcpClient client)
+    private async Task ServeAsync(TcpClient client)
     {
         using (client)
         {
             try
             {
-                NetworkStream s = client.GetStream();
-                byte[] head = new byte[8192];
-                int n = 0;
-                while (n < head.Length)
-                {
-                    int r = await s.ReadAsync(head.AsMemory(n), _stop.Token);
-                    if (r == 0)
-                    {
-                        return;
-                    }
-                    n += r;
-                    if (head.AsSpan(0, n).IndexOf("\r\n\r\n"u8) >= 0)
-                    {
-                        break;
-                    }
-                }
-                string request = Encoding.ASCII.GetString(head, 0, n);
-                _requests.Enqueue(request.Split("\r\n")[0]);
-                byte[] header = Encoding.ASCII.GetBytes(
-                    $"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {Body.Length}\r\nConnection: close\r\n\r\n");
-                await s.WriteAsync(header, _stop.Token);
-                await s.WriteAsync(Body, _stop.Token);
-                client.Client.Shutdown(SocketShutdown.Send);
-                // Let the guest read everything and close first.
-                while (await s.ReadAsync(head, _stop.Token) > 0)
-                {
-                }
+                await _handler(client, _stop.Token);
             }
             catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException or SocketException)
             {
@@ -219,6 +189,72 @@ public sealed class TinyHttpServer : IDisposable
         _listener.Stop();
         _stop.Dispose();
     }
+}
+
+/// <summary>
+/// A one-page HTTP/1.0 server on 127.0.0.1 (what the guest reaches as 192.168.65.2). The page is large enough to
+/// take many TCP segments and its MD5 is known, so the guest's checksum proves every byte crossed the gateway.
+/// </summary>
+public sealed class TinyHttpServer : IDisposable
+{
+    public const string Path = "/kit-page";
+
+    private readonly LoopbackTcpServer _server;
+    private readonly ConcurrentQueue<string> _requests = new();
+
+    public TinyHttpServer(int size = 256 * 1024)
+    {
+        Body = new byte[size];
+        // Printable, position-dependent content: a lost or reordered segment changes the digest.
+        for (int i = 0; i < size; i++)
+        {
+            Body[i] = (byte)('a' + ((i * 7 + i / 251) % 26));
+        }
+        Md5 = Convert.ToHexStringLower(MD5.HashData(Body));
+        _server = new LoopbackTcpServer(HandleAsync);
+    }
+
+    public byte[] Body { get; }
+
+    public string Md5 { get; }
+
+    public int Port => _server.Port;
+
+    /// <summary>The request line of every request served.</summary>
+    public IReadOnlyCollection<string> Requests => _requests;
+
+    private async Task HandleAsync(TcpClient client, CancellationToken cancel)
+    {
+        NetworkStream s = client.GetStream();
+        byte[] head = new byte[8192];
+        int n = 0;
+        while (n < head.Length)
+        {
+            int r = await s.ReadAsync(head.AsMemory(n), cancel);
+            if (r == 0)
+            {
+                return;
+            }
+            n += r;
+            if (head.AsSpan(0, n).IndexOf("\r\n\r\n"u8) >= 0)
+            {
+                break;
+            }
+        }
+        string request = Encoding.ASCII.GetString(head, 0, n);
+        _requests.Enqueue(request.Split("\r\n")[0]);
+        byte[] header = Encoding.ASCII.GetBytes(
+            $"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {Body.Length}\r\nConnection: close\r\n\r\n");
+        await s.WriteAsync(header, cancel);
+        await s.WriteAsync(Body, cancel);
+        client.Client.Shutdown(SocketShutdown.Send);
+        // Let the guest read everything and close first.
+        while (await s.ReadAsync(head, cancel) > 0)
+        {
+        }
+    }
+
+    public void Dispose() => _server.Dispose();
 }
 
 /// <summary>Loopback ports for tests.</summary>

@@ -74,56 +74,43 @@ public sealed class DnsOverTcpTests
     {
         public const string Name = "tcp-only.example";
         public static readonly IPAddress Address = IPAddress.Parse("10.20.30.40");
-        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
         private readonly ConcurrentQueue<string> _queries = new();
+        private readonly LoopbackTcpServer _server;
 
-        public TcpDnsUpstream()
-        {
-            _listener.Start();
-            _ = AcceptAsync();
-        }
+        public TcpDnsUpstream() => _server = new LoopbackTcpServer(AnswerAsync);
 
-        public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+        public int Port => _server.Port;
         public string[] Queries => [.. _queries];
 
-        private async Task AcceptAsync()
+        /// <summary>One query per connection (RFC 7766 framing: a two-byte length before the message).</summary>
+        private async Task AnswerAsync(TcpClient c, CancellationToken cancel)
         {
-            try
+            NetworkStream s = c.GetStream();
+            byte[] len = new byte[2];
+            await s.ReadExactlyAsync(len, cancel);
+            byte[] q = new byte[BinaryPrimitives.ReadUInt16BigEndian(len)];
+            await s.ReadExactlyAsync(q, cancel);
+            // Question name from offset 12 (labels), then type and class: echo it with one A record.
+            int at = 12;
+            var labels = new List<string>();
+            while (q[at] != 0)
             {
-                while (true)
-                {
-                    using TcpClient c = await _listener.AcceptTcpClientAsync();
-                    NetworkStream s = c.GetStream();
-                    byte[] len = new byte[2];
-                    await s.ReadExactlyAsync(len);
-                    byte[] q = new byte[BinaryPrimitives.ReadUInt16BigEndian(len)];
-                    await s.ReadExactlyAsync(q);
-                    // Question name from offset 12 (labels), then type and class: echo it with one A record.
-                    int at = 12;
-                    var labels = new List<string>();
-                    while (q[at] != 0)
-                    {
-                        labels.Add(System.Text.Encoding.ASCII.GetString(q, at + 1, q[at]));
-                        at += 1 + q[at];
-                    }
-                    _queries.Enqueue(string.Join('.', labels));
-                    int qEnd = at + 5;
-                    byte[] r = new byte[2 + qEnd + 16];
-                    BinaryPrimitives.WriteUInt16BigEndian(r, (ushort)(qEnd + 16));
-                    q.AsSpan(0, qEnd).CopyTo(r.AsSpan(2));
-                    r[4] = 0x81;
-                    r[5] = 0x80;
-                    r[9] = 1; // ANCOUNT = 1
-                    byte[] answer = [0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, .. Address.GetAddressBytes()];
-                    answer.CopyTo(r, 2 + qEnd);
-                    await s.WriteAsync(r);
-                }
+                labels.Add(System.Text.Encoding.ASCII.GetString(q, at + 1, q[at]));
+                at += 1 + q[at];
             }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException or IndexOutOfRangeException)
-            {
-            }
+            _queries.Enqueue(string.Join('.', labels));
+            int qEnd = at + 5;
+            byte[] r = new byte[2 + qEnd + 16];
+            BinaryPrimitives.WriteUInt16BigEndian(r, (ushort)(qEnd + 16));
+            q.AsSpan(0, qEnd).CopyTo(r.AsSpan(2));
+            r[4] = 0x81;
+            r[5] = 0x80;
+            r[9] = 1; // ANCOUNT = 1
+            byte[] answer = [0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, .. Address.GetAddressBytes()];
+            answer.CopyTo(r, 2 + qEnd);
+            await s.WriteAsync(r, cancel);
         }
 
-        public void Dispose() => _listener.Stop();
+        public void Dispose() => _server.Dispose();
     }
 }

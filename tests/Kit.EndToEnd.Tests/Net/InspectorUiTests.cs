@@ -180,63 +180,29 @@ for name, data in cases.items():
     /// <summary>Reads each connection to its end and answers with the SHA-256 (hex) of what it received.</summary>
     private sealed class DigestServer : IDisposable
     {
-        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
-        private readonly CancellationTokenSource _stop = new();
+        private readonly LoopbackTcpServer _server;
         private int _served;
 
-        public DigestServer()
-        {
-            _listener.Start();
-            _ = ServeAsync();
-        }
+        public DigestServer() => _server = new LoopbackTcpServer(HandleAsync);
 
-        public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+        public int Port => _server.Port;
 
         public int Served => Volatile.Read(ref _served);
 
-        private async Task ServeAsync()
+        private async Task HandleAsync(TcpClient c, CancellationToken cancel)
         {
-            try
+            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            NetworkStream s = c.GetStream();
+            byte[] buffer = new byte[65536];
+            int n;
+            while ((n = await s.ReadAsync(buffer, cancel)) > 0)
             {
-                while (true)
-                {
-                    TcpClient c = await _listener.AcceptTcpClientAsync(_stop.Token);
-                    _ = HandleAsync(c);
-                }
+                sha.AppendData(buffer, 0, n);
             }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
-            {
-            }
+            await s.WriteAsync(System.Text.Encoding.ASCII.GetBytes(Convert.ToHexStringLower(sha.GetHashAndReset()) + "\n"), cancel);
+            Interlocked.Increment(ref _served);
         }
 
-        private async Task HandleAsync(TcpClient c)
-        {
-            using (c)
-            {
-                try
-                {
-                    using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-                    NetworkStream s = c.GetStream();
-                    byte[] buffer = new byte[65536];
-                    int n;
-                    while ((n = await s.ReadAsync(buffer, _stop.Token)) > 0)
-                    {
-                        sha.AppendData(buffer, 0, n);
-                    }
-                    await s.WriteAsync(System.Text.Encoding.ASCII.GetBytes(Convert.ToHexStringLower(sha.GetHashAndReset()) + "\n"), _stop.Token);
-                    Interlocked.Increment(ref _served);
-                }
-                catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException or SocketException)
-                {
-                }
-            }
-        }
-
-        public void Dispose()
-        {
-            _stop.Cancel();
-            _listener.Stop();
-            _stop.Dispose();
-        }
+        public void Dispose() => _server.Dispose();
     }
 }

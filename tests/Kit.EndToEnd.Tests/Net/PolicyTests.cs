@@ -339,51 +339,22 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
     /// <summary>Echoes every connection's bytes back on the host's loopback.</summary>
     private sealed class EchoServer : IDisposable
     {
-        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+        private readonly LoopbackTcpServer _server = new(EchoAsync);
 
-        public EchoServer()
+        public int Port => _server.Port;
+
+        private static async Task EchoAsync(TcpClient c, CancellationToken cancel)
         {
-            _listener.Start();
-            _ = ServeAsync();
-        }
-
-        public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
-
-        private async Task ServeAsync()
-        {
-            try
+            c.NoDelay = true;
+            NetworkStream s = c.GetStream();
+            byte[] buffer = new byte[4096];
+            int n;
+            while ((n = await s.ReadAsync(buffer, cancel)) > 0)
             {
-                while (true)
-                {
-                    Socket s = await _listener.AcceptSocketAsync();
-                    _ = EchoAsync(s);
-                }
-            }
-            catch (Exception e) when (e is ObjectDisposedException or SocketException)
-            {
+                await s.WriteAsync(buffer.AsMemory(0, n), cancel);
             }
         }
 
-        private static async Task EchoAsync(Socket s)
-        {
-            using (s)
-            {
-                s.NoDelay = true;
-                byte[] buffer = new byte[4096];
-                try
-                {
-                    int n;
-                    while ((n = await s.ReceiveAsync(buffer, SocketFlags.None)) > 0)
-                    {
-                        await s.SendAsync(buffer.AsMemory(0, n), SocketFlags.None);
-                    }
-                }
-                catch (SocketException)
-                {
-                }
-            }
-        }
-
-        public void Dispose() => _listener.Stop();
+        public void Dispose() => _server.Dispose();
     }
 }

@@ -273,107 +273,74 @@ print("after:", exchange(("GET %s/after HTTP/1.1\r\nHost: h\r\nConnection: close
     /// </summary>
     private sealed class OriginProxy : IDisposable
     {
-        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
-        private readonly CancellationTokenSource _stop = new();
         private readonly ConcurrentQueue<string> _seen = new();
+        private readonly LoopbackTcpServer _server;
 
-        public OriginProxy()
-        {
-            _listener.Start();
-            _ = AcceptAsync();
-        }
+        public OriginProxy() => _server = new LoopbackTcpServer(ServeAsync);
 
-        public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+        public int Port => _server.Port;
 
         public IReadOnlyCollection<string> Seen => _seen;
 
-        private async Task AcceptAsync()
+        private async Task ServeAsync(TcpClient c, CancellationToken cancel)
         {
-            try
+            NetworkStream s = c.GetStream();
+            var reader = new StreamReader(s, Encoding.Latin1);
+            while (await reader.ReadLineAsync(cancel) is { } line)
             {
-                while (true)
+                if (line.Length == 0)
                 {
-                    TcpClient c = await _listener.AcceptTcpClientAsync(_stop.Token);
-                    _ = ServeAsync(c);
+                    continue;
                 }
-            }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
-            {
-            }
-        }
-
-        private async Task ServeAsync(TcpClient c)
-        {
-            using (c)
-            {
-                try
+                if (line.StartsWith("DIGEST", StringComparison.Ordinal))
                 {
-                    NetworkStream s = c.GetStream();
-                    var reader = new StreamReader(s, Encoding.Latin1);
-                    while (await reader.ReadLineAsync(_stop.Token) is { } line)
-                    {
-                        if (line.Length == 0)
-                        {
-                            continue;
-                        }
-                        if (line.StartsWith("DIGEST", StringComparison.Ordinal))
-                        {
-                            await DigestAsync(s, reader);
-                            return;
-                        }
-                        string[] parts = line.Split(' ');
-                        string target = parts.Length > 1 ? parts[1] : "";
-                        _seen.Enqueue($"{parts[0]} {target}");
-                        while (await reader.ReadLineAsync(_stop.Token) is { Length: > 0 })
-                        {
-                        }
-                        if (parts[0] == "CONNECT")
-                        {
-                            await s.WriteAsync("HTTP/1.1 200 Connection established\r\n\r\n"u8.ToArray(), _stop.Token);
-                            await EchoAsync(s, reader);
-                            return;
-                        }
-                        byte[] body = Encoding.ASCII.GetBytes($"origin saw {parts[0]} {target}\n");
-                        await s.WriteAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {body.Length}\r\n\r\n"), _stop.Token);
-                        await s.WriteAsync(body, _stop.Token);
-                    }
+                    await DigestAsync(s, reader, cancel);
+                    return;
                 }
-                catch (Exception e) when (e is IOException or OperationCanceledException or SocketException or ObjectDisposedException)
+                string[] parts = line.Split(' ');
+                string target = parts.Length > 1 ? parts[1] : "";
+                _seen.Enqueue($"{parts[0]} {target}");
+                while (await reader.ReadLineAsync(cancel) is { Length: > 0 })
                 {
                 }
+                if (parts[0] == "CONNECT")
+                {
+                    await s.WriteAsync("HTTP/1.1 200 Connection established\r\n\r\n"u8.ToArray(), cancel);
+                    await EchoAsync(s, reader, cancel);
+                    return;
+                }
+                byte[] body = Encoding.ASCII.GetBytes($"origin saw {parts[0]} {target}\n");
+                await s.WriteAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {body.Length}\r\n\r\n"), cancel);
+                await s.WriteAsync(body, cancel);
             }
         }
 
         /// <summary>The rest of the stream (what the reader holds, then the socket) goes back as it came.</summary>
-        private async Task EchoAsync(NetworkStream s, StreamReader reader)
+        private static async Task EchoAsync(NetworkStream s, StreamReader reader, CancellationToken cancel)
         {
             char[] held = new char[65536];
             int n;
-            while ((n = await reader.ReadAsync(held, _stop.Token)) > 0)
+            while ((n = await reader.ReadAsync(held, cancel)) > 0)
             {
-                await s.WriteAsync(Encoding.Latin1.GetBytes(held, 0, n), _stop.Token);
+                await s.WriteAsync(Encoding.Latin1.GetBytes(held, 0, n), cancel);
             }
         }
 
         /// <summary>The rest of the stream (what the reader holds, then the socket), hashed; the hex digest goes back.</summary>
-        private async Task DigestAsync(NetworkStream s, StreamReader reader)
+        private static async Task DigestAsync(NetworkStream s, StreamReader reader, CancellationToken cancel)
         {
             using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
             char[] held = new char[65536];
             int n;
             // StreamReader's Latin-1 chars are the bytes it read ahead.
-            while ((n = await reader.ReadAsync(held, _stop.Token)) > 0)
+            while ((n = await reader.ReadAsync(held, cancel)) > 0)
             {
                 sha.AppendData(Encoding.Latin1.GetBytes(held, 0, n));
             }
-            await s.WriteAsync(Encoding.ASCII.GetBytes(Convert.ToHexStringLower(sha.GetHashAndReset()) + "\n"), _stop.Token);
+            await s.WriteAsync(Encoding.ASCII.GetBytes(Convert.ToHexStringLower(sha.GetHashAndReset()) + "\n"), cancel);
             s.Socket.Shutdown(SocketShutdown.Send);
         }
 
-        public void Dispose()
-        {
-            _stop.Cancel();
-            _listener.Stop();
-        }
+        public void Dispose() => _server.Dispose();
     }
 }
