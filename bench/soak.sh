@@ -26,7 +26,7 @@ status=0
   -noColor -noLogo -result-xml "$out/result.xml" 2>&1 | tee "$out/soak.log" || status=$?
 echo "soak: finished in $(( $(date +%s) - start )) s"
 if [ -s "$KIT_SOAK_CSV" ]; then
-  echo "every sample (t_s,net_rss_kib,net_fds,data_rss_kib,data_fds): $KIT_SOAK_CSV ($(($(wc -l < "$KIT_SOAK_CSV") - 1)) rows)"
+  echo "every sample (t_s, then rss, anon, file KiB, threads, fds for kit net run and for kit data serve): $KIT_SOAK_CSV ($(($(wc -l < "$KIT_SOAK_CSV") - 1)) rows)"
 fi
 if grep -q 'Failed: 0,' "$out/soak.log" && grep -q 'Total: 1,' "$out/soak.log"; then
   echo "verdict: PASS"
