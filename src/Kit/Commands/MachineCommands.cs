@@ -41,22 +41,36 @@ internal static class MachineCommands
         var docker = new Option<bool?>("--docker") { Description = "Put Debian's docker.io in the machine; its socket is forwarded to the host (kit status shows where)." };
         var dns = new Option<string[]>("--dns-upstream") { HelpName = "IP:PORT", Description = "DNS upstream for the guest's forwarder (repeatable; default: the host's resolv.conf)." };
         var ui = new Option<string?>("--ui") { HelpName = "tcp://127.0.0.1:PORT|none", Description = "Serve the inspector (flows, DNS, HTTP, pcap) of the machine's VPNKit on loopback; kept for later starts (none: stop serving it)." };
+        var policy = new Option<string?>("--policy") { HelpName = "FILE|none", Description = "Policy rules for the machine's traffic (JSON, as kit net run --policy); kept on the host, out of the guest's reach, for later starts (none: no rules)." };
+        var httpProxy = new Option<string?>("--http-proxy") { HelpName = "http://HOST:PORT|none", Description = "Send the guest's HTTP through this proxy (as kit net run); kept for later starts. Credentials are not kept: use --proxy-from-env." };
+        var httpsProxy = new Option<string?>("--https-proxy") { HelpName = "http://HOST:PORT|none", Description = "Tunnel the guest's port 443 through this proxy with CONNECT; kept for later starts." };
+        var noProxy = new Option<string?>("--no-proxy") { HelpName = "LIST|none", Description = "Destinations that go direct (curl's NO_PROXY); kept for later starts." };
+        var proxyFromEnv = new Option<bool?>("--proxy-from-env") { Description = "Take the proxies (with credentials) from http_proxy, https_proxy and no_proxy of the kit up that starts the machine; kept for later starts." };
         var timeout = new Option<int>("--timeout") { HelpName = "SECONDS", Description = "How long to wait for the guest agent.", DefaultValueFactory = _ => 900 };
         var up = new Command("up", "Create or start a machine in the background (Debian 12 with VPNKit networking, DataKit at /datakit); returns when its agent answers.")
         {
-            name, accel, cpus, memory, disk, mounts, docker, dns, ui, timeout,
+            name, accel, cpus, memory, disk, mounts, docker, dns, ui, policy, httpProxy, httpsProxy, noProxy, proxyFromEnv, timeout,
         };
-        up.SetAction(parse => RunUp(parse.GetValue(name)!, parse.GetValue(accel), parse.GetValue(cpus), parse.GetValue(memory), parse.GetValue(disk),
-            parse.GetResult(mounts) is null ? null : parse.GetValue(mounts) ?? [], parse.GetValue(docker), parse.GetResult(dns) is null ? null : parse.GetValue(dns) ?? [],
-            parse.GetValue(ui), parse.GetValue(timeout)));
+        up.SetAction(parse =>
+        {
+            string? rules = parse.GetValue(policy);
+            Func<MachineGateway, MachineGateway> gateway = g => g.With(rules is null or "none" ? null : new FileInfo(rules), rules == "none",
+                parse.GetValue(httpProxy), parse.GetValue(httpsProxy), parse.GetValue(noProxy), parse.GetValue(proxyFromEnv));
+            return RunUp(parse.GetValue(name)!, parse.GetValue(accel), parse.GetValue(cpus), parse.GetValue(memory), parse.GetValue(disk),
+                parse.GetResult(mounts) is null ? null : parse.GetValue(mounts) ?? [], parse.GetValue(docker), parse.GetResult(dns) is null ? null : parse.GetValue(dns) ?? [],
+                parse.GetValue(ui), gateway, parse.GetValue(timeout));
+        });
         return up;
     }
 
-    private static int RunUp(string name, string? accel, int? cpus, string? memory, string? diskSize, string[]? mounts, bool? docker, string[]? dns, string? ui, int timeout)
+    private static int RunUp(string name, string? accel, int? cpus, string? memory, string? diskSize, string[]? mounts, bool? docker, string[]? dns, string? ui,
+        Func<MachineGateway, MachineGateway> gateway, int timeout)
     {
         var clock = Stopwatch.StartNew();
         MachinePaths paths = MachinePaths.For(name);
         Func<MachineConfig, MachineConfig> flags = ParseFlags(accel, cpus, memory, diskSize, mounts, docker, ui);
+        // Checked now, against what is kept (or nothing), so that a bad flag fails before anything is touched.
+        _ = gateway(Directory.Exists(paths.Data) ? MachineGateway.Read(paths) : new MachineGateway());
         foreach (string d in dns ?? [])
         {
             _ = GatewaySettings.Parse(1500, [d], [], null); // the same check kit net run makes
@@ -72,6 +86,7 @@ internal static class MachineCommands
             if (held is not null)
             {
                 Prepare(paths, flags, dns);
+                gateway(MachineGateway.Read(paths)).Write(paths);
                 StartDaemon(paths);
             }
         }

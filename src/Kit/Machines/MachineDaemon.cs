@@ -187,7 +187,12 @@ internal sealed class MachineDaemon
             spec.Disks.Add(new DiskOptions(_paths.Disk));
             spec.Shares.AddRange(shares);
 
-            GatewaySettings gateway = GatewaySettings.Parse(1500, [.. DnsUpstreams()], [], null) with { BlockMetadata = true, Ui = _config.Ui };
+            GatewaySettings gateway = MachineGateway.Read(_paths).Apply(
+                GatewaySettings.Parse(1500, [.. DnsUpstreams()], [], null) with { BlockMetadata = true, Ui = _config.Ui }, Environment.GetEnvironmentVariable);
+            if (gateway.PolicyRules.Count > 0 || gateway.Proxy is not null)
+            {
+                Say($"gateway: {gateway.PolicyRules.Count} policy rule(s); proxies: http {gateway.Proxy?.Http?.ToString() ?? "-"}, https {gateway.Proxy?.Https?.ToString() ?? "-"}");
+            }
             using VmNetwork network = VmNetwork.Create("vpnkit", gateway);
             _forwards = new PortForwards(network.Server!, Environment.UserName == "root" || Environment.IsPrivilegedProcess);
             _forwards.Changed += () => Commit(new() { ["state/ports"] = PortLines() }, "ports changed");

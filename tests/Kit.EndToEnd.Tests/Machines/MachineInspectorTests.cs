@@ -8,7 +8,11 @@ namespace Kit.EndToEnd.Tests.Machines;
 /// `kit up NAME --ui tcp://127.0.0.1:PORT` on QEMU's software CPU: the machine's VPNKit serves the inspector there;
 /// `kit exec NAME -- busybox wget http://host.internal:PORT/...` against a loopback server of the test shows in
 /// /api/http with its path and 200; `kit status` names the page; after `kit down` a plain `kit up NAME` serves it again,
-/// because the address is kept in the machine's configuration.
+/// because the address is kept in the machine's configuration. The same boots prove `kit up --policy FILE` and
+/// `--http-proxy URL`: a rule rejecting one loopback server's port refuses the guest's fetch from it while another
+/// server's succeeds, the gateway's proxy 192.168.65.1:3128 hands the guest's request to the upstream (a loopback
+/// server of the test, which records the absolute-form request), and both hold again after a restart without the
+/// flags, from the host-only files the machine keeps them in; a proxy URL with credentials is refused.
 /// </summary>
 [Trait("Tier", "Real")]
 public sealed class MachineInspectorTests(ITestOutputHelper output) : IDisposable
@@ -22,9 +26,18 @@ public sealed class MachineInspectorTests(ITestOutputHelper output) : IDisposabl
     public async Task Kit_up_ui_serves_the_machines_traffic_and_keeps_it_across_a_restart()
     {
         using var http = new TinyHttpServer(size: 4096);
+        using var refused = new TinyHttpServer(size: 4096);
+        using var upstream = new TinyHttpServer(size: 4096);
         int ui = LoopbackPort.Free();
+        string policy = Path.Combine(_h.Data, "policy.json");
+        await File.WriteAllTextAsync(policy, $$"""{"rules":[{"name":"no-refused","match":{"cidr":"192.168.65.2/32","port":{{refused.Port}}},"action":"reject"}]}""", TestContext.Current.CancellationToken);
+
+        ProcessResult secret = await _h.KitAsync(["up", Name, "--http-proxy", "http://user:pw@127.0.0.1:3128"], TimeSpan.FromMinutes(1));
+        Assert.True(secret.ExitCode != 0 && secret.StandardError.Contains("keeps no proxy credentials", StringComparison.Ordinal) && !secret.StandardError.Contains("pw@", StringComparison.Ordinal), secret.ToString());
+
         var clock = Stopwatch.StartNew();
-        ProcessResult up = await _h.KitAsync(["up", Name, "--accel", "tcg", "--dns-upstream", _h.DnsUpstream, "--memory", "1G", "--ui", $"tcp://127.0.0.1:{ui}"], TimeSpan.FromMinutes(15));
+        ProcessResult up = await _h.KitAsync(["up", Name, "--accel", "tcg", "--dns-upstream", _h.DnsUpstream, "--memory", "1G", "--ui", $"tcp://127.0.0.1:{ui}",
+            "--policy", policy, "--http-proxy", $"http://127.0.0.1:{upstream.Port}"], TimeSpan.FromMinutes(15));
         output.WriteLine($"kit up: {clock.Elapsed.TotalSeconds:0.0} s\n{up}");
         Assert.True(up.ExitCode == 0, $"kit up failed\n{up}\n{Log()}");
         Assert.Contains($"kit up: inspector on http://127.0.0.1:{ui}/", up.StandardError, StringComparison.Ordinal);
@@ -35,6 +48,7 @@ public sealed class MachineInspectorTests(ITestOutputHelper output) : IDisposabl
 
         using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(10) };
         await FetchAndSee(api, http, "/machine-first");
+        await PolicyAndProxyHold(refused, upstream, "/first");
 
         // Down and up again without the flag: config/ui keeps the address.
         Assert.True((await _h.KitAsync(["down", Name], TimeSpan.FromMinutes(3))).ExitCode == 0, Log());
@@ -43,7 +57,19 @@ public sealed class MachineInspectorTests(ITestOutputHelper output) : IDisposabl
         ProcessResult table = await _h.KitAsync(["status", Name], TimeSpan.FromSeconds(60));
         Assert.Contains($"http://127.0.0.1:{ui}/", table.StandardOutput, StringComparison.Ordinal);
         await FetchAndSee(api, http, "/machine-second");
+        await PolicyAndProxyHold(refused, upstream, "/second");
         Assert.True((await _h.KitAsync(["down", Name], TimeSpan.FromMinutes(3))).ExitCode == 0, Log());
+    }
+
+    /// <summary>The policy's reject and the upstream proxy, seen from inside the machine.</summary>
+    private async Task PolicyAndProxyHold(TinyHttpServer refused, TinyHttpServer upstream, string path)
+    {
+        ProcessResult blocked = await _h.ExecAsync(Name, $"busybox wget -q -T 5 -O /dev/null http://host.internal:{refused.Port}{path} 2>&1; echo exit=$?");
+        Assert.DoesNotContain("exit=0", blocked.StandardOutput, StringComparison.Ordinal);
+        Assert.Empty(refused.Requests);
+        ProcessResult proxied = await _h.ExecAsync(Name, $"http_proxy=http://192.168.65.1:3128 busybox wget -q -O /dev/null http://origin.test{path}");
+        Assert.True(proxied.ExitCode == 0, proxied.ToString());
+        Assert.Contains($"GET http://origin.test{path} HTTP/1.1", upstream.Requests);
     }
 
     private async Task FetchAndSee(HttpClient api, TinyHttpServer http, string path)
