@@ -364,6 +364,7 @@ internal static class MachineCommands
             ("uptime", s.UptimeSeconds is double u ? $"{u:0} s" : "-"),
             ("docker", s.DockerSocket is { } d ? $"unix://{d}" : "-"),
             ("ui", s.Ui ?? "-"),
+            ("gateway", s.Gateway ?? "-"),
             ("datakit", s.DataKitSocket is { } k ? $"unix:{k}" : "-"),
             ("mounts", s.Mounts.Count == 0 ? "-" : string.Join(", ", s.Mounts)),
             ("log", s.Log ?? "-"),

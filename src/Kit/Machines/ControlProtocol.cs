@@ -45,6 +45,9 @@ internal sealed record MachineStatus
     /// <summary>The inspector's page (<c>kit up --ui</c>), or null.</summary>
     public string? Ui { get; init; }
 
+    /// <summary>The gateway's policy and proxies at start (<c>kit up --policy</c>, <c>--http-proxy</c>, ...), or null: none.</summary>
+    public string? Gateway { get; init; }
+
     public int? Pid { get; init; }
 
     public string? Log { get; init; }

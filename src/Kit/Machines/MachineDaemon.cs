@@ -39,6 +39,9 @@ internal sealed class MachineDaemon
     private Accelerator _accel;
     private BranchFiles? _files;
     private PortForwards? _forwards;
+
+    /// <summary>What <c>kit status</c> says of the policy and proxies the gateway started with (null: none).</summary>
+    private string? _gateway;
     private double? _bootSeconds;
     private volatile string _state = "starting";
     private volatile bool _forcedDown;
@@ -191,7 +194,8 @@ internal sealed class MachineDaemon
                 GatewaySettings.Parse(1500, [.. DnsUpstreams()], [], null) with { BlockMetadata = true, Ui = _config.Ui }, Environment.GetEnvironmentVariable);
             if (gateway.PolicyRules.Count > 0 || gateway.Proxy is not null)
             {
-                Say($"gateway: {gateway.PolicyRules.Count} policy rule(s); proxies: http {gateway.Proxy?.Http?.ToString() ?? "-"}, https {gateway.Proxy?.Https?.ToString() ?? "-"}");
+                _gateway = $"{gateway.PolicyRules.Count} policy rule(s); http proxy {gateway.Proxy?.Http?.ToString() ?? "-"}, https proxy {gateway.Proxy?.Https?.ToString() ?? "-"}";
+                Say("gateway: " + _gateway);
             }
             using VmNetwork network = VmNetwork.Create("vpnkit", gateway);
             _forwards = new PortForwards(network.Server!, Environment.UserName == "root" || Environment.IsPrivilegedProcess);
@@ -498,6 +502,7 @@ internal sealed class MachineDaemon
         BootSeconds = _bootSeconds is double b ? Math.Round(b, 1) : null,
         DockerSocket = _config.Docker ? _paths.Docker : null,
         Ui = _config.Ui is null ? null : $"http://{_config.Ui}/",
+        Gateway = _gateway,
         DataKitSocket = _paths.DataKit,
         Pid = Environment.ProcessId,
         Log = _paths.Log,

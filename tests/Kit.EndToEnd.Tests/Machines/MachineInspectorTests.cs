@@ -56,6 +56,7 @@ public sealed class MachineInspectorTests(ITestOutputHelper output) : IDisposabl
         Assert.True(again.ExitCode == 0, $"{again}\n{Log()}");
         ProcessResult table = await _h.KitAsync(["status", Name], TimeSpan.FromSeconds(60));
         Assert.Contains($"http://127.0.0.1:{ui}/", table.StandardOutput, StringComparison.Ordinal);
+        Assert.Contains($"1 policy rule(s); http proxy http://127.0.0.1:{upstream.Port}, https proxy -", table.StandardOutput, StringComparison.Ordinal);
         await FetchAndSee(api, http, "/machine-second");
         await PolicyAndProxyHold(refused, upstream, "/second");
         Assert.True((await _h.KitAsync(["down", Name], TimeSpan.FromMinutes(3))).ExitCode == 0, Log());
