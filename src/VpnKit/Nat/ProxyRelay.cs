@@ -47,7 +47,7 @@ internal sealed partial class ProxyRelay : IDisposable
     private static readonly TimeSpan HeadTimeout = TimeSpan.FromSeconds(60);
     private static readonly TimeSpan ConnectTimeout = TimeSpan.FromSeconds(15);
 
-    private readonly Socket _listener = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+    private readonly LoopbackAcceptor _acceptor;
     private readonly EngineGate _gate;
     private readonly UpstreamProxyOptions _o;
     private readonly DnsForwarder _dns;
@@ -58,7 +58,6 @@ internal sealed partial class ProxyRelay : IDisposable
     private readonly CancellationTokenSource _stop = new();
     /// <summary>Guest flows the NAT is connecting here, by the NAT socket's local port; under the engine lock.</summary>
     private readonly Dictionary<int, (RelayKind Kind, uint Ip, ushort Port)> _expected = [];
-    private int _sessions;
 
     /// <param name="hostAddress">The NAT's rule: a guest-visible address to the host address to dial, 0 if refused.</param>
     public ProxyRelay(EngineGate gate, UpstreamProxyOptions options, DnsForwarder dns, LocalNames names, uint hostAlias, Func<uint, uint> hostAddress, ILogger log)
@@ -70,13 +69,10 @@ internal sealed partial class ProxyRelay : IDisposable
         _hostAlias = hostAlias;
         _hostAddress = hostAddress;
         _log = log;
-        _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _listener.Listen(128);
-        EndPoint = (IPEndPoint)_listener.LocalEndPoint!;
-        _ = AcceptLoopAsync();
+        _acceptor = new LoopbackAcceptor(backlog: 128, MaxSessions, ServeAsync, _stop.Token);
     }
 
-    public IPEndPoint EndPoint { get; }
+    public IPEndPoint EndPoint => _acceptor.EndPoint;
 
     /// <summary>
     /// Which guest connections come here: the gateway's 3128, and (with an upstream for the port, outside --no-proxy) TCP
@@ -99,21 +95,6 @@ internal sealed partial class ProxyRelay : IDisposable
         _expected[localPort] = (kind, ip, port);
     }
 
-    private async Task AcceptLoopAsync()
-    {
-        try
-        {
-            while (true)
-            {
-                Socket s = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
-                _ = ServeAsync(s);
-            }
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException or OperationCanceledException)
-        {
-        }
-    }
-
     private async Task ServeAsync(Socket guest)
     {
         (RelayKind Kind, uint Ip, ushort Port) flow = default;
@@ -124,12 +105,8 @@ internal sealed partial class ProxyRelay : IDisposable
         {
             known = guest.RemoteEndPoint is IPEndPoint peer && _expected.Remove(peer.Port, out flow);
         }
-        if (!known || Interlocked.Increment(ref _sessions) > MaxSessions)
+        if (!known)
         {
-            if (known)
-            {
-                Interlocked.Decrement(ref _sessions);
-            }
             Reset(guest);
             return;
         }
@@ -148,11 +125,6 @@ internal sealed partial class ProxyRelay : IDisposable
         catch (Exception e) when (e is SocketException or ObjectDisposedException or OperationCanceledException or IOException)
         {
             Reset(guest);
-        }
-        finally
-        {
-            guest.Dispose();
-            Interlocked.Decrement(ref _sessions);
         }
     }
 
@@ -252,18 +224,7 @@ internal sealed partial class ProxyRelay : IDisposable
         }
     }
 
-    /// <summary>Closes with RST (SO_LINGER 0): the guest's connection is reset, not ended.</summary>
-    private static void Reset(Socket s)
-    {
-        try
-        {
-            s.LingerState = new LingerOption(true, 0);
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
-        {
-        }
-        s.Dispose();
-    }
+    private static void Reset(Socket s) => LoopbackAcceptor.Reset(s);
 
     private async Task<Socket?> ConnectAsync(ProxyServer proxy)
     {
@@ -341,7 +302,7 @@ internal sealed partial class ProxyRelay : IDisposable
     public void Dispose()
     {
         _stop.Cancel();
-        _listener.Dispose();
+        _acceptor.Dispose();
     }
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "proxy: cannot connect to {Target}: {Reason}")]

@@ -17,45 +17,20 @@ internal sealed partial class DnsTcpServer : IDisposable
     private const int MaxSessions = 256;
     private static readonly TimeSpan IdleTimeout = TimeSpan.FromSeconds(30);
 
-    private readonly Socket _listener = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+    private readonly LoopbackAcceptor _acceptor;
     private readonly DnsForwarder _dns;
     private readonly ILogger _log;
     private readonly CancellationTokenSource _stop = new();
-    private int _sessions;
 
     public DnsTcpServer(DnsForwarder dns, ILogger log)
     {
         _dns = dns;
         _log = log;
-        _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _listener.Listen(64);
-        EndPoint = (IPEndPoint)_listener.LocalEndPoint!;
-        _ = AcceptLoopAsync();
+        _acceptor = new LoopbackAcceptor(backlog: 64, MaxSessions, ServeAsync, _stop.Token);
     }
 
     /// <summary>Where the NAT sends guest connections to the gateway's TCP port 53.</summary>
-    public IPEndPoint EndPoint { get; }
-
-    private async Task AcceptLoopAsync()
-    {
-        try
-        {
-            while (true)
-            {
-                Socket s = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
-                if (Interlocked.Increment(ref _sessions) > MaxSessions)
-                {
-                    Interlocked.Decrement(ref _sessions);
-                    s.Dispose();
-                    continue;
-                }
-                _ = ServeAsync(s);
-            }
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException or OperationCanceledException)
-        {
-        }
-    }
+    public IPEndPoint EndPoint => _acceptor.EndPoint;
 
     private async Task ServeAsync(Socket s)
     {
@@ -95,17 +70,12 @@ internal sealed partial class DnsTcpServer : IDisposable
         catch (Exception e) when (e is SocketException or ObjectDisposedException or OperationCanceledException)
         {
         }
-        finally
-        {
-            s.Dispose();
-            Interlocked.Decrement(ref _sessions);
-        }
     }
 
     public void Dispose()
     {
         _stop.Cancel();
-        _listener.Dispose();
+        _acceptor.Dispose();
     }
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "DNS over TCP: a message that is not a query; connection closed")]
