@@ -182,15 +182,29 @@ public sealed class DataKitClient : IAsyncDisposable
             }
             await NineP.OpenAsync(fid, P9.OREAD, ct).ConfigureAwait(false);
             ulong offset = 0;
-            while (true)
+            Task<byte[]> next = NineP.ReadAsync(fid, offset, NineP.MaxPayload, ct);
+            try
             {
-                byte[] chunk = await NineP.ReadAsync(fid, offset, NineP.MaxPayload, ct).ConfigureAwait(false);
-                if (chunk.Length == 0)
+                while (true)
                 {
-                    break;
+                    byte[] chunk = await next.ConfigureAwait(false);
+                    if (chunk.Length == 0)
+                    {
+                        break;
+                    }
+                    offset += (ulong)chunk.Length;
+                    // The next Tread goes out before this chunk is written. Writing a 1 MiB chunk into a pipe (64 KiB)
+                    // waits for the reader behind it; one Tread at a time, the server and that reader would take
+                    // turns, and the server's reply would find the reader idle (docs/benchmarks.md, the 64 MiB read).
+                    // At most two chunks are held.
+                    next = NineP.ReadAsync(fid, offset, NineP.MaxPayload, ct);
+                    await destination.WriteAsync(chunk, ct).ConfigureAwait(false);
                 }
-                await destination.WriteAsync(chunk, ct).ConfigureAwait(false);
-                offset += (ulong)chunk.Length;
+            }
+            finally
+            {
+                // The fid is clunked only once no Tread on it is in flight.
+                await ((Task)next).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             }
         }
         finally
