@@ -10,6 +10,7 @@
 # Two pastas: Debian's (2023) from PATH, and a current one built from a passt git checkout (PASST_SRC, e.g. a clone of
 # the AkihiroSuda/passt-mirror repository) into $HOME/.cache/kit-bench/passt-<commit>, or an already built binary
 # (PASTA_NEW=path). Without either, or if the build fails, its column says why it was skipped.
+# KIT_B=path adds a second kit to the request/response and connection-setup rounds (a before/after in one run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -100,7 +101,8 @@ kit_exec() { # MTU CMD...
 echo "# date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "# machine: nproc=$(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# versions: $(slirp4netns --version | head -1); pasta $(dpkg-query -W -f='${Version}' passt 2>/dev/null); $(iperf3 --version | head -1 | cut -d' ' -f1-2)"
-if [ -n "$PASTA_NEW_BIN" ]; then echo "# current pasta: $PASTA_NEW_BIN ($("$PASTA_NEW_BIN" --version | head -1))"
+echo "# kit: $KIT $("$KIT" --version)${KIT_B:+; KIT_B: $KIT_B $("$KIT_B" --version)}"
+if [ -n "$PASTA_NEW_BIN" ]; then echo "# current pasta: $PASTA_NEW_BIN ($("$PASTA_NEW_BIN" --version 2>/dev/null | head -1))"
 else echo "# current pasta: skipped (set PASST_SRC to a passt git checkout, or PASTA_NEW to a built pasta)"; fi
 echo
 
@@ -130,12 +132,13 @@ fi
 # Request/response and connection setup: every tool in turn, ROUNDS times, each from a fresh start (so the first
 # connection of a round is a cold one). tcpbench prints "VALUE LABEL" pairs; tb_rows prints the medians.
 ROUNDS=${RR_ROUNDS:-3}
-TOOLS="kit slirp pasta"; [ -n "$PASTA_NEW_BIN" ] && TOOLS="$TOOLS pasta-new"
+TOOLS="kit"; [ -n "${KIT_B:-}" ] && TOOLS="$TOOLS kit-b"; TOOLS="$TOOLS slirp pasta"; [ -n "$PASTA_NEW_BIN" ] && TOOLS="$TOOLS pasta-new"
 tb_round() { # MODE: one round of every tool, appended to $OUT/MODE-TOOL
   local t
   for t in $TOOLS; do
     case $t in
       kit) kit_exec 1500 $PY $TB "$1" 192.168.65.2 $TB_PORT 3 ppid 2>>"$OUT/kit-$1.err" || true ;;
+      kit-b) KIT=$KIT_B kit_exec 1500 $PY $TB "$1" 192.168.65.2 $TB_PORT 3 ppid 2>>"$OUT/kit-$1.err" || true ;;
       slirp) slirp_start 1500; slirp_exec $PY $TB "$1" 10.0.2.2 $TB_PORT 3 "$SLIRP_PID" || true; slirp_stop ;;
       pasta) pasta_start 1500; pasta_exec $PY $TB "$1" "$PASTA_GW" $TB_PORT 3 "$PASTA_PID" || true; pasta_stop ;;
       pasta-new) pasta_start 1500 "$PASTA_NEW_BIN"; pasta_exec $PY $TB "$1" "$PASTA_GW" $TB_PORT 3 "$PASTA_PID" || true; pasta_stop ;;
@@ -147,7 +150,7 @@ tb_rows() { # MODE RATE-LABEL CPU-LABEL SWITCH-LABEL [EXTRA-LABEL]: a table row 
   for t in $TOOLS; do
     $PY -c '
 import statistics, sys
-names = {"kit": "kit net run", "slirp": "slirp4netns", "pasta": "pasta (Debian 2023)", "pasta-new": "pasta (current, source)"}
+names = {"kit": "kit net run", "kit-b": "kit net run (KIT_B)", "slirp": "slirp4netns", "pasta": "pasta (Debian 2023)", "pasta-new": "pasta (current, source)"}
 rows = []
 for line in open(sys.argv[1]):
     w = line.split()
