@@ -414,7 +414,7 @@ public sealed class GatewayTests
         _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Psh, payload: "ping"u8.ToArray()), _now);
         Span<byte> got = stackalloc byte[4];
         Assert.Equal(4, c.Read(got, _now));
-        // The host read the request at once: no ACK of its own; the answer carries it, with the full window.
+        // The host read the request at once: no ACK (no window update) of its own; the answer carries it.
         Assert.Empty(G.Segments(_sink));
         c.Write("pong"u8, _now);
         Seg answer = Assert.Single(G.Segments(_sink));
