@@ -12,7 +12,8 @@ Client modes (run inside the namespace):
                        much less with the machine's load than the rate does
   conn HOST PORT SECS [GWPID|ppid]
                        connect, send 1 byte, read the echo, close; prints connections/s (and, with a gateway pid,
-                       its CPU time and context switches per connection, as rr does)
+                       its CPU time and context switches per connection, as rr does), and how long the first
+                       connection (the gateway's cold one) took
   hold HOST PORT N SECS READYFILE   write READYFILE.0, wait 3 s, open N idle connections, write READYFILE, sleep SECS, close them
 HTTP/1.1 (for the inspector's HTTP recording cost, bench/inspector-http.sh):
   httpserver PORT      answers every request on a keep-alive connection with 200 and a 64-byte body (127.0.0.1 only)
@@ -174,6 +175,12 @@ def rr(host: str, port: int, secs: float, gw: int = 0) -> None:
 
 
 def conn(host: str, port: int, secs: float, gw: int = 0) -> None:
+    # The first connection after the gateway started (cold: nothing cached, no code warmed) is timed on its own.
+    t = time.perf_counter()
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(b"x"); recv_exact(s, 1)
+    s.close()
+    first_ms = (time.perf_counter() - t) * 1e3
     n = 0
     c0 = gateway_cost(gw) if gw else (0.0, 0)
     t0 = time.perf_counter(); end = t0 + secs
@@ -186,7 +193,7 @@ def conn(host: str, port: int, secs: float, gw: int = 0) -> None:
     dt = time.perf_counter() - t0
     c1 = gateway_cost(gw) if gw else (0.0, 0)
     extra = f" {(c1[0] - c0[0]) / n * 1e6:.1f} gw_cpu_us_per_conn {(c1[1] - c0[1]) / n:.2f} gw_switches_per_conn" if gw else ""
-    print(f"{n / dt:.0f} connections_per_s{extra}")
+    print(f"{n / dt:.0f} connections_per_s{extra} {first_ms:.2f} first_conn_ms")
 
 
 def hold(host: str, port: int, count: int, secs: float, ready: str) -> None:

@@ -4,9 +4,13 @@
 # mapping, one stream, MTU 1500 and 65520, both directions; then request/response round trips, connection
 # setup rate and RSS with 1,000 idle connections. The single entry point for VPNKit's speed figures (issue 3).
 # Root only. Traffic goes only to 127.0.0.1 and to the
-# namespaces this script creates. Usage: [RR_ROUNDS=N] [KIT=path] bench/vpnkit-iperf.sh [SECONDS]   (default 5)
-# (RR_ROUNDS, default 3: alternating request/response rounds; one 3 s sample moves a lot on a loaded machine.)
-# ONLY=rr|conn|rss|iperf runs one part.
+# namespaces this script creates. Usage: [RR_ROUNDS=N] [KIT=path] [PASST_SRC=dir] bench/vpnkit-iperf.sh [SECONDS]
+# (default 5 s; RR_ROUNDS, default 3: alternating request/response and connection-setup rounds; one 3 s sample moves
+# a lot on a loaded machine.) ONLY=rr|conn|rss|iperf runs one part.
+# Two pastas: Debian's (2023) from PATH, and a current one built from a passt git checkout (PASST_SRC, e.g. a clone of
+# the AkihiroSuda/passt-mirror repository) into $HOME/.cache/kit-bench/passt-<commit>, or an already built binary
+# (PASTA_NEW=path). Without either, or if the build fails, its column says why it was skipped.
+# KIT_B=path adds a second kit to the request/response and connection-setup rounds (a before/after in one run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
@@ -19,6 +23,29 @@ OUT=$(mktemp -d /tmp/kit-bench-net.XXXXXX)
 PIDS=()
 NS=kbench-pasta-$$
 ulimit -n 8192
+
+# pasta_new_build: prints the path of a current pasta (PASTA_NEW, or built once per commit from PASST_SRC), or nothing.
+pasta_new_build() {
+  if [ -n "${PASTA_NEW:-}" ]; then [ -x "$PASTA_NEW" ] && echo "$PASTA_NEW"; return 0; fi
+  [ -n "${PASST_SRC:-}" ] || return 0
+  local rev cache dir tmp
+  rev=$(git -C "$PASST_SRC" rev-parse --short=12 HEAD 2>/dev/null) || return 0
+  cache=$HOME/.cache/kit-bench; dir=$cache/passt-$rev
+  if [ ! -x "$dir/pasta" ]; then
+    mkdir -p -m 0700 "$cache"
+    # Built in a fresh directory and moved into place whole: a failed or concurrent build leaves no half binary.
+    tmp=$(mktemp -d "$cache/build.XXXXXX")
+    if git clone -q "$PASST_SRC" "$tmp/src" && make -C "$tmp/src" -j"$(nproc)" passt pasta >"$tmp/make.log" 2>&1 \
+      && [ ! -e "$dir" ]; then
+      mv "$tmp/src" "$dir" && rm -rf "$tmp"
+    else
+      echo "pasta (current): build failed or $dir is in the way; see $tmp/make.log" >&2
+    fi
+  fi
+  [ -x "$dir/pasta" ] && echo "$dir/pasta"
+  return 0
+}
+PASTA_NEW_BIN=$(pasta_new_build)
 
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -53,9 +80,9 @@ slirp_start() { # MTU
 slirp_stop() { kill "$SLIRP_PID" "$SLIRP_NSPID" 2>/dev/null || true; wait "$SLIRP_PID" "$SLIRP_NSPID" 2>/dev/null || true; }
 slirp_exec() { nsenter -t "$SLIRP_NSPID" -n "$@"; }
 
-pasta_start() { # MTU
+pasta_start() { # MTU [BINARY]
   ip netns add "$NS"
-  pasta -f --config-net -m "$1" --runas 0 --netns "$NS" --netns-only >"$OUT/pasta.log" 2>&1 & PASTA_PID=$!; PIDS+=($PASTA_PID)
+  "${2:-pasta}" -f --config-net -m "$1" --runas 0 --netns "$NS" --netns-only >"$OUT/pasta.log" 2>&1 & PASTA_PID=$!; PIDS+=($PASTA_PID)
   PASTA_GW=
   for _ in $(seq 50); do
     PASTA_GW=$(ip netns exec "$NS" ip -4 route show default 2>/dev/null | awk '/default/ {print $3; exit}')
@@ -74,6 +101,9 @@ kit_exec() { # MTU CMD...
 echo "# date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "# machine: nproc=$(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# versions: $(slirp4netns --version | head -1); pasta $(dpkg-query -W -f='${Version}' passt 2>/dev/null); $(iperf3 --version | head -1 | cut -d' ' -f1-2)"
+echo "# kit: $KIT $("$KIT" --version)${KIT_B:+; KIT_B: $KIT_B $("$KIT_B" --version)}"
+if [ -n "$PASTA_NEW_BIN" ]; then echo "# current pasta: $PASTA_NEW_BIN ($("$PASTA_NEW_BIN" --version 2>/dev/null | head -1))"
+else echo "# current pasta: skipped (set PASST_SRC to a passt git checkout, or PASTA_NEW to a built pasta)"; fi
 echo
 
 part() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
@@ -99,43 +129,63 @@ echo
 
 fi
 
-if part rr; then
+# Request/response and connection setup: every tool in turn, ROUNDS times, each from a fresh start (so the first
+# connection of a round is a cold one). tcpbench prints "VALUE LABEL" pairs; tb_rows prints the medians.
 ROUNDS=${RR_ROUNDS:-3}
+TOOLS="kit"; [ -n "${KIT_B:-}" ] && TOOLS="$TOOLS kit-b"; TOOLS="$TOOLS slirp pasta"; [ -n "$PASTA_NEW_BIN" ] && TOOLS="$TOOLS pasta-new"
+tb_round() { # MODE: one round of every tool, appended to $OUT/MODE-TOOL
+  local t
+  for t in $TOOLS; do
+    case $t in
+      kit) kit_exec 1500 $PY $TB "$1" 192.168.65.2 $TB_PORT 3 ppid 2>>"$OUT/kit-$1.err" || true ;;
+      kit-b) KIT=$KIT_B kit_exec 1500 $PY $TB "$1" 192.168.65.2 $TB_PORT 3 ppid 2>>"$OUT/kit-$1.err" || true ;;
+      slirp) slirp_start 1500; slirp_exec $PY $TB "$1" 10.0.2.2 $TB_PORT 3 "$SLIRP_PID" || true; slirp_stop ;;
+      pasta) pasta_start 1500; pasta_exec $PY $TB "$1" "$PASTA_GW" $TB_PORT 3 "$PASTA_PID" || true; pasta_stop ;;
+      pasta-new) pasta_start 1500 "$PASTA_NEW_BIN"; pasta_exec $PY $TB "$1" "$PASTA_GW" $TB_PORT 3 "$PASTA_PID" || true; pasta_stop ;;
+    esac >>"$OUT/$1-$t"
+  done
+}
+tb_rows() { # MODE RATE-LABEL CPU-LABEL SWITCH-LABEL [EXTRA-LABEL]: a table row per tool, medians of the rounds
+  local t
+  for t in $TOOLS; do
+    $PY -c '
+import statistics, sys
+names = {"kit": "kit net run", "kit-b": "kit net run (KIT_B)", "slirp": "slirp4netns", "pasta": "pasta (Debian 2023)", "pasta-new": "pasta (current, source)"}
+rows = []
+for line in open(sys.argv[1]):
+    w = line.split()
+    if w and w[0].replace(".", "").isdigit():
+        rows.append({w[i + 1]: float(w[i]) for i in range(0, len(w) - 1, 2)})
+labels = sys.argv[3:]
+def med(l):
+    v = [r[l] for r in rows if l in r]
+    return statistics.median(v) if v else float("nan")
+each = " / ".join("%.0f" % r.get(labels[0], 0) for r in rows) or "ERR"
+cells = ["%.0f" % med(labels[0]), "%.1f" % med(labels[1]), "%.2f" % med(labels[2])] + ["%.1f" % med(l) for l in labels[3:]]
+print("| %s | %s | %s |" % (names[sys.argv[2]], each, " | ".join(cells)))' "$OUT/$1-$t" "$t" "${@:2}"
+  done
+}
+for t in $TOOLS; do : >"$OUT/rr-$t"; : >"$OUT/conn-$t"; done
+
+if part rr; then
 echo "## request/response (bench/tcpbench.py rr: 64-byte request/response on one connection, TCP_NODELAY), MTU 1500, 3 s, $ROUNDS alternating rounds"
 echo "Median of the rounds; gateway CPU and context switches per round trip are the gateway process's (all threads)."
 echo "| tool | round trips/s (each round) | median round trips/s | gateway CPU us per round trip | gateway context switches per round trip |"
 echo "|---|---|---|---|---|"
-# rr_row NAME, then one "RATE ... CPU gw_cpu_us_per_rt SW gw_switches_per_rt" line per round on stdin
-rr_row() { $PY -c '
-import statistics, sys
-rows = [l.split() for l in sys.stdin if l.strip() and l.split()[0].isdigit()]
-if not rows: print("| %s | ERR | ERR | - | - |" % sys.argv[1]); sys.exit()
-med = lambda i: statistics.median(float(r[i]) for r in rows if len(r) > i)
-print("| %s | %s | %.0f | %.1f | %.2f |" % (sys.argv[1], " / ".join(r[0] for r in rows), med(0), med(4), med(6)))' "$1"; }
-: >"$OUT/rr-kit"; : >"$OUT/rr-slirp"; : >"$OUT/rr-pasta"
-for _ in $(seq "$ROUNDS"); do
-  kit_exec 1500 $PY $TB rr 192.168.65.2 $TB_PORT 3 ppid >>"$OUT/rr-kit" 2>>"$OUT/kit-rr.err" || true
-  slirp_start 1500; slirp_exec $PY $TB rr 10.0.2.2 $TB_PORT 3 "$SLIRP_PID" >>"$OUT/rr-slirp" || true; slirp_stop
-  pasta_start 1500; pasta_exec $PY $TB rr "$PASTA_GW" $TB_PORT 3 "$PASTA_PID" >>"$OUT/rr-pasta" || true; pasta_stop
-done
-rr_row "kit net run" <"$OUT/rr-kit"; rr_row slirp4netns <"$OUT/rr-slirp"; rr_row pasta <"$OUT/rr-pasta"
+for _ in $(seq "$ROUNDS"); do tb_round rr; done
+tb_rows rr round_trips_per_s gw_cpu_us_per_rt gw_switches_per_rt
 echo
 
 fi
 
 if part conn; then
-echo "## connection setup (bench/tcpbench.py conn: connect, 1-byte echo, close), MTU 1500, 3 s"
-echo "Gateway CPU and context switches per connection are the gateway process's (all threads)."
-echo "| tool | connections/s | gateway CPU us per connection | gateway context switches per connection |"
-echo "|---|---|---|---|"
-# conn_row NAME, then the "RATE ... CPU gw_cpu_us_per_conn SW gw_switches_per_conn" line on stdin
-conn_row() { $PY -c '
-import sys
-r = next((l.split() for l in sys.stdin if l.strip() and l.split()[0].isdigit()), None)
-print("| %s | %s | %s | %s |" % ((sys.argv[1],) + ((r[0], r[2], r[4]) if r and len(r) > 4 else ("ERR", "-", "-"))))' "$1"; }
-kit_exec 1500 $PY $TB conn 192.168.65.2 $TB_PORT 3 ppid 2>>"$OUT/kit-conn.err" | conn_row "kit net run" || true
-slirp_start 1500; slirp_exec $PY $TB conn 10.0.2.2 $TB_PORT 3 "$SLIRP_PID" | conn_row slirp4netns || true; slirp_stop
-pasta_start 1500; pasta_exec $PY $TB conn "$PASTA_GW" $TB_PORT 3 "$PASTA_PID" | conn_row pasta || true; pasta_stop
+echo "## connection setup (bench/tcpbench.py conn: connect, 1-byte echo, close), MTU 1500, 3 s, $ROUNDS alternating rounds"
+echo "Median of the rounds; gateway CPU and context switches per connection are the gateway process's (all threads);"
+echo "cold = the first connection after the gateway started (connect to echo), ms."
+echo "| tool | connections/s (each round) | median connections/s | gateway CPU us per connection | gateway context switches per connection | cold first connection, ms |"
+echo "|---|---|---|---|---|---|"
+for _ in $(seq "$ROUNDS"); do tb_round conn; done
+tb_rows conn connections_per_s gw_cpu_us_per_conn gw_switches_per_conn first_conn_ms
 echo
 
 fi

@@ -112,11 +112,11 @@ internal sealed partial class TcpProxy : IPollHandler
             return null;
         }
         var p = new TcpProxy(gate, nat, c, socket, log, Phase.Connecting) { _address = address, _port = port, ConnectDeadline = deadline };
-        if (HostSocket.StartConnect(socket, address, port, out string? error) == HostSocket.ConnectStart.Failed)
-        {
-            // Failed synchronously (no route, ...): reported through the same path as an asynchronous failure.
-            p._failure = error;
-        }
+        HostSocket.ConnectStart start = HostSocket.StartConnect(socket, address, port, out string? error);
+        // Connected or failed at once (loopback; no route, ...): reported from the run list, after the caller has set
+        // the flow up, through the same path as an outcome epoll reports.
+        p._failure = error;
+        p._connected = start == HostSocket.ConnectStart.Connected;
         // Watched only after connect(2) started: an unconnected TCP socket polls as EPOLLHUP, which would read as a
         // finished (failed) connect.
         if (!p.Watch(loop))
@@ -125,7 +125,7 @@ internal sealed partial class TcpProxy : IPollHandler
             c.Tag = null;
             return null;
         }
-        if (p._failure is not null)
+        if (p._failure is not null || p._connected)
         {
             nat.Queue(p);
         }
@@ -134,6 +134,8 @@ internal sealed partial class TcpProxy : IPollHandler
 
     /// <summary>Why the connect failed synchronously; the run list reports it to the engine.</summary>
     private string? _failure;
+    /// <summary>The connect finished synchronously; the run list reports it to the engine.</summary>
+    private bool _connected;
 
     /// <summary>Inbound (published port): an accepted host socket for an engine-opened connection.</summary>
     public static TcpProxy? Adopt(EngineGate gate, NatHost nat, EventLoop loop, TcpSocket c, Socket accepted, ILogger log)
@@ -250,9 +252,9 @@ internal sealed partial class TcpProxy : IPollHandler
     /// <summary>Moves whatever can move now, both ways (engine callbacks or socket readiness asked for it).</summary>
     public void Run(long now)
     {
-        if (_phase == Phase.Connecting && _failure is not null)
+        if (_phase == Phase.Connecting && (_failure is not null || _connected))
         {
-            FinishConnect(false, now, _failure);
+            FinishConnect(_connected, now, _failure);
             return;
         }
         if (_phase != Phase.Running)

@@ -404,10 +404,9 @@ internal sealed class TcpSocket
             // otherwise within DelayedAckMs. PSH does not force an ACK: a request's answer usually comes from the host
             // well within the delay and carries the ACK, which saves a frame (and a wake-up of the guest) per round trip.
             ackNow = !allTaken || _segmentsSinceAck >= 2;
-            if (!ackNow && _delayedAckDeadline == 0)
+            if (!ackNow)
             {
-                _delayedAckDeadline = _now + DelayedAckMs;
-                _host.WakeAt(_delayedAckDeadline);
+                ArmDelayedAck();
             }
         }
 
@@ -416,7 +415,18 @@ internal sealed class TcpSocket
         {
             _rcvNxt++;
             GuestFinished = true;
-            ackNow = true;
+            if (State is TcpState.Established or TcpState.SynReceived)
+            {
+                // The FIN's ACK is delayed, as Linux's tcp_fin() does (pingpong mode): the FIN goes on to the host
+                // socket as shutdown(2), and a host that closes in turn answers within the delay, so its FIN carries
+                // the ACK (one frame to the guest instead of two per connection). A host that keeps talking
+                // (half-close) sends the ACK with its data, or the timer sends it (RFC 1122 §4.2.3.2).
+                ArmDelayedAck();
+            }
+            else
+            {
+                ackNow = true;
+            }
             switch (State)
             {
                 case TcpState.Established:
@@ -781,10 +791,13 @@ internal sealed class TcpSocket
         if (n > 0 && !Removed && State is TcpState.Established or TcpState.FinWait1 or TcpState.FinWait2)
         {
             // RFC 9293 §3.8.6.2.2 receiver SWS avoidance: announce only a useful increase, and only when the
-            // guest's view of the window has got small (a slow host reader shrank it).
+            // guest's view of the window has got small (a slow host reader shrank it). "Small" stays below the 64 KiB
+            // a SYN-ACK can offer: the first bytes of every connection would otherwise cost a window update of their
+            // own, though the answer that follows carries the same window.
             uint guestView = _lastAdvertisedEdge - _rcvNxt;
             uint open = (uint)((_receive.Free >> _rcvShift) << _rcvShift);
-            if (guestView < (uint)_receive.Capacity / 2 && open - guestView >= (uint)Math.Min(_receive.Capacity / 2, 2 * _host.Mss))
+            uint small = (uint)Math.Min(_receive.Capacity / 2, Math.Max(32 * 1024, 4 * _host.Mss));
+            if (guestView < small && open - guestView >= (uint)Math.Min(_receive.Capacity / 2, 2 * _host.Mss))
             {
                 SendAck();
             }
@@ -913,6 +926,15 @@ internal sealed class TcpSocket
     }
 
     // ---- Timers ----
+
+    private void ArmDelayedAck()
+    {
+        if (_delayedAckDeadline == 0)
+        {
+            _delayedAckDeadline = _now + DelayedAckMs;
+            _host.WakeAt(_delayedAckDeadline);
+        }
+    }
 
     private void ArmRto()
     {

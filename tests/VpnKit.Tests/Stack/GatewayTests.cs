@@ -370,9 +370,12 @@ public sealed class GatewayTests
     {
         var (c, iss) = Open();
         _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Fin), _now);
-        Assert.Equal(1002u, Assert.Single(G.Segments(_sink)).Ack);
         Assert.True(c.GuestFinished);
         Assert.Equal(TcpState.CloseWait, c.State);
+        // The FIN's ACK is delayed (the host may close at once and carry it); a host that does not gets it from the timer.
+        Assert.Empty(G.Segments(_sink));
+        _gw.OnTimer(_gw.NextDeadline);
+        Assert.Equal(1002u, Assert.Single(G.Segments(_sink)).Ack);
         // The host still talks after the guest's FIN (half-close).
         Assert.Equal(3, c.Write("bye"u8, _now));
         Seg data = Assert.Single(G.Segments(_sink));
@@ -384,6 +387,39 @@ public sealed class GatewayTests
         _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1002, iss + 5, TcpFlags.Ack), _now);
         Assert.True(c.Removed);
         Assert.Equal(0, _gw.TcpConnectionCount);
+    }
+
+    [Fact]
+    public void GuestFinIsAckedByTheHostsFin()
+    {
+        var (c, iss) = Open();
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Fin), _now);
+        Assert.Empty(G.Segments(_sink));
+        c.Shutdown(_now + 1);
+        // One frame closes the gateway's side and acknowledges the guest's FIN.
+        Seg fin = Assert.Single(G.Segments(_sink));
+        Assert.Equal(TcpFlags.Fin | TcpFlags.Ack, fin.Flags);
+        Assert.Equal(1002u, fin.Ack);
+        Assert.Equal(TcpState.LastAck, c.State);
+        _gw.OnTimer(_now + 100); // No delayed ACK is left to fire.
+        Assert.Empty(G.Segments(_sink));
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1002, iss + 2, TcpFlags.Ack), _now + 2);
+        Assert.True(c.Removed);
+    }
+
+    [Fact]
+    public void FirstBytesCostNoWindowUpdate()
+    {
+        var (c, iss) = Open();
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Psh, payload: "ping"u8.ToArray()), _now);
+        Span<byte> got = stackalloc byte[4];
+        Assert.Equal(4, c.Read(got, _now));
+        // The host read the request at once: no ACK (no window update) of its own; the answer carries it.
+        Assert.Empty(G.Segments(_sink));
+        c.Write("pong"u8, _now);
+        Seg answer = Assert.Single(G.Segments(_sink));
+        Assert.Equal(1005u, answer.Ack);
+        Assert.True(answer.Window > 4096);
     }
 
     [Fact]
