@@ -8,7 +8,10 @@ namespace Kit.VpnKit.Policy;
 /// <param name="Sni">The ClientHello's server name, once <paramref name="StreamKnown"/>.</param>
 /// <param name="Host">The first request's Host, once <paramref name="StreamKnown"/>.</param>
 /// <param name="StreamKnown">The guest's first bytes have been read (TCP): sni/host conditions can be decided.</param>
-public readonly record struct FlowFacts(RuleProto Proto, uint RemoteIp, ushort RemotePort, string? Sni = null, string? Host = null, bool StreamKnown = false);
+/// <param name="Ipv6">An IPv6 flow (NAT66; <paramref name="RemoteIp"/> is then meaningless): rules with a cidr (IPv4 only for
+/// now) or a dns condition (the forwarder maps IPv4 answers to names) do not match it; every other rule does.</param>
+public readonly record struct FlowFacts(RuleProto Proto, uint RemoteIp, ushort RemotePort, string? Sni = null, string? Host = null, bool StreamKnown = false,
+    bool Ipv6 = false);
 
 /// <summary>
 /// The rule list (<c>--policy FILE</c>, changed at run time through <c>/api/rules</c>): checked in order, first match
@@ -49,7 +52,7 @@ public sealed class PolicyTable(Func<uint, string?> nameOf)
             {
                 continue;
             }
-            if (m.Cidr is IPNetwork net && !Contains(net, f.RemoteIp))
+            if (m.Cidr is IPNetwork net && (f.Ipv6 || !Contains(net, f.RemoteIp)))
             {
                 continue;
             }
@@ -63,7 +66,7 @@ public sealed class PolicyTable(Func<uint, string?> nameOf)
             }
             if (m.Dns is not null)
             {
-                if (!nameLooked)
+                if (!nameLooked && !f.Ipv6)
                 {
                     name = nameOf(f.RemoteIp);
                     nameLooked = true;
