@@ -163,13 +163,9 @@ internal sealed partial class IcmpForwarder : IDisposable
                     _gate.Engine.SendIcmpEchoReply(e.GuestVisibleDestination.Ipv4, e.Guest.Ipv4, e.Id, e.Sequence, icmp.Payload);
                     Inspector?.IcmpEcho(e.Guest.Ipv4, e.GuestVisibleDestination.Ipv4, icmp.Payload.Length, reply: true);
                 }
-                Forwarded++;
             }
         }
     }
-
-    /// <summary>Echo replies delivered to guests through this socket.</summary>
-    public long Forwarded { get; private set; }
 
     public void Dispose() => _socket.Dispose();
 

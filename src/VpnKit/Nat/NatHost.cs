@@ -73,7 +73,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     private PolicyRule? Decide(RuleProto proto, IpAddr remoteIp, ushort remotePort, out bool needStream)
     {
         needStream = false;
-        return Policy is { IsEmpty: false } table ? table.Decide(new FlowFacts(proto, remoteIp.Ipv4, remotePort, Ipv6: !remoteIp.IsV4), out needStream) : null;
+        return Policy is { IsEmpty: false } table ? table.Decide(new FlowFacts(proto, remoteIp.Ipv4, remotePort, RemoteIp6: remoteIp.IsV4 ? 0 : remoteIp.Value), out needStream) : null;
     }
 
     /// <summary>Whether a datagram or echo request from the guest goes on: its rule allows it and loss_pct spares it.</summary>
