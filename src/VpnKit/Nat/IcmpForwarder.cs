@@ -68,7 +68,15 @@ internal sealed partial class IcmpForwarder : IDisposable
         }
         catch (SocketException e)
         {
-            LogUnavailable(log, dgramError, PingGroupRange(), e.Message);
+            // One warning for one cause: ICMPv6 is refused when ICMP is (the same sysctl, the same capability).
+            if (ipv6)
+            {
+                LogUnavailable6(log, dgramError, e.Message);
+            }
+            else
+            {
+                LogUnavailable(log, dgramError, PingGroupRange(), e.Message);
+            }
             return null;
         }
     }
@@ -171,6 +179,9 @@ internal sealed partial class IcmpForwarder : IDisposable
 
     [LoggerMessage(Level = LogLevel.Information, Message = "ICMP echo forwarding: {Mode}")]
     private static partial void LogMode(ILogger log, string mode);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "ICMPv6 echo forwarding unavailable: no ICMPv6 datagram socket ({DgramReason}) and no raw socket ({RawReason}); the host alias answers IPv6 pings itself, others get no reply")]
+    private static partial void LogUnavailable6(ILogger log, string dgramReason, string rawReason);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "ICMP echo forwarding unavailable: no ICMP datagram socket ({DgramReason}; net.ipv4.ping_group_range is \"{Range}\") and no raw socket ({RawReason}); pings to addresses other than the gateway and host alias get no reply")]
     private static partial void LogUnavailable(ILogger log, string dgramReason, string range, string rawReason);
