@@ -11,7 +11,8 @@ namespace Kit.VpnKit.Nat;
 
 /// <summary>
 /// The host side of every guest flow: decides where each goes (the host alias 192.168.65.2 means the host's
-/// 127.0.0.1; the gateway's port 53 is the DNS forwarder; anything else is the real destination) and owns the
+/// 127.0.0.1, and its IPv6 address the host's ::1; the gateway's port 53 is the DNS forwarder; anything else is the real
+/// destination, IPv6 ones through IPv6 sockets: NAT66) and owns the
 /// sockets. Engine callbacks arrive under the engine lock, inside an engine call: they only start connects and queue
 /// TCP proxies; <see cref="RunQueued"/> (same lock, after the engine call returns) then moves their bytes on the same
 /// thread.

@@ -282,7 +282,8 @@ internal sealed partial class Gateway : ITcpSocketHost
             return tcpAt + tcpLength;
         }
         Span<byte> t = f.Slice(Ip6At, tcpLength);
-        TcpSegment.Write(t, headerLength, srcPort, dstPort, seq, ack, flags, window, 0, 0);
+        // The IPv4 checksum Write would compute is skipped (partial) and the IPv6 one written over it: one pass over the data.
+        TcpSegment.Write(t, headerLength, srcPort, dstPort, seq, ack, flags, window, 0, 0, partialChecksum: true);
         BinaryPrimitives.WriteUInt16BigEndian(t.Slice(16), Checksum6(t, 16, src.Value, dst.Value, IpProtocol.Tcp));
         WriteIpv6AndEthernet(f, mac, src.Value, dst.Value, IpProtocol.Tcp, 64, tcpLength);
         return Ip6At + tcpLength;
