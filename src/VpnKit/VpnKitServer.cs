@@ -189,6 +189,11 @@ public sealed partial class VpnKitServer : IDisposable
         {
             _owned.Add(icmp);
         }
+        if (_gw.Ipv6 && IcmpForwarder.TryCreate(_gate, _log, ipv6: true) is { } icmp6)
+        {
+            _nat.Icmp6 = icmp6;
+            _owned.Add(icmp6);
+        }
         var dnsTcp = new DnsTcpServer(_dns, _log);
         _owned.Add(dnsTcp);
         _nat.DnsTcp = dnsTcp.EndPoint;

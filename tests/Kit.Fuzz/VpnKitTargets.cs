@@ -151,6 +151,14 @@ internal static class VpnKitTargets
         public void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
         {
         }
+
+        public void Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload)
+        {
+        }
+
+        public void Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
+        {
+        }
     }
 
     /// <summary>

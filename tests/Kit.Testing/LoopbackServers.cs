@@ -17,20 +17,26 @@ public sealed class TinyDnsServer : IDisposable
     public const string Name = "kit-test.example";
     public static readonly IPAddress Address = IPAddress.Parse("10.11.12.13");
 
-    private readonly Socket _socket = new(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+    private readonly Socket _socket;
     private readonly CancellationTokenSource _stop = new();
     private readonly ConcurrentQueue<string> _queries = new();
     private readonly IPAddress _answer;
+    private readonly IPAddress? _answer6;
 
     public TinyDnsServer()
         : this(new IPEndPoint(IPAddress.Loopback, 0), Address)
     {
     }
 
-    /// <summary>A server at <paramref name="bind"/> (e.g. 127.0.0.2:53, as a resolv.conf names it) answering <see cref="Name"/> with <paramref name="answer"/>.</summary>
-    public TinyDnsServer(IPEndPoint bind, IPAddress answer)
+    /// <summary>
+    /// A server at <paramref name="bind"/> (e.g. 127.0.0.2:53, as a resolv.conf names it, or [::1]:0) answering
+    /// <see cref="Name"/> with <paramref name="answer"/> (A) and <paramref name="answer6"/> (AAAA, when given).
+    /// </summary>
+    public TinyDnsServer(IPEndPoint bind, IPAddress answer, IPAddress? answer6 = null)
     {
         _answer = answer;
+        _answer6 = answer6;
+        _socket = new Socket(bind.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         _socket.Bind(bind);
         _ = ServeAsync();
     }
@@ -43,7 +49,7 @@ public sealed class TinyDnsServer : IDisposable
     private async Task ServeAsync()
     {
         byte[] buffer = new byte[1500];
-        EndPoint any = new IPEndPoint(IPAddress.Any, 0);
+        EndPoint any = new IPEndPoint(_socket.AddressFamily == AddressFamily.InterNetwork ? IPAddress.Any : IPAddress.IPv6Any, 0);
         try
         {
             while (true)
@@ -94,8 +100,10 @@ public sealed class TinyDnsServer : IDisposable
         _queries.Enqueue($"{qname.ToLowerInvariant()}/{type}");
 
         bool known = string.Equals(qname, Name, StringComparison.OrdinalIgnoreCase);
-        bool answer = known && type == 1;
-        byte[] reply = new byte[questionEnd + (answer ? 16 : 0)];
+        IPAddress? address = !known ? null : type == 1 ? _answer : type == 28 ? _answer6 : null;
+        bool answer = address is not null;
+        byte[] rdata = address?.GetAddressBytes() ?? [];
+        byte[] reply = new byte[questionEnd + (answer ? 12 + rdata.Length : 0)];
         q[..questionEnd].CopyTo(reply);
         ushort rd = (ushort)(BinaryPrimitives.ReadUInt16BigEndian(q[2..]) & 0x0100);
         // QR=1, RA=1, RD copied; RCODE 3 = NXDOMAIN.
@@ -107,11 +115,11 @@ public sealed class TinyDnsServer : IDisposable
         {
             Span<byte> rr = reply.AsSpan(questionEnd);
             BinaryPrimitives.WriteUInt16BigEndian(rr, 0xC00C); // pointer to the question name
-            BinaryPrimitives.WriteUInt16BigEndian(rr[2..], 1);  // A
+            BinaryPrimitives.WriteUInt16BigEndian(rr[2..], type); // A or AAAA
             BinaryPrimitives.WriteUInt16BigEndian(rr[4..], 1);  // IN
             BinaryPrimitives.WriteUInt32BigEndian(rr[6..], 60); // TTL
-            BinaryPrimitives.WriteUInt16BigEndian(rr[10..], 4);
-            _answer.GetAddressBytes().CopyTo(rr[12..]);
+            BinaryPrimitives.WriteUInt16BigEndian(rr[10..], (ushort)rdata.Length);
+            rdata.CopyTo(rr[12..]);
         }
         return reply;
     }
@@ -137,7 +145,8 @@ public sealed class LoopbackTcpServer : IDisposable
 
     /// <param name="handler">Serves one connection; the token fires when the server is disposed.</param>
     /// <param name="address">The loopback address to bind (127.0.0.1 unless given, e.g. ::1).</param>
-    public LoopbackTcpServer(Func<TcpClient, CancellationToken, Task> handler, IPAddress? address = null)
+    /// <param name="port">The port (default: one the kernel picks).</param>
+    public LoopbackTcpServer(Func<TcpClient, CancellationToken, Task> handler, IPAddress? address = null, int port = 0)
     {
         address ??= IPAddress.Loopback;
         if (!IPAddress.IsLoopback(address))
@@ -145,7 +154,7 @@ public sealed class LoopbackTcpServer : IDisposable
             throw new ArgumentException($"{address} is not a loopback address: tests listen on loopback only", nameof(address));
         }
         _handler = handler;
-        _listener = new TcpListener(address, 0);
+        _listener = new TcpListener(address, port);
         _listener.Start();
         _ = AcceptAsync();
     }
@@ -202,7 +211,9 @@ public sealed class TinyHttpServer : IDisposable
     private readonly LoopbackTcpServer _server;
     private readonly ConcurrentQueue<string> _requests = new();
 
-    public TinyHttpServer(int size = 256 * 1024)
+    /// <param name="bind">The loopback address to listen on (default 127.0.0.1; [::1] for IPv6).</param>
+    /// <param name="port">The port (default: one the kernel picks).</param>
+    public TinyHttpServer(int size = 256 * 1024, IPAddress? bind = null, int port = 0)
     {
         Body = new byte[size];
         // Printable, position-dependent content: a lost or reordered segment changes the digest.
@@ -211,7 +222,7 @@ public sealed class TinyHttpServer : IDisposable
             Body[i] = (byte)('a' + ((i * 7 + i / 251) % 26));
         }
         Md5 = Convert.ToHexStringLower(MD5.HashData(Body));
-        _server = new LoopbackTcpServer(HandleAsync);
+        _server = new LoopbackTcpServer(HandleAsync, bind, port);
     }
 
     public byte[] Body { get; }

@@ -1,3 +1,5 @@
+using Kit.VpnKit.Wire;
+
 namespace Kit.VpnKit.Nat;
 
 /// <summary>
@@ -17,13 +19,13 @@ internal sealed class IcmpEchoMap
     private int _next;
 
     /// <summary>One outstanding echo: who asked, the address it believes it pinged, where it really went, its id/seq.</summary>
-    public readonly record struct Entry(uint Guest, uint GuestVisibleDestination, uint HostDestination, ushort Id, ushort Sequence)
+    public readonly record struct Entry(IpAddr Guest, IpAddr GuestVisibleDestination, IpAddr HostDestination, ushort Id, ushort Sequence)
     {
-        public bool InUse => Guest != 0;
+        public bool InUse => Guest.Value != 0;
     }
 
     /// <summary>Records an echo and returns the sequence number to send it with.</summary>
-    public ushort Add(uint guest, uint guestVisibleDestination, uint hostDestination, ushort id, ushort sequence)
+    public ushort Add(IpAddr guest, IpAddr guestVisibleDestination, IpAddr hostDestination, ushort id, ushort sequence)
     {
         // The key is 16 bits wide (it is the wire sequence); the slot is its low bits, and the entry keeps the key so a
         // reply for an overwritten echo (same slot, older key) is not delivered to the newer one.
@@ -37,7 +39,7 @@ internal sealed class IcmpEchoMap
     /// Finds the echo a reply with <paramref name="sequence"/> from <paramref name="from"/> answers and forgets it
     /// (a duplicate reply is dropped, as a host that already saw one would). False for stray or spoofed replies.
     /// </summary>
-    public bool TryTake(ushort sequence, uint from, out Entry entry)
+    public bool TryTake(ushort sequence, IpAddr from, out Entry entry)
     {
         int slot = sequence & (Capacity - 1);
         entry = _entries[slot];

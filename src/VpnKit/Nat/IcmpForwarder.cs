@@ -11,12 +11,16 @@ namespace Kit.VpnKit.Nat;
 /// else a raw ICMP socket (CAP_NET_RAW). The mode is logged; when neither opens, one warning says so and pings to
 /// remote addresses get no reply (the gateway and host alias still answer: the engine does that itself).
 /// Replies are matched to the guest's echo through <see cref="IcmpEchoMap"/> (the outgoing sequence is the key).
+/// NAT66 has a second forwarder of the same kind for ICMPv6 (RFC 4443 §4.1 echo, type 128/129): AF_INET6 ping sockets
+/// are governed by the same net.ipv4.ping_group_range, and the kernel computes the ICMPv6 checksum for both socket
+/// kinds (a raw ICMPv6 socket always does, RFC 3542 §3.1), and hands over the message without the IPv6 header.
 /// </summary>
 internal sealed partial class IcmpForwarder : IDisposable
 {
     private readonly EngineGate _gate;
     private readonly Socket _socket;
     private readonly bool _raw;
+    private readonly bool _v6;
     private readonly IcmpEchoMap _map = new();
     private readonly byte[] _tx = new byte[65536];
 
@@ -29,23 +33,26 @@ internal sealed partial class IcmpForwarder : IDisposable
         _gate = gate;
         _socket = socket;
         _raw = raw;
+        _v6 = socket.AddressFamily == AddressFamily.InterNetworkV6;
         // .NET needs a bound socket before ReceiveFrom; for a ping socket, binding port 0 lets the kernel pick the id.
-        _socket.Bind(new IPEndPoint(IPAddress.Any, 0));
+        _socket.Bind(new IPEndPoint(_v6 ? IPAddress.IPv6Any : IPAddress.Any, 0));
         _ = ReceiveLoopAsync();
     }
 
     /// <summary>Told of every reply delivered (null: the inspector is off).</summary>
     public Kit.VpnKit.Inspect.Inspector? Inspector { get; set; }
 
-    public string Mode => _raw ? "raw ICMP socket (root)" : "unprivileged ICMP datagram socket";
+    public string Mode => (_raw ? "raw ICMP socket (root)" : "unprivileged ICMP datagram socket") + (_v6 ? ", IPv6" : "");
 
-    /// <summary>Opens the best available socket, or returns null with the reason logged.</summary>
-    public static IcmpForwarder? TryCreate(EngineGate gate, ILogger log)
+    /// <summary>Opens the best available socket (ICMPv6 with <paramref name="ipv6"/>), or returns null with the reason logged.</summary>
+    public static IcmpForwarder? TryCreate(EngineGate gate, ILogger log, bool ipv6 = false)
     {
+        AddressFamily family = ipv6 ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork;
+        ProtocolType protocol = ipv6 ? ProtocolType.IcmpV6 : ProtocolType.Icmp;
         string dgramError;
         try
         {
-            var f = new IcmpForwarder(gate, new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Icmp), raw: false);
+            var f = new IcmpForwarder(gate, new Socket(family, SocketType.Dgram, protocol), raw: false);
             LogMode(log, f.Mode);
             return f;
         }
@@ -55,13 +62,21 @@ internal sealed partial class IcmpForwarder : IDisposable
         }
         try
         {
-            var f = new IcmpForwarder(gate, new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Icmp), raw: true);
+            var f = new IcmpForwarder(gate, new Socket(family, SocketType.Raw, protocol), raw: true);
             LogMode(log, f.Mode);
             return f;
         }
         catch (SocketException e)
         {
-            LogUnavailable(log, dgramError, PingGroupRange(), e.Message);
+            // One warning for one cause: ICMPv6 is refused when ICMP is (the same sysctl, the same capability).
+            if (ipv6)
+            {
+                LogUnavailable6(log, dgramError, e.Message);
+            }
+            else
+            {
+                LogUnavailable(log, dgramError, PingGroupRange(), e.Message);
+            }
             return null;
         }
     }
@@ -79,7 +94,7 @@ internal sealed partial class IcmpForwarder : IDisposable
     }
 
     /// <summary>Called under the engine lock.</summary>
-    public void Send(uint guestIp, uint hostDst, uint guestVisibleDst, ushort id, ushort seq, ReadOnlySpan<byte> payload)
+    public void Send(IpAddr guestIp, IpAddr hostDst, IpAddr guestVisibleDst, ushort id, ushort seq, ReadOnlySpan<byte> payload)
     {
         if (payload.Length + IcmpPacket.HeaderLength > _tx.Length)
         {
@@ -88,11 +103,18 @@ internal sealed partial class IcmpForwarder : IDisposable
         ushort key = _map.Add(guestIp, guestVisibleDst, hostDst, id, seq);
         Span<byte> m = _tx.AsSpan(0, IcmpPacket.HeaderLength + payload.Length);
         payload.CopyTo(m.Slice(IcmpPacket.HeaderLength));
-        // A datagram socket overwrites the identifier with its own and recomputes the checksum; a raw one sends as is.
+        // A datagram socket overwrites the identifier with its own and recomputes the checksum; a raw one sends as is
+        // (ICMPv6: the kernel always writes the checksum).
         IcmpPacket.WriteEcho(m, IcmpPacket.TypeEchoRequest, _rawId, key);
+        if (_v6)
+        {
+            m[0] = Icmpv6Type.EchoRequest;
+            m[2] = 0;
+            m[3] = 0;
+        }
         try
         {
-            _socket.SendTo(m, SocketFlags.None, new IPEndPoint(NatHost.ToAddress(hostDst), 0));
+            _socket.SendTo(m, SocketFlags.None, new IPEndPoint(hostDst.ToIPAddress(), 0));
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
@@ -103,7 +125,7 @@ internal sealed partial class IcmpForwarder : IDisposable
     private async Task ReceiveLoopAsync()
     {
         byte[] buffer = new byte[65536];
-        EndPoint any = new IPEndPoint(IPAddress.Any, 0);
+        EndPoint any = new IPEndPoint(_v6 ? IPAddress.IPv6Any : IPAddress.Any, 0);
         try
         {
             while (true)
@@ -111,7 +133,7 @@ internal sealed partial class IcmpForwarder : IDisposable
                 SocketReceiveFromResult r = await _socket.ReceiveFromAsync(buffer, SocketFlags.None, any).ConfigureAwait(false);
                 if (r.RemoteEndPoint is IPEndPoint from)
                 {
-                    Deliver(buffer.AsSpan(0, r.ReceivedBytes), NatHost.FromAddress(from.Address));
+                    Deliver(buffer.AsSpan(0, r.ReceivedBytes), IpAddr.From(from.Address));
                 }
             }
         }
@@ -120,10 +142,10 @@ internal sealed partial class IcmpForwarder : IDisposable
         }
     }
 
-    /// <summary>One datagram from the socket: ICMP (datagram mode) or IPv4 + ICMP (raw mode).</summary>
-    private void Deliver(ReadOnlySpan<byte> p, uint from)
+    /// <summary>One datagram from the socket: ICMP or ICMPv6 (datagram mode, raw ICMPv6), or IPv4 + ICMP (raw mode).</summary>
+    private void Deliver(ReadOnlySpan<byte> p, IpAddr from)
     {
-        if (_raw)
+        if (_raw && !_v6)
         {
             if (Ipv4Packet.TryParse(p, out Ipv4Packet ip, verifyChecksum: false) != Ipv4Error.None)
             {
@@ -131,7 +153,8 @@ internal sealed partial class IcmpForwarder : IDisposable
             }
             p = ip.Payload;
         }
-        if (!IcmpPacket.TryParse(p, out IcmpPacket icmp) || icmp.Type != IcmpPacket.TypeEchoReply || (_raw && icmp.Identifier != _rawId))
+        // Echo request and reply share their layout in both versions (RFC 792, RFC 4443 §4): only the types differ.
+        if (!IcmpPacket.TryParse(p, out IcmpPacket icmp) || icmp.Type != (_v6 ? Icmpv6Type.EchoReply : IcmpPacket.TypeEchoReply) || (_raw && icmp.Identifier != _rawId))
         {
             return;
         }
@@ -139,8 +162,15 @@ internal sealed partial class IcmpForwarder : IDisposable
         {
             if (_map.TryTake(icmp.Sequence, from, out IcmpEchoMap.Entry e))
             {
-                _gate.Engine.SendIcmpEchoReply(e.GuestVisibleDestination, e.Guest, e.Id, e.Sequence, icmp.Payload);
-                Inspector?.IcmpEcho(e.Guest, e.GuestVisibleDestination, icmp.Payload.Length, reply: true);
+                if (_v6)
+                {
+                    _gate.Engine.SendIcmp6EchoReply(e.GuestVisibleDestination.Value, e.Guest.Value, e.Id, e.Sequence, icmp.Payload, EngineGate.Now);
+                }
+                else
+                {
+                    _gate.Engine.SendIcmpEchoReply(e.GuestVisibleDestination.Ipv4, e.Guest.Ipv4, e.Id, e.Sequence, icmp.Payload);
+                    Inspector?.IcmpEcho(e.Guest.Ipv4, e.GuestVisibleDestination.Ipv4, icmp.Payload.Length, reply: true);
+                }
             }
         }
     }
@@ -149,6 +179,9 @@ internal sealed partial class IcmpForwarder : IDisposable
 
     [LoggerMessage(Level = LogLevel.Information, Message = "ICMP echo forwarding: {Mode}")]
     private static partial void LogMode(ILogger log, string mode);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "ICMPv6 echo forwarding unavailable: no ICMPv6 datagram socket ({DgramReason}) and no raw socket ({RawReason}); the host alias answers IPv6 pings itself, others get no reply")]
+    private static partial void LogUnavailable6(ILogger log, string dgramReason, string rawReason);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "ICMP echo forwarding unavailable: no ICMP datagram socket ({DgramReason}; net.ipv4.ping_group_range is \"{Range}\") and no raw socket ({RawReason}); pings to addresses other than the gateway and host alias get no reply")]
     private static partial void LogUnavailable(ILogger log, string dgramReason, string range, string rawReason);

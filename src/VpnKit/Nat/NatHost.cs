@@ -4,13 +4,15 @@ using Kit.VpnKit.Inspect;
 using Kit.VpnKit.Policy;
 using Kit.VpnKit.Services;
 using Kit.VpnKit.Stack;
+using Kit.VpnKit.Wire;
 using Microsoft.Extensions.Logging;
 
 namespace Kit.VpnKit.Nat;
 
 /// <summary>
 /// The host side of every guest flow: decides where each goes (the host alias 192.168.65.2 means the host's
-/// 127.0.0.1; the gateway's port 53 is the DNS forwarder; anything else is the real destination) and owns the
+/// 127.0.0.1, and its IPv6 address the host's ::1; the gateway's port 53 is the DNS forwarder; anything else is the real
+/// destination, IPv6 ones through IPv6 sockets: NAT66) and owns the
 /// sockets. Engine callbacks arrive under the engine lock, inside an engine call: they only start connects and queue
 /// TCP proxies; <see cref="RunQueued"/> (same lock, after the engine call returns) then moves their bytes on the same
 /// thread.
@@ -33,7 +35,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         _o = options;
         _dns = dns;
         _log = log;
-        Udp = new UdpNat(gate, TranslateOut, TranslateIn, log);
+        Udp = new UdpNat(gate, TranslateOut, TranslateIn, log) { TranslateIn6 = TranslateIn6 };
     }
 
     public UdpNat Udp { get; }
@@ -69,14 +71,14 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     }
 
     /// <summary>The rule for a new flow (counted), or null: allowed as is. Traffic to the gateway's own services is not a flow.</summary>
-    private PolicyRule? Decide(RuleProto proto, uint remoteIp, ushort remotePort, out bool needStream)
+    private PolicyRule? Decide(RuleProto proto, IpAddr remoteIp, ushort remotePort, out bool needStream)
     {
         needStream = false;
-        return Policy is { IsEmpty: false } table ? table.Decide(new FlowFacts(proto, remoteIp, remotePort), out needStream) : null;
+        return Policy is { IsEmpty: false } table ? table.Decide(new FlowFacts(proto, remoteIp.Ipv4, remotePort, RemoteIp6: remoteIp.IsV4 ? 0 : remoteIp.Value), out needStream) : null;
     }
 
     /// <summary>Whether a datagram or echo request from the guest goes on: its rule allows it and loss_pct spares it.</summary>
-    private bool Passes(RuleProto proto, uint remoteIp, ushort remotePort, int bytes)
+    private bool Passes(RuleProto proto, IpAddr remoteIp, ushort remotePort, int bytes)
     {
         if (Decide(proto, remoteIp, remotePort, out _) is not { } rule)
         {
@@ -96,6 +98,9 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     /// <summary>Published UDP ports: guest replies to them go back to the host client, not through the NAT.</summary>
     public List<UdpPublisher> UdpPublishers { get; } = [];
     public IcmpForwarder? Icmp { get; set; }
+
+    /// <summary>ICMPv6 echo forwarding (NAT66); null when no ICMPv6 socket opens (then the host alias answers itself).</summary>
+    public IcmpForwarder? Icmp6 { get; set; }
 
     /// <summary>The loopback listener that answers DNS over TCP for the gateway; null until started.</summary>
     public IPEndPoint? DnsTcp { get; set; }
@@ -124,7 +129,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
 
     /// <summary>
     /// 169.254.169.254: the link-local address (RFC 3927) where AWS, GCP, Azure, OpenStack and others serve instance
-    /// metadata and credentials. (Their IPv6 address, fd00:ec2::254, needs no rule: the gateway carries no IPv6.)
+    /// metadata and credentials (AWS's IPv6 one is <see cref="MetadataIp6"/>).
     /// </summary>
     internal const uint MetadataIp = 0xA9FEA9FE;
 
@@ -154,12 +159,47 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     /// <summary>Host-side source → what the guest sees (the host's loopback appears as the host alias).</summary>
     private uint TranslateIn(uint ip) => (ip >> 24) == 127 ? _o.HostIp : ip;
 
+    /// <summary>
+    /// NAT66's host destination for a guest-visible IPv6 destination (the engine admits only the host alias and
+    /// addresses off the link): the host alias is the host's ::1, as 192.168.65.2 is 127.0.0.1; 0 when the reachability
+    /// switches refuse it (counted).
+    /// </summary>
+    private UInt128 HostAddress6(UInt128 ip)
+    {
+        if (Refuses6(BlockMetadata, HostLoopback, _o.HostIp6, ip))
+        {
+            Interlocked.Increment(ref _blocked);
+            return 0;
+        }
+        return ip == _o.HostIp6 ? UInt128.One : ip;
+    }
+
+    /// <summary>Host-side IPv6 source → what the guest sees (the host's ::1 appears as the host alias).</summary>
+    private UInt128 TranslateIn6(UInt128 ip) => ip == UInt128.One ? _o.HostIp6 : ip;
+
+    /// <summary>fd00:ec2::254: the instance metadata service's IPv6 address (AWS), refused with the IPv4 one.</summary>
+    internal static readonly UInt128 MetadataIp6 = new(0xFD00_0EC2_0000_0000UL, 0x254);
+
+    /// <summary><see cref="Refuses"/> for IPv6 destinations.</summary>
+    internal static bool Refuses6(bool blockMetadata, bool hostLoopback, UInt128 hostIp6, UInt128 ip) =>
+        (blockMetadata && ip == MetadataIp6) || (!hostLoopback && ip == hostIp6);
+
+
     public void TcpConnectRequested(TcpSocket c)
     {
+        if (!c.RemoteIp.IsV4)
+        {
+            UInt128 to = HostAddress6(c.RemoteIp.Value);
+            bool streamRule = false;
+            PolicyRule? rule6 = to == 0 ? null : Decide(RuleProto.Tcp, c.RemoteIp, c.RemotePort, out streamRule);
+            Open(c, to == 0 ? default : IpAddr.V6(to), c.RemotePort, rule6, refused: to == 0, streamRule);
+            return;
+        }
+        uint remote = c.RemoteIp.Ipv4;
         uint address = 0;
         ushort port = c.RemotePort;
         bool refused = false;
-        if (c.RemoteIp == _o.GatewayIp)
+        if (remote == _o.GatewayIp)
         {
             if (c.RemotePort == 53 && DnsTcp is { } dns)
             {
@@ -168,14 +208,14 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
                 port = (ushort)dns.Port;
             }
         }
-        else if (!(_o.InSubnet(c.RemoteIp) && c.RemoteIp != _o.HostIp) && !(refused = Refused(c.RemoteIp)))
+        else if (!(_o.InSubnet(remote) && remote != _o.HostIp) && !(refused = Refused(remote)))
         {
-            address = TranslateOut(c.RemoteIp);
+            address = TranslateOut(remote);
         }
         // Upstream proxies: the gateway's 3128, and ports 80/443 of addresses dialled as they are (never the host alias
         // or a refused one), go to the proxy relay on loopback, which learns the flow by this socket's local port.
-        RelayKind? relay = Relay?.Intercepts(c.RemoteIp == _o.GatewayIp, c.RemoteIp, c.RemotePort);
-        if (relay is not null && (c.RemoteIp == _o.GatewayIp || (address != 0 && address == c.RemoteIp)))
+        RelayKind? relay = Relay?.Intercepts(remote == _o.GatewayIp, remote, c.RemotePort);
+        if (relay is not null && (remote == _o.GatewayIp || (address != 0 && address == remote)))
         {
             (address, port) = (FromAddress(Relay!.EndPoint.Address), (ushort)Relay.EndPoint.Port);
         }
@@ -183,19 +223,33 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             relay = null;
         }
-        long now = EngineGate.Now;
-        // The flow is known (with the name the guest resolved for its address) before the host connect starts: the
-        // policy decides here, unless a rule on sni/host needs the guest's first bytes (then the proxy decides).
-        FlowRecord? flow = _inspector?.OpenFlow("tcp", c.GuestIp, c.GuestPort, c.RemoteIp, c.RemotePort);
+        // The policy decides here, unless a rule on sni/host needs the guest's first bytes (then the proxy decides).
         bool needStream = false;
-        PolicyRule? rule = address == 0 || c.RemoteIp == _o.GatewayIp ? null : Decide(RuleProto.Tcp, c.RemoteIp, c.RemotePort, out needStream);
+        PolicyRule? rule = address == 0 || remote == _o.GatewayIp ? null : Decide(RuleProto.Tcp, c.RemoteIp, c.RemotePort, out needStream);
+        TcpProxy? proxy = Open(c, address == 0 ? default : IpAddr.V4(address), port, rule, refused, needStream);
+        if (proxy is not null && relay is RelayKind kind)
+        {
+            Relay!.Expect(proxy.LocalPort, kind, remote, c.RemotePort);
+        }
+    }
+
+    /// <summary>
+    /// Starts the host connect for a guest's SYN to <paramref name="address"/> (default: refused), as
+    /// <paramref name="rule"/> allows; the guest gets its SYN-ACK or RST when the connect reports.
+    /// </summary>
+    private TcpProxy? Open(TcpSocket c, IpAddr address, ushort port, PolicyRule? rule, bool refused, bool needStream)
+    {
+        long now = EngineGate.Now;
+        // The flow is known (with the name the guest resolved for its address) before the host connect starts. (The
+        // inspector records IPv4 flows only, for now.)
+        FlowRecord? flow = c.GuestIp.IsV4 ? _inspector?.OpenFlow("tcp", c.GuestIp.Ipv4, c.GuestPort, c.RemoteIp.Ipv4, c.RemotePort) : null;
         bool silent = rule?.Action == RuleAction.Deny;
         if (rule is { Action: not RuleAction.Allow })
         {
-            address = 0;
+            address = default;
             refused = true;
         }
-        TcpProxy? proxy = address == 0 || Loop is null ? null : TcpProxy.Connect(_gate, this, Loop, c, address, port, now + ConnectTimeoutMs, _log);
+        TcpProxy? proxy = address.Value == 0 || Loop is null ? null : TcpProxy.Connect(_gate, this, Loop, c, address, port, now + ConnectTimeoutMs, _log);
         if (proxy is null)
         {
             if (flow is not null)
@@ -203,7 +257,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
                 _inspector!.CloseFlow(flow, refused ? FlowEnd.Policy : FlowEnd.Refused);
             }
             c.CompleteConnect(connected: false, now, silent);
-            return;
+            return null;
         }
         if (needStream)
         {
@@ -217,12 +271,9 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             proxy.Observe(_inspector!, flow);
         }
-        if (relay is RelayKind kind)
-        {
-            Relay!.Expect(proxy.LocalPort, kind, c.RemoteIp, c.RemotePort);
-        }
         _proxies.Add(proxy);
         _connecting.Enqueue(proxy);
+        return proxy;
     }
 
     /// <summary>Adopts an accepted host socket for an engine-opened (published port) connection.</summary>
@@ -237,7 +288,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         }
         if (_inspector is not null)
         {
-            proxy.Observe(_inspector, _inspector.OpenFlow("tcp", c.GuestIp, c.GuestPort, c.RemoteIp, c.RemotePort, inbound: true));
+            proxy.Observe(_inspector, _inspector.OpenFlow("tcp", c.GuestIp.Ipv4, c.GuestPort, c.RemoteIp.Ipv4, c.RemotePort, inbound: true));
         }
         _proxies.Add(proxy);
     }
@@ -357,7 +408,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
             }
             return;
         }
-        if ((_o.InSubnet(flow.RemoteIp) && flow.RemoteIp != _o.HostIp) || Refused(flow.RemoteIp) || !Passes(RuleProto.Udp, flow.RemoteIp, flow.RemotePort, payload.Length))
+        if ((_o.InSubnet(flow.RemoteIp) && flow.RemoteIp != _o.HostIp) || Refused(flow.RemoteIp) || !Passes(RuleProto.Udp, IpAddr.V4(flow.RemoteIp), flow.RemotePort, payload.Length))
         {
             return;
         }
@@ -383,10 +434,41 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
 
     public void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
     {
-        if (!Refused(destination) && Passes(RuleProto.Icmp, destination, 0, payload.Length))
+        if (!Refused(destination) && Passes(RuleProto.Icmp, IpAddr.V4(destination), 0, payload.Length))
         {
             _inspector?.IcmpEcho(guestIp, destination, payload.Length, reply: false);
-            Icmp?.Send(guestIp, TranslateOut(destination), destination, id, sequence, payload);
+            Icmp?.Send(IpAddr.V4(guestIp), IpAddr.V4(TranslateOut(destination)), IpAddr.V4(destination), id, sequence, payload);
+        }
+    }
+
+    /// <summary>NAT66: a guest datagram to the host alias (the host's ::1) or off the link, from the flow's IPv6 host socket.</summary>
+    public void Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload)
+    {
+        UInt128 to = HostAddress6(flow.RemoteIp);
+        if (to != 0 && Passes(RuleProto.Udp, IpAddr.V6(flow.RemoteIp), flow.RemotePort, payload.Length))
+        {
+            Udp.Send6(flow, to, payload);
+        }
+    }
+
+    /// <summary>
+    /// NAT66: an echo to the host alias goes to the host's ::1, others to their destination, through the ICMPv6 socket.
+    /// Without one, the host alias still answers (the engine's reply, as before NAT66) and other echoes get none.
+    /// </summary>
+    public void Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
+    {
+        UInt128 to = HostAddress6(destination);
+        if (to == 0 || !Passes(RuleProto.Icmp, IpAddr.V6(destination), 0, payload.Length))
+        {
+            return;
+        }
+        if (Icmp6 is { } icmp)
+        {
+            icmp.Send(IpAddr.V6(guestIp), IpAddr.V6(to), IpAddr.V6(destination), id, sequence, payload);
+        }
+        else if (destination == _o.HostIp6)
+        {
+            _gate.Engine.SendIcmp6EchoReply(destination, guestIp, id, sequence, payload, EngineGate.Now);
         }
     }
 

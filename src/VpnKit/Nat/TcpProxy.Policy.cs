@@ -103,7 +103,7 @@ internal sealed partial class TcpProxy
         }
         PolicyTable table = _pendingPolicy!;
         _pendingPolicy = null;
-        PolicyRule? rule = table.Decide(new FlowFacts(RuleProto.Tcp, _c.RemoteIp, _c.RemotePort, sni, host, StreamKnown: true), out _);
+        PolicyRule? rule = table.Decide(new FlowFacts(RuleProto.Tcp, _c.RemoteIp.Ipv4, _c.RemotePort, sni, host, StreamKnown: true, RemoteIp6: _c.RemoteIp.IsV4 ? 0 : _c.RemoteIp.Value), out _);
         if (rule is null || rule.Action == RuleAction.Allow)
         {
             if (rule is not null && rule.Impair.ShapesStreams)

@@ -4,6 +4,7 @@ using System.Diagnostics;
 using Kit.VpnKit.Inspect;
 using Kit.VpnKit.Links;
 using Kit.VpnKit.Stack;
+using Kit.VpnKit.Wire;
 using Microsoft.Extensions.Logging;
 
 namespace Kit.VpnKit.Nat;
@@ -40,7 +41,7 @@ internal sealed partial class TcpProxy : IPollHandler
     private readonly ILogger _log;
     private Phase _phase;
     private ulong _token;
-    private uint _address;
+    private IpAddr _address;
     private ushort _port;
 
     // Readiness as the kernel last reported it: cleared on EAGAIN, set by the next epoll edge. The socket is watched
@@ -99,12 +100,16 @@ internal sealed partial class TcpProxy : IPollHandler
     /// Outbound (guest-initiated): starts a non-blocking connect; the guest sees SYN-ACK only once it succeeds.
     /// Returns null when the socket cannot even be created or watched (the caller refuses the guest's SYN).
     /// </summary>
-    public static TcpProxy? Connect(EngineGate gate, NatHost nat, EventLoop loop, TcpSocket c, uint address, ushort port, long deadline, ILogger log)
+    public static TcpProxy? Connect(EngineGate gate, NatHost nat, EventLoop loop, TcpSocket c, IpAddr address, ushort port, long deadline, ILogger log)
     {
         Socket socket;
         try
         {
-            socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { Blocking = false, NoDelay = true };
+            socket = new Socket(address.IsV4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp)
+            {
+                Blocking = false,
+                NoDelay = true,
+            };
         }
         catch (SocketException e)
         {
@@ -112,7 +117,7 @@ internal sealed partial class TcpProxy : IPollHandler
             return null;
         }
         var p = new TcpProxy(gate, nat, c, socket, log, Phase.Connecting) { _address = address, _port = port, ConnectDeadline = deadline };
-        HostSocket.ConnectStart start = HostSocket.StartConnect(socket, address, port, out string? error);
+        HostSocket.ConnectStart start = address.IsV4 ? HostSocket.StartConnect(socket, address.Ipv4, port, out string? error) : StartConnect6(socket, address, port, out error);
         // Connected or failed at once (loopback; no route, ...): reported from the run list, after the caller has set
         // the flow up, through the same path as an outcome epoll reports.
         p._failure = error;
@@ -130,6 +135,30 @@ internal sealed partial class TcpProxy : IPollHandler
             nat.Queue(p);
         }
         return p;
+    }
+
+    /// <summary>
+    /// A non-blocking IPv6 connect (NAT66) through .NET's Socket, which reports EINPROGRESS by throwing: an exception
+    /// per IPv6 connection, where IPv4's path (<see cref="HostSocket.StartConnect"/>) makes none. No route to the
+    /// destination (a host without IPv6) fails here, at once, and the guest gets its RST without waiting.
+    /// </summary>
+    private static HostSocket.ConnectStart StartConnect6(Socket socket, IpAddr address, ushort port, out string? error)
+    {
+        error = null;
+        try
+        {
+            socket.Connect(new IPEndPoint(address.ToIPAddress(), port));
+            return HostSocket.ConnectStart.Connected;
+        }
+        catch (SocketException e) when (e.SocketErrorCode is SocketError.WouldBlock or SocketError.InProgress)
+        {
+            return HostSocket.ConnectStart.InProgress;
+        }
+        catch (SocketException e)
+        {
+            error = e.Message;
+            return HostSocket.ConnectStart.Failed;
+        }
     }
 
     /// <summary>Why the connect failed synchronously; the run list reports it to the engine.</summary>
@@ -220,7 +249,7 @@ internal sealed partial class TcpProxy : IPollHandler
         }
         if (!ok)
         {
-            LogConnectFailed(_log, NatHost.ToAddress(_address), _port, failure ?? "failed");
+            LogConnectFailed(_log, _address.ToIPAddress(), _port, failure ?? "failed");
             if (_flow is not null)
             {
                 _inspector!.CloseFlow(_flow, failure == TimedOut ? FlowEnd.Timeout : FlowEnd.Refused);

@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using Kit.VpnKit.Inspect;
 using Kit.VpnKit.Stack;
+using Kit.VpnKit.Wire;
 using Microsoft.Extensions.Logging;
 
 namespace Kit.VpnKit.Nat;
@@ -12,6 +13,8 @@ namespace Kit.VpnKit.Nat;
 /// UDP NAT as vpnkit does it: one host socket per guest source (IP, port), endpoint-independent mapping and
 /// filtering (replies from any remote come back, which keeps hole punching working). Flows idle past the timeout
 /// are closed; at the cap the oldest quarter is closed at once, so chatty random-port guests cannot exhaust fds.
+/// IPv6 flows (NAT66) are the same flows in the same table (one cap for both families), with an AF_INET6 socket that
+/// carries IPv6 only (IPV6_V6ONLY: it cannot be used to reach or hear IPv4).
 /// </summary>
 internal sealed partial class UdpNat : IDisposable
 {
@@ -20,7 +23,7 @@ internal sealed partial class UdpNat : IDisposable
     private readonly Func<uint, uint> _translateIn;
     private readonly ILogger _log;
     private readonly object _flowsGate = new();
-    private readonly Dictionary<ulong, Flow> _flows = [];
+    private readonly Dictionary<(UInt128, ushort), Flow> _flows = [];
     private readonly int _maxFlows;
     private readonly long _idleMs;
 
@@ -34,7 +37,10 @@ internal sealed partial class UdpNat : IDisposable
         _idleMs = (long)(idle ?? TimeSpan.FromSeconds(60)).TotalMilliseconds;
     }
 
-    /// <summary>Told of every flow and datagram (null: the inspector is off).</summary>
+    /// <summary>Host-side IPv6 source → what the guest sees (the host's ::1 appears as the host alias).</summary>
+    public Func<UInt128, UInt128> TranslateIn6 { get; init; } = ip => ip;
+
+    /// <summary>Told of every IPv4 flow and datagram (null: the inspector is off; it does not record IPv6 yet).</summary>
     public Inspector? Inspector { get; set; }
 
     public int FlowCount
@@ -48,13 +54,13 @@ internal sealed partial class UdpNat : IDisposable
         }
     }
 
-    private sealed class Flow(uint guestIp, ushort guestPort, Socket socket)
+    private sealed class Flow(IpAddr guestIp, ushort guestPort, Socket socket)
     {
-        public readonly uint GuestIp = guestIp;
+        public readonly IpAddr GuestIp = guestIp;
         public readonly ushort GuestPort = guestPort;
         public readonly Socket Socket = socket;
         public long LastUsed;
-        public readonly SocketAddress Target = new(AddressFamily.InterNetwork);
+        public readonly SocketAddress Target = new(socket.AddressFamily);
         public FlowRecord? Record;
     }
 
@@ -67,13 +73,19 @@ internal sealed partial class UdpNat : IDisposable
     }
 
     /// <summary>Called under the engine lock with a guest datagram; sends it from the flow's host socket.</summary>
-    public void Send(in UdpFlow flow, ReadOnlySpan<byte> payload)
+    public void Send(in UdpFlow flow, ReadOnlySpan<byte> payload) =>
+        Send(IpAddr.V4(flow.GuestIp), flow.GuestPort, IpAddr.V4(flow.RemoteIp), IpAddr.V4(_translateOut(flow.RemoteIp)), flow.RemotePort, payload);
+
+    /// <summary>An IPv6 guest datagram (NAT66) to <paramref name="hostDestination"/>, the host-side address the NAT chose.</summary>
+    public void Send6(in Udp6Flow flow, UInt128 hostDestination, ReadOnlySpan<byte> payload) =>
+        Send(IpAddr.V6(flow.GuestIp), flow.GuestPort, IpAddr.V6(flow.RemoteIp), IpAddr.V6(hostDestination), flow.RemotePort, payload);
+
+    private void Send(IpAddr guest, ushort guestPort, IpAddr remote, IpAddr dst, ushort remotePort, ReadOnlySpan<byte> payload)
     {
-        ulong key = ((ulong)flow.GuestIp << 16) | flow.GuestPort;
         Flow? f;
         lock (_flowsGate)
         {
-            if (!_flows.TryGetValue(key, out f))
+            if (!_flows.TryGetValue((guest.Value, guestPort), out f))
             {
                 if (_flows.Count >= _maxFlows)
                 {
@@ -82,16 +94,20 @@ internal sealed partial class UdpNat : IDisposable
                 Socket s;
                 try
                 {
-                    s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-                    s.Bind(new IPEndPoint(IPAddress.Any, 0));
+                    s = guest.IsV4 ? new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
+                        : new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp) { DualMode = false };
+                    s.Bind(new IPEndPoint(guest.IsV4 ? IPAddress.Any : IPAddress.IPv6Any, 0));
                 }
                 catch (SocketException e)
                 {
                     LogSocketFailed(_log, e.Message);
                     return;
                 }
-                f = new Flow(flow.GuestIp, flow.GuestPort, s) { Record = Inspector?.OpenFlow("udp", flow.GuestIp, flow.GuestPort, flow.RemoteIp, flow.RemotePort) };
-                _flows[key] = f;
+                f = new Flow(guest, guestPort, s)
+                {
+                    Record = guest.IsV4 ? Inspector?.OpenFlow("udp", guest.Ipv4, guestPort, remote.Ipv4, remotePort) : null,
+                };
+                _flows[(guest.Value, guestPort)] = f;
                 _ = ReceiveLoopAsync(f);
             }
             f.LastUsed = EngineGate.Now;
@@ -101,8 +117,7 @@ internal sealed partial class UdpNat : IDisposable
             r.PacketsOut++;
             r.BytesOut += payload.Length;
         }
-        uint dst = _translateOut(flow.RemoteIp);
-        WriteAddress(f.Target, dst, flow.RemotePort);
+        WriteAddress(f.Target, dst, remotePort);
         try
         {
             f.Socket.SendTo(payload, SocketFlags.None, f.Target);
@@ -116,17 +131,23 @@ internal sealed partial class UdpNat : IDisposable
     private async Task ReceiveLoopAsync(Flow f)
     {
         byte[] buffer = ArrayPool<byte>.Shared.Rent(65536);
-        var from = new SocketAddress(AddressFamily.InterNetwork);
+        var from = new SocketAddress(f.Socket.AddressFamily);
         try
         {
             while (true)
             {
                 int n = await f.Socket.ReceiveFromAsync(buffer, SocketFlags.None, from).ConfigureAwait(false);
-                ReadAddress(from, out uint ip, out ushort port);
-                var back = new UdpFlow(f.GuestIp, f.GuestPort, _translateIn(ip), port);
+                ReadAddress(from, out IpAddr ip, out ushort port);
                 lock (_gate.Sync)
                 {
-                    _gate.Engine.SendUdp(back, buffer.AsSpan(0, n), EngineGate.Now);
+                    if (f.GuestIp.IsV4)
+                    {
+                        _gate.Engine.SendUdp(new UdpFlow(f.GuestIp.Ipv4, f.GuestPort, _translateIn(ip.Ipv4), port), buffer.AsSpan(0, n), EngineGate.Now);
+                    }
+                    else
+                    {
+                        _gate.Engine.SendUdp6(new Udp6Flow(f.GuestIp.Value, f.GuestPort, TranslateIn6(ip.Value), port), buffer.AsSpan(0, n), EngineGate.Now);
+                    }
                     if (f.Record is { } r)
                     {
                         r.PacketsIn++;
@@ -151,8 +172,8 @@ internal sealed partial class UdpNat : IDisposable
         long now = EngineGate.Now;
         lock (_flowsGate)
         {
-            List<ulong>? dead = null;
-            foreach (KeyValuePair<ulong, Flow> kv in _flows)
+            List<(UInt128, ushort)>? dead = null;
+            foreach (KeyValuePair<(UInt128, ushort), Flow> kv in _flows)
             {
                 if (now - kv.Value.LastUsed > _idleMs)
                 {
@@ -163,7 +184,7 @@ internal sealed partial class UdpNat : IDisposable
             {
                 return;
             }
-            foreach (ulong k in dead)
+            foreach ((UInt128, ushort) k in dead)
             {
                 _flows.Remove(k, out Flow? f);
                 if (f is not null)
@@ -177,7 +198,7 @@ internal sealed partial class UdpNat : IDisposable
 
     private void EvictOldest(int count)
     {
-        var all = new List<KeyValuePair<ulong, Flow>>(_flows);
+        var all = new List<KeyValuePair<(UInt128, ushort), Flow>>(_flows);
         all.Sort((a, b) => a.Value.LastUsed.CompareTo(b.Value.LastUsed));
         for (int i = 0; i < count && i < all.Count; i++)
         {
@@ -187,18 +208,26 @@ internal sealed partial class UdpNat : IDisposable
         }
     }
 
-    internal static void WriteAddress(SocketAddress a, uint ip, ushort port)
+    /// <summary>Fills a struct sockaddr_in or sockaddr_in6 (ip(7), ipv6(7)): the port and address in network order.</summary>
+    internal static void WriteAddress(SocketAddress a, IpAddr ip, ushort port)
     {
         Span<byte> b = a.Buffer.Span;
         BinaryPrimitives.WriteUInt16BigEndian(b.Slice(2), port);
-        BinaryPrimitives.WriteUInt32BigEndian(b.Slice(4), ip);
+        if (a.Family == AddressFamily.InterNetwork)
+        {
+            BinaryPrimitives.WriteUInt32BigEndian(b.Slice(4), ip.Ipv4);
+        }
+        else
+        {
+            BinaryPrimitives.WriteUInt128BigEndian(b.Slice(8), ip.Value);
+        }
     }
 
-    internal static void ReadAddress(SocketAddress a, out uint ip, out ushort port)
+    internal static void ReadAddress(SocketAddress a, out IpAddr ip, out ushort port)
     {
         ReadOnlySpan<byte> b = a.Buffer.Span;
         port = BinaryPrimitives.ReadUInt16BigEndian(b.Slice(2));
-        ip = BinaryPrimitives.ReadUInt32BigEndian(b.Slice(4));
+        ip = a.Family == AddressFamily.InterNetwork ? IpAddr.V4(BinaryPrimitives.ReadUInt32BigEndian(b.Slice(4))) : IpAddr.V6(BinaryPrimitives.ReadUInt128BigEndian(b.Slice(8)));
     }
 
     public void Dispose()

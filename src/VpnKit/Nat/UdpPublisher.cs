@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using Kit.VpnKit.Stack;
+using Kit.VpnKit.Wire;
 
 namespace Kit.VpnKit.Nat;
 
@@ -26,8 +27,8 @@ internal sealed class UdpPublisher(EngineGate gate, Socket socket, uint guestIp,
             while (true)
             {
                 int n = await socket.ReceiveFromAsync(buffer, SocketFlags.None, from).ConfigureAwait(false);
-                UdpNat.ReadAddress(from, out uint ip, out ushort port);
-                ulong key = ((ulong)ip << 16) | port;
+                UdpNat.ReadAddress(from, out IpAddr ip, out ushort port);
+                ulong key = ((ulong)ip.Ipv4 << 16) | port;
                 ushort pseudo;
                 lock (_mapGate)
                 {

@@ -8,7 +8,13 @@ namespace Kit.VpnKit.Policy;
 /// <param name="Sni">The ClientHello's server name, once <paramref name="StreamKnown"/>.</param>
 /// <param name="Host">The first request's Host, once <paramref name="StreamKnown"/>.</param>
 /// <param name="StreamKnown">The guest's first bytes have been read (TCP): sni/host conditions can be decided.</param>
-public readonly record struct FlowFacts(RuleProto Proto, uint RemoteIp, ushort RemotePort, string? Sni = null, string? Host = null, bool StreamKnown = false);
+/// <param name="RemoteIp6">The destination of an IPv6 flow (NAT66), 0 for IPv4 (then <paramref name="RemoteIp"/> is it): IPv6
+/// cidrs match it; dns conditions do not yet (the names are learnt from IPv4 answers).</param>
+public readonly record struct FlowFacts(RuleProto Proto, uint RemoteIp, ushort RemotePort, string? Sni = null, string? Host = null, bool StreamKnown = false,
+    UInt128 RemoteIp6 = default)
+{
+    public bool Ipv6 => RemoteIp6 != 0;
+}
 
 /// <summary>
 /// The rule list (<c>--policy FILE</c>, changed at run time through <c>/api/rules</c>): checked in order, first match
@@ -49,7 +55,7 @@ public sealed class PolicyTable(Func<uint, string?> nameOf)
             {
                 continue;
             }
-            if (m.Cidr is IPNetwork net && !Contains(net, f.RemoteIp))
+            if (m.Cidr is IPNetwork net && !(f.Ipv6 ? Contains(net, f.RemoteIp6) : Contains(net, f.RemoteIp)))
             {
                 continue;
             }
@@ -63,7 +69,7 @@ public sealed class PolicyTable(Func<uint, string?> nameOf)
             }
             if (m.Dns is not null)
             {
-                if (!nameLooked)
+                if (!nameLooked && !f.Ipv6)
                 {
                     name = nameOf(f.RemoteIp);
                     nameLooked = true;
@@ -93,6 +99,18 @@ public sealed class PolicyTable(Func<uint, string?> nameOf)
             return r;
         }
         return null;
+    }
+
+    internal static bool Contains(IPNetwork net, UInt128 ip)
+    {
+        if (net.BaseAddress.AddressFamily != AddressFamily.InterNetworkV6)
+        {
+            return false;
+        }
+        Span<byte> b = stackalloc byte[16];
+        net.BaseAddress.TryWriteBytes(b, out _);
+        UInt128 mask = net.PrefixLength == 0 ? 0 : UInt128.MaxValue << (128 - net.PrefixLength);
+        return (ip & mask) == (System.Buffers.Binary.BinaryPrimitives.ReadUInt128BigEndian(b) & mask);
     }
 
     internal static bool Contains(IPNetwork net, uint ip)

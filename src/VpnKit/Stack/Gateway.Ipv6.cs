@@ -7,8 +7,9 @@ namespace Kit.VpnKit.Stack;
 /// IPv6 on the guest link, first slice (issue 18, items 2 and 4): Neighbor Discovery as a router (RFC 4861: RS → RA
 /// with the prefix for SLAAC, the MTU, RDNSS and DNSSL of RFC 8106; NS → NA for the gateway's and the host alias's
 /// addresses; unsolicited RAs when a guest appears), ICMPv6 echo for those addresses, stateless DHCPv6 (RFC 8415
-/// §6.1) and DNS queries to the gateway's address. Everything else is refused at once (ICMPv6 unreachable, RST for
-/// TCP) so guests fall back to IPv4 instead of waiting: NAT66 is a later slice.
+/// §6.1), DNS queries to the gateway's address, and NAT66 (item 3): TCP, UDP and echo to the host alias (the host's
+/// ::1) and to destinations off the link go to the NAT as IPv4's do (<see cref="Carried6"/>). Everything else is
+/// refused at once (ICMPv6 unreachable, RST for TCP) so guests fall back to IPv4 instead of waiting.
 /// Trust (docs/security.md, "IPv6 on the guest link"): a guest may use only link-local and in-prefix sources, never
 /// the gateway's; its RAs and Redirects are dropped, so it cannot become a router for the others; every table is
 /// bounded and every malformed packet is counted, never thrown.
@@ -119,6 +120,13 @@ internal sealed partial class Gateway
         {
             Learn6(src, srcMac);
         }
+        if ((dst >> 32) == 0xFFFF)
+        {
+            // IPv4-mapped (RFC 4291 §2.5.5.2) is how a socket API names IPv4, never a destination on the wire; refused
+            // before it could be taken for IPv4 (IpAddr holds IPv4 this way) or reach IPv4 through an IPv6 socket.
+            SendUnreachable6(srcMac, ip, AdministrativelyProhibited);
+            return;
+        }
         ReadOnlySpan<byte> upper = ip.Payload.Slice(offset);
         switch (protocol)
         {
@@ -209,10 +217,16 @@ internal sealed partial class Gateway
                 {
                     Counters.Ipv6Malformed++;
                 }
-                else if (IsOurs6(ip.Destination))
+                else if (IsOurs6(ip.Destination) && ip.Destination != _host6)
                 {
                     // RFC 4443 §4.2: the reply carries the request's identifier, sequence and data, from the address asked.
                     SendEchoReply6(srcMac, ip.Destination, ip.Source, m);
+                }
+                else if (Carried6(ip.Destination))
+                {
+                    // NAT66: the host alias's echo goes to the host's ::1, others to their destination.
+                    _flows.Icmp6EchoRequested(ip.Source, ip.Destination, BinaryPrimitives.ReadUInt16BigEndian(m.Slice(4)),
+                        BinaryPrimitives.ReadUInt16BigEndian(m.Slice(6)), m.Slice(8));
                 }
                 else
                 {
@@ -459,6 +473,10 @@ internal sealed partial class Gateway
         {
             dns.QueryReceived(new Udp6Flow(ip.Source, udp.SourcePort, dst, 53), udp.Payload);
         }
+        else if (Carried6(dst) && udp.SourcePort != 0 && udp.DestinationPort != 0)
+        {
+            _flows.Udp6Received(new Udp6Flow(ip.Source, udp.SourcePort, dst, udp.DestinationPort), udp.Payload);
+        }
         else
         {
             SendUnreachable6(srcMac, ip, IsOurs6(dst) ? PortUnreachable : AdministrativelyProhibited);
@@ -547,8 +565,9 @@ internal sealed partial class Gateway
     }
 
     /// <summary>
-    /// TCP over IPv6 is not carried yet: every segment is answered as if no connection existed (RFC 9293 §3.10.7.1), so
-    /// a connect fails at once (ECONNREFUSED) and a dual-stack client moves on to IPv4.
+    /// TCP over IPv6 (NAT66): the same table and engine as IPv4 (<see cref="HandleSegment"/>); new flows may go to the
+    /// destinations <see cref="Carried6"/> names, and every other segment is answered as if no connection existed
+    /// (RFC 9293 §3.10.7.1), so a connect to anything else fails at once (ECONNREFUSED).
     /// </summary>
     private void HandleTcp6(MacAddress srcMac, Ipv6Packet ip, ReadOnlySpan<byte> upper)
     {
@@ -557,29 +576,38 @@ internal sealed partial class Gateway
             Counters.Ipv6Malformed++;
             return;
         }
-        if (!Verify6(ip, upper, IpProtocol.Tcp) || (seg.Flags & TcpFlags.Rst) != 0 || !TakeErrorToken())
+        if (Verify6(ip, upper, IpProtocol.Tcp))
+        {
+            HandleSegment(srcMac, IpAddr.V6(ip.Source), IpAddr.V6(ip.Destination), seg, Carried6(ip.Destination));
+        }
+    }
+
+    /// <summary>
+    /// Where NAT66 carries a guest's packets: the host alias (to the host's ::1) and unicast destinations off the link.
+    /// Never: the unspecified, loopback, IPv4-compatible and IPv4-mapped addresses (::/96 and ::ffff:0:0/96: a host IPv6
+    /// socket would reach IPv4 with them, around the IPv4 rules), link-local and multicast ones, the gateway's own, and
+    /// the prefix (other guests: the switch carries their traffic, not the NAT).
+    /// </summary>
+    private bool Carried6(UInt128 dst) => dst == _host6
+        || !(IsOurs6(dst) || (dst >> 32) == 0 || (dst >> 32) == 0xFFFF || Ip6.IsLinkLocal(dst) || Ip6.IsMulticast(dst) || _o.InPrefix6(dst));
+
+    /// <summary>
+    /// An echo reply to a guest from <paramref name="from"/> (what NAT66 got back from the host's socket): the guest's
+    /// own identifier, sequence and data (RFC 4443 §4.2). Dropped when too big for the link or the guest is not known.
+    /// </summary>
+    public void SendIcmp6EchoReply(UInt128 from, UInt128 guest, ushort id, ushort seq, ReadOnlySpan<byte> data, long now)
+    {
+        _now = now;
+        if (Ipv6Packet.HeaderLength + 8 + data.Length > _o.Mtu || !_neighbours.TryGetValue(guest, out Neighbour n))
         {
             return;
         }
-        uint seq = 0;
-        uint ack = 0;
-        TcpFlags flags = TcpFlags.Rst;
-        if ((seg.Flags & TcpFlags.Ack) != 0)
-        {
-            seq = seg.Acknowledgment;
-        }
-        else
-        {
-            ack = seg.Sequence + (uint)seg.Payload.Length + ((seg.Flags & TcpFlags.Syn) != 0 ? 1u : 0) + ((seg.Flags & TcpFlags.Fin) != 0 ? 1u : 0);
-            flags |= TcpFlags.Ack;
-        }
-        UInt128 from = ip.Destination;
-        Span<byte> f = _tx.AsSpan(0, Ip6At + TcpSegment.MinHeaderLength);
-        Span<byte> t = f.Slice(Ip6At);
-        TcpSegment.Write(t, TcpSegment.MinHeaderLength, seg.DestinationPort, seg.SourcePort, seq, ack, flags, 0, 0, 0);
-        BinaryPrimitives.WriteUInt16BigEndian(t.Slice(16), Checksum6(t, 16, from, ip.Source, IpProtocol.Tcp));
-        WriteIpv6AndEthernet(f, srcMac, from, ip.Source, IpProtocol.Tcp, 64, TcpSegment.MinHeaderLength);
-        Counters.Ipv6Refused++;
-        Emit(f);
+        Span<byte> m = _tx.AsSpan(Ip6At, 8 + data.Length);
+        data.CopyTo(m.Slice(8));
+        m[0] = Icmpv6Type.EchoReply;
+        m[1] = 0;
+        BinaryPrimitives.WriteUInt16BigEndian(m.Slice(4), id);
+        BinaryPrimitives.WriteUInt16BigEndian(m.Slice(6), seq);
+        SendIcmpv6(n.Mac, from, guest, 64, m.Length);
     }
 }

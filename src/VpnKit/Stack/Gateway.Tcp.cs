@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using Kit.VpnKit.Wire;
 
 namespace Kit.VpnKit.Stack;
@@ -44,6 +45,16 @@ internal sealed partial class Gateway : ITcpSocketHost
             Counters.BadChecksum++;
             return;
         }
+        bool admissible = src != 0 && dst != _o.Broadcast && (dst >> 28) < 0xE && (dst == _o.GatewayIp || dst == _o.HostIp || !_o.InSubnet(dst));
+        HandleSegment(srcMac, IpAddr.V4(src), IpAddr.V4(dst), seg, admissible);
+    }
+
+    /// <summary>
+    /// One checked segment of either family: to its socket, or a SYN that may open a flow to
+    /// <paramref name="admissible"/> destinations, or a RST (RFC 9293 §3.10.7.1).
+    /// </summary>
+    private void HandleSegment(MacAddress srcMac, IpAddr src, IpAddr dst, TcpSegment seg, bool admissible)
+    {
         var key = new FlowKey(src, seg.SourcePort, dst, seg.DestinationPort);
         if (_tcp.TryGetValue(key, out TcpSocket? c))
         {
@@ -55,8 +66,7 @@ internal sealed partial class Gateway : ITcpSocketHost
         {
             return;
         }
-        if ((f & (TcpFlags.Syn | TcpFlags.Ack | TcpFlags.Fin)) == TcpFlags.Syn && seg.SourcePort != 0 && seg.DestinationPort != 0
-            && src != 0 && dst != _o.Broadcast && (dst >> 28) < 0xE && (dst == _o.GatewayIp || dst == _o.HostIp || !_o.InSubnet(dst)))
+        if ((f & (TcpFlags.Syn | TcpFlags.Ack | TcpFlags.Fin)) == TcpFlags.Syn && seg.SourcePort != 0 && seg.DestinationPort != 0 && admissible)
         {
             Accept(srcMac, key, src, dst, seg);
             return;
@@ -66,8 +76,12 @@ internal sealed partial class Gateway : ITcpSocketHost
     }
 
     /// <summary>RFC 9293 §3.10.7.1: a segment for no connection gets a RST that the sender will accept.</summary>
-    private void ResetFor(MacAddress mac, uint src, uint dst, TcpSegment seg)
+    private void ResetFor(MacAddress mac, IpAddr src, IpAddr dst, TcpSegment seg)
     {
+        if (!src.IsV4 && !TakeErrorToken())
+        {
+            return; // IPv6 RSTs share the ICMPv6 error budget (a guest cannot make the gateway answer at line rate).
+        }
         if ((seg.Flags & TcpFlags.Ack) != 0)
         {
             EmitControl(mac, dst, seg.DestinationPort, src, seg.SourcePort, seg.Acknowledgment, 0, TcpFlags.Rst, 0);
@@ -79,7 +93,7 @@ internal sealed partial class Gateway : ITcpSocketHost
         }
     }
 
-    private void Accept(MacAddress mac, FlowKey key, uint src, uint dst, TcpSegment seg)
+    private void Accept(MacAddress mac, FlowKey key, IpAddr src, IpAddr dst, TcpSegment seg)
     {
         if (_tcp.Count >= _o.MaxTcpConnections)
         {
@@ -102,8 +116,8 @@ internal sealed partial class Gateway : ITcpSocketHost
     /// <summary>RFC 6528: a keyed hash of the 4-tuple plus a 4 µs clock.</summary>
     private uint InitialSequence(FlowKey key)
     {
-        ulong x = key.A ^ _o.IsnSecret;
-        x = Mix(x + key.B);
+        ulong x = Mix((ulong)key.Guest ^ (ulong)(key.Guest >> 64) ^ _o.IsnSecret);
+        x = Mix(x + (ulong)key.Remote + (ulong)(key.Remote >> 64) + key.Ports);
         return (uint)x + (uint)(_now * 250);
     }
 
@@ -129,13 +143,13 @@ internal sealed partial class Gateway : ITcpSocketHost
         {
             ushort port = _nextEphemeral;
             _nextEphemeral = _nextEphemeral == 65535 ? (ushort)49152 : (ushort)(_nextEphemeral + 1);
-            var key = new FlowKey(guestIp, guestPort, sourceIp, port);
+            var key = new FlowKey(IpAddr.V4(guestIp), guestPort, IpAddr.V4(sourceIp), port);
             if (_tcp.ContainsKey(key))
             {
                 continue;
             }
             _arp.TryGetValue(guestIp, out MacAddress mac);
-            TcpSocket c = TcpSocket.Connect(this, key, mac, guestIp, guestPort, sourceIp, port, InitialSequence(key), _o.TcpBufferSize, now);
+            TcpSocket c = TcpSocket.Connect(this, key, mac, IpAddr.V4(guestIp), guestPort, IpAddr.V4(sourceIp), port, InitialSequence(key), _o.TcpBufferSize, now);
             _tcp[key] = c;
             c.SendFirstSyn(now);
             return c;
@@ -192,9 +206,28 @@ internal sealed partial class Gateway : ITcpSocketHost
         }
     }
 
-    bool ITcpSocketHost.TryResolve(uint guestIp, out MacAddress mac) => _arp.TryGetValue(guestIp, out mac);
+    bool ITcpSocketHost.TryResolve(IpAddr guestIp, out MacAddress mac)
+    {
+        if (guestIp.IsV4)
+        {
+            return _arp.TryGetValue(guestIp.Ipv4, out mac);
+        }
+        bool known = _neighbours.TryGetValue(guestIp.Value, out Neighbour n);
+        mac = n.Mac;
+        return known;
+    }
 
-    void ITcpSocketHost.RequestAddress(uint guestIp) => SendArpRequest(guestIp);
+    void ITcpSocketHost.RequestAddress(IpAddr guestIp)
+    {
+        if (guestIp.IsV4)
+        {
+            SendArpRequest(guestIp.Ipv4);
+        }
+        else
+        {
+            SendNeighborSolicitation(guestIp.Value);
+        }
+    }
 
     void ITcpSocketHost.ConnectFinished(TcpSocket socket)
     {
@@ -214,10 +247,14 @@ internal sealed partial class Gateway : ITcpSocketHost
     void ITcpSocketHost.SendBareSegment(TcpSocket s, uint seq, uint ack, TcpFlags flags) =>
         EmitControl(s.GuestMac, s.RemoteIp, s.RemotePort, s.GuestIp, s.GuestPort, seq, ack, flags, 0);
 
-    /// <summary>Writes a socket's segment (Ethernet, IPv4, TCP with its options and payload) and sends it.</summary>
+    /// <summary>
+    /// Writes a socket's segment (Ethernet, the IP header of its family, TCP with its options and payload) and sends it.
+    /// IPv4 segments may leave large with a partial checksum for the link to finish (offload); IPv6 ones always leave
+    /// finished and at most one MSS (the links offload TCP over IPv4 only).
+    /// </summary>
     void ITcpSocketHost.Transmit(TcpSocket s, in TcpHeaderFields h, int sendOffset, int length)
     {
-        const int tcpAt = EthernetFrame.HeaderLength + Ipv4Packet.MinHeaderLength;
+        int tcpAt = EthernetFrame.HeaderLength + (s.GuestIp.IsV4 ? Ipv4Packet.MinHeaderLength : Ipv6Packet.HeaderLength);
         Span<byte> f = _tx;
         int optLen = h.HasOptions ? h.Options.Write(f.Slice(tcpAt + TcpSegment.MinHeaderLength)) : 0;
         int hl = TcpSegment.HeaderLengthFor(optLen);
@@ -225,16 +262,36 @@ internal sealed partial class Gateway : ITcpSocketHost
         {
             s.CopySendBytes(sendOffset, f.Slice(tcpAt + hl, length));
         }
-        TcpSegment.Write(f.Slice(tcpAt, hl + length), hl, s.RemotePort, s.GuestPort, h.Sequence, h.Acknowledgment, h.Flags, h.Window, s.RemoteIp, s.GuestIp,
-            _o.SegmentationOffload);
-        int ipLen = Ipv4Packet.MinHeaderLength + hl + length;
-        WriteIpAndEthernet(f, s.GuestMac, s.RemoteIp, s.GuestIp, IpProtocol.Tcp, ipLen);
-        EmitTcp(f.Slice(0, EthernetFrame.HeaderLength + ipLen), length > s.SendMss ? s.SendMss : 0);
+        int frame = WriteTcpHeaders(f, s.GuestMac, s.RemoteIp, s.RemotePort, s.GuestIp, s.GuestPort, h.Sequence, h.Acknowledgment, h.Flags, h.Window, hl, length);
+        EmitTcp(f.Slice(0, frame), s.GuestIp.IsV4, length > s.SendMss ? s.SendMss : 0);
     }
 
-    private void EmitTcp(ReadOnlySpan<byte> frame, int segmentSize)
+    /// <summary>
+    /// Writes the TCP header (its options and payload already in place after it), then the IP header of the
+    /// addresses' family and the Ethernet header; returns the frame's length.
+    /// </summary>
+    private int WriteTcpHeaders(Span<byte> f, MacAddress mac, IpAddr src, ushort srcPort, IpAddr dst, ushort dstPort, uint seq, uint ack, TcpFlags flags,
+        ushort window, int headerLength, int payloadLength)
     {
-        if (_o.SegmentationOffload)
+        int tcpLength = headerLength + payloadLength;
+        if (src.IsV4)
+        {
+            const int tcpAt = EthernetFrame.HeaderLength + Ipv4Packet.MinHeaderLength;
+            TcpSegment.Write(f.Slice(tcpAt, tcpLength), headerLength, srcPort, dstPort, seq, ack, flags, window, src.Ipv4, dst.Ipv4, _o.SegmentationOffload);
+            WriteIpAndEthernet(f, mac, src.Ipv4, dst.Ipv4, IpProtocol.Tcp, Ipv4Packet.MinHeaderLength + tcpLength);
+            return tcpAt + tcpLength;
+        }
+        Span<byte> t = f.Slice(Ip6At, tcpLength);
+        // The IPv4 checksum Write would compute is skipped (partial) and the IPv6 one written over it: one pass over the data.
+        TcpSegment.Write(t, headerLength, srcPort, dstPort, seq, ack, flags, window, 0, 0, partialChecksum: true);
+        BinaryPrimitives.WriteUInt16BigEndian(t.Slice(16), Checksum6(t, 16, src.Value, dst.Value, IpProtocol.Tcp));
+        WriteIpv6AndEthernet(f, mac, src.Value, dst.Value, IpProtocol.Tcp, 64, tcpLength);
+        return Ip6At + tcpLength;
+    }
+
+    private void EmitTcp(ReadOnlySpan<byte> frame, bool v4, int segmentSize)
+    {
+        if (_o.SegmentationOffload && v4)
         {
             Counters.FramesOut++;
             _sink.SendOffloaded(frame, segmentSize);
@@ -245,13 +302,9 @@ internal sealed partial class Gateway : ITcpSocketHost
         }
     }
 
-    private void EmitControl(MacAddress mac, uint src, ushort srcPort, uint dst, ushort dstPort, uint seq, uint ack, TcpFlags flags, ushort window)
+    private void EmitControl(MacAddress mac, IpAddr src, ushort srcPort, IpAddr dst, ushort dstPort, uint seq, uint ack, TcpFlags flags, ushort window)
     {
-        const int tcpAt = EthernetFrame.HeaderLength + Ipv4Packet.MinHeaderLength;
-        Span<byte> f = _tx;
-        TcpSegment.Write(f.Slice(tcpAt, TcpSegment.MinHeaderLength), TcpSegment.MinHeaderLength, srcPort, dstPort, seq, ack, flags, window, src, dst, _o.SegmentationOffload);
-        int ipLen = Ipv4Packet.MinHeaderLength + TcpSegment.MinHeaderLength;
-        WriteIpAndEthernet(f, mac, src, dst, IpProtocol.Tcp, ipLen);
-        EmitTcp(f.Slice(0, EthernetFrame.HeaderLength + ipLen), 0);
+        int frame = WriteTcpHeaders(_tx, mac, src, srcPort, dst, dstPort, seq, ack, flags, window, TcpSegment.MinHeaderLength, 0);
+        EmitTcp(_tx.AsSpan(0, frame), src.IsV4, 0);
     }
 }

@@ -42,6 +42,12 @@ internal interface IFlowHandler
 
     /// <summary>An ICMP echo request to an address the gateway does not answer itself.</summary>
     void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload);
+
+    /// <summary>A UDP datagram from a guest to an IPv6 destination outside the link, or to the host alias (NAT66).</summary>
+    void Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload);
+
+    /// <summary>An ICMPv6 echo request to an IPv6 destination outside the link, or to the host alias (NAT66).</summary>
+    void Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload);
 }
 
 /// <summary>
@@ -66,7 +72,7 @@ internal readonly record struct UdpFlow(uint GuestIp, ushort GuestPort, uint Rem
 /// </summary>
 internal interface ITcpSocketHost
 {
-    /// <summary>Our MSS: the MTU less 40 bytes of IPv4 and TCP headers.</summary>
+    /// <summary>Our MSS over IPv4: the MTU less 40 bytes of IPv4 and TCP headers (a socket takes 20 more off for IPv6).</summary>
     int Mss { get; }
 
     /// <summary>Largest payload per dispatched segment when the link segments (TSO); 0 = the MSS.</summary>
@@ -82,10 +88,10 @@ internal interface ITcpSocketHost
     /// <summary>A bare segment without options or window (a RST the state machine owes the guest).</summary>
     void SendBareSegment(TcpSocket socket, uint seq, uint ack, TcpFlags flags);
 
-    bool TryResolve(uint guestIp, out MacAddress mac);
+    bool TryResolve(IpAddr guestIp, out MacAddress mac);
 
-    /// <summary>Asks for the guest's MAC (ARP); the socket retries from its retransmission timer.</summary>
-    void RequestAddress(uint guestIp);
+    /// <summary>Asks for the guest's MAC (ARP, or a Neighbor Solicitation); the socket retries from its retransmission timer.</summary>
+    void RequestAddress(IpAddr guestIp);
 
     /// <summary>The socket has a timer due at <paramref name="deadline"/> (absolute ms).</summary>
     void WakeAt(long deadline);

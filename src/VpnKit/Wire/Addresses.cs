@@ -77,3 +77,44 @@ internal static class Ip4
 
     public static uint FromBytes(byte a, byte b, byte c, byte d) => ((uint)a << 24) | ((uint)b << 16) | ((uint)c << 8) | d;
 }
+
+/// <summary>
+/// An IPv4 or an IPv6 address in one 128-bit value, so that one TCP table, one TCP engine and one NAT serve both
+/// families (issue 18, NAT66): an IPv6 address as it is, an IPv4 address IPv4-mapped (::ffff:a.b.c.d, RFC 4291
+/// §2.5.5.2), as a dual-stack socket API shows it. The two never collide: the gateway refuses IPv6 packets to or from a
+/// mapped address (a guest speaks only from link-local and in-prefix sources, and a mapped destination is not carried).
+/// Only the IP header is written by family; everything above it is the same code.
+/// </summary>
+internal readonly record struct IpAddr(UInt128 Value)
+{
+    private static readonly UInt128 MappedPrefix = (UInt128)0xFFFF << 32;
+
+    public static IpAddr V4(uint address) => new(MappedPrefix | address);
+
+    public static IpAddr V6(UInt128 address) => new(address);
+
+    /// <summary>::ffff:0:0/96: an IPv4 address.</summary>
+    public bool IsV4 => (Value >> 32) == 0xFFFF;
+
+    /// <summary>The IPv4 address (host order); meaningful only when <see cref="IsV4"/>.</summary>
+    public uint Ipv4 => (uint)Value;
+
+    public System.Net.IPAddress ToIPAddress()
+    {
+        Span<byte> b = stackalloc byte[16];
+        BinaryPrimitives.WriteUInt128BigEndian(b, Value);
+        return IsV4 ? new System.Net.IPAddress(b.Slice(12)) : new System.Net.IPAddress(b);
+    }
+
+    public static IpAddr From(System.Net.IPAddress address)
+    {
+        Span<byte> b = stackalloc byte[16];
+        if (!address.TryWriteBytes(b, out int n))
+        {
+            return default;
+        }
+        return n == 4 ? V4(BinaryPrimitives.ReadUInt32BigEndian(b)) : new IpAddr(BinaryPrimitives.ReadUInt128BigEndian(b));
+    }
+
+    public override string ToString() => IsV4 ? Ip4.Format(Ipv4) : ToIPAddress().ToString();
+}

@@ -1,14 +1,20 @@
+using System.Diagnostics;
 using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
 using Kit.Testing;
 
 namespace Kit.EndToEnd.Tests.Net;
 
 /// <summary>
-/// IPv6 on the guest link (issue 18, items 2 and 4) with the Linux kernel as the guest: a `kit net run` namespace
+/// IPv6 on the guest link (issue 18, items 2 to 4) with the Linux kernel as the guest: a `kit net run` namespace
 /// configures itself from the gateway's Router Advertisement (SLAAC, default route, RDNSS), pings the gateway and the
 /// host alias over IPv6, resolves through [gateway]:53 (busybox nslookup; the upstream is a server this test runs on
-/// 127.0.0.1), and a TCP connect to an address outside fails at once. The only IPv6 destinations are the gateway's
-/// own addresses and 2001:db8::1 (documentation space, RFC 3849), which the gateway refuses itself.
+/// 127.0.0.1), and reaches servers this test runs on the host's [::1] through the host alias's IPv6 address (NAT66):
+/// wget, iperf3 -6 both ways, DNS over UDP, echo, a refused port, and a name with A and AAAA fetched through both
+/// families. The only destinations are the gateway's own addresses and the host's loopback (the machine has an IPv6
+/// default route, so no test names an address outside: NAT66 would carry it).
 /// </summary>
 [Trait("Tier", "Real")]
 public sealed class Ipv6Tests : IDisposable
@@ -42,7 +48,8 @@ public sealed class Ipv6Tests : IDisposable
             $"busybox nslookup {TinyDnsServer.Name} {Gateway6}; ",
             // The RA (RDNSS included) as a client in the namespace receives it.
             "rdisc6 -1 -w 2000 eth0; ",
-            "curl -sS -o /dev/null -m 10 -w 'curl %{time_total}\\n' 'http://[2001:db8::1]:80/'; echo \"curl exit $?\"",
+            // ::127.0.0.1 (IPv4-compatible, RFC 4291 §2.5.5.1) is not carried: the gateway refuses it itself, at once.
+            "curl -sS -o /dev/null -m 10 -w 'curl %{time_total}\\n' 'http://[::7f00:1]:80/'; echo \"curl exit $?\"",
         ]);
         ProcessResult r = await NetRun.RunAsync(["--dns-upstream", dns.EndPoint.ToString(), "--pcap", pcap], script, Timeout);
         string[] parts = r.StandardOutput.Split("===");
@@ -108,5 +115,107 @@ public sealed class Ipv6Tests : IDisposable
         r = await NetRun.RunAsync(["--ipv6-prefix", "fd00::/48"], "true", Timeout);
         Assert.NotEqual(0, r.ExitCode);
         Assert.Contains("PREFIX/64", r.StandardError);
+    }
+
+    /// <summary>The host's count of ICMPv6 echo requests received (/proc/net/snmp6, Icmp6InEchos): ::1 answers them.</summary>
+    private static long HostEchoesReceived()
+    {
+        foreach (string line in File.ReadLines("/proc/net/snmp6"))
+        {
+            string[] f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (f.Length == 2 && f[0] == "Icmp6InEchos")
+            {
+                return long.Parse(f[1], CultureInfo.InvariantCulture);
+            }
+        }
+        throw new InvalidOperationException("no Icmp6InEchos in /proc/net/snmp6");
+    }
+
+    [Fact]
+    public async Task TheHostAliasReachesTheHostsIpv6Loopback()
+    {
+        using var http = new TinyHttpServer(bind: IPAddress.IPv6Loopback);
+        using var dns6 = new TinyDnsServer(new IPEndPoint(IPAddress.IPv6Loopback, 0), TinyDnsServer.Address, IPAddress.Parse("2001:db8::5"));
+        int closed = FreePort6();
+        long echoesBefore = HostEchoesReceived();
+        string script = string.Join("echo ===; ", [
+            WaitForSlaac("fd00:6b69:7400:") + $"timeout 30 busybox wget -q -O - 'http://[{Host6}]:{http.Port}{TinyHttpServer.Path}' | md5sum; ",
+            $"busybox nslookup -type=AAAA {TinyDnsServer.Name} '[{Host6}]:{dns6.EndPoint.Port}'; ",
+            $"busybox ping6 -c 3 -W 5 {Host6}; ",
+            $"curl -sS -o /dev/null -m 10 -w 'curl %{{time_total}}\\n' 'http://[{Host6}]:{closed}/'; echo \"curl exit $?\"",
+        ]);
+        ProcessResult r = await NetRun.RunAsync([], script, Timeout);
+        string[] parts = r.StandardOutput.Split("===");
+        Assert.True(parts.Length == 4, NetRun.Describe(r));
+        // The page served on [::1], whole.
+        Assert.Contains(http.Md5, parts[0]);
+        Assert.Contains($"GET {TinyHttpServer.Path} HTTP/1.1", http.Requests);
+        // DNS over UDP to the host alias, answered by the server on [::1].
+        Assert.Contains("2001:db8::5", parts[1]);
+        Assert.Contains($"{TinyDnsServer.Name}/28", dns6.Queries);
+        // The echoes were answered by the host's ::1 (its counter of echo requests received grew), not by the gateway.
+        Assert.Contains("3 packets received", parts[2]);
+        Assert.True(HostEchoesReceived() - echoesBefore >= 3, $"the host's ::1 saw {HostEchoesReceived() - echoesBefore} echoes\n{NetRun.Describe(r)}");
+        // A closed port on the host: its RST becomes the guest's, at once.
+        Assert.Contains("curl exit 7", parts[3]);
+        double seconds = double.Parse(parts[3].Split("curl ")[1].Trim(), CultureInfo.InvariantCulture);
+        Assert.True(seconds < 1, $"the refused connect took {seconds} s\n{NetRun.Describe(r)}");
+    }
+
+    private static int FreePort6()
+    {
+        using var l = new TcpListener(IPAddress.IPv6Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    [Fact]
+    public async Task Iperf3OverIpv6RunsBothWaysToTheHostsLoopback()
+    {
+        int port = FreePort6();
+        using Process server = Process.Start(new ProcessStartInfo("iperf3", ["-s", "-B", "::1", "-p", port.ToString(CultureInfo.InvariantCulture)])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        })!;
+        try
+        {
+            await Task.Delay(500, TestContext.Current.CancellationToken);
+            string run = $"iperf3 -6 -c {Host6} -p {port} -t 2 -J";
+            ProcessResult r = await NetRun.RunAsync([], WaitForSlaac("fd00:6b69:7400:") + $"{run}; echo ===; {run} -R", Timeout);
+            string[] parts = r.StandardOutput.Split("===");
+            Assert.True(r.ExitCode == 0 && parts.Length == 2, NetRun.Describe(r));
+            foreach (string json in parts)
+            {
+                using var doc = JsonDocument.Parse(json);
+                double bps = doc.RootElement.GetProperty("end").GetProperty("sum_received").GetProperty("bits_per_second").GetDouble();
+                Assert.True(bps > 1e6, $"{bps} bit/s\n{NetRun.Describe(r)}");
+            }
+        }
+        finally
+        {
+            server.Kill();
+        }
+    }
+
+    [Fact]
+    public async Task ADualStackNameIsFetchedThroughBothFamilies()
+    {
+        const string Name = TinyDnsServer.Name;
+        // The name's A is the host alias 192.168.65.2 and its AAAA the host alias's IPv6 address: one page, served on the
+        // host's 127.0.0.1 and [::1] at the same port, each listener counting its own requests.
+        using var http4 = new TinyHttpServer(size: 4096);
+        using var http6 = new TinyHttpServer(size: 4096, bind: IPAddress.IPv6Loopback, port: http4.Port);
+        using var dns = new TinyDnsServer(new IPEndPoint(IPAddress.Loopback, 0), IPAddress.Parse("192.168.65.2"), IPAddress.Parse(Host6));
+        string url = $"http://{Name}:{http4.Port}{TinyHttpServer.Path}";
+        ProcessResult r = await NetRun.RunAsync(["--dns-upstream", dns.EndPoint.ToString()],
+            WaitForSlaac("fd00:6b69:7400:") + $"curl -sS -4 -m 10 -o /dev/null -w '%{{remote_ip}}\\n' {url}; curl -sS -6 -m 10 -o /dev/null -w '%{{remote_ip}}\\n' {url}", Timeout);
+        Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+        Assert.Contains("192.168.65.2", r.StandardOutput);
+        Assert.Contains(Host6, r.StandardOutput);
+        Assert.Single(http4.Requests);
+        Assert.Single(http6.Requests);
+        Assert.Contains($"{Name}/1", dns.Queries);
+        Assert.Contains($"{Name}/28", dns.Queries);
     }
 }

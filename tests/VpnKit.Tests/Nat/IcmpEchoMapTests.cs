@@ -8,8 +8,8 @@ namespace Kit.VpnKit.Tests.Nat;
 
 public sealed class IcmpEchoMapTests
 {
-    private static readonly uint Guest = Ip4.Parse("192.168.65.3");
-    private static readonly uint Remote = Ip4.Parse("10.1.2.3");
+    private static readonly IpAddr Guest = IpAddr.V4(Ip4.Parse("192.168.65.3"));
+    private static readonly IpAddr Remote = IpAddr.V4(Ip4.Parse("10.1.2.3"));
 
     [Fact]
     public void ReplyIsMappedBackToTheGuestsIdAndSequenceOnceAndOnlyFromTheTarget()
@@ -19,7 +19,7 @@ public sealed class IcmpEchoMapTests
         ushort k2 = map.Add(Guest, Remote, Remote, id: 0x1234, sequence: 8);
         Assert.NotEqual(k1, k2);
 
-        Assert.False(map.TryTake(k1, Ip4.Parse("10.9.9.9"), out _));
+        Assert.False(map.TryTake(k1, IpAddr.V4(Ip4.Parse("10.9.9.9")), out _));
         Assert.True(map.TryTake(k1, Remote, out IcmpEchoMap.Entry e));
         Assert.Equal(new IcmpEchoMap.Entry(Guest, Remote, Remote, 0x1234, 7), e);
         Assert.False(map.TryTake(k1, Remote, out _));
@@ -75,11 +75,11 @@ public sealed class IcmpEchoMapTests
         gw.Receive(G.Ping(G.Remote, 0xBEEF, 5, "hello icmp"u8.ToArray()), 1000);
         Assert.Empty(sink.Take());
         var (dst, id, seq) = Assert.Single(flows.Pings);
-        ushort key = map.Add(G.Guest, dst, dst, id, seq);
+        ushort key = map.Add(IpAddr.V4(G.Guest), IpAddr.V4(dst), IpAddr.V4(dst), id, seq);
 
         // The kernel's reply: its own identifier, our key as sequence, the data echoed.
-        Assert.True(map.TryTake(key, G.Remote, out IcmpEchoMap.Entry e));
-        gw.SendIcmpEchoReply(e.GuestVisibleDestination, e.Guest, e.Id, e.Sequence, "hello icmp"u8);
+        Assert.True(map.TryTake(key, IpAddr.V4(G.Remote), out IcmpEchoMap.Entry e));
+        gw.SendIcmpEchoReply(e.GuestVisibleDestination.Ipv4, e.Guest.Ipv4, e.Id, e.Sequence, "hello icmp"u8);
 
         byte[] frame = Assert.Single(sink.Take());
         var ip = Packet.ParsePacket(LinkLayers.Ethernet, frame).Extract<IPv4Packet>();

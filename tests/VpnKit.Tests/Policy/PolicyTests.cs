@@ -87,13 +87,24 @@ public sealed class PolicyTests
     }
 
     [Fact]
-    public void IPv6NetworksParseForLaterButMatchNoIPv4Flow()
+    public void IPv6NetworksMatchIPv6FlowsOnlyAndRulesWithoutACidrMatchBothFamilies()
     {
-        List<PolicyRule> rules = Parse("""{"rules":[{"name":"v6","match":{"cidr":"fd00:a5e::/64"},"action":"deny"}]}""");
+        List<PolicyRule> rules = Parse("""
+            {"rules":[
+              {"name":"v6","match":{"cidr":"fd00:a5e::/64"},"action":"deny"},
+              {"name":"v4","match":{"cidr":"10.0.0.0/8"},"action":"reject"},
+              {"name":"names","match":{"dns":"*.test"},"action":"reject"},
+              {"name":"smtp","match":{"port":25},"action":"reject"}
+            ]}
+            """);
         Assert.Equal(System.Net.Sockets.AddressFamily.InterNetworkV6, rules[0].Match.Cidr!.Value.BaseAddress.AddressFamily);
-        var t = new PolicyTable(_ => null);
+        var t = new PolicyTable(_ => "a.test");
         t.ReplaceAll(rules);
-        Assert.Null(t.Decide(new FlowFacts(RuleProto.Tcp, Ip("10.0.0.1"), 80), out _));
+        Assert.Equal("v4", t.Decide(new FlowFacts(RuleProto.Tcp, Ip("10.0.0.1"), 80), out _)?.Name);
+        Assert.Equal("v6", t.Decide(new FlowFacts(RuleProto.Tcp, 0, 80, RemoteIp6: Ip6.Parse("fd00:a5e::7")), out _)?.Name);
+        // Outside the v6 network: neither cidr rule nor the dns one (names are IPv4's) matches; the port rule does.
+        Assert.Null(t.Decide(new FlowFacts(RuleProto.Tcp, 0, 80, RemoteIp6: Ip6.Parse("fd00:a5f::7")), out _));
+        Assert.Equal("smtp", t.Decide(new FlowFacts(RuleProto.Tcp, 0, 25, RemoteIp6: Ip6.Parse("2001:db8::1")), out _)?.Name);
     }
 
     [Fact]

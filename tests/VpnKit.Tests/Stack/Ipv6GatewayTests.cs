@@ -27,13 +27,17 @@ public sealed class Ipv6GatewayTests
         public void QueryReceived(in Udp6Flow flow, ReadOnlySpan<byte> query) => Queries.Add((flow, query.ToArray()));
     }
 
+    /// <summary>::ffff:127.0.0.1: an IPv4-mapped address, which an IPv6 host socket would take to IPv4's loopback.</summary>
+    private static readonly UInt128 Mapped = Ip6.Parse("::ffff:127.0.0.1");
+
     private readonly CapturingSink _sink = new();
     private readonly RecordingDns _dns = new();
+    private RecordingFlows _flows = new();
     private Gateway _gw;
 
     public Ipv6GatewayTests() => _gw = NewGateway(new GatewayOptions());
 
-    private Gateway NewGateway(GatewayOptions o) => new(o, _sink, new RecordingFlows()) { Dns = _dns };
+    private Gateway NewGateway(GatewayOptions o) => new(o, _sink, _flows = new RecordingFlows()) { Dns = _dns };
 
     // ---- building guest frames ----
 
@@ -91,12 +95,16 @@ public sealed class Ipv6GatewayTests
         return Frame(src, dst, IpProtocol.Udp, d);
     }
 
-    private static byte[] Syn(UInt128 src, UInt128 dst, ushort dstPort, uint seq)
+    private static byte[] Syn(UInt128 src, UInt128 dst, ushort dstPort, uint seq, ushort srcPort = 40000) =>
+        Tcp(src, dst, srcPort, dstPort, seq, 0, TcpFlags.Syn, []);
+
+    private static byte[] Tcp(UInt128 src, UInt128 dst, ushort srcPort, ushort dstPort, uint seq, uint ack, TcpFlags flags, byte[] payload)
     {
-        byte[] t = new byte[20];
-        TcpSegment.Write(t, 20, 40000, dstPort, seq, 0, TcpFlags.Syn, 65535, 0, 0);
+        byte[] t = new byte[20 + payload.Length];
+        payload.CopyTo(t, 20);
+        TcpSegment.Write(t, 20, srcPort, dstPort, seq, ack, flags, 65535, 0, 0);
         t[16] = t[17] = 0;
-        BinaryPrimitives.WriteUInt16BigEndian(t.AsSpan(16), Checksum.Finish(Checksum.Add(Checksum.PseudoHeader6(src, dst, IpProtocol.Tcp, 20), t)));
+        BinaryPrimitives.WriteUInt16BigEndian(t.AsSpan(16), Checksum.Finish(Checksum.Add(Checksum.PseudoHeader6(src, dst, IpProtocol.Tcp, t.Length), t)));
         return Frame(src, dst, IpProtocol.Tcp, t);
     }
 
@@ -210,8 +218,7 @@ public sealed class Ipv6GatewayTests
     [Theory]
     [InlineData("fd00:6b69:7400::1")]
     [InlineData("fe80::f416:36ff:febc:f9c6")]
-    [InlineData("fd00:6b69:7400::2")]
-    public void EchoToTheGatewayAndTheHostAliasIsAnsweredFromTheAddressAsked(string address)
+    public void EchoToTheGatewayIsAnsweredFromTheAddressAsked(string address)
     {
         UInt128 to = Ip6.Parse(address);
         byte[] data = [1, 2, 3, 4, 5];
@@ -358,28 +365,51 @@ public sealed class Ipv6GatewayTests
         Assert.Empty(_sink.Take());
     }
 
-    [Fact]
-    public void TrafficTheGatewayDoesNotCarryIsRefusedAtOnce()
+    [Theory]
+    [InlineData("::1")]
+    [InlineData("::7f00:1")] // IPv4-compatible
+    public void TrafficTheGatewayDoesNotCarryIsRefusedAtOnce(string address)
     {
-        _gw.Receive(Syn(Guest6, Outside, 443, 1000), 0);
+        UInt128 to = Ip6.Parse(address);
+        _gw.Receive(Syn(Guest6, to, 443, 1000), 0);
         Out rst = Single();
-        Assert.Equal(Outside, rst.Src);
+        Assert.Equal(to, rst.Src);
         Assert.Equal(IpProtocol.Tcp, rst.NextHeader);
         Assert.Equal((byte)(TcpFlags.Rst | TcpFlags.Ack), rst.Upper[13]);
         Assert.Equal(1001u, BinaryPrimitives.ReadUInt32BigEndian(rst.Upper.AsSpan(8)));
-        _gw.Receive(Syn(Guest6, Host6, 8080, 5), 0); // the host alias: not forwarded to the host's ::1 yet
-        Assert.Equal((byte)(TcpFlags.Rst | TcpFlags.Ack), Single().Upper[13]);
 
-        _gw.Receive(Udp(Guest6, Outside, 1000, 9, new byte[10]), 0);
+        _gw.Receive(Udp(Guest6, to, 1000, 9, new byte[10]), 0);
         Out unreachable = Single();
         Assert.Equal(Gw6, unreachable.Src);
         Assert.Equal([Icmpv6Type.DestinationUnreachable, 1], unreachable.Upper[..2]); // administratively prohibited
-        Assert.Equal(Outside, Ip6.Read(unreachable.Upper.AsSpan(8 + 24))); // the offending packet is quoted
+        Assert.Equal(to, Ip6.Read(unreachable.Upper.AsSpan(8 + 24))); // the offending packet is quoted
         _gw.Receive(Udp(Guest6, Gw6, 1000, 9, new byte[10]), 0);
         Assert.Equal([Icmpv6Type.DestinationUnreachable, 4], Single().Upper[..2]); // port unreachable
-        _gw.Receive(Echo(Guest6, Outside, 1, 1, []), 0);
+        _gw.Receive(Echo(Guest6, to, 1, 1, []), 0);
         Assert.Equal(Icmpv6Type.DestinationUnreachable, Single().Upper[0]);
-        Assert.Equal(5, _gw.Counters.Ipv6Refused);
+        Assert.Equal(3, _gw.Counters.Ipv6Refused);
+        Assert.Empty(_flows.ConnectRequests);
+        Assert.Empty(_flows.Udp6);
+        Assert.Empty(_flows.Pings6);
+    }
+
+    [Fact]
+    public void AnIpv4MappedDestinationIsRefusedWhateverTheProtocol()
+    {
+        // ::ffff:127.0.0.1 would reach IPv4's loopback through a host IPv6 socket, around IPv4's rules.
+        _gw.Receive(Syn(Guest6, Mapped, 443, 1000), 0);
+        _gw.Receive(Udp(Guest6, Mapped, 1000, 9, new byte[10]), 0);
+        _gw.Receive(Echo(Guest6, Mapped, 1, 1, []), 0);
+        foreach (byte[] f in _sink.Take())
+        {
+            Out o = Decode(f);
+            Assert.Equal([Icmpv6Type.DestinationUnreachable, 1], o.Upper[..2]);
+            Assert.Equal(Guest6, o.Dst);
+        }
+        Assert.Equal(3, _gw.Counters.Ipv6Refused);
+        Assert.Empty(_flows.ConnectRequests);
+        Assert.Empty(_flows.Udp6);
+        Assert.Empty(_flows.Pings6);
     }
 
     [Fact]
@@ -387,13 +417,13 @@ public sealed class Ipv6GatewayTests
     {
         for (int i = 0; i < 1000; i++)
         {
-            _gw.Receive(Udp(Guest6, Outside, (ushort)(1000 + i), 9, []), 5);
-            _gw.Receive(Syn(Guest6, Outside, 80, (uint)i), 5);
+            _gw.Receive(Udp(Guest6, Mapped, (ushort)(1000 + i), 9, []), 5);
+            _gw.Receive(Syn(Guest6, Mapped, 80, (uint)i), 5);
         }
         int sent = _sink.Take().Count;
         Assert.InRange(sent, 1, 20);
         Assert.Equal(2000 - sent, _gw.Counters.Icmpv6ErrorsLimited);
-        _gw.Receive(Udp(Guest6, Outside, 1, 9, []), 1005); // a second later the bucket has refilled
+        _gw.Receive(Udp(Guest6, Mapped, 1, 9, []), 1005); // a second later the bucket has refilled
         Assert.Single(_sink.Take());
     }
 
@@ -477,6 +507,114 @@ public sealed class Ipv6GatewayTests
             Assert.True(_gw.NeighbourCount <= Gateway.MaxNeighbours);
         }, iter: 20_000, threads: 1);
         _gw.Receive(Ns(Guest6, Gw6), now + 10_000);
+        Assert.Equal(Icmpv6Type.NeighborAdvertisement, Single().Upper[0]);
+    }
+
+    // ---- NAT66 (issue 18, item 3): the engine's side ----
+
+    [Theory]
+    [InlineData("2001:db8::1")]
+    [InlineData("fd00:6b69:7400::2")] // the host alias (the NAT takes it to the host's ::1)
+    public void ATcpConnectionToAnIpv6DestinationIsOpenedOnlyAfterTheHostConnectAndCarriesDataBothWays(string address)
+    {
+        UInt128 to = Ip6.Parse(address);
+        _gw.Receive(Syn(Guest6, to, 443, 1000), 0);
+        Assert.Empty(_sink.Take()); // connect-before-accept: nothing until the host connect reports
+        TcpSocket c = Assert.Single(_flows.ConnectRequests);
+        Assert.Equal(IpAddr.V6(Guest6), c.GuestIp);
+        Assert.Equal(IpAddr.V6(to), c.RemoteIp);
+        Assert.False(c.RemoteIp.IsV4);
+
+        c.CompleteConnect(true, 1);
+        Out synAck = Single();
+        Assert.Equal(to, synAck.Src);
+        Assert.Equal(Guest6, synAck.Dst);
+        Assert.Equal(IpProtocol.Tcp, synAck.NextHeader);
+        Assert.Equal((byte)(TcpFlags.Syn | TcpFlags.Ack), synAck.Upper[13]);
+        Assert.Equal(1001u, BinaryPrimitives.ReadUInt32BigEndian(synAck.Upper.AsSpan(8)));
+        // RFC 8200 §8.3: the MSS is the MTU less 60 bytes of IPv6 and TCP headers (1440 at 1500).
+        Assert.Equal(1440, TcpOptions.Parse(synAck.Upper.AsSpan(20, (synAck.Upper[12] >> 4) * 4 - 20)).Mss);
+        uint iss = BinaryPrimitives.ReadUInt32BigEndian(synAck.Upper.AsSpan(4));
+
+        _gw.Receive(Tcp(Guest6, to, 40000, 443, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Psh, "hello"u8.ToArray()), 2);
+        Assert.Equal(TcpState.Established, c.State);
+        Assert.Equal("hello"u8.ToArray(), c.Peek().ToArray());
+        c.Consume(5, 2);
+        c.Write("world"u8, 3);
+        Out data = _sink.Take().Select(Decode).Last();
+        Assert.Equal("world"u8.ToArray(), data.Upper[20..]);
+        Assert.Equal(1006u, BinaryPrimitives.ReadUInt32BigEndian(data.Upper.AsSpan(8)));
+    }
+
+    [Fact]
+    public void ARefusedIpv6ConnectResetsTheGuestAtOnce()
+    {
+        _gw.Receive(Syn(Guest6, Outside, 9, 77), 0);
+        Assert.Single(_flows.ConnectRequests).CompleteConnect(false, 1);
+        Out rst = Single();
+        Assert.Equal((byte)(TcpFlags.Rst | TcpFlags.Ack), rst.Upper[13]);
+        Assert.Equal(78u, BinaryPrimitives.ReadUInt32BigEndian(rst.Upper.AsSpan(8)));
+        Assert.Equal(0, _gw.TcpConnectionCount);
+    }
+
+    [Fact]
+    public void UdpAndEchoToIpv6DestinationsGoToTheNat()
+    {
+        _gw.Receive(Udp(Guest6, Outside, 5000, 53, [1, 2, 3]), 0);
+        _gw.Receive(Udp(Guest6, Host6, 5001, 7, [4]), 0);
+        _gw.Receive(Echo(Guest6, Host6, 0x1234, 7, [9, 9]), 0);
+        _gw.Receive(Echo(Guest6, Outside, 0x1234, 8, []), 0);
+        Assert.Empty(_sink.Take());
+        Assert.Equal([new Udp6Flow(Guest6, 5000, Outside, 53), new Udp6Flow(Guest6, 5001, Host6, 7)], _flows.Udp6.Select(u => u.Flow));
+        Assert.Equal([(Host6, (ushort)0x1234, (ushort)7), (Outside, (ushort)0x1234, (ushort)8)], _flows.Pings6);
+
+        // The NAT's answers come back from the address the guest asked.
+        Assert.True(_gw.SendUdp6(new Udp6Flow(Guest6, 5000, Outside, 53), [7, 7], 1));
+        Out udp = Single();
+        Assert.Equal((Outside, Guest6, IpProtocol.Udp), (udp.Src, udp.Dst, udp.NextHeader));
+        _gw.SendIcmp6EchoReply(Host6, Guest6, 0x1234, 7, [9, 9], 1);
+        Out echo = Single();
+        Assert.Equal((Host6, Icmpv6Type.EchoReply), (echo.Src, echo.Upper[0]));
+        Assert.Equal(7, BinaryPrimitives.ReadUInt16BigEndian(echo.Upper.AsSpan(6)));
+        Assert.Equal([9, 9], echo.Upper[8..]);
+    }
+
+    [Fact]
+    public void BadChecksumsTruncatedSegmentsAndASynFloodNeverThrowAndAreBounded()
+    {
+        _gw = NewGateway(new GatewayOptions { MaxPendingConnects = 16, MaxTcpConnections = 32 });
+        byte[] bad = Syn(Guest6, Outside, 443, 1);
+        bad[^1] ^= 0xFF; // the checksum
+        _gw.Receive(bad, 0);
+        Assert.Equal(1, _gw.Counters.BadChecksum);
+        byte[] truncated = Syn(Guest6, Outside, 443, 1);
+        Ipv6Packet.Write(truncated.AsSpan(14), 12, IpProtocol.Tcp, 64, Guest6, Outside);
+        _gw.Receive(truncated.AsSpan(0, 14 + 40 + 12), 0);
+        Assert.Equal(1, _gw.Counters.Ipv6Malformed);
+        Assert.Empty(_flows.ConnectRequests);
+
+        // A flood of SYNs from ever new ports: at most 16 host connects in flight; the rest wait for retransmission.
+        for (int i = 0; i < 1000; i++)
+        {
+            _gw.Receive(Syn(Guest6, Outside, 443, (uint)i, srcPort: (ushort)(10_000 + i)), 1);
+        }
+        Assert.Equal(16, _flows.ConnectRequests.Count);
+        Assert.Equal(16, _gw.PendingConnects);
+        Assert.Equal(1000 - 16, _gw.Counters.TcpPendingFull);
+        foreach (TcpSocket c in _flows.ConnectRequests)
+        {
+            c.CompleteConnect(true, 2);
+        }
+        for (int i = 0; i < 1000; i++)
+        {
+            _gw.Receive(Syn(Guest6, Outside, 443, (uint)i, srcPort: (ushort)(20_000 + i)), 3);
+        }
+        Assert.Equal(32, _gw.TcpConnectionCount); // the table's cap; beyond it, RSTs (rate-limited)
+        Assert.True(_gw.Counters.TcpTableFull > 0);
+        _sink.Take();
+
+        // The gateway still serves.
+        _gw.Receive(Ns(Guest6, Gw6), 10_000);
         Assert.Equal(Icmpv6Type.NeighborAdvertisement, Single().Upper[0]);
     }
 }
