@@ -274,24 +274,27 @@ internal sealed class GatewayPolicyOptions
 
 
     /// <summary>The upstream proxies the command line (and with --proxy-from-env the environment) names; null: none.</summary>
-    private UpstreamProxyOptions? Proxies(ParseResult parse)
+    private UpstreamProxyOptions? Proxies(ParseResult parse) =>
+        ProxiesFrom(parse.GetValue(HttpProxy), parse.GetValue(HttpsProxy), parse.GetValue(NoProxy), parse.GetValue(ProxyFromEnv), Environment.GetEnvironmentVariable);
+
+    /// <summary>
+    /// The upstream proxies from the flags' values and, with <paramref name="fromEnv"/>, <paramref name="environment"/>'s
+    /// http_proxy, https_proxy and no_proxy; a flag wins over its variable. Null: none. CliException on a bad value.
+    /// </summary>
+    public static UpstreamProxyOptions? ProxiesFrom(string? http, string? https, string? noProxy, bool fromEnv, Func<string, string?> environment)
     {
-        string? http = parse.GetValue(HttpProxy);
-        string? https = parse.GetValue(HttpsProxy);
-        string? noProxy = parse.GetValue(NoProxy);
-        bool env = parse.GetValue(ProxyFromEnv);
-        if (!env && http is null && https is null && noProxy is null)
+        if (!fromEnv && http is null && https is null && noProxy is null)
         {
             return null;
         }
         try
         {
-            UpstreamProxyOptions fromEnv = env ? UpstreamProxyOptions.FromEnvironment(Environment.GetEnvironmentVariable) : new();
+            UpstreamProxyOptions env = fromEnv ? UpstreamProxyOptions.FromEnvironment(environment) : new();
             return new UpstreamProxyOptions
             {
-                Http = http is null ? fromEnv.Http : ProxyServer.Parse(http, "--http-proxy"),
-                Https = https is null ? fromEnv.Https : ProxyServer.Parse(https, "--https-proxy"),
-                NoProxy = noProxy is null ? fromEnv.NoProxy : NoProxyList.Parse(noProxy, "--no-proxy"),
+                Http = http is null ? env.Http : ProxyServer.Parse(http, "--http-proxy"),
+                Https = https is null ? env.Https : ProxyServer.Parse(https, "--https-proxy"),
+                NoProxy = noProxy is null ? env.NoProxy : NoProxyList.Parse(noProxy, "--no-proxy"),
             };
         }
         catch (FormatException e)

@@ -117,27 +117,8 @@ internal sealed record MachineGateway
     }
 
     /// <summary>The proxies; the flags win over the environment, as for kit net run.</summary>
-    private UpstreamProxyOptions? Proxies(Func<string, string?> environment)
-    {
-        if (!ProxyFromEnv && HttpProxy is null && HttpsProxy is null && NoProxy is null)
-        {
-            return null;
-        }
-        try
-        {
-            UpstreamProxyOptions env = ProxyFromEnv ? UpstreamProxyOptions.FromEnvironment(environment) : new();
-            return new UpstreamProxyOptions
-            {
-                Http = HttpProxy is null ? env.Http : ProxyServer.Parse(HttpProxy, "--http-proxy"),
-                Https = HttpsProxy is null ? env.Https : ProxyServer.Parse(HttpsProxy, "--https-proxy"),
-                NoProxy = NoProxy is null ? env.NoProxy : NoProxyList.Parse(NoProxy, "--no-proxy"),
-            };
-        }
-        catch (FormatException e)
-        {
-            throw new CliException(e.Message);
-        }
-    }
+    private UpstreamProxyOptions? Proxies(Func<string, string?> environment) =>
+        GatewayPolicyOptions.ProxiesFrom(HttpProxy, HttpsProxy, NoProxy, ProxyFromEnv, environment);
 
     private static string? ProxyUrl(string? flag, string name, string? kept)
     {
