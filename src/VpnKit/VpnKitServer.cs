@@ -118,10 +118,11 @@ public sealed partial class VpnKitServer : IDisposable
             Ipv6 = options.Ipv6,
             Ipv6Prefix = options.Ipv6Prefix is { } prefix ? Ip6.Parse(prefix.ToString()) & ~(UInt128)ulong.MaxValue : GatewayOptions.DefaultIpv6Prefix,
         };
-        // The host names answer no AAAA yet: the host alias's IPv6 address does not reach the host's ::1 until NAT66 is
-        // built, and glibc's default order (RFC 3484's table) tries a ULA before IPv4, so a client that takes the first
-        // address (busybox wget in a kit machine) was refused. LocalNames takes the IPv6 address once it leads somewhere.
-        var names = _names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback);
+        // The host names answer AAAA with the host alias's IPv6 address too. glibc's default order (RFC 6724) tries that
+        // ULA before IPv4, so it must lead where the IPv4 alias does: NAT66 carries it to the host's ::1, and a TCP
+        // connect that ::1 refuses is tried again on 127.0.0.1 (TcpProxy), where most host services listen.
+        var names = _names = new LocalNames(IPAddress.Parse(Ip4.Format(_gw.HostIp)), options.HostNames, options.DnsRecords, options.HostsPath, options.HostLoopback,
+            options.Ipv6 ? IpAddr.V6(_gw.HostIp6).ToIPAddress() : null);
         // One view of which name gave which address, taught by the forwarder's answers: flows are named from it and the
         // policy's dns rules match through it, with or without the inspector.
         var addressNames = new AddressNames();

@@ -70,9 +70,13 @@ public sealed class Inspector
     private long NextId() => Interlocked.Increment(ref _nextId);
 
     /// <summary>A new flow; the remote's DNS name comes from the forwarder's answers.</summary>
-    public FlowRecord OpenFlow(string proto, uint guestIp, ushort guestPort, uint remoteIp, ushort remotePort, bool inbound = false)
+    public FlowRecord OpenFlow(string proto, uint guestIp, ushort guestPort, uint remoteIp, ushort remotePort, bool inbound = false) =>
+        OpenFlow(proto, IpAddr.V4(guestIp), guestPort, IpAddr.V4(remoteIp), remotePort, inbound);
+
+    /// <summary>A new flow of either family; only IPv4 destinations are named (the forwarder learns names from A answers).</summary>
+    internal FlowRecord OpenFlow(string proto, IpAddr guestIp, ushort guestPort, IpAddr remoteIp, ushort remotePort, bool inbound = false)
     {
-        var f = new FlowRecord(NextId(), proto, guestIp, guestPort, remoteIp, remotePort, _names.Find(remoteIp), inbound);
+        var f = new FlowRecord(NextId(), proto, guestIp, guestPort, remoteIp, remotePort, remoteIp.IsV4 ? _names.Find(remoteIp.Ipv4) : null, inbound);
         f.LastTicks = f.StartTicks;
         lock (_gate)
         {
@@ -137,7 +141,7 @@ public sealed class Inspector
                 {
                     ExpireIcmp(now, all: true);
                 }
-                f = new FlowRecord(NextId(), "icmp", guestIp, 0, destination, 0, _names.Find(destination), inbound: false) { LastTicks = now };
+                f = new FlowRecord(NextId(), "icmp", IpAddr.V4(guestIp), 0, IpAddr.V4(destination), 0, _names.Find(destination), inbound: false) { LastTicks = now };
                 _flows.Add(f);
                 _icmp[key] = f;
             }

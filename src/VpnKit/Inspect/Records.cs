@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Kit.VpnKit.Wire;
 
 namespace Kit.VpnKit.Inspect;
 
@@ -26,7 +27,7 @@ public enum FlowEnd
 /// </summary>
 public sealed class FlowRecord
 {
-    internal FlowRecord(long id, string proto, uint guestIp, ushort guestPort, uint remoteIp, ushort remotePort, string? name, bool inbound)
+    internal FlowRecord(long id, string proto, IpAddr guestIp, ushort guestPort, IpAddr remoteIp, ushort remotePort, string? name, bool inbound)
     {
         Id = id;
         Proto = proto;
@@ -42,9 +43,11 @@ public sealed class FlowRecord
 
     public long Id { get; }
     public string Proto { get; }
-    public uint GuestIp { get; }
+    /// <summary>The guest's address, IPv4 or IPv6 (IPv4 held IPv4-mapped, shown dotted).</summary>
+    internal IpAddr GuestIp { get; }
     public ushort GuestPort { get; }
-    public uint RemoteIp { get; }
+    /// <summary>The destination as the guest addressed it (the host alias, not the host's loopback).</summary>
+    internal IpAddr RemoteIp { get; }
     public ushort RemotePort { get; }
     /// <summary>The DNS name the guest resolved for the remote address (the forwarder's view), if any.</summary>
     public string? Name { get; }

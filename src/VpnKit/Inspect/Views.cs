@@ -8,7 +8,7 @@ public sealed record FlowView(long Id, string Proto, string Guest, int GuestPort
     DateTimeOffset Start, DateTimeOffset? End, double DurationMs, long BytesOut, long BytesIn, long PacketsOut, long PacketsIn, int RttMs,
     string? Ended, string? App, string? Sni, string? Alpn, string? HttpHost, string? Note)
 {
-    public static FlowView Of(FlowRecord f) => new(f.Id, f.Proto, Ip4.Format(f.GuestIp), f.GuestPort, Ip4.Format(f.RemoteIp), f.RemotePort,
+    public static FlowView Of(FlowRecord f) => new(f.Id, f.Proto, f.GuestIp.ToString(), f.GuestPort, f.RemoteIp.ToString(), f.RemotePort,
         f.Name, f.Inbound, f.Start, f.End, Math.Round(f.End is { } e ? (e - f.Start).TotalMilliseconds : (DateTimeOffset.UtcNow - f.Start).TotalMilliseconds, 3),
         f.BytesOut, f.BytesIn, f.PacketsOut, f.PacketsIn, f.RttMs, f.EndReason == FlowEnd.None ? null : f.EndReason.ToString().ToLowerInvariant(),
         f.App, f.Sni, f.Alpn, f.HttpHost, f.Note);
@@ -23,7 +23,7 @@ public sealed record HttpView(long Id, long FlowId, string Guest, string Remote,
     {
         FlowRecord f = x.Flow;
         string state = x.State == "pending" && f.EndReason != FlowEnd.None ? "incomplete" : x.State;
-        return new(x.Id, f.Id, Ip4.Format(f.GuestIp), Ip4.Format(f.RemoteIp), f.RemotePort, x.Start, x.Method, x.Host, x.Target, x.Version,
+        return new(x.Id, f.Id, f.GuestIp.ToString(), f.RemoteIp.ToString(), f.RemotePort, x.Start, x.Method, x.Host, x.Target, x.Version,
             x.Status, x.Reason, x.RequestHeaderBytes, x.RequestBodyBytes, x.ResponseHeaderBytes, x.ResponseBodyBytes, Math.Round(x.ConnectMs, 3),
             Ms(x, x.RequestDoneTicks), Ms(x, x.FirstByteTicks), Ms(x, x.DoneTicks), state, x.Note);
     }

@@ -240,9 +240,8 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     private TcpProxy? Open(TcpSocket c, IpAddr address, ushort port, PolicyRule? rule, bool refused, bool needStream)
     {
         long now = EngineGate.Now;
-        // The flow is known (with the name the guest resolved for its address) before the host connect starts. (The
-        // inspector records IPv4 flows only, for now.)
-        FlowRecord? flow = c.GuestIp.IsV4 ? _inspector?.OpenFlow("tcp", c.GuestIp.Ipv4, c.GuestPort, c.RemoteIp.Ipv4, c.RemotePort) : null;
+        // The flow is known (with the name the guest resolved for its address) before the host connect starts.
+        FlowRecord? flow = _inspector?.OpenFlow("tcp", c.GuestIp, c.GuestPort, c.RemoteIp, c.RemotePort);
         bool silent = rule?.Action == RuleAction.Deny;
         if (rule is { Action: not RuleAction.Allow })
         {
@@ -288,7 +287,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         }
         if (_inspector is not null)
         {
-            proxy.Observe(_inspector, _inspector.OpenFlow("tcp", c.GuestIp.Ipv4, c.GuestPort, c.RemoteIp.Ipv4, c.RemotePort, inbound: true));
+            proxy.Observe(_inspector, _inspector.OpenFlow("tcp", c.GuestIp, c.GuestPort, c.RemoteIp, c.RemotePort, inbound: true));
         }
         _proxies.Add(proxy);
     }

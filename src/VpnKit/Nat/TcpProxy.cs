@@ -37,7 +37,7 @@ internal sealed partial class TcpProxy : IPollHandler
     private readonly EngineGate _gate;
     private readonly NatHost _nat;
     private readonly TcpSocket _c;
-    private readonly Socket _socket;
+    private Socket _socket;
     private readonly ILogger _log;
     private Phase _phase;
     private ulong _token;
@@ -247,6 +247,10 @@ internal sealed partial class TcpProxy : IPollHandler
         {
             return;
         }
+        if (!ok && failure != TimedOut && _address == HostLoopback6 && RetryOnIpv4Loopback())
+        {
+            return;
+        }
         if (!ok)
         {
             LogConnectFailed(_log, _address.ToIPAddress(), _port, failure ?? "failed");
@@ -267,6 +271,47 @@ internal sealed partial class TcpProxy : IPollHandler
         }
         _phase = Phase.Running;
         Run(now);
+    }
+
+    /// <summary>The host's ::1, where the host alias's IPv6 address leads (NatHost).</summary>
+    private static readonly IpAddr HostLoopback6 = IpAddr.V6(1);
+
+    /// <summary>
+    /// The host alias's IPv6 address leads to the host's ::1, but many host services listen on 127.0.0.1 (or 0.0.0.0)
+    /// only, and a dual-stack guest tries the alias's IPv6 address first (glibc's RFC 6724 order puts a ULA before
+    /// IPv4). So a connect to ::1 that did not succeed is tried once more on 127.0.0.1, still before the guest's SYN is
+    /// answered (connect-before-accept), as a dual-stack client on the host itself would fall back. False: the IPv4
+    /// socket could not even be started, and the guest gets the first failure.
+    /// </summary>
+    private bool RetryOnIpv4Loopback()
+    {
+        Socket socket;
+        try
+        {
+            socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { Blocking = false, NoDelay = true };
+        }
+        catch (SocketException e)
+        {
+            LogSocketFailed(_log, e.Message);
+            return false;
+        }
+        // Closing the IPv6 socket drops it from the epoll set; a stale event for its token is ignored.
+        _socket.Dispose();
+        Loop.Unregister(_token);
+        _socket = socket;
+        _address = IpAddr.V4(0x7F000001);
+        HostSocket.ConnectStart start = HostSocket.StartConnect(socket, _address.Ipv4, _port, out string? error);
+        _failure = error;
+        _connected = start == HostSocket.ConnectStart.Connected;
+        if (!Watch(Loop))
+        {
+            _failure ??= "cannot watch the socket";
+        }
+        if (_failure is not null || _connected)
+        {
+            _nat.Queue(this);
+        }
+        return true;
     }
 
     /// <summary>An engine-opened (inbound) connection reached ESTABLISHED: start carrying bytes.</summary>

@@ -105,7 +105,7 @@ internal sealed partial class UdpNat : IDisposable
                 }
                 f = new Flow(guest, guestPort, s)
                 {
-                    Record = guest.IsV4 ? Inspector?.OpenFlow("udp", guest.Ipv4, guestPort, remote.Ipv4, remotePort) : null,
+                    Record = Inspector?.OpenFlow("udp", guest, guestPort, remote, remotePort),
                 };
                 _flows[(guest.Value, guestPort)] = f;
                 _ = ReceiveLoopAsync(f);

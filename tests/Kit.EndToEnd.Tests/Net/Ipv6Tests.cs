@@ -61,8 +61,8 @@ public sealed class Ipv6Tests : IDisposable
         Assert.Contains("default via fe80::f416:36ff:febc:f9c6 dev eth0", parts[1]);
         Assert.Contains("3 packets received", parts[2]);
         Assert.Contains("3 packets received", parts[3]);
-        // No AAAA for the host names until the host alias's IPv6 address reaches the host (NAT66).
-        Assert.DoesNotContain(Host6, parts[4]);
+        // The host names answer AAAA with the host alias's IPv6 address (NAT66 carries it to the host).
+        Assert.Contains(Host6, parts[4]);
         Assert.Contains(TinyDnsServer.Address.ToString(), parts[5]);
         Assert.Contains($"{TinyDnsServer.Name}/1", dns.Queries);
         Assert.Contains($"Recursive DNS server     : {Gateway6}", parts[6]);
@@ -196,6 +196,57 @@ public sealed class Ipv6Tests : IDisposable
         {
             server.Kill();
         }
+    }
+
+    /// <summary>
+    /// host.internal answers A and AAAA, and a dual-stack client takes the AAAA first; a host service that listens on
+    /// 127.0.0.1 only is still reached over IPv6, because the NAT tries 127.0.0.1 when the host's ::1 refuses. curl -6
+    /// forces the IPv6 path (no fallback of its own); the server sees both requests. The inspector (--ui) records the
+    /// IPv6 flows and their HTTP exchanges, with the guest's and the host alias's IPv6 addresses.
+    /// </summary>
+    [Fact]
+    public async Task TheHostNamesIpv6AddressReachesAServiceOnIpv4LoopbackOnly()
+    {
+        using var http4 = new TinyHttpServer(size: 4096);
+        using var dns = new TinyDnsServer();
+        int ui = LoopbackPort.Free();
+        string ready = Path.Combine(_dir, "ready"), go = Path.Combine(_dir, "go");
+        string script = WaitForSlaac("fd00:6b69:7400:")
+            + $"curl -sS -6 -m 10 -o /dev/null -w '%{{remote_ip}} %{{http_code}}\\n' http://host.internal:{http4.Port}{TinyHttpServer.Path}; "
+            + $"curl -sS -m 10 -o /dev/null -w '%{{remote_ip}} %{{http_code}}\\n' http://host.docker.internal:{http4.Port}/second; "
+            + $"touch {ready}; i=0; while [ ! -e {go} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done";
+        Task<ProcessResult> run = NetRun.RunAsync(["--dns-upstream", dns.EndPoint.ToString(), "--ui", $"tcp://127.0.0.1:{ui}"], script, Timeout);
+        for (int i = 0; i < 600 && !File.Exists(ready) && !run.IsCompleted; i++)
+        {
+            await Task.Delay(100, TestContext.Current.CancellationToken);
+        }
+        string exchanges = "";
+        try
+        {
+            using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(10) };
+            for (int i = 0; i < 50 && File.Exists(ready); i++)
+            {
+                exchanges = await api.GetStringAsync("/api/http", TestContext.Current.CancellationToken);
+                if (exchanges.Contains("/second", StringComparison.Ordinal) && exchanges.Contains(TinyHttpServer.Path, StringComparison.Ordinal))
+                {
+                    break;
+                }
+                await Task.Delay(100, TestContext.Current.CancellationToken);
+            }
+        }
+        finally
+        {
+            await File.WriteAllTextAsync(go, "", TestContext.Current.CancellationToken);
+        }
+        ProcessResult r = await run;
+        Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+        // Both fetches went over IPv6 (the default order prefers the ULA), and both reached the IPv4-only server.
+        Assert.Equal([$"{Host6} 200", $"{Host6} 200"], r.StandardOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Equal(2, http4.Requests.Count);
+        using JsonDocument doc = JsonDocument.Parse(exchanges.Length > 0 ? exchanges : "[]");
+        JsonElement[] seen = [.. doc.RootElement.EnumerateArray().Where(x => x.GetProperty("remote").GetString() == Host6)];
+        Assert.True(seen.Length == 2 && seen.All(x => x.GetProperty("status").GetInt32() == 200 && x.GetProperty("guest").GetString()!.StartsWith("fd00:6b69:7400:", StringComparison.Ordinal)),
+            $"the inspector's IPv6 exchanges:\n{exchanges}");
     }
 
     [Fact]
