@@ -28,7 +28,6 @@ public sealed class MachineInspectorTests(ITestOutputHelper output) : IDisposabl
         using var http = new TinyHttpServer(size: 4096);
         using var refused = new TinyHttpServer(size: 4096);
         using var upstream = new TinyHttpServer(size: 4096);
-        int ui = LoopbackPort.Free();
         string policy = Path.Combine(_h.Data, "policy.json");
         await File.WriteAllTextAsync(policy, $$"""{"rules":[{"name":"no-refused","match":{"port":{{refused.Port}}},"action":"reject"}]}""", TestContext.Current.CancellationToken);
 
@@ -36,8 +35,20 @@ public sealed class MachineInspectorTests(ITestOutputHelper output) : IDisposabl
         Assert.True(secret.ExitCode != 0 && secret.StandardError.Contains("keeps no proxy credentials", StringComparison.Ordinal) && !secret.StandardError.Contains("pw@", StringComparison.Ordinal), secret.ToString());
 
         var clock = Stopwatch.StartNew();
-        ProcessResult up = await _h.KitAsync(["up", Name, "--accel", "tcg", "--dns-upstream", _h.DnsUpstream, "--memory", "1G", "--ui", $"tcp://127.0.0.1:{ui}",
-            "--policy", policy, "--http-proxy", $"http://127.0.0.1:{upstream.Port}"], TimeSpan.FromMinutes(15));
+        int ui = 0;
+        ProcessResult up = default!;
+        // The inspector's port was free when picked; a test running beside this one can take it before the daemon binds
+        // it (CI saw "address already in use" once), so a start that failed on exactly that picks another port.
+        for (int attempt = 0; attempt < 3; attempt++)
+        {
+            ui = LoopbackPort.Free();
+            up = await _h.KitAsync(["up", Name, "--accel", "tcg", "--dns-upstream", _h.DnsUpstream, "--memory", "1G", "--ui", $"tcp://127.0.0.1:{ui}",
+                "--policy", policy, "--http-proxy", $"http://127.0.0.1:{upstream.Port}"], TimeSpan.FromMinutes(15));
+            if (up.ExitCode == 0 || !(up.ToString() + Log()).Contains($"cannot listen on tcp://127.0.0.1:{ui}", StringComparison.Ordinal))
+            {
+                break;
+            }
+        }
         output.WriteLine($"kit up: {clock.Elapsed.TotalSeconds:0.0} s\n{up}");
         Assert.True(up.ExitCode == 0, $"kit up failed\n{up}\n{Log()}");
         Assert.Contains($"kit up: inspector on http://127.0.0.1:{ui}/", up.StandardError, StringComparison.Ordinal);
