@@ -102,10 +102,26 @@ internal sealed partial class TcpProxy : IPollHandler
     /// </summary>
     public static TcpProxy? Connect(EngineGate gate, NatHost nat, EventLoop loop, TcpSocket c, IpAddr address, ushort port, long deadline, ILogger log)
     {
-        Socket socket;
+        if (NewStreamSocket(address, log) is not Socket socket)
+        {
+            return null;
+        }
+        var p = new TcpProxy(gate, nat, c, socket, log, Phase.Connecting) { _address = address, _port = port, ConnectDeadline = deadline };
+        if (!p.StartConnect(loop))
+        {
+            socket.Dispose();
+            c.Tag = null;
+            return null;
+        }
+        return p;
+    }
+
+    /// <summary>A non-blocking stream socket of the address's family, or null (logged) when the host refuses one.</summary>
+    private static Socket? NewStreamSocket(IpAddr address, ILogger log)
+    {
         try
         {
-            socket = new Socket(address.IsV4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp)
+            return new Socket(address.IsV4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp)
             {
                 Blocking = false,
                 NoDelay = true,
@@ -116,25 +132,31 @@ internal sealed partial class TcpProxy : IPollHandler
             LogSocketFailed(log, e.Message);
             return null;
         }
-        var p = new TcpProxy(gate, nat, c, socket, log, Phase.Connecting) { _address = address, _port = port, ConnectDeadline = deadline };
-        HostSocket.ConnectStart start = address.IsV4 ? HostSocket.StartConnect(socket, address.Ipv4, port, out string? error) : StartConnect6(socket, address, port, out error);
-        // Connected or failed at once (loopback; no route, ...): reported from the run list, after the caller has set
-        // the flow up, through the same path as an outcome epoll reports.
-        p._failure = error;
-        p._connected = start == HostSocket.ConnectStart.Connected;
+    }
+
+    /// <summary>
+    /// Starts connecting <see cref="_socket"/> to the host address and watches it; false when it cannot be watched.
+    /// A connect that finished or failed at once (loopback; no route, ...) is reported from the run list, after the
+    /// caller has set the flow up, through the same path as an outcome epoll reports.
+    /// </summary>
+    private bool StartConnect(EventLoop loop)
+    {
+        HostSocket.ConnectStart start = _address.IsV4
+            ? HostSocket.StartConnect(_socket, _address.Ipv4, _port, out string? error)
+            : StartConnect6(_socket, _address, _port, out error);
+        _failure = error;
+        _connected = start == HostSocket.ConnectStart.Connected;
         // Watched only after connect(2) started: an unconnected TCP socket polls as EPOLLHUP, which would read as a
         // finished (failed) connect.
-        if (!p.Watch(loop))
+        if (!Watch(loop))
         {
-            socket.Dispose();
-            c.Tag = null;
-            return null;
+            return false;
         }
-        if (p._failure is not null || p._connected)
+        if (_failure is not null || _connected)
         {
-            nat.Queue(p);
+            _nat.Queue(this);
         }
-        return p;
+        return true;
     }
 
     /// <summary>
@@ -285,30 +307,19 @@ internal sealed partial class TcpProxy : IPollHandler
     /// </summary>
     private bool RetryOnIpv4Loopback()
     {
-        Socket socket;
-        try
+        IpAddr loopback = IpAddr.V4(0x7F000001);
+        if (NewStreamSocket(loopback, _log) is not Socket socket)
         {
-            socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { Blocking = false, NoDelay = true };
-        }
-        catch (SocketException e)
-        {
-            LogSocketFailed(_log, e.Message);
             return false;
         }
         // Closing the IPv6 socket drops it from the epoll set; a stale event for its token is ignored.
         _socket.Dispose();
         Loop.Unregister(_token);
         _socket = socket;
-        _address = IpAddr.V4(0x7F000001);
-        HostSocket.ConnectStart start = HostSocket.StartConnect(socket, _address.Ipv4, _port, out string? error);
-        _failure = error;
-        _connected = start == HostSocket.ConnectStart.Connected;
-        if (!Watch(Loop))
+        _address = loopback;
+        if (!StartConnect(Loop))
         {
             _failure ??= "cannot watch the socket";
-        }
-        if (_failure is not null || _connected)
-        {
             _nat.Queue(this);
         }
         return true;
