@@ -14,8 +14,21 @@ namespace Kit.Cli;
 /// </summary>
 internal static class Program
 {
+    /// <summary>
+    /// glibc's malloc keeps what is freed for reuse, and two of its defaults let that grow with no live data behind it:
+    /// a thread gets an arena of its own once arenas are contended (up to 8 per core), and freeing a large mapped block
+    /// raises the size below which blocks come from an arena, and the free space an arena keeps, to that block's size
+    /// (the "dynamic mmap threshold"). Kit's native allocations are few (libgit2 under DataKit's store lock, zlib,
+    /// OpenSSL), but the thread pool hands them to whichever thread runs: in the soak under CPU starvation
+    /// `kit data serve`'s anonymous memory stepped up 2-4 MiB with no live data behind it, 2.4 MiB of it in one arena
+    /// (docs/soak.md). Two arenas hold the same work, and a fixed threshold keeps blocks of 1 MiB and more out of them.
+    /// </summary>
+    private const int MallocArenas = 2, MallocMmapThreshold = 1 << 20;
+
     private static int Main(string[] args)
     {
+        Kit.Linux.Sys.Mallopt(Kit.Linux.Sys.M_ARENA_MAX, MallocArenas);
+        Kit.Linux.Sys.Mallopt(Kit.Linux.Sys.M_MMAP_THRESHOLD, MallocMmapThreshold);
         var root = new RootCommand("Kit: lightweight Linux VMs (HyperKit), user-space networking (VPNKit) and a git-backed 9P store (DataKit).")
         {
             GuestCommand.Create(),
