@@ -71,6 +71,18 @@ public sealed class MachineInspectorTests(ITestOutputHelper output) : IDisposabl
         await FetchAndSee(api, http, "/machine-second");
         await PolicyAndProxyHold(refused, upstream, "/second");
         Assert.True((await _h.KitAsync(["down", Name], TimeSpan.FromMinutes(3))).ExitCode == 0, Log());
+
+        // A kept policy edited by hand into something that no longer parses stops the start (closed, not open: the
+        // machine does not come up without its deny rules), names the file, and is left as it was for the user to mend.
+        string kept = Path.Combine(_h.Data, "kit", "machines", Name, "policy.json");
+        await File.WriteAllTextAsync(kept, """{"rules":[{"name":"half""", TestContext.Current.CancellationToken);
+        ProcessResult broken = await _h.KitAsync(["up", Name], TimeSpan.FromMinutes(3));
+        Assert.True(broken.ExitCode != 0 && (broken.ToString() + Log()).Contains("policy.json:", StringComparison.Ordinal), $"{broken}\n{Log()}");
+        Assert.Equal("""{"rules":[{"name":"half""", await File.ReadAllTextAsync(kept, TestContext.Current.CancellationToken));
+        using (JsonDocument status = await _h.StatusAsync(Name))
+        {
+            Assert.NotEqual("running", status.RootElement.GetProperty("state").GetString());
+        }
     }
 
     /// <summary>The policy's reject and the upstream proxy, seen from inside the machine.</summary>
