@@ -129,7 +129,7 @@ public sealed partial class VpnKitServer : IDisposable
         Inspector = options.Inspect is null ? null : new Inspector(options.Inspect, addressNames);
         _dns = new DnsForwarder(options.DnsUpstreams, options.ResolvConfPath, names, _log) { Inspector = Inspector, Names = addressNames };
         var dns = _dns;
-        Policy = new PolicyTable(addressNames.Find);
+        Policy = new PolicyTable(addressNames.Of);
         Policy.ReplaceAll(options.PolicyRules);
         if (Inspector is not null)
         {

@@ -73,10 +73,10 @@ public sealed class Inspector
     public FlowRecord OpenFlow(string proto, uint guestIp, ushort guestPort, uint remoteIp, ushort remotePort, bool inbound = false) =>
         OpenFlow(proto, IpAddr.V4(guestIp), guestPort, IpAddr.V4(remoteIp), remotePort, inbound);
 
-    /// <summary>A new flow of either family; only IPv4 destinations are named (the forwarder learns names from A answers).</summary>
+    /// <summary>A new flow of either family; the remote's name comes from the forwarder's A and AAAA answers.</summary>
     internal FlowRecord OpenFlow(string proto, IpAddr guestIp, ushort guestPort, IpAddr remoteIp, ushort remotePort, bool inbound = false)
     {
-        var f = new FlowRecord(NextId(), proto, guestIp, guestPort, remoteIp, remotePort, remoteIp.IsV4 ? _names.Find(remoteIp.Ipv4) : null, inbound);
+        var f = new FlowRecord(NextId(), proto, guestIp, guestPort, remoteIp, remotePort, _names.Find(remoteIp), inbound);
         f.LastTicks = f.StartTicks;
         lock (_gate)
         {
@@ -141,7 +141,7 @@ public sealed class Inspector
                 {
                     ExpireIcmp(now, all: true);
                 }
-                f = new FlowRecord(NextId(), "icmp", IpAddr.V4(guestIp), 0, IpAddr.V4(destination), 0, _names.Find(destination), inbound: false) { LastTicks = now };
+                f = new FlowRecord(NextId(), "icmp", IpAddr.V4(guestIp), 0, IpAddr.V4(destination), 0, _names.Find(IpAddr.V4(destination)), inbound: false) { LastTicks = now };
                 _flows.Add(f);
                 _icmp[key] = f;
             }
@@ -182,7 +182,7 @@ public sealed class Inspector
     }
 
     /// <summary>
-    /// One answered (or unanswered) query: logged, and its A records teach the address → name view that flows are
+    /// One answered (or unanswered) query: logged, and its A and AAAA records teach the address → name view that flows are
     /// named from. <paramref name="reply"/> is read, never kept.
     /// </summary>
     public void Dns(uint client, string name, ushort type, ReadOnlySpan<byte> reply, string source, double latencyMs, bool cacheHit)
@@ -192,13 +192,13 @@ public sealed class Inspector
         if (reply.Length >= DnsMessage.HeaderLength && DnsMessage.TryParse(reply, out DnsMessage m))
         {
             rcode = RcodeName(reply[3] & 0x0F);
-            Span<uint> addresses = stackalloc uint[16];
-            int n = DnsAnswers.ReadA(reply, addresses, out int records);
+            Span<IpAddr> addresses = stackalloc IpAddr[16];
+            int n = DnsAnswers.ReadAddresses(reply, addresses, out int records);
             var text = new System.Text.StringBuilder();
             for (int i = 0; i < n; i++)
             {
                 _names.Add(addresses[i], name);
-                text.Append(i == 0 ? "" : ", ").Append(Ip4.Format(addresses[i]));
+                text.Append(i == 0 ? "" : ", ").Append(addresses[i]);
             }
             if (records > n)
             {
@@ -217,9 +217,6 @@ public sealed class Inspector
             Send(new InspectEvent("dns", Dns: e));
         }
     }
-
-    /// <summary>The name the guests resolved for an address, if the forwarder saw one.</summary>
-    public string? NameOf(uint address) => _names.Find(address);
 
     public List<FlowView> Flows()
     {
@@ -343,9 +340,9 @@ public sealed class Inspector
 internal sealed class AddressNames
 {
     private const int Max = 8192;
-    private readonly Dictionary<uint, string> _map = [];
+    private readonly Dictionary<IpAddr, string> _map = [];
 
-    public void Add(uint address, string name)
+    public void Add(IpAddr address, string name)
     {
         lock (_map)
         {
@@ -357,18 +354,21 @@ internal sealed class AddressNames
         }
     }
 
-    /// <summary>Learns the A records of a forwarder's <paramref name="reply"/> to a query for <paramref name="name"/>.</summary>
+    /// <summary>Learns the A and AAAA records of a forwarder's <paramref name="reply"/> to a query for <paramref name="name"/>.</summary>
     public void Learn(string name, ReadOnlySpan<byte> reply)
     {
-        Span<uint> addresses = stackalloc uint[16];
-        int n = DnsAnswers.ReadA(reply, addresses, out _);
+        Span<IpAddr> addresses = stackalloc IpAddr[16];
+        int n = DnsAnswers.ReadAddresses(reply, addresses, out _);
         for (int i = 0; i < n; i++)
         {
             Add(addresses[i], name);
         }
     }
 
-    public string? Find(uint address)
+    /// <summary>The name a flow's destination was resolved from, for the policy's dns conditions.</summary>
+    public string? Of(Policy.FlowFacts f) => Find(f.Ipv6 ? IpAddr.V6(f.RemoteIp6) : IpAddr.V4(f.RemoteIp));
+
+    public string? Find(IpAddr address)
     {
         lock (_map)
         {
@@ -377,10 +377,12 @@ internal sealed class AddressNames
     }
 }
 
-/// <summary>Reads a DNS response's A records (RFC 1035 §3.4.1), checked at every step; never throws.</summary>
+/// <summary>Reads a DNS response's A (RFC 1035 §3.4.1) and AAAA (RFC 3596 §2.2) records, checked at every step; never throws.</summary>
 internal static class DnsAnswers
 {
-    public static int ReadA(ReadOnlySpan<byte> b, Span<uint> into, out int records)
+    private const ushort TypeA = 1, TypeAaaa = 28, ClassIn = 1;
+
+    public static int ReadAddresses(ReadOnlySpan<byte> b, Span<IpAddr> into, out int records)
     {
         records = 0;
         if (b.Length < DnsMessage.HeaderLength)
@@ -414,9 +416,9 @@ internal static class DnsAnswers
                 break;
             }
             records++;
-            if (type == 1 && @class == 1 && rdlen == 4 && n < into.Length)
+            if (@class == ClassIn && n < into.Length && (type, rdlen) is (TypeA, 4) or (TypeAaaa, 16))
             {
-                into[n++] = BinaryPrimitives.ReadUInt32BigEndian(b.Slice(i));
+                into[n++] = rdlen == 4 ? IpAddr.V4(BinaryPrimitives.ReadUInt32BigEndian(b.Slice(i))) : IpAddr.V6(BinaryPrimitives.ReadUInt128BigEndian(b.Slice(i)));
             }
             i += rdlen;
         }

@@ -295,8 +295,8 @@ internal sealed partial class ProxyRelay : IDisposable
         query[at + 1] = 1; // QTYPE A
         query[at + 3] = 1; // QCLASS IN
         byte[]? answer = await _dns.ResolveAsync(query, cancel: _stop.Token).ConfigureAwait(false);
-        Span<uint> found = stackalloc uint[1];
-        return answer is not null && DnsAnswers.ReadA(answer, found, out _) > 0 ? found[0] : 0;
+        Span<IpAddr> found = stackalloc IpAddr[1];
+        return answer is not null && DnsAnswers.ReadAddresses(answer, found, out _) > 0 && found[0].IsV4 ? found[0].Ipv4 : 0;
     }
 
     public void Dispose()

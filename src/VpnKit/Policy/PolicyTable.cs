@@ -8,8 +8,7 @@ namespace Kit.VpnKit.Policy;
 /// <param name="Sni">The ClientHello's server name, once <paramref name="StreamKnown"/>.</param>
 /// <param name="Host">The first request's Host, once <paramref name="StreamKnown"/>.</param>
 /// <param name="StreamKnown">The guest's first bytes have been read (TCP): sni/host conditions can be decided.</param>
-/// <param name="RemoteIp6">The destination of an IPv6 flow (NAT66), 0 for IPv4 (then <paramref name="RemoteIp"/> is it): IPv6
-/// cidrs match it; dns conditions do not yet (the names are learnt from IPv4 answers).</param>
+/// <param name="RemoteIp6">The destination of an IPv6 flow (NAT66), 0 for IPv4 (then <paramref name="RemoteIp"/> is it).</param>
 public readonly record struct FlowFacts(RuleProto Proto, uint RemoteIp, ushort RemotePort, string? Sni = null, string? Host = null, bool StreamKnown = false,
     UInt128 RemoteIp6 = default)
 {
@@ -22,7 +21,8 @@ public readonly record struct FlowFacts(RuleProto Proto, uint RemoteIp, ushort R
 /// the NAT reads it without a lock while the API changes it; a flow keeps the rule it was given (a change takes effect for
 /// the next flow).
 /// </summary>
-public sealed class PolicyTable(Func<uint, string?> nameOf)
+/// <param name="nameOf">The name the guest resolved a flow's destination from (the forwarder's A and AAAA answers), or null.</param>
+public sealed class PolicyTable(Func<FlowFacts, string?> nameOf)
 {
     /// <summary>Enough for any hand-written policy; a bound on what one POST can make every new flow walk.</summary>
     public const int MaxRules = 1024;
@@ -69,9 +69,9 @@ public sealed class PolicyTable(Func<uint, string?> nameOf)
             }
             if (m.Dns is not null)
             {
-                if (!nameLooked && !f.Ipv6)
+                if (!nameLooked)
                 {
-                    name = nameOf(f.RemoteIp);
+                    name = nameOf(f);
                     nameLooked = true;
                 }
                 if (!RuleMatch.NameMatches(m.Dns, name))

@@ -326,6 +326,32 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
     private static long Counter(JsonElement rules, string name, string counter) =>
         rules.GetProperty("rules").EnumerateArray().Single(r => r.GetProperty("name").GetString() == name).GetProperty(counter).GetInt64();
 
+    /// <summary>
+    /// A dns rule holds for IPv6 flows: the address an AAAA answer gave (the host alias fd00:6b69:7400::2, which is the
+    /// host's [::1]) is named from that answer, so curl -6 to it by name is refused, while the same address before any
+    /// answer named it was served.
+    /// </summary>
+    [Fact]
+    public async Task A_dns_rule_rejects_the_ipv6_address_an_aaaa_answer_gave()
+    {
+        const string Host6 = "fd00:6b69:7400::2";
+        using var http = new TinyHttpServer(size: 4096, bind: IPAddress.IPv6Loopback);
+        using var upstream = new TinyDnsServer(new IPEndPoint(IPAddress.Loopback, 0), IPAddress.Parse("192.168.65.2"), IPAddress.Parse(Host6));
+        string policy = Write("policy6.json", $$"""{"rules":[{"name":"named","match":{"dns":"{{TinyDnsServer.Name}}"},"action":"reject"}]}""");
+        string script = "for i in $(seq 1 100); do ip -6 addr show dev eth0 scope global | grep -q fd00:6b69:7400: && "
+            + "! ip -6 addr show dev eth0 scope global | grep -q tentative && break; sleep 0.1; done; "
+            + $"curl -6 -sS -o /dev/null -m 10 'http://[{Host6}]:{http.Port}/before'; echo \"literal exit $?\"; "
+            + $"curl -6 -sS -o /dev/null -m 10 'http://{TinyDnsServer.Name}:{http.Port}/by-name'; echo \"name exit $?\"";
+        ProcessResult r = await NetRun.RunAsync(["--policy", policy, "--dns-upstream", upstream.EndPoint.ToString()], script, Timeout);
+        Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+        Assert.Contains("literal exit 0", r.StandardOutput, StringComparison.Ordinal);
+        Assert.Contains("GET /before HTTP/1.1", http.Requests);
+        // Refused at once by the rule (reject: the guest's SYN gets an RST), and the server never saw the request.
+        Assert.Contains("name exit 7", r.StandardOutput, StringComparison.Ordinal);
+        Assert.DoesNotContain(http.Requests, x => x.Contains("/by-name", StringComparison.Ordinal));
+        Assert.Contains($"{TinyDnsServer.Name}/28", upstream.Queries);
+    }
+
     private static async Task<JsonElement> RulesAsync(HttpClient api)
     {
         string text = await api.GetStringAsync("/api/rules", TestContext.Current.CancellationToken);

@@ -98,19 +98,21 @@ public sealed class PolicyTests
             ]}
             """);
         Assert.Equal(System.Net.Sockets.AddressFamily.InterNetworkV6, rules[0].Match.Cidr!.Value.BaseAddress.AddressFamily);
-        var t = new PolicyTable(_ => "a.test");
+        UInt128 named = Ip6.Parse("fd00:a5f::8");
+        var t = new PolicyTable(f => f.Ipv6 && f.RemoteIp6 == named ? "a.test" : null);
         t.ReplaceAll(rules);
         Assert.Equal("v4", t.Decide(new FlowFacts(RuleProto.Tcp, Ip("10.0.0.1"), 80), out _)?.Name);
         Assert.Equal("v6", t.Decide(new FlowFacts(RuleProto.Tcp, 0, 80, RemoteIp6: Ip6.Parse("fd00:a5e::7")), out _)?.Name);
-        // Outside the v6 network: neither cidr rule nor the dns one (names are IPv4's) matches; the port rule does.
+        // Outside the v6 network: no cidr rule matches; the dns one matches the address an AAAA answer named; the port rule.
         Assert.Null(t.Decide(new FlowFacts(RuleProto.Tcp, 0, 80, RemoteIp6: Ip6.Parse("fd00:a5f::7")), out _));
+        Assert.Equal("names", t.Decide(new FlowFacts(RuleProto.Tcp, 0, 80, RemoteIp6: named), out _)?.Name);
         Assert.Equal("smtp", t.Decide(new FlowFacts(RuleProto.Tcp, 0, 25, RemoteIp6: Ip6.Parse("2001:db8::1")), out _)?.Name);
     }
 
     [Fact]
     public void FirstMatchWinsAndIsCounted()
     {
-        var t = new PolicyTable(ip => ip == Ip("192.168.65.2") ? "a.blocked.test" : null);
+        var t = new PolicyTable(f => f.RemoteIp == Ip("192.168.65.2") ? "a.blocked.test" : null);
         t.ReplaceAll(Parse("""
             {"rules":[
               {"name":"web","match":{"cidr":"10.1.0.0/16","ports":"80-443","proto":"tcp"},"action":"allow"},
@@ -146,13 +148,24 @@ public sealed class PolicyTests
     public void NamesComeFromTheForwardersAnswers()
     {
         var names = new Kit.VpnKit.Inspect.AddressNames();
-        var t = new PolicyTable(names.Find);
+        var t = new PolicyTable(names.Of);
         t.ReplaceAll(Parse("""{"rules":[{"name":"ads","match":{"dns":"*.blocked.test"},"action":"reject"}]}"""));
         Assert.Null(t.Decide(new(RuleProto.Tcp, Ip("10.1.2.3"), 80), out _));
         // "x.blocked.test A" answered with 10.1.2.3 (RFC 1035 §4.1; the answer's name points at the question).
         byte[] q = [0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 1, (byte)'x', 7, .. "blocked"u8, 4, .. "test"u8, 0, 0, 1, 0, 1];
         names.Learn("x.blocked.test", [.. q, 0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 1, 2, 3]);
         Assert.Equal("ads", t.Decide(new(RuleProto.Tcp, Ip("10.1.2.3"), 80), out _)?.Name);
+        // "x.blocked.test AAAA" answered with 2001:db8::7 (RFC 3596 §2.2: type 28, 16 bytes of address).
+        UInt128 v6 = Ip6.Parse("2001:db8::7");
+        Assert.Null(t.Decide(new(RuleProto.Tcp, 0, 80, RemoteIp6: v6), out _));
+        byte[] q6 = [.. q[..^4], 0, 28, 0, 1];
+        byte[] address = new byte[16];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt128BigEndian(address, v6);
+        names.Learn("x.blocked.test", [.. q6, 0xC0, 12, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16, .. address]);
+        Assert.Equal("ads", t.Decide(new(RuleProto.Tcp, 0, 80, RemoteIp6: v6), out _)?.Name);
+        // A record whose length does not fit its type teaches nothing.
+        names.Learn("y.blocked.test", [.. q6, 0xC0, 12, 0, 28, 0, 1, 0, 0, 0, 60, 0, 4, 10, 9, 9, 9]);
+        Assert.Null(t.Decide(new(RuleProto.Tcp, Ip("10.9.9.9"), 80), out _));
     }
 
     [Fact]
