@@ -144,21 +144,18 @@ internal static class VpnKitTargets
 
         public void TcpReset(TcpSocket connection) => _live.Remove(connection);
 
-        public void UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload)
-        {
-        }
+        // Every other datagram and echo is rejected, so the fuzzer also drives the unreachables that answer them.
+        public FlowVerdict UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload) => Alternate();
 
-        public void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
-        {
-        }
+        public FlowVerdict IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload) => Alternate();
 
-        public void Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload)
-        {
-        }
+        public FlowVerdict Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload) => Alternate();
 
-        public void Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
-        {
-        }
+        public FlowVerdict Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload) => Alternate();
+
+        private FlowVerdict Alternate() => (++_datagrams & 1) == 0 ? FlowVerdict.Rejected : FlowVerdict.Taken;
+
+        private int _datagrams;
     }
 
     /// <summary>

@@ -77,19 +77,26 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         return Policy is { IsEmpty: false } table ? table.Decide(new FlowFacts(proto, remoteIp.Ipv4, remotePort, RemoteIp6: remoteIp.IsV4 ? 0 : remoteIp.Value), out needStream) : null;
     }
 
-    /// <summary>Whether a datagram or echo request from the guest goes on: its rule allows it and loss_pct spares it.</summary>
-    private bool Passes(RuleProto proto, IpAddr remoteIp, ushort remotePort, int bytes)
+    /// <summary>
+    /// Whether a datagram or echo request from the guest goes on (null): its rule allows it and loss_pct spares it;
+    /// otherwise what the engine does about it: nothing (deny, loss) or an unreachable (reject).
+    /// </summary>
+    private FlowVerdict? Stops(RuleProto proto, IpAddr remoteIp, ushort remotePort, int bytes)
     {
         if (Decide(proto, remoteIp, remotePort, out _) is not { } rule)
         {
-            return true;
+            return null;
         }
-        if (rule.Action != RuleAction.Allow || (rule.Impair.LossPct > 0 && Random.Shared.NextDouble() * 100 < rule.Impair.LossPct))
+        if (rule.Action != RuleAction.Allow)
         {
-            return false;
+            return rule.Action == RuleAction.Reject ? FlowVerdict.Rejected : FlowVerdict.Taken;
+        }
+        if (rule.Impair.LossPct > 0 && Random.Shared.NextDouble() * 100 < rule.Impair.LossPct)
+        {
+            return FlowVerdict.Taken;
         }
         rule.AddBytes(bytes);
-        return true;
+        return null;
     }
 
     /// <summary>The event loop that watches the TCP proxies' sockets; set before the first connection.</summary>
@@ -390,13 +397,13 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
 
     public void TcpReset(TcpSocket c) => (c.Tag as TcpProxy)?.OnReset();
 
-    public void UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload)
+    public FlowVerdict UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload)
     {
         foreach (UdpPublisher p in UdpPublishers)
         {
             if (p.TryDeliver(flow, payload))
             {
-                return;
+                return FlowVerdict.Taken;
             }
         }
         if (flow.RemoteIp == _o.GatewayIp)
@@ -405,13 +412,18 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
             {
                 _ = AnswerDnsAsync(flow, payload.ToArray());
             }
-            return;
+            return FlowVerdict.Taken;
         }
-        if ((_o.InSubnet(flow.RemoteIp) && flow.RemoteIp != _o.HostIp) || Refused(flow.RemoteIp) || !Passes(RuleProto.Udp, IpAddr.V4(flow.RemoteIp), flow.RemotePort, payload.Length))
+        if ((_o.InSubnet(flow.RemoteIp) && flow.RemoteIp != _o.HostIp) || Refused(flow.RemoteIp))
         {
-            return;
+            return FlowVerdict.Taken;
+        }
+        if (Stops(RuleProto.Udp, IpAddr.V4(flow.RemoteIp), flow.RemotePort, payload.Length) is { } stopped)
+        {
+            return stopped;
         }
         Udp.Send(flow, payload);
+        return FlowVerdict.Taken;
     }
 
     private async Task AnswerDnsAsync(UdpFlow flow, byte[] query)
@@ -431,35 +443,51 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         }
     }
 
-    public void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
+    public FlowVerdict IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
     {
-        if (!Refused(destination) && Passes(RuleProto.Icmp, IpAddr.V4(destination), 0, payload.Length))
+        if (Refused(destination))
         {
-            _inspector?.IcmpEcho(guestIp, destination, payload.Length, reply: false);
-            Icmp?.Send(IpAddr.V4(guestIp), IpAddr.V4(TranslateOut(destination)), IpAddr.V4(destination), id, sequence, payload);
+            return FlowVerdict.Taken;
         }
+        if (Stops(RuleProto.Icmp, IpAddr.V4(destination), 0, payload.Length) is { } stopped)
+        {
+            return stopped;
+        }
+        _inspector?.IcmpEcho(guestIp, destination, payload.Length, reply: false);
+        Icmp?.Send(IpAddr.V4(guestIp), IpAddr.V4(TranslateOut(destination)), IpAddr.V4(destination), id, sequence, payload);
+        return FlowVerdict.Taken;
     }
 
     /// <summary>NAT66: a guest datagram to the host alias (the host's ::1) or off the link, from the flow's IPv6 host socket.</summary>
-    public void Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload)
+    public FlowVerdict Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload)
     {
         UInt128 to = HostAddress6(flow.RemoteIp);
-        if (to != 0 && Passes(RuleProto.Udp, IpAddr.V6(flow.RemoteIp), flow.RemotePort, payload.Length))
+        if (to == 0)
         {
-            Udp.Send6(flow, to, payload);
+            return FlowVerdict.Taken;
         }
+        if (Stops(RuleProto.Udp, IpAddr.V6(flow.RemoteIp), flow.RemotePort, payload.Length) is { } stopped)
+        {
+            return stopped;
+        }
+        Udp.Send6(flow, to, payload);
+        return FlowVerdict.Taken;
     }
 
     /// <summary>
     /// NAT66: an echo to the host alias goes to the host's ::1, others to their destination, through the ICMPv6 socket.
     /// Without one, the host alias still answers (the engine's reply, as before NAT66) and other echoes get none.
     /// </summary>
-    public void Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
+    public FlowVerdict Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
     {
         UInt128 to = HostAddress6(destination);
-        if (to == 0 || !Passes(RuleProto.Icmp, IpAddr.V6(destination), 0, payload.Length))
+        if (to == 0)
         {
-            return;
+            return FlowVerdict.Taken;
+        }
+        if (Stops(RuleProto.Icmp, IpAddr.V6(destination), 0, payload.Length) is { } stopped)
+        {
+            return stopped;
         }
         if (Icmp6 is { } icmp)
         {
@@ -469,6 +497,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             _gate.Engine.SendIcmp6EchoReply(destination, guestIp, id, sequence, payload, EngineGate.Now);
         }
+        return FlowVerdict.Taken;
     }
 
     /// <summary>Closes every host socket (with RST: the gateway is going away) and the UDP flows.</summary>

@@ -37,4 +37,6 @@ internal sealed class GatewayCounters
     public long Icmpv6ErrorsLimited;
     /// <summary>ICMPv6 destination unreachables and TCP RSTs sent for IPv6 traffic the gateway does not carry yet.</summary>
     public long Ipv6Refused;
+    /// <summary>ICMP destination unreachables (administratively prohibited) sent for datagrams and echoes a reject rule refused.</summary>
+    public long Prohibited;
 }

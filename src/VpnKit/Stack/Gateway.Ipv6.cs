@@ -225,8 +225,11 @@ internal sealed partial class Gateway
                 else if (Carried6(ip.Destination))
                 {
                     // NAT66: the host alias's echo goes to the host's ::1, others to their destination.
-                    _flows.Icmp6EchoRequested(ip.Source, ip.Destination, BinaryPrimitives.ReadUInt16BigEndian(m.Slice(4)),
-                        BinaryPrimitives.ReadUInt16BigEndian(m.Slice(6)), m.Slice(8));
+                    if (_flows.Icmp6EchoRequested(ip.Source, ip.Destination, BinaryPrimitives.ReadUInt16BigEndian(m.Slice(4)),
+                        BinaryPrimitives.ReadUInt16BigEndian(m.Slice(6)), m.Slice(8)) == FlowVerdict.Rejected)
+                    {
+                        SendUnreachable6(srcMac, ip, AdministrativelyProhibited);
+                    }
                 }
                 else
                 {
@@ -426,7 +429,7 @@ internal sealed partial class Gateway
         SendIcmpv6(mac, from, ip.Source, 64, m.Length);
     }
 
-    /// <summary>A token bucket shared by ICMPv6 errors and RSTs: a guest cannot make the gateway answer at line rate.</summary>
+    /// <summary>A token bucket shared by ICMP and ICMPv6 errors and RSTs: a guest cannot make the gateway answer at line rate.</summary>
     private bool TakeErrorToken()
     {
         long refill = (_now - _errorRefilled) * ErrorsPerSecond / 1000;
@@ -475,7 +478,10 @@ internal sealed partial class Gateway
         }
         else if (Carried6(dst) && udp.SourcePort != 0 && udp.DestinationPort != 0)
         {
-            _flows.Udp6Received(new Udp6Flow(ip.Source, udp.SourcePort, dst, udp.DestinationPort), udp.Payload);
+            if (_flows.Udp6Received(new Udp6Flow(ip.Source, udp.SourcePort, dst, udp.DestinationPort), udp.Payload) == FlowVerdict.Rejected)
+            {
+                SendUnreachable6(srcMac, ip, AdministrativelyProhibited);
+            }
         }
         else
         {

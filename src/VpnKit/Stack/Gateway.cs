@@ -160,7 +160,7 @@ internal sealed partial class Gateway
             case IpProtocol.Icmp:
                 if (!dstMac.IsMulticast)
                 {
-                    HandleIcmp(ip);
+                    HandleIcmp(srcMac, ip);
                 }
                 break;
             default:
@@ -169,7 +169,7 @@ internal sealed partial class Gateway
         }
     }
 
-    private void HandleIcmp(Ipv4Packet ip)
+    private void HandleIcmp(MacAddress srcMac, Ipv4Packet ip)
     {
         if (!IcmpPacket.TryParse(ip.Payload, out IcmpPacket icmp) || (!_trusted && !icmp.ChecksumValid))
         {
@@ -191,7 +191,34 @@ internal sealed partial class Gateway
         {
             return;
         }
-        _flows.IcmpEchoRequested(ip.Source, dst, icmp.Identifier, icmp.Sequence, icmp.Payload);
+        if (_flows.IcmpEchoRequested(ip.Source, dst, icmp.Identifier, icmp.Sequence, icmp.Payload) == FlowVerdict.Rejected)
+        {
+            SendProhibited(srcMac, ip);
+        }
+    }
+
+    /// <summary>
+    /// Destination unreachable, communication administratively prohibited (RFC 792, code 13 from RFC 1812 §5.2.7.1),
+    /// from the gateway, quoting the guest's packet as far as a 576-byte message allows (RFC 1812 §4.3.2.3): the guest's
+    /// kernel finds the socket from the quoted headers and fails it (Linux: EHOSTUNREACH). Rate-limited with the other
+    /// errors the gateway sends.
+    /// </summary>
+    private void SendProhibited(MacAddress mac, Ipv4Packet ip)
+    {
+        const byte AdministrativelyProhibited = 13;
+        if (!TakeErrorToken())
+        {
+            return;
+        }
+        int quoted = Math.Min(ip.Bytes.Length, 576 - Ipv4Packet.MinHeaderLength - IcmpPacket.HeaderLength);
+        int ipLen = Ipv4Packet.MinHeaderLength + IcmpPacket.HeaderLength + quoted;
+        Span<byte> f = _tx.AsSpan(0, EthernetFrame.HeaderLength + ipLen);
+        Span<byte> msg = f.Slice(EthernetFrame.HeaderLength + Ipv4Packet.MinHeaderLength);
+        ip.Bytes.Slice(0, quoted).CopyTo(msg.Slice(IcmpPacket.HeaderLength));
+        IcmpPacket.WriteUnreachable(msg, AdministrativelyProhibited);
+        WriteIpAndEthernet(f, mac, _o.GatewayIp, ip.Source, IpProtocol.Icmp, ipLen);
+        Counters.Prohibited++;
+        Emit(f);
     }
 
     /// <summary>Sends an echo reply that appears to come from <paramref name="from"/>.</summary>
@@ -236,7 +263,10 @@ internal sealed partial class Gateway
         {
             return;
         }
-        _flows.UdpReceived(new UdpFlow(ip.Source, udp.SourcePort, dst, udp.DestinationPort), udp.Payload);
+        if (_flows.UdpReceived(new UdpFlow(ip.Source, udp.SourcePort, dst, udp.DestinationPort), udp.Payload) == FlowVerdict.Rejected)
+        {
+            SendProhibited(srcMac, ip);
+        }
     }
 
     /// <summary>Sends a datagram to a guest from <c>flow.RemoteIp:RemotePort</c>. Returns false if it cannot go out.</summary>

@@ -38,16 +38,29 @@ internal interface IFlowHandler
     void TcpReset(TcpSocket connection);
 
     /// <summary>A UDP datagram from a guest to anything but the DHCP server.</summary>
-    void UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload);
+    FlowVerdict UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload);
 
     /// <summary>An ICMP echo request to an address the gateway does not answer itself.</summary>
-    void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload);
+    FlowVerdict IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload);
 
     /// <summary>A UDP datagram from a guest to an IPv6 destination outside the link, or to the host alias (NAT66).</summary>
-    void Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload);
+    FlowVerdict Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload);
 
     /// <summary>An ICMPv6 echo request to an IPv6 destination outside the link, or to the host alias (NAT66).</summary>
-    void Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload);
+    FlowVerdict Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload);
+}
+
+/// <summary>What the host side did with a guest's datagram or echo request.</summary>
+internal enum FlowVerdict
+{
+    /// <summary>Sent on, or dropped without a word (a deny rule, loss, an address not carried).</summary>
+    Taken,
+
+    /// <summary>
+    /// Refused by a reject rule: the engine answers with a destination unreachable, "communication administratively
+    /// prohibited" (ICMP code 13, RFC 1812 §5.2.7.1; ICMPv6 code 1, RFC 4443 §3.1), so the guest's socket fails at once.
+    /// </summary>
+    Rejected,
 }
 
 /// <summary>

@@ -27,6 +27,15 @@ internal readonly ref struct IcmpPacket
     public ReadOnlySpan<byte> Payload => _b.Slice(HeaderLength);
     public bool ChecksumValid => Wire.Checksum.Compute(_b) == 0;
 
+    /// <summary>Writes a destination unreachable header (RFC 792); the caller has already placed the quoted packet after it.</summary>
+    public static void WriteUnreachable(Span<byte> message, byte code)
+    {
+        message[0] = TypeDestinationUnreachable;
+        message[1] = code;
+        message.Slice(2, 6).Clear(); // checksum, then the unused word
+        BinaryPrimitives.WriteUInt16BigEndian(message.Slice(2), Wire.Checksum.Compute(message));
+    }
+
     /// <summary>Writes an echo header; the caller has already placed the payload after it.</summary>
     public static void WriteEcho(Span<byte> message, byte type, ushort id, ushort seq)
     {

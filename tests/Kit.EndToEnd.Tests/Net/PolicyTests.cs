@@ -352,6 +352,54 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
         Assert.Contains($"{TinyDnsServer.Name}/28", upstream.Queries);
     }
 
+    /// <summary>
+    /// A reject rule on UDP answers with ICMP "administratively prohibited" (IPv4 code 13, IPv6 code 1), so a connected
+    /// socket in the guest fails at once with EHOSTUNREACH instead of waiting out its timeout; the datagram never reaches
+    /// the host.
+    /// </summary>
+    [Fact]
+    public async Task A_reject_rule_on_udp_fails_the_guests_socket_at_once_over_both_families()
+    {
+        using var v4 = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        v4.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        using var v6 = new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp);
+        v6.Bind(new IPEndPoint(IPAddress.IPv6Loopback, 0));
+        int port4 = ((IPEndPoint)v4.LocalEndPoint!).Port, port6 = ((IPEndPoint)v6.LocalEndPoint!).Port;
+        string policy = Write("udp.json", $$"""
+            {"rules":[{"name":"no-udp4","match":{"proto":"udp","port":{{port4}}},"action":"reject"},
+                      {"name":"no-udp6","match":{"proto":"udp","port":{{port6}}},"action":"reject"}]}
+            """);
+        string client = Write("udp.py", """
+import socket, sys, time
+family = socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.connect((sys.argv[2], int(sys.argv[3])))
+s.settimeout(5)
+t = time.monotonic()
+s.send(b"are you there")
+try:
+    s.recv(100)
+    print(f"{sys.argv[1]} reply")
+except OSError as e:
+    print(f"{sys.argv[1]} errno={e.errno} ms={int((time.monotonic() - t) * 1000)}")
+""");
+        string script = "for i in $(seq 1 100); do ip -6 addr show dev eth0 scope global | grep -q fd00:6b69:7400: && "
+            + "! ip -6 addr show dev eth0 scope global | grep -q tentative && break; sleep 0.1; done; "
+            + $"python3 {client} v4 192.168.65.2 {port4}; python3 {client} v6 fd00:6b69:7400::2 {port6}";
+        ProcessResult r = await NetRun.RunAsync(["--policy", policy, "--dns-upstream", "127.0.0.1:9"], script, Timeout);
+        Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+        // Linux reads ICMP code 13 as EHOSTUNREACH (113) and ICMPv6 code 1 as EACCES (13).
+        foreach ((string family, string errno) in new[] { ("v4", "113"), ("v6", "13") })
+        {
+            Match m = Regex.Match(r.StandardOutput, $@"{family} errno=(\d+) ms=(\d+)");
+            Assert.True(m.Success, NetRun.Describe(r));
+            Assert.Equal(errno, m.Groups[1].Value);
+            Assert.True(int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture) < 2000, r.StandardOutput);
+        }
+        Assert.Equal(0, v4.Available);
+        Assert.Equal(0, v6.Available);
+    }
+
     private static async Task<JsonElement> RulesAsync(HttpClient api)
     {
         string text = await api.GetStringAsync("/api/rules", TestContext.Current.CancellationToken);

@@ -43,12 +43,36 @@ internal sealed class RecordingFlows : IFlowHandler
     public void TcpReadable(TcpSocket connection) => Readable++;
     public void TcpWritable(TcpSocket connection) => Writable++;
     public void TcpReset(TcpSocket connection) => Resets.Add(connection);
-    public void UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload) => Udp.Add((flow, payload.ToArray()));
-    public void IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload) => Pings.Add((destination, id, sequence));
+
+    public FlowVerdict UdpReceived(in UdpFlow flow, ReadOnlySpan<byte> payload)
+    {
+        Udp.Add((flow, payload.ToArray()));
+        return Verdict;
+    }
+
+    public FlowVerdict IcmpEchoRequested(uint guestIp, uint destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
+    {
+        Pings.Add((destination, id, sequence));
+        return Verdict;
+    }
+
     public List<(Udp6Flow Flow, byte[] Payload)> Udp6 { get; } = [];
     public List<(UInt128 Dst, ushort Id, ushort Seq)> Pings6 { get; } = [];
-    public void Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload) => Udp6.Add((flow, payload.ToArray()));
-    public void Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload) => Pings6.Add((destination, id, sequence));
+
+    public FlowVerdict Udp6Received(in Udp6Flow flow, ReadOnlySpan<byte> payload)
+    {
+        Udp6.Add((flow, payload.ToArray()));
+        return Verdict;
+    }
+
+    public FlowVerdict Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
+    {
+        Pings6.Add((destination, id, sequence));
+        return Verdict;
+    }
+
+    /// <summary>What the fake host side answers for datagrams and echoes (a reject rule: <see cref="FlowVerdict.Rejected"/>).</summary>
+    public FlowVerdict Verdict { get; set; }
 }
 
 /// <summary>A decoded TCP segment the engine sent.</summary>

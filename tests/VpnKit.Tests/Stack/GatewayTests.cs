@@ -49,6 +49,39 @@ public sealed class GatewayTests
     }
 
     [Fact]
+    public void ADatagramOrEchoTheNatRejectsGetsAnAdministrativelyProhibitedUnreachable()
+    {
+        _flows.Verdict = FlowVerdict.Rejected;
+        byte[] sent = G.Udp(G.Remote, 40000, 53, "a query"u8.ToArray());
+        _gw.Receive(sent, _now);
+        byte[] reply = Assert.Single(_sink.Take());
+        var ip = Packet.ParsePacket(LinkLayers.Ethernet, reply).Extract<IPv4Packet>();
+        Assert.Equal(("192.168.65.1", "192.168.65.3"), (ip.SourceAddress.ToString(), ip.DestinationAddress.ToString()));
+        Assert.True(ip.ValidIPChecksum);
+        var icmp = Packet.ParsePacket(LinkLayers.Ethernet, reply).Extract<IcmpV4Packet>();
+        Assert.True(icmp.ValidIcmpChecksum);
+        // RFC 792: type 3, code 13 (RFC 1812 §5.2.7.1), an unused word, then the datagram as it came.
+        Assert.Equal((3, 13), (reply[34], reply[35]));
+        Assert.Equal(sent[14..], reply[42..]);
+
+        _gw.Receive(G.Ping(G.Remote, 8, 2, [1, 2]), _now);
+        byte[] echo = Assert.Single(_sink.Take());
+        Assert.Equal((3, 13), (echo[34], echo[35]));
+
+        // A flood of rejected datagrams gets a bounded burst of answers (the gateway's error rate limit).
+        for (int i = 0; i < 100; i++)
+        {
+            _gw.Receive(sent, _now);
+        }
+        Assert.InRange(_sink.Take().Count, 1, 20);
+
+        // Dropped by the NAT without a word (deny, loss): nothing comes back.
+        _flows.Verdict = FlowVerdict.Taken;
+        _gw.Receive(sent, _now + 10_000);
+        Assert.Empty(_sink.Take());
+    }
+
+    [Fact]
     public void DhcpLeaseIsStablePerMacWithOptions()
     {
         MacAddress a = G.GuestMac;

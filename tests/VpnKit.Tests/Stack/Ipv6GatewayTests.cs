@@ -558,6 +558,26 @@ public sealed class Ipv6GatewayTests
     }
 
     [Fact]
+    public void ADatagramOrEchoTheNatRejectsGetsAnAdministrativelyProhibitedUnreachable()
+    {
+        _flows.Verdict = FlowVerdict.Rejected;
+        byte[] sent = Udp(Guest6, Outside, 5000, 53, [1, 2, 3]);
+        _gw.Receive(sent, 0);
+        Out u = Single();
+        // RFC 4443 §3.1: type 1, code 1, an unused word, then the packet as it came (the guest finds its socket by it).
+        Assert.Equal((Icmpv6Type.DestinationUnreachable, (byte)1), (u.Upper[0], u.Upper[1]));
+        Assert.Equal(sent[14..], u.Upper[8..]);
+        Assert.Equal(Guest6, u.Dst);
+        _gw.Receive(Echo(Guest6, Outside, 0x1234, 8, []), 0);
+        Out e = Single();
+        Assert.Equal((Icmpv6Type.DestinationUnreachable, (byte)1), (e.Upper[0], e.Upper[1]));
+        // Dropped by the NAT without a word (deny, loss): nothing comes back.
+        _flows.Verdict = FlowVerdict.Taken;
+        _gw.Receive(Udp(Guest6, Outside, 5000, 53, [1, 2, 3]), 0);
+        Assert.Empty(_sink.Take());
+    }
+
+    [Fact]
     public void UdpAndEchoToIpv6DestinationsGoToTheNat()
     {
         _gw.Receive(Udp(Guest6, Outside, 5000, 53, [1, 2, 3]), 0);
