@@ -78,12 +78,13 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     }
 
     /// <summary>
-    /// Whether a datagram or echo request from the guest goes on (null): its rule allows it and loss_pct spares it;
-    /// otherwise what the engine does about it: nothing (deny, loss) or an unreachable (reject).
+    /// Whether a datagram or echo request from the guest goes on (null, with the <paramref name="rule"/> that let it,
+    /// if any): its rule allows it and loss_pct spares it; otherwise what the engine does about it: nothing (deny, loss)
+    /// or an unreachable (reject).
     /// </summary>
-    private FlowVerdict? Stops(RuleProto proto, IpAddr remoteIp, ushort remotePort, int bytes)
+    private FlowVerdict? Stops(RuleProto proto, IpAddr remoteIp, ushort remotePort, int bytes, out PolicyRule? rule)
     {
-        if (Decide(proto, remoteIp, remotePort, out _) is not { } rule)
+        if ((rule = Decide(proto, remoteIp, remotePort, out _)) is null)
         {
             return null;
         }
@@ -304,8 +305,11 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     /// <summary>A proxy's connect finished; the queue drops it lazily.</summary>
     internal void ConnectDone(TcpProxy p) => p.ConnectDeadline = 0;
 
-    /// <summary>When the oldest connect in flight times out (absolute ms), or long.MaxValue.</summary>
-    public long NextDeadline
+    /// <summary>When the NAT next has something to do: a held datagram due, a proxy's wake-up, a connect's timeout (absolute ms).</summary>
+    public long NextDeadline => Math.Min(HeldDeadline, TcpDeadline);
+
+    /// <summary>When the first proxy wake-up or connect timeout is due (absolute ms), or long.MaxValue.</summary>
+    private long TcpDeadline
     {
         get
         {
@@ -322,10 +326,14 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         }
     }
 
-    /// <summary>Fails connects that took longer than the timeout (the guest gets RST); runs proxies whose wake-up is due.</summary>
+    /// <summary>
+    /// Sends held datagrams that are due; fails connects that took longer than the timeout (the guest gets RST); runs
+    /// proxies whose wake-up is due.
+    /// </summary>
     public void OnTimer(long now)
     {
-        while (NextDeadline <= now)
+        SendHeld(now);
+        while (TcpDeadline <= now)
         {
             if (_wakes.TryPeek(out TcpProxy? p, out long when) && when <= now)
             {
@@ -418,11 +426,19 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             return FlowVerdict.Taken;
         }
-        if (Stops(RuleProto.Udp, IpAddr.V4(flow.RemoteIp), flow.RemotePort, payload.Length) is { } stopped)
+        if (Stops(RuleProto.Udp, IpAddr.V4(flow.RemoteIp), flow.RemotePort, payload.Length, out PolicyRule? rule) is { } stopped)
         {
             return stopped;
         }
-        Udp.Send(flow, payload);
+        if (Delays(rule))
+        {
+            (UdpFlow held, byte[] bytes) = (flow, payload.ToArray());
+            Hold(rule!, bytes.Length, () => Udp.Send(held, bytes));
+        }
+        else
+        {
+            Udp.Send(flow, payload);
+        }
         return FlowVerdict.Taken;
     }
 
@@ -449,12 +465,21 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             return FlowVerdict.Taken;
         }
-        if (Stops(RuleProto.Icmp, IpAddr.V4(destination), 0, payload.Length) is { } stopped)
+        if (Stops(RuleProto.Icmp, IpAddr.V4(destination), 0, payload.Length, out PolicyRule? rule) is { } stopped)
         {
             return stopped;
         }
         _inspector?.IcmpEcho(guestIp, destination, payload.Length, reply: false);
-        Icmp?.Send(IpAddr.V4(guestIp), IpAddr.V4(TranslateOut(destination)), IpAddr.V4(destination), id, sequence, payload);
+        (IpAddr guest, IpAddr to, IpAddr asked) = (IpAddr.V4(guestIp), IpAddr.V4(TranslateOut(destination)), IpAddr.V4(destination));
+        if (Delays(rule))
+        {
+            byte[] bytes = payload.ToArray();
+            Hold(rule!, bytes.Length, () => Icmp?.Send(guest, to, asked, id, sequence, bytes));
+        }
+        else
+        {
+            Icmp?.Send(guest, to, asked, id, sequence, payload);
+        }
         return FlowVerdict.Taken;
     }
 
@@ -466,11 +491,19 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             return FlowVerdict.Taken;
         }
-        if (Stops(RuleProto.Udp, IpAddr.V6(flow.RemoteIp), flow.RemotePort, payload.Length) is { } stopped)
+        if (Stops(RuleProto.Udp, IpAddr.V6(flow.RemoteIp), flow.RemotePort, payload.Length, out PolicyRule? rule) is { } stopped)
         {
             return stopped;
         }
-        Udp.Send6(flow, to, payload);
+        if (Delays(rule))
+        {
+            (Udp6Flow held, byte[] bytes) = (flow, payload.ToArray());
+            Hold(rule!, bytes.Length, () => Udp.Send6(held, to, bytes));
+        }
+        else
+        {
+            Udp.Send6(flow, to, payload);
+        }
         return FlowVerdict.Taken;
     }
 
@@ -485,10 +518,25 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             return FlowVerdict.Taken;
         }
-        if (Stops(RuleProto.Icmp, IpAddr.V6(destination), 0, payload.Length) is { } stopped)
+        if (Stops(RuleProto.Icmp, IpAddr.V6(destination), 0, payload.Length, out PolicyRule? rule) is { } stopped)
         {
             return stopped;
         }
+        if (Delays(rule))
+        {
+            byte[] bytes = payload.ToArray();
+            Hold(rule!, bytes.Length, () => Echo6(guestIp, to, destination, id, sequence, bytes));
+        }
+        else
+        {
+            Echo6(guestIp, to, destination, id, sequence, payload);
+        }
+        return FlowVerdict.Taken;
+    }
+
+    /// <summary>An IPv6 echo to the host (its ::1 for the host alias) through the ICMPv6 socket; without one, the host alias answers itself.</summary>
+    private void Echo6(UInt128 guestIp, UInt128 to, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
+    {
         if (Icmp6 is { } icmp)
         {
             icmp.Send(IpAddr.V6(guestIp), IpAddr.V6(to), IpAddr.V6(destination), id, sequence, payload);
@@ -497,7 +545,6 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             _gate.Engine.SendIcmp6EchoReply(destination, guestIp, id, sequence, payload, EngineGate.Now);
         }
-        return FlowVerdict.Taken;
     }
 
     /// <summary>Closes every host socket (with RST: the gateway is going away) and the UDP flows.</summary>

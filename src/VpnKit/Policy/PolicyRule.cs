@@ -63,7 +63,8 @@ public sealed record RuleMatch
 
 /// <summary>
 /// Test traffic on a rule (issue 17 item 4), each 0 when off. <see cref="LatencyMs"/> and <see cref="JitterMs"/> delay
-/// what goes to the guest on a TCP flow (a round trip grows by the latency; datagrams are not delayed);
+/// what goes to the guest on a TCP flow and the guest's datagrams and echo requests on their way out (either way a round
+/// trip grows by the latency);
 /// <see cref="RateKbps"/> caps each direction of a TCP flow (kilobits, 1000 bits, per second); <see cref="LossPct"/> drops the guest's UDP datagrams and echo requests;
 /// <see cref="ResetAfterBytes"/> resets a TCP flow (both ways) once that many bytes moved, both directions counted.
 /// </summary>
