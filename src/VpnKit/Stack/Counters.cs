@@ -26,7 +26,7 @@ internal sealed class GatewayCounters
     public long Ipv6Malformed;
     /// <summary>IPv6 from a source a guest may not use: not link-local or in the prefix, multicast, or the gateway's own.</summary>
     public long Ipv6Spoofed;
-    /// <summary>IPv6 fragments: not reassembled yet (issue 18, item 6), dropped.</summary>
+    /// <summary>IPv6 fragments received (reassembled ones count in <see cref="Reassembled"/>, as for IPv4).</summary>
     public long Ipv6Fragments;
     /// <summary>Neighbor Discovery messages that fail RFC 4861's validity checks (hop limit 255, code, options).</summary>
     public long NdpInvalid;

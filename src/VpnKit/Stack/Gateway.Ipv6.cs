@@ -105,9 +105,20 @@ internal sealed partial class Gateway
             Counters.Ipv6Spoofed++;
             return;
         }
-        if (fragment is not null)
+        if (fragment is Ipv6Fragment f)
         {
+            // Reassembled (bounded, see Reassembly), then handled as one packet; as for IPv4 its transport checksum is
+            // always verified (no offload across fragments).
             Counters.Ipv6Fragments++;
+            if (!_reassembly6.Add(ip, f, _now, out ReadOnlySpan<byte> whole))
+            {
+                return;
+            }
+            Counters.Reassembled++;
+            bool trusted = _trusted;
+            _trusted = false;
+            HandleIpv6(srcMac, whole);
+            _trusted = trusted;
             return;
         }
         bool multicast = Ip6.IsMulticast(dst);

@@ -17,9 +17,10 @@ internal sealed partial class Gateway
     private readonly byte[] _tx;
     private readonly Dictionary<uint, MacAddress> _arp = [];
     private readonly Ipv4Reassembly _reassembly = new();
+    private readonly Ipv6Reassembly _reassembly6 = new();
 
     /// <summary>Fragmented datagrams given up (timed out, evicted, inconsistent).</summary>
-    internal long ReassemblyDropped => _reassembly.Dropped;
+    internal long ReassemblyDropped => _reassembly.Dropped + _reassembly6.Dropped;
     private ushort _ipId;
     private long _now;
     private bool _trusted;

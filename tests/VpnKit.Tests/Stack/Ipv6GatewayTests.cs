@@ -314,6 +314,65 @@ public sealed class Ipv6GatewayTests
         Assert.True(_gw.Counters.Ipv6Malformed >= 5, $"{_gw.Counters.Ipv6Malformed}");
     }
 
+    /// <summary>
+    /// Cuts a whole frame's IPv6 packet (no extension headers) into fragments carrying <paramref name="size"/> bytes of its
+    /// payload each (RFC 8200 §4.5: a Fragment header, next header = the original's, offset in 8-byte units, M flag).
+    /// </summary>
+    private static List<byte[]> Fragments6(byte[] frame, int size, uint id = 0x1234_5678)
+    {
+        byte next = frame[14 + 6];
+        ReadOnlySpan<byte> payload = frame.AsSpan(54);
+        var list = new List<byte[]>();
+        for (int off = 0; off < payload.Length; off += size)
+        {
+            int n = Math.Min(size, payload.Length - off);
+            byte[] body = new byte[8 + n];
+            body[0] = next;
+            BinaryPrimitives.WriteUInt16BigEndian(body.AsSpan(2), (ushort)((off / 8) << 3 | (off + n < payload.Length ? 1 : 0)));
+            BinaryPrimitives.WriteUInt32BigEndian(body.AsSpan(4), id);
+            payload.Slice(off, n).CopyTo(body.AsSpan(8));
+            list.Add(Frame(Ipv6Packet.TryParse(frame.AsSpan(14), out Ipv6Packet ip) == Ipv6Error.None ? ip.Source : 0, ip.Destination, Ipv6ExtensionChain.Fragment, body));
+        }
+        return list;
+    }
+
+    [Fact]
+    public void FragmentsOfADatagramAreReassembledInAnyOrderAndOverlapsDropIt()
+    {
+        byte[] data = new byte[3000];
+        new Random(6).NextBytes(data);
+        List<byte[]> frags = Fragments6(Udp(Guest6, Outside, 5000, 53, data), 1232);
+        Assert.Equal(3, frags.Count);
+        _gw.Receive(frags[2], 0);
+        _gw.Receive(frags[0], 1);
+        _gw.Receive(frags[0], 1); // an exact duplicate is ignored (RFC 5722 leaves it alone)
+        Assert.Empty(_flows.Udp6);
+        _gw.Receive(frags[1], 2);
+        var (flow, payload) = Assert.Single(_flows.Udp6);
+        Assert.Equal(new Udp6Flow(Guest6, 5000, Outside, 53), flow);
+        Assert.Equal(data, payload);
+        Assert.Equal((3 + 1, 1L, 0L), (_gw.Counters.Ipv6Fragments, _gw.Counters.Reassembled, _gw.ReassemblyDropped));
+
+        // RFC 5722: a fragment that overlaps another with other bytes drops the whole packet, quietly.
+        List<byte[]> again = Fragments6(Udp(Guest6, Outside, 5001, 53, data), 1232, id: 9);
+        byte[] liar = (byte[])again[1].Clone();
+        liar[^1] ^= 0xFF;
+        BinaryPrimitives.WriteUInt16BigEndian(liar.AsSpan(54 + 2), (ushort)((1224 / 8) << 3 | 1)); // starts 8 bytes early
+        _gw.Receive(again[0], 3);
+        _gw.Receive(liar, 3);
+        _gw.Receive(again[1], 3);
+        _gw.Receive(again[2], 3);
+        Assert.Single(_flows.Udp6);
+        Assert.Empty(_sink.Take());
+        Assert.True(_gw.ReassemblyDropped >= 1);
+
+        // A corrupted fragment: the reassembled datagram's checksum fails and nothing is delivered.
+        List<byte[]> bad = Fragments6(Udp(Guest6, Outside, 5002, 53, data), 1232, id: 10);
+        bad[1][^1] ^= 0x01;
+        bad.ForEach(f => _gw.Receive(f, 4));
+        Assert.Single(_flows.Udp6);
+    }
+
     [Fact]
     public void DnsQueriesToTheGatewayGoToTheForwarderAndTheAnswerComesBack()
     {
