@@ -24,8 +24,7 @@ public sealed class FragmentTests
     public Task ALargeIpv6DatagramIsFragmentedByTheGuestAndArrivesWhole() =>
         SendAndReceive(AddressFamily.InterNetworkV6, IPAddress.IPv6Loopback, "fd00:6b69:7400::2", "socket.AF_INET6, socket.SOCK_DGRAM",
             // SLAAC first (bounded, 10 s), so the datagram leaves from a global address.
-            waitForAddress: "for i in $(seq 1 100); do ip -6 addr show dev eth0 scope global | grep -q fd00:6b69:7400: && "
-                + "! ip -6 addr show dev eth0 scope global | grep -q tentative && break; sleep 0.1; done; ");
+            waitForAddress: NetRun.WaitForSlaac());
 
     /// <summary>
     /// bytes(i % 251) makes a reordering or a lost block visible. UDP is unreliable: on a loaded machine the first

@@ -123,8 +123,7 @@ public sealed class InspectorPcapTests
         try
         {
             // SLAAC first (bounded, 10 s), so the fetch leaves from the guest's global address.
-            string script = "for i in $(seq 1 100); do ip -6 addr show dev eth0 scope global | grep -q fd00:6b69:7400: && "
-                + "! ip -6 addr show dev eth0 scope global | grep -q tentative && break; sleep 0.1; done; "
+            string script = NetRun.WaitForSlaac()
                 + $"i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; "
                 + $"busybox wget -q -O /dev/null 'http://[{Host6}]:{wanted.Port}/wanted6'; busybox wget -q -O /dev/null 'http://[{Host6}]:{other.Port}/other6'; "
                 + $"touch {done}; i=0; while [ ! -e {end} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done";

@@ -22,4 +22,12 @@ internal static class NetRun
 
     /// <summary>A failure message: the command, how it ended, and its output.</summary>
     public static string Describe(ProcessResult r) => $"{r}\n--- output\n{r.Output}";
+
+    /// <summary>
+    /// Shell that waits (bounded: 10 s) until eth0 has a global address in <paramref name="prefix"/> (the gateway's by
+    /// default) that is no longer tentative (SLAAC and DAD done), so what follows leaves from it.
+    /// </summary>
+    public static string WaitForSlaac(string prefix = "fd00:6b69:7400:") =>
+        $"for i in $(seq 1 100); do ip -6 addr show dev eth0 scope global | grep -q '{prefix}' && "
+        + "! ip -6 addr show dev eth0 scope global | grep -q tentative && break; sleep 0.1; done; ";
 }

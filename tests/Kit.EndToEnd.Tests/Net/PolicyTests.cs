@@ -338,8 +338,7 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
         using var http = new TinyHttpServer(size: 4096, bind: IPAddress.IPv6Loopback);
         using var upstream = new TinyDnsServer(new IPEndPoint(IPAddress.Loopback, 0), IPAddress.Parse("192.168.65.2"), IPAddress.Parse(Host6));
         string policy = Write("policy6.json", $$"""{"rules":[{"name":"named","match":{"dns":"{{TinyDnsServer.Name}}"},"action":"reject"}]}""");
-        string script = "for i in $(seq 1 100); do ip -6 addr show dev eth0 scope global | grep -q fd00:6b69:7400: && "
-            + "! ip -6 addr show dev eth0 scope global | grep -q tentative && break; sleep 0.1; done; "
+        string script = NetRun.WaitForSlaac()
             + $"curl -6 -sS -o /dev/null -m 10 'http://[{Host6}]:{http.Port}/before'; echo \"literal exit $?\"; "
             + $"curl -6 -sS -o /dev/null -m 10 'http://{TinyDnsServer.Name}:{http.Port}/by-name'; echo \"name exit $?\"";
         ProcessResult r = await NetRun.RunAsync(["--policy", policy, "--dns-upstream", upstream.EndPoint.ToString()], script, Timeout);
@@ -360,11 +359,9 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
     [Fact]
     public async Task A_reject_rule_on_udp_fails_the_guests_socket_at_once_over_both_families()
     {
-        using var v4 = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-        v4.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        using var v6 = new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp);
-        v6.Bind(new IPEndPoint(IPAddress.IPv6Loopback, 0));
-        int port4 = ((IPEndPoint)v4.LocalEndPoint!).Port, port6 = ((IPEndPoint)v6.LocalEndPoint!).Port;
+        (Socket v4, int port4) = LoopbackUdp(IPAddress.Loopback);
+        (Socket v6, int port6) = LoopbackUdp(IPAddress.IPv6Loopback);
+        using Socket closeV4 = v4, closeV6 = v6;
         string policy = Write("udp.json", $$"""
             {"rules":[{"name":"no-udp4","match":{"proto":"udp","port":{{port4}}},"action":"reject"},
                       {"name":"no-udp6","match":{"proto":"udp","port":{{port6}}},"action":"reject"}]}
@@ -383,8 +380,7 @@ try:
 except OSError as e:
     print(f"{sys.argv[1]} errno={e.errno} ms={int((time.monotonic() - t) * 1000)}")
 """);
-        string script = "for i in $(seq 1 100); do ip -6 addr show dev eth0 scope global | grep -q fd00:6b69:7400: && "
-            + "! ip -6 addr show dev eth0 scope global | grep -q tentative && break; sleep 0.1; done; "
+        string script = NetRun.WaitForSlaac()
             + $"python3 {client} v4 192.168.65.2 {port4}; python3 {client} v6 fd00:6b69:7400::2 {port6}";
         ProcessResult r = await NetRun.RunAsync(["--policy", policy, "--dns-upstream", "127.0.0.1:9"], script, Timeout);
         Assert.True(r.ExitCode == 0, NetRun.Describe(r));
@@ -408,13 +404,10 @@ except OSError as e:
     [Fact]
     public async Task Latency_rules_hold_back_datagrams_and_echoes()
     {
-        using var slow = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-        slow.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        using var fast = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-        fast.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        (Socket slow, int slowPort) = LoopbackUdp(IPAddress.Loopback);
+        (Socket fast, int fastPort) = LoopbackUdp(IPAddress.Loopback);
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
         Task echoes = Task.WhenAll(Echo(slow, stop.Token), Echo(fast, stop.Token));
-        int slowPort = ((IPEndPoint)slow.LocalEndPoint!).Port, fastPort = ((IPEndPoint)fast.LocalEndPoint!).Port;
         string policy = Write("latency.json", $$"""
             {"rules":[{"name":"slow-udp","match":{"proto":"udp","port":{{slowPort}}},"action":"allow","latency_ms":150},
                       {"name":"slow-ping","match":{"proto":"icmp"},"action":"allow","latency_ms":150}]}
@@ -433,8 +426,7 @@ for i in range(5):
     best = ms if best is None else min(best, ms)
 print(f"{sys.argv[1]} best_ms={int(best)}")
 """);
-        string script = "for i in $(seq 1 100); do ip -6 addr show dev eth0 scope global | grep -q fd00:6b69:7400: && "
-            + "! ip -6 addr show dev eth0 scope global | grep -q tentative && break; sleep 0.1; done; "
+        string script = NetRun.WaitForSlaac()
             + $"python3 {client} slow 192.168.65.2 {slowPort}; python3 {client} fast 192.168.65.2 {fastPort}; "
             + "busybox ping6 -c 3 -W 5 fd00:6b69:7400::2";
         try
@@ -473,6 +465,14 @@ print(f"{sys.argv[1]} best_ms={int(best)}")
             {
             }
         }
+    }
+
+    /// <summary>A UDP socket on the host's loopback (<paramref name="address"/>: 127.0.0.1 or ::1) and its port.</summary>
+    private static (Socket Socket, int Port) LoopbackUdp(IPAddress address)
+    {
+        var s = new Socket(address.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        s.Bind(new IPEndPoint(address, 0));
+        return (s, ((IPEndPoint)s.LocalEndPoint!).Port);
     }
 
     private static async Task<JsonElement> RulesAsync(HttpClient api)
