@@ -56,8 +56,8 @@ public sealed class VpnKitServerOptions
     public IReadOnlyList<PortPublish> Publishes { get; init; } = [];
     public string? PcapPath { get; init; }
     public IReadOnlyList<string> HostNames { get; init; } = ["host.internal", "host.docker.internal"];
-    /// <summary>The (single) link does TSO and checksum offload: see <see cref="TapLink.Open"/>.</summary>
-    public bool SegmentationOffload { get; init; }
+    /// <summary>The families whose TCP the (single) link segments and checksums: see <see cref="TapLink.Open"/>.</summary>
+    public TcpOffload SegmentationOffload { get; init; }
     /// <summary>
     /// Refuse guest traffic to the cloud metadata service (169.254.169.254): on a cloud VM it hands out the instance's
     /// credentials to anyone who asks from the host. TCP is answered with RST, UDP and ICMP are dropped, all counted

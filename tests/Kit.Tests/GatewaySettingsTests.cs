@@ -49,9 +49,10 @@ public sealed class GatewaySettingsTests
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void Server_options_carry_every_setting_and_the_links_offload(bool offload)
+    [InlineData(TcpOffload.None)]
+    [InlineData(TcpOffload.Ipv4)]
+    [InlineData(TcpOffload.Ipv4 | TcpOffload.Ipv6)]
+    public void Server_options_carry_every_setting_and_the_links_offload(TcpOffload offload)
     {
         GatewaySettings s = GatewaySettings.Parse(9000, ["127.0.0.1:5353"], ["8080:80"], new FileInfo("cap.pcap"));
         VpnKitServerOptions o = s.ServerOptions(offload);
@@ -84,7 +85,7 @@ public sealed class GatewaySettingsTests
                 Ipv6Prefix = IPAddress.Parse("fd12::"),
                 Proxy = new Kit.VpnKit.Nat.UpstreamProxyOptions(),
                 PolicyRules = Kit.VpnKit.Policy.PolicyJson.ParseRules("""{"rules":[{"name":"r","match":{"port":80},"action":"deny"}]}"""u8),
-            }).ServerOptions(true);
+            }).ServerOptions(TcpOffload.Ipv4 | TcpOffload.Ipv6);
         var defaults = new VpnKitServerOptions();
         foreach (PropertyInfo p in typeof(VpnKitServerOptions).GetProperties(BindingFlags.Public | BindingFlags.Instance))
         {
@@ -121,8 +122,8 @@ public sealed class GatewaySettingsTests
         GatewaySettings s = policy.Apply(GatewaySettings.Default, parse);
         Assert.Equal(blockMetadata, s.BlockMetadata);
         Assert.Equal(hostLoopback, s.HostLoopback);
-        Assert.Equal(blockMetadata, s.ServerOptions(false).BlockMetadata);
-        Assert.Equal(hostLoopback, s.ServerOptions(false).HostLoopback);
+        Assert.Equal(blockMetadata, s.ServerOptions(TcpOffload.None).BlockMetadata);
+        Assert.Equal(hostLoopback, s.ServerOptions(TcpOffload.None).HostLoopback);
     }
 
     [Theory]
@@ -135,8 +136,8 @@ public sealed class GatewaySettingsTests
     {
         GatewaySettings s = Apply(args);
         Assert.Equal(endPoint, s.Ui?.ToString());
-        Assert.Equal(endPoint is not null, s.ServerOptions(false).Inspect is not null);
-        Assert.Equal(http, s.ServerOptions(false).Inspect?.Http ?? true);
+        Assert.Equal(endPoint is not null, s.ServerOptions(TcpOffload.None).Inspect is not null);
+        Assert.Equal(http, s.ServerOptions(TcpOffload.None).Inspect?.Http ?? true);
     }
 
     [Theory]
@@ -158,7 +159,7 @@ public sealed class GatewaySettingsTests
     {
         Assert.Null(Apply([]).Proxy);
         GatewaySettings s = Apply(["--http-proxy", "http://u:p@127.0.0.1:3128", "--https-proxy", "proxy.test:8080", "--no-proxy", ".corp.test,10.0.0.0/8"]);
-        Kit.VpnKit.Nat.UpstreamProxyOptions o = s.ServerOptions(false).Proxy!;
+        Kit.VpnKit.Nat.UpstreamProxyOptions o = s.ServerOptions(TcpOffload.None).Proxy!;
         Assert.Equal(("http://127.0.0.1:3128", "http://proxy.test:8080"), (o.Http!.ToString(), o.Https!.ToString()));
         Assert.True(o.NoProxy.Matches("a.corp.test") && o.NoProxy.Matches("10.1.1.1") && !o.NoProxy.Matches("example.test"));
     }
@@ -215,10 +216,10 @@ public sealed class GatewaySettingsTests
     public void Ipv6SwitchesParse()
     {
         GatewaySettings d = Apply([]);
-        Assert.True(d.ServerOptions(false).Ipv6);
-        Assert.Null(d.ServerOptions(false).Ipv6Prefix);
-        Assert.False(Apply(["--no-ipv6"]).ServerOptions(false).Ipv6);
-        Assert.Equal(IPAddress.Parse("fd12:3456:789a:1::"), Apply(["--ipv6-prefix", "fd12:3456:789a:1::/64"]).ServerOptions(false).Ipv6Prefix);
+        Assert.True(d.ServerOptions(TcpOffload.None).Ipv6);
+        Assert.Null(d.ServerOptions(TcpOffload.None).Ipv6Prefix);
+        Assert.False(Apply(["--no-ipv6"]).ServerOptions(TcpOffload.None).Ipv6);
+        Assert.Equal(IPAddress.Parse("fd12:3456:789a:1::"), Apply(["--ipv6-prefix", "fd12:3456:789a:1::/64"]).ServerOptions(TcpOffload.None).Ipv6Prefix);
         Assert.Equal(IPAddress.Parse("2001:db8:1:2::"), Apply(["--ipv6-prefix", "2001:db8:1:2::/64"]).Ipv6Prefix);
     }
 

@@ -89,7 +89,7 @@ public sealed class VmNetAdapterTests : IDisposable
         using var server = new VpnKitServer(new VpnKitServerOptions
         {
             DnsUpstreams = [new IPEndPoint(IPAddress.Loopback, 9)],
-            SegmentationOffload = true,
+            SegmentationOffload = TcpOffload.Ipv4,
         }, NullLoggerFactory.Instance);
         server.Start();
         var backend = new VpnKitNetBackend(server, offload: true);

@@ -87,11 +87,12 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
     }
 
     /// <summary>
-    /// The server's options. <paramref name="segmentationOffload"/> is the link's, not the user's: true only when the one
-    /// guest link takes TSO frames and partial checksums (an offloading TAP, virtio-net with its offloads).
+    /// The server's options. <paramref name="segmentationOffload"/> is the link's, not the user's: the families whose
+    /// TSO frames and partial checksums the one guest link takes (an offloading TAP both, virtio-net with its offloads
+    /// IPv4), none with several links.
     /// <see cref="VpnKitServerOptions.HostNames"/> keeps its default: no command sets it.
     /// </summary>
-    public VpnKitServerOptions ServerOptions(bool segmentationOffload) => new()
+    public VpnKitServerOptions ServerOptions(TcpOffload segmentationOffload) => new()
     {
         Mtu = Mtu,
         DnsUpstreams = DnsUpstreams,

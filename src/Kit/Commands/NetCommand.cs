@@ -208,10 +208,11 @@ internal static class NetCommand
         using ILoggerFactory logs = KitLogging.CreateFactory();
         // QEMU stream/dgram and VMN3T peers send whole, checksummed frames: no offload. vhost-user-net carries the
         // virtio-net header, so with only vhost-user links the gateway may send TSO frames and partial checksums
-        // (the offload is server-wide, so any other link turns it off).
+        // (the offload is server-wide, so any other link turns it off). The device offers HOST_TSO4 only (VirtioNet):
+        // IPv6 leaves at the MSS.
         bool offload = vhostUser.Length > 0 && qemu.Length + dgram.Length + vmnet.Length == 0
             && Environment.GetEnvironmentVariable("KIT_NET_NO_OFFLOAD") is not { Length: > 0 };
-        using var server = new VpnKitServer(options.ServerOptions(segmentationOffload: offload), logs);
+        using var server = new VpnKitServer(options.ServerOptions(offload ? TcpOffload.Ipv4 : TcpOffload.None), logs);
         var vhostBackends = new List<IDisposable>();
         try
         {

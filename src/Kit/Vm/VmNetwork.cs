@@ -38,7 +38,7 @@ internal sealed class VmNetwork : IDisposable
         {
             ILoggerFactory logs = KitLogging.CreateFactory();
             bool offload = Environment.GetEnvironmentVariable("KIT_NET_NO_OFFLOAD") is not { Length: > 0 };
-            var server = new VpnKitServer(vpnkit.ServerOptions(offload), logs);
+            var server = new VpnKitServer(vpnkit.ServerOptions(offload ? TcpOffload.Ipv4 : TcpOffload.None), logs);
             IDisposable? ui;
             try
             {

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Kit.Linux;
+using Kit.VpnKit.Wire;
 using Microsoft.Win32.SafeHandles;
 
 namespace Kit.VpnKit.Links;
@@ -10,7 +11,8 @@ namespace Kit.VpnKit.Links;
 /// one Ethernet frame. Reads and writes are plain read(2)/write(2) (readv/writev with the virtio-net header), by
 /// P/Invoke on the device's descriptor; the gateway's event loop polls it (<see cref="IPollableLink"/>).
 /// With offload, IFF_VNET_HDR puts a 10-byte struct virtio_net_hdr (virtio spec §5.1.6) before every frame and
-/// TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4) lets both sides exchange 64 KiB TCP segments with partial checksums:
+/// TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) lets both sides exchange 64 KiB TCP segments of either family
+/// with partial checksums:
 /// one read or write then carries what would otherwise be ~44 frames at MTU 1500. The device is opened by
 /// <see cref="Tap.Open"/>, shared with HyperKit's TAP backend.
 /// </summary>
@@ -19,7 +21,7 @@ public sealed partial class TapLink : IPollableLink
     private const int VnetHeader = Tap.LegacyVirtioHeader;
     private const byte NeedsCsum = 1;
     private const byte DataValid = 2;
-    private const byte GsoTcpV4 = 1;
+    private const byte GsoNone = 0, GsoTcpV4 = 1, GsoTcpV6 = 4, GsoEcn = 0x80;
 
     private readonly SafeFileHandle _handle;
     private readonly bool _vnet;
@@ -34,16 +36,20 @@ public sealed partial class TapLink : IPollableLink
 
     public string Name { get; }
     public int MaxFrame { get; }
-    public bool Offload => _vnet;
+    /// <summary>The families whose TCP the device segments both ways: both with offload, none without.</summary>
+    public TcpOffload Offload => _vnet ? TcpOffload.Ipv4 | TcpOffload.Ipv6 : TcpOffload.None;
+
+    /// <summary>Frames dropped because their virtio-net header contradicted them (<see cref="HeaderFits"/>).</summary>
+    public long BadHeaders { get; private set; }
     public bool LastFrameTrusted { get; private set; }
 
     /// <summary>
     /// Creates (or attaches to) the TAP device <paramref name="name"/> in the caller's network namespace.
-    /// <paramref name="offload"/> turns on the virtio-net header with checksum and TSO4 offload.
+    /// <paramref name="offload"/> turns on the virtio-net header with checksum, TSO4 and TSO6 offload.
     /// </summary>
     public static TapLink Open(string name, int mtu, bool offload = false)
     {
-        SafeFileHandle handle = Tap.Open(name, offload ? VnetHeader : 0, out string actual);
+        SafeFileHandle handle = Tap.Open(name, offload ? VnetHeader : 0, out string actual, tso6: offload);
         return new TapLink(handle, actual, mtu, offload);
     }
 
@@ -119,10 +125,49 @@ public sealed partial class TapLink : IPollableLink
             {
                 continue; // Runt, or truncated: dropped, as a NIC drops what does not fit its buffer.
             }
+            int length = (int)n - VnetHeader;
+            if (!HeaderFits(header, buffer[..length]))
+            {
+                BadHeaders++;
+                continue;
+            }
             // The kernel vouches for frames whose checksum it left partial or already validated.
             LastFrameTrusted = (header[0] & (NeedsCsum | DataValid)) != 0 || header[1] != 0;
-            return (int)n - VnetHeader;
+            return length;
         }
+    }
+
+    /// <summary>
+    /// Whether a received struct virtio_net_hdr agrees with its frame (virtio 1.2 §5.1.6.2.1, what a driver must send):
+    /// a partial checksum's csum_start + csum_offset inside the frame; a GSO frame with NEEDS_CSUM, a gso_size, hdr_len
+    /// inside the frame, of a type we turned on (TCPV4, TCPV6) and over an IP packet of that family. The kernel's
+    /// frames always agree; one that does not is dropped rather than trusted with a checksum nobody verified.
+    /// </summary>
+    internal static bool HeaderFits(ReadOnlySpan<byte> header, ReadOnlySpan<byte> frame)
+    {
+        bool partial = (header[0] & NeedsCsum) != 0;
+        if (partial && BinaryPrimitives.ReadUInt16LittleEndian(header[6..]) + BinaryPrimitives.ReadUInt16LittleEndian(header[8..]) + 2 > frame.Length)
+        {
+            return false;
+        }
+        int gso = header[1] & ~GsoEcn;
+        if (gso == GsoNone)
+        {
+            return true;
+        }
+        if (!partial || BinaryPrimitives.ReadUInt16LittleEndian(header[4..]) == 0
+            || BinaryPrimitives.ReadUInt16LittleEndian(header[2..]) > frame.Length || frame.Length <= EthernetFrame.HeaderLength)
+        {
+            return false;
+        }
+        ushort etherType = BinaryPrimitives.ReadUInt16BigEndian(frame[12..]);
+        int version = frame[EthernetFrame.HeaderLength] >> 4;
+        return gso switch
+        {
+            GsoTcpV4 => etherType == EtherType.Ipv4 && version == 4,
+            GsoTcpV6 => etherType == EtherType.Ipv6 && version == 6,
+            _ => false,
+        };
     }
 
     public void Send(ReadOnlySpan<byte> frame)
@@ -137,7 +182,7 @@ public sealed partial class TapLink : IPollableLink
         WriteVector(header, frame);
     }
 
-    /// <summary>A TCP/IPv4 frame with a partial checksum: the kernel finishes it and, if asked, segments it.</summary>
+    /// <summary>A TCP frame of either family with a partial checksum: the kernel finishes it and, if asked, segments it.</summary>
     public void SendOffloaded(ReadOnlySpan<byte> frame, int segmentSize)
     {
         if (!_vnet)
@@ -145,19 +190,28 @@ public sealed partial class TapLink : IPollableLink
             Write(frame);
             return;
         }
-        const int ipAt = 14;
-        int ihl = (frame[ipAt] & 0xF) * 4;
-        int tcpAt = ipAt + ihl;
-        int thl = (frame[tcpAt + 12] >> 4) * 4;
         Span<byte> h = stackalloc byte[VnetHeader];
-        // struct virtio_net_hdr, little-endian fields (legacy layout, as tun uses on little-endian hosts).
+        WriteOffloadHeader(h, frame, segmentSize);
+        WriteVector(h, frame);
+    }
+
+    /// <summary>
+    /// The struct virtio_net_hdr (legacy layout, little-endian fields as tun uses on little-endian hosts) for a TCP
+    /// frame the gateway built: NEEDS_CSUM from the TCP header on, and with <paramref name="segmentSize"/> GSO_TCPV4 or
+    /// GSO_TCPV6 by the IP version. The gateway's IPv6 header has no extension headers, so TCP follows it at 14 + 40.
+    /// </summary>
+    internal static void WriteOffloadHeader(Span<byte> h, ReadOnlySpan<byte> frame, int segmentSize)
+    {
+        const int ipAt = EthernetFrame.HeaderLength;
+        bool v4 = frame[ipAt] >> 4 == 4;
+        int tcpAt = ipAt + (v4 ? (frame[ipAt] & 0xF) * 4 : Ipv6Packet.HeaderLength);
+        int thl = (frame[tcpAt + 12] >> 4) * 4;
         h[0] = NeedsCsum;
-        h[1] = segmentSize > 0 ? GsoTcpV4 : (byte)0;
+        h[1] = segmentSize == 0 ? GsoNone : v4 ? GsoTcpV4 : GsoTcpV6;
         BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(2), (ushort)(tcpAt + thl)); // hdr_len
         BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(4), (ushort)segmentSize);    // gso_size
         BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(6), (ushort)tcpAt);          // csum_start
-        BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(8), 16);                     // csum_offset
-        WriteVector(h, frame);
+        BinaryPrimitives.WriteUInt16LittleEndian(h.Slice(8), 16);                     // csum_offset: TCP's checksum field
     }
 
     /// <summary>

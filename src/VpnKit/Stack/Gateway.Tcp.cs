@@ -18,8 +18,13 @@ internal sealed partial class Gateway : ITcpSocketHost
     private long _nextDeadline = long.MaxValue;
     private ushort _nextEphemeral = 49152;
 
-    /// <summary>Largest TCP payload per emitted segment with offload (IPv4 total length is 16 bits); 0 = the MSS.</summary>
-    public int MaxSegment => _o.SegmentationOffload ? 65535 - 20 - 60 : 0;
+    /// <summary>
+    /// Largest TCP payload per emitted segment when the link segments the family (IPv4's total length, and so the
+    /// smaller, bounds both: 16 bits less the IPv4 and largest TCP headers); 0 = the MSS.
+    /// </summary>
+    public int MaxSegment(bool ipv4) => Offloads(ipv4) ? 65535 - 20 - 60 : 0;
+
+    private bool Offloads(bool ipv4) => _o.SegmentationOffload.HasFlag(ipv4 ? TcpOffload.Ipv4 : TcpOffload.Ipv6);
 
     public int TcpConnectionCount => _tcp.Count;
     public int PendingConnects => _pending;
@@ -249,8 +254,8 @@ internal sealed partial class Gateway : ITcpSocketHost
 
     /// <summary>
     /// Writes a socket's segment (Ethernet, the IP header of its family, TCP with its options and payload) and sends it.
-    /// IPv4 segments may leave large with a partial checksum for the link to finish (offload); IPv6 ones always leave
-    /// finished and at most one MSS (the links offload TCP over IPv4 only).
+    /// Segments of a family the link offloads may leave large with a partial checksum for the link to finish; the
+    /// others leave finished and at most one MSS.
     /// </summary>
     void ITcpSocketHost.Transmit(TcpSocket s, in TcpHeaderFields h, int sendOffset, int length)
     {
@@ -277,21 +282,25 @@ internal sealed partial class Gateway : ITcpSocketHost
         if (src.IsV4)
         {
             const int tcpAt = EthernetFrame.HeaderLength + Ipv4Packet.MinHeaderLength;
-            TcpSegment.Write(f.Slice(tcpAt, tcpLength), headerLength, srcPort, dstPort, seq, ack, flags, window, src.Ipv4, dst.Ipv4, _o.SegmentationOffload);
+            TcpSegment.Write(f.Slice(tcpAt, tcpLength), headerLength, srcPort, dstPort, seq, ack, flags, window, src.Ipv4, dst.Ipv4, Offloads(ipv4: true));
             WriteIpAndEthernet(f, mac, src.Ipv4, dst.Ipv4, IpProtocol.Tcp, Ipv4Packet.MinHeaderLength + tcpLength);
             return tcpAt + tcpLength;
         }
         Span<byte> t = f.Slice(Ip6At, tcpLength);
-        // The IPv4 checksum Write would compute is skipped (partial) and the IPv6 one written over it: one pass over the data.
+        // The IPv4 checksum Write would compute is skipped (partial) and the IPv6 one written over it: one pass over the
+        // data, or with offload the folded IPv6 pseudo-header sum (RFC 8200 §8.1) alone, for the link to finish.
         TcpSegment.Write(t, headerLength, srcPort, dstPort, seq, ack, flags, window, 0, 0, partialChecksum: true);
-        BinaryPrimitives.WriteUInt16BigEndian(t.Slice(16), Checksum6(t, 16, src.Value, dst.Value, IpProtocol.Tcp));
+        ushort sum = Offloads(ipv4: false)
+            ? (ushort)~Checksum.Finish(Checksum.PseudoHeader6(src.Value, dst.Value, IpProtocol.Tcp, tcpLength))
+            : Checksum6(t, 16, src.Value, dst.Value, IpProtocol.Tcp);
+        BinaryPrimitives.WriteUInt16BigEndian(t.Slice(16), sum);
         WriteIpv6AndEthernet(f, mac, src.Value, dst.Value, IpProtocol.Tcp, 64, tcpLength);
         return Ip6At + tcpLength;
     }
 
     private void EmitTcp(ReadOnlySpan<byte> frame, bool v4, int segmentSize)
     {
-        if (_o.SegmentationOffload && v4)
+        if (Offloads(v4))
         {
             Counters.FramesOut++;
             _sink.SendOffloaded(frame, segmentSize);

@@ -31,7 +31,7 @@ internal sealed partial class Gateway
         _o = options;
         _sink = sink;
         _flows = flows;
-        _tx = new byte[EthernetFrame.HeaderLength + (options.SegmentationOffload ? 65535 : Math.Max(options.Mtu, 576)) + 64];
+        _tx = new byte[EthernetFrame.HeaderLength + (options.SegmentationOffload != TcpOffload.None ? 65535 : Math.Max(options.Mtu, 576)) + 64];
         _dhcpReply = new byte[576];
         InitIpv6();
     }

@@ -27,10 +27,11 @@ internal sealed class GatewayOptions
     /// <summary>Per-connection buffer in each direction. Its free space is the window we advertise (back-pressure).</summary>
     public int TcpBufferSize { get; init; } = 512 * 1024;
     /// <summary>
-    /// The link does TCP segmentation and checksum offload (virtio-net's HOST_TSO4 + CSUM, a TAP with IFF_VNET_HDR):
-    /// the engine emits TCP segments of up to 64 KiB with partial checksums and the kernel cuts them at the MSS.
+    /// The families whose TCP the link segments and checksums (virtio-net's HOST_TSO4 + CSUM: IPv4; a TAP with
+    /// IFF_VNET_HDR and TUN_F_TSO4 | TUN_F_TSO6: both): for those the engine emits TCP segments of up to 64 KiB with
+    /// partial checksums and the kernel cuts them at the MSS; the others leave at the MSS, checksummed.
     /// </summary>
-    public bool SegmentationOffload { get; init; }
+    public TcpOffload SegmentationOffload { get; init; }
 
     /// <summary>
     /// DHCP lease time in seconds (option 51, RFC 2132 §9.2). Two hours, with the client renewing at half time: a guest

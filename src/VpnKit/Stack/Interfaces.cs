@@ -10,7 +10,7 @@ internal interface IFrameSink
     /// <summary>
     /// A TCP segment with a partial checksum (pseudo-header only) that the link must finish, and cut into
     /// <paramref name="segmentSize"/>-byte segments when its payload is larger (0: no cutting).
-    /// Only used when <see cref="GatewayOptions.SegmentationOffload"/> is on.
+    /// Only used for the families in <see cref="GatewayOptions.SegmentationOffload"/>.
     /// </summary>
     void SendOffloaded(ReadOnlySpan<byte> frame, int segmentSize);
 }
@@ -88,8 +88,8 @@ internal interface ITcpSocketHost
     /// <summary>Our MSS over IPv4: the MTU less 40 bytes of IPv4 and TCP headers (a socket takes 20 more off for IPv6).</summary>
     int Mss { get; }
 
-    /// <summary>Largest payload per dispatched segment when the link segments (TSO); 0 = the MSS.</summary>
-    int MaxSegment { get; }
+    /// <summary>Largest payload per dispatched segment when the link segments the family's TCP (TSO); 0 = the MSS.</summary>
+    int MaxSegment(bool ipv4);
 
     GatewayCounters Counters { get; }
 

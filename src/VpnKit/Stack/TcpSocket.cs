@@ -661,8 +661,8 @@ internal sealed class TcpSocket
                     }
                     return;
                 }
-                // The links segment TCP over IPv4 only (TUN_F_TSO4): an IPv6 segment leaves at the MSS.
-                int full = GuestIp.IsV4 && _host.MaxSegment != 0 ? _host.MaxSegment : SendMss;
+                // Large when the link segments this family's TCP (GatewayOptions.SegmentationOffload), else the MSS.
+                int full = _host.MaxSegment(GuestIp.IsV4) is > 0 and int max ? max : SendMss;
                 int n = (int)Math.Min((uint)Math.Min(unsent, full), window - inFlight);
                 // RFC 9293 §3.8.6.2.1 sender SWS avoidance: no small segment while more data waits and the window is
                 // what limits us, unless nothing is in flight.

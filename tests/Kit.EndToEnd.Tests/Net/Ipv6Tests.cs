@@ -169,10 +169,15 @@ public sealed class Ipv6Tests : IDisposable
         return ((IPEndPoint)l.LocalEndpoint).Port;
     }
 
+    /// <summary>
+    /// iperf3 -6 both ways at the default MTU (1500), and both ways IPv6 TCP crosses the TAP as segments far larger than
+    /// the MTU (TUN_F_TSO6, GSO_TCPV6): the capture records each frame as the link carried it.
+    /// </summary>
     [Fact]
     public async Task Iperf3OverIpv6RunsBothWaysToTheHostsLoopback()
     {
         int port = FreePort6();
+        string pcap = Path.Combine(_dir, "iperf6.pcap");
         using Process server = Process.Start(new ProcessStartInfo("iperf3", ["-s", "-B", "::1", "-p", port.ToString(CultureInfo.InvariantCulture)])
         {
             RedirectStandardOutput = true,
@@ -182,7 +187,7 @@ public sealed class Ipv6Tests : IDisposable
         {
             await Task.Delay(500, TestContext.Current.CancellationToken);
             string run = $"iperf3 -6 -c {Host6} -p {port} -t 2 -J";
-            ProcessResult r = await NetRun.RunAsync([], WaitForSlaac("fd00:6b69:7400:") + $"{run}; echo ===; {run} -R", Timeout);
+            ProcessResult r = await NetRun.RunAsync(["--pcap", pcap], WaitForSlaac("fd00:6b69:7400:") + $"{run}; echo ===; {run} -R", Timeout);
             string[] parts = r.StandardOutput.Split("===");
             Assert.True(r.ExitCode == 0 && parts.Length == 2, NetRun.Describe(r));
             foreach (string json in parts)
@@ -191,6 +196,13 @@ public sealed class Ipv6Tests : IDisposable
                 double bps = doc.RootElement.GetProperty("end").GetProperty("sum_received").GetProperty("bits_per_second").GetDouble();
                 Assert.True(bps > 1e6, $"{bps} bit/s\n{NetRun.Describe(r)}");
             }
+            ProcessResult t = await ProcessRunner.RunAsync("tshark", ["-r", pcap, "-Y", "ipv6 && tcp", "-T", "fields", "-e", "ipv6.src", "-e", "frame.len"],
+                TimeSpan.FromSeconds(60), cancellationToken: TestContext.Current.CancellationToken);
+            Assert.True(t.ExitCode == 0, t.ToString());
+            var largest = t.StandardOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split('\t'))
+                .GroupBy(f => f[0] == Host6 ? "gateway" : "guest").ToDictionary(g => g.Key, g => g.Max(f => int.Parse(f[1], CultureInfo.InvariantCulture)));
+            Assert.True(largest.GetValueOrDefault("guest") > 1514 * 8 && largest.GetValueOrDefault("gateway") > 1514 * 8,
+                $"largest IPv6 TCP frames: {string.Join(", ", largest)}");
         }
         finally
         {

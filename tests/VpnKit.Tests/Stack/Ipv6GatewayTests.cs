@@ -98,11 +98,15 @@ public sealed class Ipv6GatewayTests
     private static byte[] Syn(UInt128 src, UInt128 dst, ushort dstPort, uint seq, ushort srcPort = 40000) =>
         Tcp(src, dst, srcPort, dstPort, seq, 0, TcpFlags.Syn, []);
 
-    private static byte[] Tcp(UInt128 src, UInt128 dst, ushort srcPort, ushort dstPort, uint seq, uint ack, TcpFlags flags, byte[] payload)
+    private static byte[] Tcp(UInt128 src, UInt128 dst, ushort srcPort, ushort dstPort, uint seq, uint ack, TcpFlags flags, byte[] payload,
+        TcpOptions? options = null, ushort window = 65535)
     {
-        byte[] t = new byte[20 + payload.Length];
-        payload.CopyTo(t, 20);
-        TcpSegment.Write(t, 20, srcPort, dstPort, seq, ack, flags, 65535, 0, 0);
+        byte[] o = new byte[40];
+        int hl = TcpSegment.HeaderLengthFor(options?.Write(o) ?? 0);
+        byte[] t = new byte[hl + payload.Length];
+        o.AsSpan(0, hl - 20).CopyTo(t.AsSpan(20));
+        payload.CopyTo(t, hl);
+        TcpSegment.Write(t, hl, srcPort, dstPort, seq, ack, flags, window, 0, 0);
         t[16] = t[17] = 0;
         BinaryPrimitives.WriteUInt16BigEndian(t.AsSpan(16), Checksum.Finish(Checksum.Add(Checksum.PseudoHeader6(src, dst, IpProtocol.Tcp, t.Length), t)));
         return Frame(src, dst, IpProtocol.Tcp, t);
@@ -696,4 +700,99 @@ public sealed class Ipv6GatewayTests
         _gw.Receive(Ns(Guest6, Gw6), 10_000);
         Assert.Equal(Icmpv6Type.NeighborAdvertisement, Single().Upper[0]);
     }
+
+    // ---- TSO6: the TAP link segments IPv6 TCP (GSO_TCPV6) ----
+
+    /// <summary>A connection to <see cref="Outside"/> through a gateway whose link offloads <paramref name="offload"/>.</summary>
+    private (TcpSocket C, uint Iss) OpenOffloaded(TcpOffload offload)
+    {
+        _gw = NewGateway(new GatewayOptions { SegmentationOffload = offload, TcpBufferSize = 1 << 20 });
+        _gw.Receive(Tcp(Guest6, Outside, 40000, 443, 1000, 0, TcpFlags.Syn, [], new TcpOptions { Mss = 1440, WindowScale = 7 }), 0);
+        TcpSocket c = Assert.Single(_flows.ConnectRequests);
+        c.CompleteConnect(true, 0);
+        // With offload even the SYN-ACK's checksum is partial (the link finishes it): read it without Decode's check.
+        uint iss = BinaryPrimitives.ReadUInt32BigEndian(Assert.Single(_sink.Take()).AsSpan(14 + 40 + 4));
+        _gw.Receive(Tcp(Guest6, Outside, 40000, 443, 1001, iss + 1, TcpFlags.Ack, [], window: 1 << 13), 0); // 1 MiB at scale 7
+        _sink.SegmentSizes.Clear();
+        return (c, iss);
+    }
+
+    [Fact]
+    public void WithTso6TheGatewaySendsIpv6SegmentsUpTo64KiBWithAPartialChecksumAndTheTcpv6Header()
+    {
+        var (c, iss) = OpenOffloaded(TcpOffload.Ipv4 | TcpOffload.Ipv6);
+        c.Write(new byte[1 << 20], 1);
+        uint acked = iss + 1, sent = acked;
+        // Slow start (RFC 5681 §3.1) grows the window one MSS per ACK: ACKing every second MSS, as Linux does, a few
+        // rounds open it past 64 KiB; then one ACK of everything in flight frees the window for one whole segment.
+        for (int round = 0; round < 10; round++)
+        {
+            sent += (uint)_sink.Take().Sum(f => f.Length - 14 - 40 - 20);
+            if (sent - acked >= 70_000)
+            {
+                break;
+            }
+            while (acked != sent)
+            {
+                acked += Math.Min(sent - acked, 2 * 1440);
+                _gw.Receive(Tcp(Guest6, Outside, 40000, 443, 1001, acked, TcpFlags.Ack, [], window: 1 << 13), 10 + round);
+            }
+        }
+        Assert.True(sent - acked >= 70_000, $"{sent - acked} bytes in flight");
+        Assert.All(_sink.SegmentSizes, s => Assert.Equal(1440, s));
+        _gw.Receive(Tcp(Guest6, Outside, 40000, 443, 1001, sent, TcpFlags.Ack, [], window: 1 << 13), 30);
+        byte[] largestFrame = _sink.Take().MaxBy(f => f.Length)!;
+        int largest = largestFrame.Length - 14 - 40 - 20;
+        Assert.Equal(65535 - 20 - 60, largest); // the largest the gateway builds: IPv4's 16-bit total length bounds both
+        // The checksum field holds the folded IPv6 pseudo-header sum (RFC 8200 §8.1) for the link to finish.
+        Assert.Equal(Ipv6Error.None, Ipv6Packet.TryParse(largestFrame.AsSpan(14), out Ipv6Packet ip));
+        Assert.Equal(20 + largest, ip.Payload.Length);
+        Assert.Equal((ushort)~Checksum.Finish(Checksum.PseudoHeader6(ip.Source, ip.Destination, IpProtocol.Tcp, ip.Payload.Length)),
+            BinaryPrimitives.ReadUInt16BigEndian(ip.Payload.Slice(16)));
+        // The TAP's virtio-net header: NEEDS_CSUM from the TCP header at 54, checksum at +16, GSO_TCPV6 cut at the MSS.
+        byte[] h = new byte[10];
+        Kit.VpnKit.Links.TapLink.WriteOffloadHeader(h, largestFrame, 1440);
+        Assert.Equal([1, 4], h[..2]);
+        Assert.Equal(14 + 40 + 20, BinaryPrimitives.ReadUInt16LittleEndian(h.AsSpan(2)));
+        Assert.Equal(1440, BinaryPrimitives.ReadUInt16LittleEndian(h.AsSpan(4)));
+        Assert.Equal(54, BinaryPrimitives.ReadUInt16LittleEndian(h.AsSpan(6)));
+        Assert.Equal(16, BinaryPrimitives.ReadUInt16LittleEndian(h.AsSpan(8)));
+        Assert.True(Kit.VpnKit.Links.TapLink.HeaderFits(h, largestFrame));
+    }
+
+    [Fact]
+    public void ALinkThatSegmentsIpv4OnlyGetsIpv6AtTheMssWithFullChecksums()
+    {
+        // virtio-net with HOST_TSO4 (HyperKit, vhost-user) cannot cut IPv6: it must never see a large one.
+        var (c, _) = OpenOffloaded(TcpOffload.Ipv4);
+        c.Write(new byte[100_000], 1);
+        List<byte[]> frames = _sink.Take();
+        Assert.Equal(10, frames.Count); // RFC 6928's initial window, one MSS each
+        Assert.All(frames, f => Assert.Equal(1440, Decode(f).Upper.Length - 20)); // Decode verifies the checksum
+        Assert.Empty(_sink.SegmentSizes);
+    }
+
+    [Fact]
+    public void ALargeIpv6SegmentFromTheKernelIsTakenWholeAndAcked()
+    {
+        // What a TAP with TUN_F_TSO6 hands over: 60000 bytes in one IPv6 packet, its checksum partial (pseudo-header
+        // only), which only a trusted frame (the kernel's virtio-net header said so) may carry.
+        var (c, iss) = OpenOffloaded(TcpOffload.Ipv4 | TcpOffload.Ipv6);
+        byte[] data = new byte[60_000];
+        new Random(6).NextBytes(data);
+        byte[] frame = Tcp(Guest6, Outside, 40000, 443, 1001, iss + 1, TcpFlags.Ack, data);
+        BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(54 + 16),
+            (ushort)~Checksum.Finish(Checksum.PseudoHeader6(Guest6, Outside, IpProtocol.Tcp, 20 + data.Length)));
+        _gw.Receive(frame, 1);
+        Assert.Equal(0, c.Peek().Length); // untrusted, the partial checksum is a bad one
+        Assert.Equal(1, _gw.Counters.BadChecksum);
+
+        _gw.Receive(frame, 2, checksumsTrusted: true);
+        Assert.Equal(data, c.Peek().ToArray());
+        _gw.OnTimer(100); // the delayed ACK, at the latest
+        byte[] ack = _sink.Take().Last(f => f[14 + 6] == IpProtocol.Tcp);
+        Assert.Equal((byte)TcpFlags.Ack, ack[54 + 13]);
+        Assert.Equal(1001u + 60_000, BinaryPrimitives.ReadUInt32BigEndian(ack.AsSpan(54 + 8)));
+    }
+
 }

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Kit.VpnKit;
 using Kit.VpnKit.Stack;
 using Kit.VpnKit.Wire;
 
@@ -12,7 +13,7 @@ public sealed class OffloadTests
 
     private (Gateway Gw, TcpSocket C, uint Iss) Open(int mtu, ushort guestMss, int window = 60000)
     {
-        var gw = new Gateway(new GatewayOptions { Mtu = mtu, SegmentationOffload = true, TcpBufferSize = 1 << 20 }, _sink, _flows);
+        var gw = new Gateway(new GatewayOptions { Mtu = mtu, SegmentationOffload = TcpOffload.Ipv4, TcpBufferSize = 1 << 20 }, _sink, _flows);
         gw.Receive(G.Tcp(G.Remote, 40000, 80, 0, 0, TcpFlags.Syn, options: new TcpOptions { Mss = guestMss, WindowScale = 7 }), 0);
         TcpSocket c = _flows.ConnectRequests[^1];
         c.CompleteConnect(true, 0);
@@ -51,7 +52,7 @@ public sealed class OffloadTests
     [Fact]
     public void TrustedFramesSkipChecksumVerification()
     {
-        var gw = new Gateway(new GatewayOptions { SegmentationOffload = true }, _sink, _flows);
+        var gw = new Gateway(new GatewayOptions { SegmentationOffload = TcpOffload.Ipv4 }, _sink, _flows);
         byte[] ping = G.Ping(G.Gateway, 1, 1, [1, 2, 3]);
         ping[14 + 20 + 2] ^= 0xFF; // Corrupt the ICMP checksum, as a partial-checksum frame would look.
         gw.Receive(ping, 0);
