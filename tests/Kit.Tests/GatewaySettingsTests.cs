@@ -18,9 +18,9 @@ public sealed class GatewaySettingsTests
     [Fact]
     public void Parse_reads_every_option()
     {
-        GatewaySettings s = GatewaySettings.Parse(9000, ["127.0.0.1:5353", "10.0.0.1:0"], ["8080:80", "5353:53/udp"], new FileInfo("cap.pcap"));
+        GatewaySettings s = GatewaySettings.Parse(9000, ["127.0.0.1:5353", "10.0.0.1:0", "[::1]:5354", "[::1]"], ["8080:80", "5353:53/udp"], new FileInfo("cap.pcap"));
         Assert.Equal(9000, s.Mtu);
-        Assert.Equal([IPEndPoint.Parse("127.0.0.1:5353"), IPEndPoint.Parse("10.0.0.1:53")], s.DnsUpstreams);
+        Assert.Equal([IPEndPoint.Parse("127.0.0.1:5353"), IPEndPoint.Parse("10.0.0.1:53"), IPEndPoint.Parse("[::1]:5354"), IPEndPoint.Parse("[::1]:53")], s.DnsUpstreams);
         Assert.Equal([new PortPublish(8080, 80, false), new PortPublish(5353, 53, true)], s.Publishes);
         Assert.Equal(Path.GetFullPath("cap.pcap"), s.PcapPath);
     }
@@ -51,7 +51,8 @@ public sealed class GatewaySettingsTests
     [Theory]
     [InlineData(575, null, null, "--mtu")]
     [InlineData(65521, null, null, "--mtu")]
-    [InlineData(1500, "[::1]:53", null, "--dns-upstream")]
+    [InlineData(1500, "::1", null, "--dns-upstream")]
+    [InlineData(1500, "[::1", null, "--dns-upstream")]
     [InlineData(1500, "dns.example:53", null, "--dns-upstream")]
     [InlineData(1500, null, "80", "")]
     [InlineData(1500, null, "[::1:8080:80", "[HOST]")]

@@ -325,4 +325,21 @@ public sealed class Ipv6Tests : IDisposable
         Assert.EndsWith("published", body!.TrimEnd());
         Assert.True(reply == "PING", $"reply {reply ?? "(none)"} through --publish [::1]:{udpPort}:9999/udp\n{NetRun.Describe(r)}");
     }
+
+    [Fact]
+    public async Task AnUpstreamOnTheHostsIpv6LoopbackAnswersTheGuestsQueries()
+    {
+        // --dns-upstream [::1]:PORT: the gateway's forwarder asks a server this test runs on the host's ::1, for a guest
+        // asking over IPv4 (192.168.65.1) and over IPv6 (the gateway's ULA).
+        using var dns6 = new TinyDnsServer(new IPEndPoint(IPAddress.IPv6Loopback, 0), TinyDnsServer.Address, IPAddress.Parse("2001:db8::5"));
+        string script = WaitForSlaac("fd00:6b69:7400:") + $"busybox nslookup {TinyDnsServer.Name} 192.168.65.1; echo ===; "
+            + $"busybox nslookup -type=AAAA {TinyDnsServer.Name} {Gateway6}";
+        ProcessResult r = await NetRun.RunAsync(["--dns-upstream", $"[::1]:{dns6.EndPoint.Port}"], script, Timeout);
+        string[] parts = r.StandardOutput.Split("===");
+        Assert.True(r.ExitCode == 0 && parts.Length == 2, NetRun.Describe(r));
+        Assert.Contains(TinyDnsServer.Address.ToString(), parts[0]);
+        Assert.Contains("2001:db8::5", parts[1]);
+        Assert.Contains($"{TinyDnsServer.Name}/1", dns6.Queries);
+        Assert.Contains($"{TinyDnsServer.Name}/28", dns6.Queries);
+    }
 }
