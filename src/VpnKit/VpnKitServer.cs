@@ -14,9 +14,21 @@ using Microsoft.Extensions.Logging;
 
 namespace Kit.VpnKit;
 
-/// <summary>A host port forwarded to a guest port (host → guest), as in <c>--publish 8080:80[/udp]</c>.</summary>
+/// <summary>
+/// A host port forwarded to a guest port (host → guest), as in <c>--publish [HOST:]8080:80[/udp]</c>: the host end listens on
+/// a loopback address, 127.0.0.1 unless <see cref="Host"/> says otherwise (<c>[::1]:8080:80</c> for the host's IPv6
+/// loopback). The guest end is the first guest's IPv4 address whichever family the host end is.
+/// </summary>
 public readonly record struct PortPublish(int HostPort, int GuestPort, bool Udp)
 {
+    /// <summary>The loopback address listened on; null: 127.0.0.1.</summary>
+    public IPAddress? Host { get; init; }
+
+    public IPAddress HostAddress => Host ?? IPAddress.Loopback;
+
+    /// <summary>The host end as text: 127.0.0.1:8080 or [::1]:8080.</summary>
+    public string HostEndPoint => new IPEndPoint(HostAddress, HostPort).ToString();
+
     public static PortPublish Parse(string text)
     {
         bool udp = false;
@@ -30,12 +42,38 @@ public readonly record struct PortPublish(int HostPort, int GuestPort, bool Udp)
         {
             t = t[..^4];
         }
+        IPAddress? host = null;
+        string? hostText = null;
+        if (t.StartsWith('['))
+        {
+            // An IPv6 host address is bracketed (RFC 3986 §3.2.2), as docker's -p [::1]:8080:80 writes it.
+            int close = t.IndexOf("]:", StringComparison.Ordinal);
+            if (close < 0)
+            {
+                throw new FormatException($"--publish wants [HOST]:HOSTPORT:GUESTPORT[/udp], got '{text}'");
+            }
+            hostText = t[1..close];
+            t = t[(close + 2)..];
+        }
+        else if (t.Split(':') is { Length: 3 } three)
+        {
+            hostText = three[0];
+            t = $"{three[1]}:{three[2]}";
+        }
+        if (hostText is not null)
+        {
+            if (!IPAddress.TryParse(hostText, out host) || !IPAddress.IsLoopback(host))
+            {
+                throw new FormatException($"--publish listens on loopback only (127.0.0.1 or [::1]), got '{text}'");
+            }
+            host = host.IsIPv4MappedToIPv6 ? host.MapToIPv4() : host;
+        }
         string[] p = t.Split(':');
         if (p.Length != 2 || !ushort.TryParse(p[0], NumberStyles.None, CultureInfo.InvariantCulture, out ushort h) || !ushort.TryParse(p[1], NumberStyles.None, CultureInfo.InvariantCulture, out ushort g) || h == 0 || g == 0)
         {
-            throw new FormatException($"--publish wants HOSTPORT:GUESTPORT[/udp], got '{text}'");
+            throw new FormatException($"--publish wants [HOST:]HOSTPORT:GUESTPORT[/udp], got '{text}'");
         }
-        return new PortPublish(h, g, udp);
+        return new PortPublish(h, g, udp) { Host = host };
     }
 }
 
@@ -329,7 +367,7 @@ public sealed partial class VpnKitServer : IDisposable
     }
 
     private readonly object _publishGate = new();
-    private readonly Dictionary<(bool Udp, int HostPort), (PortPublish Spec, Socket Socket, UdpPublisher? Udp)> _publishes = [];
+    private readonly Dictionary<(bool Udp, IPAddress Host, int HostPort), (PortPublish Spec, Socket Socket, UdpPublisher? Udp)> _publishes = [];
 
     /// <summary>The forwards in place now.</summary>
     public IReadOnlyList<PortPublish> Publishes
@@ -349,18 +387,19 @@ public sealed partial class VpnKitServer : IDisposable
         }
     }
 
-    /// <summary>Starts forwarding host 127.0.0.1:HostPort to the first guest; returns an error message or null.</summary>
+    /// <summary>Starts forwarding the host's loopback HostPort to the first guest; returns an error message or null.</summary>
     public string? AddPublish(PortPublish p)
     {
         lock (_publishGate)
         {
-            if (_publishes.ContainsKey((p.Udp, p.HostPort)))
+            if (_publishes.ContainsKey((p.Udp, p.HostAddress, p.HostPort)))
             {
-                return $"{(p.Udp ? "udp" : "tcp")} port {p.HostPort} is already published";
+                return $"{(p.Udp ? "udp" : "tcp")} {p.HostEndPoint} is already published";
             }
+            AddressFamily family = p.HostAddress.AddressFamily;
             Socket s = p.Udp
-                ? new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp)
-                : new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                ? new Socket(family, SocketType.Dgram, ProtocolType.Udp)
+                : new Socket(family, SocketType.Stream, ProtocolType.Tcp);
             try
             {
                 if (!p.Udp)
@@ -368,7 +407,7 @@ public sealed partial class VpnKitServer : IDisposable
                     // SO_REUSEADDR only (not .NET's ReuseAddress, which adds SO_REUSEPORT): a busy port fails to bind.
                     ReuseAddress.Enable(s);
                 }
-                s.Bind(new IPEndPoint(IPAddress.Loopback, p.HostPort));
+                s.Bind(new IPEndPoint(p.HostAddress, p.HostPort));
                 if (!p.Udp)
                 {
                     s.Listen(128);
@@ -378,8 +417,8 @@ public sealed partial class VpnKitServer : IDisposable
             {
                 s.Dispose();
                 return ReuseAddress.IsAddressInUse(e)
-                    ? $"cannot publish 127.0.0.1:{p.HostPort}: address in use (another process listens there)"
-                    : $"cannot bind 127.0.0.1:{p.HostPort}: {e.Message}";
+                    ? $"cannot publish {p.HostEndPoint}: address in use (another process listens there)"
+                    : $"cannot bind {p.HostEndPoint}: {e.Message}";
             }
             UdpPublisher? udp = null;
             if (p.Udp)
@@ -395,17 +434,18 @@ public sealed partial class VpnKitServer : IDisposable
             {
                 _ = AcceptLoopAsync(s, p);
             }
-            _publishes[(p.Udp, p.HostPort)] = (p, s, udp);
+            _publishes[(p.Udp, p.HostAddress, p.HostPort)] = (p, s, udp);
             return null;
         }
     }
 
-    /// <summary>Stops a forward; false if there was none. Connections already made keep running.</summary>
-    public bool RemovePublish(bool udp, int hostPort)
+    /// <summary>Stops a forward (on 127.0.0.1 unless <paramref name="host"/> says); false if there was none. Connections
+    /// already made keep running.</summary>
+    public bool RemovePublish(bool udp, int hostPort, IPAddress? host = null)
     {
         lock (_publishGate)
         {
-            if (!_publishes.Remove((udp, hostPort), out var v))
+            if (!_publishes.Remove((udp, host ?? IPAddress.Loopback, hostPort), out var v))
             {
                 return false;
             }

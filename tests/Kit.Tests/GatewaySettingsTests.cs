@@ -18,11 +18,25 @@ public sealed class GatewaySettingsTests
     [Fact]
     public void Parse_reads_every_option()
     {
-        GatewaySettings s = GatewaySettings.Parse(9000, ["127.0.0.1:5353", "10.0.0.1:0"], ["8080:80", "5353:53/udp"], new FileInfo("cap.pcap"));
+        GatewaySettings s = GatewaySettings.Parse(9000, ["127.0.0.1:5353", "10.0.0.1:0", "[::1]:5354", "[::1]"], ["8080:80", "5353:53/udp"], new FileInfo("cap.pcap"));
         Assert.Equal(9000, s.Mtu);
-        Assert.Equal([IPEndPoint.Parse("127.0.0.1:5353"), IPEndPoint.Parse("10.0.0.1:53")], s.DnsUpstreams);
+        Assert.Equal([IPEndPoint.Parse("127.0.0.1:5353"), IPEndPoint.Parse("10.0.0.1:53"), IPEndPoint.Parse("[::1]:5354"), IPEndPoint.Parse("[::1]:53")], s.DnsUpstreams);
         Assert.Equal([new PortPublish(8080, 80, false), new PortPublish(5353, 53, true)], s.Publishes);
         Assert.Equal(Path.GetFullPath("cap.pcap"), s.PcapPath);
+    }
+
+    [Fact]
+    public void Publish_takes_a_loopback_host_address_of_either_family()
+    {
+        GatewaySettings s = GatewaySettings.Parse(1500, null, ["[::1]:8080:80", "127.0.0.2:5353:53/udp", "8081:81"], null);
+        Assert.Equal(
+            [
+                new PortPublish(8080, 80, false) { Host = IPAddress.IPv6Loopback },
+                new PortPublish(5353, 53, true) { Host = IPAddress.Parse("127.0.0.2") },
+                new PortPublish(8081, 81, false),
+            ],
+            s.Publishes);
+        Assert.Equal(["[::1]:8080", "127.0.0.2:5353", "127.0.0.1:8081"], s.Publishes.Select(p => p.HostEndPoint));
     }
 
     [Fact]
@@ -37,9 +51,15 @@ public sealed class GatewaySettingsTests
     [Theory]
     [InlineData(575, null, null, "--mtu")]
     [InlineData(65521, null, null, "--mtu")]
-    [InlineData(1500, "[::1]:53", null, "--dns-upstream")]
+    [InlineData(1500, "::1", null, "--dns-upstream")]
+    [InlineData(1500, "[::1", null, "--dns-upstream")]
     [InlineData(1500, "dns.example:53", null, "--dns-upstream")]
     [InlineData(1500, null, "80", "")]
+    [InlineData(1500, null, "[::1:8080:80", "[HOST]")]
+    [InlineData(1500, null, "0.0.0.0:8080:80", "loopback only")]
+    [InlineData(1500, null, "[::]:8080:80", "loopback only")]
+    [InlineData(1500, null, "[2001:db8::1]:8080:80", "loopback only")]
+    [InlineData(1500, null, "[::1]:8080", "HOSTPORT:GUESTPORT")]
     public void Bad_options_are_one_line_errors(int mtu, string? dns, string? publish, string mentions)
     {
         CliException e = Assert.Throws<CliException>(() =>

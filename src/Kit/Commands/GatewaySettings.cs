@@ -61,9 +61,10 @@ internal sealed record GatewaySettings(int Mtu, IReadOnlyList<IPEndPoint> DnsUps
         var upstreams = new List<IPEndPoint>();
         foreach (string d in dns ?? [])
         {
-            if (!IPEndPoint.TryParse(d, out IPEndPoint? ep) || ep.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork)
+            // IPv4:PORT or [IPv6]:PORT (the brackets keep the port apart from the address, RFC 3986 §3.2.2).
+            if (!IPEndPoint.TryParse(d, out IPEndPoint? ep) || (ep.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 && !d.StartsWith('[')))
             {
-                throw new CliException($"--dns-upstream wants IPv4:PORT, got '{d}'");
+                throw new CliException($"--dns-upstream wants IPv4:PORT or [IPv6]:PORT, got '{d}'");
             }
             if (ep.Port == 0)
             {

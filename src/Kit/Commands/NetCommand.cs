@@ -19,7 +19,7 @@ internal static class NetCommand
     {
         var mtu = new Option<int>("--mtu") { HelpName = "BYTES", Description = "Link MTU (576-65520).", DefaultValueFactory = _ => 1500 };
         var dns = new Option<string[]>("--dns-upstream") { HelpName = "IP:PORT", Description = "DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
-        var publish = new Option<string[]>("--publish") { HelpName = "HOSTPORT:GUESTPORT", Description = "Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
+        var publish = new Option<string[]>("--publish") { HelpName = "[HOST:]HOSTPORT:GUESTPORT", Description = "Forward host 127.0.0.1:HOSTPORT (or HOST, a loopback address: [::1]) to the guest's GUESTPORT ([HOST:]HOSTPORT:GUESTPORT[/udp], repeatable)." };
         var pcap = new Option<FileInfo?>("--pcap") { HelpName = "FILE", Description = "Write every frame to FILE (libpcap format)." };
         var control = new Option<string?>("--control") { HelpName = "PATH", Description = "Serve the port-forward control API (HTTP+JSON: GET/POST /forwards, DELETE /forwards/PROTO/PORT) on unix:PATH." };
         var policy = new GatewayPolicyOptions();

@@ -54,7 +54,7 @@ internal static class VmCommand
         var mac = new Option<string?>("--mac") { HelpName = "MAC", Description = "Guest MAC address xx:xx:xx:xx:xx:xx (default: random; a VMN3T server assigns its own)." };
         var netMtu = new Option<int>("--mtu") { HelpName = "BYTES", Description = "Link MTU for --net vpnkit and tap (576-65520).", DefaultValueFactory = _ => 1500 };
         var dnsUpstream = new Option<string[]>("--dns-upstream") { HelpName = "IP:PORT", Description = "--net vpnkit: DNS upstream IP:PORT (repeatable; default: the host's resolv.conf)." };
-        var publish = new Option<string[]>("--publish") { HelpName = "HOSTPORT:GUESTPORT", Description = "--net vpnkit: forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (HOSTPORT:GUESTPORT[/udp], repeatable)." };
+        var publish = new Option<string[]>("--publish") { HelpName = "[HOST:]HOSTPORT:GUESTPORT", Description = "--net vpnkit: forward host 127.0.0.1:HOSTPORT (or HOST, a loopback address: [::1]) to the guest's GUESTPORT ([HOST:]HOSTPORT:GUESTPORT[/udp], repeatable)." };
         var pcap = new Option<FileInfo?>("--pcap") { HelpName = "FILE", Description = "--net vpnkit: write every frame to FILE (libpcap format)." };
         var shares = new Option<string[]>("--share")
         {

@@ -141,9 +141,7 @@ internal sealed partial class TcpProxy : IPollHandler
     /// </summary>
     private bool StartConnect(EventLoop loop)
     {
-        HostSocket.ConnectStart start = _address.IsV4
-            ? HostSocket.StartConnect(_socket, _address.Ipv4, _port, out string? error)
-            : StartConnect6(_socket, _address, _port, out error);
+        HostSocket.ConnectStart start = HostSocket.StartConnect(_socket, _address, _port, out string? error);
         _failure = error;
         _connected = start == HostSocket.ConnectStart.Connected;
         // Watched only after connect(2) started: an unconnected TCP socket polls as EPOLLHUP, which would read as a
@@ -157,30 +155,6 @@ internal sealed partial class TcpProxy : IPollHandler
             _nat.Queue(this);
         }
         return true;
-    }
-
-    /// <summary>
-    /// A non-blocking IPv6 connect (NAT66) through .NET's Socket, which reports EINPROGRESS by throwing: an exception
-    /// per IPv6 connection, where IPv4's path (<see cref="HostSocket.StartConnect"/>) makes none. No route to the
-    /// destination (a host without IPv6) fails here, at once, and the guest gets its RST without waiting.
-    /// </summary>
-    private static HostSocket.ConnectStart StartConnect6(Socket socket, IpAddr address, ushort port, out string? error)
-    {
-        error = null;
-        try
-        {
-            socket.Connect(new IPEndPoint(address.ToIPAddress(), port));
-            return HostSocket.ConnectStart.Connected;
-        }
-        catch (SocketException e) when (e.SocketErrorCode is SocketError.WouldBlock or SocketError.InProgress)
-        {
-            return HostSocket.ConnectStart.InProgress;
-        }
-        catch (SocketException e)
-        {
-            error = e.Message;
-            return HostSocket.ConnectStart.Failed;
-        }
     }
 
     /// <summary>Why the connect failed synchronously; the run list reports it to the engine.</summary>

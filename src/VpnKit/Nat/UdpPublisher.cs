@@ -14,25 +14,24 @@ internal sealed class UdpPublisher(EngineGate gate, Socket socket, uint guestIp,
     private const int MaxClients = 256;
     private const ushort FirstPort = 61000;
     private readonly object _mapGate = new();
-    private readonly Dictionary<ulong, ushort> _byClient = [];
+    private readonly Dictionary<(IpAddr Ip, ushort Port), ushort> _byClient = [];
     private readonly Dictionary<ushort, SocketAddress> _byPort = [];
     private ushort _next = FirstPort;
 
     public async Task RunAsync()
     {
         byte[] buffer = new byte[65536];
-        var from = new SocketAddress(AddressFamily.InterNetwork);
+        var from = new SocketAddress(socket.AddressFamily);
         try
         {
             while (true)
             {
                 int n = await socket.ReceiveFromAsync(buffer, SocketFlags.None, from).ConfigureAwait(false);
                 UdpNat.ReadAddress(from, out IpAddr ip, out ushort port);
-                ulong key = ((ulong)ip.Ipv4 << 16) | port;
                 ushort pseudo;
                 lock (_mapGate)
                 {
-                    if (!_byClient.TryGetValue(key, out pseudo))
+                    if (!_byClient.TryGetValue((ip, port), out pseudo))
                     {
                         if (_byClient.Count >= MaxClients)
                         {
@@ -41,8 +40,8 @@ internal sealed class UdpPublisher(EngineGate gate, Socket socket, uint guestIp,
                             _next = FirstPort;
                         }
                         pseudo = _next++;
-                        _byClient[key] = pseudo;
-                        var copy = new SocketAddress(AddressFamily.InterNetwork);
+                        _byClient[(ip, port)] = pseudo;
+                        var copy = new SocketAddress(socket.AddressFamily);
                         UdpNat.WriteAddress(copy, ip, port);
                         _byPort[pseudo] = copy;
                     }

@@ -417,7 +417,10 @@ internal sealed partial class DnsForwarder
         return string.Concat(chars, $"/{type}/{@class}");
     }
 
-    /// <summary>Upstreams from resolv.conf's nameserver lines (resolv.conf(5): at most three are used), port 53.</summary>
+    /// <summary>
+    /// Upstreams from resolv.conf's nameserver lines (resolv.conf(5): at most three are used), port 53, of either family.
+    /// A link-local IPv6 address without its interface (fe80::1, not fe80::1%eth0) names no one server and is skipped.
+    /// </summary>
     internal static List<IPEndPoint> ParseResolvConf(string text)
     {
         var list = new List<IPEndPoint>();
@@ -425,7 +428,7 @@ internal sealed partial class DnsForwarder
         {
             string[] parts = line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
             if (list.Count < 3 && parts.Length >= 2 && parts[0] == "nameserver" && IPAddress.TryParse(parts[1], out IPAddress? ip)
-                && ip.AddressFamily == AddressFamily.InterNetwork)
+                && !(ip.IsIPv6LinkLocal && ip.ScopeId == 0))
             {
                 list.Add(new IPEndPoint(ip, 53));
             }

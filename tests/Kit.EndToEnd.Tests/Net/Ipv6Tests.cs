@@ -281,4 +281,77 @@ public sealed class Ipv6Tests : IDisposable
         Assert.Contains($"{Name}/1", dns.Queries);
         Assert.Contains($"{Name}/28", dns.Queries);
     }
+
+    [Fact]
+    public async Task PortsPublishedOnTheHostsIpv6LoopbackReachTheGuest()
+    {
+        int tcpPort = LoopbackPort.Free();
+        int udpPort = LoopbackPort.Free();
+        // In the namespace: answer one datagram on 9999 with its upper-cased payload (in the background), and serve one
+        // HTTP response on 8080 with busybox nc.
+        string script = "python3 -c \"import socket; s=socket.socket(2,2); s.bind(('0.0.0.0',9999)); s.settimeout(30); d,a=s.recvfrom(100); s.sendto(d.upper(),a)\" & "
+            + "printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 9\\r\\n\\r\\npublished' | busybox nc -l -p 8080; wait";
+        Task<ProcessResult> run = NetRun.RunAsync(["--publish", $"[::1]:{tcpPort}:8080", "--publish", $"[::1]:{udpPort}:9999/udp"], script, Timeout);
+        string? body = null;
+        string? reply = null;
+        using var udp = new UdpClient(new IPEndPoint(IPAddress.IPv6Loopback, 0));
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while ((body is null || reply is null) && DateTime.UtcNow < deadline && !run.IsCompleted)
+        {
+            if (reply is null)
+            {
+                await udp.SendAsync("ping"u8.ToArray(), new IPEndPoint(IPAddress.IPv6Loopback, udpPort), TestContext.Current.CancellationToken);
+                using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+                cts.CancelAfter(300);
+                try
+                {
+                    reply = System.Text.Encoding.ASCII.GetString((await udp.ReceiveAsync(cts.Token)).Buffer);
+                }
+                catch (OperationCanceledException)
+                {
+                }
+            }
+            if (body is null)
+            {
+                try
+                {
+                    using var client = new TcpClient(AddressFamily.InterNetworkV6);
+                    await client.ConnectAsync(IPAddress.IPv6Loopback, tcpPort, TestContext.Current.CancellationToken);
+                    NetworkStream stream = client.GetStream();
+                    await stream.WriteAsync("GET / HTTP/1.0\r\n\r\n"u8.ToArray(), TestContext.Current.CancellationToken);
+                    using var reader = new StreamReader(stream);
+                    string text = await reader.ReadToEndAsync(TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+                    body = text.Contains("published", StringComparison.Ordinal) ? text : null;
+                }
+                catch (Exception e) when (e is SocketException or IOException or TimeoutException)
+                {
+                }
+            }
+            if (body is null || reply is null)
+            {
+                await Task.Delay(200, TestContext.Current.CancellationToken);
+            }
+        }
+        ProcessResult r = await run;
+        Assert.True(body is not null, $"no response through --publish [::1]:{tcpPort}:8080\n{NetRun.Describe(r)}");
+        Assert.EndsWith("published", body!.TrimEnd());
+        Assert.True(reply == "PING", $"reply {reply ?? "(none)"} through --publish [::1]:{udpPort}:9999/udp\n{NetRun.Describe(r)}");
+    }
+
+    [Fact]
+    public async Task AnUpstreamOnTheHostsIpv6LoopbackAnswersTheGuestsQueries()
+    {
+        // --dns-upstream [::1]:PORT: the gateway's forwarder asks a server this test runs on the host's ::1, for a guest
+        // asking over IPv4 (192.168.65.1) and over IPv6 (the gateway's ULA).
+        using var dns6 = new TinyDnsServer(new IPEndPoint(IPAddress.IPv6Loopback, 0), TinyDnsServer.Address, IPAddress.Parse("2001:db8::5"));
+        string script = WaitForSlaac("fd00:6b69:7400:") + $"busybox nslookup {TinyDnsServer.Name} 192.168.65.1; echo ===; "
+            + $"busybox nslookup -type=AAAA {TinyDnsServer.Name} {Gateway6}";
+        ProcessResult r = await NetRun.RunAsync(["--dns-upstream", $"[::1]:{dns6.EndPoint.Port}"], script, Timeout);
+        string[] parts = r.StandardOutput.Split("===");
+        Assert.True(r.ExitCode == 0 && parts.Length == 2, NetRun.Describe(r));
+        Assert.Contains(TinyDnsServer.Address.ToString(), parts[0]);
+        Assert.Contains("2001:db8::5", parts[1]);
+        Assert.Contains($"{TinyDnsServer.Name}/1", dns6.Queries);
+        Assert.Contains($"{TinyDnsServer.Name}/28", dns6.Queries);
+    }
 }

@@ -87,7 +87,7 @@ public sealed class LocalNamesTests : IDisposable
     }
 
     [Fact]
-    public void ResolvConfTakesTheFirstThreeIPv4Nameservers()
+    public void ResolvConfTakesTheFirstThreeUsableNameservers()
     {
         List<IPEndPoint> list = DnsForwarder.ParseResolvConf("""
             # generated
@@ -100,6 +100,18 @@ public sealed class LocalNamesTests : IDisposable
             nameserver 10.0.0.4
             """);
         Assert.Equal(["10.0.0.1:53", "10.0.0.2:53", "10.0.0.3:53"], list.Select(e => e.ToString()));
+    }
+
+    [Fact]
+    public void ResolvConfTakesIPv6NameserversButNotALinkLocalOneWithoutItsInterface()
+    {
+        List<IPEndPoint> list = DnsForwarder.ParseResolvConf("""
+            nameserver fe80::1
+            nameserver ::1
+            nameserver 10.0.0.1
+            nameserver fd00::53
+            """);
+        Assert.Equal(["[::1]:53", "10.0.0.1:53", "[fd00::53]:53"], list.Select(e => e.ToString()));
     }
 
     [Theory]
