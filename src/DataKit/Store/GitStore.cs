@@ -72,6 +72,12 @@ public sealed class GitStore : IDisposable
 
     public string Path { get; }
 
+    /// <summary>Ref lock files a dead writer left, removed when this store was opened (<see cref="StaleRefLocks"/>).</summary>
+    public IReadOnlyList<string> RemovedStaleLocks { get; private set; } = [];
+
+    /// <summary>Held while open when this is the store's first opener (<see cref="StaleRefLocks"/>).</summary>
+    private FileStream? _owner;
+
     /// <summary>Fires whenever any branch head changes (ours, or another git writer's, seen by polling).</summary>
     public ChangeSignal Changes { get; }
 
@@ -136,6 +142,11 @@ public sealed class GitStore : IDisposable
         // caches here hold decoded.
         GlobalSettings.SetEnableCaching(false);
         var store = new GitStore(new Repository(full), full) { SyncWrites = syncWrites };
+        store._owner = StaleRefLocks.TryOwn(store._gitDir);
+        if (store._owner is not null)
+        {
+            store.RemovedStaleLocks = StaleRefLocks.Remove(store._gitDir);
+        }
         if (syncWrites)
         {
             DurableWrites.PrepareStore(store._gitDir);
@@ -148,6 +159,7 @@ public sealed class GitStore : IDisposable
         lock (_gate)
         {
             _repo.Dispose();
+            _owner?.Dispose();
         }
     }
 

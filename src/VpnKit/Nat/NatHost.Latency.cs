@@ -15,20 +15,26 @@ internal sealed partial class NatHost
     private long _heldOrder;
     private int _heldBytes;
 
-    /// <summary>Whether a datagram under <paramref name="rule"/> waits before it goes (else it goes now).</summary>
-    private static bool Delays(PolicyRule? rule) => rule is { Impair: { LatencyMs: > 0 } or { JitterMs: > 0 } };
-
-    /// <summary>Holds <paramref name="send"/> for the rule's latency ± jitter (see the class comment).</summary>
-    private void Hold(PolicyRule rule, int bytes, Action send)
+    /// <summary>
+    /// Sends <paramref name="payload"/> now, or, when <paramref name="rule"/> has a latency or jitter, a copy of it once
+    /// due (see the class comment). <paramref name="send"/> is static and its state a value, so a datagram that goes at
+    /// once allocates nothing.
+    /// </summary>
+    private void SendOrHold<TState>(PolicyRule? rule, ReadOnlySpan<byte> payload, TState state, System.Buffers.ReadOnlySpanAction<byte, TState> send)
     {
-        if (_heldBytes + bytes > DelayLine.Cap)
+        if (rule is not { Impair: { LatencyMs: > 0 } or { JitterMs: > 0 } })
+        {
+            send(payload, state);
+            return;
+        }
+        if (_heldBytes + payload.Length > DelayLine.Cap)
         {
             return;
         }
-        long now = EngineGate.Now;
+        byte[] bytes = payload.ToArray();
         int jitter = rule.Impair.JitterMs > 0 ? Random.Shared.Next(-rule.Impair.JitterMs, rule.Impair.JitterMs + 1) : 0;
-        _held.Enqueue((send, bytes), (now + Math.Max(0, rule.Impair.LatencyMs + jitter), _heldOrder++));
-        _heldBytes += bytes;
+        _held.Enqueue((() => send(bytes, state), bytes.Length), (EngineGate.Now + Math.Max(0, rule.Impair.LatencyMs + jitter), _heldOrder++));
+        _heldBytes += bytes.Length;
     }
 
     /// <summary>When the first held datagram is due (absolute ms), or long.MaxValue.</summary>

@@ -430,15 +430,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             return stopped;
         }
-        if (Delays(rule))
-        {
-            (UdpFlow held, byte[] bytes) = (flow, payload.ToArray());
-            Hold(rule!, bytes.Length, () => Udp.Send(held, bytes));
-        }
-        else
-        {
-            Udp.Send(flow, payload);
-        }
+        SendOrHold(rule, payload, (Nat: this, Flow: flow), static (p, s) => s.Nat.Udp.Send(s.Flow, p));
         return FlowVerdict.Taken;
     }
 
@@ -470,16 +462,8 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
             return stopped;
         }
         _inspector?.IcmpEcho(guestIp, destination, payload.Length, reply: false);
-        (IpAddr guest, IpAddr to, IpAddr asked) = (IpAddr.V4(guestIp), IpAddr.V4(TranslateOut(destination)), IpAddr.V4(destination));
-        if (Delays(rule))
-        {
-            byte[] bytes = payload.ToArray();
-            Hold(rule!, bytes.Length, () => Icmp?.Send(guest, to, asked, id, sequence, bytes));
-        }
-        else
-        {
-            Icmp?.Send(guest, to, asked, id, sequence, payload);
-        }
+        SendOrHold(rule, payload, (Nat: this, Guest: IpAddr.V4(guestIp), To: IpAddr.V4(TranslateOut(destination)), Asked: IpAddr.V4(destination), Id: id, Sequence: sequence),
+            static (p, s) => s.Nat.Icmp?.Send(s.Guest, s.To, s.Asked, s.Id, s.Sequence, p));
         return FlowVerdict.Taken;
     }
 
@@ -495,15 +479,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             return stopped;
         }
-        if (Delays(rule))
-        {
-            (Udp6Flow held, byte[] bytes) = (flow, payload.ToArray());
-            Hold(rule!, bytes.Length, () => Udp.Send6(held, to, bytes));
-        }
-        else
-        {
-            Udp.Send6(flow, to, payload);
-        }
+        SendOrHold(rule, payload, (Nat: this, Flow: flow, To: to), static (p, s) => s.Nat.Udp.Send6(s.Flow, s.To, p));
         return FlowVerdict.Taken;
     }
 
@@ -522,15 +498,8 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             return stopped;
         }
-        if (Delays(rule))
-        {
-            byte[] bytes = payload.ToArray();
-            Hold(rule!, bytes.Length, () => Echo6(guestIp, to, destination, id, sequence, bytes));
-        }
-        else
-        {
-            Echo6(guestIp, to, destination, id, sequence, payload);
-        }
+        SendOrHold(rule, payload, (Nat: this, Guest: guestIp, To: to, Asked: destination, Id: id, Sequence: sequence),
+            static (p, s) => s.Nat.Echo6(s.Guest, s.To, s.Asked, s.Id, s.Sequence, p));
         return FlowVerdict.Taken;
     }
 
