@@ -18,22 +18,7 @@ internal static class StaleRefLocks
     public const string OwnerFile = "kit-datakit.lock";
 
     /// <summary>The held owner lock of <paramref name="gitDir"/>, or null when another DataKit holds it.</summary>
-    public static FileStream? TryOwn(string gitDir)
-    {
-        var options = new FileStreamOptions { Mode = FileMode.OpenOrCreate, Access = FileAccess.ReadWrite, Share = FileShare.None };
-        if (!OperatingSystem.IsWindows())
-        {
-            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite; // an empty file, private all the same
-        }
-        try
-        {
-            return new FileStream(Path.Combine(gitDir, OwnerFile), options);
-        }
-        catch (IOException)
-        {
-            return null;
-        }
-    }
+    public static FileStream? TryOwn(string gitDir) => Kit.Linux.FileLock.TryTake(Path.Combine(gitDir, OwnerFile));
 
     /// <summary>Removes HEAD.lock, packed-refs.lock and refs/**/*.lock (call only while owning the store); returns what it removed.</summary>
     public static List<string> Remove(string gitDir)

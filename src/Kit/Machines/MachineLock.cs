@@ -8,23 +8,7 @@ namespace Kit.Cli.Machines;
 internal static class MachineLock
 {
     /// <summary>The held lock, or null when another process holds it.</summary>
-    public static FileStream? TryTake(MachinePaths paths)
-    {
-        try
-        {
-            return new FileStream(paths.Lock, new FileStreamOptions
-            {
-                Mode = FileMode.OpenOrCreate,
-                Access = FileAccess.ReadWrite,
-                Share = FileShare.None,
-                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-            });
-        }
-        catch (IOException)
-        {
-            return null;
-        }
-    }
+    public static FileStream? TryTake(MachinePaths paths) => Kit.Linux.FileLock.TryTake(paths.Lock);
 
     /// <summary>True when a process (the daemon) holds the lock now.</summary>
     public static bool IsHeld(MachinePaths paths)

@@ -28,11 +28,6 @@ public sealed class Ipv6Tests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    /// <summary>Waits (bounded, 10 s) until eth0 has a global address that is no longer tentative (DAD done).</summary>
-    private static string WaitForSlaac(string prefix) =>
-        $"for i in $(seq 1 100); do ip -6 addr show dev eth0 scope global | grep -q '{prefix}' && "
-        + "! ip -6 addr show dev eth0 scope global | grep -q tentative && break; sleep 0.1; done; ";
-
     [Fact]
     public async Task TheKernelAutoconfiguresPingsResolvesAndIsRefusedFast()
     {
@@ -40,7 +35,7 @@ public sealed class Ipv6Tests : IDisposable
         using var dns = new TinyDnsServer();
         string pcap = Path.Combine(_dir, "v6.pcap");
         string script = string.Join("echo ===; ", [
-            "sysctl net.ipv6.conf.eth0.accept_ra net.ipv6.conf.eth0.disable_ipv6; " + WaitForSlaac("fd00:6b69:7400:") + "ip -6 addr show dev eth0; ",
+            "sysctl net.ipv6.conf.eth0.accept_ra net.ipv6.conf.eth0.disable_ipv6; " + NetRun.WaitForSlaac("fd00:6b69:7400:") + "ip -6 addr show dev eth0; ",
             "ip -6 route show default; ",
             $"busybox ping6 -c 3 -W 5 {Gateway6}; ",
             $"busybox ping6 -c 3 -W 5 {Host6}; ",
@@ -85,7 +80,7 @@ public sealed class Ipv6Tests : IDisposable
     public async Task AConfiguredPrefixIsAdvertised()
     {
         ProcessResult r = await NetRun.RunAsync(["--ipv6-prefix", "fd12:3456:789a:1::/64"],
-            WaitForSlaac("fd12:3456:789a:1:") + "ip -6 addr show dev eth0; busybox ping6 -c 1 -W 5 fd12:3456:789a:1::1", Timeout);
+            NetRun.WaitForSlaac("fd12:3456:789a:1:") + "ip -6 addr show dev eth0; busybox ping6 -c 1 -W 5 fd12:3456:789a:1::1", Timeout);
         Assert.True(r.ExitCode == 0, NetRun.Describe(r));
         Assert.Contains("inet6 fd12:3456:789a:1:", r.StandardOutput);
         Assert.Contains("1 packets received", r.StandardOutput);
@@ -139,7 +134,7 @@ public sealed class Ipv6Tests : IDisposable
         int closed = FreePort6();
         long echoesBefore = HostEchoesReceived();
         string script = string.Join("echo ===; ", [
-            WaitForSlaac("fd00:6b69:7400:") + $"timeout 30 busybox wget -q -O - 'http://[{Host6}]:{http.Port}{TinyHttpServer.Path}' | md5sum; ",
+            NetRun.WaitForSlaac("fd00:6b69:7400:") + $"timeout 30 busybox wget -q -O - 'http://[{Host6}]:{http.Port}{TinyHttpServer.Path}' | md5sum; ",
             $"busybox nslookup -type=AAAA {TinyDnsServer.Name} '[{Host6}]:{dns6.EndPoint.Port}'; ",
             $"busybox ping6 -c 3 -W 5 {Host6}; ",
             $"curl -sS -o /dev/null -m 10 -w 'curl %{{time_total}}\\n' 'http://[{Host6}]:{closed}/'; echo \"curl exit $?\"",
@@ -187,7 +182,7 @@ public sealed class Ipv6Tests : IDisposable
         {
             await Task.Delay(500, TestContext.Current.CancellationToken);
             string run = $"iperf3 -6 -c {Host6} -p {port} -t 2 -J";
-            ProcessResult r = await NetRun.RunAsync(["--pcap", pcap], WaitForSlaac("fd00:6b69:7400:") + $"{run}; echo ===; {run} -R", Timeout);
+            ProcessResult r = await NetRun.RunAsync(["--pcap", pcap], NetRun.WaitForSlaac("fd00:6b69:7400:") + $"{run}; echo ===; {run} -R", Timeout);
             string[] parts = r.StandardOutput.Split("===");
             Assert.True(r.ExitCode == 0 && parts.Length == 2, NetRun.Describe(r));
             foreach (string json in parts)
@@ -223,7 +218,7 @@ public sealed class Ipv6Tests : IDisposable
         using var dns = new TinyDnsServer();
         int ui = LoopbackPort.Free();
         string ready = Path.Combine(_dir, "ready"), go = Path.Combine(_dir, "go");
-        string script = WaitForSlaac("fd00:6b69:7400:")
+        string script = NetRun.WaitForSlaac("fd00:6b69:7400:")
             + $"curl -sS -6 -m 10 -o /dev/null -w '%{{remote_ip}} %{{http_code}}\\n' http://host.internal:{http4.Port}{TinyHttpServer.Path}; "
             + $"curl -sS -m 10 -o /dev/null -w '%{{remote_ip}} %{{http_code}}\\n' http://host.docker.internal:{http4.Port}/second; "
             + $"touch {ready}; i=0; while [ ! -e {go} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done";
@@ -272,7 +267,7 @@ public sealed class Ipv6Tests : IDisposable
         using var dns = new TinyDnsServer(new IPEndPoint(IPAddress.Loopback, 0), IPAddress.Parse("192.168.65.2"), IPAddress.Parse(Host6));
         string url = $"http://{Name}:{http4.Port}{TinyHttpServer.Path}";
         ProcessResult r = await NetRun.RunAsync(["--dns-upstream", dns.EndPoint.ToString()],
-            WaitForSlaac("fd00:6b69:7400:") + $"curl -sS -4 -m 10 -o /dev/null -w '%{{remote_ip}}\\n' {url}; curl -sS -6 -m 10 -o /dev/null -w '%{{remote_ip}}\\n' {url}", Timeout);
+            NetRun.WaitForSlaac("fd00:6b69:7400:") + $"curl -sS -4 -m 10 -o /dev/null -w '%{{remote_ip}}\\n' {url}; curl -sS -6 -m 10 -o /dev/null -w '%{{remote_ip}}\\n' {url}", Timeout);
         Assert.True(r.ExitCode == 0, NetRun.Describe(r));
         Assert.Contains("192.168.65.2", r.StandardOutput);
         Assert.Contains(Host6, r.StandardOutput);
@@ -344,7 +339,7 @@ public sealed class Ipv6Tests : IDisposable
         // --dns-upstream [::1]:PORT: the gateway's forwarder asks a server this test runs on the host's ::1, for a guest
         // asking over IPv4 (192.168.65.1) and over IPv6 (the gateway's ULA).
         using var dns6 = new TinyDnsServer(new IPEndPoint(IPAddress.IPv6Loopback, 0), TinyDnsServer.Address, IPAddress.Parse("2001:db8::5"));
-        string script = WaitForSlaac("fd00:6b69:7400:") + $"busybox nslookup {TinyDnsServer.Name} 192.168.65.1; echo ===; "
+        string script = NetRun.WaitForSlaac("fd00:6b69:7400:") + $"busybox nslookup {TinyDnsServer.Name} 192.168.65.1; echo ===; "
             + $"busybox nslookup -type=AAAA {TinyDnsServer.Name} {Gateway6}";
         ProcessResult r = await NetRun.RunAsync(["--dns-upstream", $"[::1]:{dns6.EndPoint.Port}"], script, Timeout);
         string[] parts = r.StandardOutput.Split("===");
