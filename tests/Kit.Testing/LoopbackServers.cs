@@ -271,11 +271,46 @@ public sealed class TinyHttpServer : IDisposable
 /// <summary>Loopback ports for tests.</summary>
 public static class LoopbackPort
 {
-    /// <summary>A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it; racy only against other binders).</summary>
+    // Ports are drawn below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by default): a port
+    // from that range can be taken between this check and the test's own bind by the local end of any outgoing
+    // connection a parallel test makes, and bind(2) then fails with EADDRINUSE (CI saw it once, in PortForwardsTests).
+    // The span starts above 26000 to stay clear of the fixed ports tests use (18080-18081, 15201, 15353, 20000-20255).
+    private const int First = 26000;
+    private static int s_next = First + Random.Shared.Next(4096);
+
+    /// <summary>A TCP port on 127.0.0.1 that was free a moment ago, outside the ephemeral range (racy only against
+    /// other binders of that port).</summary>
     public static int Free()
     {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
+        int end = EphemeralStart();
+        for (int tries = 0; tries < 512 && end - First >= 1024; tries++)
+        {
+            int port = First + ((Interlocked.Increment(ref s_next) - First) % (end - First));
+            try
+            {
+                using var listener = new TcpListener(IPAddress.Loopback, port);
+                listener.Start();
+                return port;
+            }
+            catch (SocketException)
+            {
+                // taken: try the next one
+            }
+        }
+        using var any = new TcpListener(IPAddress.Loopback, 0);
+        any.Start();
+        return ((IPEndPoint)any.LocalEndpoint).Port;
+    }
+
+    private static int EphemeralStart()
+    {
+        try
+        {
+            return int.Parse(File.ReadAllText("/proc/sys/net/ipv4/ip_local_port_range").Split((char[])['\t', ' '], StringSplitOptions.RemoveEmptyEntries)[0]);
+        }
+        catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException)
+        {
+            return 32768;
+        }
     }
 }

@@ -52,9 +52,9 @@ public sealed class PortForwardsTests : IDisposable
     [Fact]
     public void A_busy_host_port_is_reported_not_fatal_and_taken_once_free()
     {
-        var busy = new TcpListener(IPAddress.Loopback, 0);
+        int port = LoopbackPort.Free();
+        var busy = new TcpListener(IPAddress.Loopback, port);
         busy.Start();
-        int port = ((IPEndPoint)busy.LocalEndpoint).Port;
         var forwards = new PortForwards(_server, privilegedAllowed: false);
         forwards.SetGuestListeners([Tcp(port)]);
         Assert.Contains("in use", Assert.Single(forwards.States).Problem, StringComparison.Ordinal);
