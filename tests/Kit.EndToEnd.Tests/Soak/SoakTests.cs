@@ -459,14 +459,14 @@ public sealed class SoakTests(ITestOutputHelper output)
                 // paged in when a path first runs), reported beside it.
                 double slope = SlopeMiBPerMinute(rest, s => of(s).AnonKiB);
                 double[] quarters = [.. Enumerable.Range(0, 4).Select(q => SlopeMiBPerMinute(rest.GetRange(q * quarter, q == 3 ? rest.Count - (3 * quarter) : quarter), s => of(s).AnonKiB))];
-                string byQuarter = string.Join(", ", quarters.Select(q => q.ToString("+0.000;-0.000", CultureInfo.InvariantCulture)));
+                string byQuarter = string.Join(", ", quarters.Select(q => q.ToString("+0.000;-0.000;0.000", CultureInfo.InvariantCulture)));
                 double rssSlope = SlopeMiBPerMinute(rest, s => of(s).RssKiB);
                 int warmFdMax = samples.Take(warm).Max(s => of(s).Fds);
                 int fdMax = rest.Max(s => of(s).Fds);
                 ProcStat first = of(samples[0]), settled = of(samples[warm]), last = of(samples[^1]);
                 report.AppendLine(CultureInfo.InvariantCulture,
-                    $"  {name,-14}: RSS {Mib(first.RssKiB)} -> {Mib(settled.RssKiB)} (after warm-up) -> {Mib(last.RssKiB)} MiB, max {Mib(samples.Max(s => of(s).RssKiB))}, slope {rssSlope:+0.000;-0.000} MiB/min; " +
-                    $"anonymous {Mib(first.AnonKiB)} -> {Mib(settled.AnonKiB)} -> {Mib(last.AnonKiB)} MiB, slope after warm-up {slope:+0.000;-0.000} MiB/min (quarters {byQuarter}); " +
+                    $"  {name,-14}: RSS {Mib(first.RssKiB)} -> {Mib(settled.RssKiB)} (after warm-up) -> {Mib(last.RssKiB)} MiB, max {Mib(samples.Max(s => of(s).RssKiB))}, slope {rssSlope:+0.000;-0.000;0.000} MiB/min; " +
+                    $"anonymous {Mib(first.AnonKiB)} -> {Mib(settled.AnonKiB)} -> {Mib(last.AnonKiB)} MiB, slope after warm-up {slope:+0.000;-0.000;0.000} MiB/min (quarters {byQuarter}); " +
                     $"threads {first.Threads} -> {settled.Threads} -> {last.Threads}; fds warm-up max {warmFdMax}, after {rest.Min(s => of(s).Fds)}..{fdMax}, last {last.Fds}");
                 if (slope >= maxSlope && quarters.Count(q => q >= maxSlope / 2) >= 3)
                 {
