@@ -55,6 +55,9 @@ internal sealed partial class Gateway
     /// <summary>Where DNS queries to the gateway's IPv6 address go; null: they get a port unreachable.</summary>
     public IDnsQueries? Dns { get; set; }
 
+    /// <summary>Where guest datagrams to the host alias go first: replies to UDP ports published on [::1]; null: none.</summary>
+    public IUdp6Replies? PublishedUdp6 { get; set; }
+
     /// <summary>Guest IPv6 addresses whose MAC is known.</summary>
     public int NeighbourCount => _neighbours.Count;
 
@@ -130,6 +133,10 @@ internal sealed partial class Gateway
         if (!unspecified)
         {
             Learn6(src, srcMac);
+            if (_o.InPrefix6(src))
+            {
+                _guest6.Note(srcMac, src, _now); // a guest's in-prefix address in use (publishing opens to it)
+            }
         }
         if ((dst >> 32) == 0xFFFF)
         {
@@ -220,7 +227,11 @@ internal sealed partial class Gateway
                         Counters.Ipv6Spoofed++;
                         return;
                     }
-                    LearnFromOption(target, m, NdpOption.TargetLinkLayerAddress);
+                    MacAddress holder = LearnFromOption(target, m, NdpOption.TargetLinkLayerAddress) ?? srcMac;
+                    if (_o.InPrefix6(target))
+                    {
+                        _guest6.Note(holder, target, _now); // RFC 4861 §7.2.6: an address the guest announces
+                    }
                     return;
                 }
             case Icmpv6Type.EchoRequest when !multicast && !unspecified:
@@ -270,6 +281,12 @@ internal sealed partial class Gateway
         }
         if (!IsOurs6(target))
         {
+            if (unspecified && _o.InPrefix6(target))
+            {
+                // RFC 4862 §5.4.2: a guest's DAD names the address it is about to take (SLAAC, §5.5.3); it may send
+                // nothing from it before a host client connects to a published port.
+                _guest6.Note(srcMac, target, _now);
+            }
             return; // Another guest's address (the switch carries their exchange), or a guest's own DAD.
         }
         MacAddress replyMac = srcMac;
@@ -487,6 +504,10 @@ internal sealed partial class Gateway
         {
             dns.QueryReceived(new Udp6Flow(ip.Source, udp.SourcePort, dst, 53), udp.Payload);
         }
+        else if (dst == _host6 && PublishedUdp6 is { } published && published.TryDeliver(new Udp6Flow(ip.Source, udp.SourcePort, dst, udp.DestinationPort), udp.Payload))
+        {
+            // A reply to a host client of a UDP port published on [::1] (it came from the host alias): not NAT66.
+        }
         else if (Carried6(dst) && udp.SourcePort != 0 && udp.DestinationPort != 0)
         {
             if (_flows.Udp6Received(new Udp6Flow(ip.Source, udp.SourcePort, dst, udp.DestinationPort), udp.Payload) == FlowVerdict.Rejected)
@@ -595,7 +616,11 @@ internal sealed partial class Gateway
         }
         if (Verify6(ip, upper, IpProtocol.Tcp))
         {
-            HandleSegment(srcMac, IpAddr.V6(ip.Source), IpAddr.V6(ip.Destination), seg, Carried6(ip.Destination));
+            UInt128 dst = ip.Destination;
+            // DNS over TCP (RFC 7766) to the address the RA's RDNSS and DHCPv6 name (or the link-local one, as for UDP):
+            // the NAT hands it to the forwarder's TCP listener, as for 192.168.65.1:53.
+            bool dnsTcp = seg.DestinationPort == 53 && (dst == _gw6 || dst == _ll6);
+            HandleSegment(srcMac, IpAddr.V6(ip.Source), IpAddr.V6(dst), seg, dnsTcp || Carried6(dst));
         }
     }
 
