@@ -125,7 +125,7 @@ internal sealed partial class Gateway
             return;
         }
         bool multicast = Ip6.IsMulticast(dst);
-        if (multicast ? !IsOurGroup6(dst) : !IsOurs6(dst) && (Ip6.IsLinkLocal(dst) || _o.InPrefix6(dst)))
+        if (multicast ? !(IsOurGroup6(dst) || IsGuestDad(unspecified, protocol, dst, ip.Payload.Slice(offset))) : !IsOurs6(dst) && (Ip6.IsLinkLocal(dst) || _o.InPrefix6(dst)))
         {
             Counters.NotForUs++; // MLD reports, mDNS, another guest's address: nothing for the gateway
             return;
@@ -165,6 +165,14 @@ internal sealed partial class Gateway
                 break;
         }
     }
+
+    /// <summary>
+    /// A guest's Duplicate Address Detection (RFC 4862 §5.4.2: an NS from :: to the tentative address's solicited-node
+    /// group): not for the gateway to answer, but it names an address the guest is taking (publishing opens to it).
+    /// </summary>
+    private static bool IsGuestDad(bool unspecified, byte protocol, UInt128 dst, ReadOnlySpan<byte> upper) =>
+        unspecified && protocol == Ipv6ExtensionChain.Icmpv6 && upper.Length > 0 && upper[0] == Icmpv6Type.NeighborSolicitation
+        && (dst & ~(UInt128)0xFF_FFFF) == Ip6.SolicitedNode(0);
 
     private bool Verify6(Ipv6Packet ip, ReadOnlySpan<byte> upper, byte protocol)
     {
