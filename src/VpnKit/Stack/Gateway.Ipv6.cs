@@ -9,7 +9,9 @@ namespace Kit.VpnKit.Stack;
 /// addresses; unsolicited RAs when a guest appears), ICMPv6 echo for those addresses, stateless DHCPv6 (RFC 8415
 /// §6.1), DNS queries to the gateway's address, and NAT66 (item 3): TCP, UDP and echo to the host alias (the host's
 /// ::1) and to destinations off the link go to the NAT as IPv4's do (<see cref="Carried6"/>). Everything else is
-/// refused at once (ICMPv6 unreachable, RST for TCP) so guests fall back to IPv4 instead of waiting.
+/// refused at once (ICMPv6 unreachable, RST for TCP) so guests fall back to IPv4 instead of waiting. Items 4 and 5: TCP
+/// to the gateway's port 53 goes to the NAT (DNS over TCP), and each guest's in-prefix addresses are learned
+/// (<see cref="GuestAddresses6"/>) so that ports published on the host's [::1] open to them (<see cref="PublishTarget"/>).
 /// Trust (docs/security.md, "IPv6 on the guest link"): a guest may use only link-local and in-prefix sources, never
 /// the gateway's; its RAs and Redirects are dropped, so it cannot become a router for the others; every table is
 /// bounded and every malformed packet is counted, never thrown.
