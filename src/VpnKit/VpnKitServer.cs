@@ -17,7 +17,8 @@ namespace Kit.VpnKit;
 /// <summary>
 /// A host port forwarded to a guest port (host → guest), as in <c>--publish [HOST:]8080:80[/udp]</c>: the host end listens on
 /// a loopback address, 127.0.0.1 unless <see cref="Host"/> says otherwise (<c>[::1]:8080:80</c> for the host's IPv6
-/// loopback). The guest end is the first guest's IPv4 address whichever family the host end is.
+/// loopback). The guest end is the first guest's IPv4 address, or for [::1] its IPv6 address once the gateway has
+/// learned one (<see cref="Gateway.PublishTarget"/>).
 /// </summary>
 public readonly record struct PortPublish(int HostPort, int GuestPort, bool Udp)
 {
@@ -137,6 +138,7 @@ public sealed partial class VpnKitServer : IDisposable
     private readonly DnsForwarder _dns;
     private readonly LocalNames _names;
     private readonly EventLoop _loop;
+    private readonly PublishedUdp6 _publishedUdp6 = new();
 
     public VpnKitServer(VpnKitServerOptions options, ILoggerFactory logs)
     {
@@ -174,7 +176,7 @@ public sealed partial class VpnKitServer : IDisposable
             Inspector.Policy = Policy;
         }
         _nat = new NatHost(_gate, _gw, dns, _log) { BlockMetadata = options.BlockMetadata, HostLoopback = options.HostLoopback, Inspector = Inspector, Policy = Policy };
-        _gate.Engine = new Gateway(_gw, _switch, _nat) { Dns = new Dns6Relay(_gate, dns) };
+        _gate.Engine = new Gateway(_gw, _switch, _nat) { Dns = new Dns6Relay(_gate, dns), PublishedUdp6 = _publishedUdp6 };
         _loop = new EventLoop(_gate, _nat, _switch, _gw.GatewayMac, LinkClosed);
         _nat.Loop = _loop;
         _gate.Nat = _nat;
@@ -423,10 +425,15 @@ public sealed partial class VpnKitServer : IDisposable
             UdpPublisher? udp = null;
             if (p.Udp)
             {
-                udp = new UdpPublisher(_gate, s, _gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp);
+                bool ipv6 = family == AddressFamily.InterNetworkV6;
+                udp = new UdpPublisher(_gate, s, (ushort)p.GuestPort, ipv6, _gw.FirstGuestIp, _gw.HostIp, _gw.HostIp6);
                 lock (_gate.Sync)
                 {
                     _nat.UdpPublishers.Add(udp);
+                    if (ipv6)
+                    {
+                        _publishedUdp6.Publishers.Add(udp);
+                    }
                 }
                 _ = udp.RunAsync();
             }
@@ -454,6 +461,7 @@ public sealed partial class VpnKitServer : IDisposable
                 lock (_gate.Sync)
                 {
                     _nat.UdpPublishers.Remove(v.Udp);
+                    _publishedUdp6.Publishers.Remove(v.Udp);
                 }
             }
             v.Socket.Dispose();
@@ -470,7 +478,9 @@ public sealed partial class VpnKitServer : IDisposable
                 Socket s = await listener.AcceptAsync().ConfigureAwait(false);
                 lock (_gate.Sync)
                 {
-                    TcpSocket? c = _gate.Engine.OpenToGuest(_gw.FirstGuestIp, (ushort)p.GuestPort, _gw.HostIp, EngineGate.Now);
+                    // [::1] publishes open to the guest's IPv6 address once known, 127.0.0.1 ones to its IPv4 address.
+                    (IpAddr guest, IpAddr source) = _gate.Engine.PublishTarget(preferIpv6: p.HostAddress.AddressFamily == AddressFamily.InterNetworkV6);
+                    TcpSocket? c = _gate.Engine.OpenToGuest(guest, (ushort)p.GuestPort, source, EngineGate.Now);
                     if (c is null)
                     {
                         s.Dispose();

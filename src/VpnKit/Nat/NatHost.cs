@@ -197,6 +197,14 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     {
         if (!c.RemoteIp.IsV4)
         {
+            if (c.RemoteIp.Value == _o.GatewayIp6 || c.RemoteIp.Value == _o.GatewayLinkLocal6)
+            {
+                // DNS over TCP (RFC 7766) to the gateway's IPv6 address (the engine admits port 53 only): the same
+                // forwarder's TCP listener on the host's 127.0.0.1 as for 192.168.65.1:53; not a flow the policy sees.
+                bool served = c.RemotePort == 53 && DnsTcp is not null;
+                Open(c, served ? IpAddr.V4(FromAddress(DnsTcp!.Address)) : default, served ? (ushort)DnsTcp!.Port : (ushort)0, rule: null, refused: false, needStream: false);
+                return;
+            }
             UInt128 to = HostAddress6(c.RemoteIp.Value);
             bool streamRule = false;
             PolicyRule? rule6 = to == 0 ? null : Decide(RuleProto.Tcp, c.RemoteIp, c.RemotePort, out streamRule);

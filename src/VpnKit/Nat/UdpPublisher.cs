@@ -8,8 +8,11 @@ namespace Kit.VpnKit.Nat;
 /// <summary>
 /// A published UDP port: datagrams from host clients go to the guest port, appearing to come from the host alias
 /// with one pseudo source port per client; the guest's replies to that port go back to that client. Bounded.
+/// A port published on the host's [::1] (<paramref name="preferIpv6"/>) sends to the guest's IPv6 address from the
+/// host alias's IPv6 address once the gateway knows one (<see cref="Gateway.PublishTarget"/>), each datagram asking
+/// anew, and to its IPv4 address before.
 /// </summary>
-internal sealed class UdpPublisher(EngineGate gate, Socket socket, uint guestIp, ushort guestPort, uint hostIp)
+internal sealed class UdpPublisher(EngineGate gate, Socket socket, ushort guestPort, bool preferIpv6, uint guestIp, uint hostIp, UInt128 hostIp6)
 {
     private const int MaxClients = 256;
     private const ushort FirstPort = 61000;
@@ -48,7 +51,15 @@ internal sealed class UdpPublisher(EngineGate gate, Socket socket, uint guestIp,
                 }
                 lock (gate.Sync)
                 {
-                    gate.Engine.SendUdp(new UdpFlow(guestIp, guestPort, hostIp, pseudo), buffer.AsSpan(0, n), EngineGate.Now);
+                    (IpAddr guest, IpAddr source) = gate.Engine.PublishTarget(preferIpv6);
+                    if (guest.IsV4)
+                    {
+                        gate.Engine.SendUdp(new UdpFlow(guest.Ipv4, guestPort, source.Ipv4, pseudo), buffer.AsSpan(0, n), EngineGate.Now);
+                    }
+                    else
+                    {
+                        gate.Engine.SendUdp6(new Udp6Flow(guest.Value, guestPort, source.Value, pseudo), buffer.AsSpan(0, n), EngineGate.Now);
+                    }
                 }
             }
         }
@@ -58,16 +69,22 @@ internal sealed class UdpPublisher(EngineGate gate, Socket socket, uint guestIp,
     }
 
     /// <summary>Called under the engine lock for every guest datagram; true if it was a reply for a host client.</summary>
-    public bool TryDeliver(in UdpFlow flow, ReadOnlySpan<byte> payload)
+    public bool TryDeliver(in UdpFlow flow, ReadOnlySpan<byte> payload) =>
+        flow.GuestPort == guestPort && flow.GuestIp == guestIp && flow.RemoteIp == hostIp && SendToClient(flow.RemotePort, payload);
+
+    /// <summary>
+    /// The same for a guest datagram to the host alias's IPv6 address: from the published port of any of the guest's
+    /// addresses (the guest's kernel picks the reply's source address, RFC 6724, which may not be the one asked).
+    /// </summary>
+    public bool TryDeliver6(in Udp6Flow flow, ReadOnlySpan<byte> payload) =>
+        preferIpv6 && flow.GuestPort == guestPort && flow.RemoteIp == hostIp6 && SendToClient(flow.RemotePort, payload);
+
+    private bool SendToClient(ushort pseudo, ReadOnlySpan<byte> payload)
     {
-        if (flow.GuestPort != guestPort || flow.GuestIp != guestIp || flow.RemoteIp != hostIp)
-        {
-            return false;
-        }
         SocketAddress? to;
         lock (_mapGate)
         {
-            if (!_byPort.TryGetValue(flow.RemotePort, out to))
+            if (!_byPort.TryGetValue(pseudo, out to))
             {
                 return false;
             }
@@ -80,5 +97,24 @@ internal sealed class UdpPublisher(EngineGate gate, Socket socket, uint guestIp,
         {
         }
         return true;
+    }
+}
+
+/// <summary>The UDP ports published on [::1], which the engine asks about guest datagrams to the host alias's IPv6 address.</summary>
+internal sealed class PublishedUdp6 : IUdp6Replies
+{
+    /// <summary>Changed and read under the engine lock.</summary>
+    public List<UdpPublisher> Publishers { get; } = [];
+
+    public bool TryDeliver(in Udp6Flow flow, ReadOnlySpan<byte> payload)
+    {
+        foreach (UdpPublisher p in Publishers)
+        {
+            if (p.TryDeliver6(flow, payload))
+            {
+                return true;
+            }
+        }
+        return false;
     }
 }

@@ -9,7 +9,9 @@ namespace Kit.VpnKit.Stack;
 /// addresses; unsolicited RAs when a guest appears), ICMPv6 echo for those addresses, stateless DHCPv6 (RFC 8415
 /// §6.1), DNS queries to the gateway's address, and NAT66 (item 3): TCP, UDP and echo to the host alias (the host's
 /// ::1) and to destinations off the link go to the NAT as IPv4's do (<see cref="Carried6"/>). Everything else is
-/// refused at once (ICMPv6 unreachable, RST for TCP) so guests fall back to IPv4 instead of waiting.
+/// refused at once (ICMPv6 unreachable, RST for TCP) so guests fall back to IPv4 instead of waiting. Items 4 and 5: TCP
+/// to the gateway's port 53 goes to the NAT (DNS over TCP), and each guest's in-prefix addresses are learned
+/// (<see cref="GuestAddresses6"/>) so that ports published on the host's [::1] open to them (<see cref="PublishTarget"/>).
 /// Trust (docs/security.md, "IPv6 on the guest link"): a guest may use only link-local and in-prefix sources, never
 /// the gateway's; its RAs and Redirects are dropped, so it cannot become a router for the others; every table is
 /// bounded and every malformed packet is counted, never thrown.
@@ -54,6 +56,9 @@ internal sealed partial class Gateway
 
     /// <summary>Where DNS queries to the gateway's IPv6 address go; null: they get a port unreachable.</summary>
     public IDnsQueries? Dns { get; set; }
+
+    /// <summary>Where guest datagrams to the host alias go first: replies to UDP ports published on [::1]; null: none.</summary>
+    public IUdp6Replies? PublishedUdp6 { get; set; }
 
     /// <summary>Guest IPv6 addresses whose MAC is known.</summary>
     public int NeighbourCount => _neighbours.Count;
@@ -122,7 +127,7 @@ internal sealed partial class Gateway
             return;
         }
         bool multicast = Ip6.IsMulticast(dst);
-        if (multicast ? !IsOurGroup6(dst) : !IsOurs6(dst) && (Ip6.IsLinkLocal(dst) || _o.InPrefix6(dst)))
+        if (multicast ? !(IsOurGroup6(dst) || IsGuestDad(unspecified, protocol, dst, ip.Payload.Slice(offset))) : !IsOurs6(dst) && (Ip6.IsLinkLocal(dst) || _o.InPrefix6(dst)))
         {
             Counters.NotForUs++; // MLD reports, mDNS, another guest's address: nothing for the gateway
             return;
@@ -130,6 +135,10 @@ internal sealed partial class Gateway
         if (!unspecified)
         {
             Learn6(src, srcMac);
+            if (_o.InPrefix6(src))
+            {
+                _guest6.Note(srcMac, src, _now); // a guest's in-prefix address in use (publishing opens to it)
+            }
         }
         if ((dst >> 32) == 0xFFFF)
         {
@@ -158,6 +167,14 @@ internal sealed partial class Gateway
                 break;
         }
     }
+
+    /// <summary>
+    /// A guest's Duplicate Address Detection (RFC 4862 §5.4.2: an NS from :: to the tentative address's solicited-node
+    /// group): not for the gateway to answer, but it names an address the guest is taking (publishing opens to it).
+    /// </summary>
+    private static bool IsGuestDad(bool unspecified, byte protocol, UInt128 dst, ReadOnlySpan<byte> upper) =>
+        unspecified && protocol == Ipv6ExtensionChain.Icmpv6 && upper.Length > 0 && upper[0] == Icmpv6Type.NeighborSolicitation
+        && (dst & ~(UInt128)0xFF_FFFF) == Ip6.SolicitedNode(0);
 
     private bool Verify6(Ipv6Packet ip, ReadOnlySpan<byte> upper, byte protocol)
     {
@@ -220,7 +237,11 @@ internal sealed partial class Gateway
                         Counters.Ipv6Spoofed++;
                         return;
                     }
-                    LearnFromOption(target, m, NdpOption.TargetLinkLayerAddress);
+                    MacAddress holder = LearnFromOption(target, m, NdpOption.TargetLinkLayerAddress) ?? srcMac;
+                    if (_o.InPrefix6(target))
+                    {
+                        _guest6.Note(holder, target, _now); // RFC 4861 §7.2.6: an address the guest announces
+                    }
                     return;
                 }
             case Icmpv6Type.EchoRequest when !multicast && !unspecified:
@@ -270,6 +291,12 @@ internal sealed partial class Gateway
         }
         if (!IsOurs6(target))
         {
+            if (unspecified && _o.InPrefix6(target))
+            {
+                // RFC 4862 §5.4.2: a guest's DAD names the address it is about to take (SLAAC, §5.5.3); it may send
+                // nothing from it before a host client connects to a published port.
+                _guest6.Note(srcMac, target, _now);
+            }
             return; // Another guest's address (the switch carries their exchange), or a guest's own DAD.
         }
         MacAddress replyMac = srcMac;
@@ -487,6 +514,10 @@ internal sealed partial class Gateway
         {
             dns.QueryReceived(new Udp6Flow(ip.Source, udp.SourcePort, dst, 53), udp.Payload);
         }
+        else if (dst == _host6 && PublishedUdp6 is { } published && published.TryDeliver(new Udp6Flow(ip.Source, udp.SourcePort, dst, udp.DestinationPort), udp.Payload))
+        {
+            // A reply to a host client of a UDP port published on [::1] (it came from the host alias): not NAT66.
+        }
         else if (Carried6(dst) && udp.SourcePort != 0 && udp.DestinationPort != 0)
         {
             if (_flows.Udp6Received(new Udp6Flow(ip.Source, udp.SourcePort, dst, udp.DestinationPort), udp.Payload) == FlowVerdict.Rejected)
@@ -595,7 +626,11 @@ internal sealed partial class Gateway
         }
         if (Verify6(ip, upper, IpProtocol.Tcp))
         {
-            HandleSegment(srcMac, IpAddr.V6(ip.Source), IpAddr.V6(ip.Destination), seg, Carried6(ip.Destination));
+            UInt128 dst = ip.Destination;
+            // DNS over TCP (RFC 7766) to the address the RA's RDNSS and DHCPv6 name (or the link-local one, as for UDP):
+            // the NAT hands it to the forwarder's TCP listener, as for 192.168.65.1:53.
+            bool dnsTcp = seg.DestinationPort == 53 && (dst == _gw6 || dst == _ll6);
+            HandleSegment(srcMac, IpAddr.V6(ip.Source), IpAddr.V6(dst), seg, dnsTcp || Carried6(dst));
         }
     }
 

@@ -134,10 +134,14 @@ internal sealed partial class Gateway : ITcpSocketHost
     }
 
     /// <summary>
-    /// Opens a connection to a guest (port publishing). The SYN goes out now, or once the guest answers ARP.
-    /// Returns null if the table is full or no source port is free.
+    /// Opens a connection to a guest (port publishing). The SYN goes out now, or once the guest answers ARP (or, over
+    /// IPv6, a Neighbor Solicitation). Returns null if the table is full or no source port is free.
     /// </summary>
-    public TcpSocket? OpenToGuest(uint guestIp, ushort guestPort, uint sourceIp, long now)
+    public TcpSocket? OpenToGuest(uint guestIp, ushort guestPort, uint sourceIp, long now) =>
+        OpenToGuest(IpAddr.V4(guestIp), guestPort, IpAddr.V4(sourceIp), now);
+
+    /// <inheritdoc cref="OpenToGuest(uint, ushort, uint, long)"/>
+    public TcpSocket? OpenToGuest(IpAddr guestIp, ushort guestPort, IpAddr sourceIp, long now)
     {
         _now = now;
         if (_tcp.Count >= _o.MaxTcpConnections)
@@ -148,16 +152,48 @@ internal sealed partial class Gateway : ITcpSocketHost
         {
             ushort port = _nextEphemeral;
             _nextEphemeral = _nextEphemeral == 65535 ? (ushort)49152 : (ushort)(_nextEphemeral + 1);
-            var key = new FlowKey(IpAddr.V4(guestIp), guestPort, IpAddr.V4(sourceIp), port);
+            var key = new FlowKey(guestIp, guestPort, sourceIp, port);
             if (_tcp.ContainsKey(key))
             {
                 continue;
             }
-            _arp.TryGetValue(guestIp, out MacAddress mac);
-            TcpSocket c = TcpSocket.Connect(this, key, mac, IpAddr.V4(guestIp), guestPort, IpAddr.V4(sourceIp), port, InitialSequence(key), _o.TcpBufferSize, now);
+            if (!((ITcpSocketHost)this).TryResolve(guestIp, out MacAddress mac) && !guestIp.IsV4)
+            {
+                _guest6.TryGetMac(guestIp.Value, out mac); // known from its DAD only: it has sent nothing from it yet
+            }
+            TcpSocket c = TcpSocket.Connect(this, key, mac, guestIp, guestPort, sourceIp, port, InitialSequence(key), _o.TcpBufferSize, now);
             _tcp[key] = c;
             c.SendFirstSyn(now);
             return c;
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// Where a published port opens to, and from where (docs/vpnkit.md, "Port publishing"): the first guest's IPv4
+    /// address from the host alias 192.168.65.2, or, for a port published on the host's [::1]
+    /// (<paramref name="preferIpv6"/>), the first guest's IPv6 address (<see cref="GuestAddresses6.TryGetPreferred"/>)
+    /// from the host alias's IPv6 address. Until the gateway has seen an IPv6 address of that guest (or with IPv6 off)
+    /// the IPv4 pair is used, so the publish works as it did before IPv6.
+    /// </summary>
+    public (IpAddr Guest, IpAddr Source) PublishTarget(bool preferIpv6)
+    {
+        if (preferIpv6 && _o.Ipv6 && FirstGuestMac() is MacAddress mac && _guest6.TryGetPreferred(mac, out UInt128 guest6))
+        {
+            return (IpAddr.V6(guest6), IpAddr.V6(_host6));
+        }
+        return (IpAddr.V4(_o.FirstGuestIp), IpAddr.V4(_o.HostIp));
+    }
+
+    /// <summary>
+    /// The MAC of the guest that publishes reach: the holder of the first guest address (ARP, else its DHCP lease), else
+    /// the only guest with IPv6 addresses (a namespace configured statically may not have spoken IPv4 yet).
+    /// </summary>
+    private MacAddress? FirstGuestMac()
+    {
+        if (_arp.TryGetValue(_o.FirstGuestIp, out MacAddress mac) || _leasedIps.TryGetValue(_o.FirstGuestIp, out mac) || _guest6.TryGetOnlyGuest(out mac))
+        {
+            return mac;
         }
         return null;
     }

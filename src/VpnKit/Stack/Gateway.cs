@@ -18,6 +18,7 @@ internal sealed partial class Gateway
     private readonly Dictionary<uint, MacAddress> _arp = [];
     private readonly Ipv4Reassembly _reassembly = new();
     private readonly Ipv6Reassembly _reassembly6 = new();
+    private readonly GuestAddresses6 _guest6;
 
     /// <summary>Fragmented datagrams given up (timed out, evicted, inconsistent).</summary>
     internal long ReassemblyDropped => _reassembly.Dropped + _reassembly6.Dropped;
@@ -33,6 +34,7 @@ internal sealed partial class Gateway
         _flows = flows;
         _tx = new byte[EthernetFrame.HeaderLength + (options.SegmentationOffload != TcpOffload.None ? 65535 : Math.Max(options.Mtu, 576)) + 64];
         _dhcpReply = new byte[576];
+        _guest6 = new GuestAddresses6(options.Ipv6Prefix);
         InitIpv6();
     }
 

@@ -72,6 +72,16 @@ internal interface IDnsQueries
     void QueryReceived(in Udp6Flow flow, ReadOnlySpan<byte> query);
 }
 
+/// <summary>
+/// Takes a guest's datagram to the host alias's IPv6 address when it answers a host client of a published UDP port.
+/// Called synchronously under the engine lock.
+/// </summary>
+internal interface IUdp6Replies
+{
+    /// <summary>True if the datagram was such a reply (and was sent to its host client).</summary>
+    bool TryDeliver(in Udp6Flow flow, ReadOnlySpan<byte> payload);
+}
+
 /// <summary>A UDP 4-tuple over IPv6 as the guest sees it.</summary>
 internal readonly record struct Udp6Flow(UInt128 GuestIp, ushort GuestPort, UInt128 RemoteIp, ushort RemotePort);
 

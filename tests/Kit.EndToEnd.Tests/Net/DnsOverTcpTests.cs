@@ -18,7 +18,7 @@ public sealed class DnsOverTcpTests
 
     public DnsOverTcpTests() => NetRun.RequirePrerequisites();
 
-    // Two queries on one connection, then a third on a new one; prints "NAME RCODE ADDR" per answer.
+    // Two queries on one connection, then a third on a new one, to the gateway address argv[2]; prints "NAME RCODE ADDR" per answer.
     private const string Client = """
         import socket, struct, sys
         def query(s, qid, name):
@@ -38,16 +38,23 @@ public sealed class DnsOverTcpTests
             assert rid == qid and flags & 0x8000, (rid, flags)
             addr = socket.inet_ntoa(r[-4:]) if an else "-"
             print(name, flags & 0xF, addr)
-        s = socket.create_connection(("192.168.65.1", 53), timeout=10)
+        s = socket.create_connection((sys.argv[2], 53), timeout=10)
         query(s, 0x1111, "host.docker.internal")
         query(s, 0x2222, sys.argv[1])
         s.close()
-        s = socket.create_connection(("192.168.65.1", 53), timeout=10)
+        s = socket.create_connection((sys.argv[2], 53), timeout=10)
         query(s, 0x3333, "host.internal")
         """;
 
-    [Fact]
-    public async Task BuiltInNamesAreAnsweredAndOthersGoUpstreamOverTcp()
+    /// <summary>
+    /// Over IPv4 to 192.168.65.1:53, and over IPv6 to the gateway's address in the prefix (the RA's RDNSS) and to its
+    /// link-local address: the same forwarder answers, and the same upstream on 127.0.0.1 gets the other name.
+    /// </summary>
+    [Theory]
+    [InlineData("192.168.65.1")]
+    [InlineData("fd00:6b69:7400::1")]
+    [InlineData("fe80::f416:36ff:febc:f9c6%eth0")]
+    public async Task BuiltInNamesAreAnsweredAndOthersGoUpstreamOverTcp(string gateway)
     {
         using var upstream = new TcpDnsUpstream();
         string file = Path.Combine(Path.GetTempPath(), $"kit-dnstcp-{Guid.NewGuid():N}.py");
@@ -55,7 +62,7 @@ public sealed class DnsOverTcpTests
         try
         {
             ProcessResult r = await NetRun.RunAsync(["--dns-upstream", $"127.0.0.1:{upstream.Port}"],
-                $"python3 {file} {TcpDnsUpstream.Name}", Timeout);
+                (gateway.Contains(':', StringComparison.Ordinal) ? NetRun.WaitForSlaac() : "") + $"python3 {file} {TcpDnsUpstream.Name} {gateway}", Timeout);
             Assert.True(r.ExitCode == 0, NetRun.Describe(r));
             Assert.Contains("host.docker.internal 0 192.168.65.2", r.StandardOutput);
             Assert.Contains($"{TcpDnsUpstream.Name} 0 {TcpDnsUpstream.Address}", r.StandardOutput);

@@ -277,16 +277,108 @@ public sealed class Ipv6Tests : IDisposable
         Assert.Contains($"{Name}/28", dns.Queries);
     }
 
+    // In the namespace: servers on the namespace's IPv6 addresses only (IPV6_V6ONLY), so only a publish that opens to
+    // the guest's IPv6 address reaches them. One HTTP response on 8080 and one datagram answer on 9999, each naming the
+    // peer the server saw.
+    private const string Ipv6OnlyServers = """
+        import socket, threading
+        def v6only(kind):
+            s = socket.socket(socket.AF_INET6, kind)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.settimeout(60)
+            return s
+        def udp():
+            s = v6only(socket.SOCK_DGRAM)
+            s.bind(("::", 9999))
+            d, a = s.recvfrom(100)
+            s.sendto(d.upper() + b" " + a[0].encode(), a)
+            print("udp peer", a[0], flush=True)
+        t = threading.Thread(target=udp)
+        t.start()
+        s = v6only(socket.SOCK_STREAM)
+        s.bind(("::", 8080))
+        s.listen(4)
+        c, a = s.accept()
+        c.recv(4096)
+        body = ("published to " + c.getsockname()[0] + " from " + a[0]).encode()
+        c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        c.close()
+        print("tcp peer", a[0], flush=True)
+        t.join()
+        """;
+
+    /// <summary>
+    /// <c>--publish [::1]:H:G</c> (TCP and UDP) opens to the guest's IPv6 address, from the host alias's IPv6 address, once
+    /// the gateway has learned the guest's address (from its DAD or its packets): host curl and a host UDP client reach
+    /// servers that listen on the namespace's IPv6 addresses only. Until then a publish goes to the guest's IPv4
+    /// address, so the host side retries (as a client of a service still starting would).
+    /// </summary>
     [Fact]
-    public async Task PortsPublishedOnTheHostsIpv6LoopbackReachTheGuest()
+    public async Task PortsPublishedOnTheHostsIpv6LoopbackReachTheGuestsIpv6Address()
     {
         int tcpPort = LoopbackPort.Free();
         int udpPort = LoopbackPort.Free();
-        // In the namespace: answer one datagram on 9999 with its upper-cased payload (in the background), and serve one
-        // HTTP response on 8080 with busybox nc.
-        string script = "python3 -c \"import socket; s=socket.socket(2,2); s.bind(('0.0.0.0',9999)); s.settimeout(30); d,a=s.recvfrom(100); s.sendto(d.upper(),a)\" & "
+        string servers = Path.Combine(_dir, "servers.py");
+        await File.WriteAllTextAsync(servers, Ipv6OnlyServers, TestContext.Current.CancellationToken);
+        Task<ProcessResult> run = NetRun.RunAsync(["--publish", $"[::1]:{tcpPort}:8080", "--publish", $"[::1]:{udpPort}:9999/udp"],
+            NetRun.WaitForSlaac("fd00:6b69:7400:") + $"python3 {servers}", Timeout);
+        string? body = null;
+        string? reply = null;
+        string lastCurl = "";
+        using var udp = new UdpClient(new IPEndPoint(IPAddress.IPv6Loopback, 0));
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(40);
+        while ((body is null || reply is null) && DateTime.UtcNow < deadline && !run.IsCompleted)
+        {
+            if (reply is null)
+            {
+                await udp.SendAsync("ping"u8.ToArray(), new IPEndPoint(IPAddress.IPv6Loopback, udpPort), TestContext.Current.CancellationToken);
+                using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+                cts.CancelAfter(300);
+                try
+                {
+                    reply = System.Text.Encoding.ASCII.GetString((await udp.ReceiveAsync(cts.Token)).Buffer);
+                }
+                catch (OperationCanceledException)
+                {
+                }
+            }
+            if (body is null)
+            {
+                ProcessResult curl = await ProcessRunner.RunAsync("curl", ["-g", "-sS", "-m", "5", $"http://[::1]:{tcpPort}/"], TimeSpan.FromSeconds(15),
+                    cancellationToken: TestContext.Current.CancellationToken);
+                lastCurl = curl.ToString();
+                body = curl.ExitCode == 0 && curl.StandardOutput.Contains("published", StringComparison.Ordinal) ? curl.StandardOutput : null;
+            }
+            if (body is null || reply is null)
+            {
+                await Task.Delay(200, TestContext.Current.CancellationToken);
+            }
+        }
+        ProcessResult r = await run;
+        Assert.True(body is not null, $"no response through --publish [::1]:{tcpPort}:8080 (last curl: {lastCurl})\n{NetRun.Describe(r)}");
+        // The server saw the host alias's IPv6 address as the peer, on the guest's in-prefix address.
+        Assert.Matches($@"^published to fd00:6b69:7400:[0-9a-f:]+ from {Host6}$", body!.Trim());
+        Assert.True(reply == $"PING {Host6}", $"reply {reply ?? "(none)"} through --publish [::1]:{udpPort}:9999/udp\n{NetRun.Describe(r)}");
+        Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+        Assert.Contains($"tcp peer {Host6}", r.StandardOutput);
+        Assert.Contains($"udp peer {Host6}", r.StandardOutput);
+    }
+
+    /// <summary>
+    /// With IPv6 off (<c>--no-ipv6</c>) a port published on [::1] opens to the guest's IPv4 address from 192.168.65.2, as
+    /// it does before the gateway knows a guest's IPv6 address: servers bound to 0.0.0.0 only are reached.
+    /// </summary>
+    [Fact]
+    public async Task WithoutIpv6PortsPublishedOnTheHostsIpv6LoopbackReachTheGuestsIpv4Address()
+    {
+        int tcpPort = LoopbackPort.Free();
+        int udpPort = LoopbackPort.Free();
+        // In the namespace: answer one datagram on 9999 with its upper-cased payload and its peer (in the background),
+        // and serve one HTTP response on 8080 with busybox nc.
+        string script = "python3 -c \"import socket; s=socket.socket(2,2); s.bind(('0.0.0.0',9999)); s.settimeout(30); d,a=s.recvfrom(100); s.sendto(d.upper()+b' '+a[0].encode(),a)\" & "
             + "printf 'HTTP/1.0 200 OK\\r\\nContent-Length: 9\\r\\n\\r\\npublished' | busybox nc -l -p 8080; wait";
-        Task<ProcessResult> run = NetRun.RunAsync(["--publish", $"[::1]:{tcpPort}:8080", "--publish", $"[::1]:{udpPort}:9999/udp"], script, Timeout);
+        Task<ProcessResult> run = NetRun.RunAsync(["--no-ipv6", "--publish", $"[::1]:{tcpPort}:8080", "--publish", $"[::1]:{udpPort}:9999/udp"], script, Timeout);
         string? body = null;
         string? reply = null;
         using var udp = new UdpClient(new IPEndPoint(IPAddress.IPv6Loopback, 0));
@@ -330,7 +422,7 @@ public sealed class Ipv6Tests : IDisposable
         ProcessResult r = await run;
         Assert.True(body is not null, $"no response through --publish [::1]:{tcpPort}:8080\n{NetRun.Describe(r)}");
         Assert.EndsWith("published", body!.TrimEnd());
-        Assert.True(reply == "PING", $"reply {reply ?? "(none)"} through --publish [::1]:{udpPort}:9999/udp\n{NetRun.Describe(r)}");
+        Assert.True(reply == "PING 192.168.65.2", $"reply {reply ?? "(none)"} through --publish [::1]:{udpPort}:9999/udp\n{NetRun.Describe(r)}");
     }
 
     [Fact]

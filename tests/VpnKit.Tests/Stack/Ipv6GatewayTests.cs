@@ -795,4 +795,115 @@ public sealed class Ipv6GatewayTests
         Assert.Equal(1001u + 60_000, BinaryPrimitives.ReadUInt32BigEndian(ack.AsSpan(54 + 8)));
     }
 
+    // ---- publishing to the guest's IPv6 address and DNS over TCP (issue 18, items 4 and 5) ----
+
+    /// <summary>fd00:6b69:7400:: and the modified EUI-64 of the test guest's MAC 02:00:00:00:00:03 (RFC 4291 App. A).</summary>
+    private static readonly UInt128 GuestEui64 = Ip6.Parse("fd00:6b69:7400::ff:fe00:3");
+
+    private sealed class RecordingPublishes(ushort pseudoPort) : IUdp6Replies
+    {
+        public List<Udp6Flow> Delivered { get; } = [];
+
+        public bool TryDeliver(in Udp6Flow flow, ReadOnlySpan<byte> payload)
+        {
+            if (flow.RemotePort != pseudoPort)
+            {
+                return false;
+            }
+            Delivered.Add(flow);
+            return true;
+        }
+    }
+
+    [Fact]
+    public void AGuestsDadTeachesItsAddressAndAPublishOpensToItFromTheHostAlias()
+    {
+        Assert.Equal((IpAddr.V4(G.Guest), IpAddr.V4(G.Host)), _gw.PublishTarget(preferIpv6: true)); // nothing known yet
+        // RFC 4862 §5.4.2: the guest's DAD for the address SLAAC gave it; it has sent nothing from it yet.
+        _gw.Receive(Ns(UInt128.Zero, Guest6, unspecified: true), 0);
+        Assert.Empty(_sink.Take());
+        Assert.Equal((IpAddr.V6(Guest6), IpAddr.V6(Host6)), _gw.PublishTarget(preferIpv6: true));
+        Assert.Equal((IpAddr.V4(G.Guest), IpAddr.V4(G.Host)), _gw.PublishTarget(preferIpv6: false)); // 127.0.0.1 stays IPv4
+
+        TcpSocket c = _gw.OpenToGuest(IpAddr.V6(Guest6), 8080, IpAddr.V6(Host6), 1)!;
+        byte[] frame = Assert.Single(_sink.Take());
+        Assert.Equal(G.GuestMac, MacAddress.Read(frame)); // the DAD's MAC: no Neighbor Solicitation first
+        Out syn = Decode(frame);
+        Assert.Equal((Host6, Guest6, IpProtocol.Tcp), (syn.Src, syn.Dst, syn.NextHeader));
+        Assert.Equal(8080, BinaryPrimitives.ReadUInt16BigEndian(syn.Upper.AsSpan(2)));
+        Assert.Equal((byte)TcpFlags.Syn, syn.Upper[13]);
+        ushort port = BinaryPrimitives.ReadUInt16BigEndian(syn.Upper);
+        uint iss = BinaryPrimitives.ReadUInt32BigEndian(syn.Upper.AsSpan(4));
+        _gw.Receive(Tcp(Guest6, Host6, 8080, port, 5000, iss + 1, TcpFlags.Syn | TcpFlags.Ack, []), 2);
+        Assert.Equal(TcpState.Established, c.State);
+        Assert.Same(c, Assert.Single(_flows.Established));
+    }
+
+    [Fact]
+    public void AnAnnouncedEui64AddressIsPreferredOverTheMostRecentSource()
+    {
+        _gw.Receive(Echo(Guest6, Gw6, 1, 1, []), 0);
+        Assert.Equal(IpAddr.V6(Guest6), _gw.PublishTarget(true).Guest);
+        byte[] na = new byte[32];
+        Ndp.WriteNeighborAdvertisement(na, GuestEui64, G.GuestMac, router: false, solicited: false, @override: true);
+        _gw.Receive(Icmp(GuestLl, Ip6.AllNodes, na), 2_000); // RFC 4861 §7.2.6: unsolicited
+        _gw.Receive(Echo(Guest6, Gw6, 1, 2, []), 4_000); // the other address used since: EUI-64 still wins
+        _sink.Take();
+        Assert.Equal(IpAddr.V6(GuestEui64), _gw.PublishTarget(true).Guest);
+    }
+
+    [Fact]
+    public void SpoofedAndLinkLocalSourcesAreNotPublishedToAndIpv6OffMeansIpv4()
+    {
+        _gw.Receive(Echo(Ip6.Parse("2001:db8::5"), Gw6, 1, 1, []), 0); // outside the prefix: dropped as spoofed
+        _gw.Receive(Echo(GuestLl, GwLl, 1, 1, []), 0); // link-local: a neighbour, not a published-to address
+        _gw.Receive(Ns(UInt128.Zero, Ip6.Parse("fe80::1:2"), unspecified: true), 0);
+        _gw.Receive(Ns(UInt128.Zero, Ip6.Parse("2001:db8::9"), unspecified: true), 0);
+        Assert.Equal(IpAddr.V4(G.Guest), _gw.PublishTarget(true).Guest);
+        Assert.Equal(1, _gw.Counters.Ipv6Spoofed);
+
+        _gw = NewGateway(new GatewayOptions { Ipv6 = false });
+        _gw.Receive(Ns(UInt128.Zero, Guest6, unspecified: true), 0);
+        Assert.Equal((IpAddr.V4(G.Guest), IpAddr.V4(G.Host)), _gw.PublishTarget(true));
+    }
+
+    [Fact]
+    public void ThePublishedGuestIsTheHolderOfTheFirstGuestAddress()
+    {
+        _gw.Receive(Ns(UInt128.Zero, Guest6, unspecified: true), 0);
+        // 192.168.65.3 is another MAC's (ARP), and that guest has no IPv6 address: IPv4 it is.
+        _gw.Receive(G.ArpRequest(G.Gateway, mac: MacAddress.Parse("02:00:00:00:00:99")), 1);
+        _sink.Take();
+        Assert.Equal(IpAddr.V4(G.Guest), _gw.PublishTarget(true).Guest);
+        _gw.Receive(G.ArpRequest(G.Gateway), 2);
+        Assert.Equal(IpAddr.V6(Guest6), _gw.PublishTarget(true).Guest);
+    }
+
+    [Fact]
+    public void GuestRepliesToAPortPublishedOnIpv6GoToThePublisherAndOtherDatagramsToTheNat()
+    {
+        var published = new RecordingPublishes(61000);
+        _gw.PublishedUdp6 = published;
+        _gw.Receive(Udp(Guest6, Host6, 9999, 61000, [1]), 0);
+        _gw.Receive(Udp(Guest6, Host6, 9999, 5000, [2]), 0);
+        Assert.Equal([new Udp6Flow(Guest6, 9999, Host6, 61000)], published.Delivered);
+        Assert.Equal([new Udp6Flow(Guest6, 9999, Host6, 5000)], _flows.Udp6.Select(u => u.Flow));
+        Assert.Empty(_sink.Take());
+    }
+
+    [Theory]
+    [InlineData("fd00:6b69:7400::1", "fd00:6b69:7400::1234")]
+    [InlineData("fe80::f416:36ff:febc:f9c6", "fe80::ff:fe00:3")]
+    public void TcpToTheGatewaysIpv6Port53GoesToTheNatAndItsOtherPortsAreRefused(string gateway, string guest)
+    {
+        UInt128 to = Ip6.Parse(gateway), from = Ip6.Parse(guest);
+        _gw.Receive(Syn(from, to, 53, 100), 0);
+        TcpSocket c = Assert.Single(_flows.ConnectRequests);
+        Assert.Equal((IpAddr.V6(to), (ushort)53), (c.RemoteIp, c.RemotePort));
+        Assert.Empty(_sink.Take()); // connect-before-accept, as for any flow
+        _gw.Receive(Syn(from, to, 80, 200, srcPort: 40001), 1);
+        Assert.Single(_flows.ConnectRequests);
+        Out rst = Single();
+        Assert.Equal((byte)(TcpFlags.Rst | TcpFlags.Ack), rst.Upper[13]);
+    }
 }
