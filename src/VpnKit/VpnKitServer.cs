@@ -486,7 +486,9 @@ public sealed partial class VpnKitServer : IDisposable
                         s.Dispose();
                         continue;
                     }
-                    _nat.Adopt(c, s);
+                    // A guest service may listen on IPv4 only (0.0.0.0): refused on IPv6, the connection is made again
+                    // to the guest's IPv4 address, so a [::1] publish reaches whatever a 127.0.0.1 one would.
+                    _nat.Adopt(c, s, guest.IsV4 ? null : now => _gate.Engine.OpenToGuest(IpAddr.V4(_gw.FirstGuestIp), (ushort)p.GuestPort, IpAddr.V4(_gw.HostIp), now));
                     _gate.Settle();
                 }
             }

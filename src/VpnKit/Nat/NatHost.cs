@@ -291,10 +291,13 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         return proxy;
     }
 
-    /// <summary>Adopts an accepted host socket for an engine-opened (published port) connection.</summary>
-    public void Adopt(TcpSocket c, Socket accepted)
+    /// <summary>
+    /// Adopts an accepted host socket for an engine-opened (published port) connection; <paramref name="fallback"/>, if
+    /// any, opens the guest side again should the guest refuse <paramref name="c"/>.
+    /// </summary>
+    public void Adopt(TcpSocket c, Socket accepted, Func<long, TcpSocket?>? fallback = null)
     {
-        TcpProxy? proxy = Loop is null ? null : TcpProxy.Adopt(_gate, this, Loop, c, accepted, _log);
+        TcpProxy? proxy = Loop is null ? null : TcpProxy.Adopt(_gate, this, Loop, c, accepted, fallback, _log);
         if (proxy is null)
         {
             accepted.Dispose();

@@ -36,7 +36,13 @@ internal sealed partial class TcpProxy : IPollHandler
 
     private readonly EngineGate _gate;
     private readonly NatHost _nat;
-    private readonly TcpSocket _c;
+    private TcpSocket _c;
+    /// <summary>
+    /// A published port's second choice (a [::1] publish tried the guest's IPv6 address first): opened, once, if the
+    /// guest refuses the first SYN. Null for every other connection.
+    /// </summary>
+    private Func<long, TcpSocket?>? _fallback;
+    private bool _reopen;
     private Socket _socket;
     private readonly ILogger _log;
     private Phase _phase;
@@ -163,11 +169,11 @@ internal sealed partial class TcpProxy : IPollHandler
     private bool _connected;
 
     /// <summary>Inbound (published port): an accepted host socket for an engine-opened connection.</summary>
-    public static TcpProxy? Adopt(EngineGate gate, NatHost nat, EventLoop loop, TcpSocket c, Socket accepted, ILogger log)
+    public static TcpProxy? Adopt(EngineGate gate, NatHost nat, EventLoop loop, TcpSocket c, Socket accepted, Func<long, TcpSocket?>? fallback, ILogger log)
     {
         accepted.Blocking = false;
         accepted.NoDelay = true;
-        var p = new TcpProxy(gate, nat, c, accepted, log, Phase.Opening);
+        var p = new TcpProxy(gate, nat, c, accepted, log, Phase.Opening) { _fallback = fallback };
         if (!p.Watch(loop))
         {
             accepted.Dispose();
@@ -311,6 +317,11 @@ internal sealed partial class TcpProxy : IPollHandler
     /// <summary>Moves whatever can move now, both ways (engine callbacks or socket readiness asked for it).</summary>
     public void Run(long now)
     {
+        if (_reopen)
+        {
+            Reopen(now);
+            return;
+        }
         if (_phase == Phase.Connecting && (_failure is not null || _connected))
         {
             FinishConnect(_connected, now, _failure);
@@ -519,11 +530,49 @@ internal sealed partial class TcpProxy : IPollHandler
     /// <summary>The engine reset the connection: drop the host socket with RST (linger 0). Called inside the engine.</summary>
     public void OnReset()
     {
+        if (_phase == Phase.Opening && _fallback is not null)
+        {
+            // The guest refused the published port on its first address (a service listening on IPv4 only, while the
+            // [::1] publish tried IPv6): the host client's connection stays, and the second address is tried once the
+            // engine call returns (the engine's tables are not changed from inside its own callback).
+            _c.Tag = null;
+            _reopen = true;
+            _nat.Queue(this);
+            return;
+        }
         if (_phase == Phase.Connecting)
         {
             _nat.ConnectDone(this);
         }
         Close(abortive: true);
+    }
+
+    /// <summary>Opens the fallback connection to the guest and carries on with it, or gives the host client a reset.</summary>
+    private void Reopen(long now)
+    {
+        _reopen = false;
+        Func<long, TcpSocket?> open = _fallback!;
+        _fallback = null;
+        if (_phase != Phase.Opening)
+        {
+            return;
+        }
+        if (_flow is not null)
+        {
+            _inspector!.CloseFlow(_flow, FlowEnd.Refused);
+        }
+        if (open(now) is not TcpSocket c)
+        {
+            _flow = null;
+            Close(abortive: true);
+            return;
+        }
+        _c = c;
+        c.Tag = this;
+        if (_inspector is not null)
+        {
+            Observe(_inspector, _inspector.OpenFlow("tcp", c.GuestIp, c.GuestPort, c.RemoteIp, c.RemotePort, inbound: true));
+        }
     }
 
     private void Close(bool abortive)

@@ -366,6 +366,40 @@ public sealed class Ipv6Tests : IDisposable
     }
 
     /// <summary>
+    /// A guest service that listens on IPv4 only is still reached through a port published on [::1] once the guest has
+    /// an IPv6 address: the guest's kernel refuses the IPv6 SYN, and the gateway opens the connection again to the
+    /// guest's IPv4 address, so the host client never sees the refusal.
+    /// </summary>
+    [Fact]
+    public async Task APortPublishedOnIpv6LoopbackReachesAGuestServiceListeningOnIpv4Only()
+    {
+        int tcpPort = LoopbackPort.Free();
+        // In the namespace: one HTTP response from an AF_INET socket on 0.0.0.0:8080, naming the peer it saw.
+        string server = "python3 -c \"import socket; s=socket.socket(socket.AF_INET); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            + "s.bind(('0.0.0.0',8080)); s.listen(); s.settimeout(30); c,a=s.accept(); c.recv(1000); b=('v4 from '+a[0]).encode(); "
+            + "c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(b) + b); c.close()\"";
+        Task<ProcessResult> run = NetRun.RunAsync(["--publish", $"[::1]:{tcpPort}:8080"], NetRun.WaitForSlaac("fd00:6b69:7400:") + server, Timeout);
+        string? body = null;
+        string lastCurl = "";
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(40);
+        while (body is null && DateTime.UtcNow < deadline && !run.IsCompleted)
+        {
+            ProcessResult curl = await ProcessRunner.RunAsync("curl", ["-g", "-sS", "-m", "5", $"http://[::1]:{tcpPort}/"], TimeSpan.FromSeconds(15),
+                cancellationToken: TestContext.Current.CancellationToken);
+            lastCurl = curl.ToString();
+            body = curl.ExitCode == 0 && curl.StandardOutput.Contains("v4 from", StringComparison.Ordinal) ? curl.StandardOutput : null;
+            if (body is null)
+            {
+                await Task.Delay(200, TestContext.Current.CancellationToken);
+            }
+        }
+        ProcessResult r = await run;
+        Assert.True(body is not null, $"no response through --publish [::1]:{tcpPort}:8080 (last curl: {lastCurl})\n{NetRun.Describe(r)}");
+        Assert.Equal("v4 from 192.168.65.2", body!.Trim());
+        Assert.True(r.ExitCode == 0, NetRun.Describe(r));
+    }
+
+    /// <summary>
     /// With IPv6 off (<c>--no-ipv6</c>) a port published on [::1] opens to the guest's IPv4 address from 192.168.65.2, as
     /// it does before the gateway knows a guest's IPv6 address: servers bound to 0.0.0.0 only are reached.
     /// </summary>
