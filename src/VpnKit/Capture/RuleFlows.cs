@@ -99,15 +99,13 @@ internal sealed class RuleFlows
     /// <summary>The tap, while a rule capture runs: a followed flow's frame goes to its capture; a decision's frame is held.</summary>
     public void Offer(ReadOnlySpan<byte> frame)
     {
-        Held? held = t_held;
+        // A frame without a flow (ARP, a later fragment) leaves the held frame alone: a datagram that came in fragments is
+        // decided on its last one, and the held first fragment is the one with the ports.
         if (!FlowKey.TryRead(frame, out FlowKey key, out bool opening))
         {
-            if (held is not null)
-            {
-                held.Valid = false;
-            }
             return;
         }
+        Held? held = t_held;
         long micros = PcapWriter.NowMicros();
         LiveCapture? taken = null;
         lock (_gate)

@@ -281,6 +281,22 @@ public sealed class RuleCapturesTests
     }
 
     [Fact]
+    public void A_datagram_in_fragments_is_followed_from_its_first_fragment()
+    {
+        (PolicyTable table, LiveCaptures captures) = ThreeRules();
+        Assert.True(captures.TryStartRule("blocked", out LiveCapture? c));
+        byte[] first = Udp(Guest, 5353, Host, 9, payload: 64);
+        first[14 + 6] = 0x20; // MF: more fragments (RFC 791 §3.1)
+        byte[] last = Udp(Guest, 5353, Host, 9, payload: 16);
+        BinaryPrimitives.WriteUInt16BigEndian(last.AsSpan(14 + 6), 9); // offset 72 bytes, the last fragment
+        captures.Offer(first);
+        captures.Offer(last); // the engine reassembles and decides on this one
+        captures.Decided(RuleProto.Udp, IpAddr.V4(Host), 9, table.Rules[0], false);
+        Assert.Equal(1, c!.Frames);
+        Assert.Equal(1, c.Flows);
+    }
+
+    [Fact]
     public void Followed_flows_and_backlogs_are_bounded()
     {
         (PolicyTable table, LiveCaptures captures) = ThreeRules();
