@@ -210,7 +210,8 @@ public sealed class InspectorPcapTests
             using (HttpResponseMessage r = await Post(api, "{\"rule\":\"nope\"}"))
             {
                 Assert.Equal(HttpStatusCode.NotFound, r.StatusCode);
-                Assert.Contains("no rule 'nope'", await r.Content.ReadAsStringAsync(ct), StringComparison.Ordinal);
+                using JsonDocument m = JsonDocument.Parse(await r.Content.ReadAsStringAsync(ct));
+                Assert.StartsWith("no rule 'nope'", m.RootElement.GetProperty("message").GetString(), StringComparison.Ordinal);
             }
             using (HttpResponseMessage r = await Post(api, "{\"rule\":\"web\",\"flow\":1}"))
             {
