@@ -170,10 +170,11 @@ public sealed class InspectorPcapTests
     /// <summary>
     /// A capture of one policy rule each (issue 17, item 2): under `kit net run --policy` with a `reject` rule on a port
     /// and a named `allow` rule, the guest fetches through the allowed rule, is refused by the reject rule over IPv4 and
-    /// IPv6, sends a datagram the reject rule answers with "administratively prohibited", and fetches from a port no rule
-    /// names. `kit net pcap --rule` holds the reject rule's frames only: the SYNs and the gateway's RSTs of both families,
+    /// IPv6, sends a datagram the reject rule answers with "administratively prohibited", fetches from a port no rule
+    /// names, and sends a request there whose Host a third rule rejects once the proxy has read it. `kit net pcap --rule` holds the reject rule's frames only: the SYNs and the gateway's RSTs of both families,
     /// the datagram and the ICMP error quoting it. `/api/pcap?rule=` holds the allowed flow only, handshake and request
-    /// included, and ends by itself when that rule is deleted. Unknown rules are refused.
+    /// included, and ends by itself when that rule is deleted. The Host rule's capture holds that flow's handshake and
+    /// request (frames that passed before its rule was known) and the reset. Unknown rules are refused.
     /// </summary>
     [Fact]
     public async Task A_capture_of_one_rule_holds_the_flows_it_decided_and_what_it_blocked()
@@ -189,9 +190,23 @@ public sealed class InspectorPcapTests
         File.WriteAllText(policy, $$"""
             {"rules":[
               {"name":"blocked","match":{"port":{{blocked}}},"action":"reject"},
-              {"name":"web","match":{"proto":"tcp","port":{{web.Port}}},"action":"allow"}
+              {"name":"web","match":{"proto":"tcp","port":{{web.Port}}},"action":"allow"},
+              {"name":"byhost","match":{"host":"*.blocked.test"},"action":"reject"}
             ]}
             """);
+        // A request whose Host only the first bytes tell: decided by the proxy after the handshake, reset before any byte
+        // of it reaches the host.
+        string byHost = Path.Combine(dir, "byhost.py");
+        File.WriteAllText(byHost, """
+            import socket, sys
+            s = socket.create_connection(("192.168.65.2", int(sys.argv[1])), timeout=10)
+            s.sendall(b"GET /byhost-path HTTP/1.0\r\nHost: x.blocked.test\r\n\r\n")
+            try:
+                s.recv(100)
+            except OSError:
+                pass
+            """);
+        string byHostPcap = Path.Combine(dir, "byhost.pcap");
         const string Host6 = "fd00:6b69:7400::2";
         try
         {
@@ -201,6 +216,7 @@ public sealed class InspectorPcapTests
                 + $"busybox wget -q -O /dev/null http://192.168.65.2:{blocked}/blocked-path; "
                 + $"busybox wget -q -O /dev/null 'http://[{Host6}]:{blocked}/blocked6'; "
                 + $"busybox wget -q -O /dev/null http://192.168.65.2:{other.Port}/other-path; "
+                + $"python3 {byHost} {other.Port}; "
                 + $"python3 -c \"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'kit-denied', ('192.168.65.2', {blocked}))\"; "
                 + $"sleep 0.5; touch {done}; i=0; while [ ! -e {end} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done";
             Task<ProcessResult> run = NetRun.RunAsync(["--ui", $"tcp://127.0.0.1:{ui}", "--policy", policy, "--dns-upstream", "127.0.0.1:9"], script, Timeout);
@@ -223,15 +239,18 @@ public sealed class InspectorPcapTests
             // The allowed rule through the API's address form (the body may be empty, still sent as JSON).
             (long webId, Task webStreamed) = await StartCapture(api, "", webPcap, "/api/pcap?rule=web");
             using RunningProcess cli = ProcessRunner.Start(KitCli.ExecutablePath, ["net", "pcap", "--api", $"http://127.0.0.1:{ui}", "--rule", "blocked", "-w", blockedPcap]);
+            (long byHostId, Task byHostStreamed) = await StartCapture(api, "{\"rule\":\"byhost\"}", byHostPcap);
             int held = 0;
-            for (int i = 0; i < 100 && held < 2; i++)
+            for (int i = 0; i < 100 && held < 3; i++)
             {
                 await Task.Delay(100, ct);
                 held = JsonDocument.Parse(await api.GetStringAsync("/api/pcap", ct)).RootElement.GetArrayLength();
             }
-            Assert.Equal(2, held);
+            Assert.Equal(3, held);
             await Go(go, done, run);
             await EndedFlow(api, web.Port);
+            Assert.Equal(HttpStatusCode.NoContent, (await api.DeleteAsync($"/api/pcap/{byHostId}", ct)).StatusCode);
+            await byHostStreamed.WaitAsync(TimeSpan.FromSeconds(10), ct);
 
             (await ProcessRunner.RunAsync("kill", ["-INT", $"{cli.Id}"], TimeSpan.FromSeconds(10), cancellationToken: ct)).EnsureSuccess();
             ProcessResult stopped = await cli.WaitAsync(TimeSpan.FromSeconds(30), ct);
@@ -258,6 +277,18 @@ public sealed class InspectorPcapTests
             Assert.All(webPackets, p => Assert.Contains(webPort, p.Split('|')[..2]));
             Assert.Contains(webPackets, p => p.Split('|')[2] is "1" or "True");
             Assert.Contains(webPackets, p => p.EndsWith("|/web-path", StringComparison.Ordinal));
+
+            // The host rule's: the handshake and the request that decided it (held until then), and the reset; not the
+            // flow to the same port that no rule took.
+            string otherPort = other.Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            string[] hostPackets = await Fields(byHostPcap, "tcp.srcport", "tcp.dstport", "tcp.flags.syn", "tcp.flags.reset", "http.request.uri");
+            string hostAll = string.Join('\n', hostPackets);
+            Assert.All(hostPackets, p => Assert.Contains(otherPort, p.Split('|')[..2]));
+            Assert.Contains(hostPackets, p => p.Split('|')[1] == otherPort && Set(p.Split('|')[2]));
+            Assert.Contains(hostPackets, p => p.EndsWith("|/byhost-path", StringComparison.Ordinal));
+            Assert.Contains(hostPackets, p => p.Split('|')[0] == otherPort && Set(p.Split('|')[3]));
+            Assert.DoesNotContain("/other-path", hostAll, StringComparison.Ordinal);
+            Assert.Single(hostPackets.Select(p => p.Split('|')[0] == otherPort ? p.Split('|')[1] : p.Split('|')[0]).Distinct());
 
             // The reject rule's: per packet the addresses, TCP ports and flags, UDP ports (of the datagram or of the
             // datagram an ICMP error quotes), ICMP type and code.
