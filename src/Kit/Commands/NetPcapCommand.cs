@@ -79,6 +79,10 @@ internal static class NetPcapCommand
             Console.Error.WriteLine($"kit: capturing {(rule is null ? $"flow {flow}" : $"the flows of rule {rule}")} to {path} (capture {id}); Ctrl-C stops");
             using Stream stream = client.GetStreamAsync(capture).GetAwaiter().GetResult();
             stream.CopyTo(file);
+            if (!stop.IsCancellationRequested && EndReason(client, api, id) is string reason)
+            {
+                Console.Error.WriteLine($"kit: capture {id} ended: {reason}");
+            }
         }
         catch (Exception e) when (e is HttpRequestException or IOException or UnauthorizedAccessException)
         {
@@ -96,6 +100,28 @@ internal static class NetPcapCommand
             }
         }
         return 0;
+    }
+
+    /// <summary>Why the gateway ended a capture by itself (<c>full</c>, <c>rule deleted</c>), from <c>/api/pcap</c>; null if it cannot say.</summary>
+    private static string? EndReason(HttpClient client, string api, string id)
+    {
+        try
+        {
+            using JsonDocument list = JsonDocument.Parse(client.GetStringAsync(NetFlowsCommand.ApiUri(api, "/api/pcap")).GetAwaiter().GetResult());
+            foreach (JsonElement c in list.RootElement.EnumerateArray())
+            {
+                if (c.GetProperty("id").GetInt64().ToString(CultureInfo.InvariantCulture) == id
+                    && c.TryGetProperty("ended", out JsonElement ended) && ended.ValueKind == JsonValueKind.String)
+                {
+                    return ended.GetString();
+                }
+            }
+        }
+        catch (Exception e) when (e is HttpRequestException or JsonException or KeyNotFoundException or InvalidOperationException)
+        {
+            // Only a message is lost.
+        }
+        return null;
     }
 }
 

@@ -172,7 +172,7 @@ public sealed class InspectorPcapTests
     /// and a named `allow` rule, the guest fetches through the allowed rule, is refused by the reject rule over IPv4 and
     /// IPv6, sends a datagram the reject rule answers with "administratively prohibited", fetches from a port no rule
     /// names, and sends a request there whose Host a third rule rejects once the proxy has read it. `kit net pcap --rule` holds the reject rule's frames only: the SYNs and the gateway's RSTs of both families,
-    /// the datagram and the ICMP error quoting it. `/api/pcap?rule=` holds the allowed flow only, handshake and request
+    /// the datagram and the ICMP error quoting it, and ends (saying why) when that rule is deleted. `/api/pcap?rule=` holds the allowed flow only, handshake and request
     /// included, and ends by itself when that rule is deleted. The Host rule's capture holds that flow's handshake and
     /// request (frames that passed before its rule was known) and the reset. Unknown rules are refused.
     /// </summary>
@@ -252,10 +252,12 @@ public sealed class InspectorPcapTests
             Assert.Equal(HttpStatusCode.NoContent, (await api.DeleteAsync($"/api/pcap/{byHostId}", ct)).StatusCode);
             await byHostStreamed.WaitAsync(TimeSpan.FromSeconds(10), ct);
 
-            (await ProcessRunner.RunAsync("kill", ["-INT", $"{cli.Id}"], TimeSpan.FromSeconds(10), cancellationToken: ct)).EnsureSuccess();
+            // Deleting a rule ends its captures: kit net pcap's stream reaches its end, and it says why and exits 0.
+            Assert.Equal(HttpStatusCode.NoContent, (await api.DeleteAsync("/api/rules/blocked", ct)).StatusCode);
             ProcessResult stopped = await cli.WaitAsync(TimeSpan.FromSeconds(30), ct);
             Assert.True(stopped.ExitCode == 0, stopped.ToString());
-            // Deleting the rule ends its capture: the stream reaches its end by itself, and the capture says why.
+            Assert.Contains("ended: rule deleted", stopped.StandardError, StringComparison.Ordinal);
+            // The same through the API: the stream ends by itself, and the capture, still listed, says why.
             Assert.Equal(HttpStatusCode.NoContent, (await api.DeleteAsync("/api/rules/web", ct)).StatusCode);
             await webStreamed.WaitAsync(TimeSpan.FromSeconds(10), ct);
             using (JsonDocument list = JsonDocument.Parse(await api.GetStringAsync("/api/pcap", ct)))
