@@ -186,6 +186,23 @@ public sealed class RuleCapturesTests
     }
 
     [Fact]
+    public async Task An_icmpv6_error_quoting_a_rejected_ipv6_datagram_is_taken()
+    {
+        (PolicyTable table, LiveCaptures captures) = ThreeRules();
+        Assert.True(captures.TryStartRule("blocked", out LiveCapture? c));
+        byte[] datagram = Ipv6(17, Guest6, Host6, Ports(5353, 9, 8 + 8));
+        Arrive(captures, table, datagram, RuleProto.Udp, IpAddr.V6(Host6), 9);
+        // RFC 4443 §3.1: destination unreachable, code 1 (administratively prohibited), quoting the packet.
+        byte[] error = new byte[8 + datagram.Length - 14];
+        (error[0], error[1]) = (1, 1);
+        datagram.AsSpan(14).CopyTo(error.AsSpan(8));
+        byte[] prohibited = Ipv6(58, Ip6.Parse("fd00:6b69:7400::1"), Guest6, error);
+        captures.Offer(prohibited);
+        List<byte[]> frames = await Stop(captures, c!);
+        Assert.Equal(new[] { datagram, prohibited }, frames.ToArray());
+    }
+
+    [Fact]
     public async Task A_flow_decided_on_its_first_bytes_brings_its_handshake_and_first_bytes()
     {
         var table = new PolicyTable(_ => null);
