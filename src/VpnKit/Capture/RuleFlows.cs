@@ -115,7 +115,7 @@ internal sealed class RuleFlows
                 taken = f.Capture;
                 taken.Take(frame, micros);
             }
-            else if (_pending.TryGetValue(key, out Backlog? b) || _pending.TryGetValue(key.Reversed, out b))
+            else if (_pending.Count > 0 && (_pending.TryGetValue(key, out Backlog? b) || _pending.TryGetValue(key.Reversed, out b)))
             {
                 b.Add(frame, micros);
             }
