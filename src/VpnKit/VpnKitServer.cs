@@ -190,6 +190,8 @@ public sealed partial class VpnKitServer : IDisposable
         if (Inspector is not null)
         {
             LiveCaptures live = Captures = new LiveCaptures();
+            live.Watch(Policy);
+            _nat.Captures = live;
             PcapWriter? file = _pcap;
             _switch.Tap = file is null ? live.Offer : frame =>
             {

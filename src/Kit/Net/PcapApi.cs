@@ -11,7 +11,8 @@ using Microsoft.AspNetCore.Routing;
 namespace Kit.Cli.Net;
 
 /// <summary>
-/// The inspector's live captures: <c>POST /api/pcap</c> with <c>{"flow":ID}</c> (a flow of <c>/api/flows</c>) or a 5-tuple
+/// The inspector's live captures: <c>POST /api/pcap</c> with <c>{"flow":ID}</c> (a flow of <c>/api/flows</c>), <c>{"rule":NAME}</c>
+/// or <c>?rule=NAME</c> (every flow that policy rule decides from now on: <see cref="LiveCaptures.TryStartRule"/>) or a 5-tuple
 /// whose parts may be left out (<c>{"proto":"tcp","guest":"192.168.65.3","guestPort":N,"remote":"192.168.65.2","remotePort":M}</c>)
 /// starts one (201 with its id); <c>GET /api/pcap</c> lists them; <c>GET /api/pcap/{id}</c> streams its libpcap file from
 /// the start and follows it until it stops; <c>DELETE /api/pcap/{id}</c> stops it, ends those streams and frees it (204).
@@ -81,9 +82,20 @@ internal static class PcapApi
         {
             request = null;
         }
+        // ?rule=NAME names the rule in the address; the body may then be empty (still sent as JSON, for the reason above).
+        string? ruleQuery = ctx.Request.Query["rule"];
+        if (ruleQuery is not null && (request is null || request.Rule is null))
+        {
+            request = (request ?? new PcapRequest(null, null, null, null, null, null)) with { Rule = ruleQuery };
+        }
         if (request is null)
         {
-            await Message(ctx, StatusCodes.Status400BadRequest, "body must be {\"flow\":ID} or {\"proto\":..,\"guest\":..,\"guestPort\":..,\"remote\":..,\"remotePort\":..}").ConfigureAwait(false);
+            await Message(ctx, StatusCodes.Status400BadRequest, "body must be {\"flow\":ID}, {\"rule\":NAME} or {\"proto\":..,\"guest\":..,\"guestPort\":..,\"remote\":..,\"remotePort\":..}").ConfigureAwait(false);
+            return;
+        }
+        if (request.Rule is string rule)
+        {
+            await StartRule(ctx, captures, request, rule).ConfigureAwait(false);
             return;
         }
         if (request.Flow is long flowId)
@@ -109,6 +121,29 @@ internal static class PcapApi
         await Reply(ctx, StatusCodes.Status201Created, PcapCaptureView.Of(c), PcapJson.Default.PcapCaptureView).ConfigureAwait(false);
     }
 
+    /// <summary>A capture of the flows one policy rule decides from now on: 404 for a rule the gateway does not have.</summary>
+    private static async Task StartRule(HttpContext ctx, LiveCaptures captures, PcapRequest request, string rule)
+    {
+        if (request.Flow is not null || request.Proto is not null || request.Guest is not null || request.GuestPort is not null
+            || request.Remote is not null || request.RemotePort is not null || (string?)ctx.Request.Query["rule"] is string q && q != rule)
+        {
+            await Message(ctx, StatusCodes.Status400BadRequest, "a capture is of one rule, one flow or one 5-tuple: give only one").ConfigureAwait(false);
+            return;
+        }
+        if (!captures.TryStartRule(rule, out LiveCapture? c))
+        {
+            await Message(ctx, StatusCodes.Status404NotFound, $"no rule '{rule}' (see /api/rules)").ConfigureAwait(false);
+            return;
+        }
+        if (c is null)
+        {
+            await Message(ctx, StatusCodes.Status429TooManyRequests, $"{captures.MaxCaptures} captures are held already; DELETE one").ConfigureAwait(false);
+            return;
+        }
+        ctx.Response.Headers.Location = $"/api/pcap/{c.Id}";
+        await Reply(ctx, StatusCodes.Status201Created, PcapCaptureView.Of(c), PcapJson.Default.PcapCaptureView).ConfigureAwait(false);
+    }
+
     private static Task Message(HttpContext ctx, int status, string message) =>
         Reply(ctx, status, new ControlMessage(message), PcapJson.Default.ControlMessage);
 
@@ -121,12 +156,16 @@ internal static class PcapApi
     }
 }
 
-internal sealed record PcapRequest(long? Flow, string? Proto, string? Guest, int? GuestPort, string? Remote, int? RemotePort);
+internal sealed record PcapRequest(long? Flow, string? Proto, string? Guest, int? GuestPort, string? Remote, int? RemotePort, string? Rule = null);
 
-/// <summary>A live capture as <c>/api/pcap</c> shows it.</summary>
-internal sealed record PcapCaptureView(long Id, string Url, long Frames, long Bytes, bool Full)
+/// <summary>
+/// A live capture as <c>/api/pcap</c> shows it: <c>rule</c> and <c>flows</c> (the flows it followed) for a capture of a
+/// rule; <c>ended</c> says why it takes no more frames (<c>full</c>, <c>rule deleted</c>), null while it runs.
+/// </summary>
+internal sealed record PcapCaptureView(long Id, string Url, long Frames, long Bytes, bool Full, string? Rule, long? Flows, string? Ended)
 {
-    public static PcapCaptureView Of(LiveCapture c) => new(c.Id, $"/api/pcap/{c.Id}", c.Frames, c.Bytes, c.Full);
+    public static PcapCaptureView Of(LiveCapture c) =>
+        new(c.Id, $"/api/pcap/{c.Id}", c.Frames, c.Bytes, c.Full, c.Rule, c.Rule is null ? null : c.Flows, c.EndReason);
 }
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]

@@ -49,7 +49,7 @@ public sealed class FlowFilter
     }
 
     /// <summary>The protocol (ICMPv6 as ICMP), the addresses, and the upper-layer bytes (empty past the first fragment).</summary>
-    private static bool TryReadFlow(EthernetFrame eth, out byte protocol, out IpAddr source, out IpAddr destination, out ReadOnlySpan<byte> upper)
+    internal static bool TryReadFlow(EthernetFrame eth, out byte protocol, out IpAddr source, out IpAddr destination, out ReadOnlySpan<byte> upper)
     {
         (protocol, source, destination) = (0, default, default);
         upper = default;

@@ -47,9 +47,14 @@ public sealed class PcapWriter : IDisposable
     }
 
     /// <summary>A record header stamped now: seconds, microseconds, bytes captured, bytes on the wire.</summary>
-    public static void WriteRecordHeader(Span<byte> r, int captured, int original)
+    public static void WriteRecordHeader(Span<byte> r, int captured, int original) => WriteRecordHeader(r, captured, original, NowMicros());
+
+    /// <summary>Microseconds since the Unix epoch: a record's time stamp.</summary>
+    public static long NowMicros() => (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
+
+    /// <summary>A record header stamped <paramref name="micros"/> (a frame seen earlier and written now keeps its time).</summary>
+    public static void WriteRecordHeader(Span<byte> r, int captured, int original, long micros)
     {
-        long micros = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks / 10;
         BinaryPrimitives.WriteUInt32LittleEndian(r, (uint)(micros / 1_000_000));
         BinaryPrimitives.WriteUInt32LittleEndian(r.Slice(4), (uint)(micros % 1_000_000));
         BinaryPrimitives.WriteUInt32LittleEndian(r.Slice(8), (uint)captured);

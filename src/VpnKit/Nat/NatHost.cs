@@ -74,8 +74,13 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
     private PolicyRule? Decide(RuleProto proto, IpAddr remoteIp, ushort remotePort, out bool needStream)
     {
         needStream = false;
-        return Policy is { IsEmpty: false } table ? table.Decide(new FlowFacts(proto, remoteIp.Ipv4, remotePort, RemoteIp6: remoteIp.IsV4 ? 0 : remoteIp.Value), out needStream) : null;
+        PolicyRule? rule = Policy is { IsEmpty: false } table ? table.Decide(new FlowFacts(proto, remoteIp.Ipv4, remotePort, RemoteIp6: remoteIp.IsV4 ? 0 : remoteIp.Value), out needStream) : null;
+        Captures?.Decided(proto, remoteIp, remotePort, rule, needStream); // a rule's pcap takes the frame that asked (RuleFlows)
+        return rule;
     }
+
+    /// <summary>The inspector's live captures, told of every decision for the captures of one rule; null without <c>--ui</c>.</summary>
+    public Capture.LiveCaptures? Captures { get; set; }
 
     /// <summary>
     /// Whether a datagram or echo request from the guest goes on (null, with the <paramref name="rule"/> that let it,

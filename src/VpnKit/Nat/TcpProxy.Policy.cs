@@ -104,6 +104,7 @@ internal sealed partial class TcpProxy
         PolicyTable table = _pendingPolicy!;
         _pendingPolicy = null;
         PolicyRule? rule = table.Decide(new FlowFacts(RuleProto.Tcp, _c.RemoteIp.Ipv4, _c.RemotePort, sni, host, StreamKnown: true, RemoteIp6: _c.RemoteIp.IsV4 ? 0 : _c.RemoteIp.Value), out _);
+        _nat.Captures?.DecidedOnStream(_c.GuestIp, _c.GuestPort, _c.RemoteIp, _c.RemotePort, rule);
         if (rule is null || rule.Action == RuleAction.Allow)
         {
             if (rule is not null && rule.Impair.ShapesStreams)

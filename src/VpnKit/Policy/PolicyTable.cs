@@ -33,6 +33,12 @@ public sealed class PolicyTable(Func<FlowFacts, string?> nameOf)
     /// <summary>The rules, in order (a snapshot).</summary>
     public IReadOnlyList<PolicyRule> Rules => _rules;
 
+    /// <summary>
+    /// Raised after the list changed (replaced, a rule put or removed), outside the write lock: a capture of a rule that
+    /// is gone ends (<see cref="Capture.LiveCaptures"/>).
+    /// </summary>
+    public event Action? Changed;
+
     /// <summary>Whether any rule exists: with none, the NAT skips every lookup.</summary>
     public bool IsEmpty => _rules.Length == 0;
 
@@ -137,10 +143,18 @@ public sealed class PolicyTable(Func<FlowFacts, string?> nameOf)
         {
             _rules = [.. rules];
         }
+        Changed?.Invoke();
     }
 
     /// <summary>Replaces the rule of the same name where it stands (its counters start over), or appends it. True: replaced.</summary>
     public bool Put(PolicyRule rule)
+    {
+        bool replaced = PutLocked(rule);
+        Changed?.Invoke();
+        return replaced;
+    }
+
+    private bool PutLocked(PolicyRule rule)
     {
         lock (_writeGate)
         {
@@ -176,8 +190,9 @@ public sealed class PolicyTable(Func<FlowFacts, string?> nameOf)
                 return false;
             }
             _rules = [.. rules.AsSpan(0, i), .. rules.AsSpan(i + 1)];
-            return true;
         }
+        Changed?.Invoke();
+        return true;
     }
 }
 
