@@ -3,9 +3,11 @@ using System.Buffers;
 namespace Kit.VpnKit.Policy;
 
 /// <summary>
-/// A token bucket (RFC 2697's single-rate idea) for <c>rate_kbps</c> on one direction of a TCP flow. It never drops:
-/// the proxy moves only what the bucket allows and waits for the refill, and TCP's own back-pressure (the engine's
-/// window toward the guest, the socket buffer toward the host) slows the sender to the rate. Time is passed in (ms).
+/// A token bucket (RFC 2697's single-rate idea) for <c>rate_kbps</c> on one direction of a flow. On a TCP flow it never
+/// drops: the proxy moves only what the bucket allows and waits for the refill, and TCP's own back-pressure (the
+/// engine's window toward the guest, the socket buffer toward the host) slows the sender to the rate. On a UDP flow it
+/// polices (<see cref="TryTake"/>): a datagram goes if the bucket holds it and is dropped otherwise, since datagrams
+/// have no back-pressure and queueing them would only grow a queue. Time is passed in (ms).
 /// </summary>
 public sealed class TokenBucket
 {
@@ -36,6 +38,22 @@ public sealed class TokenBucket
     }
 
     public void Take(int n) => _tokens -= n;
+
+    /// <summary>
+    /// Polices one datagram of <paramref name="n"/> bytes: true (and its tokens taken) if it conforms. A datagram larger than
+    /// the burst conforms when the bucket is full and leaves it in debt, so the long-run rate still holds and no size is
+    /// refused for ever.
+    /// </summary>
+    public bool TryTake(int n, long now)
+    {
+        Refill(now);
+        if (_tokens < Math.Min(n, _burst))
+        {
+            return false;
+        }
+        _tokens -= n;
+        return true;
+    }
 
     /// <summary>When <see cref="Allow"/> will give at least <see cref="MinChunk"/> (or <paramref name="want"/>) bytes.</summary>
     public long ReadyAt(int want, long now)

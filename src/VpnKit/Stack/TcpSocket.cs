@@ -107,6 +107,9 @@ internal sealed class TcpSocket
     private bool _rttTiming;
     private int _retries;
 
+    /// <summary>The flow's loss_pct (null: none), asked by the gateway at dispatch and on transmit.</summary>
+    public ISegmentLoss? Loss { get; set; }
+
     private TcpSocket(ITcpSocketHost host, FlowKey key, IpAddr guestIp, ushort guestPort, IpAddr remoteIp, ushort remotePort, MacAddress guestMac, int bufferSize)
     {
         _host = host;
