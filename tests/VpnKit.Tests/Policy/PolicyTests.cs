@@ -255,6 +255,35 @@ public sealed class PolicyTests
         Assert.Equal(TokenBucket.MinChunk, slow.ReadyAt(4096, 1)); // 1 byte in the bucket at 1 ms, 1,024 at 1,024 ms
     }
 
+    /// <summary>
+    /// UDP's policer: 20 Mbit/s of 1,000-byte datagrams offered to a 5,000 kbps bucket for 10 simulated seconds, a quarter
+    /// conform (5 Mbit/s plus the first burst), the rest are refused; a datagram larger than the burst still goes once the
+    /// bucket is full (in debt), never for ever refused.
+    /// </summary>
+    [Fact]
+    public void TokenBucketPolicesDatagramsToTheRate()
+    {
+        var b = new TokenBucket(5000, now: 0); // 625 bytes/ms
+        long passed = 0, refused = 0;
+        for (long us = 0; us < 10_000_000; us += 400) // one datagram every 0.4 ms: 20 Mbit/s
+        {
+            if (b.TryTake(1000, us / 1000))
+            {
+                passed += 1000;
+            }
+            else
+            {
+                refused++;
+            }
+        }
+        Assert.InRange(passed, 6_250_000 - 1000, 6_250_000 + 16 * 1024 + 1000);
+        Assert.InRange(refused, 18_000, 19_000);
+        var big = new TokenBucket(5000, now: 0);
+        Assert.True(big.TryTake(60_000, 0));
+        Assert.False(big.TryTake(1, 50)); // 60,000 - 16,384 owed, 31,250 refilled by 50 ms
+        Assert.True(big.TryTake(60_000, 200));
+    }
+
     [Fact]
     public void DelayLineKeepsOrderAndItsBound()
     {

@@ -138,6 +138,48 @@ public sealed class GatewayTests
         Assert.False(_gw.SendUdp(flow, new byte[1500], _now));
     }
 
+    /// <summary>Loses what it is told to, and counts what it was asked about.</summary>
+    private sealed class ScriptedLoss : ISegmentLoss
+    {
+        public bool LoseAll;
+        public int Asked;
+
+        public bool Lose()
+        {
+            Asked++;
+            return LoseAll;
+        }
+    }
+
+    /// <summary>
+    /// loss_pct's hook: a lost guest segment never reaches the socket (no ACK, nothing readable), a lost segment of the
+    /// socket's never reaches the wire, and retransmission brings both through once the loss stops; a RST is never lost
+    /// (nor asked about).
+    /// </summary>
+    [Fact]
+    public void ALossySocketLosesSegmentsBothWaysAndRecovers()
+    {
+        (TcpSocket c, uint iss) = Open();
+        var loss = new ScriptedLoss { LoseAll = true };
+        c.Loss = loss;
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Psh, payload: "lost"u8.ToArray()), _now);
+        Assert.Equal(0, c.Readable);
+        Assert.Equal(4, c.Write("down"u8, _now));
+        Assert.Empty(_sink.Take()); // both ways: nothing on the wire, nothing taken
+        Assert.Equal(2, loss.Asked);
+        loss.LoseAll = false;
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Psh, payload: "lost"u8.ToArray()), _now);
+        Assert.Equal(4, c.Readable);
+        _now += 2000; // past the RTO: the socket sends its data again
+        _gw.OnTimer(_now);
+        Assert.Contains(G.Segments(_sink), s => System.Text.Encoding.ASCII.GetString(s.Payload) == "down");
+        int asked = loss.Asked;
+        loss.LoseAll = true;
+        c.Abort(_now);
+        Assert.Contains(G.Segments(_sink), s => (s.Flags & TcpFlags.Rst) != 0);
+        Assert.Equal(asked, loss.Asked);
+    }
+
     /// <summary>The UDP payload of an emitted frame, with PacketDotNet confirming the UDP checksum.</summary>
     private static byte[] UdpOf(byte[] frame)
     {
