@@ -236,6 +236,7 @@ internal sealed partial class UdpNat : IDisposable
             return true;
         }
         rule.CountDrop();
+        rule.AddBytes(-bytes); // counted as carried when the rule allowed it; the rate did not carry it
         return false;
     }
 

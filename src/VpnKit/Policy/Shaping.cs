@@ -22,10 +22,12 @@ public sealed class TokenBucket
     public TokenBucket(long rateKbps, long now)
     {
         _bytesPerMs = rateKbps / 8.0; // kilobits (1000 bits) per second = bytes per millisecond × 8
-        // 20 ms of rate (at least 16 KiB): big enough that a wake-up per 20 ms keeps the pipe full, small enough that the
-        // first burst is lost in a measurement of seconds.
-        _burst = Math.Max(16 * 1024, _bytesPerMs * 20);
-        _tokens = _burst;
+        // It starts with 20 ms of rate (at least 16 KiB): small enough that the first burst is lost in a measurement of
+        // seconds. It holds up to 100 ms of rate: the gateway sees traffic when its event loop runs, and on a loaded host
+        // that loop can pause for tens of milliseconds and then take a backlog at one instant; a bucket that capped at
+        // 20 ms lost the rate of every longer pause (UDP under a 5,000 kbps rule measured 3.5 Mbit/s on a loaded machine).
+        _burst = Math.Max(16 * 1024, _bytesPerMs * 100);
+        _tokens = Math.Max(16 * 1024, _bytesPerMs * 20);
         _last = now;
     }
 

@@ -65,6 +65,12 @@ internal sealed class TcpSocket
     private uint _iss;
     private uint _sndUna;
     private uint _sndNxt;
+    /// <summary>
+    /// The highest sequence number sent (SND.MAX, as RFC 9293 implementations keep it): after a retransmission timeout
+    /// rewinds <see cref="_sndNxt"/> (go back N), the guest may still acknowledge bytes sent before the rewind, and
+    /// such an ACK is acceptable, not "something not yet sent".
+    /// </summary>
+    private uint _sndMax;
     /// <summary>Sequence number of the first byte in the send buffer.</summary>
     private uint _sendBase;
     private uint _sndWnd;
@@ -177,6 +183,7 @@ internal sealed class TcpSocket
             _iss = iss,
             _sndUna = iss,
             _sndNxt = iss,
+            _sndMax = iss,
             _sendBase = iss + 1,
             // RFC 7323 §2.2: the window in a SYN is never scaled.
             _sndWnd = syn.Window,
@@ -200,6 +207,7 @@ internal sealed class TcpSocket
             _iss = iss,
             _sndUna = iss,
             _sndNxt = iss,
+            _sndMax = iss,
             _sendBase = iss + 1,
             _rcvShift = ShiftFor(bufferSize),
             SendMss = 536,
@@ -374,7 +382,7 @@ internal sealed class TcpSocket
                 return;
             }
         }
-        if (Lt(_sndNxt, ack))
+        if (Lt(_sndMax, ack))
         {
             SendAck(); // Acknowledges something not yet sent.
             return;
@@ -479,6 +487,10 @@ internal sealed class TcpSocket
             _send.Consume(data);
             _sendBase += (uint)data;
             _sndUna = ack;
+            if (Lt(_sndNxt, ack))
+            {
+                _sndNxt = ack; // The guest had bytes sent before a go-back-N rewind: go on after them.
+            }
             if (_rttTiming && Le(_rttSeq, ack))
             {
                 SampleRtt((int)(_now - _rttStart));
@@ -741,6 +753,11 @@ internal sealed class TcpSocket
     /// </summary>
     private void Dispatch(uint seq, TcpFlags flags, int sendOffset, int length, bool synOptions)
     {
+        uint end = seq + (uint)length + ((flags & (TcpFlags.Syn | TcpFlags.Fin)) != 0 ? 1u : 0u);
+        if (Lt(_sndMax, end))
+        {
+            _sndMax = end;
+        }
         if (GuestMac == MacAddress.Zero && !_host.TryResolve(GuestIp, out GuestMac))
         {
             return;

@@ -257,8 +257,8 @@ public sealed class PolicyTests
 
     /// <summary>
     /// UDP's policer: 20 Mbit/s of 1,000-byte datagrams offered to a 5,000 kbps bucket for 10 simulated seconds, a quarter
-    /// conform (5 Mbit/s plus the first burst), the rest are refused; a datagram larger than the burst still goes once the
-    /// bucket is full (in debt), never for ever refused.
+    /// conform (5 Mbit/s plus the first burst), the rest are refused; a datagram larger than the bucket still goes once
+    /// it is full (in debt), never for ever refused.
     /// </summary>
     [Fact]
     public void TokenBucketPolicesDatagramsToTheRate()
@@ -278,10 +278,14 @@ public sealed class PolicyTests
         }
         Assert.InRange(passed, 6_250_000 - 1000, 6_250_000 + 16 * 1024 + 1000);
         Assert.InRange(refused, 18_000, 19_000);
+        // It starts with 20 ms of rate (16 KiB here) and holds 100 ms (62,500 bytes): a 100,000-byte datagram waits for a
+        // full bucket, then goes and leaves 37,500 owed, which 60 ms of refill pays back.
         var big = new TokenBucket(5000, now: 0);
-        Assert.True(big.TryTake(60_000, 0));
-        Assert.False(big.TryTake(1, 50)); // 60,000 - 16,384 owed, 31,250 refilled by 50 ms
-        Assert.True(big.TryTake(60_000, 200));
+        Assert.False(big.TryTake(100_000, 0));
+        Assert.True(big.TryTake(100_000, 80));
+        Assert.False(big.TryTake(1, 100));
+        Assert.True(big.TryTake(1, 141));
+        Assert.True(big.TryTake(100_000, 300));
     }
 
     [Fact]

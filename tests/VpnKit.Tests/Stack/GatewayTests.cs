@@ -138,6 +138,29 @@ public sealed class GatewayTests
         Assert.False(_gw.SendUdp(flow, new byte[1500], _now));
     }
 
+    /// <summary>
+    /// SND.MAX: a retransmission timeout rewinds SND.NXT (go back N), but the guest had the bytes after it all along (its
+    /// ACK was what got lost). Its next ACK, for everything sent before the rewind, is acceptable: the bytes it carries
+    /// are taken and the send side goes on after the acknowledged ones, instead of answering "not yet sent" for ever.
+    /// </summary>
+    [Fact]
+    public void AnAckForBytesSentBeforeAGoBackNRewindIsAccepted()
+    {
+        (TcpSocket c, uint iss) = Open(guestWindow: 65535);
+        Assert.Equal(3000, c.Write(new byte[3000], _now));
+        List<Seg> sent = G.Segments(_sink);
+        Assert.Equal(3000, sent.Sum(x => x.Payload.Length));
+        _now += 2000;
+        _gw.OnTimer(_now); // the RTO: the first MSS again, SND.NXT back to SND.UNA + 1 MSS
+        Seg again = Assert.Single(G.Segments(_sink));
+        Assert.Equal(iss + 1, again.Seq);
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1 + 3000, TcpFlags.Ack | TcpFlags.Psh, 65535, payload: "late"u8.ToArray()), _now);
+        Assert.Equal(4, c.Readable);
+        _now += 5000;
+        _gw.OnTimer(_now);
+        Assert.DoesNotContain(G.Segments(_sink), x => x.Payload.Length > 0); // nothing left to retransmit
+    }
+
     /// <summary>Loses what it is told to, and counts what it was asked about.</summary>
     private sealed class ScriptedLoss : ISegmentLoss
     {
