@@ -42,7 +42,8 @@ internal readonly struct FlowKey(IpAddr guestIp, ushort guestPort, IpAddr remote
 /// until the NAT reports the host connect (<see cref="CompleteConnect"/>); only then does the SYN-ACK go out.
 /// Not implemented on purpose: SACK and timestamps (the link is a virtual wire: loss is rare, RTT is tiny),
 /// out-of-order queueing (an out-of-order segment is dropped and a duplicate ACK asks for a retransmit), urgent data.
-/// Congestion control is NewReno-lite: slow start, halving on fast retransmit, one MSS after a timeout.
+/// Congestion control is NewReno (RFC 5681, RFC 6582): slow start, halving on fast retransmit, a partial ACK in fast
+/// recovery resends the next hole at once, one MSS after a timeout.
 /// Only the engine's thread touches it, under the driver's lock; the NAT reads its public properties and calls its
 /// host-side methods (<see cref="Peek"/>, <see cref="Write"/> ...) under the same lock.
 /// </summary>
@@ -82,6 +83,9 @@ internal sealed class TcpSocket
     private uint _cwnd;
     private uint _ssthresh = uint.MaxValue;
     private int _dupAcks;
+    /// <summary>RFC 6582 fast recovery: in it until <see cref="_recover"/> (SND.MAX when it began) is acknowledged.</summary>
+    private bool _inRecovery;
+    private uint _recover;
     private bool _finQueued;
     private bool _finSent;
     private uint _finSeq;
@@ -496,7 +500,23 @@ internal sealed class TcpSocket
                 SampleRtt((int)(_now - _rttStart));
                 _rttTiming = false;
             }
-            if (_cwnd < _ssthresh)
+            bool partial = false;
+            if (_inRecovery)
+            {
+                if (Lt(ack, _recover))
+                {
+                    // RFC 6582 §3.2 step 3: a partial ACK: the next hole is lost too. Resend it now rather than wait
+                    // for three more duplicates or the timer, and deflate the window by what was acknowledged.
+                    partial = true;
+                    _cwnd = Math.Max((uint)SendMss, _cwnd > acked ? _cwnd - acked + (uint)SendMss : (uint)SendMss);
+                }
+                else
+                {
+                    _inRecovery = false; // Step 3, full acknowledgment: back to congestion avoidance at ssthresh.
+                    _cwnd = Math.Max((uint)SendMss, Math.Min(_ssthresh, (_sndMax - _sndUna) + (uint)SendMss));
+                }
+            }
+            else if (_cwnd < _ssthresh)
             {
                 _cwnd += Math.Min(acked, (uint)SendMss);
             }
@@ -507,7 +527,11 @@ internal sealed class TcpSocket
             _dupAcks = 0;
             _backoff = 0;
             _retries = 0;
-            if (_sndUna == _sndNxt)
+            if (partial && _sndUna != _sndNxt)
+            {
+                RetransmitFirst();
+            }
+            else if (_sndUna == _sndNxt)
             {
                 _rtoDeadline = 0;
             }
@@ -526,13 +550,20 @@ internal sealed class TcpSocket
             _retries = 0;
             if (payloadLength == 0 && (f & TcpFlags.Fin) == 0 && window == _sndWnd && _sndNxt != _sndUna)
             {
-                // RFC 5681 §3.2: the third duplicate ACK triggers fast retransmit.
-                if (++_dupAcks == 3)
+                // RFC 5681 §3.2: the third duplicate ACK triggers fast retransmit (RFC 6582 §3.2 step 2: not again
+                // inside the recovery it began); each further duplicate inflates the window by the segment that left.
+                if (++_dupAcks == 3 && !_inRecovery)
                 {
                     uint flight = _sndNxt - _sndUna;
                     _ssthresh = Math.Max(flight / 2, (uint)(2 * SendMss));
                     _cwnd = _ssthresh + (uint)(3 * SendMss);
+                    _inRecovery = true;
+                    _recover = _sndMax;
                     RetransmitFirst();
+                }
+                else if (_dupAcks > 3 && _inRecovery)
+                {
+                    _cwnd += (uint)SendMss;
                 }
             }
         }
@@ -1051,6 +1082,7 @@ internal sealed class TcpSocket
         uint flight = _sndNxt - _sndUna;
         _ssthresh = Math.Max(flight / 2, (uint)(2 * SendMss));
         _cwnd = (uint)SendMss;
+        _inRecovery = false; // RFC 6582 §3.2 step 4: a timeout ends fast recovery.
         _sndNxt = _sndUna; // Go back N: resend from the first unacknowledged byte.
         TrySend();
     }

@@ -308,10 +308,13 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
                 using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(10) };
                 rules = await RulesAsync(api);
             }
-            finally
+            catch
             {
                 File.WriteAllText(go, "");
+                await run; // the namespace's command ends before the directory it uses goes
+                throw;
             }
+            File.WriteAllText(go, "");
             ProcessResult r = await run;
             Assert.True(r.ExitCode == 0, NetRun.Describe(r));
             using JsonDocument doc = JsonDocument.Parse(File.ReadAllText(json));
@@ -398,10 +401,13 @@ print("sent=%s got=%s bytes=%d" % (hashlib.sha256(data).hexdigest(), h.hexdigest
             using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(10) };
             rules = await RulesAsync(api);
         }
-        finally
+        catch
         {
             File.WriteAllText(go, "");
+            await run; // the namespace's command ends before the directory it uses goes
+            throw;
         }
+        File.WriteAllText(go, "");
         ProcessResult r = await run;
         string details = $"{NetRun.Describe(r)}\n--- rules\n{rules}";
         Assert.True(r.ExitCode == 0, details);

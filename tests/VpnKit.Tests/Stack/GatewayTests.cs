@@ -161,6 +161,27 @@ public sealed class GatewayTests
         Assert.DoesNotContain(G.Segments(_sink), x => x.Payload.Length > 0); // nothing left to retransmit
     }
 
+    /// <summary>
+    /// RFC 6582: three duplicate ACKs resend the first segment and start fast recovery; a partial ACK (the guest lost
+    /// more than one segment of the window) resends the next hole at once, without three more duplicates or the timer.
+    /// </summary>
+    [Fact]
+    public void APartialAckInFastRecoveryResendsTheNextHoleAtOnce()
+    {
+        (TcpSocket c, uint iss) = Open(guestWindow: 65535);
+        Assert.Equal(4 * 1460, c.Write(new byte[4 * 1460], _now));
+        Assert.Equal(4 * 1460, G.Segments(_sink).Sum(x => x.Payload.Length));
+        for (int i = 0; i < 3; i++)
+        {
+            _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack, 65535), _now);
+        }
+        Seg fast = Assert.Single(G.Segments(_sink), x => x.Payload.Length > 0);
+        Assert.Equal(iss + 1, fast.Seq);
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1 + 2 * 1460, TcpFlags.Ack, 65535), _now); // partial: 2 of 4
+        Seg next = Assert.Single(G.Segments(_sink), x => x.Payload.Length > 0);
+        Assert.Equal(iss + 1 + 2 * 1460, next.Seq);
+    }
+
     /// <summary>Loses what it is told to, and counts what it was asked about.</summary>
     private sealed class ScriptedLoss : ISegmentLoss
     {
