@@ -42,7 +42,8 @@ internal readonly struct FlowKey(IpAddr guestIp, ushort guestPort, IpAddr remote
 /// until the NAT reports the host connect (<see cref="CompleteConnect"/>); only then does the SYN-ACK go out.
 /// Not implemented on purpose: SACK and timestamps (the link is a virtual wire: loss is rare, RTT is tiny),
 /// out-of-order queueing (an out-of-order segment is dropped and a duplicate ACK asks for a retransmit), urgent data.
-/// Congestion control is NewReno (RFC 5681, RFC 6582): slow start, halving on fast retransmit, a partial ACK in fast
+/// Congestion control is NewReno (RFC 5681, RFC 6582) with limited transmit (RFC 3042) and early retransmit (RFC 5827):
+/// slow start, halving on fast retransmit, a partial ACK in fast
 /// recovery resends the next hole at once, one MSS after a timeout.
 /// Only the engine's thread touches it, under the driver's lock; the NAT reads its public properties and calls its
 /// host-side methods (<see cref="Peek"/>, <see cref="Write"/> ...) under the same lock.
@@ -552,7 +553,11 @@ internal sealed class TcpSocket
             {
                 // RFC 5681 §3.2: the third duplicate ACK triggers fast retransmit (RFC 6582 §3.2 step 2: not again
                 // inside the recovery it began); each further duplicate inflates the window by the segment that left.
-                if (++_dupAcks == 3 && !_inRecovery)
+                // With a small flight there are not three segments left to be duplicated: RFC 3042's limited transmit
+                // lets a new segment out for each of the first two duplicates, and RFC 5827's early retransmit lowers
+                // the threshold when nothing new can go, so a loss there does not wait for the 200 ms timer.
+                ++_dupAcks;
+                if (!_inRecovery && _dupAcks >= DuplicateThreshold())
                 {
                     uint flight = _sndNxt - _sndUna;
                     _ssthresh = Math.Max(flight / 2, (uint)(2 * SendMss));
@@ -561,7 +566,7 @@ internal sealed class TcpSocket
                     _recover = _sndMax;
                     RetransmitFirst();
                 }
-                else if (_dupAcks > 3 && _inRecovery)
+                else if (_inRecovery ? _dupAcks > 3 : _dupAcks <= 2)
                 {
                     _cwnd += (uint)SendMss;
                 }
@@ -776,6 +781,19 @@ internal sealed class TcpSocket
     }
 
     private void SendAck() => Dispatch(_sndNxt, TcpFlags.Ack, 0, 0, synOptions: false);
+
+    /// <summary>
+    /// Duplicate ACKs that mean a loss: 3 (RFC 5681 §3.2), or RFC 5827 §3.1's early retransmit threshold (one less than
+    /// the segments outstanding) when fewer than four are and no new data can be sent.
+    /// </summary>
+    private int DuplicateThreshold()
+    {
+        uint flight = _sndNxt - _sndUna;
+        int outstanding = (int)Math.Min((flight + (uint)SendMss - 1) / (uint)SendMss, 4);
+        int sentOffset = Lt(_sndNxt, _sendBase) ? 0 : (int)Math.Min(_sndNxt - _sendBase, (uint)_send.Count);
+        bool canSendMore = _send.Count > sentOffset && flight < _sndWnd;
+        return outstanding < 4 && !canSendMore ? Math.Max(1, outstanding - 1) : 3;
+    }
 
     /// <summary>
     /// Hands one segment to the gateway: the header fields are the socket's (what it acknowledges, the window it
