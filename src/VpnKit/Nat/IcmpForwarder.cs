@@ -93,12 +93,15 @@ internal sealed partial class IcmpForwarder : IDisposable
         }
     }
 
-    /// <summary>Called under the engine lock.</summary>
-    public void Send(IpAddr guestIp, IpAddr hostDst, IpAddr guestVisibleDst, ushort id, ushort seq, ReadOnlySpan<byte> payload)
+    /// <summary>
+    /// Called under the engine lock. The guest may be of the other family than this socket (an IPv6 guest's echo to the
+    /// host alias sent to 127.0.0.1): its reply goes back in the guest's family. False when the host could not send it.
+    /// </summary>
+    public bool Send(IpAddr guestIp, IpAddr hostDst, IpAddr guestVisibleDst, ushort id, ushort seq, ReadOnlySpan<byte> payload)
     {
         if (payload.Length + IcmpPacket.HeaderLength > _tx.Length)
         {
-            return;
+            return false;
         }
         ushort key = _map.Add(guestIp, guestVisibleDst, hostDst, id, seq);
         Span<byte> m = _tx.AsSpan(0, IcmpPacket.HeaderLength + payload.Length);
@@ -115,10 +118,13 @@ internal sealed partial class IcmpForwarder : IDisposable
         try
         {
             _socket.SendTo(m, SocketFlags.None, new IPEndPoint(hostDst.ToIPAddress(), 0));
+            return true;
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
             // Unreachable networks and the like: the guest's ping times out, as it would on a real host.
+            _map.TryTake(key, hostDst, out _);
+            return false;
         }
     }
 
@@ -162,7 +168,7 @@ internal sealed partial class IcmpForwarder : IDisposable
         {
             if (_map.TryTake(icmp.Sequence, from, out IcmpEchoMap.Entry e))
             {
-                if (_v6)
+                if (!e.Guest.IsV4)
                 {
                     _gate.Engine.SendIcmp6EchoReply(e.GuestVisibleDestination.Value, e.Guest.Value, e.Id, e.Sequence, icmp.Payload, EngineGate.Now);
                 }

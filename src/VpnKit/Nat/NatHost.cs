@@ -99,6 +99,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         }
         if (rule.Impair.LossPct > 0 && Random.Shared.NextDouble() * 100 < rule.Impair.LossPct)
         {
+            rule.CountDrop();
             return FlowVerdict.Taken;
         }
         rule.AddBytes(bytes);
@@ -279,6 +280,10 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
             c.CompleteConnect(connected: false, now, silent);
             return null;
         }
+        if (rule is { Action: RuleAction.Allow, Impair.LossPct: > 0 })
+        {
+            c.Loss = new RuleLoss(rule);
+        }
         if (needStream)
         {
             proxy.DecideOnStream(Policy!);
@@ -446,7 +451,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             return stopped;
         }
-        SendOrHold(rule, payload, (Nat: this, Flow: flow), static (p, s) => s.Nat.Udp.Send(s.Flow, p));
+        SendOrHold(rule, payload, (Nat: this, Flow: flow, Rule: rule), static (p, s) => s.Nat.Udp.Send(s.Flow, p, s.Rule));
         return FlowVerdict.Taken;
     }
 
@@ -495,7 +500,7 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         {
             return stopped;
         }
-        SendOrHold(rule, payload, (Nat: this, Flow: flow, To: to), static (p, s) => s.Nat.Udp.Send6(s.Flow, s.To, p));
+        SendOrHold(rule, payload, (Nat: this, Flow: flow, To: to, Rule: rule), static (p, s) => s.Nat.Udp.Send6(s.Flow, s.To, p, s.Rule));
         return FlowVerdict.Taken;
     }
 
@@ -519,17 +524,27 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
         return FlowVerdict.Taken;
     }
 
-    /// <summary>An IPv6 echo to the host (its ::1 for the host alias) through the ICMPv6 socket; without one, the host alias answers itself.</summary>
+    /// <summary>
+    /// An IPv6 echo to the host (its ::1 for the host alias) through the ICMPv6 socket. The host alias's echo falls back
+    /// as its TCP and UDP do: when there is no ICMPv6 socket or the host cannot send to its ::1 (no ::1 on its loopback),
+    /// it goes to 127.0.0.1 through the ICMP socket and the reply comes back to the guest as ICMPv6 from the host alias;
+    /// with neither socket the host alias answers itself.
+    /// </summary>
     private void Echo6(UInt128 guestIp, UInt128 to, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload)
     {
-        if (Icmp6 is { } icmp)
+        if (Icmp6 is { } icmp && icmp.Send(IpAddr.V6(guestIp), IpAddr.V6(to), IpAddr.V6(destination), id, sequence, payload))
         {
-            icmp.Send(IpAddr.V6(guestIp), IpAddr.V6(to), IpAddr.V6(destination), id, sequence, payload);
+            return;
         }
-        else if (destination == _o.HostIp6)
+        if (destination != _o.HostIp6)
         {
-            _gate.Engine.SendIcmp6EchoReply(destination, guestIp, id, sequence, payload, EngineGate.Now);
+            return;
         }
+        if (Icmp is { } icmp4 && icmp4.Send(IpAddr.V6(guestIp), IpAddr.V4(Loopback), IpAddr.V6(destination), id, sequence, payload))
+        {
+            return;
+        }
+        _gate.Engine.SendIcmp6EchoReply(destination, guestIp, id, sequence, payload, EngineGate.Now);
     }
 
     /// <summary>Closes every host socket (with RST: the gateway is going away) and the UDP flows.</summary>

@@ -280,7 +280,7 @@ public static class PolicyJson
     /// <summary>Hostile values are quoted in errors, but never at length.</summary>
     private static string Shorten(string s) => s.Length <= 64 ? s : s[..61] + "...";
 
-    /// <summary>The rules as the file format, with each rule's counters (<c>matches</c>, <c>bytes</c>) added.</summary>
+    /// <summary>The rules as the file format, with each rule's counters (<c>matches</c>, <c>bytes</c>, <c>dropped</c>, and <c>segments</c> once a loss_pct TCP flow had some) added.</summary>
     public static void Write(Utf8JsonWriter w, IReadOnlyList<PolicyRule> rules)
     {
         w.WriteStartObject();
@@ -319,6 +319,11 @@ public static class PolicyJson
             WriteIf(w, "reset_after_bytes", i.ResetAfterBytes);
             w.WriteNumber("matches", r.Matches);
             w.WriteNumber("bytes", r.Bytes);
+            w.WriteNumber("dropped", r.Dropped);
+            if (r.Segments > 0)
+            {
+                w.WriteNumber("segments", r.Segments);
+            }
             w.WriteEndObject();
         }
         w.WriteEndArray();

@@ -65,7 +65,9 @@ public sealed record RuleMatch
 /// Test traffic on a rule (issue 17 item 4), each 0 when off. <see cref="LatencyMs"/> and <see cref="JitterMs"/> delay
 /// what goes to the guest on a TCP flow and the guest's datagrams and echo requests on their way out (either way a round
 /// trip grows by the latency);
-/// <see cref="RateKbps"/> caps each direction of a TCP flow (kilobits, 1000 bits, per second); <see cref="LossPct"/> drops the guest's UDP datagrams and echo requests;
+/// <see cref="RateKbps"/> caps each direction of a TCP flow (kilobits, 1000 bits, per second: back-pressure) and of a UDP
+/// flow (payload bytes; what exceeds is dropped); <see cref="LossPct"/> drops the guest's UDP datagrams and echo requests,
+/// and a TCP flow's segments both ways at the gateway (its own recovery then runs);
 /// <see cref="ResetAfterBytes"/> resets a TCP flow (both ways) once that many bytes moved, both directions counted.
 /// </summary>
 public sealed record Impairment
@@ -78,7 +80,7 @@ public sealed record Impairment
 
     public bool Any => LatencyMs > 0 || JitterMs > 0 || LossPct > 0 || RateKbps > 0 || ResetAfterBytes > 0;
 
-    /// <summary>Whether a TCP proxy has anything to do for this rule (loss applies to datagrams only).</summary>
+    /// <summary>Whether a TCP proxy has anything to do for this rule (TCP loss is the engine's: <c>TcpSocket.Loss</c>).</summary>
     public bool ShapesStreams => LatencyMs > 0 || JitterMs > 0 || RateKbps > 0 || ResetAfterBytes > 0;
 }
 
@@ -98,7 +100,27 @@ public sealed class PolicyRule(string name, RuleMatch match, RuleAction action, 
     public long Bytes => Interlocked.Read(ref _bytes);
     private long _bytes;
 
+    /// <summary>What loss_pct and rate_kbps dropped: TCP segments (both ways), UDP datagrams (both ways), echo requests.</summary>
+    public long Dropped => Interlocked.Read(ref _dropped);
+    private long _dropped;
+
+    /// <summary>TCP segments (both ways, dropped ones included) of this rule's loss_pct flows: the share dropped is <see cref="Dropped"/>/this.</summary>
+    public long Segments => Interlocked.Read(ref _segments);
+    private long _segments;
+
     internal void Count() => Interlocked.Increment(ref _matches);
+
+    internal void CountDrop() => Interlocked.Increment(ref _dropped);
+
+    /// <summary>One TCP segment of a loss_pct flow, and whether it was lost.</summary>
+    internal void CountSegment(bool dropped)
+    {
+        Interlocked.Increment(ref _segments);
+        if (dropped)
+        {
+            CountDrop();
+        }
+    }
 
     internal void AddBytes(long n) => Interlocked.Add(ref _bytes, n);
 }

@@ -39,4 +39,6 @@ internal sealed class GatewayCounters
     public long Ipv6Refused;
     /// <summary>ICMP destination unreachables (administratively prohibited) sent for datagrams and echoes a reject rule refused.</summary>
     public long Prohibited;
+    /// <summary>Port unreachables (ICMP code 3, ICMPv6 code 4) sent for datagrams the host refused (ECONNREFUSED on the flow's socket).</summary>
+    public long PortUnreachable;
 }

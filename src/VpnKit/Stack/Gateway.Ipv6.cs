@@ -467,6 +467,37 @@ internal sealed partial class Gateway
         SendIcmpv6(mac, from, ip.Source, 64, m.Length);
     }
 
+    /// <summary>
+    /// Destination unreachable, port unreachable (RFC 4443 §3.1 code 4), from <c>flow.RemoteIp</c>: the host refused a
+    /// datagram the guest sent on this flow. As for IPv4 (<see cref="SendPortUnreachable"/>) the invoking packet is rebuilt
+    /// from the flow and the payload the host gave back, as much as fits the minimum MTU (RFC 4443 §2.4(c)); rate-limited
+    /// with the other errors.
+    /// </summary>
+    public bool SendPortUnreachable6(in Udp6Flow flow, ReadOnlySpan<byte> payload, long now)
+    {
+        const int HeadersLength = Ipv6Packet.HeaderLength + UdpDatagram.HeaderLength;
+        _now = now;
+        if (!_neighbours.TryGetValue(flow.GuestIp, out Neighbour n) || !TakeErrorToken())
+        {
+            return false;
+        }
+        int body = Math.Min(payload.Length, Math.Min(1280, _o.Mtu) - Ipv6Packet.HeaderLength - 8 - HeadersLength);
+        Span<byte> m = _tx.AsSpan(Ip6At, 8 + HeadersLength + body);
+        Span<byte> quote = m.Slice(8);
+        Span<byte> udp = quote.Slice(Ipv6Packet.HeaderLength);
+        payload.Slice(0, body).CopyTo(udp.Slice(UdpDatagram.HeaderLength));
+        UdpDatagram.Write(udp, flow.GuestPort, flow.RemotePort, 0, 0);
+        ushort sum = Checksum6(udp, 6, flow.GuestIp, flow.RemoteIp, IpProtocol.Udp);
+        BinaryPrimitives.WriteUInt16BigEndian(udp.Slice(6), sum == 0 ? (ushort)0xFFFF : sum);
+        Ipv6Packet.Write(quote, udp.Length, IpProtocol.Udp, 64, flow.GuestIp, flow.RemoteIp);
+        m.Slice(0, 8).Clear();
+        m[0] = Icmpv6Type.DestinationUnreachable;
+        m[1] = PortUnreachable;
+        Counters.PortUnreachable++;
+        SendIcmpv6(n.Mac, flow.RemoteIp, flow.GuestIp, 64, m.Length);
+        return true;
+    }
+
     /// <summary>A token bucket shared by ICMP and ICMPv6 errors and RSTs: a guest cannot make the gateway answer at line rate.</summary>
     private bool TakeErrorToken()
     {

@@ -63,7 +63,10 @@ internal sealed partial class Gateway : ITcpSocketHost
         var key = new FlowKey(src, seg.SourcePort, dst, seg.DestinationPort);
         if (_tcp.TryGetValue(key, out TcpSocket? c))
         {
-            c.Process(seg, _now);
+            if (!Lost(c, seg.Flags))
+            {
+                c.Process(seg, _now);
+            }
             return;
         }
         TcpFlags f = seg.Flags;
@@ -285,8 +288,19 @@ internal sealed partial class Gateway : ITcpSocketHost
         _tcp.Remove(socket.Key);
     }
 
-    void ITcpSocketHost.SendBareSegment(TcpSocket s, uint seq, uint ack, TcpFlags flags) =>
-        EmitControl(s.GuestMac, s.RemoteIp, s.RemotePort, s.GuestIp, s.GuestPort, seq, ack, flags, 0);
+    void ITcpSocketHost.SendBareSegment(TcpSocket s, uint seq, uint ack, TcpFlags flags)
+    {
+        if (!Lost(s, flags))
+        {
+            EmitControl(s.GuestMac, s.RemoteIp, s.RemotePort, s.GuestIp, s.GuestPort, seq, ack, flags, 0);
+        }
+    }
+
+    /// <summary>
+    /// loss_pct's one hook (<see cref="ISegmentLoss"/>): whether the socket's segment, the guest's on dispatch or the
+    /// socket's own on transmit, is lost here. A RST is never lost: nothing would repeat it.
+    /// </summary>
+    private static bool Lost(TcpSocket s, TcpFlags flags) => s.Loss is { } loss && (flags & TcpFlags.Rst) == 0 && loss.Lose();
 
     /// <summary>
     /// Writes a socket's segment (Ethernet, the IP header of its family, TCP with its options and payload) and sends it.
@@ -295,6 +309,10 @@ internal sealed partial class Gateway : ITcpSocketHost
     /// </summary>
     void ITcpSocketHost.Transmit(TcpSocket s, in TcpHeaderFields h, int sendOffset, int length)
     {
+        if (Lost(s, h.Flags))
+        {
+            return;
+        }
         int tcpAt = EthernetFrame.HeaderLength + (s.GuestIp.IsV4 ? Ipv4Packet.MinHeaderLength : Ipv6Packet.HeaderLength);
         Span<byte> f = _tx;
         int optLen = h.HasOptions ? h.Options.Write(f.Slice(tcpAt + TcpSegment.MinHeaderLength)) : 0;

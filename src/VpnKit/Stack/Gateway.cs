@@ -224,6 +224,38 @@ internal sealed partial class Gateway
         Emit(f);
     }
 
+    /// <summary>
+    /// Destination unreachable, port unreachable (RFC 792 code 3), from <c>flow.RemoteIp</c>: the host refused a datagram the
+    /// guest sent on this flow (its socket got ECONNREFUSED), and UDP passes that up (RFC 1122 §4.1.3.3), so a connected
+    /// socket in the guest fails at once. The quote is rebuilt from the flow's 4-tuple and <paramref name="payload"/> (what the
+    /// host's kernel gave back of the refused datagram): the guest's kernel finds its socket by the quoted addresses and
+    /// ports (RFC 792: "Internet Header + 64 bits of Data"), and a 576-byte message bounds the rest (RFC 1812 §4.3.2.3).
+    /// Rate-limited with the other errors the gateway sends; false when not sent (no token, guest unknown).
+    /// </summary>
+    public bool SendPortUnreachable(in UdpFlow flow, ReadOnlySpan<byte> payload, long now)
+    {
+        const byte PortUnreachable = 3;
+        const int HeadersLength = Ipv4Packet.MinHeaderLength + UdpDatagram.HeaderLength;
+        _now = now;
+        if (!_arp.TryGetValue(flow.GuestIp, out MacAddress mac) || !TakeErrorToken())
+        {
+            return false;
+        }
+        int body = Math.Min(payload.Length, 576 - Ipv4Packet.MinHeaderLength - IcmpPacket.HeaderLength - HeadersLength);
+        int ipLen = Ipv4Packet.MinHeaderLength + IcmpPacket.HeaderLength + HeadersLength + body;
+        Span<byte> f = _tx.AsSpan(0, EthernetFrame.HeaderLength + ipLen);
+        Span<byte> msg = f.Slice(EthernetFrame.HeaderLength + Ipv4Packet.MinHeaderLength);
+        Span<byte> quote = msg.Slice(IcmpPacket.HeaderLength, HeadersLength + body);
+        payload.Slice(0, body).CopyTo(quote.Slice(HeadersLength));
+        UdpDatagram.Write(quote.Slice(Ipv4Packet.MinHeaderLength), flow.GuestPort, flow.RemotePort, flow.GuestIp, flow.RemoteIp);
+        Ipv4Packet.Write(quote, quote.Length, 0, 64, IpProtocol.Udp, flow.GuestIp, flow.RemoteIp);
+        IcmpPacket.WriteUnreachable(msg, PortUnreachable);
+        WriteIpAndEthernet(f, mac, flow.RemoteIp, flow.GuestIp, IpProtocol.Icmp, ipLen);
+        Counters.PortUnreachable++;
+        Emit(f);
+        return true;
+    }
+
     /// <summary>Sends an echo reply that appears to come from <paramref name="from"/>.</summary>
     public void SendIcmpEchoReply(uint from, uint guestIp, ushort id, ushort seq, ReadOnlySpan<byte> payload)
     {

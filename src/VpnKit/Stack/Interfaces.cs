@@ -50,6 +50,17 @@ internal interface IFlowHandler
     FlowVerdict Icmp6EchoRequested(UInt128 guestIp, UInt128 destination, ushort id, ushort sequence, ReadOnlySpan<byte> payload);
 }
 
+/// <summary>
+/// loss_pct on one TCP flow (docs/vpnkit.md, "Policy"): asked once for every segment the gateway takes from the guest or
+/// puts on the wire for it (a RST excepted: it is never retransmitted), and a true answer drops it there, so both ends'
+/// own recovery (RFC 9293 §3.8, RFC 5681) runs. The NAT sets it on the socket when a rule with loss allows the flow; the
+/// engine only asks (the draw and the counting are the implementation's).
+/// </summary>
+internal interface ISegmentLoss
+{
+    bool Lose();
+}
+
 /// <summary>What the host side did with a guest's datagram or echo request.</summary>
 internal enum FlowVerdict
 {

@@ -42,7 +42,9 @@ internal readonly struct FlowKey(IpAddr guestIp, ushort guestPort, IpAddr remote
 /// until the NAT reports the host connect (<see cref="CompleteConnect"/>); only then does the SYN-ACK go out.
 /// Not implemented on purpose: SACK and timestamps (the link is a virtual wire: loss is rare, RTT is tiny),
 /// out-of-order queueing (an out-of-order segment is dropped and a duplicate ACK asks for a retransmit), urgent data.
-/// Congestion control is NewReno-lite: slow start, halving on fast retransmit, one MSS after a timeout.
+/// Congestion control is NewReno (RFC 5681, RFC 6582) with limited transmit (RFC 3042) and early retransmit (RFC 5827):
+/// slow start, halving on fast retransmit, a partial ACK in fast
+/// recovery resends the next hole at once, one MSS after a timeout.
 /// Only the engine's thread touches it, under the driver's lock; the NAT reads its public properties and calls its
 /// host-side methods (<see cref="Peek"/>, <see cref="Write"/> ...) under the same lock.
 /// </summary>
@@ -65,6 +67,12 @@ internal sealed class TcpSocket
     private uint _iss;
     private uint _sndUna;
     private uint _sndNxt;
+    /// <summary>
+    /// The highest sequence number sent (SND.MAX, as RFC 9293 implementations keep it): after a retransmission timeout
+    /// rewinds <see cref="_sndNxt"/> (go back N), the guest may still acknowledge bytes sent before the rewind, and
+    /// such an ACK is acceptable, not "something not yet sent".
+    /// </summary>
+    private uint _sndMax;
     /// <summary>Sequence number of the first byte in the send buffer.</summary>
     private uint _sendBase;
     private uint _sndWnd;
@@ -76,6 +84,9 @@ internal sealed class TcpSocket
     private uint _cwnd;
     private uint _ssthresh = uint.MaxValue;
     private int _dupAcks;
+    /// <summary>RFC 6582 fast recovery: in it until <see cref="_recover"/> (SND.MAX when it began) is acknowledged.</summary>
+    private bool _inRecovery;
+    private uint _recover;
     private bool _finQueued;
     private bool _finSent;
     private uint _finSeq;
@@ -106,6 +117,9 @@ internal sealed class TcpSocket
     private long _rttStart;
     private bool _rttTiming;
     private int _retries;
+
+    /// <summary>The flow's loss_pct (null: none), asked by the gateway at dispatch and on transmit.</summary>
+    public ISegmentLoss? Loss { get; set; }
 
     private TcpSocket(ITcpSocketHost host, FlowKey key, IpAddr guestIp, ushort guestPort, IpAddr remoteIp, ushort remotePort, MacAddress guestMac, int bufferSize)
     {
@@ -174,6 +188,7 @@ internal sealed class TcpSocket
             _iss = iss,
             _sndUna = iss,
             _sndNxt = iss,
+            _sndMax = iss,
             _sendBase = iss + 1,
             // RFC 7323 §2.2: the window in a SYN is never scaled.
             _sndWnd = syn.Window,
@@ -197,6 +212,7 @@ internal sealed class TcpSocket
             _iss = iss,
             _sndUna = iss,
             _sndNxt = iss,
+            _sndMax = iss,
             _sendBase = iss + 1,
             _rcvShift = ShiftFor(bufferSize),
             SendMss = 536,
@@ -371,7 +387,7 @@ internal sealed class TcpSocket
                 return;
             }
         }
-        if (Lt(_sndNxt, ack))
+        if (Lt(_sndMax, ack))
         {
             SendAck(); // Acknowledges something not yet sent.
             return;
@@ -476,12 +492,32 @@ internal sealed class TcpSocket
             _send.Consume(data);
             _sendBase += (uint)data;
             _sndUna = ack;
+            if (Lt(_sndNxt, ack))
+            {
+                _sndNxt = ack; // The guest had bytes sent before a go-back-N rewind: go on after them.
+            }
             if (_rttTiming && Le(_rttSeq, ack))
             {
                 SampleRtt((int)(_now - _rttStart));
                 _rttTiming = false;
             }
-            if (_cwnd < _ssthresh)
+            bool partial = false;
+            if (_inRecovery)
+            {
+                if (Lt(ack, _recover))
+                {
+                    // RFC 6582 §3.2 step 3: a partial ACK: the next hole is lost too. Resend it now rather than wait
+                    // for three more duplicates or the timer, and deflate the window by what was acknowledged.
+                    partial = true;
+                    _cwnd = Math.Max((uint)SendMss, _cwnd > acked ? _cwnd - acked + (uint)SendMss : (uint)SendMss);
+                }
+                else
+                {
+                    _inRecovery = false; // Step 3, full acknowledgment: back to congestion avoidance at ssthresh.
+                    _cwnd = Math.Max((uint)SendMss, Math.Min(_ssthresh, (_sndMax - _sndUna) + (uint)SendMss));
+                }
+            }
+            else if (_cwnd < _ssthresh)
             {
                 _cwnd += Math.Min(acked, (uint)SendMss);
             }
@@ -492,7 +528,11 @@ internal sealed class TcpSocket
             _dupAcks = 0;
             _backoff = 0;
             _retries = 0;
-            if (_sndUna == _sndNxt)
+            if (partial && _sndUna != _sndNxt)
+            {
+                RetransmitFirst();
+            }
+            else if (_sndUna == _sndNxt)
             {
                 _rtoDeadline = 0;
             }
@@ -511,13 +551,24 @@ internal sealed class TcpSocket
             _retries = 0;
             if (payloadLength == 0 && (f & TcpFlags.Fin) == 0 && window == _sndWnd && _sndNxt != _sndUna)
             {
-                // RFC 5681 §3.2: the third duplicate ACK triggers fast retransmit.
-                if (++_dupAcks == 3)
+                // RFC 5681 §3.2: the third duplicate ACK triggers fast retransmit (RFC 6582 §3.2 step 2: not again
+                // inside the recovery it began); each further duplicate inflates the window by the segment that left.
+                // With a small flight there are not three segments left to be duplicated: RFC 3042's limited transmit
+                // lets a new segment out for each of the first two duplicates, and RFC 5827's early retransmit lowers
+                // the threshold when nothing new can go, so a loss there does not wait for the 200 ms timer.
+                ++_dupAcks;
+                if (!_inRecovery && _dupAcks >= DuplicateThreshold())
                 {
                     uint flight = _sndNxt - _sndUna;
                     _ssthresh = Math.Max(flight / 2, (uint)(2 * SendMss));
                     _cwnd = _ssthresh + (uint)(3 * SendMss);
+                    _inRecovery = true;
+                    _recover = _sndMax;
                     RetransmitFirst();
+                }
+                else if (_inRecovery ? _dupAcks > 3 : _dupAcks <= 2)
+                {
+                    _cwnd += (uint)SendMss;
                 }
             }
         }
@@ -732,12 +783,30 @@ internal sealed class TcpSocket
     private void SendAck() => Dispatch(_sndNxt, TcpFlags.Ack, 0, 0, synOptions: false);
 
     /// <summary>
+    /// Duplicate ACKs that mean a loss: 3 (RFC 5681 §3.2), or RFC 5827 §3.1's early retransmit threshold (one less than
+    /// the segments outstanding) when fewer than four are and no new data can be sent.
+    /// </summary>
+    private int DuplicateThreshold()
+    {
+        uint flight = _sndNxt - _sndUna;
+        int outstanding = (int)Math.Min((flight + (uint)SendMss - 1) / (uint)SendMss, 4);
+        int sentOffset = Lt(_sndNxt, _sendBase) ? 0 : (int)Math.Min(_sndNxt - _sendBase, (uint)_send.Count);
+        bool canSendMore = _send.Count > sentOffset && flight < _sndWnd;
+        return outstanding < 4 && !canSendMore ? Math.Max(1, outstanding - 1) : 3;
+    }
+
+    /// <summary>
     /// Hands one segment to the gateway: the header fields are the socket's (what it acknowledges, the window it
     /// advertises, its SYN options), the payload comes from its send buffer at <paramref name="sendOffset"/>.
     /// Nothing is sent (or recorded as sent) while the guest's MAC is unknown.
     /// </summary>
     private void Dispatch(uint seq, TcpFlags flags, int sendOffset, int length, bool synOptions)
     {
+        uint end = seq + (uint)length + ((flags & (TcpFlags.Syn | TcpFlags.Fin)) != 0 ? 1u : 0u);
+        if (Lt(_sndMax, end))
+        {
+            _sndMax = end;
+        }
         if (GuestMac == MacAddress.Zero && !_host.TryResolve(GuestIp, out GuestMac))
         {
             return;
@@ -1031,6 +1100,7 @@ internal sealed class TcpSocket
         uint flight = _sndNxt - _sndUna;
         _ssthresh = Math.Max(flight / 2, (uint)(2 * SendMss));
         _cwnd = (uint)SendMss;
+        _inRecovery = false; // RFC 6582 §3.2 step 4: a timeout ends fast recovery.
         _sndNxt = _sndUna; // Go back N: resend from the first unacknowledged byte.
         TrySend();
     }

@@ -138,6 +138,92 @@ public sealed class GatewayTests
         Assert.False(_gw.SendUdp(flow, new byte[1500], _now));
     }
 
+    /// <summary>
+    /// SND.MAX: a retransmission timeout rewinds SND.NXT (go back N), but the guest had the bytes after it all along (its
+    /// ACK was what got lost). Its next ACK, for everything sent before the rewind, is acceptable: the bytes it carries
+    /// are taken and the send side goes on after the acknowledged ones, instead of answering "not yet sent" for ever.
+    /// </summary>
+    [Fact]
+    public void AnAckForBytesSentBeforeAGoBackNRewindIsAccepted()
+    {
+        (TcpSocket c, uint iss) = Open(guestWindow: 65535);
+        Assert.Equal(3000, c.Write(new byte[3000], _now));
+        List<Seg> sent = G.Segments(_sink);
+        Assert.Equal(3000, sent.Sum(x => x.Payload.Length));
+        _now += 2000;
+        _gw.OnTimer(_now); // the RTO: the first MSS again, SND.NXT back to SND.UNA + 1 MSS
+        Seg again = Assert.Single(G.Segments(_sink));
+        Assert.Equal(iss + 1, again.Seq);
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1 + 3000, TcpFlags.Ack | TcpFlags.Psh, 65535, payload: "late"u8.ToArray()), _now);
+        Assert.Equal(4, c.Readable);
+        _now += 5000;
+        _gw.OnTimer(_now);
+        Assert.DoesNotContain(G.Segments(_sink), x => x.Payload.Length > 0); // nothing left to retransmit
+    }
+
+    /// <summary>
+    /// RFC 6582: three duplicate ACKs resend the first segment and start fast recovery; a partial ACK (the guest lost
+    /// more than one segment of the window) resends the next hole at once, without three more duplicates or the timer.
+    /// </summary>
+    [Fact]
+    public void APartialAckInFastRecoveryResendsTheNextHoleAtOnce()
+    {
+        (TcpSocket c, uint iss) = Open(guestWindow: 65535);
+        Assert.Equal(4 * 1460, c.Write(new byte[4 * 1460], _now));
+        Assert.Equal(4 * 1460, G.Segments(_sink).Sum(x => x.Payload.Length));
+        for (int i = 0; i < 3; i++)
+        {
+            _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack, 65535), _now);
+        }
+        Seg fast = Assert.Single(G.Segments(_sink), x => x.Payload.Length > 0);
+        Assert.Equal(iss + 1, fast.Seq);
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1 + 2 * 1460, TcpFlags.Ack, 65535), _now); // partial: 2 of 4
+        Seg next = Assert.Single(G.Segments(_sink), x => x.Payload.Length > 0);
+        Assert.Equal(iss + 1 + 2 * 1460, next.Seq);
+    }
+
+    /// <summary>Loses what it is told to, and counts what it was asked about.</summary>
+    private sealed class ScriptedLoss : ISegmentLoss
+    {
+        public bool LoseAll;
+        public int Asked;
+
+        public bool Lose()
+        {
+            Asked++;
+            return LoseAll;
+        }
+    }
+
+    /// <summary>
+    /// loss_pct's hook: a lost guest segment never reaches the socket (no ACK, nothing readable), a lost segment of the
+    /// socket's never reaches the wire, and retransmission brings both through once the loss stops; a RST is never lost
+    /// (nor asked about).
+    /// </summary>
+    [Fact]
+    public void ALossySocketLosesSegmentsBothWaysAndRecovers()
+    {
+        (TcpSocket c, uint iss) = Open();
+        var loss = new ScriptedLoss { LoseAll = true };
+        c.Loss = loss;
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Psh, payload: "lost"u8.ToArray()), _now);
+        Assert.Equal(0, c.Readable);
+        Assert.Equal(4, c.Write("down"u8, _now));
+        Assert.Empty(_sink.Take()); // both ways: nothing on the wire, nothing taken
+        Assert.Equal(2, loss.Asked);
+        loss.LoseAll = false;
+        _gw.Receive(G.Tcp(G.Remote, 40000, 80, 1001, iss + 1, TcpFlags.Ack | TcpFlags.Psh, payload: "lost"u8.ToArray()), _now);
+        Assert.Equal(4, c.Readable);
+        _now += 2000; // past the RTO: the socket sends its data again
+        _gw.OnTimer(_now);
+        Assert.Contains(G.Segments(_sink), s => System.Text.Encoding.ASCII.GetString(s.Payload) == "down");
+        int asked = loss.Asked;
+        loss.LoseAll = true;
+        c.Abort(_now);
+        Assert.Contains(G.Segments(_sink), s => (s.Flags & TcpFlags.Rst) != 0);
+        Assert.Equal(asked, loss.Asked);
+    }
+
     /// <summary>The UDP payload of an emitted frame, with PacketDotNet confirming the UDP checksum.</summary>
     private static byte[] UdpOf(byte[] frame)
     {
