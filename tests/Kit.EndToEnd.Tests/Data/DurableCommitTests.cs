@@ -515,8 +515,24 @@ internal static class Qmp
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         timeout.CancelAfter(TimeSpan.FromSeconds(120));
-        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
-        await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath), timeout.Token).ConfigureAwait(false);
+        // The path exists from QEMU's bind(2), before its listen(2): a connect in between is refused, so try again (a new
+        // socket each time: one whose connect failed cannot connect again on Linux).
+        System.Net.Sockets.Socket socket;
+        while (true)
+        {
+            socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+            try
+            {
+                await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath), timeout.Token).ConfigureAwait(false);
+                break;
+            }
+            catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.ConnectionRefused)
+            {
+                socket.Dispose();
+                await Task.Delay(50, timeout.Token).ConfigureAwait(false);
+            }
+        }
+        using var owned = socket;
         await using var stream = new System.Net.Sockets.NetworkStream(socket);
         using var reader = new StreamReader(stream);
         await using var writer = new StreamWriter(stream) { AutoFlush = true, NewLine = "\n" };
@@ -556,8 +572,24 @@ internal static class Qmp
             // QEMU creates its QMP socket as it starts (bounded by the timeout above).
             await Task.Delay(50, timeout.Token).ConfigureAwait(false);
         }
-        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
-        await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath), timeout.Token).ConfigureAwait(false);
+        // The path exists from QEMU's bind(2), before its listen(2): a connect in between is refused, so try again (a new
+        // socket each time: one whose connect failed cannot connect again on Linux).
+        System.Net.Sockets.Socket socket;
+        while (true)
+        {
+            socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+            try
+            {
+                await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath), timeout.Token).ConfigureAwait(false);
+                break;
+            }
+            catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.ConnectionRefused)
+            {
+                socket.Dispose();
+                await Task.Delay(50, timeout.Token).ConfigureAwait(false);
+            }
+        }
+        using var owned = socket;
         await using var stream = new System.Net.Sockets.NetworkStream(socket);
         using var reader = new StreamReader(stream);
         await using var writer = new StreamWriter(stream) { AutoFlush = true, NewLine = "\n" };
