@@ -110,6 +110,24 @@ public sealed class AfterReplyTests
     }
 
     [Fact]
+    public void AScopeOpenedInsideAnotherRunsItsOwnWorkAndHandsTheOfferBack()
+    {
+        var log = new List<string>();
+        using (AfterReply.Begin())
+        {
+            Assert.True(AfterReply.TryDefer(static s => ((List<string>)s).Add("outer 1"), log));
+            using (AfterReply.Begin())
+            {
+                Assert.True(AfterReply.TryDefer(static s => ((List<string>)s).Add("inner"), log));
+            }
+            Assert.Equal(["inner"], log);
+            Assert.True(AfterReply.TryDefer(static s => ((List<string>)s).Add("outer 2"), log));
+        }
+        Assert.Equal(["inner", "outer 1", "outer 2"], log);
+        Assert.False(AfterReply.TryDefer(static s => ((List<string>)s).Add("none"), log));
+    }
+
+    [Fact]
     public void OutsideAConnectionNothingIsDeferred()
     {
         bool ran = false;

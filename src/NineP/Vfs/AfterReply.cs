@@ -2,11 +2,11 @@ namespace Kit.NineP.Vfs;
 
 /// <summary>
 /// Work a file system wants done once the reply it is answering has been sent, on the same thread, before the
-/// connection reads its next request: a blob's read-ahead for the next Tread (DataKit's BlobCursor). Handing it to the
-/// thread pool instead costs a thread wake-up per Tread, and on a 2-core machine that is the bigger part of a read's
-/// CPU (perf of a 64 MiB read in 64 KiB Treads: a third of the server's time in context switches; docs/benchmarks.md).
-/// A 9P client that sends one Tread at a time cannot send the next before it has the reply, so the work overlaps the
-/// client's handling of the reply instead of delaying a request that is already there.
+/// connection reads its next request: a blob's read-ahead for the next Tread (DataKit's BlobCursor). Handed to the
+/// thread pool instead, it costs a thread wake-up per Tread (context switches are the largest part of the server's
+/// CPU in a 64 MiB read; docs/benchmarks.md, 2026-12-08). A 9P client that sends one Tread at a time cannot send the
+/// next before it has the reply, so the work overlaps the client's handling of the reply instead of delaying a
+/// request that is already there.
 /// </summary>
 /// <remarks>
 /// Only a transport that runs handlers inline offers it (<see cref="Server.NinePConnection"/> while it answers a
@@ -39,6 +39,7 @@ public static class AfterReply
     {
         Scope scope = t_spare ?? new Scope();
         t_spare = null;
+        scope.Outer = t_scope;
         t_scope = scope;
         return scope;
     }
@@ -51,12 +52,16 @@ public static class AfterReply
 
         public int Count { get; private set; }
 
+        /// <summary>A scope this one was opened inside (a continuation that ran inline in another request), restored after.</summary>
+        public Scope? Outer { get; set; }
+
         public void Add(Action<object> work, object state) => _items[Count++] = (work, state);
 
         /// <summary>Ends the offer on this thread, then runs the work in order.</summary>
         public void Dispose()
         {
-            t_scope = null;
+            t_scope = Outer;
+            Outer = null;
             try
             {
                 for (int i = 0; i < Count; i++)
@@ -68,7 +73,7 @@ public static class AfterReply
             {
                 Array.Clear(_items);
                 Count = 0;
-                t_spare = this;
+                t_spare ??= this;
             }
         }
     }
