@@ -261,6 +261,88 @@ public sealed class BlobStreamTests : DataKitTestBase
         Assert.Equal("fine"u8.ToArray(), await C.ReadAllAsync("branch/master/ro/after"));
     }
 
+    /// <summary>Writes a loose object file by hand: zlib of <paramref name="header"/> then <paramref name="body"/>, under a made-up name.</summary>
+    private ObjectId WriteLooseByHand(string header, byte[] body)
+    {
+        var raw = new MemoryStream();
+        using (var z = new System.IO.Compression.ZLibStream(raw, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true))
+        {
+            z.Write(Encoding.ASCII.GetBytes(header));
+            z.Write(body);
+        }
+        string sha = Convert.ToHexStringLower(SHA1.HashData(Encoding.ASCII.GetBytes(header + Guid.NewGuid())));
+        string dir = Path.Combine(Server.Store.GitDir, "objects", sha[..2]);
+        Directory.CreateDirectory(dir);
+        File.WriteAllBytes(Path.Combine(dir, sha[2..]), raw.ToArray());
+        return new ObjectId(sha);
+    }
+
+    /// <summary>Reads to the end in <paramref name="chunk"/>-byte reads; returns how far it got and the error that stopped it.</summary>
+    private static (long At, VfsException? Error) ReadChecked(BlobCursor cursor, byte[] content, int chunk)
+    {
+        byte[] buffer = new byte[chunk];
+        long at = 0;
+        try
+        {
+            for (int n; (n = cursor.Read(at, buffer)) > 0; at += n)
+            {
+                Assert.Equal(content.AsSpan((int)at, n).ToArray(), buffer.AsSpan(0, n).ToArray());
+            }
+        }
+        catch (VfsException e)
+        {
+            return (at, e);
+        }
+        return (at, null);
+    }
+
+    // The zlib trailer (RFC 1950's ADLER32) is only read when something asks past the content's last byte: the cursor
+    // asks, so a damaged checksum fails the read that takes the last bytes, in any read size, and no earlier one.
+    [Theory]
+    [InlineData(65536 - 24)]
+    [InlineData(1024 * 1024)]
+    [InlineData(4096)]
+    public void ADamagedChecksumFailsTheLastReadWithEio(int chunk)
+    {
+        byte[] content = RandomBytes((2 * BlobCursor.WindowSize) + 3, 19);
+        string sha = WriteWithGit(content);
+        string path = Path.Combine(Server.Store.GitDir, "objects", sha[..2], sha[2..]);
+        byte[] whole = File.ReadAllBytes(path);
+        whole[^1] ^= 0x55;
+        File.SetAttributes(path, FileAttributes.Normal);
+        File.WriteAllBytes(path, whole);
+        using BlobCursor cursor = Server.Store.OpenBlob(new ObjectId(sha));
+        (long at, VfsException? error) = ReadChecked(cursor, content, chunk);
+        Assert.Equal(Errno.EIO, error?.Errno);
+        Assert.InRange(at, content.Length - chunk, content.Length - 1);
+        // A read that ends before the last byte is unaffected; one that reaches it fails again.
+        byte[] some = new byte[4096];
+        Assert.Equal(some.Length, cursor.Read(content.Length - 100_000L, some));
+        Assert.Equal(content.AsSpan(content.Length - 100_000, some.Length).ToArray(), some);
+        Assert.Equal(Errno.EIO, Assert.Throws<VfsException>(() => cursor.Read(content.Length - 3L, some)).Errno);
+    }
+
+    [Fact]
+    public void AnObjectLongerOrShorterThanItsHeaderIsEio()
+    {
+        byte[] body = RandomBytes(300_000, 23);
+        using (BlobCursor longer = Server.Store.OpenBlob(WriteLooseByHand("blob 200000\0", body)))
+        {
+            Assert.Equal(200_000, longer.Length);
+            (long at, VfsException? error) = ReadChecked(longer, body, 65536);
+            Assert.Equal(Errno.EIO, error?.Errno);
+            Assert.Contains("longer than its header", error!.Message, StringComparison.Ordinal);
+            Assert.Equal(3 * 65536, at);
+        }
+        using BlobCursor shorter = Server.Store.OpenBlob(WriteLooseByHand("blob 400000\0", body));
+        (long at2, VfsException? error2) = ReadChecked(shorter, body, 65536);
+        Assert.Equal(Errno.EIO, error2?.Errno);
+        Assert.Equal(4 * 65536, at2);
+        // An intact hand-written object of the same shape reads whole: the checks above are about the damage.
+        using BlobCursor exact = Server.Store.OpenBlob(WriteLooseByHand("blob 300000\0", body));
+        Assert.Equal((300_000L, (VfsException?)null), ReadChecked(exact, body, 65536));
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(1)]

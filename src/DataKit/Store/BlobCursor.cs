@@ -18,12 +18,13 @@ namespace Kit.DataKit.Store;
 /// <remarks>
 /// Why read ahead: a 9P client such as diodcat (or the kernel without readahead) sends one Tread at a time and
 /// consumes the reply before the next. Inflating on demand puts the inflate of every chunk in series with the client;
-/// after each read a pump on the thread pool inflates the next chunks while the client is busy, so the next Tread
-/// finds its bytes ready, as a file server's page cache would have them (measured: 0.45 ms from a 1 MiB Tread to its
-/// reply instead of 1.45 ms; issue 16, docs/benchmarks.md). The ring needs no compaction copies: offset o lives at
-/// o % ring length.
-/// Reads must be serialised by the caller (the open file that owns a cursor does); the pump is the only other thread.
-/// One "producer" at a time inflates: the pump, or a read that finds the pump idle and its bytes missing.
+/// after each read the next chunks are inflated while the client is busy, so the next Tread finds its bytes ready, as
+/// a file server's page cache would have them (measured: 0.45 ms from a 1 MiB Tread to its reply instead of 1.45 ms;
+/// issue 16, docs/benchmarks.md). That work runs on the connection's thread after the reply is sent when the
+/// transport offers it (<see cref="AfterReply"/>), else on a pump on the thread pool. The ring needs no compaction
+/// copies: offset o lives at o % ring length.
+/// Reads must be serialised by the caller (the open file that owns a cursor does); the read-ahead is the only other
+/// thread. One "producer" at a time inflates: the read-ahead, or a read that finds it idle and its bytes missing.
 /// </remarks>
 public sealed class BlobCursor : IDisposable
 {
@@ -47,6 +48,7 @@ public sealed class BlobCursor : IDisposable
     private bool _producing; // someone holds the producer role
     private bool _pumpQueued;
     private bool _disposed;
+    private int _aheadBudget = StepSize; // what ReadAhead inflates: the last read's size, at least a step
     private VfsException? _failure;
 
     /// <param name="length">The blob's size from its header, checked against what the source yields.</param>
@@ -128,7 +130,8 @@ public sealed class BlobCursor : IDisposable
                 EndProducing();
             }
         }
-        if (_hi < end)
+        // The read that takes the last byte also answers for the end check (CheckEnd): a damaged trailer fails it.
+        if (_hi < end || (end == Length && _failure is not null))
         {
             throw _failure ?? new VfsException(Errno.EIO, "blob read failed");
         }
@@ -137,8 +140,41 @@ public sealed class BlobCursor : IDisposable
         int first = Math.Min(want, ring.Length - at);
         ring.AsSpan(at, first).CopyTo(buffer);
         ring.AsSpan(0, want - first).CopyTo(buffer[first..]);
-        Kick();
+        _aheadBudget = Math.Max(want, StepSize);
+        if (!AfterReply.TryDefer(static c => ((BlobCursor)c).ReadAhead(), this))
+        {
+            Kick();
+        }
         return want;
+    }
+
+    /// <summary>
+    /// Read-ahead on the connection's thread once the reply is sent (<see cref="AfterReply"/>): as much as the last
+    /// read took (at least a step), so a reader in steady state finds the ring full again with no thread woken; what is
+    /// left of a ring that is far from full (a first read, a seek) goes to the pump on the thread pool.
+    /// </summary>
+    private void ReadAhead()
+    {
+        lock (_gate)
+        {
+            if (_producing || _disposed || _failure is not null)
+            {
+                return;
+            }
+            _producing = true;
+        }
+        try
+        {
+            long stop = _hi + _aheadBudget; // _hi moves only under the producer role, which this thread holds
+            while (_hi < stop && Step())
+            {
+            }
+        }
+        finally
+        {
+            EndProducing();
+        }
+        Kick();
     }
 
     /// <summary>Reopens the source at the first byte. Under the lock; waits for a running producer step to end.</summary>
@@ -232,6 +268,10 @@ public sealed class BlobCursor : IDisposable
             {
                 failure = new VfsException(Errno.EIO, $"blob ended at {_hi} of {Length} bytes");
             }
+            else if (_hi + n == Length)
+            {
+                failure = CheckEnd(source);
+            }
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
@@ -244,6 +284,18 @@ public sealed class BlobCursor : IDisposable
             Monitor.PulseAll(_gate);
         }
         return n > 0;
+    }
+
+    /// <summary>
+    /// After the last byte the header promised, the source must end. Asking it for one more byte is what makes the
+    /// inflater read the zlib trailer and compare its Adler-32 with the bytes it produced (RFC 1950 section 2.2, ADLER32):
+    /// a reader that stops at the length would never see a damaged trailer or a stream longer than its header. So the
+    /// check costs nothing but this call, and the read that takes the last bytes reports a failure (EIO).
+    /// </summary>
+    private VfsException? CheckEnd(Stream source)
+    {
+        Span<byte> one = stackalloc byte[1];
+        return source.Read(one) == 0 ? null : new VfsException(Errno.EIO, $"blob is longer than its header's {Length} bytes");
     }
 
     private void EndProducing()

@@ -157,7 +157,13 @@ public sealed class NinePConnection
         // a read of a stored file) finish synchronously and are answered without a thread-pool hop, in order. A
         // request that waits (a read of a .live stream) returns its pending task here at its first real await, so
         // the loop goes on reading and a later Tflush can cancel it. Handlers must therefore never block a thread.
-        Task<bool> task = HandleAsync(copy, frame.Length, tag, isFlush, inflight);
+        // Work the handler deferred (AfterReply) runs here, after its reply went out if it answered synchronously,
+        // and before the next frame is read.
+        Task<bool> task;
+        using (AfterReply.Begin())
+        {
+            task = HandleAsync(copy, frame.Length, tag, isFlush, inflight);
+        }
         inflight.Task = task;
         // A malformed message is found before the first await, so a violation is known here.
         return !task.IsCompletedSuccessfully || task.Result;
