@@ -334,6 +334,102 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
         }
     }
 
+    /// <summary>
+    /// loss_pct on TCP: 1 MiB each way (the guest sends random bytes, a server on the host's 127.0.0.1 sends them back once
+    /// it has them all) under a 10% rule. The gateway drops segments both ways, TCP recovers: the bytes arrive whole (SHA-256 on the host and
+    /// back in the guest), the rule's dropped/segments is 10% within a binomial bound, and the guest's kernel counted retransmissions.
+    /// </summary>
+    [Fact]
+    public async Task A_loss_rule_drops_tcp_segments_and_tcp_recovers_every_byte()
+    {
+        const int Size = 1 << 20;
+        int ui = LoopbackPort.Free();
+        var hashes = new List<string>();
+        // Upload, then download (not both at once: without SACK, the gateway's dupacks to a guest that is also
+        // receiving data ride on data segments, which a sender does not count as duplicates, RFC 5681 §2).
+        using var server = new LoopbackTcpServer(async (c, cancel) =>
+        {
+            NetworkStream s = c.GetStream();
+            byte[] all = new byte[Size];
+            int got = 0, n;
+            while (got < Size && (n = await s.ReadAsync(all.AsMemory(got), cancel)) > 0)
+            {
+                got += n;
+            }
+            lock (hashes)
+            {
+                hashes.Add(Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(all.AsSpan(0, got))));
+            }
+            await s.WriteAsync(all.AsMemory(0, got), cancel);
+            c.Client.Shutdown(SocketShutdown.Send);
+        });
+        string policy = Write("tcp-loss.json", $$"""
+            {"rules":[{"name":"lossy","match":{"cidr":"192.168.65.2/32","port":{{server.Port}},"proto":"tcp"},"action":"allow","loss_pct":10}]}
+            """);
+        string transfer = Write("transfer.py", """
+import hashlib, os, socket, sys
+data = os.urandom(int(sys.argv[3]))
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+s.sendall(data)
+h, got = hashlib.sha256(), 0
+while True:
+    c = s.recv(65536)
+    if not c:
+        break
+    h.update(c)
+    got += len(c)
+print("sent=%s got=%s bytes=%d" % (hashlib.sha256(data).hexdigest(), h.hexdigest(), got), flush=True)
+""");
+        string ready = Path.Combine(_dir, "loss-ready");
+        string go = Path.Combine(_dir, "loss-go");
+        string retrans = "nstat -asz TcpRetransSegs | awk '/TcpRetransSegs/ {print \"retrans=\" $2}'";
+        string script = $"{retrans}; python3 {transfer} 192.168.65.2 {server.Port} {Size}; {retrans}; "
+            + $"touch {ready}; i=0; while [ ! -e {go} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done";
+        Task<ProcessResult> run = NetRun.RunAsync(["--policy", policy, "--ui", $"tcp://127.0.0.1:{ui}", "--dns-upstream", "127.0.0.1:9"], script, Timeout);
+        JsonElement rules;
+        try
+        {
+            for (int i = 0; i < 800 && !File.Exists(ready) && !run.IsCompleted; i++)
+            {
+                await Task.Delay(100, TestContext.Current.CancellationToken);
+            }
+            Assert.True(File.Exists(ready), run.IsCompleted ? NetRun.Describe(await run) : "the transfer did not finish in 80 s");
+            using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(10) };
+            rules = await RulesAsync(api);
+        }
+        catch
+        {
+            File.WriteAllText(go, "");
+            await run; // the namespace's command ends before the directory it uses goes
+            throw;
+        }
+        File.WriteAllText(go, "");
+        ProcessResult r = await run;
+        string details = $"{NetRun.Describe(r)}\n--- rules\n{rules}";
+        Assert.True(r.ExitCode == 0, details);
+        Match m = Regex.Match(r.StandardOutput, @"sent=(\w+) got=(\w+) bytes=(\d+)");
+        Assert.True(m.Success, details);
+        Assert.Equal(Size.ToString(System.Globalization.CultureInfo.InvariantCulture), m.Groups[3].Value);
+        Assert.Equal(m.Groups[1].Value, m.Groups[2].Value);
+        lock (hashes)
+        {
+            Assert.Equal([m.Groups[1].Value], hashes);
+        }
+        // The share dropped: 10% within four standard deviations of a binomial draw over the segments seen (about ±4
+        // points for the ~700 segments of this transfer; the issue's ±1 point needs ~8,000, more than the gateway's TCP
+        // moves under 10% loss in a test's time: it has no SACK, docs/vpnkit.md).
+        long segments = Counter(rules, "lossy", "segments");
+        long dropped = Counter(rules, "lossy", "dropped");
+        Assert.True(segments >= 300, details);
+        double share = 100.0 * dropped / segments;
+        double bound = 4 * 100 * Math.Sqrt(0.1 * 0.9 / segments);
+        Assert.True(Math.Abs(share - 10) <= bound, $"{dropped} of {segments} segments dropped ({share:F2}%, allowed 10 ± {bound:F2}) under a 10% rule\n{details}");
+        MatchCollection counts = Regex.Matches(r.StandardOutput, @"^retrans=(\d+)$", RegexOptions.Multiline);
+        Assert.True(counts.Count == 2, details);
+        Assert.True(long.Parse(counts[1].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)
+            > long.Parse(counts[0].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), details);
+    }
+
     [Fact]
     public async Task ABadPolicyFileIsRefusedWithItsFieldOrLine()
     {
