@@ -443,7 +443,9 @@ internal sealed class TcpSocket
             bool filled = false;
             if (_ooo is { IsEmpty: false } && allTaken)
             {
-                // The hole (or part of it) is filled: what was held after it follows. RFC 5681 §4.2: ACK at once.
+                // The hole (or part of it) is filled: what was held after it follows, all of it (Hold kept it within
+                // RCV.NXT + the buffer's free room, a sum that taking bytes in order does not change). RFC 5681 §4.2:
+                // ACK at once.
                 uint before = _rcvNxt;
                 _rcvNxt = _ooo.Drain(_rcvNxt, _receive);
                 n += (int)(_rcvNxt - before);

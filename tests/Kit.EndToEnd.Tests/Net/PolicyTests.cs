@@ -336,8 +336,11 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
 
     /// <summary>
     /// loss_pct on TCP: 1 MiB each way (the guest sends random bytes, a server on the host's 127.0.0.1 sends them back once
-    /// it has them all) under a 10% rule. The gateway drops segments both ways, TCP recovers: the bytes arrive whole (SHA-256 on the host and
-    /// back in the guest), the rule's dropped/segments is 10% within a binomial bound, and the guest's kernel counted retransmissions.
+    /// it has them all) under a 10% rule. The gateway drops segments both ways (a segment is a frame on the link: an
+    /// offloaded 64 KiB one counts once), TCP recovers: the bytes arrive whole (SHA-256 on the host and back in the guest),
+    /// the rule's dropped/segments is within a tenth of the setting (9-11%: the draw is steered, docs/vpnkit.md), the
+    /// guest's kernel counted retransmissions and recovered with SACK (the gateway's out-of-order queue), not only by its
+    /// timer. Before the queue and SACK, the same transfer took 50 s to minutes (go back N, RTO backing off).
     /// </summary>
     [Fact]
     public async Task A_loss_rule_drops_tcp_segments_and_tcp_recovers_every_byte()
@@ -345,8 +348,8 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
         const int Size = 1 << 20;
         int ui = LoopbackPort.Free();
         var hashes = new List<string>();
-        // Upload, then download (not both at once: without SACK, the gateway's dupacks to a guest that is also
-        // receiving data ride on data segments, which a sender does not count as duplicates, RFC 5681 §2).
+        // Upload, then download: one direction at a time, as a bulk transfer is (both at once works too, but its ACKs
+        // ride on data, which a sender without SACK does not count as duplicates, RFC 5681 §2).
         using var server = new LoopbackTcpServer(async (c, cancel) =>
         {
             NetworkStream s = c.GetStream();
@@ -382,7 +385,7 @@ print("sent=%s got=%s bytes=%d" % (hashlib.sha256(data).hexdigest(), h.hexdigest
 """);
         string ready = Path.Combine(_dir, "loss-ready");
         string go = Path.Combine(_dir, "loss-go");
-        string retrans = "nstat -asz TcpRetransSegs | awk '/TcpRetransSegs/ {print \"retrans=\" $2}'";
+        string retrans = "nstat -asz TcpRetransSegs TcpExtTCPSackRecovery | awk '/Tcp/ {print $1 \"=\" $2}'";
         string script = $"{retrans}; python3 {transfer} 192.168.65.2 {server.Port} {Size}; {retrans}; "
             + $"touch {ready}; i=0; while [ ! -e {go} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done";
         Task<ProcessResult> run = NetRun.RunAsync(["--policy", policy, "--ui", $"tcp://127.0.0.1:{ui}", "--dns-upstream", "127.0.0.1:9"], script, Timeout);
@@ -415,19 +418,24 @@ print("sent=%s got=%s bytes=%d" % (hashlib.sha256(data).hexdigest(), h.hexdigest
         {
             Assert.Equal([m.Groups[1].Value], hashes);
         }
-        // The share dropped: 10% within four standard deviations of a binomial draw over the segments seen (about ±4
-        // points for the ~700 segments of this transfer; the issue's ±1 point needs ~8,000, more than the gateway's TCP
-        // moves under 10% loss in a test's time: it has no SACK, docs/vpnkit.md).
+        // The share dropped, as the issue asks: within a tenth of the setting (9-11%). The draw keeps the rule's losses
+        // within 2 segments of 10% of those seen (RuleLoss), so from 200 segments on this holds on every run.
         long segments = Counter(rules, "lossy", "segments");
         long dropped = Counter(rules, "lossy", "dropped");
-        Assert.True(segments >= 300, details);
+        Assert.True(segments >= 200, $"only {segments} segments: too few to measure a share\n{details}");
         double share = 100.0 * dropped / segments;
-        double bound = 4 * 100 * Math.Sqrt(0.1 * 0.9 / segments);
-        Assert.True(Math.Abs(share - 10) <= bound, $"{dropped} of {segments} segments dropped ({share:F2}%, allowed 10 ± {bound:F2}) under a 10% rule\n{details}");
-        MatchCollection counts = Regex.Matches(r.StandardOutput, @"^retrans=(\d+)$", RegexOptions.Multiline);
-        Assert.True(counts.Count == 2, details);
-        Assert.True(long.Parse(counts[1].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)
-            > long.Parse(counts[0].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), details);
+        Assert.True(Math.Abs(share - 10) <= 1, $"{dropped} of {segments} segments dropped ({share:F2}%, allowed 9-11) under a 10% rule\n{details}");
+        Assert.True(NstatDelta(r.StandardOutput, "TcpRetransSegs") > 0, details);
+        Assert.True(NstatDelta(r.StandardOutput, "TcpExtTCPSackRecovery") > 0, details); // SACK was negotiated and used
+    }
+
+    /// <summary>How much an nstat counter printed as NAME=VALUE before and after the transfer grew.</summary>
+    private static long NstatDelta(string output, string name)
+    {
+        MatchCollection m = Regex.Matches(output, $@"^{name}=(\d+)$", RegexOptions.Multiline);
+        Assert.True(m.Count == 2, $"{name} printed {m.Count} times\n{output}");
+        return long.Parse(m[1].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)
+            - long.Parse(m[0].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
     }
 
     [Fact]
