@@ -10,8 +10,8 @@ namespace Kit.VpnKit.Nat;
 /// draw would take it past that, the other outcome is taken. An unsteered draw wanders by the square root of the count
 /// (about ±1 point of a 10% setting over 800 segments, one standard deviation), so a short transfer could not show the
 /// setting; steered, the share read back is within 2 segments of it, which for 10% is within a tenth of the setting
-/// from 200 segments on. Losses stay random in where they fall; only runs are bounded (at 10%, no more than about 20
-/// segments pass without a loss, and losses come at most two or three close together).
+/// from 200 segments on. Losses stay random in where they fall; only runs are bounded (at 10%, at most about 40
+/// segments pass without a loss, and at most three losses come in a row).
 /// </summary>
 internal sealed class RuleLoss(PolicyRule rule) : ISegmentLoss
 {

@@ -339,8 +339,8 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
     /// it has them all) under a 10% rule. The gateway drops segments both ways (a segment is a frame on the link: an
     /// offloaded 64 KiB one counts once), TCP recovers: the bytes arrive whole (SHA-256 on the host and back in the guest),
     /// the rule's dropped/segments is within a tenth of the setting (9-11%: the draw is steered, docs/vpnkit.md), the
-    /// guest's kernel counted retransmissions and recovered with SACK (the gateway's out-of-order queue), not only by its
-    /// timer. Before the queue and SACK, the same transfer took 50 s to minutes (go back N, RTO backing off).
+    /// guest's kernel counted retransmissions. Before the gateway's out-of-order queue and SACK, the same transfer took
+    /// 50 s to a stall (go back N, the guest's retransmission timer backing off); now about 15 s.
     /// </summary>
     [Fact]
     public async Task A_loss_rule_drops_tcp_segments_and_tcp_recovers_every_byte()
@@ -425,8 +425,9 @@ print("sent=%s got=%s bytes=%d" % (hashlib.sha256(data).hexdigest(), h.hexdigest
         Assert.True(segments >= 200, $"only {segments} segments: too few to measure a share\n{details}");
         double share = 100.0 * dropped / segments;
         Assert.True(Math.Abs(share - 10) <= 1, $"{dropped} of {segments} segments dropped ({share:F2}%, allowed 9-11) under a 10% rule\n{details}");
+        // The guest resent segments. (Its TCPSackRecovery, printed in the details, is usually up too, but not on every
+        // run: a loss of the last frame in flight is repaired by a probe or the timer, and the upload is ~30 frames.)
         Assert.True(NstatDelta(r.StandardOutput, "TcpRetransSegs") > 0, details);
-        Assert.True(NstatDelta(r.StandardOutput, "TcpExtTCPSackRecovery") > 0, details); // SACK was negotiated and used
     }
 
     /// <summary>How much an nstat counter printed as NAME=VALUE before and after the transfer grew.</summary>
