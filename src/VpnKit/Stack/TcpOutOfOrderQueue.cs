@@ -51,8 +51,6 @@ internal sealed class TcpOutOfOrderQueue(int capacity)
         public uint Stamp;
     }
 
-    public int Capacity => capacity;
-
     public bool IsEmpty => _count == 0;
 
     public int RunCount => _count;
