@@ -280,6 +280,10 @@ internal sealed partial class NatHost : IFlowHandler, IDisposable
             c.CompleteConnect(connected: false, now, silent);
             return null;
         }
+        if (rule is { Action: RuleAction.Allow, Impair.LossPct: > 0 })
+        {
+            c.Loss = new RuleLoss(rule);
+        }
         if (needStream)
         {
             proxy.DecideOnStream(Policy!);

@@ -111,6 +111,10 @@ internal sealed partial class TcpProxy
             {
                 Apply(rule, now);
             }
+            if (rule is { Impair.LossPct: > 0 })
+            {
+                _c.Loss = new RuleLoss(rule);
+            }
             return true;
         }
         // The handshake is over by now, so deny cannot be a silent drop of the SYN: both deny and reject reset the

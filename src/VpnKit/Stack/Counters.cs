@@ -14,7 +14,10 @@ internal sealed class GatewayCounters
     public long TcpTableFull;
     public long TcpPendingFull;
     public long TcpRetransmits;
+    /// <summary>Guest segments that arrived past a hole (held in the socket's out-of-order queue when they fit).</summary>
     public long TcpOutOfOrder;
+    /// <summary>Out-of-order segments dropped because the queue held its most separate runs already.</summary>
+    public long TcpOutOfOrderFull;
     public long UdpTooLarge;
     public long ArpReplies;
     public long DhcpReplies;

@@ -316,6 +316,7 @@ internal sealed partial class Gateway : ITcpSocketHost
         int tcpAt = EthernetFrame.HeaderLength + (s.GuestIp.IsV4 ? Ipv4Packet.MinHeaderLength : Ipv6Packet.HeaderLength);
         Span<byte> f = _tx;
         int optLen = h.HasOptions ? h.Options.Write(f.Slice(tcpAt + TcpSegment.MinHeaderLength)) : 0;
+        optLen += h.Sack.Write(f.Slice(tcpAt + TcpSegment.MinHeaderLength + optLen));
         int hl = TcpSegment.HeaderLengthFor(optLen);
         if (length > 0)
         {

@@ -40,8 +40,11 @@ internal readonly struct FlowKey(IpAddr guestIp, ushort guestPort, IpAddr remote
 /// The gateway (<see cref="ITcpSocketHost"/>) only finds the socket for a segment, puts the segments it dispatches on
 /// the wire, and keeps the table. Connect-before-accept: a passive open waits in <see cref="TcpState.Connecting"/>
 /// until the NAT reports the host connect (<see cref="CompleteConnect"/>); only then does the SYN-ACK go out.
-/// Not implemented on purpose: SACK and timestamps (the link is a virtual wire: loss is rare, RTT is tiny),
-/// out-of-order queueing (an out-of-order segment is dropped and a duplicate ACK asks for a retransmit), urgent data.
+/// Receiving, segments past a hole wait in a bounded out-of-order queue (<see cref="TcpOutOfOrderQueue"/>) and the
+/// ACKs report them with SACK (RFC 2018) when the guest offered it; so loss (a policy's loss_pct, or a real lossy link
+/// behind a TAP) costs one retransmission, not a window. Sending, the guest's SACK blocks count duplicate ACKs as RFC
+/// 6675 §2 does and bound the first retransmission; there is no scoreboard beyond that.
+/// Not implemented on purpose: timestamps (the link is a virtual wire: RTT is tiny), urgent data.
 /// Congestion control is NewReno (RFC 5681, RFC 6582) with limited transmit (RFC 3042) and early retransmit (RFC 5827):
 /// slow start, halving on fast retransmit, a partial ACK in fast
 /// recovery resends the next hole at once, one MSS after a timeout.
@@ -103,6 +106,18 @@ internal sealed class TcpSocket
     private bool _holdTail;
     /// <summary>A zero-window probe is outstanding.</summary>
     private bool _probing;
+    /// <summary>Both ends sent SACK-permitted (RFC 2018 §2): ACKs carry SACK blocks, the guest's are read.</summary>
+    private bool _sackOk;
+    /// <summary>Segments past a hole, held until it fills (created on the first one).</summary>
+    private TcpOutOfOrderQueue? _ooo;
+    /// <summary>The last ACK went out while bytes were held past a hole: duplicates of it repeat its window.</summary>
+    private bool _windowHeld;
+    /// <summary>
+    /// Sending: the highest right edge the guest has SACKed above SND.UNA (equal to SND.UNA when none), and the lowest
+    /// left edge in its latest SACK (where the first hole ends), for RFC 6675 §2's DupAck and the retransmission's size.
+    /// </summary>
+    private uint _sackHigh;
+    private uint _holeEnd;
 
     // Timers (absolute ms, 0 = off) and RFC 6298 state.
     private long _rtoDeadline;
@@ -245,6 +260,8 @@ internal sealed class TcpSocket
         _scaling = opts.WindowScale >= 0;
         _sndShift = _scaling ? opts.WindowScale : 0;
         _rcvShift = _scaling ? ShiftFor(_receive.Capacity) : 0;
+        // RFC 2018 §2: SACK-permitted in a SYN-ACK only if the SYN had it; in an active open our SYN offers it.
+        _sackOk = opts.SackPermitted;
         _cwnd = (uint)(10 * SendMss); // RFC 6928 initial window.
     }
 
@@ -410,14 +427,30 @@ internal sealed class TcpSocket
             }
             if (seq != _rcvNxt)
             {
-                // Out of order: dropped; the duplicate ACK lets the guest's fast retransmit fill the hole.
+                // Out of order: held (unless the guest already sent its FIN: nothing follows a FIN), and ACKed at once
+                // (RFC 5681 §4.2), a duplicate ACK with SACK blocks, so the guest's fast retransmit fills the hole.
                 _host.Counters.TcpOutOfOrder++;
+                if (!GuestFinished)
+                {
+                    Hold(seq, payload);
+                }
                 SendAck();
                 return;
             }
             int n = _receive.Write(payload);
             _rcvNxt += (uint)n;
             allTaken = n == payload.Length;
+            bool filled = false;
+            if (_ooo is { IsEmpty: false } && allTaken)
+            {
+                // The hole (or part of it) is filled: what was held after it follows, all of it (Hold kept it within
+                // RCV.NXT + the buffer's free room, a sum that taking bytes in order does not change). RFC 5681 §4.2:
+                // ACK at once.
+                uint before = _rcvNxt;
+                _rcvNxt = _ooo.Drain(_rcvNxt, _receive);
+                n += (int)(_rcvNxt - before);
+                filled = true;
+            }
             if (n > 0)
             {
                 _host.Flows.TcpReadable(this);
@@ -426,7 +459,7 @@ internal sealed class TcpSocket
             // RFC 9293 §3.8.6.3 / RFC 1122 §4.2.3.2: ACK at least every second full segment, a full buffer at once,
             // otherwise within DelayedAckMs. PSH does not force an ACK: a request's answer usually comes from the host
             // well within the delay and carries the ACK, which saves a frame (and a wake-up of the guest) per round trip.
-            ackNow = !allTaken || _segmentsSinceAck >= 2;
+            ackNow = !allTaken || filled || _segmentsSinceAck >= 2;
             if (!ackNow)
             {
                 ArmDelayedAck();
@@ -438,6 +471,7 @@ internal sealed class TcpSocket
         {
             _rcvNxt++;
             GuestFinished = true;
+            _ooo?.Clear(); // Bytes held past the FIN were never part of the stream.
             if (State is TcpState.Established or TcpState.SynReceived)
             {
                 // The FIN's ACK is delayed, as Linux's tcp_fin() does (pingpong mode): the FIN goes on to the host
@@ -481,10 +515,69 @@ internal sealed class TcpSocket
         }
     }
 
+    /// <summary>
+    /// Holds an out-of-order segment's bytes inside the window last advertised and within what the receive buffer can
+    /// take once the hole fills (its free room only grows while RCV.NXT waits at the hole).
+    /// </summary>
+    private void Hold(uint seq, ReadOnlySpan<byte> payload)
+    {
+        _ooo ??= new TcpOutOfOrderQueue(_receive.Capacity);
+        uint edge = _lastAdvertisedEdge;
+        uint room = _rcvNxt + (uint)_receive.Free;
+        if (Lt(room, edge))
+        {
+            edge = room;
+        }
+        if (_ooo.Insert(_rcvNxt, edge, seq, payload) == OutOfOrderResult.Full)
+        {
+            _host.Counters.TcpOutOfOrderFull++;
+        }
+    }
+
+    /// <summary>
+    /// Reads the guest's SACK blocks (RFC 2018 §4) on an ACK for <paramref name="ack"/>. Returns true when one reports
+    /// bytes above any SACKed before: RFC 6675 §2's DupAck, which does not ask for an unchanged window (the guest's
+    /// reader may open it on every ACK). Blocks outside (ack, SND.MAX] or empty are ignored (a D-SACK, RFC 2883, lies
+    /// below the ACK; a hostile one anywhere).
+    /// </summary>
+    private bool ReadSack(in SackBlocks sack, uint ack)
+    {
+        if (!Lt(ack, _sackHigh) || Lt(_sndMax, _sackHigh))
+        {
+            _sackHigh = ack;
+        }
+        bool news = false;
+        bool any = false;
+        uint lowest = 0;
+        for (int i = 0; i < sack.Count; i++)
+        {
+            uint l = sack.Left(i);
+            uint r = sack.Right(i);
+            if (!Lt(ack, l) || !Lt(l, r) || Lt(_sndMax, r))
+            {
+                continue;
+            }
+            if (Lt(_sackHigh, r))
+            {
+                _sackHigh = r;
+                news = true;
+            }
+            if (!any || Lt(l, lowest))
+            {
+                lowest = l;
+                any = true;
+            }
+        }
+        _holeEnd = any ? lowest : ack;
+        return news;
+    }
+
     /// <summary>ACK processing (RFC 9293 §3.10.7.4 fifth check). Returns false if the connection is gone.</summary>
     private bool ProcessAck(TcpSegment seg, uint seq, uint ack, int payloadLength, TcpFlags f)
     {
         uint window = (uint)seg.Window << _sndShift;
+        bool sackNews = _sackOk && seg.HeaderLength > TcpSegment.MinHeaderLength
+            && SackBlocks.TryParse(seg.OptionBytes, out SackBlocks sack) && ReadSack(sack, ack);
         if (Lt(_sndUna, ack))
         {
             uint acked = ack - _sndUna;
@@ -549,7 +642,8 @@ internal sealed class TcpSocket
         else if (ack == _sndUna)
         {
             _retries = 0;
-            if (payloadLength == 0 && (f & TcpFlags.Fin) == 0 && window == _sndWnd && _sndNxt != _sndUna)
+            bool duplicate = payloadLength == 0 && (f & TcpFlags.Fin) == 0 && window == _sndWnd;
+            if ((duplicate || sackNews) && _sndNxt != _sndUna)
             {
                 // RFC 5681 §3.2: the third duplicate ACK triggers fast retransmit (RFC 6582 §3.2 step 2: not again
                 // inside the recovery it began); each further duplicate inflates the window by the segment that left.
@@ -767,7 +861,15 @@ internal sealed class TcpSocket
         int avail = _send.Count;
         if (avail > 0 && !Lt(_sndUna, _sendBase))
         {
-            int n = Math.Min(Math.Min(avail, SendMss), (int)Math.Min(_sndNxt - _sndUna, int.MaxValue));
+            // With SACK the first hole's size is known (up to the lowest SACKed byte): resend all of it in one segment
+            // (on an offloading link a lost 64 KiB frame then costs one retransmission, not one per MSS).
+            int limit = SendMss;
+            if (_sackOk && Lt(_sndUna, _holeEnd) && Le(_holeEnd, _sndNxt))
+            {
+                int full = _host.MaxSegment(GuestIp.IsV4) is > 0 and int max ? max : SendMss;
+                limit = (int)Math.Min(_holeEnd - _sndUna, (uint)full);
+            }
+            int n = Math.Min(Math.Min(avail, limit), (int)Math.Min(_sndNxt - _sndUna, int.MaxValue));
             if (n > 0)
             {
                 Dispatch(_sndUna, TcpFlags.Ack, 0, n, synOptions: false);
@@ -812,7 +914,12 @@ internal sealed class TcpSocket
             return;
         }
         TcpOptions options = synOptions
-            ? new TcpOptions { Mss = (ushort)Math.Min(OurMss, 65535), WindowScale = (sbyte)(State == TcpState.SynSent || _scaling ? _rcvShift : -1) }
+            ? new TcpOptions
+            {
+                Mss = (ushort)Math.Min(OurMss, 65535),
+                WindowScale = (sbyte)(State == TcpState.SynSent || _scaling ? _rcvShift : -1),
+                SackPermitted = State == TcpState.SynSent || _sackOk,
+            }
             : TcpOptions.None;
         // The window we advertise is the free space in the receive buffer: a slow host reader shrinks it.
         ushort win;
@@ -827,18 +934,34 @@ internal sealed class TcpSocket
             // back by less than one unit, which RFC 7323 §2.4 tells senders to expect; rounding up instead would
             // promise bytes we cannot store, and that error would accumulate from ACK to ACK.
             uint scaled = (uint)Math.Min(_receive.Free >> _rcvShift, 65535);
+            if (_windowHeld && _ooo is { IsEmpty: false } && _lastAckSent == _rcvNxt && Le(_rcvNxt, _lastAdvertisedEdge))
+            {
+                // A duplicate ACK (bytes held past a hole) repeats the window of the ACK before it. An ACK whose window
+                // differs is a window update, not a duplicate (RFC 5681 §2; Linux's tcp_ack), and the host reader
+                // draining the buffer would grow it on nearly every one: a guest without SACK would then not fast-
+                // retransmit and would wait for its backing-off timer. The buffer can still take that edge: its free
+                // room only grows while RCV.NXT waits at the hole. (The first duplicate may still open the window: the
+                // one before it may be the SYN-ACK's, at most 64 KiB.)
+                scaled = Math.Min(scaled, (_lastAdvertisedEdge - _rcvNxt) >> _rcvShift);
+            }
             win = (ushort)scaled;
             _lastAdvertisedEdge = _rcvNxt + (scaled << _rcvShift);
         }
         uint ack = (flags & TcpFlags.Ack) != 0 ? _rcvNxt : 0;
         if ((flags & TcpFlags.Ack) != 0)
         {
+            _windowHeld = _ooo is { IsEmpty: false };
             _lastAckSent = _rcvNxt;
             _delayedAckDeadline = 0;
             _segmentsSinceAck = 0;
         }
+        // SACK blocks ride on pure ACKs only (every out-of-order arrival gets one at once): on a data segment they
+        // would push a full MSS of payload past the MTU (RFC 6691: options come out of the MSS).
+        SackBlocks sack = _sackOk && length == 0 && (flags & (TcpFlags.Ack | TcpFlags.Syn | TcpFlags.Rst)) == TcpFlags.Ack && _ooo is { IsEmpty: false }
+            ? _ooo.Sack()
+            : default;
         SegmentsSent++;
-        _host.Transmit(this, new TcpHeaderFields(seq, ack, flags, win, synOptions, options), sendOffset, length);
+        _host.Transmit(this, new TcpHeaderFields(seq, ack, flags, win, synOptions, options, sack), sendOffset, length);
     }
 
     /// <summary>Copies bytes of the send buffer (for <see cref="ITcpSocketHost.Transmit"/>).</summary>
@@ -865,7 +988,9 @@ internal sealed class TcpSocket
     {
         _now = now;
         _receive.Consume(n);
-        if (n > 0 && !Removed && State is TcpState.Established or TcpState.FinWait1 or TcpState.FinWait2)
+        // No window update while bytes wait past a hole: the window stays as it was (Dispatch says why), and an ACK
+        // that repeats it would be a duplicate the guest counts toward a fast retransmit.
+        if (n > 0 && !Removed && _ooo is not { IsEmpty: false } && State is TcpState.Established or TcpState.FinWait1 or TcpState.FinWait2)
         {
             // RFC 9293 §3.8.6.2.2 receiver SWS avoidance: announce only a useful increase, and only when the
             // guest's view of the window has got small (a slow host reader shrank it). "Small" stays below the 64 KiB
@@ -987,6 +1112,7 @@ internal sealed class TcpSocket
         State = TcpState.Closed;
         _rtoDeadline = _persistDeadline = _delayedAckDeadline = _timeWaitDeadline = 0;
         _send.Clear();
+        _ooo?.Clear();
         if (IsReset)
         {
             _receive.Clear();
@@ -1127,4 +1253,5 @@ internal sealed class TcpSocket
 }
 
 /// <summary>The header of one segment a socket dispatches; the gateway adds the addresses, ports and checksum.</summary>
-internal readonly record struct TcpHeaderFields(uint Sequence, uint Acknowledgment, TcpFlags Flags, ushort Window, bool HasOptions, TcpOptions Options);
+internal readonly record struct TcpHeaderFields(uint Sequence, uint Acknowledgment, TcpFlags Flags, ushort Window, bool HasOptions, TcpOptions Options,
+    SackBlocks Sack = default);

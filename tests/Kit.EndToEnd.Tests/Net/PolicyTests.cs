@@ -334,6 +334,111 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
         }
     }
 
+    /// <summary>
+    /// loss_pct on TCP: 1 MiB each way (the guest sends random bytes, a server on the host's 127.0.0.1 sends them back once
+    /// it has them all) under a 10% rule. The gateway drops segments both ways (a segment is a frame on the link: an
+    /// offloaded 64 KiB one counts once), TCP recovers: the bytes arrive whole (SHA-256 on the host and back in the guest),
+    /// the rule's dropped/segments is within a tenth of the setting (9-11%: the draw is steered, docs/vpnkit.md), the
+    /// guest's kernel counted retransmissions. Before the gateway's out-of-order queue and SACK, the same transfer took
+    /// 50 s to a stall (go back N, the guest's retransmission timer backing off); now about 15 s.
+    /// </summary>
+    [Fact]
+    public async Task A_loss_rule_drops_tcp_segments_and_tcp_recovers_every_byte()
+    {
+        const int Size = 1 << 20;
+        int ui = LoopbackPort.Free();
+        var hashes = new List<string>();
+        // Upload, then download: one direction at a time, as a bulk transfer is (both at once works too, but its ACKs
+        // ride on data, which a sender without SACK does not count as duplicates, RFC 5681 §2).
+        using var server = new LoopbackTcpServer(async (c, cancel) =>
+        {
+            NetworkStream s = c.GetStream();
+            byte[] all = new byte[Size];
+            int got = 0, n;
+            while (got < Size && (n = await s.ReadAsync(all.AsMemory(got), cancel)) > 0)
+            {
+                got += n;
+            }
+            lock (hashes)
+            {
+                hashes.Add(Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(all.AsSpan(0, got))));
+            }
+            await s.WriteAsync(all.AsMemory(0, got), cancel);
+            c.Client.Shutdown(SocketShutdown.Send);
+        });
+        string policy = Write("tcp-loss.json", $$"""
+            {"rules":[{"name":"lossy","match":{"cidr":"192.168.65.2/32","port":{{server.Port}},"proto":"tcp"},"action":"allow","loss_pct":10}]}
+            """);
+        string transfer = Write("transfer.py", """
+import hashlib, os, socket, sys
+data = os.urandom(int(sys.argv[3]))
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+s.sendall(data)
+h, got = hashlib.sha256(), 0
+while True:
+    c = s.recv(65536)
+    if not c:
+        break
+    h.update(c)
+    got += len(c)
+print("sent=%s got=%s bytes=%d" % (hashlib.sha256(data).hexdigest(), h.hexdigest(), got), flush=True)
+""");
+        string ready = Path.Combine(_dir, "loss-ready");
+        string go = Path.Combine(_dir, "loss-go");
+        string retrans = "nstat -asz TcpRetransSegs TcpExtTCPSackRecovery | awk '/Tcp/ {print $1 \"=\" $2}'";
+        string script = $"{retrans}; python3 {transfer} 192.168.65.2 {server.Port} {Size}; {retrans}; "
+            + $"touch {ready}; i=0; while [ ! -e {go} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done";
+        Task<ProcessResult> run = NetRun.RunAsync(["--policy", policy, "--ui", $"tcp://127.0.0.1:{ui}", "--dns-upstream", "127.0.0.1:9"], script, Timeout);
+        JsonElement rules;
+        try
+        {
+            for (int i = 0; i < 800 && !File.Exists(ready) && !run.IsCompleted; i++)
+            {
+                await Task.Delay(100, TestContext.Current.CancellationToken);
+            }
+            Assert.True(File.Exists(ready), run.IsCompleted ? NetRun.Describe(await run) : "the transfer did not finish in 80 s");
+            using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(10) };
+            rules = await RulesAsync(api);
+        }
+        catch
+        {
+            File.WriteAllText(go, "");
+            await run; // the namespace's command ends before the directory it uses goes
+            throw;
+        }
+        File.WriteAllText(go, "");
+        ProcessResult r = await run;
+        string details = $"{NetRun.Describe(r)}\n--- rules\n{rules}";
+        Assert.True(r.ExitCode == 0, details);
+        Match m = Regex.Match(r.StandardOutput, @"sent=(\w+) got=(\w+) bytes=(\d+)");
+        Assert.True(m.Success, details);
+        Assert.Equal(Size.ToString(System.Globalization.CultureInfo.InvariantCulture), m.Groups[3].Value);
+        Assert.Equal(m.Groups[1].Value, m.Groups[2].Value);
+        lock (hashes)
+        {
+            Assert.Equal([m.Groups[1].Value], hashes);
+        }
+        // The share dropped, as the issue asks: within a tenth of the setting (9-11%). The draw keeps the rule's losses
+        // within 2 segments of 10% of those seen (RuleLoss), so from 200 segments on this holds on every run.
+        long segments = Counter(rules, "lossy", "segments");
+        long dropped = Counter(rules, "lossy", "dropped");
+        Assert.True(segments >= 200, $"only {segments} segments: too few to measure a share\n{details}");
+        double share = 100.0 * dropped / segments;
+        Assert.True(Math.Abs(share - 10) <= 1, $"{dropped} of {segments} segments dropped ({share:F2}%, allowed 9-11) under a 10% rule\n{details}");
+        // The guest resent segments. (Its TCPSackRecovery, printed in the details, is usually up too, but not on every
+        // run: a loss of the last frame in flight is repaired by a probe or the timer, and the upload is ~30 frames.)
+        Assert.True(NstatDelta(r.StandardOutput, "TcpRetransSegs") > 0, details);
+    }
+
+    /// <summary>How much an nstat counter printed as NAME=VALUE before and after the transfer grew.</summary>
+    private static long NstatDelta(string output, string name)
+    {
+        MatchCollection m = Regex.Matches(output, $@"^{name}=(\d+)$", RegexOptions.Multiline);
+        Assert.True(m.Count == 2, $"{name} printed {m.Count} times\n{output}");
+        return long.Parse(m[1].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)
+            - long.Parse(m[0].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     [Fact]
     public async Task ABadPolicyFileIsRefusedWithItsFieldOrLine()
     {

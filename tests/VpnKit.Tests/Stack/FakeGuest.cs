@@ -76,7 +76,11 @@ internal sealed class RecordingFlows : IFlowHandler
 }
 
 /// <summary>A decoded TCP segment the engine sent.</summary>
-internal sealed record Seg(uint Src, ushort SrcPort, uint Dst, ushort DstPort, uint Seq, uint Ack, TcpFlags Flags, ushort Window, TcpOptions Options, byte[] Payload);
+internal sealed record Seg(uint Src, ushort SrcPort, uint Dst, ushort DstPort, uint Seq, uint Ack, TcpFlags Flags, ushort Window, TcpOptions Options, byte[] Payload)
+{
+    /// <summary>The raw option bytes (the SACK option is not part of <see cref="TcpOptions"/>).</summary>
+    public byte[] OptionBytes { get; init; } = [];
+}
 
 /// <summary>Builds guest frames by hand and decodes the gateway's answers.</summary>
 internal static class G
@@ -98,12 +102,12 @@ internal static class G
     }
 
     public static byte[] Tcp(uint dst, ushort srcPort, ushort dstPort, uint seq, uint ack, TcpFlags flags, ushort window = 65535,
-        byte[]? payload = null, TcpOptions? options = null, uint src = 0)
+        byte[]? payload = null, TcpOptions? options = null, uint src = 0, byte[]? rawOptions = null)
     {
         src = src == 0 ? Guest : src;
         payload ??= [];
-        byte[] opt = new byte[TcpOptions.MaxLength];
-        int olen = options?.Write(opt) ?? 0;
+        byte[] opt = rawOptions ?? new byte[TcpOptions.MaxLength];
+        int olen = rawOptions?.Length ?? options?.Write(opt) ?? 0;
         int hl = TcpSegment.HeaderLengthFor(olen);
         byte[] seg = new byte[hl + payload.Length];
         opt.AsSpan(0, olen).CopyTo(seg.AsSpan(20));
@@ -149,8 +153,13 @@ internal static class G
             return null;
         }
         Assert.True(TcpSegment.TryParse(ip.Payload, out TcpSegment s));
-        Assert.True(s.ChecksumValid(ip.Source, ip.Destination));
-        return new Seg(ip.Source, s.SourcePort, ip.Destination, s.DestinationPort, s.Sequence, s.Acknowledgment, s.Flags, s.Window, s.Options, s.Payload.ToArray());
+        // Finished, or (an offloading gateway's) partial: the folded pseudo-header sum for the link to finish.
+        Assert.True(s.ChecksumValid(ip.Source, ip.Destination)
+            || s.Checksum == (ushort)~Checksum.Finish(Checksum.PseudoHeader(ip.Source, ip.Destination, IpProtocol.Tcp, ip.Payload.Length)));
+        return new Seg(ip.Source, s.SourcePort, ip.Destination, s.DestinationPort, s.Sequence, s.Acknowledgment, s.Flags, s.Window, s.Options, s.Payload.ToArray())
+        {
+            OptionBytes = s.OptionBytes.ToArray(),
+        };
     }
 
     public static List<Seg> Segments(CapturingSink sink) => sink.Take().Select(DecodeTcp).Where(s => s is not null).Select(s => s!).ToList();

@@ -259,7 +259,7 @@ public sealed class GatewayTests
         Seg synAck = Assert.Single(G.Segments(_sink));
         Assert.Equal(1460, synAck.Options.Mss);
         Assert.True(synAck.Options.WindowScale > 0);
-        Assert.False(synAck.Options.SackPermitted);
+        Assert.True(synAck.Options.SackPermitted); // RFC 2018 §2: the guest's SYN offered it
         Assert.Equal(G.Remote, synAck.Src);
         Assert.Equal(80, synAck.SrcPort);
     }
