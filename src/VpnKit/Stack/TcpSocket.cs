@@ -558,7 +558,6 @@ internal sealed class TcpSocket
         bool news = false;
         bool any = false;
         uint lowest = 0;
-        _sackedBytes = 0;
         for (int i = 0; i < sack.Count; i++)
         {
             uint l = sack.Left(i);
@@ -587,6 +586,7 @@ internal sealed class TcpSocket
     private bool ProcessAck(TcpSegment seg, uint seq, uint ack, int payloadLength, TcpFlags f)
     {
         uint window = (uint)seg.Window << _sndShift;
+        _sackedBytes = 0; // This ACK's blocks only: one without SACK blocks says nothing is SACKed.
         bool sackNews = _sackOk && seg.HeaderLength > TcpSegment.MinHeaderLength
             && SackBlocks.TryParse(seg.OptionBytes, out SackBlocks sack) && ReadSack(sack, ack);
         if (Lt(_sndUna, ack))

@@ -146,6 +146,23 @@ public sealed class TcpLossProbeTests
         Assert.Equal(0, _gw.Counters.TcpRetransmits);
     }
 
+    [Fact]
+    public void ADuplicateWithoutSackBlocksIsNotJudgedByAnEarlierAcksSack()
+    {
+        (TcpSocket c, uint una) = Open();
+        c.Write(new byte[4000], _now);
+        c.Write(new byte[4000], _now);
+        G.Segments(_sink);
+        Ack(una, SackOption(una + 4000, una + 8000));
+        Assert.Single(G.Segments(_sink));
+        Ack(una + 8000); // recovery ends
+        c.Write(new byte[8000], _now);
+        Assert.NotEmpty(G.Segments(_sink)); // as much as the halved cwnd allows
+        Ack(una + 8000); // one plain duplicate: not three, and it SACKs nothing
+        Assert.DoesNotContain(G.Segments(_sink), x => x.Seq == una + 8000); // (RFC 3042 may let new data out)
+        Assert.Equal(1, _gw.Counters.TcpRetransmits);
+    }
+
     private static byte[] SackOption(uint left, uint right)
     {
         var b = new SackBlocks();
