@@ -60,6 +60,10 @@ internal sealed class TcpSocket
     private const int MaxSynRetries = 6;
     private const int DelayedAckMs = 20;
     private const int TimeWaitMs = 2000; // 2*MSL on a virtual wire; segments cannot linger in a network.
+    /// <summary>RFC 8985 §7.2's PTO floor: the wire is a local one, its RTT well under a millisecond and steady.</summary>
+    private const int MinPto = 10;
+    /// <summary>RFC 8985 §7.2 WCDelAckT: the guest's worst-case delayed ACK (Linux's TCP_DELACK_MAX, RFC 1122's 200 ms).</summary>
+    private const int WorstDelayedAckMs = 200;
 
     private readonly ITcpSocketHost _host;
     private readonly ByteRing _send;
@@ -118,9 +122,14 @@ internal sealed class TcpSocket
     /// </summary>
     private uint _sackHigh;
     private uint _holeEnd;
+    /// <summary>Bytes the guest's latest ACK SACKed above SND.UNA (RFC 6675 §4 IsLost counts them).</summary>
+    private uint _sackedBytes;
 
     // Timers (absolute ms, 0 = off) and RFC 6298 state.
     private long _rtoDeadline;
+    /// <summary>RFC 8985 §7 tail-loss probe timer, and whether this episode's one probe went (until SND.UNA advances).</summary>
+    private long _ptoDeadline;
+    private bool _probeSent;
     private long _persistDeadline;
     private long _delayedAckDeadline;
     private long _timeWaitDeadline;
@@ -182,9 +191,9 @@ internal sealed class TcpSocket
     public bool CanWrite => !_finQueued && !IsReset && !Removed && State is TcpState.Established or TcpState.CloseWait or TcpState.SynReceived;
 
     /// <summary>The earliest of the socket's timers (absolute ms), or long.MaxValue when none runs.</summary>
-    internal long NextDeadline => Min(long.MaxValue, _delayedAckDeadline, _rtoDeadline, _persistDeadline, _timeWaitDeadline);
+    internal long NextDeadline => Min(long.MaxValue, _delayedAckDeadline, _rtoDeadline, _ptoDeadline, _persistDeadline, _timeWaitDeadline);
 
-    internal bool HasTimers => _delayedAckDeadline != 0 || _rtoDeadline != 0 || _persistDeadline != 0 || _timeWaitDeadline != 0;
+    internal bool HasTimers => _delayedAckDeadline != 0 || _rtoDeadline != 0 || _ptoDeadline != 0 || _persistDeadline != 0 || _timeWaitDeadline != 0;
 
     /// <summary>Our MSS (RFC 9293 §3.7.1): the host's is for IPv4; an IPv6 header is 20 bytes longer (RFC 8200 §8.3).</summary>
     private int OurMss => GuestIp.IsV4 ? _host.Mss : _host.Mss - 20;
@@ -557,6 +566,7 @@ internal sealed class TcpSocket
             {
                 continue;
             }
+            _sackedBytes += r - l;
             if (Lt(_sackHigh, r))
             {
                 _sackHigh = r;
@@ -576,6 +586,7 @@ internal sealed class TcpSocket
     private bool ProcessAck(TcpSegment seg, uint seq, uint ack, int payloadLength, TcpFlags f)
     {
         uint window = (uint)seg.Window << _sndShift;
+        _sackedBytes = 0; // This ACK's blocks only: one without SACK blocks says nothing is SACKed.
         bool sackNews = _sackOk && seg.HeaderLength > TcpSegment.MinHeaderLength
             && SackBlocks.TryParse(seg.OptionBytes, out SackBlocks sack) && ReadSack(sack, ack);
         if (Lt(_sndUna, ack))
@@ -621,6 +632,7 @@ internal sealed class TcpSocket
             _dupAcks = 0;
             _backoff = 0;
             _retries = 0;
+            _probeSent = false; // Progress: the next tail may be probed again (RFC 8985 §7.4's episode ends).
             if (partial && _sndUna != _sndNxt)
             {
                 RetransmitFirst();
@@ -628,10 +640,12 @@ internal sealed class TcpSocket
             else if (_sndUna == _sndNxt)
             {
                 _rtoDeadline = 0;
+                _ptoDeadline = 0;
             }
             else
             {
                 ArmRto();
+                ArmLossProbe(); // RFC 8985 §7.2: restart the PTO on an ACK that advances SND.UNA.
             }
             if (_wantWritable && _send.Free >= _send.Capacity / 4)
             {
@@ -650,8 +664,11 @@ internal sealed class TcpSocket
                 // With a small flight there are not three segments left to be duplicated: RFC 3042's limited transmit
                 // lets a new segment out for each of the first two duplicates, and RFC 5827's early retransmit lowers
                 // the threshold when nothing new can go, so a loss there does not wait for the 200 ms timer.
+                // RFC 6675 §4 IsLost: more than (DupThresh - 1) * SMSS bytes SACKed above the hole also mean it is lost;
+                // one SACK for an offloaded frame past a lost one (often the tail-loss probe's) covers dozens of MSS.
                 ++_dupAcks;
-                if (!_inRecovery && _dupAcks >= DuplicateThreshold())
+                bool lostBySack = _sackOk && _sackedBytes > (uint)(2 * SendMss);
+                if (!_inRecovery && (_dupAcks >= DuplicateThreshold() || lostBySack))
                 {
                     uint flight = _sndNxt - _sndUna;
                     _ssthresh = Math.Max(flight / 2, (uint)(2 * SendMss));
@@ -783,8 +800,19 @@ internal sealed class TcpSocket
 
     // ---- Sending ----
 
-    /// <summary>Sends what the windows allow: new data up to min(peer window, cwnd), then a queued FIN.</summary>
+    /// <summary>Sends what the windows allow; anything new (re)starts the tail-loss probe (RFC 8985 §7.2).</summary>
     private void TrySend()
+    {
+        uint before = _sndNxt;
+        SendNew();
+        if (_sndNxt != before)
+        {
+            ArmLossProbe();
+        }
+    }
+
+    /// <summary>Sends new data up to min(peer window, cwnd), then a queued FIN.</summary>
+    private void SendNew()
     {
         if (State is not (TcpState.Established or TcpState.CloseWait or TcpState.FinWait1 or TcpState.Closing or TcpState.LastAck))
         {
@@ -856,6 +884,7 @@ internal sealed class TcpSocket
 
     private void RetransmitFirst()
     {
+        _ptoDeadline = 0; // Loss recovery has begun: no probe inside it (RFC 8985 §7.2).
         _host.Counters.TcpRetransmits++;
         _rttTiming = false; // Karn: no sample from a retransmitted segment.
         int avail = _send.Count;
@@ -1110,7 +1139,7 @@ internal sealed class TcpSocket
         _host.Detach(this);
         Removed = true;
         State = TcpState.Closed;
-        _rtoDeadline = _persistDeadline = _delayedAckDeadline = _timeWaitDeadline = 0;
+        _rtoDeadline = _ptoDeadline = _persistDeadline = _delayedAckDeadline = _timeWaitDeadline = 0;
         _send.Clear();
         _ooo?.Clear();
         if (IsReset)
@@ -1123,6 +1152,7 @@ internal sealed class TcpSocket
     {
         State = TcpState.TimeWait;
         _rtoDeadline = 0;
+        _ptoDeadline = 0;
         _persistDeadline = 0;
         _timeWaitDeadline = _now + TimeWaitMs;
         _host.WakeAt(_timeWaitDeadline);
@@ -1143,6 +1173,68 @@ internal sealed class TcpSocket
     {
         _rtoDeadline = _now + _rto;
         _host.WakeAt(_rtoDeadline);
+    }
+
+    /// <summary>
+    /// RFC 8985 §7.2: arms the probe timeout while data is outstanding outside loss recovery: PTO = 2*SRTT (floored at
+    /// <see cref="MinPto"/>), plus the guest's worst-case delayed ACK when only one segment is out (it may hold that
+    /// ACK). Not when the RTO would fire first, nor before an RTT sample, nor twice in one episode.
+    /// </summary>
+    private void ArmLossProbe()
+    {
+        _ptoDeadline = 0;
+        uint flight = _sndNxt - _sndUna;
+        if (flight == 0 || _srtt == 0 || _inRecovery || _backoff > 0 || _probeSent || _probing
+            || State is not (TcpState.Established or TcpState.CloseWait or TcpState.FinWait1 or TcpState.Closing or TcpState.LastAck))
+        {
+            return;
+        }
+        long deadline = _now + Math.Max(2 * _srtt, MinPto) + (flight <= (uint)SendMss ? WorstDelayedAckMs : 0);
+        if (_rtoDeadline != 0 && deadline >= _rtoDeadline)
+        {
+            return;
+        }
+        _ptoDeadline = deadline;
+        _host.WakeAt(deadline);
+    }
+
+    /// <summary>
+    /// RFC 8985 §7.3: the probe. One new segment if there is one and the guest's window takes it (cwnd aside), else the
+    /// last segment again: its whole offloaded frame when the link offloads, so an ACK or SACK comes back either way
+    /// and the loss behind it is repaired by fast recovery, not by the timer. cwnd is untouched; the RTO restarts.
+    /// </summary>
+    private void OnLossProbe()
+    {
+        _ptoDeadline = 0;
+        _probeSent = true;
+        int full = _host.MaxSegment(GuestIp.IsV4) is > 0 and int max ? max : SendMss;
+        uint flight = _sndNxt - _sndUna;
+        int sentOffset = Lt(_sndNxt, _sendBase) ? 0 : (int)Math.Min(_sndNxt - _sendBase, (uint)_send.Count);
+        int unsent = _finSent ? 0 : _send.Count - sentOffset;
+        if (unsent > 0 && flight < _sndWnd)
+        {
+            int n = (int)Math.Min((uint)Math.Min(unsent, full), _sndWnd - flight);
+            Dispatch(_sndNxt, TcpFlags.Ack | (n == unsent ? TcpFlags.Psh : 0), sentOffset, n, synOptions: false);
+            _sndNxt += (uint)n;
+        }
+        else
+        {
+            bool fin = _finSent && Lt(_finSeq, _sndNxt);
+            uint dataEnd = fin ? _finSeq : _sndNxt;
+            uint start = dataEnd - Math.Min(dataEnd - _sndUna, (uint)full);
+            if (Lt(start, _sendBase))
+            {
+                start = _sendBase;
+            }
+            int n = Le(dataEnd, start) ? 0 : (int)(dataEnd - start);
+            if (n > 0 || fin)
+            {
+                _host.Counters.TcpRetransmits++;
+                _rttTiming = false; // Karn: no sample from a retransmitted segment.
+                Dispatch(start, TcpFlags.Ack | (fin ? TcpFlags.Fin : 0), (int)(start - _sendBase), n, synOptions: false);
+            }
+        }
+        ArmRto();
     }
 
     private void ArmPersist()
@@ -1167,6 +1259,10 @@ internal sealed class TcpSocket
         {
             SendAck();
         }
+        if (_ptoDeadline != 0 && now >= _ptoDeadline && (_rtoDeadline == 0 || now < _rtoDeadline))
+        {
+            OnLossProbe();
+        }
         if (_rtoDeadline != 0 && now >= _rtoDeadline)
         {
             OnRetransmitTimeout();
@@ -1181,9 +1277,9 @@ internal sealed class TcpSocket
         }
     }
 
-    private static long Min(long m, long a, long b, long c, long d)
+    private static long Min(long m, long a, long b, long c, long d, long e)
     {
-        foreach (long x in (ReadOnlySpan<long>)[a, b, c, d])
+        foreach (long x in (ReadOnlySpan<long>)[a, b, c, d, e])
         {
             if (x != 0 && x < m)
             {
@@ -1196,6 +1292,7 @@ internal sealed class TcpSocket
     private void OnRetransmitTimeout()
     {
         _rtoDeadline = 0;
+        _ptoDeadline = 0;
         _retries++;
         int limit = State is TcpState.SynReceived or TcpState.SynSent ? MaxSynRetries : MaxRetries;
         if (_retries > limit)
