@@ -284,7 +284,6 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
     public async Task A_rate_rule_polices_udp_to_its_rate()
     {
         int port = LoopbackPort.Free();
-        int ui = LoopbackPort.Free();
         string policy = Write("udp-rate.json", $$"""
             {"rules":[{"name":"udp-rate","match":{"cidr":"192.168.65.2/32","port":{{port}},"proto":"udp"},"action":"allow","rate_kbps":5000}]}
             """);
@@ -292,30 +291,8 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
         try
         {
             string json = Path.Combine(_dir, "udp-rate.json.out");
-            string ready = Path.Combine(_dir, "udp-ready");
-            string go = Path.Combine(_dir, "udp-go");
-            string script = $"iperf3 -c 192.168.65.2 -p {port} -u -b 20M -l 1000 -t 5 -J > {json}; "
-                + $"touch {ready}; i=0; while [ ! -e {go} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done";
-            Task<ProcessResult> run = NetRun.RunAsync(["--policy", policy, "--ui", $"tcp://127.0.0.1:{ui}", "--dns-upstream", "127.0.0.1:9"], script, Timeout);
-            JsonElement rules;
-            try
-            {
-                for (int i = 0; i < 600 && !File.Exists(ready) && !run.IsCompleted; i++)
-                {
-                    await Task.Delay(100, TestContext.Current.CancellationToken);
-                }
-                Assert.True(File.Exists(ready), run.IsCompleted ? NetRun.Describe(await run) : "iperf3 did not finish in 60 s");
-                using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(10) };
-                rules = await RulesAsync(api);
-            }
-            catch
-            {
-                File.WriteAllText(go, "");
-                await run; // the namespace's command ends before the directory it uses goes
-                throw;
-            }
-            File.WriteAllText(go, "");
-            ProcessResult r = await run;
+            (ProcessResult r, JsonElement rules) = await RunThenReadRulesAsync("udp-rate", policy,
+                $"iperf3 -c 192.168.65.2 -p {port} -u -b 20M -l 1000 -t 5 -J > {json}", waitSeconds: 60);
             Assert.True(r.ExitCode == 0, NetRun.Describe(r));
             using JsonDocument doc = JsonDocument.Parse(File.ReadAllText(json));
             JsonElement received = doc.RootElement.GetProperty("end").GetProperty("sum_received");
@@ -348,7 +325,6 @@ print("%s median_ms=%.2f" % (sys.argv[1], times[len(times) // 2]), flush=True)
     public async Task A_loss_rule_drops_tcp_segments_and_tcp_recovers_every_byte()
     {
         const int Size = 4 << 20;
-        int ui = LoopbackPort.Free();
         var hashes = new List<string>();
         // Upload, then download: one direction at a time, as a bulk transfer is (both at once works too, but its ACKs
         // ride on data, which a sender without SACK does not count as duplicates, RFC 5681 §2).
@@ -385,31 +361,9 @@ while True:
     got += len(c)
 print("sent=%s got=%s bytes=%d" % (hashlib.sha256(data).hexdigest(), h.hexdigest(), got), flush=True)
 """);
-        string ready = Path.Combine(_dir, "loss-ready");
-        string go = Path.Combine(_dir, "loss-go");
         string retrans = "nstat -asz TcpRetransSegs TcpExtTCPSackRecovery | awk '/Tcp/ {print $1 \"=\" $2}'";
-        string script = $"{retrans}; python3 {transfer} 192.168.65.2 {server.Port} {Size}; {retrans}; "
-            + $"touch {ready}; i=0; while [ ! -e {go} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done";
-        Task<ProcessResult> run = NetRun.RunAsync(["--policy", policy, "--ui", $"tcp://127.0.0.1:{ui}", "--dns-upstream", "127.0.0.1:9"], script, Timeout);
-        JsonElement rules;
-        try
-        {
-            for (int i = 0; i < 800 && !File.Exists(ready) && !run.IsCompleted; i++)
-            {
-                await Task.Delay(100, TestContext.Current.CancellationToken);
-            }
-            Assert.True(File.Exists(ready), run.IsCompleted ? NetRun.Describe(await run) : "the transfer did not finish in 80 s");
-            using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(10) };
-            rules = await RulesAsync(api);
-        }
-        catch
-        {
-            File.WriteAllText(go, "");
-            await run; // the namespace's command ends before the directory it uses goes
-            throw;
-        }
-        File.WriteAllText(go, "");
-        ProcessResult r = await run;
+        (ProcessResult r, JsonElement rules) = await RunThenReadRulesAsync("loss", policy,
+            $"{retrans}; python3 {transfer} 192.168.65.2 {server.Port} {Size}; {retrans}", waitSeconds: 80);
         string details = $"{NetRun.Describe(r)}\n--- rules\n{rules}";
         Assert.True(r.ExitCode == 0, details);
         Match m = Regex.Match(r.StandardOutput, @"sent=(\w+) got=(\w+) bytes=(\d+)");
@@ -430,6 +384,38 @@ print("sent=%s got=%s bytes=%d" % (hashlib.sha256(data).hexdigest(), h.hexdigest
         // The guest resent segments. (Its TCPSackRecovery, printed in the details, is usually up too, but not on every
         // run: a loss of the last frame in flight is repaired by a probe or the timer, and the upload is ~30 frames.)
         Assert.True(NstatDelta(r.StandardOutput, "TcpRetransSegs") > 0, details);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="script"/> in a `kit net run --policy --ui` namespace and reads the rules' counters once it
+    /// is done, while the gateway still runs: the namespace's command then waits (30 s at most) for the test's go.
+    /// </summary>
+    private async Task<(ProcessResult Run, JsonElement Rules)> RunThenReadRulesAsync(string name, string policy, string script, int waitSeconds)
+    {
+        int ui = LoopbackPort.Free();
+        string ready = Path.Combine(_dir, name + "-ready");
+        string go = Path.Combine(_dir, name + "-go");
+        Task<ProcessResult> run = NetRun.RunAsync(["--policy", policy, "--ui", $"tcp://127.0.0.1:{ui}", "--dns-upstream", "127.0.0.1:9"],
+            $"{script}; touch {ready}; i=0; while [ ! -e {go} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done", Timeout);
+        JsonElement rules;
+        try
+        {
+            for (int i = 0; i < waitSeconds * 10 && !File.Exists(ready) && !run.IsCompleted; i++)
+            {
+                await Task.Delay(100, TestContext.Current.CancellationToken);
+            }
+            Assert.True(File.Exists(ready), run.IsCompleted ? NetRun.Describe(await run) : $"{name}: the namespace's command did not finish in {waitSeconds} s");
+            using var api = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{ui}"), Timeout = TimeSpan.FromSeconds(10) };
+            rules = await RulesAsync(api);
+        }
+        catch
+        {
+            File.WriteAllText(go, "");
+            await run; // the namespace's command ends before the directory it uses goes
+            throw;
+        }
+        File.WriteAllText(go, "");
+        return (await run, rules);
     }
 
     /// <summary>How much an nstat counter printed as NAME=VALUE before and after the transfer grew.</summary>
