@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
+using Kit.VpnKit.Wire;
 
 namespace Kit.VpnKit.Stack;
 
@@ -65,46 +66,27 @@ internal struct SackBlocks
     /// Finds the SACK option in a segment's option bytes. False when there is none or it is malformed: a length that is
     /// not 2 + 8n for n of 1 to 4, or one that runs past the options; then the segment's SACK information is ignored
     /// whole, as a receiver may (RFC 9293 §3.2 asks for robustness to bad options; a sender may ignore SACK, RFC 2018 §4).
-    /// A malformed option before it ends the walk, as <c>TcpOptions.Parse</c> does.
+    /// A malformed option before it ends the walk (<see cref="TcpOptionReader"/>).
     /// </summary>
     public static bool TryParse(ReadOnlySpan<byte> options, out SackBlocks blocks)
     {
         blocks = default;
-        int i = 0;
-        while (i < options.Length)
+        var reader = new TcpOptionReader(options);
+        while (reader.Next(out byte kind, out ReadOnlySpan<byte> v))
         {
-            byte kind = options[i];
-            if (kind == 0)
+            if (kind != Kind)
             {
-                return false; // End of option list.
-            }
-            if (kind == 1)
-            {
-                i++;
                 continue;
             }
-            if (i + 1 >= options.Length)
+            if (v.Length == 0 || v.Length > 8 * MaxBlocks || v.Length % 8 != 0)
             {
                 return false;
             }
-            int len = options[i + 1];
-            if (len < 2 || i + len > options.Length)
+            for (int at = 0; at < v.Length; at += 8)
             {
-                return false;
+                blocks.Add(BinaryPrimitives.ReadUInt32BigEndian(v.Slice(at)), BinaryPrimitives.ReadUInt32BigEndian(v.Slice(at + 4)));
             }
-            if (kind == Kind)
-            {
-                if (len < 10 || len > 2 + (8 * MaxBlocks) || (len - 2) % 8 != 0)
-                {
-                    return false;
-                }
-                for (int at = i + 2; at < i + len; at += 8)
-                {
-                    blocks.Add(BinaryPrimitives.ReadUInt32BigEndian(options.Slice(at)), BinaryPrimitives.ReadUInt32BigEndian(options.Slice(at + 4)));
-                }
-                return true;
-            }
-            i += len;
+            return true;
         }
         return false;
     }

@@ -28,55 +28,31 @@ internal struct TcpOptions
 
     public static TcpOptions None => new() { WindowScale = -1 };
 
-    /// <summary>
-    /// Walks the option list. Malformed lists (a length below 2 or past the end) stop the walk: what was read
-    /// before stays valid, as RFC 9293 §3.2 asks receivers to be robust to option garbage.
-    /// </summary>
+    /// <summary>Reads the options the gateway understands; the walk is <see cref="TcpOptionReader"/>'s.</summary>
     public static TcpOptions Parse(ReadOnlySpan<byte> o)
     {
         TcpOptions r = None;
-        int i = 0;
-        while (i < o.Length)
+        var reader = new TcpOptionReader(o);
+        while (reader.Next(out byte kind, out ReadOnlySpan<byte> v))
         {
-            byte kind = o[i];
-            if (kind == 0)
-            {
-                break; // End of option list.
-            }
-            if (kind == 1)
-            {
-                i++; // No-operation.
-                continue;
-            }
-            if (i + 1 >= o.Length)
-            {
-                break;
-            }
-            int len = o[i + 1];
-            if (len < 2 || i + len > o.Length)
-            {
-                break;
-            }
-            ReadOnlySpan<byte> v = o.Slice(i + 2, len - 2);
             switch (kind)
             {
-                case 2 when len == 4:
+                case 2 when v.Length == 2:
                     r.Mss = BinaryPrimitives.ReadUInt16BigEndian(v);
                     break;
-                case 3 when len == 3:
+                case 3 when v.Length == 1:
                     // RFC 7323 §2.3: a shift above 14 is treated as 14.
                     r.WindowScale = (sbyte)Math.Min(v[0], (byte)14);
                     break;
-                case 4 when len == 2:
+                case 4 when v.Length == 0:
                     r.SackPermitted = true;
                     break;
-                case 8 when len == 10:
+                case 8 when v.Length == 8:
                     r.HasTimestamps = true;
                     r.TsValue = BinaryPrimitives.ReadUInt32BigEndian(v);
                     r.TsEcho = BinaryPrimitives.ReadUInt32BigEndian(v.Slice(4));
                     break;
             }
-            i += len;
         }
         return r;
     }
@@ -193,4 +169,39 @@ internal readonly ref struct TcpSegment
     }
 
     public static int HeaderLengthFor(int optionLength) => MinHeaderLength + ((optionLength + 3) & ~3);
+}
+
+/// <summary>
+/// Walks a TCP option list (RFC 9293 §3.2): each option's kind and value, NOPs skipped. The end-of-list option or a
+/// malformed entry (a length below 2 or past the end) ends the walk: what was read before stays valid, as RFC 9293
+/// §3.2 asks receivers to be robust to option garbage.
+/// </summary>
+internal ref struct TcpOptionReader(ReadOnlySpan<byte> options)
+{
+    private readonly ReadOnlySpan<byte> _o = options;
+    private int _i;
+
+    public bool Next(out byte kind, out ReadOnlySpan<byte> value)
+    {
+        value = default;
+        while (_i < _o.Length && _o[_i] == 1)
+        {
+            _i++; // No-operation.
+        }
+        kind = _i < _o.Length ? _o[_i] : (byte)0;
+        if (kind == 0 || _i + 1 >= _o.Length)
+        {
+            _i = _o.Length;
+            return false; // End of option list, or nothing left.
+        }
+        int len = _o[_i + 1];
+        if (len < 2 || _i + len > _o.Length)
+        {
+            _i = _o.Length;
+            return false;
+        }
+        value = _o.Slice(_i + 2, len - 2);
+        _i += len;
+        return true;
+    }
 }
